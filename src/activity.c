@@ -1,0 +1,165 @@
+/*-------------------------------------------------------------------------
+ *
+ * activity.c
+ *	  crm.activity_sync(): the per-row rules of an activity.
+ *
+ * BEFORE INSERT OR UPDATE on crm.activity:
+ *	- module is the activity type's module (sales, project, communication,
+ *	  ...), so that roll-ups by module never disagree with the registry;
+ *	- an unknown type is refused here with a message that names it, before
+ *	  any other constraint reports a less helpful symptom;
+ *	- a completed activity has a completed_at (the transaction time unless
+ *	  the client gave one), and one that is not completed has none.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "crm.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(crm_activity_sync);
+
+static SPIPlanPtr module_plan = NULL;
+
+/* The module of an activity type, or NULL when there is no such type. */
+static Datum
+activity_type_module(Datum type_code, bool *found)
+{
+	Datum		result = (Datum) 0;
+	Datum		args[1] = {type_code};
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	if (module_plan == NULL)
+	{
+		Oid			types[1] = {TEXTOID};
+		SPIPlanPtr	plan = SPI_prepare("SELECT module FROM crm.activity_type"
+									   " WHERE code OPERATOR(pg_catalog.=) $1",
+									   1, types);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		module_plan = plan;
+	}
+
+	if (SPI_execute_plan(module_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "activity type lookup failed");
+
+	*found = SPI_processed > 0;
+	if (*found)
+	{
+		bool		isnull;
+
+		/* copy out of SPI's memory before SPI_finish frees it */
+		result = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 1, &isnull),
+								   false, -1);
+	}
+	SPI_finish();
+	return result;
+}
+
+Datum
+crm_activity_sync(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	tupdesc;
+	HeapTuple	newtuple;
+	HeapTuple	oldtuple = NULL;
+	int			type_att;
+	int			module_att;
+	int			status_att;
+	int			completed_att;
+	Datum		type_code;
+	Datum		status;
+	bool		isnull;
+	bool		completed_null;
+	bool		is_completed;
+	int			cols[2];
+	Datum		values[2];
+	bool		nulls[2];
+	int			n = 0;
+
+	crm_require_trigger(fcinfo, "activity_sync", true, true);
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+	{
+		oldtuple = trigdata->tg_trigtuple;
+		newtuple = trigdata->tg_newtuple;
+	}
+	else if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		newtuple = trigdata->tg_trigtuple;
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"activity_sync\" must be fired for INSERT or UPDATE")));
+
+	if (crm_replica_skips_work())
+		return PointerGetDatum(newtuple);
+
+	rel = trigdata->tg_relation;
+	tupdesc = RelationGetDescr(rel);
+	type_att = crm_attnum(rel, "activity_type");
+	module_att = crm_attnum(rel, "module");
+	status_att = crm_attnum(rel, "status");
+	completed_att = crm_attnum(rel, "completed_at");
+
+	type_code = heap_getattr(newtuple, type_att, tupdesc, &isnull);
+	if (!isnull)
+	{
+		bool		type_changed = true;
+
+		if (oldtuple)
+		{
+			bool		oldnull;
+			Datum		old_code = heap_getattr(oldtuple, type_att, tupdesc, &oldnull);
+			bool		module_null;
+
+			(void) heap_getattr(newtuple, module_att, tupdesc, &module_null);
+			type_changed = oldnull || module_null ||
+				!DatumGetBool(DirectFunctionCall2(texteq, old_code, type_code));
+		}
+		if (type_changed)
+		{
+			bool		found;
+			Datum		module = activity_type_module(type_code, &found);
+
+			if (!found)
+				ereport(ERROR,
+						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+						 errmsg("activity type \"%s\" does not exist",
+								TextDatumGetCString(type_code)),
+						 errhint("The known types are listed in crm.activity_type.")));
+			cols[n] = module_att;
+			values[n] = module;
+			nulls[n++] = false;
+		}
+	}
+
+	status = heap_getattr(newtuple, status_att, tupdesc, &isnull);
+	is_completed = !isnull &&
+		strcmp(TextDatumGetCString(status), "completed") == 0;
+	(void) heap_getattr(newtuple, completed_att, tupdesc, &completed_null);
+	if (is_completed && completed_null)
+	{
+		cols[n] = completed_att;
+		values[n] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+		nulls[n++] = false;
+	}
+	else if (!is_completed && !completed_null)
+	{
+		cols[n] = completed_att;
+		values[n] = (Datum) 0;
+		nulls[n++] = true;
+	}
+
+	if (n == 0)
+		return PointerGetDatum(newtuple);
+	return PointerGetDatum(heap_modify_tuple_by_cols(newtuple, tupdesc, n, cols, values, nulls));
+}

@@ -1,0 +1,90 @@
+-- src/sql/10_users.sql: the people of a tenant, their teams and managers, and
+-- which database login roles act for which tenant.
+
+CREATE TABLE crm.app_user (
+    tenant_id   uuid NOT NULL DEFAULT crm.current_tenant() REFERENCES crm.tenant ON DELETE CASCADE,
+    id          uuid NOT NULL DEFAULT crm.uuid_generate_v7(),
+    name        text NOT NULL CHECK (btrim(name) <> ''),
+    email       crm.email_address,
+    job_title   text,
+    manager_id  uuid,
+    is_active   boolean NOT NULL DEFAULT true,
+    custom      jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(custom) = 'object'),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, id),
+    FOREIGN KEY (tenant_id, manager_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (manager_id),
+    CHECK (manager_id <> id)
+);
+CREATE UNIQUE INDEX app_user_email_key ON crm.app_user (tenant_id, lower(email));
+CREATE INDEX app_user_manager_idx ON crm.app_user (tenant_id, manager_id);
+COMMENT ON TABLE crm.app_user IS 'A person who works in the CRM (sales rep, manager); owns records';
+COMMENT ON COLUMN crm.app_user.tenant_id IS 'Owning tenant';
+COMMENT ON COLUMN crm.app_user.id IS 'Row id (UUIDv7)';
+COMMENT ON COLUMN crm.app_user.name IS 'Full name';
+COMMENT ON COLUMN crm.app_user.email IS 'E-mail address, unique within the tenant';
+COMMENT ON COLUMN crm.app_user.job_title IS 'Job title';
+COMMENT ON COLUMN crm.app_user.manager_id IS 'The user this one reports to';
+COMMENT ON COLUMN crm.app_user.is_active IS 'False for people who left; their records stay';
+COMMENT ON COLUMN crm.app_user.custom IS 'User-defined fields';
+COMMENT ON COLUMN crm.app_user.created_at IS 'When the row was made';
+COMMENT ON COLUMN crm.app_user.updated_at IS 'When the row last changed';
+
+CREATE TABLE crm.team (
+    tenant_id   uuid NOT NULL DEFAULT crm.current_tenant() REFERENCES crm.tenant ON DELETE CASCADE,
+    id          uuid NOT NULL DEFAULT crm.uuid_generate_v7(),
+    name        text NOT NULL CHECK (btrim(name) <> ''),
+    manager_id  uuid,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, id),
+    FOREIGN KEY (tenant_id, manager_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (manager_id)
+);
+CREATE UNIQUE INDEX team_name_key ON crm.team (tenant_id, lower(name));
+COMMENT ON TABLE crm.team IS 'A sales team; its members report to its manager';
+COMMENT ON COLUMN crm.team.tenant_id IS 'Owning tenant';
+COMMENT ON COLUMN crm.team.id IS 'Row id (UUIDv7)';
+COMMENT ON COLUMN crm.team.name IS 'Team name, unique within the tenant';
+COMMENT ON COLUMN crm.team.manager_id IS 'Team leader; the members report to this user';
+COMMENT ON COLUMN crm.team.created_at IS 'When the row was made';
+COMMENT ON COLUMN crm.team.updated_at IS 'When the row last changed';
+
+-- Membership is its own table rather than app_user.team_id: that column and
+-- team.manager_id would make a foreign-key cycle, which pg_dump cannot load
+-- back into the extension's tables (their constraints exist before the data).
+CREATE TABLE crm.team_member (
+    tenant_id   uuid NOT NULL DEFAULT crm.current_tenant() REFERENCES crm.tenant ON DELETE CASCADE,
+    team_id     uuid NOT NULL,
+    user_id     uuid NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, team_id, user_id),
+    FOREIGN KEY (tenant_id, team_id) REFERENCES crm.team (tenant_id, id) ON DELETE CASCADE,
+    FOREIGN KEY (tenant_id, user_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE CASCADE
+);
+CREATE INDEX team_member_user_idx ON crm.team_member (tenant_id, user_id);
+COMMENT ON TABLE crm.team_member IS 'Which users belong to which teams';
+COMMENT ON COLUMN crm.team_member.tenant_id IS 'Owning tenant';
+COMMENT ON COLUMN crm.team_member.team_id IS 'The team';
+COMMENT ON COLUMN crm.team_member.user_id IS 'The member';
+COMMENT ON COLUMN crm.team_member.created_at IS 'When the row was made';
+COMMENT ON COLUMN crm.team_member.updated_at IS 'When the row last changed';
+
+CREATE TABLE crm.tenant_access (
+    tenant_id   uuid NOT NULL REFERENCES crm.tenant ON DELETE CASCADE,
+    login_role  name NOT NULL,
+    user_id     uuid,
+    granted_by  name NOT NULL DEFAULT CURRENT_USER,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, login_role),
+    FOREIGN KEY (tenant_id, user_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (user_id)
+);
+CREATE INDEX tenant_access_role_idx ON crm.tenant_access (login_role);
+COMMENT ON TABLE crm.tenant_access IS 'Login roles (people, BI tools) that act for a tenant, and as which CRM user; kept by crm.grant_tenant_access()';
+COMMENT ON COLUMN crm.tenant_access.tenant_id IS 'The tenant the role acts for';
+COMMENT ON COLUMN crm.tenant_access.login_role IS 'Database role name';
+COMMENT ON COLUMN crm.tenant_access.user_id IS 'The CRM user the role acts as (crm.current_user_id())';
+COMMENT ON COLUMN crm.tenant_access.granted_by IS 'Role that granted the access';
+COMMENT ON COLUMN crm.tenant_access.created_at IS 'When the access was granted';
+COMMENT ON COLUMN crm.tenant_access.updated_at IS 'When the row last changed';

@@ -1,0 +1,84 @@
+-- src/sql/60_stage.sql: stage rules and stage history of leads and
+-- opportunities (C triggers in src/stage.c), consent stamps of contacts and
+-- updated_at of every table (src/touch.c).
+
+CREATE TABLE crm.stage_history (
+    tenant_id       uuid NOT NULL DEFAULT crm.current_tenant(),
+    id              uuid NOT NULL DEFAULT crm.uuid_generate_v7(),
+    lead_id         uuid,
+    opportunity_id  uuid,
+    pipeline_id     uuid NOT NULL,
+    from_stage_id   uuid NOT NULL,
+    to_stage_id     uuid NOT NULL,
+    amount          numeric(18,2),
+    currency        text NOT NULL,
+    probability     numeric(5,2) NOT NULL,
+    changed_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    changed_by      uuid,
+    changed_by_role name NOT NULL DEFAULT CURRENT_USER,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, id),
+    FOREIGN KEY (tenant_id, lead_id) REFERENCES crm.lead (tenant_id, id) ON DELETE CASCADE,
+    FOREIGN KEY (tenant_id, opportunity_id) REFERENCES crm.opportunity (tenant_id, id) ON DELETE CASCADE,
+    CHECK (num_nonnulls(lead_id, opportunity_id) = 1)
+);
+CREATE INDEX stage_history_lead_idx ON crm.stage_history (tenant_id, lead_id, changed_at) WHERE lead_id IS NOT NULL;
+CREATE INDEX stage_history_opportunity_idx ON crm.stage_history (tenant_id, opportunity_id, changed_at) WHERE opportunity_id IS NOT NULL;
+COMMENT ON TABLE crm.stage_history IS 'One row per stage change of a lead or opportunity, written by a trigger whichever client made the change';
+COMMENT ON COLUMN crm.stage_history.tenant_id IS 'Owning tenant';
+COMMENT ON COLUMN crm.stage_history.id IS 'Row id (UUIDv7)';
+COMMENT ON COLUMN crm.stage_history.lead_id IS 'The lead that moved (or NULL)';
+COMMENT ON COLUMN crm.stage_history.opportunity_id IS 'The opportunity that moved (or NULL)';
+COMMENT ON COLUMN crm.stage_history.pipeline_id IS 'Pipeline after the change';
+COMMENT ON COLUMN crm.stage_history.from_stage_id IS 'Stage before the change';
+COMMENT ON COLUMN crm.stage_history.to_stage_id IS 'Stage after the change';
+COMMENT ON COLUMN crm.stage_history.amount IS 'Amount (expected revenue of a lead) at that moment';
+COMMENT ON COLUMN crm.stage_history.currency IS 'Currency of amount';
+COMMENT ON COLUMN crm.stage_history.probability IS 'Probability after the change';
+COMMENT ON COLUMN crm.stage_history.changed_at IS 'When the change was made (clock time, so concurrent changes order as they happened)';
+COMMENT ON COLUMN crm.stage_history.changed_by IS 'CRM user who made the change (crm.current_user_id())';
+COMMENT ON COLUMN crm.stage_history.changed_by_role IS 'Database role that made the change';
+COMMENT ON COLUMN crm.stage_history.created_at IS 'When the row was made';
+COMMENT ON COLUMN crm.stage_history.updated_at IS 'When the row last changed';
+
+CREATE FUNCTION crm.stage_sync() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_stage_sync'
+    LANGUAGE C;
+COMMENT ON FUNCTION crm.stage_sync() IS
+    'Trigger: default pipeline and stage; status, probability and closed_at follow the stage';
+
+CREATE FUNCTION crm.stage_history_record() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_stage_history_record'
+    LANGUAGE C;
+COMMENT ON FUNCTION crm.stage_history_record() IS
+    'Statement trigger: one crm.stage_history row per record whose stage the statement changed';
+
+CREATE FUNCTION crm.touch_updated_at() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_touch_updated_at'
+    LANGUAGE C;
+COMMENT ON FUNCTION crm.touch_updated_at() IS 'Trigger: updated_at = now() on every UPDATE';
+
+CREATE FUNCTION crm.stamp_flag_times() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_stamp_flag_times'
+    LANGUAGE C;
+COMMENT ON FUNCTION crm.stamp_flag_times() IS
+    'Trigger: for each (flag, flag_at) column pair given, records since when the flag is set';
+
+CREATE TRIGGER stage_sync BEFORE INSERT OR UPDATE ON crm.lead
+    FOR EACH ROW EXECUTE FUNCTION crm.stage_sync();
+CREATE TRIGGER stage_sync BEFORE INSERT OR UPDATE ON crm.opportunity
+    FOR EACH ROW EXECUTE FUNCTION crm.stage_sync();
+
+CREATE TRIGGER stage_history AFTER UPDATE ON crm.lead
+    REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.stage_history_record('lead_id', 'expected_revenue');
+CREATE TRIGGER stage_history AFTER UPDATE ON crm.opportunity
+    REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.stage_history_record('opportunity_id', 'amount');
+
+CREATE TRIGGER consent_times BEFORE INSERT OR UPDATE ON crm.contact
+    FOR EACH ROW EXECUTE FUNCTION crm.stamp_flag_times(
+        'do_not_call', 'do_not_call_at',
+        'email_opt_out', 'email_opt_out_at',
+        'profiling_opt_out', 'profiling_opt_out_at');

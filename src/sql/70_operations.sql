@@ -1,0 +1,303 @@
+-- src/sql/70_operations.sql: the operations of a sales pipeline (shared/seeds/004:
+-- move stage, mark won/lost, convert a lead) and making a tenant.
+--
+-- Each is a thin function over an UPDATE or INSERT: the rules live in the
+-- triggers, so a client that issues the UPDATE itself gets the same result.
+-- The functions add what an UPDATE cannot say well: a clear error for a
+-- wrong id or a stage of another pipeline, and the choice of the won or lost
+-- stage.  They run with the caller's rights, so row-level security applies.
+
+CREATE FUNCTION crm.create_tenant(name text) RETURNS uuid
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    new_tenant uuid;
+    sales uuid;
+    enterprise uuid;
+BEGIN
+    IF name IS NULL OR btrim(name) = '' THEN
+        RAISE EXCEPTION 'tenant name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    INSERT INTO crm.tenant (name) VALUES (btrim(create_tenant.name)) RETURNING tenant_id INTO new_tenant;
+
+    INSERT INTO crm.pipeline (tenant_id, name, is_default, sequence)
+        VALUES (new_tenant, 'Sales Pipeline', true, 1) RETURNING id INTO sales;
+    INSERT INTO crm.pipeline (tenant_id, name, is_default, sequence)
+        VALUES (new_tenant, 'Enterprise Deals', false, 2) RETURNING id INTO enterprise;
+
+    -- shared/seeds/004 (stages) and seeds/002 (probabilities 10/25/50/75/100/0)
+    INSERT INTO crm.stage (tenant_id, pipeline_id, name, sequence, probability, kind, forecast_category, color)
+    VALUES (new_tenant, sales, 'New',         1,  10, 'open', 'pipeline',  '#9E9E9E'),
+           (new_tenant, sales, 'Qualified',   2,  25, 'open', 'pipeline',  '#2196F3'),
+           (new_tenant, sales, 'Proposal',    3,  50, 'open', 'best_case', '#FFC107'),
+           (new_tenant, sales, 'Negotiation', 4,  75, 'open', 'commit',    '#FF9800'),
+           (new_tenant, sales, 'Won',         5, 100, 'won',  'closed',    '#4CAF50'),
+           (new_tenant, sales, 'Lost',        6,   0, 'lost', 'omitted',   '#F44336'),
+           (new_tenant, enterprise, 'Discovery',       1,  10, 'open', 'pipeline',  '#9E9E9E'),
+           (new_tenant, enterprise, 'Solution Design', 2,  30, 'open', 'pipeline',  '#2196F3'),
+           (new_tenant, enterprise, 'Proposal',        3,  50, 'open', 'best_case', '#FFC107'),
+           (new_tenant, enterprise, 'Legal Review',    4,  80, 'open', 'commit',    '#FF9800'),
+           (new_tenant, enterprise, 'Won',             5, 100, 'won',  'closed',    '#4CAF50'),
+           (new_tenant, enterprise, 'Lost',            6,   0, 'lost', 'omitted',   '#F44336');
+
+    RETURN new_tenant;
+END
+$$;
+COMMENT ON FUNCTION crm.create_tenant(text) IS
+    'Makes a tenant with its defaults: the "Sales Pipeline" (default) and "Enterprise Deals" pipelines and their stages; returns the tenant id';
+
+-- Errors shared by the operations below.
+CREATE FUNCTION crm.stage_for_move(record_kind text, record_id uuid, record_tenant uuid,
+                                   record_pipeline uuid, target_stage uuid)
+    RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    stage_pipeline uuid;
+BEGIN
+    IF target_stage IS NULL THEN
+        RAISE EXCEPTION 'stage must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT s.pipeline_id INTO stage_pipeline
+      FROM crm.stage s WHERE s.tenant_id = record_tenant AND s.id = target_stage;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'stage % does not exist', target_stage USING ERRCODE = 'no_data_found';
+    END IF;
+    IF stage_pipeline <> record_pipeline THEN
+        RAISE EXCEPTION 'stage % belongs to another pipeline than % %', target_stage, record_kind, record_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The stage is in pipeline %s; the %s is in pipeline %s.',
+                                  stage_pipeline, record_kind, record_pipeline),
+                  HINT = 'Move the record to a stage of its own pipeline.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.stage_for_move(text, uuid, uuid, uuid, uuid) IS
+    'Internal: checks that a stage exists and belongs to the pipeline of the record being moved';
+
+CREATE FUNCTION crm.lead_move_stage(lead uuid, stage uuid) RETURNS crm.lead
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    r crm.lead;
+BEGIN
+    SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lead % does not exist', $1 USING ERRCODE = 'no_data_found';
+    END IF;
+    PERFORM crm.stage_for_move('lead', r.id, r.tenant_id, r.pipeline_id, $2);
+    UPDATE crm.lead l SET stage_id = $2
+     WHERE l.tenant_id = r.tenant_id AND l.id = r.id RETURNING * INTO r;
+    RETURN r;
+END
+$$;
+COMMENT ON FUNCTION crm.lead_move_stage(uuid, uuid) IS
+    'Moves a lead to another stage of its pipeline; a won or lost stage closes it. Returns the lead';
+
+CREATE FUNCTION crm.opportunity_move_stage(opportunity uuid, stage uuid) RETURNS crm.opportunity
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    r crm.opportunity;
+BEGIN
+    SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'opportunity % does not exist', $1 USING ERRCODE = 'no_data_found';
+    END IF;
+    PERFORM crm.stage_for_move('opportunity', r.id, r.tenant_id, r.pipeline_id, $2);
+    UPDATE crm.opportunity o SET stage_id = $2
+     WHERE o.tenant_id = r.tenant_id AND o.id = r.id RETURNING * INTO r;
+    RETURN r;
+END
+$$;
+COMMENT ON FUNCTION crm.opportunity_move_stage(uuid, uuid) IS
+    'Moves an opportunity to another stage of its pipeline; a won or lost stage closes it. Returns the opportunity';
+
+-- The first stage of the given kind in a pipeline, or an error naming it.
+CREATE FUNCTION crm.pipeline_closing_stage(tenant uuid, pipeline uuid, kind text) RETURNS uuid
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    found_stage uuid;
+BEGIN
+    SELECT s.id INTO found_stage FROM crm.stage s
+     WHERE s.tenant_id = $1 AND s.pipeline_id = $2 AND s.kind = $3
+     ORDER BY s.sequence, s.id LIMIT 1;
+    IF found_stage IS NULL THEN
+        RAISE EXCEPTION 'pipeline % has no % stage', $2, $3
+            USING ERRCODE = 'no_data_found',
+                  HINT = format('Add a stage of kind %L to the pipeline.', $3);
+    END IF;
+    RETURN found_stage;
+END
+$$;
+COMMENT ON FUNCTION crm.pipeline_closing_stage(uuid, uuid, text) IS
+    'Internal: the first stage of kind won or lost of a pipeline';
+
+CREATE FUNCTION crm.opportunity_mark_won(opportunity uuid) RETURNS crm.opportunity
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    r crm.opportunity;
+BEGIN
+    SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'opportunity % does not exist', $1 USING ERRCODE = 'no_data_found';
+    END IF;
+    UPDATE crm.opportunity o
+       SET stage_id = crm.pipeline_closing_stage(r.tenant_id, r.pipeline_id, 'won'),
+           lost_reason = NULL
+     WHERE o.tenant_id = r.tenant_id AND o.id = r.id RETURNING * INTO r;
+    RETURN r;
+END
+$$;
+COMMENT ON FUNCTION crm.opportunity_mark_won(uuid) IS
+    'Moves an opportunity to the won stage of its pipeline. Returns the opportunity';
+
+CREATE FUNCTION crm.opportunity_mark_lost(opportunity uuid, reason text DEFAULT NULL) RETURNS crm.opportunity
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    r crm.opportunity;
+BEGIN
+    SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'opportunity % does not exist', $1 USING ERRCODE = 'no_data_found';
+    END IF;
+    UPDATE crm.opportunity o
+       SET stage_id = crm.pipeline_closing_stage(r.tenant_id, r.pipeline_id, 'lost'),
+           lost_reason = nullif(btrim($2), '')
+     WHERE o.tenant_id = r.tenant_id AND o.id = r.id RETURNING * INTO r;
+    RETURN r;
+END
+$$;
+COMMENT ON FUNCTION crm.opportunity_mark_lost(uuid, text) IS
+    'Moves an opportunity to the lost stage of its pipeline and records why. Returns the opportunity';
+
+CREATE FUNCTION crm.lead_mark_lost(lead uuid, reason text DEFAULT NULL) RETURNS crm.lead
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    r crm.lead;
+BEGIN
+    SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lead % does not exist', $1 USING ERRCODE = 'no_data_found';
+    END IF;
+    UPDATE crm.lead l
+       SET stage_id = crm.pipeline_closing_stage(r.tenant_id, r.pipeline_id, 'lost'),
+           lost_reason = nullif(btrim($2), '')
+     WHERE l.tenant_id = r.tenant_id AND l.id = r.id RETURNING * INTO r;
+    RETURN r;
+END
+$$;
+COMMENT ON FUNCTION crm.lead_mark_lost(uuid, text) IS
+    'Moves a lead to the lost stage of its pipeline and records why. Returns the lead';
+
+CREATE FUNCTION crm.lead_convert(lead uuid, account uuid DEFAULT NULL, contact uuid DEFAULT NULL,
+                                 create_opportunity boolean DEFAULT true)
+    RETURNS TABLE (account_id uuid, contact_id uuid, opportunity_id uuid)
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    r crm.lead;
+    new_account uuid := $2;
+    new_contact uuid := $3;
+    new_opportunity uuid;
+    first_word text;
+    rest text;
+    opp_stage uuid;
+BEGIN
+    SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lead % does not exist', $1 USING ERRCODE = 'no_data_found';
+    END IF;
+    IF r.converted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'lead % is already converted', r.id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('It was converted at %s.', r.converted_at);
+    END IF;
+    IF r.status = 'lost' THEN
+        RAISE EXCEPTION 'lead % is lost and cannot be converted', r.id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Move the lead back to an open stage first.';
+    END IF;
+
+    -- Account: the one given, else one with the same company name, else a new one.
+    IF new_account IS NOT NULL THEN
+        PERFORM 1 FROM crm.account a WHERE a.tenant_id = r.tenant_id AND a.id = new_account;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'account % does not exist', new_account USING ERRCODE = 'no_data_found';
+        END IF;
+    ELSIF nullif(btrim(r.company_name), '') IS NOT NULL THEN
+        SELECT a.id INTO new_account FROM crm.account a
+         WHERE a.tenant_id = r.tenant_id AND lower(a.name) = lower(btrim(r.company_name))
+         ORDER BY a.id LIMIT 1;
+        IF new_account IS NULL THEN
+            INSERT INTO crm.account (tenant_id, name, website, phone, industry, employees, currency,
+                                     account_type, owner_id)
+            VALUES (r.tenant_id, btrim(r.company_name), r.website, r.phone, r.industry, r.company_size,
+                    r.currency, 'prospect', r.owner_id)
+            RETURNING id INTO new_account;
+        END IF;
+    END IF;
+
+    -- Contact: the one given, else one with the same e-mail, else a new one.
+    IF new_contact IS NOT NULL THEN
+        PERFORM 1 FROM crm.contact c WHERE c.tenant_id = r.tenant_id AND c.id = new_contact;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'contact % does not exist', new_contact USING ERRCODE = 'no_data_found';
+        END IF;
+    ELSIF r.email IS NOT NULL THEN
+        SELECT c.id INTO new_contact FROM crm.contact c
+         WHERE c.tenant_id = r.tenant_id AND lower(c.email) = lower(r.email);
+    END IF;
+    IF new_contact IS NULL THEN
+        first_word := split_part(btrim(coalesce(nullif(btrim(r.contact_name), ''), r.name)), ' ', 1);
+        rest := nullif(btrim(substr(btrim(coalesce(nullif(btrim(r.contact_name), ''), r.name)),
+                                    length(first_word) + 1)), '');
+        INSERT INTO crm.contact (tenant_id, first_name, last_name, email, phone, job_title, account_id,
+                                 lead_source, owner_id)
+        VALUES (r.tenant_id, first_word, rest, r.email, r.phone, r.job_title, new_account,
+                r.source, r.owner_id)
+        RETURNING id INTO new_contact;
+    ELSIF new_account IS NOT NULL THEN
+        -- link a contact that had no company yet
+        UPDATE crm.contact c SET account_id = new_account
+         WHERE c.tenant_id = r.tenant_id AND c.id = new_contact AND c.account_id IS NULL;
+    END IF;
+
+    IF create_opportunity THEN
+        -- an open lead's stage carries over; otherwise the pipeline starts afresh
+        opp_stage := CASE WHEN r.status = 'open' THEN r.stage_id END;
+        INSERT INTO crm.opportunity (tenant_id, name, account_id, contact_id, lead_id, pipeline_id, stage_id,
+                                     amount, currency, priority, source, description, owner_id, custom)
+        VALUES (r.tenant_id, r.name, new_account, new_contact, r.id, r.pipeline_id, opp_stage,
+                coalesce(r.expected_revenue, 0), r.currency, r.priority, r.source, r.description,
+                r.owner_id, r.custom)
+        RETURNING id INTO new_opportunity;
+        INSERT INTO crm.opportunity_tag (tenant_id, opportunity_id, tag_id)
+        SELECT lt.tenant_id, new_opportunity, lt.tag_id
+          FROM crm.lead_tag lt WHERE lt.tenant_id = r.tenant_id AND lt.lead_id = r.id;
+    END IF;
+
+    UPDATE crm.lead l
+       SET converted_at = now(), converted_account_id = new_account, converted_contact_id = new_contact
+     WHERE l.tenant_id = r.tenant_id AND l.id = r.id;
+
+    RETURN QUERY SELECT new_account, new_contact, new_opportunity;
+END
+$$;
+COMMENT ON FUNCTION crm.lead_convert(uuid, uuid, uuid, boolean) IS
+    'Converts a lead: uses the given account and contact or finds them (same company name, same e-mail) or creates them, optionally creates an opportunity carrying the lead''s fields and tags, and marks the lead converted';

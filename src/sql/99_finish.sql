@@ -1,0 +1,49 @@
+-- src/sql/99_finish.sql: what applies to every table and function above.
+
+-- updated_at of every table is kept by a trigger, whichever client writes.
+DO $$
+DECLARE
+    t regclass;
+BEGIN
+    FOR t IN SELECT c.oid FROM pg_catalog.pg_class c
+              WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
+              ORDER BY c.relname
+    LOOP
+        EXECUTE format('CREATE TRIGGER touch_updated_at BEFORE UPDATE ON %s'
+                       ' FOR EACH ROW EXECUTE FUNCTION crm.touch_updated_at()', t);
+    END LOOP;
+END
+$$;
+
+-- pg_dump keeps the data of every table; shipped lookup rows stay out, as
+-- CREATE EXTENSION makes them again on restore.
+SELECT pg_catalog.pg_extension_config_dump('crm.currency', 'WHERE NOT is_builtin');
+SELECT pg_catalog.pg_extension_config_dump('crm.activity_type', 'WHERE NOT is_builtin');
+DO $$
+DECLARE
+    t regclass;
+BEGIN
+    FOR t IN SELECT c.oid FROM pg_catalog.pg_class c
+              WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
+                AND c.relname NOT IN ('currency', 'activity_type')
+    LOOP
+        PERFORM pg_catalog.pg_extension_config_dump(t, '');
+    END LOOP;
+END
+$$;
+
+-- Nothing is granted to PUBLIC; the crm_* roles get their rights from
+-- crm.setup_roles(), at once when the roles already exist.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA crm FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA crm FROM PUBLIC;
+REVOKE ALL ON SCHEMA crm FROM PUBLIC;
+REVOKE ALL ON DOMAIN crm.email_address FROM PUBLIC;
+
+DO $$
+BEGIN
+    IF (SELECT count(*) FROM pg_catalog.pg_roles
+         WHERE rolname IN ('crm_reader', 'crm_writer', 'crm_admin', 'crm_app')) = 4 THEN
+        PERFORM crm.setup_roles();
+    END IF;
+END
+$$;
