@@ -15,6 +15,7 @@
  */
 #include "crm.h"
 
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
@@ -123,7 +124,7 @@ crm_activity_sync(PG_FUNCTION_ARGS)
 
 			(void) heap_getattr(newtuple, module_att, tupdesc, &module_null);
 			type_changed = oldnull || module_null ||
-				!DatumGetBool(DirectFunctionCall2(texteq, old_code, type_code));
+				!DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID, old_code, type_code));
 		}
 		if (type_changed)
 		{

@@ -271,10 +271,13 @@ column_changed(HeapTuple oldtuple, HeapTuple newtuple, TupleDesc tupdesc, int at
 	return !datumIsEqual(oldval, newval, att->attbyval, att->attlen);
 }
 
+/* An integer as a numeric of the column's declared precision and scale. */
 static Datum
-numeric_from_int(int value)
+numeric_from_int(int value, int32 typmod)
 {
-	return DirectFunctionCall1(int4_numeric, Int32GetDatum(value));
+	return DirectFunctionCall2(numeric,
+							   DirectFunctionCall1(int4_numeric, Int32GetDatum(value)),
+							   Int32GetDatum(typmod));
 }
 
 static bool
@@ -462,7 +465,8 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 
 		if (kind != STAGE_OPEN)
 		{
-			Datum		forced = numeric_from_int(kind == STAGE_WON ? 100 : 0);
+			Datum		forced = numeric_from_int(kind == STAGE_WON ? 100 : 0,
+											  TupleDescAttr(tupdesc, attnums[COL_PROBABILITY] - 1)->atttypmod);
 
 			if (set_by_hand && !numeric_equal(probability, forced))
 				ereport(ERROR,
