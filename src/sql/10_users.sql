@@ -41,6 +41,7 @@ CREATE TABLE crm.team (
     FOREIGN KEY (tenant_id, manager_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (manager_id)
 );
 CREATE UNIQUE INDEX team_name_key ON crm.team (tenant_id, lower(name));
+CREATE INDEX team_manager_idx ON crm.team (tenant_id, manager_id);
 COMMENT ON TABLE crm.team IS 'A sales team; its members report to its manager';
 COMMENT ON COLUMN crm.team.tenant_id IS 'Owning tenant';
 COMMENT ON COLUMN crm.team.id IS 'Row id (UUIDv7)';
@@ -81,6 +82,7 @@ CREATE TABLE crm.tenant_access (
     FOREIGN KEY (tenant_id, user_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (user_id)
 );
 CREATE INDEX tenant_access_role_idx ON crm.tenant_access (login_role);
+CREATE INDEX tenant_access_user_idx ON crm.tenant_access (tenant_id, user_id);
 COMMENT ON TABLE crm.tenant_access IS 'Login roles (people, BI tools) that act for a tenant, and as which CRM user; kept by crm.grant_tenant_access()';
 COMMENT ON COLUMN crm.tenant_access.tenant_id IS 'The tenant the role acts for';
 COMMENT ON COLUMN crm.tenant_access.login_role IS 'Database role name';

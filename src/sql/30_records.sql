@@ -165,6 +165,8 @@ CREATE TABLE crm.lead (
 CREATE INDEX lead_stage_idx ON crm.lead (tenant_id, pipeline_id, stage_id);
 CREATE INDEX lead_owner_idx ON crm.lead (tenant_id, owner_id);
 CREATE INDEX lead_email_idx ON crm.lead (tenant_id, lower(email));
+CREATE INDEX lead_converted_account_idx ON crm.lead (tenant_id, converted_account_id);
+CREATE INDEX lead_converted_contact_idx ON crm.lead (tenant_id, converted_contact_id);
 COMMENT ON TABLE crm.lead IS 'A potential customer not yet qualified; converted into an account, contact and opportunity';
 COMMENT ON COLUMN crm.lead.tenant_id IS 'Owning tenant';
 COMMENT ON COLUMN crm.lead.id IS 'Row id (UUIDv7)';

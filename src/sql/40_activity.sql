@@ -119,3 +119,4 @@ COMMENT ON FUNCTION crm.activity_sync() IS
 
 CREATE TRIGGER activity_sync BEFORE INSERT OR UPDATE ON crm.activity
     FOR EACH ROW EXECUTE FUNCTION crm.activity_sync();
+COMMENT ON TRIGGER activity_sync ON crm.activity IS 'Module from the activity type; completed_at from status';

@@ -82,3 +82,8 @@ CREATE TRIGGER consent_times BEFORE INSERT OR UPDATE ON crm.contact
         'do_not_call', 'do_not_call_at',
         'email_opt_out', 'email_opt_out_at',
         'profiling_opt_out', 'profiling_opt_out_at');
+COMMENT ON TRIGGER stage_sync ON crm.lead IS 'Default pipeline and stage; status, probability and closed_at follow the stage';
+COMMENT ON TRIGGER stage_sync ON crm.opportunity IS 'Default pipeline and stage; status, probability and closed_at follow the stage';
+COMMENT ON TRIGGER stage_history ON crm.lead IS 'One crm.stage_history row per lead whose stage the statement changed';
+COMMENT ON TRIGGER stage_history ON crm.opportunity IS 'One crm.stage_history row per opportunity whose stage the statement changed';
+COMMENT ON TRIGGER consent_times ON crm.contact IS 'Since when do_not_call, email_opt_out and profiling_opt_out hold';

@@ -11,6 +11,8 @@ BEGIN
     LOOP
         EXECUTE format('CREATE TRIGGER touch_updated_at BEFORE UPDATE ON %s'
                        ' FOR EACH ROW EXECUTE FUNCTION crm.touch_updated_at()', t);
+        EXECUTE format('COMMENT ON TRIGGER touch_updated_at ON %s IS %L', t,
+                       'updated_at = now() on every UPDATE');
     END LOOP;
 END
 $$;
