@@ -140,7 +140,8 @@ $$;
 COMMENT ON FUNCTION crm.pipeline_closing_stage(uuid, uuid, text) IS
     'Internal: the first stage of kind won or lost of a pipeline';
 
-CREATE FUNCTION crm.opportunity_mark_won(opportunity uuid) RETURNS crm.opportunity
+-- Closing an opportunity as won or lost is one move with a chosen stage.
+CREATE FUNCTION crm.opportunity_close(opportunity uuid, kind text, reason text) RETURNS crm.opportunity
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
@@ -152,33 +153,26 @@ BEGIN
         RAISE EXCEPTION 'opportunity % does not exist', $1 USING ERRCODE = 'no_data_found';
     END IF;
     UPDATE crm.opportunity o
-       SET stage_id = crm.pipeline_closing_stage(r.tenant_id, r.pipeline_id, 'won'),
-           lost_reason = NULL
+       SET stage_id = crm.pipeline_closing_stage(r.tenant_id, r.pipeline_id, $2),
+           lost_reason = CASE WHEN $2 = 'lost' THEN nullif(btrim($3), '') END
      WHERE o.tenant_id = r.tenant_id AND o.id = r.id RETURNING * INTO r;
     RETURN r;
 END
 $$;
+COMMENT ON FUNCTION crm.opportunity_close(uuid, text, text) IS
+    'Internal: moves an opportunity to the first won or lost stage of its pipeline';
+
+CREATE FUNCTION crm.opportunity_mark_won(opportunity uuid) RETURNS crm.opportunity
+    LANGUAGE sql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT crm.opportunity_close($1, 'won', NULL) $$;
 COMMENT ON FUNCTION crm.opportunity_mark_won(uuid) IS
     'Moves an opportunity to the won stage of its pipeline. Returns the opportunity';
 
 CREATE FUNCTION crm.opportunity_mark_lost(opportunity uuid, reason text DEFAULT NULL) RETURNS crm.opportunity
-    LANGUAGE plpgsql VOLATILE
+    LANGUAGE sql VOLATILE
     SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    r crm.opportunity;
-BEGIN
-    SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'opportunity % does not exist', $1 USING ERRCODE = 'no_data_found';
-    END IF;
-    UPDATE crm.opportunity o
-       SET stage_id = crm.pipeline_closing_stage(r.tenant_id, r.pipeline_id, 'lost'),
-           lost_reason = nullif(btrim($2), '')
-     WHERE o.tenant_id = r.tenant_id AND o.id = r.id RETURNING * INTO r;
-    RETURN r;
-END
-$$;
+    AS $$ SELECT crm.opportunity_close($1, 'lost', $2) $$;
 COMMENT ON FUNCTION crm.opportunity_mark_lost(uuid, text) IS
     'Moves an opportunity to the lost stage of its pipeline and records why. Returns the opportunity';
 

@@ -168,7 +168,7 @@ BEGIN
         crm.uuid_generate_v7(), crm.stage_for_move(text, uuid, uuid, uuid, uuid),
         crm.pipeline_closing_stage(uuid, uuid, text),
         crm.lead_move_stage(uuid, uuid), crm.opportunity_move_stage(uuid, uuid),
-        crm.opportunity_mark_won(uuid), crm.opportunity_mark_lost(uuid, text),
+        crm.opportunity_close(uuid, text, text), crm.opportunity_mark_won(uuid), crm.opportunity_mark_lost(uuid, text),
         crm.lead_mark_lost(uuid, text), crm.lead_convert(uuid, uuid, uuid, boolean)
         TO crm_writer;
 

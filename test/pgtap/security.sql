@@ -52,6 +52,7 @@ INSERT INTO func_level VALUES
     ('crm.pipeline_closing_stage(uuid,uuid,text)', 2),
     ('crm.lead_move_stage(uuid,uuid)', 2),
     ('crm.opportunity_move_stage(uuid,uuid)', 2),
+    ('crm.opportunity_close(uuid,text,text)', 2),
     ('crm.opportunity_mark_won(uuid)', 2),
     ('crm.opportunity_mark_lost(uuid,text)', 2),
     ('crm.lead_mark_lost(uuid,text)', 2),
