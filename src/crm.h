@@ -17,18 +17,24 @@
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "storage/proc.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 /*
- * Identifies one SQL command of one transaction in this backend.  Caches
+ * Identifies one statement of one transaction in this backend.  Caches
  * that may only be trusted while nothing could have changed underneath
  * them (stage lookups, the tenant a session acts for) are tagged with the
- * key of the command that filled them and dropped when it differs.
+ * key of the statement that filled them and dropped when it differs.  The
+ * command id moves on after each write of the transaction; the statement
+ * start time moves on with each statement the client sends, so a change
+ * another session committed is seen by the next statement even in a
+ * transaction that only reads.
  */
 typedef struct CrmCommandKey
 {
 	LocalTransactionId lxid;
 	CommandId	cid;
+	TimestampTz statement_start;
 } CrmCommandKey;
 
 static inline CrmCommandKey
@@ -38,13 +44,15 @@ crm_command_key_current(void)
 
 	key.lxid = MyProc->lxid;
 	key.cid = GetCurrentCommandId(false);
+	key.statement_start = GetCurrentStatementStartTimestamp();
 	return key;
 }
 
 static inline bool
 crm_command_key_equal(CrmCommandKey a, CrmCommandKey b)
 {
-	return a.lxid == b.lxid && a.cid == b.cid;
+	return a.lxid == b.lxid && a.cid == b.cid &&
+		a.statement_start == b.statement_start;
 }
 
 /* common.c */

@@ -10,8 +10,9 @@
  *	- A login role mapped by crm.grant_tenant_access() acts for the tenant
  *	  (and CRM user) of its mapping.  The GUC crm.tenant_id only chooses
  *	  among several mappings of the same role: setting it to a tenant the
- *	  role is not mapped to gains nothing, because any psql user can set a
- *	  GUC and a GUC is no security boundary.
+ *	  role is not mapped to gains nothing (a role with one mapping keeps
+ *	  acting for it; one with several acts for none), because any psql user
+ *	  can set a GUC and a GUC is no security boundary.
  *	- An application role, a member of crm_app that holds no mapping, acts
  *	  for whatever it sets with SET LOCAL crm.tenant_id / crm.user_id in each
  *	  transaction, which stays correct behind a transaction pooler.  The
@@ -20,9 +21,9 @@
  * Anyone else acts for no tenant: current_tenant() is NULL, so the policies
  * show no rows and accept none.
  *
- * The answer is cached for one SQL command of one transaction, keyed by the
- * role and both GUC values: a bulk statement pays for the mapping lookup
- * once, and a revoked mapping is seen by the very next command.
+ * The answer is cached for one statement, keyed by the role and both GUC
+ * values: a bulk statement pays for the mapping lookup once, and a revoked
+ * mapping is seen by the very next statement.
  *
  *-------------------------------------------------------------------------
  */
@@ -222,7 +223,8 @@ resolve_mapping(Oid userid, const pg_uuid_t *wanted, bool has_wanted)
 		if (has_wanted && memcmp(DatumGetUUIDP(d), wanted, sizeof(pg_uuid_t)) == 0)
 			chosen = (int) i;
 	}
-	if (chosen < 0 && !has_wanted && SPI_processed == 1)
+	/* one mapping: that tenant, whatever the setting names */
+	if (chosen < 0 && SPI_processed == 1)
 		chosen = 0;
 
 	context.has_tenant = false;

@@ -115,20 +115,23 @@ COMMENT ON COLUMN crm.currency_rate.valid_from IS 'First day the rate applies';
 COMMENT ON COLUMN crm.currency_rate.created_at IS 'When the row was made';
 COMMENT ON COLUMN crm.currency_rate.updated_at IS 'When the row last changed';
 
-CREATE FUNCTION crm.exchange_rate(from_currency text, to_currency text, as_of date DEFAULT current_date)
+CREATE FUNCTION crm.exchange_rate(from_currency text, to_currency text, as_of date DEFAULT current_date,
+                                  tenant uuid DEFAULT crm.current_tenant())
     RETURNS numeric
     LANGUAGE sql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
     AS $$
         SELECT CASE WHEN $1 = $2 THEN 1::numeric ELSE coalesce(
             (SELECT r.rate FROM crm.currency_rate r
-              WHERE r.from_currency = $1 AND r.to_currency = $2 AND r.valid_from <= $3
+              WHERE r.tenant_id = $4 AND r.from_currency = $1 AND r.to_currency = $2
+                AND r.valid_from <= $3
               ORDER BY r.valid_from DESC LIMIT 1),
             (SELECT 1 / r.rate FROM crm.currency_rate r
-              WHERE r.from_currency = $2 AND r.to_currency = $1 AND r.valid_from <= $3
+              WHERE r.tenant_id = $4 AND r.from_currency = $2 AND r.to_currency = $1
+                AND r.valid_from <= $3
               ORDER BY r.valid_from DESC LIMIT 1)) END
     $$;
-COMMENT ON FUNCTION crm.exchange_rate(text, text, date) IS
+COMMENT ON FUNCTION crm.exchange_rate(text, text, date, uuid) IS
     'Units of to_currency for one from_currency on as_of, from the tenant''s latest rate (direct or inverse); NULL when the tenant has none';
 
 -- The active ISO 4217 currencies, as Debian's iso-codes package lists them

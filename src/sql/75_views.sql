@@ -25,7 +25,7 @@ SELECT s.tenant_id,
   JOIN crm.pipeline p ON p.tenant_id = s.tenant_id AND p.id = s.pipeline_id
   JOIN crm.tenant t ON t.tenant_id = s.tenant_id
   LEFT JOIN crm.opportunity o ON o.tenant_id = s.tenant_id AND o.stage_id = s.id
-  LEFT JOIN LATERAL (SELECT crm.exchange_rate(o.currency, t.default_currency) AS rate) fx ON o.id IS NOT NULL
+  LEFT JOIN LATERAL (SELECT crm.exchange_rate(o.currency, t.default_currency, current_date, t.tenant_id) AS rate) fx ON o.id IS NOT NULL
  GROUP BY s.tenant_id, s.pipeline_id, p.name, p.sequence, s.id, s.name, s.sequence, s.kind, s.probability,
           t.default_currency
  ORDER BY s.tenant_id, p.sequence, p.name, s.sequence;
@@ -51,7 +51,7 @@ SELECT s.tenant_id,
   JOIN crm.pipeline p ON p.tenant_id = s.tenant_id AND p.id = s.pipeline_id
   JOIN crm.tenant t ON t.tenant_id = s.tenant_id
   LEFT JOIN crm.lead l ON l.tenant_id = s.tenant_id AND l.stage_id = s.id AND l.converted_at IS NULL
-  LEFT JOIN LATERAL (SELECT crm.exchange_rate(l.currency, t.default_currency) AS rate) fx ON l.id IS NOT NULL
+  LEFT JOIN LATERAL (SELECT crm.exchange_rate(l.currency, t.default_currency, current_date, t.tenant_id) AS rate) fx ON l.id IS NOT NULL
  GROUP BY s.tenant_id, s.pipeline_id, p.name, p.sequence, s.id, s.name, s.sequence, s.kind, s.probability,
           t.default_currency
  ORDER BY s.tenant_id, p.sequence, p.name, s.sequence;
@@ -92,7 +92,7 @@ SELECT t.tenant_id,
              count(*) FILTER (WHERE x.status = 'lost') AS lost_count,
              count(*) FILTER (WHERE fx.rate IS NULL) AS unconverted_count
         FROM crm.opportunity x
-        CROSS JOIN LATERAL (SELECT crm.exchange_rate(x.currency, t.default_currency) AS rate) fx
+        CROSS JOIN LATERAL (SELECT crm.exchange_rate(x.currency, t.default_currency, current_date, t.tenant_id) AS rate) fx
        WHERE x.tenant_id = t.tenant_id) o;
 COMMENT ON VIEW crm.dashboard IS
     'Sales KPIs per tenant: leads (total, active, converted), open, won and lost opportunities with their value, lead-to-opportunity conversion rate (%), pipeline distribution by open stage';

@@ -66,7 +66,7 @@ BEGIN
     END IF;
     INSERT INTO crm.tenant_access AS a (tenant_id, login_role, user_id)
     VALUES ($2, $1, $3)
-    ON CONFLICT (tenant_id, login_role) DO UPDATE SET user_id = excluded.user_id;
+    ON CONFLICT ON CONSTRAINT tenant_access_pkey DO UPDATE SET user_id = excluded.user_id;
 END
 $$;
 COMMENT ON FUNCTION crm.grant_tenant_access(name, uuid, uuid) IS
@@ -156,7 +156,7 @@ BEGIN
     GRANT SELECT ON ALL TABLES IN SCHEMA crm TO crm_reader;
     GRANT EXECUTE ON FUNCTION
         crm.current_tenant(), crm.current_user_id(), crm.is_admin(), crm.sees_all_records(),
-        crm.visible_owner_ids(), crm.tenant_default_currency(), crm.exchange_rate(text, text, date),
+        crm.visible_owner_ids(), crm.tenant_default_currency(), crm.exchange_rate(text, text, date, uuid),
         crm.uuid_v7_time(uuid)
         TO crm_reader;
 

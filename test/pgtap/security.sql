@@ -45,7 +45,7 @@ INSERT INTO func_level VALUES
     ('crm.sees_all_records()', 1),
     ('crm.visible_owner_ids()', 1),
     ('crm.tenant_default_currency()', 1),
-    ('crm.exchange_rate(text,text,date)', 1),
+    ('crm.exchange_rate(text,text,date,uuid)', 1),
     ('crm.uuid_v7_time(uuid)', 1),
     ('crm.uuid_generate_v7()', 2),
     ('crm.stage_for_move(text,uuid,uuid,uuid,uuid)', 2),

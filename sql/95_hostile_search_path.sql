@@ -1,0 +1,377 @@
+-- A hostile search_path cannot redirect crm.
+--
+-- A session's search_path decides what an unqualified name means.  If a
+-- schema that someone else can write comes before pg_catalog, its lower()
+-- or its = operator replaces the system's for every unqualified use
+-- (CVE-2018-1058).  crm must therefore never resolve a name through the
+-- caller's search_path: its functions carry SET search_path = pg_catalog,
+-- pg_temp, its C code qualifies every name and operator in the SQL it runs
+-- (some of it as the extension's owner), and views, policies, defaults and
+-- checks are bound when the extension is created.
+--
+-- This file builds, in a database of its own, a schema "trojan" of
+-- functions, operators and aggregates named like those crm uses, each of
+-- which records that it was called (a row in trojan.calls and a WARNING),
+-- puts it before pg_catalog, and then installs and uses crm in every way it
+-- knows of.  Not one trojan may be called.  The statements written here
+-- qualify their own operators and aggregates, as a client under such a
+-- path would have to.
+SELECT current_database() AS regress_db \gset
+SET client_min_messages = warning;
+DROP DATABASE IF EXISTS regress_hostile;
+DROP ROLE IF EXISTS regress_hostile_admin, regress_hostile_writer, regress_hostile_app;
+RESET client_min_messages;
+CREATE DATABASE regress_hostile TEMPLATE template0;
+\c regress_hostile
+
+-- The trojans -----------------------------------------------------------------
+CREATE SCHEMA trojan;
+CREATE TABLE trojan.calls (fn text NOT NULL, called_by name NOT NULL);
+GRANT USAGE ON SCHEMA trojan TO PUBLIC;
+GRANT SELECT, INSERT, DELETE ON trojan.calls TO PUBLIC;
+CREATE FUNCTION trojan.hit(fn text) RETURNS void
+    LANGUAGE plpgsql SECURITY INVOKER AS $$
+BEGIN
+    INSERT INTO trojan.calls (fn, called_by) VALUES (fn, current_user);
+    RAISE WARNING 'trojan % called', fn;
+END
+$$;
+
+-- Functions: each does what pg_catalog's does, after recording the call.
+DO $$
+DECLARE
+    f record;
+    params text;
+BEGIN
+    FOR f IN SELECT * FROM (VALUES
+        ('lower', 'text', 'text'),
+        ('upper', 'text', 'text'),
+        ('btrim', 'text', 'text'),
+        ('btrim', 'text, text', 'text'),
+        ('length', 'text', 'integer'),
+        ('substr', 'text, integer', 'text'),
+        ('split_part', 'text, text, integer', 'text'),
+        ('now', '', 'timestamptz'),
+        ('clock_timestamp', '', 'timestamptz'),
+        ('statement_timestamp', '', 'timestamptz'),
+        ('current_setting', 'text', 'text'),
+        ('current_setting', 'text, boolean', 'text'),
+        ('set_config', 'text, text, boolean', 'text'),
+        ('format', 'text', 'text'),
+        ('format', 'text, text', 'text'),
+        ('format', 'text, timestamptz', 'text'),
+        ('format', 'text, uuid, text, uuid', 'text'),
+        ('jsonb_build_object', 'text, integer', 'jsonb'),
+        ('jsonb_build_object', 'text, text, text, text, text, bigint, text, numeric, text, numeric', 'jsonb'),
+        ('jsonb_typeof', 'jsonb', 'text'),
+        ('num_nonnulls', 'uuid, uuid', 'integer'),
+        ('pg_has_role', 'oid, text', 'boolean'),
+        ('pg_has_role', 'name, text', 'boolean'),
+        ('quote_ident', 'text', 'text'),
+        ('generate_series', 'integer, integer', 'SETOF integer'),
+        ('unnest', 'uuid[]', 'SETOF uuid'),
+        ('unnest', 'text[]', 'SETOF text')) AS t(name, args, returns)
+    LOOP
+        SELECT string_agg('$' || n, ', ' ORDER BY n) INTO params
+          FROM generate_series(1, CASE WHEN f.args = '' THEN 0
+                                       ELSE array_length(string_to_array(f.args, ','), 1) END) n;
+        EXECUTE format(
+            'CREATE FUNCTION trojan.%I(%s) RETURNS %s LANGUAGE plpgsql SECURITY INVOKER AS %L',
+            f.name, f.args, f.returns,
+            format('BEGIN PERFORM trojan.hit(%L); RETURN %s pg_catalog.%I(%s); END',
+                   f.name || '(' || f.args || ')',
+                   CASE WHEN f.returns LIKE 'SETOF%' THEN 'QUERY SELECT * FROM' ELSE '' END,
+                   f.name, coalesce(params, '')));
+    END LOOP;
+END
+$$;
+
+-- Operators: the comparisons and arithmetic crm's queries are made of.
+DO $$
+DECLARE
+    o record;
+BEGIN
+    FOR o IN SELECT * FROM (VALUES
+        ('=', 'uuid', 'uuid', 'uuid_eq', 'boolean'),
+        ('<>', 'uuid', 'uuid', 'uuid_ne', 'boolean'),
+        ('=', 'text', 'text', 'texteq', 'boolean'),
+        ('<>', 'text', 'text', 'textne', 'boolean'),
+        ('=', 'name', 'name', 'nameeq', 'boolean'),
+        ('=', 'name', 'text', 'nameeqtext', 'boolean'),
+        ('~', 'text', 'text', 'textregexeq', 'boolean'),
+        ('~~', 'text', 'text', 'textlike', 'boolean'),
+        ('||', 'text', 'text', 'textcat', 'text'),
+        ('=', 'date', 'date', 'date_eq', 'boolean'),
+        ('<=', 'date', 'date', 'date_le', 'boolean'),
+        ('<', 'date', 'date', 'date_lt', 'boolean'),
+        ('=', 'numeric', 'numeric', 'numeric_eq', 'boolean'),
+        ('<>', 'numeric', 'numeric', 'numeric_ne', 'boolean'),
+        ('>=', 'numeric', 'numeric', 'numeric_ge', 'boolean'),
+        ('<=', 'numeric', 'numeric', 'numeric_le', 'boolean'),
+        ('<', 'numeric', 'numeric', 'numeric_lt', 'boolean'),
+        ('>', 'numeric', 'numeric', 'numeric_gt', 'boolean'),
+        ('*', 'numeric', 'numeric', 'numeric_mul', 'numeric'),
+        ('/', 'numeric', 'numeric', 'numeric_div', 'numeric'),
+        ('=', 'integer', 'integer', 'int4eq', 'boolean'),
+        ('>', 'integer', 'integer', 'int4gt', 'boolean'),
+        ('+', 'integer', 'integer', 'int4pl', 'integer'),
+        ('*', 'integer', 'integer', 'int4mul', 'integer'),
+        ('%', 'integer', 'integer', 'int4mod', 'integer'),
+        ('=', 'boolean', 'boolean', 'booleq', 'boolean'),
+        ('=', 'oid', 'oid', 'oideq', 'boolean'),
+        ('=', '"char"', '"char"', 'chareq', 'boolean'),
+        ('<=', 'timestamptz', 'timestamptz', 'timestamptz_le', 'boolean'),
+        ('+', 'timestamptz', 'interval', 'timestamptz_pl_interval', 'timestamptz'),
+        ('-', 'timestamptz', 'interval', 'timestamptz_mi_interval', 'timestamptz')) AS t(op, l, r, proc, returns)
+    LOOP
+        EXECUTE format(
+            'CREATE FUNCTION trojan.%I(%s, %s) RETURNS %s LANGUAGE plpgsql SECURITY INVOKER AS %L',
+            'op_' || o.proc, o.l, o.r, o.returns,
+            format('BEGIN PERFORM trojan.hit(%L); RETURN pg_catalog.%I($1, $2); END',
+                   format('%s %s %s', o.l, o.op, o.r), o.proc));
+        EXECUTE format('CREATE OPERATOR trojan.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = trojan.%I)',
+                       o.op, o.l, o.r, 'op_' || o.proc);
+    END LOOP;
+END
+$$;
+
+-- Aggregates.
+CREATE FUNCTION trojan.count_step(bigint) RETURNS bigint LANGUAGE plpgsql SECURITY INVOKER AS $$
+BEGIN PERFORM trojan.hit('count(*)'); RETURN pg_catalog.int8inc($1); END
+$$;
+CREATE AGGREGATE trojan.count(*) (SFUNC = trojan.count_step, STYPE = bigint, INITCOND = '0');
+CREATE FUNCTION trojan.array_agg_step(uuid[], uuid) RETURNS uuid[] LANGUAGE plpgsql SECURITY INVOKER AS $$
+BEGIN PERFORM trojan.hit('array_agg(uuid)'); RETURN pg_catalog.array_append($1, $2); END
+$$;
+CREATE AGGREGATE trojan.array_agg(uuid) (SFUNC = trojan.array_agg_step, STYPE = uuid[], INITCOND = '{}');
+CREATE FUNCTION trojan.sum_step(numeric, numeric) RETURNS numeric LANGUAGE plpgsql STRICT SECURITY INVOKER AS $$
+BEGIN PERFORM trojan.hit('sum(numeric)'); RETURN pg_catalog.numeric_add($1, $2); END
+$$;
+CREATE AGGREGATE trojan.sum(numeric) (SFUNC = trojan.sum_step, STYPE = numeric);
+
+-- Every trojan may be called by anyone, so every role's calls would land.
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA trojan TO PUBLIC;
+SELECT count(*) FILTER (WHERE p.prokind = 'f') AS functions,
+       count(*) FILTER (WHERE p.prokind = 'a') AS aggregates,
+       (SELECT count(*) FROM pg_operator o WHERE o.oprnamespace = 'trojan'::regnamespace) AS operators
+  FROM pg_proc p WHERE p.pronamespace = 'trojan'::regnamespace AND p.proname NOT LIKE '%\_step'
+   AND p.proname NOT LIKE 'op\_%' AND p.proname <> 'hit';
+
+-- The hostile path, before pg_catalog, for every new session of the database.
+ALTER DATABASE regress_hostile SET search_path = trojan, pg_catalog, public;
+\c regress_hostile
+SHOW search_path;
+-- count every call of every function, to show below that each crm function ran
+SET track_functions = 'all';
+
+-- Control: unqualified names do reach the trojans (else this file proves
+-- nothing).
+SELECT lower('X') AS lowered;
+SELECT 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS equal;
+SELECT array_agg(x) AS ids FROM (VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid)) AS v(x);
+SELECT fn, called_by OPERATOR(pg_catalog.=) current_user AS called_by_me FROM trojan.calls ORDER BY fn;
+DELETE FROM trojan.calls;
+
+-- Install and provision under the hostile path -----------------------------------
+CREATE EXTENSION crm;
+SELECT crm.setup_roles();
+SELECT crm.create_tenant('Hostile A') AS ta \gset
+SELECT crm.load_demo('Hostile B') AS tb \gset
+CREATE ROLE regress_hostile_admin IN ROLE crm_admin;
+CREATE ROLE regress_hostile_writer IN ROLE crm_writer;
+CREATE ROLE regress_hostile_app IN ROLE crm_app, crm_writer;
+SELECT crm.grant_tenant_access('regress_hostile_admin', :'tb');
+
+-- Ids for the statements below, looked up under a clean path.
+SET search_path = pg_catalog, public;
+SELECT id AS sales FROM crm.pipeline WHERE tenant_id = :'tb' AND is_default \gset
+SELECT id AS qualified FROM crm.stage WHERE tenant_id = :'tb' AND pipeline_id = :'sales' AND name = 'Qualified' \gset
+SELECT id AS proposal FROM crm.stage WHERE tenant_id = :'tb' AND pipeline_id = :'sales' AND name = 'Proposal' \gset
+SELECT s.id AS discovery FROM crm.stage s JOIN crm.pipeline p ON p.tenant_id = s.tenant_id AND p.id = s.pipeline_id
+ WHERE s.tenant_id = :'tb' AND p.name = 'Enterprise Deals' AND s.name = 'Discovery' \gset
+SELECT id AS alice FROM crm.app_user WHERE tenant_id = :'tb' AND name = 'Alice Morgan' \gset
+SELECT id AS ben FROM crm.app_user WHERE tenant_id = :'tb' AND name = 'Ben Carter' \gset
+SELECT id AS cloudnine FROM crm.lead WHERE tenant_id = :'tb' AND company_name = 'CloudNine' \gset
+SELECT id AS summit FROM crm.lead WHERE tenant_id = :'tb' AND company_name = 'Summit Retail' \gset
+SELECT id AS techlead FROM crm.lead WHERE tenant_id = :'tb' AND company_name = 'Tech Innovators' \gset
+SELECT id AS blueocean FROM crm.lead WHERE tenant_id = :'tb' AND company_name = 'Blue Ocean Labs' \gset
+SELECT id AS acme FROM crm.opportunity WHERE tenant_id = :'tb' AND name LIKE 'Acme%' \gset
+SELECT id AS global FROM crm.opportunity WHERE tenant_id = :'tb' AND name LIKE 'Global%' \gset
+SELECT id AS medhealth FROM crm.opportunity WHERE tenant_id = :'tb' AND name LIKE 'MedHealth%' \gset
+SELECT id AS edulearn FROM crm.opportunity WHERE tenant_id = :'tb' AND name LIKE 'EduLearn%' \gset
+RESET search_path;
+SHOW search_path;
+
+-- Global lookups and tenants, as the superuser ------------------------------------
+INSERT INTO crm.currency (code, name) VALUES ('XHO', 'Hostile Crown');
+UPDATE crm.currency SET minor_unit = 2 WHERE code OPERATOR(pg_catalog.=) 'XHO';
+INSERT INTO crm.activity_type (code, name, module) VALUES ('trojan_check', 'Trojan check', 'support');
+UPDATE crm.activity_type SET default_weight = 2 WHERE code OPERATOR(pg_catalog.=) 'trojan_check';
+INSERT INTO crm.tenant (name, default_currency) VALUES ('Hostile C', 'XHO') RETURNING tenant_id AS tc \gset
+UPDATE crm.tenant SET settings = '{"hostile": true}' WHERE tenant_id OPERATOR(pg_catalog.=) :'tc';
+INSERT INTO crm.tenant_access (tenant_id, login_role) VALUES (:'tc', 'regress_hostile_app');
+UPDATE crm.tenant_access SET granted_by = 'postgres' WHERE tenant_id OPERATOR(pg_catalog.=) :'tc';
+DELETE FROM crm.tenant_access WHERE tenant_id OPERATOR(pg_catalog.=) :'tc';
+-- every table once more, every row: each BEFORE UPDATE trigger fires, and
+-- the stage history statement triggers run their INSERT (of no rows)
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT c.relname FROM pg_catalog.pg_class c
+              WHERE c.relnamespace OPERATOR(pg_catalog.=) 'crm'::pg_catalog.regnamespace
+                AND c.relkind OPERATOR(pg_catalog.=) 'r'
+              ORDER BY c.relname
+    LOOP
+        EXECUTE pg_catalog.format('UPDATE crm.%I SET updated_at = updated_at', r.relname);
+    END LOOP;
+END
+$$;
+
+-- Configuration, as a tenant's crm_admin --------------------------------------------
+SET ROLE regress_hostile_admin;
+SELECT crm.current_tenant() OPERATOR(pg_catalog.=) :'tb' AS acts_for_b, crm.is_admin() AS is_admin;
+UPDATE crm.tenant SET visibility = 'private';
+INSERT INTO crm.pipeline (name) VALUES ('Bare') RETURNING id AS bare \gset
+UPDATE crm.pipeline SET sequence = 9 WHERE id OPERATOR(pg_catalog.=) :'bare';
+INSERT INTO crm.stage (pipeline_id, name, sequence, probability) VALUES (:'bare', 'Only', 1, 10)
+RETURNING id AS bare_stage \gset
+UPDATE crm.stage SET color = '#123456' WHERE id OPERATOR(pg_catalog.=) :'bare_stage';
+INSERT INTO crm.app_user (name, email, manager_id) VALUES ('Hal Hostile', 'hal@hostile.example', :'ben')
+RETURNING id AS hal \gset
+UPDATE crm.app_user SET job_title = 'Rep' WHERE id OPERATOR(pg_catalog.=) :'hal';
+INSERT INTO crm.team (name, manager_id) VALUES ('Hostile team', :'ben') RETURNING id AS hteam \gset
+UPDATE crm.team SET name = 'Hostile team 2' WHERE id OPERATOR(pg_catalog.=) :'hteam';
+INSERT INTO crm.team_member (team_id, user_id) VALUES (:'hteam', :'hal');
+UPDATE crm.team_member SET user_id = user_id WHERE team_id OPERATOR(pg_catalog.=) :'hteam';
+INSERT INTO crm.currency_rate (from_currency, to_currency, rate) VALUES ('GBP', 'USD', 1.25) RETURNING id AS rate \gset
+UPDATE crm.currency_rate SET rate = 1.27 WHERE id OPERATOR(pg_catalog.=) :'rate';
+SELECT crm.grant_tenant_access('regress_hostile_writer', :'tb', :'ben');
+UPDATE crm.tenant_access SET user_id = :'alice' WHERE login_role OPERATOR(pg_catalog.=) 'regress_hostile_writer';
+SELECT login_role FROM crm.tenant_access ORDER BY login_role;
+RESET ROLE;
+
+-- The operations, as a mapped crm_writer (acting as Alice, who manages the
+-- tenant's reps, in a private tenant) ---------------------------------------------
+SET ROLE regress_hostile_writer;
+SELECT crm.current_user_id() OPERATOR(pg_catalog.=) :'alice' AS acts_as_alice,
+       crm.sees_all_records() AS sees_all, pg_catalog.cardinality(crm.visible_owner_ids()) AS visible_owners;
+SELECT (crm.lead_move_stage(:'cloudnine', :'qualified')).status AS cloudnine;
+SELECT (crm.lead_mark_lost(:'summit', '  No budget  ')).lost_reason AS summit;
+SELECT account_id IS NOT NULL AS account, contact_id IS NOT NULL AS contact,
+       opportunity_id IS NOT NULL AS opportunity
+  FROM crm.lead_convert(:'techlead');
+SELECT account_id IS NOT NULL AS account, contact_id IS NOT NULL AS contact,
+       opportunity_id IS NOT NULL AS opportunity
+  FROM crm.lead_convert(:'blueocean');
+SELECT (crm.opportunity_move_stage(:'edulearn', :'proposal')).probability AS edulearn;
+SELECT (crm.opportunity_mark_won(:'acme')).status AS acme;
+SELECT (crm.opportunity_mark_lost(:'global', 'Price')).status AS global;
+-- the error paths (their messages carry ids: shown as SQLSTATE only)
+INSERT INTO crm.opportunity (name, pipeline_id) VALUES ('Bare deal', :'bare') RETURNING id AS bare_deal \gset
+\set VERBOSITY sqlstate
+SELECT crm.opportunity_move_stage(:'medhealth', :'discovery');
+SELECT crm.lead_convert(:'techlead');
+SELECT crm.lead_convert(:'summit');
+SELECT crm.opportunity_mark_won(:'bare_deal');
+SELECT crm.lead_move_stage('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', :'qualified');
+\set VERBOSITY default
+DELETE FROM crm.opportunity WHERE id OPERATOR(pg_catalog.=) :'bare_deal';
+-- the history the moves left
+SELECT pg_catalog.count(*) AS stage_changes FROM crm.stage_history;
+RESET ROLE;
+
+-- Records, as an application role (crm_app) acting as Alice ----------------------
+SET ROLE regress_hostile_app;
+BEGIN;
+SET LOCAL crm.tenant_id = :'tb';
+SET LOCAL crm.user_id = :'alice';
+SELECT crm.current_tenant() OPERATOR(pg_catalog.=) :'tb' AS acts_for_b,
+       crm.current_user_id() OPERATOR(pg_catalog.=) :'alice' AS acts_as_alice,
+       crm.tenant_default_currency() AS currency,
+       crm.exchange_rate('EUR', 'USD') AS eur_usd,
+       crm.uuid_v7_time(crm.uuid_generate_v7()) IS NOT NULL AS has_time;
+INSERT INTO crm.account (name, owner_id) VALUES ('Trojan Horse Ltd', :'ben') RETURNING id AS hacc \gset
+UPDATE crm.account SET rating = 'hot' WHERE id OPERATOR(pg_catalog.=) :'hacc';
+INSERT INTO crm.contact (first_name, last_name, email, account_id, do_not_call)
+VALUES ('Helen', 'Troy', 'helen@troy.example', :'hacc', true) RETURNING id AS hcon \gset
+UPDATE crm.contact SET email_opt_out = true WHERE id OPERATOR(pg_catalog.=) :'hcon';
+INSERT INTO crm.lead (name, email, expected_revenue) VALUES ('Wooden horse', 'odysseus@ithaca.example', 1000)
+RETURNING id AS hlead \gset
+UPDATE crm.lead SET stage_id = :'qualified' WHERE id OPERATOR(pg_catalog.=) :'hlead';
+INSERT INTO crm.opportunity (name, account_id, contact_id, amount, currency)
+VALUES ('Horse deal', :'hacc', :'hcon', 999, 'XHO') RETURNING id AS hopp \gset
+UPDATE crm.opportunity SET stage_id = :'proposal' WHERE id OPERATOR(pg_catalog.=) :'hopp';
+INSERT INTO crm.activity (activity_type, subject, contact_id, status)
+VALUES ('trojan_check', 'Inspect the horse', :'hcon', 'completed') RETURNING id AS hact \gset
+UPDATE crm.activity SET activity_type = 'call', status = 'scheduled' WHERE id OPERATOR(pg_catalog.=) :'hact';
+INSERT INTO crm.tag (name) VALUES ('Trojan') RETURNING id AS htag \gset
+UPDATE crm.tag SET color = '#000000' WHERE id OPERATOR(pg_catalog.=) :'htag';
+INSERT INTO crm.account_tag (account_id, tag_id) VALUES (:'hacc', :'htag');
+INSERT INTO crm.contact_tag (contact_id, tag_id) VALUES (:'hcon', :'htag');
+INSERT INTO crm.lead_tag (lead_id, tag_id) VALUES (:'hlead', :'htag');
+INSERT INTO crm.opportunity_tag (opportunity_id, tag_id) VALUES (:'hopp', :'htag');
+UPDATE crm.account_tag SET tag_id = tag_id WHERE account_id OPERATOR(pg_catalog.=) :'hacc';
+UPDATE crm.contact_tag SET tag_id = tag_id WHERE contact_id OPERATOR(pg_catalog.=) :'hcon';
+UPDATE crm.lead_tag SET tag_id = tag_id WHERE lead_id OPERATOR(pg_catalog.=) :'hlead';
+UPDATE crm.opportunity_tag SET tag_id = tag_id WHERE opportunity_id OPERATOR(pg_catalog.=) :'hopp';
+SELECT a.module, a.completed_at IS NULL AS not_completed, c.do_not_call_at IS NOT NULL AS dnc_stamped,
+       c.email_opt_out_at IS NOT NULL AS opt_out_stamped
+  FROM crm.activity a JOIN crm.contact c ON c.tenant_id OPERATOR(pg_catalog.=) a.tenant_id
+                                        AND c.id OPERATOR(pg_catalog.=) a.contact_id
+ WHERE a.id OPERATOR(pg_catalog.=) :'hact';
+-- every view
+SELECT pg_catalog.count(*) AS lead_kanban_rows FROM crm.lead_kanban;
+SELECT pg_catalog.count(*) AS opportunity_kanban_rows FROM crm.opportunity_kanban;
+SELECT total_leads, converted_leads, won_count, lost_count, unconverted_count FROM crm.dashboard;
+DELETE FROM crm.account_tag WHERE account_id OPERATOR(pg_catalog.=) :'hacc';
+DELETE FROM crm.contact_tag WHERE contact_id OPERATOR(pg_catalog.=) :'hcon';
+DELETE FROM crm.lead_tag WHERE lead_id OPERATOR(pg_catalog.=) :'hlead';
+DELETE FROM crm.opportunity_tag WHERE opportunity_id OPERATOR(pg_catalog.=) :'hopp';
+DELETE FROM crm.tag WHERE id OPERATOR(pg_catalog.=) :'htag';
+DELETE FROM crm.activity WHERE id OPERATOR(pg_catalog.=) :'hact';
+DELETE FROM crm.opportunity WHERE id OPERATOR(pg_catalog.=) :'hopp';
+DELETE FROM crm.lead WHERE id OPERATOR(pg_catalog.=) :'hlead';
+DELETE FROM crm.contact WHERE id OPERATOR(pg_catalog.=) :'hcon';
+DELETE FROM crm.account WHERE id OPERATOR(pg_catalog.=) :'hacc';
+COMMIT;
+-- without a tenant: nothing
+SELECT crm.current_tenant() IS NULL AS no_tenant, pg_catalog.count(*) AS accounts FROM crm.account;
+RESET ROLE;
+
+-- Taking back, as crm_admin and as the superuser ------------------------------------
+SET ROLE regress_hostile_admin;
+DELETE FROM crm.team_member WHERE team_id OPERATOR(pg_catalog.=) :'hteam';
+DELETE FROM crm.team WHERE id OPERATOR(pg_catalog.=) :'hteam';
+DELETE FROM crm.app_user WHERE id OPERATOR(pg_catalog.=) :'hal';
+DELETE FROM crm.currency_rate WHERE id OPERATOR(pg_catalog.=) :'rate';
+DELETE FROM crm.stage WHERE id OPERATOR(pg_catalog.=) :'bare_stage';
+DELETE FROM crm.pipeline WHERE id OPERATOR(pg_catalog.=) :'bare';
+SELECT crm.revoke_tenant_access('regress_hostile_writer', :'tb') AS revoked;
+RESET ROLE;
+DELETE FROM crm.stage_history WHERE lead_id OPERATOR(pg_catalog.=) :'cloudnine';
+-- a tenant's rows go with it (every foreign key cascades)
+DELETE FROM crm.tenant WHERE tenant_id OPERATOR(pg_catalog.=) :'ta';
+DELETE FROM crm.tenant WHERE tenant_id OPERATOR(pg_catalog.=) :'tc';
+DELETE FROM crm.activity_type WHERE code OPERATOR(pg_catalog.=) 'trojan_check';
+DELETE FROM crm.currency WHERE code OPERATOR(pg_catalog.=) 'XHO';
+SELECT crm.revoke_tenant_access('regress_hostile_admin', :'tb') AS revoked;
+
+-- The verdict ------------------------------------------------------------------
+-- No trojan was called, by anyone.
+SELECT fn, called_by, pg_catalog.count(*) AS calls FROM trojan.calls GROUP BY fn, called_by ORDER BY fn, called_by;
+SELECT pg_catalog.count(*) AS trojan_calls FROM trojan.calls;
+
+-- And the above did run every function of crm (a function added to crm
+-- shows up here until this file exercises it).
+SELECT pg_catalog.pg_stat_force_next_flush();
+SET search_path = pg_catalog, public;
+SELECT p.oid::regprocedure AS never_called
+  FROM pg_proc p
+ WHERE p.pronamespace = 'crm'::regnamespace
+   AND NOT EXISTS (SELECT 1 FROM pg_stat_user_functions f WHERE f.funcid = p.oid AND f.calls > 0)
+ ORDER BY 1::text;
+
+\c :regress_db
+DROP DATABASE regress_hostile;
+DROP ROLE regress_hostile_admin, regress_hostile_writer, regress_hostile_app;
