@@ -62,7 +62,6 @@ extern bool crm_replica_skips_work(void);
 extern int	crm_attnum(Relation rel, const char *colname);
 
 /* tenant.c */
-extern bool crm_current_tenant_id(pg_uuid_t *tenant);
 extern bool crm_current_app_user_id(pg_uuid_t *user);
 
 #endif							/* CRM_H */
