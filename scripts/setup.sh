@@ -27,19 +27,28 @@ pg_config_path() {
 	fi
 }
 
-# Fills packages (to install) and missing (what they provide).
+# Fills packages (to install) and missing (what they provide).  Each test
+# looks for the file the build or the tests really use, not for one that
+# another package also ships: Debian's client package carries pgxs.mk and
+# pg_regress, but the server headers come only with postgresql-server-dev.
 check() {
 	packages=()
 	missing=()
-	need() { packages+=("$1"); missing+=("$2"); }
+	need() {
+		local p
+		for p in "${packages[@]}"; do [[ $p == "$1" ]] && { missing+=("$2"); return; }; done
+		packages+=("$1")
+		missing+=("$2")
+	}
 
-	local pgc version="" bindir sharedir pgxs=""
+	local pgc version="" bindir sharedir pgxs="" incserver=""
 	pgc=$(pg_config_path)
 	if [[ -n $pgc ]] && version=$("$pgc" --version 2>/dev/null) &&
 		[[ $version == "PostgreSQL $PG_MAJOR."* ]]; then
 		bindir=$("$pgc" --bindir)
 		sharedir=$("$pgc" --sharedir)
 		pgxs=$("$pgc" --pgxs)
+		incserver=$("$pgc" --includedir-server)
 	elif [[ -n ${PG_CONFIG:-} ]]; then
 		die "PG_CONFIG=$PG_CONFIG is ${version:-not runnable}; crm needs PostgreSQL $PG_MAJOR"
 	else
@@ -48,18 +57,35 @@ check() {
 		sharedir=/usr/share/postgresql/$PG_MAJOR
 	fi
 
-	[[ -n $pgxs && -f $pgxs ]] || need postgresql-server-dev-$PG_MAJOR "PostgreSQL $PG_MAJOR build files (pgxs)"
+	[[ -n $pgxs && -f $pgxs ]] || need postgresql-server-dev-$PG_MAJOR "PostgreSQL $PG_MAJOR build files (pgxs.mk)"
+	[[ -n $incserver && -f $incserver/postgres.h && -f $incserver/pg_config.h ]] ||
+		need postgresql-server-dev-$PG_MAJOR "PostgreSQL $PG_MAJOR server headers (postgres.h)"
+	[[ -n $pgxs && -x $(dirname "$pgxs")/../test/isolation/pg_isolation_regress ]] ||
+		need postgresql-server-dev-$PG_MAJOR "the isolation tester (pg_isolation_regress)"
 	[[ -x $bindir/postgres && -x $bindir/initdb && -x $bindir/pg_ctl ]] ||
 		need postgresql-$PG_MAJOR "PostgreSQL $PG_MAJOR server"
 	[[ -x $bindir/psql && -x $bindir/pg_dump ]] || need postgresql-client-$PG_MAJOR "psql $PG_MAJOR"
 	[[ -f $sharedir/extension/pgtap.control ]] || need postgresql-$PG_MAJOR-pgtap pgTAP
 	[[ -f $sharedir/extension/pg_cron.control ]] || need postgresql-$PG_MAJOR-cron pg_cron
 	command -v pg_prove >/dev/null || need libtap-parser-sourcehandler-pgtap-perl pg_prove
-	[[ -f /usr/include/uuid/uuid.h ]] || need uuid-dev "uuid/uuid.h"
+	[[ -f ${CRM_SETUP_INCLUDEDIR:-/usr/include}/uuid/uuid.h ]] || need uuid-dev "uuid/uuid.h"
 	command -v gcc >/dev/null || need gcc gcc
 	command -v make >/dev/null || need make make
 	return 0
 }
+
+# --check: print the decision and exit 0 when nothing is missing, 1 when
+# something is (tests use it with a fake pg_config); installs nothing.
+if [[ ${1:-} == --check ]]; then
+	check
+	if ((${#packages[@]} == 0)); then
+		echo "setup.sh: nothing missing"
+		exit 0
+	fi
+	printf 'setup.sh: missing: %s\n' "${missing[@]}"
+	echo "setup.sh: would install: ${packages[*]}"
+	exit 1
+fi
 
 check
 if ((${#packages[@]} == 0)); then
