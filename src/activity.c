@@ -106,10 +106,10 @@ crm_activity_sync(PG_FUNCTION_ARGS)
 
 	rel = trigdata->tg_relation;
 	tupdesc = RelationGetDescr(rel);
-	type_att = crm_attnum(rel, "activity_type");
-	module_att = crm_attnum(rel, "module");
-	status_att = crm_attnum(rel, "status");
-	completed_att = crm_attnum(rel, "completed_at");
+	type_att = crm_attnum(rel, "activity_type", TEXTOID);
+	module_att = crm_attnum(rel, "module", TEXTOID);
+	status_att = crm_attnum(rel, "status", TEXTOID);
+	completed_att = crm_attnum(rel, "completed_at", TIMESTAMPTZOID);
 
 	type_code = heap_getattr(newtuple, type_att, tupdesc, &isnull);
 	if (!isnull)

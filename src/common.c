@@ -8,6 +8,7 @@
  */
 #include "crm.h"
 
+#include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
@@ -54,11 +55,14 @@ crm_replica_skips_work(void)
 }
 
 /*
- * Attribute number of a column the trigger relies on, or an error naming
- * the table when someone attached the trigger to a table without it.
+ * Attribute number of a column the trigger relies on, checked to be of the
+ * type the trigger reads or writes it as (a domain counts as its base
+ * type).  A trigger attached to a table without the column, or with the
+ * column of another type, gets an error naming the column instead of
+ * reading a Datum of the wrong shape (a crash) or storing one (corruption).
  */
 int
-crm_attnum(Relation rel, const char *colname)
+crm_attnum(Relation rel, const char *colname, Oid typid)
 {
 	TupleDesc	tupdesc = RelationGetDescr(rel);
 
@@ -66,8 +70,16 @@ crm_attnum(Relation rel, const char *colname)
 	{
 		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
 
-		if (!att->attisdropped && strcmp(NameStr(att->attname), colname) == 0)
-			return att->attnum;
+		if (att->attisdropped || strcmp(NameStr(att->attname), colname) != 0)
+			continue;
+		if (getBaseType(att->atttypid) != typid)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column \"%s\" of relation \"%s\" is of type %s, not %s",
+							colname, RelationGetRelationName(rel),
+							format_type_be(att->atttypid), format_type_be(typid)),
+					 errhint("This trigger function only works on crm tables whose column has that type.")));
+		return att->attnum;
 	}
 
 	ereport(ERROR,

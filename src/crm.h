@@ -59,7 +59,7 @@ crm_command_key_equal(CrmCommandKey a, CrmCommandKey b)
 extern void crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 								bool row_level, bool before);
 extern bool crm_replica_skips_work(void);
-extern int	crm_attnum(Relation rel, const char *colname);
+extern int	crm_attnum(Relation rel, const char *colname, Oid typid);
 
 /* tenant.c */
 extern bool crm_current_app_user_id(pg_uuid_t *user);

@@ -302,6 +302,10 @@ static const char *const stage_column_names[NUM_STAGE_COLUMNS] = {
 	"tenant_id", "pipeline_id", "stage_id", "status", "probability", "closed_at"
 };
 
+static const Oid stage_column_types[NUM_STAGE_COLUMNS] = {
+	UUIDOID, UUIDOID, UUIDOID, TEXTOID, NUMERICOID, TIMESTAMPTZOID
+};
+
 /*
  * crm.stage_sync() trigger: see the file header.
  */
@@ -353,7 +357,7 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 
 	for (int i = 0; i < NUM_STAGE_COLUMNS; i++)
 	{
-		attnums[i] = crm_attnum(rel, stage_column_names[i]);
+		attnums[i] = crm_attnum(rel, stage_column_names[i], stage_column_types[i]);
 		values[i] = heap_getattr(newtuple, attnums[i], tupdesc, &nulls[i]);
 		changed[i] = is_insert ? !nulls[i]
 			: column_changed(oldtuple, newtuple, tupdesc, attnums[i]);

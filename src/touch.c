@@ -12,6 +12,7 @@
  */
 #include "crm.h"
 
+#include "catalog/pg_type.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
@@ -34,7 +35,7 @@ crm_touch_updated_at(PG_FUNCTION_ARGS)
 	if (crm_replica_skips_work())
 		return PointerGetDatum(trigdata->tg_newtuple);
 
-	attnum = crm_attnum(trigdata->tg_relation, "updated_at");
+	attnum = crm_attnum(trigdata->tg_relation, "updated_at", TIMESTAMPTZOID);
 	value = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 
 	return PointerGetDatum(heap_modify_tuple_by_cols(trigdata->tg_newtuple,
@@ -94,8 +95,8 @@ crm_stamp_flag_times(PG_FUNCTION_ARGS)
 
 	for (int i = 0; i < npairs; i++)
 	{
-		int			flag_att = crm_attnum(rel, trigger->tgargs[2 * i]);
-		int			at_att = crm_attnum(rel, trigger->tgargs[2 * i + 1]);
+		int			flag_att = crm_attnum(rel, trigger->tgargs[2 * i], BOOLOID);
+		int			at_att = crm_attnum(rel, trigger->tgargs[2 * i + 1], TIMESTAMPTZOID);
 		bool		flag_null;
 		bool		at_null;
 		bool		flag = DatumGetBool(heap_getattr(newtuple, flag_att, tupdesc, &flag_null));

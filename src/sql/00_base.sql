@@ -39,6 +39,15 @@ COMMENT ON FUNCTION crm.current_user_id() IS
 
 -- Value types -------------------------------------------------------------
 
+-- Case-insensitive matching (unique e-mails, company names) must fold
+-- non-ASCII letters too, whatever the cluster's locale: lower() under the C
+-- locale leaves 'Ö' alone, so fold under the ICU root collation.
+CREATE FUNCTION crm.casefold(value text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN pg_catalog.lower(value COLLATE "und-x-icu");
+COMMENT ON FUNCTION crm.casefold(text) IS
+    'The text in lower case under ICU''s root collation, whatever the cluster locale: how e-mails and names are compared case-insensitively';
+
 CREATE DOMAIN crm.email_address AS text
     CHECK (VALUE ~ '^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:].]+$');
 COMMENT ON DOMAIN crm.email_address IS 'An e-mail address: local part, @, and a domain with a dot';

@@ -16,7 +16,7 @@ CREATE TABLE crm.app_user (
     FOREIGN KEY (tenant_id, manager_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (manager_id),
     CHECK (manager_id <> id)
 );
-CREATE UNIQUE INDEX app_user_email_key ON crm.app_user (tenant_id, lower(email));
+CREATE UNIQUE INDEX app_user_email_key ON crm.app_user (tenant_id, crm.casefold(email));
 CREATE INDEX app_user_manager_idx ON crm.app_user (tenant_id, manager_id);
 COMMENT ON TABLE crm.app_user IS 'A person who works in the CRM (sales rep, manager); owns records';
 COMMENT ON COLUMN crm.app_user.tenant_id IS 'Owning tenant';
@@ -40,7 +40,7 @@ CREATE TABLE crm.team (
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, manager_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (manager_id)
 );
-CREATE UNIQUE INDEX team_name_key ON crm.team (tenant_id, lower(name));
+CREATE UNIQUE INDEX team_name_key ON crm.team (tenant_id, crm.casefold(name));
 CREATE INDEX team_manager_idx ON crm.team (tenant_id, manager_id);
 COMMENT ON TABLE crm.team IS 'A sales team; its members report to its manager';
 COMMENT ON COLUMN crm.team.tenant_id IS 'Owning tenant';

@@ -11,7 +11,7 @@ CREATE TABLE crm.pipeline (
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id)
 );
-CREATE UNIQUE INDEX pipeline_name_key ON crm.pipeline (tenant_id, lower(name));
+CREATE UNIQUE INDEX pipeline_name_key ON crm.pipeline (tenant_id, crm.casefold(name));
 CREATE UNIQUE INDEX pipeline_one_default_key ON crm.pipeline (tenant_id) WHERE is_default;
 COMMENT ON TABLE crm.pipeline IS 'A sales process: an ordered set of stages that leads and opportunities move through';
 COMMENT ON COLUMN crm.pipeline.tenant_id IS 'Owning tenant';
@@ -45,7 +45,7 @@ CREATE TABLE crm.stage (
     CHECK (kind <> 'won' OR probability = 100),
     CHECK (kind <> 'lost' OR probability = 0)
 );
-CREATE UNIQUE INDEX stage_name_key ON crm.stage (tenant_id, pipeline_id, lower(name));
+CREATE UNIQUE INDEX stage_name_key ON crm.stage (tenant_id, pipeline_id, crm.casefold(name));
 CREATE INDEX stage_order_idx ON crm.stage (tenant_id, pipeline_id, sequence);
 COMMENT ON TABLE crm.stage IS 'A step of a pipeline, with the win probability of the records in it';
 COMMENT ON COLUMN crm.stage.tenant_id IS 'Owning tenant';

@@ -29,6 +29,7 @@ CREATE TABLE crm.account (
     parent_account_id uuid,
     owner_id          uuid,
     custom            jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(custom) = 'object'),
+    archived_at       timestamptz,
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
@@ -36,7 +37,7 @@ CREATE TABLE crm.account (
     FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (owner_id),
     CHECK (parent_account_id <> id)
 );
-CREATE INDEX account_name_idx ON crm.account (tenant_id, lower(name));
+CREATE INDEX account_name_idx ON crm.account (tenant_id, crm.casefold(name));
 CREATE INDEX account_owner_idx ON crm.account (tenant_id, owner_id);
 CREATE INDEX account_parent_idx ON crm.account (tenant_id, parent_account_id);
 COMMENT ON TABLE crm.account IS 'A company or organisation: customer, prospect, partner, ...';
@@ -61,6 +62,7 @@ COMMENT ON COLUMN crm.account.description IS 'Free text';
 COMMENT ON COLUMN crm.account.parent_account_id IS 'Parent company';
 COMMENT ON COLUMN crm.account.owner_id IS 'Responsible user';
 COMMENT ON COLUMN crm.account.custom IS 'User-defined fields';
+COMMENT ON COLUMN crm.account.archived_at IS 'When the record was archived (kept instead of deleted; reports and kanban leave it out); NULL while active';
 COMMENT ON COLUMN crm.account.created_at IS 'When the row was made';
 COMMENT ON COLUMN crm.account.updated_at IS 'When the row last changed';
 
@@ -85,13 +87,14 @@ CREATE TABLE crm.contact (
     profiling_opt_out_at timestamptz,
     owner_id             uuid,
     custom               jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(custom) = 'object'),
+    archived_at          timestamptz,
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id) ON DELETE SET NULL (account_id),
     FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (owner_id)
 );
-CREATE UNIQUE INDEX contact_email_key ON crm.contact (tenant_id, lower(email));
+CREATE UNIQUE INDEX contact_email_key ON crm.contact (tenant_id, crm.casefold(email));
 CREATE INDEX contact_account_idx ON crm.contact (tenant_id, account_id);
 CREATE INDEX contact_owner_idx ON crm.contact (tenant_id, owner_id);
 COMMENT ON TABLE crm.contact IS 'A person the company deals with, usually at an account';
@@ -115,6 +118,7 @@ COMMENT ON COLUMN crm.contact.profiling_opt_out IS 'Consent: no scoring or profi
 COMMENT ON COLUMN crm.contact.profiling_opt_out_at IS 'When profiling_opt_out was set (kept by a trigger)';
 COMMENT ON COLUMN crm.contact.owner_id IS 'Responsible user';
 COMMENT ON COLUMN crm.contact.custom IS 'User-defined fields';
+COMMENT ON COLUMN crm.contact.archived_at IS 'When the record was archived (kept instead of deleted; reports and kanban leave it out); NULL while active';
 COMMENT ON COLUMN crm.contact.created_at IS 'When the row was made';
 COMMENT ON COLUMN crm.contact.updated_at IS 'When the row last changed';
 
@@ -154,6 +158,7 @@ CREATE TABLE crm.lead (
     converted_contact_id uuid,
     owner_id             uuid,
     custom               jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(custom) = 'object'),
+    archived_at          timestamptz,
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
@@ -164,7 +169,7 @@ CREATE TABLE crm.lead (
 );
 CREATE INDEX lead_stage_idx ON crm.lead (tenant_id, pipeline_id, stage_id);
 CREATE INDEX lead_owner_idx ON crm.lead (tenant_id, owner_id);
-CREATE INDEX lead_email_idx ON crm.lead (tenant_id, lower(email));
+CREATE INDEX lead_email_idx ON crm.lead (tenant_id, crm.casefold(email));
 CREATE INDEX lead_converted_account_idx ON crm.lead (tenant_id, converted_account_id);
 CREATE INDEX lead_converted_contact_idx ON crm.lead (tenant_id, converted_contact_id);
 COMMENT ON TABLE crm.lead IS 'A potential customer not yet qualified; converted into an account, contact and opportunity';
@@ -199,6 +204,7 @@ COMMENT ON COLUMN crm.lead.converted_account_id IS 'Account the lead was convert
 COMMENT ON COLUMN crm.lead.converted_contact_id IS 'Contact the lead was converted into';
 COMMENT ON COLUMN crm.lead.owner_id IS 'Responsible user';
 COMMENT ON COLUMN crm.lead.custom IS 'User-defined fields';
+COMMENT ON COLUMN crm.lead.archived_at IS 'When the record was archived (kept instead of deleted; reports and kanban leave it out); NULL while active';
 COMMENT ON COLUMN crm.lead.created_at IS 'When the row was made';
 COMMENT ON COLUMN crm.lead.updated_at IS 'When the row last changed';
 
@@ -228,6 +234,7 @@ CREATE TABLE crm.opportunity (
     closed_at           timestamptz,
     owner_id            uuid,
     custom              jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(custom) = 'object'),
+    archived_at         timestamptz,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
@@ -267,5 +274,6 @@ COMMENT ON COLUMN crm.opportunity.lost_reason IS 'Why the deal was lost';
 COMMENT ON COLUMN crm.opportunity.closed_at IS 'When the deal entered a won or lost stage (kept by a trigger)';
 COMMENT ON COLUMN crm.opportunity.owner_id IS 'Responsible user';
 COMMENT ON COLUMN crm.opportunity.custom IS 'User-defined fields';
+COMMENT ON COLUMN crm.opportunity.archived_at IS 'When the record was archived (kept instead of deleted; reports and kanban leave it out); NULL while active';
 COMMENT ON COLUMN crm.opportunity.created_at IS 'When the row was made';
 COMMENT ON COLUMN crm.opportunity.updated_at IS 'When the row last changed';

@@ -10,7 +10,7 @@ CREATE TABLE crm.tag (
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id)
 );
-CREATE UNIQUE INDEX tag_name_key ON crm.tag (tenant_id, lower(name));
+CREATE UNIQUE INDEX tag_name_key ON crm.tag (tenant_id, crm.casefold(name));
 COMMENT ON TABLE crm.tag IS 'A label for quick categorisation (High Value, Enterprise, ...)';
 COMMENT ON COLUMN crm.tag.tenant_id IS 'Owning tenant';
 COMMENT ON COLUMN crm.tag.id IS 'Row id (UUIDv7)';

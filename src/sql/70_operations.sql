@@ -236,7 +236,7 @@ BEGIN
         END IF;
     ELSIF nullif(btrim(r.company_name), '') IS NOT NULL THEN
         SELECT a.id INTO new_account FROM crm.account a
-         WHERE a.tenant_id = r.tenant_id AND lower(a.name) = lower(btrim(r.company_name))
+         WHERE a.tenant_id = r.tenant_id AND crm.casefold(a.name) = crm.casefold(btrim(r.company_name))
          ORDER BY a.id LIMIT 1;
         IF new_account IS NULL THEN
             INSERT INTO crm.account (tenant_id, name, website, phone, industry, employees, currency,
@@ -255,7 +255,7 @@ BEGIN
         END IF;
     ELSIF r.email IS NOT NULL THEN
         SELECT c.id INTO new_contact FROM crm.contact c
-         WHERE c.tenant_id = r.tenant_id AND lower(c.email) = lower(r.email);
+         WHERE c.tenant_id = r.tenant_id AND crm.casefold(c.email) = crm.casefold(r.email);
     END IF;
     IF new_contact IS NULL THEN
         first_word := split_part(btrim(coalesce(nullif(btrim(r.contact_name), ''), r.name)), ' ', 1);

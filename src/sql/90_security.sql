@@ -157,7 +157,7 @@ BEGIN
     GRANT EXECUTE ON FUNCTION
         crm.current_tenant(), crm.current_user_id(), crm.is_admin(), crm.sees_all_records(),
         crm.visible_owner_ids(), crm.tenant_default_currency(), crm.exchange_rate(text, text, date, uuid),
-        crm.uuid_v7_time(uuid)
+        crm.uuid_v7_time(uuid), crm.casefold(text)
         TO crm_reader;
 
     GRANT INSERT, UPDATE, DELETE ON

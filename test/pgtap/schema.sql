@@ -42,13 +42,13 @@ INSERT INTO expected_key VALUES
 
 -- The index access paths the application relies on: (table, leading keys
 -- of some index on it, unique required).  Expressions are written without
--- the casts pg_get_indexdef() adds (lower(email::text) is lower(email)).
+-- the casts pg_get_indexdef() adds (crm.casefold(email::text) is crm.casefold(email)).
 CREATE TEMP TABLE expected_index (tbl name, keys text[], must_be_unique boolean);
 INSERT INTO expected_index VALUES
     ('activity',    '{tenant_id,contact_id,occurred_at}', false),
     ('activity',    '{tenant_id,account_id,occurred_at}', false),
-    ('lead',        '{tenant_id,lower(email)}',           false),
-    ('contact',     '{tenant_id,lower(email)}',           true),
+    ('lead',        '{tenant_id,crm.casefold(email)}',    false),
+    ('contact',     '{tenant_id,crm.casefold(email)}',    true),
     ('opportunity', '{tenant_id,account_id}',             false),
     ('opportunity', '{tenant_id,owner_id}',               false),
     ('opportunity', '{tenant_id,pipeline_id,stage_id}',   false),

@@ -47,6 +47,7 @@ INSERT INTO func_level VALUES
     ('crm.tenant_default_currency()', 1),
     ('crm.exchange_rate(text,text,date,uuid)', 1),
     ('crm.uuid_v7_time(uuid)', 1),
+    ('crm.casefold(text)', 1),
     ('crm.uuid_generate_v7()', 2),
     ('crm.stage_for_move(text,uuid,uuid,uuid,uuid)', 2),
     ('crm.pipeline_closing_stage(uuid,uuid,text)', 2),
@@ -305,9 +306,10 @@ SELECT is_empty(
     $$SELECT p.oid::regprocedure, l.lanname, p.proconfig FROM pg_proc p
         JOIN pg_language l ON l.oid = p.prolang
        WHERE p.pronamespace = 'crm'::regnamespace AND l.lanname <> 'c'
+         AND p.prosqlbody IS NULL
          AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
        ORDER BY 1::text$$,
-    'every crm function not written in C runs with SET search_path = pg_catalog, pg_temp');
+    'every crm function not written in C, nor with a SQL-standard body bound at creation, runs with SET search_path = pg_catalog, pg_temp');
 
 -- crm.setup_roles() is idempotent -------------------------------------------
 
