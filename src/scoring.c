@@ -1,0 +1,1539 @@
+/*-------------------------------------------------------------------------
+ *
+ * scoring.c
+ *	  Lead scoring: fit (shared/seeds/002) plus engagement (seeds/003),
+ *	  weighted by a per-tenant scoring model, kept live by triggers.
+ *
+ * A score is computed by one function, compute_score(), from the lead's fit
+ * fields, the time-decayed counts of its completed activities (and, once
+ * converted, those of its contact) and the model; the triggers and the SQL
+ * functions all call it, so a stored score always equals crm.score_lead()
+ * for the time it was computed (lead.scored_at).
+ *
+ *	crm.scoring_lead_sync(), BEFORE INSERT OR UPDATE ON crm.lead, FOR EACH ROW
+ *		scores a new lead, or one whose fit fields, e-mail, contact or model
+ *		changed, and puts back the server's values when a client wrote to
+ *		the derived columns.
+ *
+ *	crm.scoring_lead_history(), AFTER INSERT / UPDATE ON crm.lead, FOR EACH
+ *	STATEMENT, transition tables read here in C
+ *		one crm.lead_score_history row per lead whose score changed, written
+ *		by one INSERT from arrays; and LeadQualified events.
+ *
+ *	crm.scoring_refresh(), AFTER INSERT / UPDATE / DELETE ON crm.activity
+ *	and crm.contact, FOR EACH STATEMENT
+ *		finds the leads whose engagement (activities of the lead or of its
+ *		converted contact) or profiling consent (a contact with the lead's
+ *		e-mail) the statement changed, and rescores them with one UPDATE
+ *		per tenant: a 100k-row COPY of activities costs one pass.
+ *
+ * Integer arithmetic keeps the explanation exact: each factor earns whole
+ * model points, the total is round((fit% x fit + engagement% x engagement)
+ * / 100), and the factors' shares of it are apportioned by largest
+ * remainder, so the rows of crm.explain_score() add up to the score.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "crm.h"
+
+#include <math.h>
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(crm_scoring_lead_sync);
+PG_FUNCTION_INFO_V1(crm_scoring_lead_history);
+PG_FUNCTION_INFO_V1(crm_scoring_refresh);
+PG_FUNCTION_INFO_V1(crm_scoring_rescore);
+PG_FUNCTION_INFO_V1(crm_scoring_score_lead);
+PG_FUNCTION_INFO_V1(crm_scoring_explain_score);
+
+#define MAX_BANDS 32
+#define MAX_TYPES 64
+
+enum
+{
+	F_SIZE,
+	F_INDUSTRY,
+	F_BUDGET,
+	F_TIMELINE,
+	F_DECISION,
+	NUM_FIT
+};
+
+static const char *const fit_names[NUM_FIT] = {
+	"company_size", "industry", "budget", "purchase_timeline", "decision_maker"
+};
+
+/* The value sets of crm.lead's CHECK constraints. */
+static const char *const industry_names[] = {
+	"technology", "finance", "healthcare", "education", "manufacturing",
+	"retail", "real_estate", "consulting", "media", "energy",
+	"government", "nonprofit", "other"
+};
+#define NUM_INDUSTRIES lengthof(industry_names)
+
+static const char *const timeline_names[] = {
+	"immediate", "within_month", "within_quarter", "within_year", "no_timeline"
+};
+#define NUM_TIMELINES lengthof(timeline_names)
+
+typedef struct Band
+{
+	double		min;
+	int			points;
+} Band;
+
+typedef struct ModelKey
+{
+	pg_uuid_t	tenant;
+	pg_uuid_t	id;				/* zero: the tenant's default */
+} ModelKey;
+
+/* A scoring model as the scorer uses it. */
+typedef struct Model
+{
+	ModelKey	key;
+	bool		found;
+	bool		active;
+	pg_uuid_t	id;
+	int			threshold;
+	int			w_fit;
+	int			w_eng;
+	int			nbands[2];		/* company_size, budget */
+	Band		bands[2][MAX_BANDS];
+	int			industry_points[NUM_INDUSTRIES];
+	int			timeline_points[NUM_TIMELINES];
+	int			decision_yes;
+	int			decision_no;
+	int			fit_max[NUM_FIT];
+	double		half_life_days;
+	int			ntypes;
+	char		types[MAX_TYPES][NAMEDATALEN];
+	double		type_points[MAX_TYPES];
+	int			type_cap[MAX_TYPES];
+} Model;
+
+/* What a lead's score depends on. */
+typedef struct LeadInput
+{
+	pg_uuid_t	tenant;
+	pg_uuid_t	lead;
+	bool		size_null;
+	int32		size;
+	char	   *industry;
+	bool		budget_null;
+	double		budget;
+	char	   *timeline;
+	int			decision;		/* 1 yes, 0 no, -1 unknown */
+	char	   *email;
+	bool		has_contact;
+	pg_uuid_t	contact;
+	bool		has_model;
+	pg_uuid_t	model;
+} LeadInput;
+
+typedef struct ScoreResult
+{
+	Model	   *model;
+	bool		opted_out;
+	char	   *opted_out_email;
+	int			fit_points[NUM_FIT];
+	char	   *fit_value[NUM_FIT];
+	int			eng_points[MAX_TYPES];
+	double		eng_decayed[MAX_TYPES];
+	int			eng_count[MAX_TYPES];
+	int			fit;
+	int			eng;
+	int			total;
+} ScoreResult;
+
+/* Why the leads being rescored by this backend's own UPDATE are. */
+typedef enum RescoreContext
+{
+	RESCORE_NONE,
+	RESCORE_ACTIVITY,
+	RESCORE_CONSENT,
+	RESCORE_MODEL
+} RescoreContext;
+
+static RescoreContext rescore_context = RESCORE_NONE;
+
+static HTAB *model_cache = NULL;
+static MemoryContext model_context = NULL;
+static CrmCommandKey model_cache_key;
+
+static SPIPlanPtr model_plan = NULL;
+static SPIPlanPtr activity_plan = NULL;
+static SPIPlanPtr optout_plan = NULL;
+static SPIPlanPtr lead_plan = NULL;
+static SPIPlanPtr history_plan = NULL;
+static SPIPlanPtr refresh_plan = NULL;
+static SPIPlanPtr contact_leads_plan = NULL;
+static SPIPlanPtr rescore_plan = NULL;
+static SPIPlanPtr rescore_assign_plan = NULL;
+static SPIPlanPtr event_plan = NULL;
+
+static SPIPlanPtr
+prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+static char *
+uuid_text(const pg_uuid_t *id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum((pg_uuid_t *) id)));
+}
+
+static bool
+uuid_equal(const pg_uuid_t *a, const pg_uuid_t *b)
+{
+	return memcmp(a, b, sizeof(pg_uuid_t)) == 0;
+}
+
+/*
+ * The owner of crm.lead (the extension's owner).  Scoring reads a lead's
+ * activities and its contact's consent as the owner, so that a score does
+ * not depend on which user's row-level view the change came through; the
+ * tenant is always an explicit filter.
+ */
+static Oid
+scoring_owner(void)
+{
+	Oid			relid = get_relname_relid("lead", get_namespace_oid("crm", false));
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation crm.lead");
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
+/* Models -------------------------------------------------------------- */
+
+static void
+model_cache_prepare(void)
+{
+	CrmCommandKey now = crm_command_key_current();
+	HASHCTL		ctl;
+
+	if (model_cache != NULL && crm_command_key_equal(model_cache_key, now))
+		return;
+	if (model_context == NULL)
+		model_context = AllocSetContextCreate(TopMemoryContext, "crm scoring models",
+											  ALLOCSET_SMALL_SIZES);
+	else
+		MemoryContextReset(model_context);
+	ctl.keysize = sizeof(ModelKey);
+	ctl.entrysize = sizeof(Model);
+	ctl.hcxt = model_context;
+	model_cache = hash_create("crm scoring models", 8, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	model_cache_key = now;
+}
+
+static int
+name_index(const char *const *names, int n, const char *value)
+{
+	for (int i = 0; i < n; i++)
+		if (strcmp(names[i], value) == 0)
+			return i;
+	return -1;
+}
+
+static void
+model_invalid(const Model *m, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("scoring model %s cannot be used: %s", uuid_text(&m->id), what),
+			 errhint("Call crm.validate_scoring_model(weights) to see every problem.")));
+}
+
+/*
+ * Load a model (id given) or the tenant's default (id NULL), through the
+ * per-command cache.  Needs SPI connected.
+ */
+static Model *
+model_load(const pg_uuid_t *tenant, const pg_uuid_t *id)
+{
+	ModelKey	key;
+	Model	   *m;
+	bool		hit;
+	Datum		args[2];
+	char		nulls[2] = {' ', ' '};
+
+	model_cache_prepare();
+	memset(&key, 0, sizeof(key));
+	key.tenant = *tenant;
+	if (id)
+		key.id = *id;
+	m = hash_search(model_cache, &key, HASH_ENTER, &hit);
+	if (hit)
+		return m;
+	memset(((char *) m) + sizeof(ModelKey), 0, sizeof(Model) - sizeof(ModelKey));
+
+	if (model_plan == NULL)
+	{
+		Oid			types[2] = {UUIDOID, UUIDOID};
+
+		model_plan = prepare_kept(
+								  "SELECT m.id, m.threshold, m.active, r.factor, r.item,"
+								  " r.min_value::pg_catalog.float8, r.points::pg_catalog.float8, r.cap"
+								  " FROM crm.scoring_model m"
+								  " LEFT JOIN LATERAL crm.scoring_model_rows(m.weights) r ON true"
+								  " WHERE m.tenant_id OPERATOR(pg_catalog.=) $1"
+								  " AND CASE WHEN $2 IS NULL THEN m.is_default"
+								  " ELSE m.id OPERATOR(pg_catalog.=) $2 END"
+								  " ORDER BY r.factor, r.min_value, r.item",
+								  2, types);
+	}
+	args[0] = UUIDPGetDatum(&key.tenant);
+	args[1] = UUIDPGetDatum(&key.id);
+	if (!id)
+		nulls[1] = 'n';
+	if (SPI_execute_plan(model_plan, args, nulls, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "scoring model lookup failed");
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	tupdesc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *factor;
+		char	   *item;
+		double		min_value;
+		double		points;
+		bool		points_null;
+		int			cap;
+
+		if (i == 0)
+		{
+			m->found = true;
+			memcpy(&m->id, DatumGetUUIDP(SPI_getbinval(tuple, tupdesc, 1, &isnull)), sizeof(pg_uuid_t));
+			m->threshold = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 2, &isnull));
+			m->active = DatumGetBool(SPI_getbinval(tuple, tupdesc, 3, &isnull));
+		}
+		factor = SPI_getvalue(tuple, tupdesc, 4);
+		if (factor == NULL)
+			continue;
+		item = SPI_getvalue(tuple, tupdesc, 5);
+		min_value = DatumGetFloat8(SPI_getbinval(tuple, tupdesc, 6, &isnull));
+		points = DatumGetFloat8(SPI_getbinval(tuple, tupdesc, 7, &points_null));
+		cap = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 8, &isnull));
+		if (points_null || isnan(points) || points < 0)
+			model_invalid(m, "points must be numbers of at least 0");
+
+		if (strcmp(factor, "combine") == 0)
+		{
+			if (strcmp(item, "fit") == 0)
+				m->w_fit = (int) points;
+			else if (strcmp(item, "engagement") == 0)
+				m->w_eng = (int) points;
+		}
+		else if (strcmp(factor, "company_size") == 0 || strcmp(factor, "budget") == 0)
+		{
+			int			b = strcmp(factor, "budget") == 0;
+
+			if (m->nbands[b] >= MAX_BANDS)
+				model_invalid(m, "too many bands");
+			m->bands[b][m->nbands[b]].min = min_value;
+			m->bands[b][m->nbands[b]++].points = (int) points;
+			m->fit_max[b ? F_BUDGET : F_SIZE] = Max(m->fit_max[b ? F_BUDGET : F_SIZE], (int) points);
+		}
+		else if (strcmp(factor, "industry") == 0)
+		{
+			int			k = name_index(industry_names, NUM_INDUSTRIES, item);
+
+			if (k < 0)
+				model_invalid(m, "unknown industry");
+			m->industry_points[k] = (int) points;
+			m->fit_max[F_INDUSTRY] = Max(m->fit_max[F_INDUSTRY], (int) points);
+		}
+		else if (strcmp(factor, "purchase_timeline") == 0)
+		{
+			int			k = name_index(timeline_names, NUM_TIMELINES, item);
+
+			if (k < 0)
+				model_invalid(m, "unknown purchase timeline");
+			m->timeline_points[k] = (int) points;
+			m->fit_max[F_TIMELINE] = Max(m->fit_max[F_TIMELINE], (int) points);
+		}
+		else if (strcmp(factor, "decision_maker") == 0)
+		{
+			if (strcmp(item, "yes") == 0)
+				m->decision_yes = (int) points;
+			else
+				m->decision_no = (int) points;
+			m->fit_max[F_DECISION] = Max(m->fit_max[F_DECISION], (int) points);
+		}
+		else if (strcmp(factor, "half_life_days") == 0)
+			m->half_life_days = points;
+		else if (strcmp(factor, "engagement") == 0)
+		{
+			if (m->ntypes >= MAX_TYPES)
+				model_invalid(m, "too many activity types");
+			strlcpy(m->types[m->ntypes], item, NAMEDATALEN);
+			m->type_points[m->ntypes] = points;
+			m->type_cap[m->ntypes++] = cap;
+		}
+	}
+	if (m->found && m->ntypes > 0 && !(m->half_life_days > 0))
+		model_invalid(m, "the engagement half-life must be greater than 0");
+	return m;
+}
+
+/*
+ * The model a lead is scored with: the one asked for (an error if the
+ * tenant has no such model), else the lead's own while it is active, else
+ * the tenant's default.
+ */
+static Model *
+model_for(const LeadInput *in, const pg_uuid_t *requested)
+{
+	Model	   *m;
+
+	if (requested)
+	{
+		m = model_load(&in->tenant, requested);
+		if (!m->found)
+			ereport(ERROR,
+					(errcode(ERRCODE_NO_DATA_FOUND),
+					 errmsg("scoring model %s does not exist", uuid_text(requested))));
+		return m;
+	}
+	if (in->has_model)
+	{
+		m = model_load(&in->tenant, &in->model);
+		if (m->found && m->active)
+			return m;
+	}
+	m = model_load(&in->tenant, NULL);
+	if (!m->found)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("tenant %s has no default scoring model", uuid_text(&in->tenant)),
+				 errhint("Mark one scoring model of the tenant as default.")));
+	return m;
+}
+
+/* Scoring ------------------------------------------------------------- */
+
+static int
+band_points(const Model *m, int b, double value)
+{
+	int			points = 0;
+
+	for (int i = 0; i < m->nbands[b]; i++)
+		if (value >= m->bands[b][i].min)
+			points = m->bands[b][i].points;
+	return points;
+}
+
+static void
+check_opt_out(const LeadInput *in, ScoreResult *r)
+{
+	Datum		args[3];
+	char		nulls[3] = {' ', ' ', ' '};
+
+	if (in->email == NULL && !in->has_contact)
+		return;
+	if (optout_plan == NULL)
+	{
+		Oid			types[3] = {UUIDOID, TEXTOID, UUIDOID};
+
+		optout_plan = prepare_kept(
+								   "SELECT c.email::pg_catalog.text FROM crm.contact c"
+								   " WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.profiling_opt_out"
+								   " AND (crm.casefold(c.email) OPERATOR(pg_catalog.=) crm.casefold($2)"
+								   "  OR c.id OPERATOR(pg_catalog.=) $3)"
+								   " ORDER BY c.id LIMIT 1",
+								   3, types);
+	}
+	args[0] = UUIDPGetDatum((pg_uuid_t *) &in->tenant);
+	if (in->email)
+		args[1] = CStringGetTextDatum(in->email);
+	else
+		nulls[1] = 'n';
+	if (in->has_contact)
+		args[2] = UUIDPGetDatum((pg_uuid_t *) &in->contact);
+	else
+		nulls[2] = 'n';
+	if (SPI_execute_plan(optout_plan, args, nulls, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "profiling consent lookup failed");
+	if (SPI_processed > 0)
+	{
+		r->opted_out = true;
+		r->opted_out_email = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	}
+}
+
+/*
+ * Per model activity type: the number of the lead's completed activities
+ * up to as_of and their sum of 2^(-age / half-life).  Summed in id order,
+ * so every caller adds the same numbers in the same order.
+ */
+static void
+engagement_counts(const LeadInput *in, const Model *m, TimestampTz as_of, ScoreResult *r)
+{
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+
+	if (m->ntypes == 0)
+		return;
+	if (activity_plan == NULL)
+	{
+		Oid			types[4] = {UUIDOID, UUIDOID, TIMESTAMPTZOID, UUIDOID};
+
+		activity_plan = prepare_kept(
+									 "SELECT x.activity_type, x.occurred_at FROM ("
+									 " SELECT a.id, a.activity_type, a.occurred_at FROM crm.activity a"
+									 "  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1"
+									 "  AND a.lead_id OPERATOR(pg_catalog.=) $2"
+									 "  AND a.status OPERATOR(pg_catalog.=) 'completed'"
+									 "  AND a.occurred_at OPERATOR(pg_catalog.<=) $3"
+									 " UNION ALL"
+									 " SELECT a.id, a.activity_type, a.occurred_at FROM crm.activity a"
+									 "  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1"
+									 "  AND a.contact_id OPERATOR(pg_catalog.=) $4"
+									 "  AND (a.lead_id IS NULL OR a.lead_id OPERATOR(pg_catalog.<>) $2)"
+									 "  AND a.status OPERATOR(pg_catalog.=) 'completed'"
+									 "  AND a.occurred_at OPERATOR(pg_catalog.<=) $3"
+									 ") x ORDER BY x.id",
+									 4, types);
+	}
+	args[0] = UUIDPGetDatum((pg_uuid_t *) &in->tenant);
+	args[1] = UUIDPGetDatum((pg_uuid_t *) &in->lead);
+	args[2] = TimestampTzGetDatum(as_of);
+	if (in->has_contact)
+		args[3] = UUIDPGetDatum((pg_uuid_t *) &in->contact);
+	else
+		nulls[3] = 'n';
+	if (SPI_execute_plan(activity_plan, args, nulls, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "activity lookup failed");
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		bool		isnull;
+		char	   *type = TextDatumGetCString(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 1, &isnull));
+		TimestampTz at = DatumGetTimestampTz(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 2, &isnull));
+		double		age_days = (double) (as_of - at) / (double) USECS_PER_DAY;
+
+		for (int t = 0; t < m->ntypes; t++)
+			if (strcmp(m->types[t], type) == 0)
+			{
+				r->eng_count[t]++;
+				r->eng_decayed[t] += pow(2.0, -age_days / m->half_life_days);
+				break;
+			}
+	}
+}
+
+/*
+ * The score of one lead.  Needs SPI connected; reads activities and
+ * consent as the caller of this function is (see scoring_owner()).
+ */
+static void
+compute_score(const LeadInput *in, Model *m, TimestampTz as_of, bool want_values,
+			  ScoreResult *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->model = m;
+
+	check_opt_out(in, r);
+	if (r->opted_out)
+		return;
+
+	r->fit_points[F_SIZE] = in->size_null ? 0 : band_points(m, 0, (double) in->size);
+	r->fit_points[F_BUDGET] = in->budget_null ? 0 : band_points(m, 1, in->budget);
+	if (in->industry)
+	{
+		int			k = name_index(industry_names, NUM_INDUSTRIES, in->industry);
+
+		r->fit_points[F_INDUSTRY] = k < 0 ? 0 : m->industry_points[k];
+	}
+	if (in->timeline)
+	{
+		int			k = name_index(timeline_names, NUM_TIMELINES, in->timeline);
+
+		r->fit_points[F_TIMELINE] = k < 0 ? 0 : m->timeline_points[k];
+	}
+	r->fit_points[F_DECISION] = in->decision == 1 ? m->decision_yes
+		: in->decision == 0 ? m->decision_no : 0;
+	for (int f = 0; f < NUM_FIT; f++)
+		r->fit += r->fit_points[f];
+
+	engagement_counts(in, m, as_of, r);
+	for (int t = 0; t < m->ntypes; t++)
+	{
+		double		p = Min((double) m->type_cap[t], m->type_points[t] * r->eng_decayed[t]);
+
+		r->eng_points[t] = (int) floor(p + 0.5);
+		r->eng += r->eng_points[t];
+	}
+	/* validation keeps both at most 100; a hand-made row cannot break the column checks */
+	r->fit = Min(r->fit, 100);
+	r->eng = Min(r->eng, 100);
+	r->total = (m->w_fit * r->fit + m->w_eng * r->eng + 50) / 100;
+
+	if (want_values)
+	{
+		r->fit_value[F_SIZE] = in->size_null ? NULL : psprintf("%d employees", in->size);
+		r->fit_value[F_INDUSTRY] = in->industry ? pstrdup(in->industry) : NULL;
+		r->fit_value[F_BUDGET] = in->budget_null ? NULL : psprintf("%.2f", in->budget);
+		r->fit_value[F_TIMELINE] = in->timeline ? pstrdup(in->timeline) : NULL;
+		r->fit_value[F_DECISION] = in->decision < 0 ? NULL : pstrdup(in->decision ? "yes" : "no");
+	}
+}
+
+/* Lead columns the trigger reads and writes. */
+enum
+{
+	C_TENANT,
+	C_ID,
+	C_SIZE,
+	C_INDUSTRY,
+	C_BUDGET,
+	C_TIMELINE,
+	C_DECISION,
+	C_EMAIL,
+	C_CONTACT,
+	C_MODEL,
+	/* derived */
+	C_SCORE,
+	C_FIT,
+	C_ENG,
+	C_QUALIFICATION,
+	C_SCORED_AT,
+	NUM_LEAD_COLUMNS
+};
+
+#define FIRST_DERIVED C_SCORE
+
+static const char *const lead_column_names[NUM_LEAD_COLUMNS] = {
+	"tenant_id", "id", "company_size", "industry", "budget", "purchase_timeline",
+	"is_decision_maker", "email", "converted_contact_id", "scoring_model_id",
+	"score", "fit_score", "engagement_score", "qualification", "scored_at"
+};
+
+static const Oid lead_column_types[NUM_LEAD_COLUMNS] = {
+	UUIDOID, UUIDOID, INT4OID, TEXTOID, NUMERICOID, TEXTOID,
+	BOOLOID, TEXTOID, UUIDOID, UUIDOID,
+	INT2OID, INT2OID, INT2OID, TEXTOID, TIMESTAMPTZOID
+};
+
+static void
+lead_attnums(Relation rel, int *attnums)
+{
+	for (int i = 0; i < NUM_LEAD_COLUMNS; i++)
+		attnums[i] = crm_attnum(rel, lead_column_names[i], lead_column_types[i]);
+}
+
+/* The scoring inputs of a lead row. */
+static void
+lead_input_from_tuple(HeapTuple tuple, TupleDesc tupdesc, const int *attnums, LeadInput *in)
+{
+	bool		isnull;
+	Datum		d;
+
+	memset(in, 0, sizeof(*in));
+	d = heap_getattr(tuple, attnums[C_TENANT], tupdesc, &isnull);
+	if (!isnull)
+		in->tenant = *DatumGetUUIDP(d);
+	d = heap_getattr(tuple, attnums[C_ID], tupdesc, &isnull);
+	if (!isnull)
+		in->lead = *DatumGetUUIDP(d);
+	d = heap_getattr(tuple, attnums[C_SIZE], tupdesc, &in->size_null);
+	if (!in->size_null)
+		in->size = DatumGetInt32(d);
+	d = heap_getattr(tuple, attnums[C_INDUSTRY], tupdesc, &isnull);
+	in->industry = isnull ? NULL : TextDatumGetCString(d);
+	d = heap_getattr(tuple, attnums[C_BUDGET], tupdesc, &in->budget_null);
+	if (!in->budget_null)
+		in->budget = DatumGetFloat8(DirectFunctionCall1(numeric_float8, d));
+	d = heap_getattr(tuple, attnums[C_TIMELINE], tupdesc, &isnull);
+	in->timeline = isnull ? NULL : TextDatumGetCString(d);
+	d = heap_getattr(tuple, attnums[C_DECISION], tupdesc, &isnull);
+	in->decision = isnull ? -1 : DatumGetBool(d) ? 1 : 0;
+	d = heap_getattr(tuple, attnums[C_EMAIL], tupdesc, &isnull);
+	in->email = isnull ? NULL : TextDatumGetCString(d);
+	d = heap_getattr(tuple, attnums[C_CONTACT], tupdesc, &isnull);
+	if (!isnull)
+	{
+		in->has_contact = true;
+		in->contact = *DatumGetUUIDP(d);
+	}
+	d = heap_getattr(tuple, attnums[C_MODEL], tupdesc, &isnull);
+	if (!isnull)
+	{
+		in->has_model = true;
+		in->model = *DatumGetUUIDP(d);
+	}
+}
+
+static bool
+column_changed(HeapTuple oldtuple, HeapTuple newtuple, TupleDesc tupdesc, int attnum)
+{
+	Form_pg_attribute att = TupleDescAttr(tupdesc, attnum - 1);
+	bool		oldnull;
+	bool		newnull;
+	Datum		oldval = heap_getattr(oldtuple, attnum, tupdesc, &oldnull);
+	Datum		newval = heap_getattr(newtuple, attnum, tupdesc, &newnull);
+
+	if (oldnull || newnull)
+		return oldnull != newnull;
+	return !datumIsEqual(oldval, newval, att->attbyval, att->attlen);
+}
+
+/*
+ * crm.scoring_lead_sync() trigger: see the file header.
+ */
+Datum
+crm_scoring_lead_sync(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	tupdesc;
+	HeapTuple	oldtuple = NULL;
+	HeapTuple	newtuple;
+	bool		is_insert;
+	bool		rescore;
+	int			attnums[NUM_LEAD_COLUMNS];
+	int			cols[NUM_LEAD_COLUMNS];
+	Datum		values[NUM_LEAD_COLUMNS];
+	bool		nulls[NUM_LEAD_COLUMNS];
+	int			n = 0;
+
+	crm_require_trigger(fcinfo, "scoring_lead_sync", true, true);
+	is_insert = TRIGGER_FIRED_BY_INSERT(trigdata->tg_event);
+	if (!is_insert && !TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"scoring_lead_sync\" must be fired for INSERT or UPDATE")));
+	if (is_insert)
+		newtuple = trigdata->tg_trigtuple;
+	else
+	{
+		oldtuple = trigdata->tg_trigtuple;
+		newtuple = trigdata->tg_newtuple;
+	}
+	if (crm_replica_skips_work())
+		return PointerGetDatum(newtuple);
+
+	rel = trigdata->tg_relation;
+	tupdesc = RelationGetDescr(rel);
+	lead_attnums(rel, attnums);
+
+	rescore = is_insert || rescore_context != RESCORE_NONE;
+	for (int i = 0; !rescore && i < FIRST_DERIVED; i++)
+		rescore = column_changed(oldtuple, newtuple, tupdesc, attnums[i]);
+
+	if (!rescore)
+	{
+		/* nothing the score depends on changed: keep the server's values */
+		for (int i = FIRST_DERIVED; i < NUM_LEAD_COLUMNS; i++)
+			if (column_changed(oldtuple, newtuple, tupdesc, attnums[i]))
+			{
+				cols[n] = attnums[i];
+				values[n] = heap_getattr(oldtuple, attnums[i], tupdesc, &nulls[n]);
+				n++;
+			}
+	}
+	else
+	{
+		LeadInput	in;
+		ScoreResult r;
+		Model	   *m;
+		bool		isnull;
+		Oid			save_userid;
+		int			save_sec_context;
+		TimestampTz as_of = GetCurrentTransactionStartTimestamp();
+
+		heap_getattr(newtuple, attnums[C_TENANT], tupdesc, &isnull);
+		if (isnull)
+			return PointerGetDatum(newtuple);	/* NOT NULL says so */
+		lead_input_from_tuple(newtuple, tupdesc, attnums, &in);
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		GetUserIdAndSecContext(&save_userid, &save_sec_context);
+		SetUserIdAndSecContext(rel->rd_rel->relowner,
+							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+		PG_TRY();
+		{
+			m = model_for(&in, NULL);
+			compute_score(&in, m, as_of, false, &r);
+		}
+		PG_FINALLY();
+		{
+			SetUserIdAndSecContext(save_userid, save_sec_context);
+		}
+		PG_END_TRY();
+		SPI_finish();
+
+		cols[n] = attnums[C_SCORE];
+		values[n] = Int16GetDatum((int16) r.total);
+		nulls[n++] = r.opted_out;
+		cols[n] = attnums[C_FIT];
+		values[n] = Int16GetDatum((int16) r.fit);
+		nulls[n++] = r.opted_out;
+		cols[n] = attnums[C_ENG];
+		values[n] = Int16GetDatum((int16) r.eng);
+		nulls[n++] = r.opted_out;
+		cols[n] = attnums[C_QUALIFICATION];
+		values[n] = CStringGetTextDatum(r.total >= m->threshold ? "qualified" : "unqualified");
+		nulls[n++] = r.opted_out;
+		cols[n] = attnums[C_MODEL];
+		values[n] = UUIDPGetDatum(&m->id);
+		nulls[n++] = false;
+		cols[n] = attnums[C_SCORED_AT];
+		values[n] = TimestampTzGetDatum(as_of);
+		nulls[n++] = false;
+	}
+	if (n == 0)
+		return PointerGetDatum(newtuple);
+	return PointerGetDatum(heap_modify_tuple_by_cols(newtuple, tupdesc, n, cols, values, nulls));
+}
+
+/* History and events -------------------------------------------------- */
+
+/* Read a whole transition table into memory (it is the statement's own). */
+static void
+read_transition(Tuplestorestate *store, TupleDesc tupdesc, List **tuples)
+{
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
+
+	tuplestore_rescan(store);
+	while (tuplestore_gettupleslot(store, true, false, slot))
+		*tuples = lappend(*tuples, ExecCopySlotHeapTuple(slot));
+	ExecDropSingleTupleTableSlot(slot);
+}
+
+static Datum
+smallint_or_null(HeapTuple tuple, TupleDesc tupdesc, int attnum, bool *isnull)
+{
+	if (tuple == NULL)
+	{
+		*isnull = true;
+		return (Datum) 0;
+	}
+	return heap_getattr(tuple, attnum, tupdesc, isnull);
+}
+
+static ArrayType *
+build_array(Datum *values, bool *nulls, int n, Oid type)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+	return construct_md_array(values, nulls, 1, dims, lbs, type, typlen, typbyval, typalign);
+}
+
+/*
+ * Why one lead's score changed, as the history records it.
+ */
+static const char *
+history_reason(HeapTuple oldtuple, HeapTuple newtuple, TupleDesc tupdesc, const int *attnums,
+			   bool old_null, bool new_null)
+{
+	switch (rescore_context)
+	{
+		case RESCORE_ACTIVITY:
+			return "activity";
+		case RESCORE_CONSENT:
+			return "profiling opt-out";
+		case RESCORE_MODEL:
+			if (oldtuple == NULL ||
+				column_changed(oldtuple, newtuple, tupdesc, attnums[C_MODEL]) ||
+				column_changed(oldtuple, newtuple, tupdesc, attnums[C_FIT]))
+				return "model change";
+			return "decay";
+		default:
+			if (oldtuple != NULL && old_null != new_null)
+				return "profiling opt-out";
+			return "fit change";
+	}
+}
+
+/*
+ * crm.scoring_lead_history() trigger: see the file header.  The history
+ * and the events are the extension's, so they are written as the owner of
+ * crm.lead, from the statement's own rows.
+ */
+Datum
+crm_scoring_lead_history(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	tupdesc;
+	int			attnums[NUM_LEAD_COLUMNS];
+	List	   *newrows = NIL;
+	List	   *oldrows = NIL;
+	bool		is_update;
+	int			nrows;
+	int			nh = 0;
+	int			ne = 0;
+	Datum	   *h[10];
+	bool	   *hn[10];
+	Datum	   *ev[3];
+	Oid			save_userid;
+	int			save_sec_context;
+
+	crm_require_trigger(fcinfo, "scoring_lead_history", false, false);
+	is_update = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event);
+	if (trigdata->tg_newtable == NULL || (is_update && trigdata->tg_oldtable == NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"scoring_lead_history\" must be fired AFTER INSERT or UPDATE with transition tables")));
+	if (crm_replica_skips_work())
+		return PointerGetDatum(NULL);
+
+	rel = trigdata->tg_relation;
+	tupdesc = RelationGetDescr(rel);
+	lead_attnums(rel, attnums);
+	read_transition(trigdata->tg_newtable, tupdesc, &newrows);
+	if (is_update)
+		read_transition(trigdata->tg_oldtable, tupdesc, &oldrows);
+	nrows = list_length(newrows);
+	if (nrows == 0)
+		return PointerGetDatum(NULL);
+
+	/* tenant, lead, model, old/new score, fit, engagement, reason */
+	for (int c = 0; c < 10; c++)
+	{
+		h[c] = palloc(sizeof(Datum) * nrows);
+		hn[c] = palloc0(sizeof(bool) * nrows);
+	}
+	for (int c = 0; c < 3; c++)
+		ev[c] = palloc(sizeof(Datum) * nrows);
+
+	for (int i = 0; i < nrows; i++)
+	{
+		HeapTuple	newtuple = list_nth(newrows, i);
+		HeapTuple	oldtuple = is_update ? list_nth(oldrows, i) : NULL;
+		bool		old_null;
+		bool		new_null;
+		bool		isnull;
+		Datum		old_score = smallint_or_null(oldtuple, tupdesc, attnums[C_SCORE], &old_null);
+		Datum		new_score = heap_getattr(newtuple, attnums[C_SCORE], tupdesc, &new_null);
+		bool		old_qualified = false;
+		Datum		q;
+
+		/* the old and new rows of an UPDATE come in the same order */
+		if (oldtuple != NULL &&
+			!datumIsEqual(heap_getattr(oldtuple, attnums[C_ID], tupdesc, &isnull),
+						  heap_getattr(newtuple, attnums[C_ID], tupdesc, &isnull), false, UUID_LEN))
+			elog(ERROR, "transition tables of crm.lead are out of step");
+
+		if (old_null != new_null ||
+			(!new_null && DatumGetInt16(old_score) != DatumGetInt16(new_score)))
+		{
+			h[0][nh] = heap_getattr(newtuple, attnums[C_TENANT], tupdesc, &isnull);
+			h[1][nh] = heap_getattr(newtuple, attnums[C_ID], tupdesc, &isnull);
+			h[2][nh] = heap_getattr(newtuple, attnums[C_MODEL], tupdesc, &hn[2][nh]);
+			h[3][nh] = old_score;
+			hn[3][nh] = old_null;
+			h[4][nh] = new_score;
+			hn[4][nh] = new_null;
+			h[5][nh] = smallint_or_null(oldtuple, tupdesc, attnums[C_FIT], &hn[5][nh]);
+			h[6][nh] = heap_getattr(newtuple, attnums[C_FIT], tupdesc, &hn[6][nh]);
+			h[7][nh] = smallint_or_null(oldtuple, tupdesc, attnums[C_ENG], &hn[7][nh]);
+			h[8][nh] = heap_getattr(newtuple, attnums[C_ENG], tupdesc, &hn[8][nh]);
+			h[9][nh] = CStringGetTextDatum(history_reason(oldtuple, newtuple, tupdesc, attnums,
+														  old_null, new_null));
+			nh++;
+		}
+
+		if (oldtuple != NULL)
+		{
+			q = heap_getattr(oldtuple, attnums[C_QUALIFICATION], tupdesc, &isnull);
+			old_qualified = !isnull && strcmp(TextDatumGetCString(q), "qualified") == 0;
+		}
+		q = heap_getattr(newtuple, attnums[C_QUALIFICATION], tupdesc, &isnull);
+		if (!isnull && !old_qualified && strcmp(TextDatumGetCString(q), "qualified") == 0)
+		{
+			ev[0][ne] = heap_getattr(newtuple, attnums[C_TENANT], tupdesc, &isnull);
+			ev[1][ne] = heap_getattr(newtuple, attnums[C_ID], tupdesc, &isnull);
+			ev[2][ne] = new_score;
+			ne++;
+		}
+	}
+	if (nh == 0 && ne == 0)
+		return PointerGetDatum(NULL);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(rel->rd_rel->relowner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (nh > 0)
+		{
+			static const Oid htypes[10] = {UUIDOID, UUIDOID, UUIDOID, INT2OID, INT2OID,
+			INT2OID, INT2OID, INT2OID, INT2OID, TEXTOID};
+			Datum		args[10];
+			Oid			argtypes[10];
+
+			for (int c = 0; c < 10; c++)
+			{
+				args[c] = PointerGetDatum(build_array(h[c], hn[c], nh, htypes[c]));
+				argtypes[c] = get_array_type(htypes[c]);
+			}
+			if (history_plan == NULL)
+				history_plan = prepare_kept(
+											"INSERT INTO crm.lead_score_history"
+											" (tenant_id, lead_id, model_id, old_score, new_score, old_fit_score,"
+											"  new_fit_score, old_engagement_score, new_engagement_score, reason)"
+											" SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+											" pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7),"
+											" pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10))",
+											10, argtypes);
+			if (SPI_execute_plan(history_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not record the score history");
+		}
+		if (ne > 0)
+		{
+			Datum		args[3];
+			Oid			argtypes[3] = {UUIDARRAYOID, UUIDARRAYOID, INT2ARRAYOID};
+
+			args[0] = PointerGetDatum(build_array(ev[0], NULL, ne, UUIDOID));
+			args[1] = PointerGetDatum(build_array(ev[1], NULL, ne, UUIDOID));
+			args[2] = PointerGetDatum(build_array(ev[2], NULL, ne, INT2OID));
+			if (event_plan == NULL)
+				event_plan = prepare_kept("SELECT crm.scoring_emit_qualified($1, $2, $3)",
+										  3, argtypes);
+			if (SPI_execute_plan(event_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not emit LeadQualified events");
+		}
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+/* Rescoring ----------------------------------------------------------- */
+
+typedef struct TenantLead
+{
+	pg_uuid_t	tenant;
+	pg_uuid_t	lead;
+} TenantLead;
+
+static int
+tenant_lead_cmp(const void *a, const void *b)
+{
+	return memcmp(a, b, sizeof(TenantLead));
+}
+
+/*
+ * Rescore the given leads (sorted, so that two sessions lock them in the
+ * same order), one UPDATE per tenant, under a rescore context that the
+ * triggers of that UPDATE read.  Needs SPI connected and runs as the
+ * owner of crm.lead.
+ */
+static uint64
+rescore_leads(TenantLead *leads, int n, RescoreContext context)
+{
+	RescoreContext save = rescore_context;
+	uint64		total = 0;
+	int			start = 0;
+
+	if (n == 0)
+		return 0;
+	qsort(leads, n, sizeof(TenantLead), tenant_lead_cmp);
+	if (refresh_plan == NULL)
+	{
+		Oid			types[2] = {UUIDOID, UUIDARRAYOID};
+
+		refresh_plan = prepare_kept(
+									"UPDATE crm.lead l SET scored_at = l.scored_at"
+									" WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
+									" AND l.id OPERATOR(pg_catalog.=) ANY ($2)",
+									2, types);
+	}
+	rescore_context = context;
+	PG_TRY();
+	{
+		while (start < n)
+		{
+			int			end = start;
+			int			m = 0;
+			Datum	   *ids = palloc(sizeof(Datum) * (n - start));
+			Datum		args[2];
+
+			while (end < n && uuid_equal(&leads[end].tenant, &leads[start].tenant))
+			{
+				if (end == start || !uuid_equal(&leads[end].lead, &leads[end - 1].lead))
+					ids[m++] = UUIDPGetDatum(&leads[end].lead);
+				end++;
+			}
+			args[0] = UUIDPGetDatum(&leads[start].tenant);
+			args[1] = PointerGetDatum(build_array(ids, NULL, m, UUIDOID));
+			if (SPI_execute_plan(refresh_plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not rescore leads");
+			total += SPI_processed;
+			start = end;
+		}
+	}
+	PG_FINALLY();
+	{
+		rescore_context = save;
+	}
+	PG_END_TRY();
+	return total;
+}
+
+/*
+ * crm.scoring_refresh() trigger: see the file header.  On crm.activity the
+ * leads are the activities' lead_id and the leads converted into their
+ * contact_id; on crm.contact, the leads with the contact's e-mail or
+ * converted into it.  Old and new rows both count: an activity moved from
+ * one lead to another changes both.
+ */
+Datum
+crm_scoring_refresh(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	tupdesc;
+	bool		on_contact;
+	List	   *rows = NIL;
+	int			tenant_att;
+	int			lead_att = InvalidAttrNumber;
+	int			contact_att;
+	int			email_att = InvalidAttrNumber;
+	int			nrows;
+	TenantLead *leads;
+	int			nleads = 0;
+	Datum	   *c_tenants;
+	Datum	   *c_ids;
+	Datum	   *c_emails;
+	bool	   *c_email_nulls;
+	int			ncontacts = 0;
+	ListCell   *lc;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	crm_require_trigger(fcinfo, "scoring_refresh", false, false);
+	if (crm_replica_skips_work())
+		return PointerGetDatum(NULL);
+
+	rel = trigdata->tg_relation;
+	tupdesc = RelationGetDescr(rel);
+	on_contact = strcmp(RelationGetRelationName(rel), "contact") == 0;
+	tenant_att = crm_attnum(rel, "tenant_id", UUIDOID);
+	if (on_contact)
+	{
+		contact_att = crm_attnum(rel, "id", UUIDOID);
+		email_att = crm_attnum(rel, "email", TEXTOID);
+	}
+	else
+	{
+		contact_att = crm_attnum(rel, "contact_id", UUIDOID);
+		lead_att = crm_attnum(rel, "lead_id", UUIDOID);
+	}
+	if (trigdata->tg_oldtable)
+		read_transition(trigdata->tg_oldtable, tupdesc, &rows);
+	if (trigdata->tg_newtable)
+		read_transition(trigdata->tg_newtable, tupdesc, &rows);
+	nrows = list_length(rows);
+	if (nrows == 0)
+		return PointerGetDatum(NULL);
+
+	leads = palloc(sizeof(TenantLead) * nrows);
+	c_tenants = palloc(sizeof(Datum) * nrows);
+	c_ids = palloc(sizeof(Datum) * nrows);
+	c_emails = palloc(sizeof(Datum) * nrows);
+	c_email_nulls = palloc0(sizeof(bool) * nrows);
+	foreach(lc, rows)
+	{
+		HeapTuple	tuple = (HeapTuple) lfirst(lc);
+		bool		isnull;
+		Datum		tenant = heap_getattr(tuple, tenant_att, tupdesc, &isnull);
+		Datum		d;
+
+		if (isnull)
+			continue;
+		if (lead_att != InvalidAttrNumber)
+		{
+			d = heap_getattr(tuple, lead_att, tupdesc, &isnull);
+			if (!isnull)
+			{
+				leads[nleads].tenant = *DatumGetUUIDP(tenant);
+				leads[nleads++].lead = *DatumGetUUIDP(d);
+			}
+		}
+		d = heap_getattr(tuple, contact_att, tupdesc, &isnull);
+		if (!isnull)
+		{
+			c_tenants[ncontacts] = tenant;
+			c_ids[ncontacts] = d;
+			if (email_att != InvalidAttrNumber)
+				c_emails[ncontacts] = heap_getattr(tuple, email_att, tupdesc, &c_email_nulls[ncontacts]);
+			else
+				c_email_nulls[ncontacts] = true;
+			ncontacts++;
+		}
+	}
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(rel->rd_rel->relowner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (ncontacts > 0)
+		{
+			Datum		args[3];
+			char		nulls[3] = {' ', ' ', ' '};
+
+			if (contact_leads_plan == NULL)
+			{
+				Oid			types[3] = {UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID};
+
+				contact_leads_plan = prepare_kept(
+												  "SELECT l.tenant_id, l.id FROM crm.lead l"
+												  " JOIN ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) c(tenant_id, id, email)"
+												  "  ON l.tenant_id OPERATOR(pg_catalog.=) c.tenant_id"
+												  " AND l.converted_contact_id OPERATOR(pg_catalog.=) c.id"
+												  " UNION"
+												  " SELECT l.tenant_id, l.id FROM crm.lead l"
+												  " JOIN ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) c(tenant_id, id, email)"
+												  "  ON l.tenant_id OPERATOR(pg_catalog.=) c.tenant_id"
+												  " AND crm.casefold(l.email) OPERATOR(pg_catalog.=) crm.casefold(c.email)",
+												  3, types);
+			}
+			args[0] = PointerGetDatum(build_array(c_tenants, NULL, ncontacts, UUIDOID));
+			args[1] = PointerGetDatum(build_array(c_ids, NULL, ncontacts, UUIDOID));
+			args[2] = PointerGetDatum(build_array(c_emails, c_email_nulls, ncontacts, TEXTOID));
+			if (SPI_execute_plan(contact_leads_plan, args, nulls, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not find the leads of contacts");
+			if (SPI_processed > 0)
+			{
+				leads = repalloc(leads, sizeof(TenantLead) * (nleads + SPI_processed));
+				for (uint64 i = 0; i < SPI_processed; i++)
+				{
+					bool		isnull;
+
+					leads[nleads].tenant = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+					leads[nleads++].lead = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+				}
+			}
+		}
+		rescore_leads(leads, nleads, on_contact ? RESCORE_CONSENT : RESCORE_ACTIVITY);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * crm.scoring_rescore(tenant, model, assign): the leads of a tenant (of one
+ * model, or all when model is NULL) rescored now by one UPDATE; with
+ * assign, every lead of the tenant is given the model.  Runs as the caller:
+ * crm.rescore_leads() checks the tenant and the model first.
+ */
+Datum
+crm_scoring_rescore(PG_FUNCTION_ARGS)
+{
+	Datum		args[2];
+	char		nulls[2] = {' ', ' '};
+	RescoreContext save = rescore_context;
+	bool		assign = !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
+	uint64		n = 0;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tenant must not be null")));
+	args[0] = PG_GETARG_DATUM(0);
+	if (PG_ARGISNULL(1))
+	{
+		nulls[1] = 'n';
+		args[1] = (Datum) 0;
+		assign = false;
+	}
+	else
+		args[1] = PG_GETARG_DATUM(1);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (rescore_plan == NULL)
+	{
+		Oid			types[2] = {UUIDOID, UUIDOID};
+
+		rescore_plan = prepare_kept(
+									"UPDATE crm.lead l SET scored_at = l.scored_at"
+									" WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
+									" AND ($2 IS NULL OR l.scoring_model_id OPERATOR(pg_catalog.=) $2)",
+									2, types);
+		rescore_assign_plan = prepare_kept(
+										   "UPDATE crm.lead l SET scoring_model_id = $2"
+										   " WHERE l.tenant_id OPERATOR(pg_catalog.=) $1",
+										   2, types);
+	}
+	rescore_context = RESCORE_MODEL;
+	PG_TRY();
+	{
+		if (SPI_execute_plan(assign ? rescore_assign_plan : rescore_plan, args, nulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not rescore leads");
+		n = SPI_processed;
+	}
+	PG_FINALLY();
+	{
+		rescore_context = save;
+	}
+	PG_END_TRY();
+	SPI_finish();
+	PG_RETURN_INT64((int64) n);
+}
+
+/* score_lead and explain_score ---------------------------------------- */
+
+/*
+ * Read a lead of the current tenant (with the caller's rights: a lead the
+ * caller cannot see does not exist for it) and score it.
+ */
+static void
+score_one(FunctionCallInfo fcinfo, bool want_values, ScoreResult *r)
+{
+	pg_uuid_t  *lead;
+	pg_uuid_t	model;
+	bool		has_model = !PG_ARGISNULL(1);
+	TimestampTz as_of;
+	Datum		args[1];
+	LeadInput	in;
+	Model	   *m;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("lead must not be null")));
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("as_of must not be null")));
+	lead = PG_GETARG_UUID_P(0);
+	if (has_model)
+		model = *PG_GETARG_UUID_P(1);
+	as_of = PG_GETARG_TIMESTAMPTZ(2);
+
+	if (lead_plan == NULL)
+	{
+		Oid			types[1] = {UUIDOID};
+
+		lead_plan = prepare_kept(
+								 "SELECT * FROM crm.lead l"
+								 " WHERE l.tenant_id OPERATOR(pg_catalog.=) crm.current_tenant()"
+								 " AND l.id OPERATOR(pg_catalog.=) $1",
+								 1, types);
+	}
+	args[0] = UUIDPGetDatum(lead);
+	if (SPI_execute_plan(lead_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "lead lookup failed");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("lead %s does not exist", uuid_text(lead))));
+	{
+		int			attnums[NUM_LEAD_COLUMNS];
+		TupleDesc	tupdesc = SPI_tuptable->tupdesc;
+
+		for (int i = 0; i < NUM_LEAD_COLUMNS; i++)
+		{
+			attnums[i] = SPI_fnumber(tupdesc, lead_column_names[i]);
+			if (attnums[i] <= 0)
+				elog(ERROR, "crm.lead has no column \"%s\"", lead_column_names[i]);
+		}
+		lead_input_from_tuple(SPI_tuptable->vals[0], tupdesc, attnums, &in);
+	}
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(scoring_owner(), save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		m = model_for(&in, has_model ? &model : NULL);
+		compute_score(&in, m, as_of, want_values, r);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * crm.score_lead(lead, model, as_of): see the SQL comment.
+ */
+Datum
+crm_scoring_score_lead(PG_FUNCTION_ARGS)
+{
+	ScoreResult r;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	score_one(fcinfo, false, &r);
+	SPI_finish();
+	if (r.opted_out)
+		PG_RETURN_NULL();
+	PG_RETURN_INT32(r.total);
+}
+
+/*
+ * Shares of the total by largest remainder: exact[i] is a factor's share in
+ * hundredths; the shares are whole, add up to total, and each is its exact
+ * share rounded down or up (ties go to the earlier factor).
+ */
+static void
+apportion(const int *exact, int n, int total, int *share)
+{
+	int			assigned = 0;
+	bool	   *bumped = palloc0(sizeof(bool) * n);
+
+	for (int i = 0; i < n; i++)
+	{
+		share[i] = exact[i] / 100;
+		assigned += share[i];
+	}
+	while (assigned < total)
+	{
+		int			best = -1;
+
+		for (int i = 0; i < n; i++)
+			if (!bumped[i] && exact[i] % 100 > 0 &&
+				(best < 0 || exact[i] % 100 > exact[best] % 100))
+				best = i;
+		if (best < 0)
+			break;
+		share[best]++;
+		bumped[best] = true;
+		assigned++;
+	}
+}
+
+/*
+ * crm.explain_score(lead, model, as_of): see the SQL comment.
+ */
+Datum
+crm_scoring_explain_score(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ScoreResult r;
+	Model	   *m;
+	int			nrows;
+	int		   *exact;
+	int		   *share;
+	MemoryContext per_query;
+	MemoryContext old;
+	Tuplestorestate *store;
+	TupleDesc	tupdesc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	store = rsinfo->setResult;
+	tupdesc = rsinfo->setDesc;
+	per_query = rsinfo->econtext->ecxt_per_query_memory;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	score_one(fcinfo, true, &r);
+	m = r.model;
+
+	old = MemoryContextSwitchTo(per_query);
+	if (r.opted_out)
+	{
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, true, true, true};
+
+		values[0] = CStringGetTextDatum("privacy");
+		values[1] = CStringGetTextDatum("profiling_opt_out");
+		values[2] = CStringGetTextDatum(psprintf("contact %s opted out of profiling: the lead is not scored",
+												 r.opted_out_email));
+		tuplestore_putvalues(store, tupdesc, values, nulls);
+		MemoryContextSwitchTo(old);
+		SPI_finish();
+		return (Datum) 0;
+	}
+
+	nrows = NUM_FIT + m->ntypes;
+	exact = palloc(sizeof(int) * nrows);
+	share = palloc(sizeof(int) * nrows);
+	for (int f = 0; f < NUM_FIT; f++)
+		exact[f] = m->w_fit * r.fit_points[f];
+	for (int t = 0; t < m->ntypes; t++)
+		exact[NUM_FIT + t] = m->w_eng * r.eng_points[t];
+	apportion(exact, nrows, r.total, share);
+
+	for (int i = 0; i < nrows; i++)
+	{
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
+
+		if (i < NUM_FIT)
+		{
+			values[0] = CStringGetTextDatum("fit");
+			values[1] = CStringGetTextDatum(fit_names[i]);
+			if (r.fit_value[i])
+				values[2] = CStringGetTextDatum(r.fit_value[i]);
+			else
+				nulls[2] = true;
+			values[3] = Int32GetDatum(r.fit_points[i]);
+			values[4] = Int32GetDatum(m->fit_max[i]);
+		}
+		else
+		{
+			int			t = i - NUM_FIT;
+
+			values[0] = CStringGetTextDatum("engagement");
+			values[1] = CStringGetTextDatum(m->types[t]);
+			values[2] = CStringGetTextDatum(psprintf("%d, decayed %.3f", r.eng_count[t], r.eng_decayed[t]));
+			values[3] = Int32GetDatum(r.eng_points[t]);
+			values[4] = Int32GetDatum(m->type_cap[t]);
+		}
+		values[5] = Int32GetDatum(share[i]);
+		tuplestore_putvalues(store, tupdesc, values, nulls);
+	}
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+	return (Datum) 0;
+}
