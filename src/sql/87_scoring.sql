@@ -4,18 +4,13 @@
 -- size 0-25, industry 0-15, budget 0-20, purchase timeline 0-15, decision
 -- maker 0-25) and an engagement sub-score (shared/seeds/003: website visits,
 -- e-mail opens, content downloads, social engagement, meetings; points per
--- activity with a cap, from time-decayed activity counts), weighted by the
+-- activity with a cap, from time-decayed activity counts; the registry has
+-- no website-visit or social types yet, so the default model scores opens,
+-- clicks, downloads, calls and meetings), weighted by the
 -- lead's scoring model.  C triggers (src/scoring.c) keep lead.score and its
 -- parts, the score history and the qualification exact in the same
 -- statement as the change to the lead, its activities or the contact that
 -- holds its profiling consent.
-
--- Activity types for the engagement signals of seeds/003 that the core
--- registry lacks (the aggregation work may ship them too).
-INSERT INTO crm.activity_type (code, name, module, default_weight, is_builtin) VALUES
-    ('website_visit',     'Website visit',     'marketing', 1, true),
-    ('social_engagement', 'Social engagement', 'marketing', 2, true)
-ON CONFLICT (code) DO NOTHING;
 
 CREATE TABLE crm.scoring_model (
     tenant_id   uuid NOT NULL DEFAULT crm.current_tenant() REFERENCES crm.tenant ON DELETE CASCADE,
@@ -399,9 +394,9 @@ CREATE FUNCTION crm.default_scoring_weights() RETURNS jsonb
       },
       "engagement": {
         "half_life_days": 30,
-        "types": {"website_visit": {"points": 1, "cap": 15}, "email_opened": {"points": 2, "cap": 15},
-                  "email_clicked": {"points": 3, "cap": 15}, "document_downloaded": {"points": 5, "cap": 20},
-                  "social_engagement": {"points": 2, "cap": 10}, "meeting": {"points": 10, "cap": 25}}
+        "types": {"email_opened": {"points": 2, "cap": 15}, "email_clicked": {"points": 3, "cap": 15},
+                  "document_downloaded": {"points": 5, "cap": 20}, "call": {"points": 5, "cap": 15},
+                  "meeting": {"points": 10, "cap": 25}}
       }
     }'::jsonb;
 COMMENT ON FUNCTION crm.default_scoring_weights() IS

@@ -1,0 +1,783 @@
+-- src/sql/88_pls.sql: predictive win probability (issue 10), Odoo 17/18's
+-- "predictive lead scoring" made exact.
+--
+-- Per tenant, record kind (lead, opportunity) and team, a frequency table
+-- of (variable, value) -> won count, lost count over the closed records.
+-- Odoo rebuilds it nightly and lets its live increments drift in between;
+-- here each closed record's own observations are stored
+-- (crm.pls_observation), and every change that can alter them (close,
+-- reopen, a variable of a closed record, its tags, its contact or account,
+-- a stage of its pipeline, the consent of its person, the tenant's variable
+-- list) replaces them and applies the difference to crm.pls_frequency in
+-- the same statement.  So the table always equals crm.pls_rebuild().
+--
+-- The triggers are statement-level: they gather the ids of the statement's
+-- rows into arrays and work from the tables, never from the transition
+-- tables, and write only the tenant of those rows.
+
+-- Columns -----------------------------------------------------------------
+
+ALTER TABLE crm.pipeline
+    ADD COLUMN probability_mode text NOT NULL DEFAULT 'stage'
+        CHECK (probability_mode IN ('stage', 'predicted', 'manual'));
+COMMENT ON COLUMN crm.pipeline.probability_mode IS
+    'How the probability of new records of the pipeline is set: stage (the stage''s), predicted (crm.predict_win), manual (by hand, kept across moves)';
+
+ALTER TABLE crm.lead
+    ADD COLUMN team_id uuid,
+    ADD COLUMN country text CHECK (country ~ '^[A-Z]{2}$'),
+    ADD COLUMN probability_mode text CHECK (probability_mode IN ('stage', 'predicted', 'manual'));
+COMMENT ON COLUMN crm.lead.team_id IS 'Sales team (the owner''s first team when omitted); the predictive model learns per team (no foreign key: a deleted team''s records keep its history)';
+COMMENT ON COLUMN crm.lead.country IS 'Country of the company (ISO 3166-1 alpha-2)';
+COMMENT ON COLUMN crm.lead.probability_mode IS 'stage, predicted or manual: where probability comes from (the pipeline''s default when omitted)';
+CREATE INDEX lead_team_idx ON crm.lead (tenant_id, team_id);
+
+ALTER TABLE crm.opportunity
+    ADD COLUMN team_id uuid,
+    ADD COLUMN country text CHECK (country ~ '^[A-Z]{2}$'),
+    ADD COLUMN probability_mode text CHECK (probability_mode IN ('stage', 'predicted', 'manual'));
+COMMENT ON COLUMN crm.opportunity.team_id IS 'Sales team (the owner''s first team when omitted); the predictive model learns per team (no foreign key: a deleted team''s records keep its history)';
+COMMENT ON COLUMN crm.opportunity.country IS 'Country of the customer (ISO 3166-1 alpha-2)';
+COMMENT ON COLUMN crm.opportunity.probability_mode IS 'stage, predicted or manual: where probability comes from (the pipeline''s default when omitted)';
+CREATE INDEX opportunity_team_idx ON crm.opportunity (tenant_id, team_id);
+
+-- Tables ------------------------------------------------------------------
+
+CREATE TABLE crm.pls_config (
+    tenant_id  uuid NOT NULL DEFAULT crm.current_tenant() REFERENCES crm.tenant ON DELETE CASCADE,
+    variables  text[] NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id)
+);
+COMMENT ON TABLE crm.pls_config IS 'The variables the predictive model of a tenant learns from besides the stage (set with crm.pls_configure; no row: the default list)';
+COMMENT ON COLUMN crm.pls_config.tenant_id IS 'Owning tenant';
+COMMENT ON COLUMN crm.pls_config.variables IS 'Chosen from source, industry, country, company_size, rating, priority, email_state, phone_state, tags';
+COMMENT ON COLUMN crm.pls_config.created_at IS 'When the row was made';
+COMMENT ON COLUMN crm.pls_config.updated_at IS 'When the row last changed';
+
+CREATE TABLE crm.pls_observation (
+    tenant_id   uuid NOT NULL DEFAULT crm.current_tenant() REFERENCES crm.tenant ON DELETE CASCADE,
+    record_kind text NOT NULL CHECK (record_kind IN ('lead', 'opportunity')),
+    record_id   uuid NOT NULL,
+    variable    text NOT NULL,
+    value       text NOT NULL,
+    team_key    uuid NOT NULL,
+    won         integer NOT NULL CHECK (won IN (0, 1)),
+    lost        integer NOT NULL CHECK (lost IN (0, 1)),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, record_kind, record_id, variable, value)
+);
+COMMENT ON TABLE crm.pls_observation IS 'What each closed lead or opportunity contributes to the predictive model (kept by triggers; the frequency table is their sum)';
+COMMENT ON COLUMN crm.pls_observation.tenant_id IS 'Owning tenant';
+COMMENT ON COLUMN crm.pls_observation.record_kind IS 'lead or opportunity';
+COMMENT ON COLUMN crm.pls_observation.record_id IS 'The closed record (no foreign key: one table holds both kinds; deleting the record removes its rows)';
+COMMENT ON COLUMN crm.pls_observation.variable IS 'stage, or a variable of crm.pls_config';
+COMMENT ON COLUMN crm.pls_observation.value IS 'The value (a stage or tag id for stage and tags)';
+COMMENT ON COLUMN crm.pls_observation.team_key IS 'The record''s team, or the nil uuid for none';
+COMMENT ON COLUMN crm.pls_observation.won IS '1 when the record was won (a converted lead counts as won)';
+COMMENT ON COLUMN crm.pls_observation.lost IS '1 when the record was lost';
+COMMENT ON COLUMN crm.pls_observation.created_at IS 'When the row was made';
+COMMENT ON COLUMN crm.pls_observation.updated_at IS 'When the row last changed';
+
+CREATE TABLE crm.pls_frequency (
+    tenant_id   uuid NOT NULL DEFAULT crm.current_tenant() REFERENCES crm.tenant ON DELETE CASCADE,
+    record_kind text NOT NULL CHECK (record_kind IN ('lead', 'opportunity')),
+    team_key    uuid NOT NULL,
+    variable    text NOT NULL,
+    value       text NOT NULL,
+    won_count   bigint NOT NULL CHECK (won_count >= 0),
+    lost_count  bigint NOT NULL CHECK (lost_count >= 0),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, record_kind, team_key, variable, value),
+    CHECK (won_count + lost_count > 0)
+);
+COMMENT ON TABLE crm.pls_frequency IS 'The predictive model: per tenant, record kind and team, won and lost counts of each (variable, value) of the closed records; always equal to crm.pls_rebuild()';
+COMMENT ON COLUMN crm.pls_frequency.tenant_id IS 'Owning tenant';
+COMMENT ON COLUMN crm.pls_frequency.record_kind IS 'lead or opportunity';
+COMMENT ON COLUMN crm.pls_frequency.team_key IS 'The team, or the nil uuid for records without one';
+COMMENT ON COLUMN crm.pls_frequency.variable IS 'stage, or a variable of crm.pls_config';
+COMMENT ON COLUMN crm.pls_frequency.value IS 'The value (a stage or tag id for stage and tags)';
+COMMENT ON COLUMN crm.pls_frequency.won_count IS 'Won records with this value (set by the server; a client value is ignored)';
+COMMENT ON COLUMN crm.pls_frequency.lost_count IS 'Lost records with this value (set by the server; a client value is ignored)';
+COMMENT ON COLUMN crm.pls_frequency.created_at IS 'When the row was made';
+COMMENT ON COLUMN crm.pls_frequency.updated_at IS 'When the row last changed';
+
+-- Values ------------------------------------------------------------------
+
+CREATE FUNCTION crm.pls_all_variables() RETURNS text[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN ARRAY['source', 'industry', 'country', 'company_size', 'rating', 'priority',
+                 'email_state', 'phone_state', 'tags'];
+COMMENT ON FUNCTION crm.pls_all_variables() IS
+    'The variables the predictive model may learn from besides the stage';
+
+CREATE FUNCTION crm.pls_variables(tenant uuid) RETURNS text[]
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT coalesce((SELECT c.variables FROM crm.pls_config c WHERE c.tenant_id = tenant),
+                        ARRAY['source', 'country', 'email_state', 'phone_state', 'tags'])
+    $$;
+COMMENT ON FUNCTION crm.pls_variables(uuid) IS
+    'The variables a tenant''s predictive model learns from besides the stage (default: source, country, email_state, phone_state, tags)';
+
+CREATE FUNCTION crm.pls_size_band(employees integer) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN employees IS NULL THEN NULL
+                WHEN employees <= 10 THEN '1-10'
+                WHEN employees <= 50 THEN '11-50'
+                WHEN employees <= 200 THEN '51-200'
+                WHEN employees <= 1000 THEN '201-1000'
+                ELSE '1001+' END;
+COMMENT ON FUNCTION crm.pls_size_band(integer) IS 'Company size band of a number of employees: 1-10, 11-50, 51-200, 201-1000, 1001+';
+
+CREATE FUNCTION crm.pls_email_state(email text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN email IS NULL OR btrim(email) = '' THEN 'none'
+                WHEN email ~ '^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:].]+$' THEN 'correct'
+                ELSE 'incorrect' END;
+COMMENT ON FUNCTION crm.pls_email_state(text) IS 'none (empty), correct or incorrect: the e-mail variable of the predictive model';
+
+CREATE FUNCTION crm.pls_phone_state(phone text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN phone IS NULL OR btrim(phone) = '' THEN 'none'
+                WHEN phone ~ '^\+?[0-9][0-9 ()./-]{5,}[0-9]$' THEN 'correct'
+                ELSE 'incorrect' END;
+COMMENT ON FUNCTION crm.pls_phone_state(text) IS 'none (empty), correct (digits, spaces, ()./-, an optional leading +, 7 characters or more) or incorrect: the phone variable of the predictive model';
+
+-- The variables (all of them but stage) of some records of a tenant.
+CREATE FUNCTION crm.pls_record_values(tenant uuid, kind text, ids uuid[])
+    RETURNS TABLE (record_id uuid, variable text, value text)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT l.id, v.variable, v.value
+          FROM crm.lead l
+         CROSS JOIN LATERAL (VALUES
+               ('source', l.source), ('industry', l.industry), ('country', l.country),
+               ('company_size', crm.pls_size_band(l.company_size)), ('rating', l.rating),
+               ('priority', l.priority), ('email_state', crm.pls_email_state(l.email)),
+               ('phone_state', crm.pls_phone_state(l.phone))) v(variable, value)
+         WHERE kind = 'lead' AND l.tenant_id = tenant AND l.id = ANY (ids) AND v.value IS NOT NULL
+        UNION ALL
+        SELECT t.lead_id, 'tags', t.tag_id::text
+          FROM crm.lead_tag t
+         WHERE kind = 'lead' AND t.tenant_id = tenant AND t.lead_id = ANY (ids)
+        UNION ALL
+        SELECT o.id, v.variable, v.value
+          FROM crm.opportunity o
+          LEFT JOIN crm.account a ON a.tenant_id = o.tenant_id AND a.id = o.account_id
+          LEFT JOIN crm.contact c ON c.tenant_id = o.tenant_id AND c.id = o.contact_id
+         CROSS JOIN LATERAL (VALUES
+               ('source', o.source), ('industry', a.industry), ('country', o.country),
+               ('company_size', crm.pls_size_band(a.employees)), ('rating', a.rating),
+               ('priority', o.priority), ('email_state', crm.pls_email_state(c.email)),
+               ('phone_state', crm.pls_phone_state(coalesce(c.phone, c.mobile)))) v(variable, value)
+         WHERE kind = 'opportunity' AND o.tenant_id = tenant AND o.id = ANY (ids) AND v.value IS NOT NULL
+        UNION ALL
+        SELECT t.opportunity_id, 'tags', t.tag_id::text
+          FROM crm.opportunity_tag t
+         WHERE kind = 'opportunity' AND t.tenant_id = tenant AND t.opportunity_id = ANY (ids)
+    $$;
+COMMENT ON FUNCTION crm.pls_record_values(uuid, text, uuid[]) IS
+    'Internal: the predictive variables (all but stage) of records: their own fields, an opportunity''s account and contact, one row per tag';
+
+-- What closed records contribute, computed from the records (ids NULL: all
+-- of the tenant's).  A won record counts as won in every stage of its
+-- pipeline; a lost one as lost in the last open stage it was in before it
+-- was lost (stage history; the pipeline's first stage if it never moved)
+-- and every stage of its pipeline with a lower or equal sequence; other
+-- variables count once per value.  A person who opted out of profiling is
+-- left out.
+CREATE FUNCTION crm.pls_observations(tenant uuid, kind text, ids uuid[])
+    RETURNS TABLE (record_id uuid, team_key uuid, variable text, value text, won integer, lost integer)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        WITH closed AS (
+            SELECT l.id, coalesce(l.team_id, '00000000-0000-0000-0000-000000000000') AS team_key,
+                   l.pipeline_id, (l.converted_at IS NOT NULL OR l.status = 'won') AS is_won
+              FROM crm.lead l
+             WHERE kind = 'lead' AND l.tenant_id = tenant AND (ids IS NULL OR l.id = ANY (ids))
+               AND (l.converted_at IS NOT NULL OR l.status <> 'open')
+               AND NOT EXISTS (SELECT 1 FROM crm.contact c
+                                WHERE c.tenant_id = tenant AND c.profiling_opt_out
+                                  AND (crm.casefold(c.email) = crm.casefold(l.email) OR c.id = l.converted_contact_id))
+            UNION ALL
+            SELECT o.id, coalesce(o.team_id, '00000000-0000-0000-0000-000000000000'),
+                   o.pipeline_id, o.status = 'won'
+              FROM crm.opportunity o
+             WHERE kind = 'opportunity' AND o.tenant_id = tenant AND (ids IS NULL OR o.id = ANY (ids))
+               AND o.status <> 'open'
+               AND NOT EXISTS (SELECT 1 FROM crm.contact c
+                                WHERE c.tenant_id = tenant AND c.id = o.contact_id AND c.profiling_opt_out)
+        ), lost_at AS (
+            SELECT c.id, coalesce(
+                       (SELECT h.from_stage_id
+                          FROM crm.stage_history h
+                          JOIN crm.stage f ON f.tenant_id = h.tenant_id AND f.id = h.from_stage_id AND f.kind = 'open'
+                         WHERE h.tenant_id = tenant
+                           AND CASE WHEN kind = 'lead' THEN h.lead_id ELSE h.opportunity_id END = c.id
+                         ORDER BY h.changed_at DESC, h.id DESC LIMIT 1),
+                       (SELECT s.id FROM crm.stage s
+                         WHERE s.tenant_id = tenant AND s.pipeline_id = c.pipeline_id
+                         ORDER BY s.sequence, s.id LIMIT 1)) AS stage_id
+              FROM closed c
+             WHERE NOT c.is_won
+        )
+        SELECT c.id, c.team_key, 'stage', s.id::text, 1, 0
+          FROM closed c
+          JOIN crm.stage s ON s.tenant_id = tenant AND s.pipeline_id = c.pipeline_id
+         WHERE c.is_won
+        UNION ALL
+        SELECT c.id, c.team_key, 'stage', s.id::text, 0, 1
+          FROM closed c
+          JOIN lost_at la ON la.id = c.id
+          JOIN crm.stage ls ON ls.tenant_id = tenant AND ls.id = la.stage_id
+          JOIN crm.stage s ON s.tenant_id = tenant AND s.pipeline_id = c.pipeline_id AND s.sequence <= ls.sequence
+        UNION ALL
+        SELECT c.id, c.team_key, v.variable, v.value, c.is_won::integer, (NOT c.is_won)::integer
+          FROM closed c
+          JOIN crm.pls_record_values(tenant, kind, ARRAY(SELECT x.id FROM closed x)) v ON v.record_id = c.id
+         WHERE v.variable = ANY (crm.pls_variables(tenant))
+    $$;
+COMMENT ON FUNCTION crm.pls_observations(uuid, text, uuid[]) IS
+    'Internal: what closed records (all of the tenant''s when ids is NULL) contribute to the predictive model, computed from scratch';
+
+-- Keeping the table -------------------------------------------------------
+
+CREATE FUNCTION crm.pls_refresh(tenant uuid, kind text, ids uuid[]) RETURNS boolean
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    d_team uuid[];
+    d_variable text[];
+    d_value text[];
+    d_won bigint[];
+    d_lost bigint[];
+BEGIN
+    IF ids IS NULL OR cardinality(ids) = 0 THEN
+        RETURN false;
+    END IF;
+    -- the records' contributions as they are now against what is stored:
+    -- stored rows that no longer hold go, and the difference is kept
+    WITH fresh AS (
+        SELECT * FROM crm.pls_observations(tenant, kind, ids)
+    ), stored AS (
+        SELECT o.record_id, o.team_key, o.variable, o.value, o.won, o.lost
+          FROM crm.pls_observation o
+         WHERE o.tenant_id = tenant AND o.record_kind = kind AND o.record_id = ANY (ids)
+    ), gone AS (
+        DELETE FROM crm.pls_observation o
+         USING stored s LEFT JOIN fresh f
+            ON f.record_id = s.record_id AND f.variable = s.variable AND f.value = s.value
+           AND f.team_key = s.team_key AND f.won = s.won AND f.lost = s.lost
+         WHERE f.record_id IS NULL
+           AND o.tenant_id = tenant AND o.record_kind = kind AND o.record_id = s.record_id
+           AND o.variable = s.variable AND o.value = s.value
+        RETURNING o.team_key, o.variable, o.value, -o.won AS won, -o.lost AS lost
+    ), added AS (
+        SELECT f.team_key, f.variable, f.value, f.won, f.lost
+          FROM fresh f LEFT JOIN stored s
+            ON f.record_id = s.record_id AND f.variable = s.variable AND f.value = s.value
+           AND f.team_key = s.team_key AND f.won = s.won AND f.lost = s.lost
+         WHERE s.record_id IS NULL
+    ), delta AS (
+        SELECT x.team_key, x.variable, x.value, sum(x.won)::bigint AS won, sum(x.lost)::bigint AS lost
+          FROM (SELECT * FROM gone UNION ALL SELECT * FROM added) x
+         GROUP BY 1, 2, 3
+        HAVING sum(x.won) <> 0 OR sum(x.lost) <> 0
+    )
+    SELECT array_agg(d.team_key ORDER BY d.team_key, d.variable, d.value),
+           array_agg(d.variable ORDER BY d.team_key, d.variable, d.value),
+           array_agg(d.value ORDER BY d.team_key, d.variable, d.value),
+           array_agg(d.won ORDER BY d.team_key, d.variable, d.value),
+           array_agg(d.lost ORDER BY d.team_key, d.variable, d.value)
+      INTO d_team, d_variable, d_value, d_won, d_lost
+      FROM delta d;
+
+    -- the deleted rows are gone now; the new ones can go in
+    INSERT INTO crm.pls_observation (tenant_id, record_kind, record_id, variable, value, team_key, won, lost)
+    SELECT tenant, kind, f.record_id, f.variable, f.value, f.team_key, f.won, f.lost
+      FROM crm.pls_observations(tenant, kind, ids) f
+     ORDER BY f.record_id, f.variable, f.value
+    ON CONFLICT (tenant_id, record_kind, record_id, variable, value) DO NOTHING;
+
+    IF d_team IS NULL THEN
+        RETURN false;
+    END IF;
+    -- increments (a row may be new), the rows decrements empty, then the other decrements
+    INSERT INTO crm.pls_frequency AS f (tenant_id, record_kind, team_key, variable, value, won_count, lost_count)
+    SELECT tenant, kind, d.team_key, d.variable, d.value, d.won, d.lost
+      FROM unnest(d_team, d_variable, d_value, d_won, d_lost) d(team_key, variable, value, won, lost)
+     WHERE d.won >= 0 AND d.lost >= 0
+    ON CONFLICT (tenant_id, record_kind, team_key, variable, value)
+    DO UPDATE SET won_count = f.won_count + excluded.won_count, lost_count = f.lost_count + excluded.lost_count;
+    DELETE FROM crm.pls_frequency f
+     USING unnest(d_team, d_variable, d_value, d_won, d_lost) d(team_key, variable, value, won, lost)
+     WHERE (d.won < 0 OR d.lost < 0)
+       AND f.tenant_id = tenant AND f.record_kind = kind AND f.team_key = d.team_key
+       AND f.variable = d.variable AND f.value = d.value
+       AND f.won_count + d.won + f.lost_count + d.lost = 0;
+    UPDATE crm.pls_frequency f
+       SET won_count = f.won_count + d.won, lost_count = f.lost_count + d.lost
+      FROM unnest(d_team, d_variable, d_value, d_won, d_lost) d(team_key, variable, value, won, lost)
+     WHERE (d.won < 0 OR d.lost < 0)
+       AND f.tenant_id = tenant AND f.record_kind = kind AND f.team_key = d.team_key
+       AND f.variable = d.variable AND f.value = d.value
+       AND f.won_count + d.won + f.lost_count + d.lost > 0;
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION crm.pls_refresh(uuid, text, uuid[]) IS
+    'Internal: replaces the stored observations of some records by what they contribute now, and applies the difference to crm.pls_frequency; true when it changed';
+
+CREATE FUNCTION crm.pls_check(tenant uuid DEFAULT crm.current_tenant())
+    RETURNS TABLE (record_kind text, team_key uuid, variable text, value text,
+                   stored_won bigint, stored_lost bigint, fresh_won bigint, fresh_lost bigint)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        WITH fresh AS (
+            SELECT k.kind, o.team_key, o.variable, o.value, sum(o.won)::bigint AS won, sum(o.lost)::bigint AS lost
+              FROM unnest(ARRAY['lead', 'opportunity']) k(kind),
+                   crm.pls_observations(tenant, k.kind, NULL) o
+             GROUP BY 1, 2, 3, 4
+        ), stored AS (
+            SELECT f.record_kind AS kind, f.team_key, f.variable, f.value, f.won_count AS won, f.lost_count AS lost
+              FROM crm.pls_frequency f WHERE f.tenant_id = tenant
+        )
+        SELECT coalesce(s.kind, n.kind), coalesce(s.team_key, n.team_key), coalesce(s.variable, n.variable),
+               coalesce(s.value, n.value), s.won, s.lost, n.won, n.lost
+          FROM stored s FULL JOIN fresh n
+            ON n.kind = s.kind AND n.team_key = s.team_key AND n.variable = s.variable AND n.value = s.value
+         WHERE (s.won, s.lost) IS DISTINCT FROM (n.won, n.lost)
+         ORDER BY 1, 2, 3, 4
+    $$;
+COMMENT ON FUNCTION crm.pls_check(uuid) IS
+    'The rows where the live frequency table differs from one built from scratch (none, ever)';
+
+CREATE FUNCTION crm.pls_rebuild(tenant uuid DEFAULT crm.current_tenant()) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF tenant IS NULL THEN
+        RAISE EXCEPTION 'tenant must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- definer rights: only for the tenant the session acts for (or an operator)
+    IF tenant IS DISTINCT FROM crm.current_tenant()
+       AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = SESSION_USER) THEN
+        RAISE EXCEPTION 'cannot rebuild the predictive model of another tenant' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    DELETE FROM crm.pls_observation o WHERE o.tenant_id = tenant;
+    DELETE FROM crm.pls_frequency f WHERE f.tenant_id = tenant;
+    INSERT INTO crm.pls_observation (tenant_id, record_kind, record_id, variable, value, team_key, won, lost)
+    SELECT tenant, k.kind, o.record_id, o.variable, o.value, o.team_key, o.won, o.lost
+      FROM unnest(ARRAY['lead', 'opportunity']) k(kind), crm.pls_observations(tenant, k.kind, NULL) o;
+    INSERT INTO crm.pls_frequency (tenant_id, record_kind, team_key, variable, value, won_count, lost_count)
+    SELECT tenant, o.record_kind, o.team_key, o.variable, o.value, sum(o.won), sum(o.lost)
+      FROM crm.pls_observation o WHERE o.tenant_id = tenant
+     GROUP BY o.record_kind, o.team_key, o.variable, o.value;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM crm.pls_apply(tenant, k.kind, NULL) FROM unnest(ARRAY['lead', 'opportunity']) k(kind);
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.pls_rebuild(uuid) IS
+    'Builds the predictive model of a tenant (default: the current one) from scratch, as Odoo''s nightly job does; returns the number of frequency rows. The live table always equals it';
+
+CREATE FUNCTION crm.pls_configure(variables text[]) RETURNS text[]
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    t uuid := crm.current_tenant();
+    v text;
+    chosen text[];
+BEGIN
+    IF t IS NULL THEN
+        RAISE EXCEPTION 'no tenant is set for this session' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF variables IS NULL THEN
+        RAISE EXCEPTION 'variables must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Give an empty array to learn from the stage only.';
+    END IF;
+    FOREACH v IN ARRAY variables LOOP
+        IF v IS NULL OR v <> ALL (crm.pls_all_variables()) THEN
+            RAISE EXCEPTION 'unknown predictive variable "%"', coalesce(v, 'NULL')
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'The stage is always used; the others are chosen from: '
+                               || array_to_string(crm.pls_all_variables(), ', ') || '.';
+        END IF;
+    END LOOP;
+    SELECT coalesce(array_agg(a ORDER BY array_position(crm.pls_all_variables(), a)), '{}')
+      INTO chosen FROM (SELECT DISTINCT a FROM unnest(variables) a) d;
+    INSERT INTO crm.pls_config AS c (tenant_id, variables) VALUES (t, chosen)
+    ON CONFLICT (tenant_id) DO UPDATE SET variables = excluded.variables;
+    PERFORM crm.pls_rebuild(t);
+    RETURN chosen;
+END
+$$;
+COMMENT ON FUNCTION crm.pls_configure(text[]) IS
+    'Sets the variables the current tenant''s predictive model learns from besides the stage, and rebuilds it; returns them in canonical order';
+
+-- Predicting --------------------------------------------------------------
+
+-- Odoo's naive Bayes: P(won) ~ prior_won x product of won(v,x)/won_total(v),
+-- P(lost) alike, each count + 0.1; the prior and the stage's totals are the
+-- counts of the pipeline's first stage.  A record uses its team's table when
+-- that team has rows, else the sum over all teams.
+CREATE FUNCTION crm.pls_explain(tenant uuid, kind text, record uuid)
+    RETURNS TABLE (variable text, value text, won_count numeric, lost_count numeric,
+                   won_total numeric, lost_total numeric, used boolean, status text)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    r record;
+    first_stage uuid;
+    use_team boolean;
+    prior record;
+BEGIN
+    IF kind = 'lead' THEN
+        SELECT l.team_id, l.pipeline_id, l.stage_id,
+               CASE WHEN l.converted_at IS NOT NULL THEN 'won' ELSE l.status END AS status
+          INTO r FROM crm.lead l WHERE l.tenant_id = tenant AND l.id = record;
+    ELSE
+        SELECT o.team_id, o.pipeline_id, o.stage_id, o.status
+          INTO r FROM crm.opportunity o WHERE o.tenant_id = tenant AND o.id = record;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% % does not exist', kind, record USING ERRCODE = 'no_data_found';
+    END IF;
+    IF r.status <> 'open' THEN
+        RETURN QUERY SELECT 'stage'::text, s.name, NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric,
+                            false, r.status::text
+                       FROM crm.stage s WHERE s.tenant_id = tenant AND s.id = r.stage_id;
+        RETURN;
+    END IF;
+
+    SELECT s.id INTO first_stage FROM crm.stage s
+     WHERE s.tenant_id = tenant AND s.pipeline_id = r.pipeline_id ORDER BY s.sequence, s.id LIMIT 1;
+    use_team := r.team_id IS NOT NULL AND EXISTS (
+        SELECT 1 FROM crm.pls_frequency f
+         WHERE f.tenant_id = tenant AND f.record_kind = kind AND f.team_key = r.team_id);
+
+    RETURN QUERY
+    WITH freq AS (
+        SELECT f.variable, f.value, sum(f.won_count) + 0.1 AS won, sum(f.lost_count) + 0.1 AS lost
+          FROM crm.pls_frequency f
+         WHERE f.tenant_id = tenant AND f.record_kind = kind AND (NOT use_team OR f.team_key = r.team_id)
+         GROUP BY f.variable, f.value
+    ), totals AS (
+        SELECT f.variable, sum(f.won) AS won, sum(f.lost) AS lost FROM freq f GROUP BY f.variable
+    ), pri AS (
+        SELECT f.won, f.lost FROM freq f WHERE f.variable = 'stage' AND f.value = first_stage::text
+    ), vals AS (
+        SELECT 0 AS ord, 'stage'::text AS variable, r.stage_id::text AS value
+        UNION ALL
+        SELECT array_position(crm.pls_all_variables(), v.variable), v.variable, v.value
+          FROM crm.pls_record_values(tenant, kind, ARRAY[record]) v
+         WHERE v.variable = ANY (crm.pls_variables(tenant))
+    )
+    SELECT 'prior', (SELECT s.name FROM crm.stage s WHERE s.tenant_id = tenant AND s.id = first_stage),
+           p.won, p.lost, NULL::numeric, NULL::numeric, p.won IS NOT NULL, 'open'::text
+      FROM (SELECT 1) one LEFT JOIN pri p ON true
+    UNION ALL
+    SELECT x.variable,
+           CASE x.variable
+               WHEN 'stage' THEN (SELECT s.name FROM crm.stage s WHERE s.tenant_id = tenant AND s.id::text = x.value)
+               WHEN 'tags' THEN (SELECT g.name FROM crm.tag g WHERE g.tenant_id = tenant AND g.id::text = x.value)
+               ELSE x.value END,
+           f.won, f.lost,
+           CASE WHEN x.variable = 'stage' THEN (SELECT p.won FROM pri p) ELSE t.won END,
+           CASE WHEN x.variable = 'stage' THEN (SELECT p.lost FROM pri p) ELSE t.lost END,
+           f.won IS NOT NULL AND EXISTS (SELECT 1 FROM pri)
+               AND (x.variable <> 'tags' OR f.won + f.lost >= 50),
+           'open'::text
+      FROM (SELECT v.* FROM vals v ORDER BY v.ord, v.value) x
+      LEFT JOIN freq f ON f.variable = x.variable AND f.value = x.value
+      LEFT JOIN totals t ON t.variable = x.variable;
+END
+$$;
+COMMENT ON FUNCTION crm.pls_explain(uuid, text, uuid) IS
+    'Internal: the prior and one row per variable value of a record, with the counts (+0.1) and totals the prediction multiplies, and whether each is used';
+
+CREATE FUNCTION crm.pls_predict(tenant uuid, kind text, record uuid) RETURNS numeric
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    e record;
+    pw float8;
+    pl float8;
+    p float8;
+BEGIN
+    FOR e IN SELECT * FROM crm.pls_explain(tenant, kind, record) LOOP
+        IF e.status = 'won' THEN
+            RETURN 100;
+        ELSIF e.status = 'lost' THEN
+            RETURN 0;
+        ELSIF e.variable = 'prior' THEN
+            IF NOT e.used THEN
+                RETURN NULL;   -- nothing closed yet: no prediction
+            END IF;
+            pw := e.won_count;
+            pl := e.lost_count;
+        ELSIF e.used THEN
+            pw := pw * (e.won_count::float8 / e.won_total::float8);
+            pl := pl * (e.lost_count::float8 / e.lost_total::float8);
+        END IF;
+    END LOOP;
+    p := pw / (pw + pl);
+    RETURN least(greatest(round((100 * p)::numeric, 2), 0.01), 99.99);
+END
+$$;
+COMMENT ON FUNCTION crm.pls_predict(uuid, text, uuid) IS
+    'Internal: the predicted win probability of a record (0 lost, 100 won, else in [0.01, 99.99]; NULL with no closed records)';
+
+CREATE FUNCTION crm.predict_win(opportunity uuid) RETURNS numeric
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    RETURN crm.pls_predict(crm.current_tenant(), 'opportunity', predict_win.opportunity);
+COMMENT ON FUNCTION crm.predict_win(uuid) IS
+    'Predicted win probability 0-100 of an opportunity from the won and lost history of its team (or of all teams); NULL while nothing has closed';
+
+CREATE FUNCTION crm.predict_lead_win(lead uuid) RETURNS numeric
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    RETURN crm.pls_predict(crm.current_tenant(), 'lead', predict_lead_win.lead);
+COMMENT ON FUNCTION crm.predict_lead_win(uuid) IS
+    'Predicted win probability 0-100 of a lead (converted counts as won) from the history of its team (or of all teams)';
+
+CREATE FUNCTION crm.explain_win(opportunity uuid)
+    RETURNS TABLE (variable text, value text, won_count numeric, lost_count numeric, factor numeric, used boolean)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT e.variable, e.value, e.won_count, e.lost_count,
+               CASE WHEN e.won_total IS NOT NULL AND e.won_count IS NOT NULL
+                    THEN round(((e.won_count / e.won_total) / (e.lost_count / e.lost_total))::numeric, 4) END,
+               e.used
+          FROM crm.pls_explain(crm.current_tenant(), 'opportunity', explain_win.opportunity) e
+    $$;
+COMMENT ON FUNCTION crm.explain_win(uuid) IS
+    'Why crm.predict_win says what it says: the prior (first stage counts), then one row per variable value with its won and lost counts (+0.1), its factor (won share / lost share) and whether it is used (a tag needs 50 observations)';
+
+-- Probability mode --------------------------------------------------------
+
+-- Applies the prediction to open records in 'predicted' mode (ids NULL: all
+-- of the tenant's), by an UPDATE that the win_probability trigger lets through.
+CREATE FUNCTION crm.pls_apply(tenant uuid, kind text, ids uuid[]) RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('crm.pls_applying', 'on', true);
+    IF kind = 'opportunity' THEN
+        UPDATE crm.opportunity o SET probability = p.prediction
+          FROM (SELECT x.id, crm.pls_predict(tenant, 'opportunity', x.id) AS prediction
+                  FROM crm.opportunity x
+                 WHERE x.tenant_id = tenant AND (ids IS NULL OR x.id = ANY (ids))
+                   AND x.status = 'open' AND x.probability_mode = 'predicted'
+                 ORDER BY x.id) p
+         WHERE o.tenant_id = tenant AND o.id = p.id AND p.prediction IS NOT NULL
+           AND o.probability IS DISTINCT FROM p.prediction;
+    ELSE
+        UPDATE crm.lead l SET probability = p.prediction
+          FROM (SELECT x.id, crm.pls_predict(tenant, 'lead', x.id) AS prediction
+                  FROM crm.lead x
+                 WHERE x.tenant_id = tenant AND (ids IS NULL OR x.id = ANY (ids))
+                   AND x.status = 'open' AND x.converted_at IS NULL AND x.probability_mode = 'predicted'
+                 ORDER BY x.id) p
+         WHERE l.tenant_id = tenant AND l.id = p.id AND p.prediction IS NOT NULL
+           AND l.probability IS DISTINCT FROM p.prediction;
+    END IF;
+    PERFORM pg_catalog.set_config('crm.pls_applying', '', true);
+END
+$$;
+COMMENT ON FUNCTION crm.pls_apply(uuid, text, uuid[]) IS
+    'Internal: sets the probability of open records in predicted mode to crm.pls_predict()';
+
+-- BEFORE INSERT OR UPDATE, after stage_sync (trigger names fire in order):
+-- the team and the probability mode when omitted, and the probability of
+-- manual and predicted records.
+CREATE FUNCTION crm.win_probability() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    stage_probability numeric;
+BEGIN
+    IF pg_catalog.current_setting('session_replication_role') = 'replica' THEN
+        RETURN NEW;
+    END IF;
+    IF NEW.team_id IS NULL AND NEW.owner_id IS NOT NULL
+       AND (TG_OP = 'INSERT' OR NEW.owner_id IS DISTINCT FROM OLD.owner_id) THEN
+        SELECT tm.team_id INTO NEW.team_id FROM crm.team_member tm
+         WHERE tm.tenant_id = NEW.tenant_id AND tm.user_id = NEW.owner_id
+         ORDER BY tm.created_at, tm.team_id LIMIT 1;
+    END IF;
+    IF NEW.probability_mode IS NULL THEN
+        SELECT p.probability_mode INTO NEW.probability_mode FROM crm.pipeline p
+         WHERE p.tenant_id = NEW.tenant_id AND p.id = NEW.pipeline_id;
+        NEW.probability_mode := coalesce(NEW.probability_mode, 'stage');
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.status = 'open' AND OLD.status = 'open' THEN
+        IF NEW.probability_mode = 'manual' AND NEW.stage_id <> OLD.stage_id THEN
+            -- a move resets a stage-mode probability; a manual one stays
+            SELECT s.probability INTO stage_probability FROM crm.stage s
+             WHERE s.tenant_id = NEW.tenant_id AND s.id = NEW.stage_id;
+            IF NEW.probability = stage_probability THEN
+                NEW.probability := OLD.probability;
+            END IF;
+        ELSIF NEW.probability_mode = 'predicted'
+              AND coalesce(pg_catalog.current_setting('crm.pls_applying', true), '') <> 'on' THEN
+            -- the server's prediction; the statement's end sets the new one
+            NEW.probability := OLD.probability;
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION crm.win_probability() IS
+    'Trigger: team (the owner''s) and probability mode (the pipeline''s) when omitted; keeps a manual probability across stage moves and a predicted one the server''s';
+
+CREATE TRIGGER win_probability BEFORE INSERT OR UPDATE ON crm.lead
+    FOR EACH ROW EXECUTE FUNCTION crm.win_probability();
+CREATE TRIGGER win_probability BEFORE INSERT OR UPDATE ON crm.opportunity
+    FOR EACH ROW EXECUTE FUNCTION crm.win_probability();
+COMMENT ON TRIGGER win_probability ON crm.lead IS 'Team and probability mode defaults; manual and predicted probabilities';
+COMMENT ON TRIGGER win_probability ON crm.opportunity IS 'Team and probability mode defaults; manual and predicted probabilities';
+
+-- AFTER each statement on the records and everything their variables come
+-- from: refresh the closed records' observations, then the predictions of
+-- the open ones.  Named to fire after stage_history, whose rows say where a
+-- lost record was lost.
+CREATE FUNCTION crm.win_model_sync() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    rows_sql text;
+    t_tenant uuid[];
+    t_kind text[];
+    t_id uuid[];
+    t_closed boolean[];
+    g record;
+    changed boolean;
+BEGIN
+    IF pg_catalog.current_setting('session_replication_role') = 'replica' THEN
+        RETURN NULL;
+    END IF;
+    -- (tenant, kind, id, closed) of the records the statement touched, from
+    -- the transition tables, gathered into arrays before anything is written
+    IF TG_TABLE_NAME IN ('lead', 'opportunity') THEN
+        rows_sql := format('SELECT r.tenant_id, %L::text, r.id, r.status <> ''open'' %s FROM %%I r',
+                           TG_TABLE_NAME,
+                           CASE WHEN TG_TABLE_NAME = 'lead' THEN 'OR r.converted_at IS NOT NULL' ELSE '' END);
+    ELSIF TG_TABLE_NAME IN ('lead_tag', 'opportunity_tag') THEN
+        rows_sql := format('SELECT r.tenant_id, %L::text, r.%I, true FROM %%I r',
+                           replace(TG_TABLE_NAME, '_tag', ''), replace(TG_TABLE_NAME, '_tag', '_id'));
+    ELSIF TG_TABLE_NAME = 'contact' THEN
+        rows_sql := 'SELECT l.tenant_id, ''lead''::text, l.id, true FROM %1$I r JOIN crm.lead l'
+                    '  ON l.tenant_id = r.tenant_id'
+                    ' AND (crm.casefold(l.email) = crm.casefold(r.email) OR l.converted_contact_id = r.id)'
+                    ' UNION ALL SELECT o.tenant_id, ''opportunity'', o.id, true FROM %1$I r JOIN crm.opportunity o'
+                    '  ON o.tenant_id = r.tenant_id AND o.contact_id = r.id';
+    ELSIF TG_TABLE_NAME = 'account' THEN
+        rows_sql := 'SELECT o.tenant_id, ''opportunity''::text, o.id, true FROM %1$I r JOIN crm.opportunity o'
+                    '  ON o.tenant_id = r.tenant_id AND o.account_id = r.id';
+    ELSIF TG_TABLE_NAME = 'stage' THEN
+        -- a stage added, moved or removed changes what the closed records of its pipeline count
+        rows_sql := 'SELECT l.tenant_id, ''lead''::text, l.id, true FROM %1$I r JOIN crm.lead l'
+                    '  ON l.tenant_id = r.tenant_id AND l.pipeline_id = r.pipeline_id'
+                    ' UNION ALL SELECT o.tenant_id, ''opportunity'', o.id, true FROM %1$I r JOIN crm.opportunity o'
+                    '  ON o.tenant_id = r.tenant_id AND o.pipeline_id = r.pipeline_id';
+    ELSE
+        RAISE EXCEPTION 'win_model_sync does not know table %', TG_TABLE_NAME;
+    END IF;
+    rows_sql := CASE TG_OP
+        WHEN 'INSERT' THEN format(rows_sql, 'crm_new_rows')
+        WHEN 'DELETE' THEN format(rows_sql, 'crm_old_rows')
+        ELSE format(rows_sql, 'crm_new_rows') || ' UNION ALL ' || format(rows_sql, 'crm_old_rows') END;
+    EXECUTE 'SELECT array_agg(x.tenant_id), array_agg(x.kind), array_agg(x.id), array_agg(x.closed) FROM ('
+            || rows_sql || ') x(tenant_id, kind, id, closed)'
+       INTO t_tenant, t_kind, t_id, t_closed;
+    IF t_tenant IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    FOR g IN SELECT u.tenant_id, u.kind,
+                    array_agg(DISTINCT u.id) FILTER (WHERE u.closed) AS closed_ids,
+                    array_agg(DISTINCT u.id) AS all_ids
+               FROM unnest(t_tenant, t_kind, t_id, t_closed) u(tenant_id, kind, id, closed)
+              GROUP BY u.tenant_id, u.kind ORDER BY u.tenant_id, u.kind
+    LOOP
+        changed := crm.pls_refresh(g.tenant_id, g.kind, g.closed_ids);
+        IF coalesce(pg_catalog.current_setting('crm.pls_applying', true), '') <> 'on' THEN
+            -- a changed table moves every prediction; otherwise only those of the records touched
+            PERFORM crm.pls_apply(g.tenant_id, g.kind, CASE WHEN changed THEN NULL ELSE g.all_ids END);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm.win_model_sync() IS
+    'Statement trigger: refreshes the predictive model for the closed records the statement touched (through their own rows, tags, contact, account or pipeline) and the predictions of open records in predicted mode; runs as the extension owner, for the tenants of the statement''s rows only';
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['lead', 'opportunity', 'lead_tag', 'opportunity_tag', 'contact', 'stage'] LOOP
+        CONTINUE WHEN t = 'pls_config';
+        EXECUTE format('CREATE TRIGGER win_model_insert AFTER INSERT ON crm.%I'
+                       ' REFERENCING NEW TABLE AS crm_new_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION crm.win_model_sync()', t);
+        EXECUTE format('CREATE TRIGGER win_model_update AFTER UPDATE ON crm.%I'
+                       ' REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION crm.win_model_sync()', t);
+        EXECUTE format('CREATE TRIGGER win_model_delete AFTER DELETE ON crm.%I'
+                       ' REFERENCING OLD TABLE AS crm_old_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION crm.win_model_sync()', t);
+        EXECUTE format('COMMENT ON TRIGGER win_model_insert ON crm.%I IS %L', t,
+                       'Keeps the predictive model and the predicted probabilities exact after an INSERT');
+        EXECUTE format('COMMENT ON TRIGGER win_model_update ON crm.%I IS %L', t,
+                       'Keeps the predictive model and the predicted probabilities exact after an UPDATE');
+        EXECUTE format('COMMENT ON TRIGGER win_model_delete ON crm.%I IS %L', t,
+                       'Keeps the predictive model and the predicted probabilities exact after a DELETE');
+    END LOOP;
+END
+$$;
+CREATE TRIGGER win_model_update AFTER UPDATE ON crm.account
+    REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.win_model_sync();
+COMMENT ON TRIGGER win_model_update ON crm.account IS
+    'Keeps the predictive model exact when an account''s industry, size or rating changes';
+
+ALTER TABLE crm.pls_config ENABLE ROW LEVEL SECURITY;
+ALTER TABLE crm.pls_config FORCE ROW LEVEL SECURITY;
+ALTER TABLE crm.pls_observation ENABLE ROW LEVEL SECURITY;
+ALTER TABLE crm.pls_observation FORCE ROW LEVEL SECURITY;
+ALTER TABLE crm.pls_frequency ENABLE ROW LEVEL SECURITY;
+ALTER TABLE crm.pls_frequency FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON crm.pls_config
+    USING (tenant_id = (SELECT crm.current_tenant()))
+    WITH CHECK (tenant_id = (SELECT crm.current_tenant()));
+CREATE POLICY tenant_isolation ON crm.pls_observation
+    USING (tenant_id = (SELECT crm.current_tenant()))
+    WITH CHECK (tenant_id = (SELECT crm.current_tenant()));
+CREATE POLICY tenant_isolation ON crm.pls_frequency
+    USING (tenant_id = (SELECT crm.current_tenant()))
+    WITH CHECK (tenant_id = (SELECT crm.current_tenant()));
+COMMENT ON POLICY tenant_isolation ON crm.pls_config IS 'Rows of the tenant the statement acts for (crm.current_tenant()) only';
+COMMENT ON POLICY tenant_isolation ON crm.pls_observation IS 'Rows of the tenant the statement acts for (crm.current_tenant()) only';
+COMMENT ON POLICY tenant_isolation ON crm.pls_frequency IS 'Rows of the tenant the statement acts for (crm.current_tenant()) only';
