@@ -18,7 +18,8 @@
  *	crm.scoring_lead_history(), AFTER INSERT / UPDATE ON crm.lead, FOR EACH
  *	STATEMENT, transition tables read here in C
  *		one crm.lead_score_history row per lead whose score changed, written
- *		by one INSERT from arrays; and LeadQualified events.
+ *		by one INSERT from arrays; and a LeadQualified event in the outbox
+ *		(src/outbox.c) per lead whose score reached its model's threshold.
  *
  *	crm.scoring_refresh(), AFTER INSERT / UPDATE / DELETE ON crm.activity
  *	and crm.contact, FOR EACH STATEMENT
@@ -49,6 +50,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/hsearch.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
@@ -187,7 +189,6 @@ static SPIPlanPtr refresh_plan = NULL;
 static SPIPlanPtr contact_leads_plan = NULL;
 static SPIPlanPtr rescore_plan = NULL;
 static SPIPlanPtr rescore_assign_plan = NULL;
-static SPIPlanPtr event_plan = NULL;
 
 static SPIPlanPtr
 prepare_kept(const char *sql, int nargs, Oid *argtypes)
@@ -904,7 +905,8 @@ crm_scoring_lead_history(PG_FUNCTION_ARGS)
 	int			ne = 0;
 	Datum	   *h[10];
 	bool	   *hn[10];
-	Datum	   *ev[3];
+	Datum	   *ev[4];
+	bool	   *ev_model_null;
 	Oid			save_userid;
 	int			save_sec_context;
 
@@ -933,8 +935,9 @@ crm_scoring_lead_history(PG_FUNCTION_ARGS)
 		h[c] = palloc(sizeof(Datum) * nrows);
 		hn[c] = palloc0(sizeof(bool) * nrows);
 	}
-	for (int c = 0; c < 3; c++)
+	for (int c = 0; c < 4; c++)
 		ev[c] = palloc(sizeof(Datum) * nrows);
+	ev_model_null = palloc0(sizeof(bool) * nrows);
 
 	for (int i = 0; i < nrows; i++)
 	{
@@ -984,10 +987,28 @@ crm_scoring_lead_history(PG_FUNCTION_ARGS)
 			ev[0][ne] = heap_getattr(newtuple, attnums[C_TENANT], tupdesc, &isnull);
 			ev[1][ne] = heap_getattr(newtuple, attnums[C_ID], tupdesc, &isnull);
 			ev[2][ne] = new_score;
+			ev[3][ne] = heap_getattr(newtuple, attnums[C_MODEL], tupdesc, &ev_model_null[ne]);
 			ne++;
 		}
 	}
 	if (nh == 0 && ne == 0)
+		return PointerGetDatum(NULL);
+
+	/* LeadQualified: the workflow's follow-up task hangs off it */
+	for (int i = 0; i < ne; i++)
+	{
+		char	   *lead = uuid_text(DatumGetUUIDP(ev[1][i]));
+		char	   *model = ev_model_null[i] ? NULL : uuid_text(DatumGetUUIDP(ev[3][i]));
+		char	   *json = psprintf("{\"leadId\": \"%s\", \"score\": %d, \"modelId\": %s%s%s, \"qualifiedAt\": \"%s\"}",
+									lead, (int) DatumGetInt16(ev[2][i]),
+									model ? "\"" : "", model ? model : "null", model ? "\"" : "",
+									timestamptz_to_str(GetCurrentTransactionStartTimestamp()));
+		Jsonb	   *payload = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+
+		crm_outbox_emit(DatumGetUUIDP(ev[0][i]), "LeadQualified", "lead",
+						DatumGetUUIDP(ev[1][i]), payload);
+	}
+	if (nh == 0)
 		return PointerGetDatum(NULL);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -1020,20 +1041,6 @@ crm_scoring_lead_history(PG_FUNCTION_ARGS)
 											10, argtypes);
 			if (SPI_execute_plan(history_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not record the score history");
-		}
-		if (ne > 0)
-		{
-			Datum		args[3];
-			Oid			argtypes[3] = {UUIDARRAYOID, UUIDARRAYOID, INT2ARRAYOID};
-
-			args[0] = PointerGetDatum(build_array(ev[0], NULL, ne, UUIDOID));
-			args[1] = PointerGetDatum(build_array(ev[1], NULL, ne, UUIDOID));
-			args[2] = PointerGetDatum(build_array(ev[2], NULL, ne, INT2OID));
-			if (event_plan == NULL)
-				event_plan = prepare_kept("SELECT crm.scoring_emit_qualified($1, $2, $3)",
-										  3, argtypes);
-			if (SPI_execute_plan(event_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-				elog(ERROR, "could not emit LeadQualified events");
 		}
 	}
 	PG_FINALLY();

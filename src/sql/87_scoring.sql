@@ -609,15 +609,3 @@ CREATE POLICY tenant_isolation ON crm.lead_score_history
     WITH CHECK (tenant_id = (SELECT crm.current_tenant()));
 COMMENT ON POLICY tenant_isolation ON crm.lead_score_history IS 'Rows of the tenant the statement acts for (crm.current_tenant()) only';
 
--- LeadQualified events: written to the event outbox of the aggregation work.
-CREATE FUNCTION crm.scoring_emit_qualified(tenants uuid[], leads uuid[], scores smallint[])
-    RETURNS void
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    NULL;
-END
-$$;
-COMMENT ON FUNCTION crm.scoring_emit_qualified(uuid[], uuid[], smallint[]) IS
-    'Internal: one LeadQualified event per lead (tenant, lead, score) into the event outbox';
