@@ -335,6 +335,17 @@ SELECT crm.emit_event('HorseInspected', '{"ok": true}') > 0 AS emitted,
 SELECT pg_catalog.count(*) >= 0 AS polled FROM crm.poll('hostile', 10);
 SELECT pg_catalog.count(*) >= 0 AS read FROM crm.read_events(0, 10);
 SELECT crm.ack('hostile', 0) >= 0 AS acked, crm.unsubscribe('hostile') AS unsubscribed;
+-- lead scoring and the predictive win probability (issue 10)
+UPDATE crm.lead SET company_size = 300, industry = 'finance', is_decision_maker = true
+ WHERE id OPERATOR(pg_catalog.=) :'hlead';
+SELECT crm.score_lead(:'hlead') AS lead_points, crm.rescore_leads() >= 1 AS rescored,
+       (SELECT pg_catalog.sum(points) FROM crm.explain_score(:'hlead')) AS explained,
+       (SELECT pg_catalog.count(*) FROM crm.lead_score_trend(:'hlead')) AS trend_rows,
+       (SELECT pg_catalog.count(*) FROM crm.top_leads(5)) AS top;
+SELECT (crm.opportunity_mark_won(:'hopp')).status AS won;
+SELECT crm.predict_win(:'hopp') AS won_prediction, crm.predict_lead_win(:'hlead') IS NOT NULL AS lead_predicted,
+       (SELECT pg_catalog.count(*) FROM crm.explain_win(:'hopp')) AS explain_rows,
+       (SELECT pg_catalog.count(*) FROM crm.pls_check()) AS model_drift;
 DELETE FROM crm.account_tag WHERE account_id OPERATOR(pg_catalog.=) :'hacc';
 DELETE FROM crm.contact_tag WHERE contact_id OPERATOR(pg_catalog.=) :'hcon';
 DELETE FROM crm.lead_tag WHERE lead_id OPERATOR(pg_catalog.=) :'hlead';
@@ -360,6 +371,9 @@ DELETE FROM crm.stage WHERE id OPERATOR(pg_catalog.=) :'bare_stage';
 DELETE FROM crm.pipeline WHERE id OPERATOR(pg_catalog.=) :'bare';
 SELECT crm.revoke_tenant_access('regress_hostile_writer', :'tb') AS revoked;
 SELECT crm.refresh_aggregates() IS NOT NULL AS refreshed, crm.purge_events('1 day') >= 0 AS purged;
+SELECT crm.pls_configure(ARRAY['tags', 'source', 'industry', 'company_size', 'email_state', 'phone_state'])
+       AS pls_variables,
+       crm.pls_rebuild() >= 0 AS rebuilt;
 RESET ROLE;
 DELETE FROM crm.stage_history WHERE lead_id OPERATOR(pg_catalog.=) :'cloudnine';
 -- a tenant's rows go with it (every foreign key cascades)

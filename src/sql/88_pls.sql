@@ -11,9 +11,9 @@
 -- list) replaces them and applies the difference to crm.pls_frequency in
 -- the same statement.  So the table always equals crm.pls_rebuild().
 --
--- The triggers are statement-level: they gather the ids of the statement's
--- rows into arrays and work from the tables, never from the transition
--- tables, and write only the tenant of those rows.
+-- The triggers are statement-level C (src/pls.c): they read the statement's
+-- rows in C, gather their ids into arrays and work from the tables, never
+-- from the transition tables, and write only the tenants of those rows.
 
 -- Columns -----------------------------------------------------------------
 
@@ -126,26 +126,29 @@ COMMENT ON FUNCTION crm.pls_variables(uuid) IS
 
 CREATE FUNCTION crm.pls_size_band(employees integer) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN CASE WHEN employees IS NULL THEN NULL
+    SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT CASE WHEN employees IS NULL THEN NULL
                 WHEN employees <= 10 THEN '1-10'
                 WHEN employees <= 50 THEN '11-50'
                 WHEN employees <= 200 THEN '51-200'
                 WHEN employees <= 1000 THEN '201-1000'
-                ELSE '1001+' END;
+                ELSE '1001+' END $$;
 COMMENT ON FUNCTION crm.pls_size_band(integer) IS 'Company size band of a number of employees: 1-10, 11-50, 51-200, 201-1000, 1001+';
 
 CREATE FUNCTION crm.pls_email_state(email text) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN CASE WHEN email IS NULL OR btrim(email) = '' THEN 'none'
+    SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT CASE WHEN email IS NULL OR btrim(email) = '' THEN 'none'
                 WHEN email ~ '^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:].]+$' THEN 'correct'
-                ELSE 'incorrect' END;
+                ELSE 'incorrect' END $$;
 COMMENT ON FUNCTION crm.pls_email_state(text) IS 'none (empty), correct or incorrect: the e-mail variable of the predictive model';
 
 CREATE FUNCTION crm.pls_phone_state(phone text) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN CASE WHEN phone IS NULL OR btrim(phone) = '' THEN 'none'
+    SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT CASE WHEN phone IS NULL OR btrim(phone) = '' THEN 'none'
                 WHEN phone ~ '^\+?[0-9][0-9 ()./-]{5,}[0-9]$' THEN 'correct'
-                ELSE 'incorrect' END;
+                ELSE 'incorrect' END $$;
 COMMENT ON FUNCTION crm.pls_phone_state(text) IS 'none (empty), correct (digits, spaces, ()./-, an optional leading +, 7 characters or more) or incorrect: the phone variable of the predictive model';
 
 -- The variables (all of them but stage) of some records of a tenant.
@@ -361,21 +364,13 @@ CREATE FUNCTION crm.pls_check(tenant uuid DEFAULT crm.current_tenant())
 COMMENT ON FUNCTION crm.pls_check(uuid) IS
     'The rows where the live frequency table differs from one built from scratch (none, ever)';
 
-CREATE FUNCTION crm.pls_rebuild(tenant uuid DEFAULT crm.current_tenant()) RETURNS bigint
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+CREATE FUNCTION crm.pls_rebuild_tables(tenant uuid) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
     n bigint;
 BEGIN
-    IF tenant IS NULL THEN
-        RAISE EXCEPTION 'tenant must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    -- definer rights: only for the tenant the session acts for (or an operator)
-    IF tenant IS DISTINCT FROM crm.current_tenant()
-       AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = SESSION_USER) THEN
-        RAISE EXCEPTION 'cannot rebuild the predictive model of another tenant' USING ERRCODE = 'insufficient_privilege';
-    END IF;
     DELETE FROM crm.pls_observation o WHERE o.tenant_id = tenant;
     DELETE FROM crm.pls_frequency f WHERE f.tenant_id = tenant;
     INSERT INTO crm.pls_observation (tenant_id, record_kind, record_id, variable, value, team_key, won, lost)
@@ -384,17 +379,24 @@ BEGIN
     INSERT INTO crm.pls_frequency (tenant_id, record_kind, team_key, variable, value, won_count, lost_count)
     SELECT tenant, o.record_kind, o.team_key, o.variable, o.value, sum(o.won), sum(o.lost)
       FROM crm.pls_observation o WHERE o.tenant_id = tenant
-     GROUP BY o.record_kind, o.team_key, o.variable, o.value;
+     GROUP BY o.record_kind, o.team_key, o.variable, o.value
+     ORDER BY o.record_kind, o.team_key, o.variable, o.value;
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM crm.pls_apply(tenant, k.kind, NULL) FROM unnest(ARRAY['lead', 'opportunity']) k(kind);
     RETURN n;
 END
 $$;
+COMMENT ON FUNCTION crm.pls_rebuild_tables(uuid) IS
+    'Internal: replaces a tenant''s observations and frequency table by a build from scratch (crm.pls_rebuild runs it as the extension owner)';
+
+CREATE FUNCTION crm.pls_rebuild(tenant uuid DEFAULT crm.current_tenant()) RETURNS bigint
+    AS 'MODULE_PATHNAME', 'crm_pls_rebuild'
+    LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.pls_rebuild(uuid) IS
-    'Builds the predictive model of a tenant (default: the current one) from scratch, as Odoo''s nightly job does; returns the number of frequency rows. The live table always equals it';
+    'Builds the predictive model of a tenant (default: the current one; another only for an operator) from scratch, as Odoo''s nightly job does; returns the number of frequency rows. The live table always equals it';
 
 CREATE FUNCTION crm.pls_configure(variables text[]) RETURNS text[]
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
@@ -658,108 +660,102 @@ COMMENT ON TRIGGER win_probability ON crm.lead IS 'Team and probability mode def
 COMMENT ON TRIGGER win_probability ON crm.opportunity IS 'Team and probability mode defaults; manual and predicted probabilities';
 
 -- AFTER each statement on the records and everything their variables come
--- from: refresh the closed records' observations, then the predictions of
--- the open ones.  Named to fire after stage_history, whose rows say where a
--- lost record was lost.
-CREATE FUNCTION crm.win_model_sync() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
+-- from: the C trigger (src/pls.c) reads the statement's rows and calls
+-- crm.pls_sync() with their (tenant, key, e-mail), which refreshes the
+-- observations of the records they reach, then the predictions of the open
+-- ones.  The triggers are named to fire after stage_history, whose rows say
+-- where a lost record was lost.
+CREATE FUNCTION crm.pls_sync(source text, tenants uuid[], keys uuid[], emails text[]) RETURNS void
+    LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
-    rows_sql text;
-    t_tenant uuid[];
-    t_kind text[];
-    t_id uuid[];
-    t_closed boolean[];
     g record;
     changed boolean;
 BEGIN
-    IF pg_catalog.current_setting('session_replication_role') = 'replica' THEN
-        RETURN NULL;
-    END IF;
-    -- (tenant, kind, id, closed) of the records the statement touched, from
-    -- the transition tables, gathered into arrays before anything is written
-    IF TG_TABLE_NAME IN ('lead', 'opportunity') THEN
-        rows_sql := format('SELECT r.tenant_id, %L::text, r.id, r.status <> ''open'' %s FROM %%I r',
-                           TG_TABLE_NAME,
-                           CASE WHEN TG_TABLE_NAME = 'lead' THEN 'OR r.converted_at IS NOT NULL' ELSE '' END);
-    ELSIF TG_TABLE_NAME IN ('lead_tag', 'opportunity_tag') THEN
-        rows_sql := format('SELECT r.tenant_id, %L::text, r.%I, true FROM %%I r',
-                           replace(TG_TABLE_NAME, '_tag', ''), replace(TG_TABLE_NAME, '_tag', '_id'));
-    ELSIF TG_TABLE_NAME = 'contact' THEN
-        rows_sql := 'SELECT l.tenant_id, ''lead''::text, l.id, true FROM %1$I r JOIN crm.lead l'
-                    '  ON l.tenant_id = r.tenant_id'
-                    ' AND (crm.casefold(l.email) = crm.casefold(r.email) OR l.converted_contact_id = r.id)'
-                    ' UNION ALL SELECT o.tenant_id, ''opportunity'', o.id, true FROM %1$I r JOIN crm.opportunity o'
-                    '  ON o.tenant_id = r.tenant_id AND o.contact_id = r.id';
-    ELSIF TG_TABLE_NAME = 'account' THEN
-        rows_sql := 'SELECT o.tenant_id, ''opportunity''::text, o.id, true FROM %1$I r JOIN crm.opportunity o'
-                    '  ON o.tenant_id = r.tenant_id AND o.account_id = r.id';
-    ELSIF TG_TABLE_NAME = 'stage' THEN
-        -- a stage added, moved or removed changes what the closed records of its pipeline count
-        rows_sql := 'SELECT l.tenant_id, ''lead''::text, l.id, true FROM %1$I r JOIN crm.lead l'
-                    '  ON l.tenant_id = r.tenant_id AND l.pipeline_id = r.pipeline_id'
-                    ' UNION ALL SELECT o.tenant_id, ''opportunity'', o.id, true FROM %1$I r JOIN crm.opportunity o'
-                    '  ON o.tenant_id = r.tenant_id AND o.pipeline_id = r.pipeline_id';
-    ELSE
-        RAISE EXCEPTION 'win_model_sync does not know table %', TG_TABLE_NAME;
-    END IF;
-    rows_sql := CASE TG_OP
-        WHEN 'INSERT' THEN format(rows_sql, 'crm_new_rows')
-        WHEN 'DELETE' THEN format(rows_sql, 'crm_old_rows')
-        ELSE format(rows_sql, 'crm_new_rows') || ' UNION ALL ' || format(rows_sql, 'crm_old_rows') END;
-    EXECUTE 'SELECT array_agg(x.tenant_id), array_agg(x.kind), array_agg(x.id), array_agg(x.closed) FROM ('
-            || rows_sql || ') x(tenant_id, kind, id, closed)'
-       INTO t_tenant, t_kind, t_id, t_closed;
-    IF t_tenant IS NULL THEN
-        RETURN NULL;
-    END IF;
-
-    FOR g IN SELECT u.tenant_id, u.kind,
-                    array_agg(DISTINCT u.id) FILTER (WHERE u.closed) AS closed_ids,
-                    array_agg(DISTINCT u.id) AS all_ids
-               FROM unnest(t_tenant, t_kind, t_id, t_closed) u(tenant_id, kind, id, closed)
-              GROUP BY u.tenant_id, u.kind ORDER BY u.tenant_id, u.kind
+    FOR g IN
+        WITH k AS (
+            SELECT DISTINCT u.tenant_id, u.key, u.email FROM unnest(tenants, keys, emails) u(tenant_id, key, email)
+        ), touched AS (
+            SELECT k.tenant_id, pls_sync.source AS kind, k.key AS id FROM k WHERE pls_sync.source IN ('lead', 'opportunity')
+            UNION ALL
+            SELECT k.tenant_id, replace(pls_sync.source, '_tag', ''), k.key FROM k WHERE pls_sync.source IN ('lead_tag', 'opportunity_tag')
+            UNION ALL
+            SELECT l.tenant_id, 'lead', l.id FROM k JOIN crm.lead l
+                ON l.tenant_id = k.tenant_id AND l.converted_contact_id = k.key
+             WHERE pls_sync.source = 'contact'
+            UNION ALL
+            SELECT l.tenant_id, 'lead', l.id FROM k JOIN crm.lead l
+                ON l.tenant_id = k.tenant_id AND crm.casefold(l.email) = crm.casefold(k.email)
+             WHERE pls_sync.source = 'contact'
+            UNION ALL
+            SELECT o.tenant_id, 'opportunity', o.id FROM k JOIN crm.opportunity o
+                ON o.tenant_id = k.tenant_id AND o.contact_id = k.key
+             WHERE pls_sync.source = 'contact'
+            UNION ALL
+            SELECT o.tenant_id, 'opportunity', o.id FROM k JOIN crm.opportunity o
+                ON o.tenant_id = k.tenant_id AND o.account_id = k.key
+             WHERE pls_sync.source = 'account'
+            UNION ALL
+            -- a stage added, moved or removed changes what the closed records of its pipeline count
+            SELECT l.tenant_id, 'lead', l.id FROM k JOIN crm.lead l
+                ON l.tenant_id = k.tenant_id AND l.pipeline_id = k.key
+               AND (l.status <> 'open' OR l.converted_at IS NOT NULL)
+             WHERE pls_sync.source = 'stage'
+            UNION ALL
+            SELECT o.tenant_id, 'opportunity', o.id FROM k JOIN crm.opportunity o
+                ON o.tenant_id = k.tenant_id AND o.pipeline_id = k.key AND o.status <> 'open'
+             WHERE pls_sync.source = 'stage'
+        )
+        SELECT t.tenant_id, t.kind, array_agg(DISTINCT t.id) AS ids
+          FROM touched t GROUP BY t.tenant_id, t.kind ORDER BY t.tenant_id, t.kind
     LOOP
-        changed := crm.pls_refresh(g.tenant_id, g.kind, g.closed_ids);
+        changed := crm.pls_refresh(g.tenant_id, g.kind, g.ids);
         IF coalesce(pg_catalog.current_setting('crm.pls_applying', true), '') <> 'on' THEN
             -- a changed table moves every prediction; otherwise only those of the records touched
-            PERFORM crm.pls_apply(g.tenant_id, g.kind, CASE WHEN changed THEN NULL ELSE g.all_ids END);
+            PERFORM crm.pls_apply(g.tenant_id, g.kind, CASE WHEN changed THEN NULL ELSE g.ids END);
         END IF;
     END LOOP;
-    RETURN NULL;
 END
 $$;
+COMMENT ON FUNCTION crm.pls_sync(text, uuid[], uuid[], text[]) IS
+    'Internal: refreshes the predictive model and the predictions for the records that rows of a table (lead, opportunity, their tags, contact, account, stage) reach';
+
+CREATE FUNCTION crm.win_model_sync() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_pls_sync'
+    LANGUAGE C;
 COMMENT ON FUNCTION crm.win_model_sync() IS
-    'Statement trigger: refreshes the predictive model for the closed records the statement touched (through their own rows, tags, contact, account or pipeline) and the predictions of open records in predicted mode; runs as the extension owner, for the tenants of the statement''s rows only';
+    'Statement trigger (arguments: key column, e-mail column): keeps the predictive model and the predicted probabilities exact for the records the statement''s rows reach; runs as the extension owner, for the tenants of those rows only';
 
 DO $$
 DECLARE
-    t text;
+    t record;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['lead', 'opportunity', 'lead_tag', 'opportunity_tag', 'contact', 'stage'] LOOP
-        CONTINUE WHEN t = 'pls_config';
+    FOR t IN SELECT * FROM (VALUES ('lead', '''id'''), ('opportunity', '''id'''),
+                                   ('lead_tag', '''lead_id'''), ('opportunity_tag', '''opportunity_id'''),
+                                   ('contact', '''id'', ''email'''), ('stage', '''pipeline_id''')) v(tbl, args)
+    LOOP
         EXECUTE format('CREATE TRIGGER win_model_insert AFTER INSERT ON crm.%I'
                        ' REFERENCING NEW TABLE AS crm_new_rows'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION crm.win_model_sync()', t);
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION crm.win_model_sync(%s)', t.tbl, t.args);
         EXECUTE format('CREATE TRIGGER win_model_update AFTER UPDATE ON crm.%I'
                        ' REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION crm.win_model_sync()', t);
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION crm.win_model_sync(%s)', t.tbl, t.args);
         EXECUTE format('CREATE TRIGGER win_model_delete AFTER DELETE ON crm.%I'
                        ' REFERENCING OLD TABLE AS crm_old_rows'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION crm.win_model_sync()', t);
-        EXECUTE format('COMMENT ON TRIGGER win_model_insert ON crm.%I IS %L', t,
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION crm.win_model_sync(%s)', t.tbl, t.args);
+        EXECUTE format('COMMENT ON TRIGGER win_model_insert ON crm.%I IS %L', t.tbl,
                        'Keeps the predictive model and the predicted probabilities exact after an INSERT');
-        EXECUTE format('COMMENT ON TRIGGER win_model_update ON crm.%I IS %L', t,
+        EXECUTE format('COMMENT ON TRIGGER win_model_update ON crm.%I IS %L', t.tbl,
                        'Keeps the predictive model and the predicted probabilities exact after an UPDATE');
-        EXECUTE format('COMMENT ON TRIGGER win_model_delete ON crm.%I IS %L', t,
+        EXECUTE format('COMMENT ON TRIGGER win_model_delete ON crm.%I IS %L', t.tbl,
                        'Keeps the predictive model and the predicted probabilities exact after a DELETE');
     END LOOP;
 END
 $$;
 CREATE TRIGGER win_model_update AFTER UPDATE ON crm.account
     REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.win_model_sync();
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.win_model_sync('id');
 COMMENT ON TRIGGER win_model_update ON crm.account IS
     'Keeps the predictive model exact when an account''s industry, size or rating changes';
 

@@ -195,6 +195,21 @@ BEGIN
         TO crm_writer;
     GRANT INSERT, UPDATE, DELETE ON crm.engagement_setting, crm.activity_weight TO crm_admin;
     GRANT EXECUTE ON FUNCTION crm.refresh_aggregates(uuid), crm.purge_events(interval) TO crm_admin;
+
+    -- Lead scoring and the predictive win probability (issue 10)
+    GRANT EXECUTE ON FUNCTION
+        crm.validate_scoring_model(jsonb), crm.scoring_points_problem(jsonb, boolean, integer),
+        crm.score_lead(uuid, uuid, timestamptz), crm.explain_score(uuid, uuid, timestamptz),
+        crm.top_leads(integer, uuid, uuid, integer), crm.lead_score_trend(uuid), crm.default_scoring_weights(),
+        crm.predict_win(uuid), crm.predict_lead_win(uuid), crm.explain_win(uuid), crm.pls_check(uuid),
+        crm.pls_variables(uuid), crm.pls_all_variables(), crm.pls_size_band(integer),
+        crm.pls_email_state(text), crm.pls_phone_state(text), crm.pls_record_values(uuid, text, uuid[]),
+        crm.pls_observations(uuid, text, uuid[]), crm.pls_explain(uuid, text, uuid),
+        crm.pls_predict(uuid, text, uuid)
+        TO crm_reader;
+    GRANT EXECUTE ON FUNCTION crm.rescore_leads(uuid), crm.scoring_rescore(uuid, uuid, boolean) TO crm_writer;
+    GRANT INSERT, UPDATE, DELETE ON crm.scoring_model, crm.pls_config TO crm_admin;
+    GRANT EXECUTE ON FUNCTION crm.pls_rebuild(uuid), crm.pls_configure(text[]) TO crm_admin;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

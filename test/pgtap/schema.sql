@@ -46,7 +46,13 @@ INSERT INTO expected_key VALUES
     ('activity_weight',    '{tenant_id,activity_type}'),
     ('contact_engagement', '{tenant_id,contact_id}'),
     ('lead_engagement',    '{tenant_id,lead_id}'),
-    ('account_summary',    '{tenant_id,account_id}');
+    ('account_summary',    '{tenant_id,account_id}'),
+    -- lead scoring and the predictive win probability (issue 10)
+    ('scoring_model',      '{tenant_id,id}'),
+    ('lead_score_history', '{tenant_id,id}'),
+    ('pls_config',         '{tenant_id}'),
+    ('pls_observation',    '{tenant_id,record_kind,record_id,variable,value}'),
+    ('pls_frequency',      '{tenant_id,record_kind,team_key,variable,value}');
 
 -- The index access paths the application relies on: (table, leading keys
 -- of some index on it, unique required).  Expressions are written without
@@ -90,7 +96,9 @@ SELECT tables_are('crm', ARRAY[
     'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
     -- activity aggregation and the event outbox (issue 7)
     'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
-    'lead_engagement', 'account_summary'
+    'lead_engagement', 'account_summary',
+    -- lead scoring and the predictive win probability (issue 10)
+    'scoring_model', 'lead_score_history', 'pls_config', 'pls_observation', 'pls_frequency'
 ], 'crm has exactly the tables of the core schema');
 
 SELECT views_are('crm', ARRAY['lead_kanban', 'opportunity_kanban', 'dashboard',

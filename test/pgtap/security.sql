@@ -38,7 +38,10 @@ SELECT t, 3 FROM unnest(ARRAY['pipeline', 'stage', 'app_user', 'team', 'team_mem
 UNION ALL
 SELECT t, 2 FROM unnest(ARRAY['event_consumer']) t
 UNION ALL
-SELECT t, 3 FROM unnest(ARRAY['engagement_setting', 'activity_weight']) t;
+SELECT t, 3 FROM unnest(ARRAY['engagement_setting', 'activity_weight']) t
+-- lead scoring (issue 10)
+UNION ALL
+SELECT t, 3 FROM unnest(ARRAY['scoring_model', 'pls_config']) t;
 
 -- Every function of crm and the lowest level that may execute it; NULL:
 -- no crm role (trigger functions, and what a superuser runs).
@@ -97,7 +100,45 @@ INSERT INTO func_level VALUES
     ('crm.engagement_track()', NULL),
     ('crm.engagement_lead_converted()', NULL),
     ('crm.engagement_settings_changed()', NULL),
-    ('crm.outbox_record_events()', NULL);
+    ('crm.outbox_record_events()', NULL),
+    -- lead scoring and the predictive win probability (issue 10)
+    ('crm.validate_scoring_model(jsonb)', 1),
+    ('crm.scoring_points_problem(jsonb,boolean,integer)', 1),
+    ('crm.score_lead(uuid,uuid,timestamp with time zone)', 1),
+    ('crm.explain_score(uuid,uuid,timestamp with time zone)', 1),
+    ('crm.top_leads(integer,uuid,uuid,integer)', 1),
+    ('crm.lead_score_trend(uuid)', 1),
+    ('crm.default_scoring_weights()', 1),
+    ('crm.predict_win(uuid)', 1),
+    ('crm.predict_lead_win(uuid)', 1),
+    ('crm.explain_win(uuid)', 1),
+    ('crm.pls_check(uuid)', 1),
+    ('crm.pls_variables(uuid)', 1),
+    ('crm.pls_all_variables()', 1),
+    ('crm.pls_size_band(integer)', 1),
+    ('crm.pls_email_state(text)', 1),
+    ('crm.pls_phone_state(text)', 1),
+    ('crm.pls_record_values(uuid,text,uuid[])', 1),
+    ('crm.pls_observations(uuid,text,uuid[])', 1),
+    ('crm.pls_explain(uuid,text,uuid)', 1),
+    ('crm.pls_predict(uuid,text,uuid)', 1),
+    ('crm.rescore_leads(uuid)', 2),
+    ('crm.scoring_rescore(uuid,uuid,boolean)', 2),
+    ('crm.pls_rebuild(uuid)', 3),
+    ('crm.pls_configure(text[])', 3),
+    ('crm.scoring_model_rows(jsonb)', NULL),
+    ('crm.scoring_model_check()', NULL),
+    ('crm.scoring_model_changed()', NULL),
+    ('crm.tenant_default_scoring_model()', NULL),
+    ('crm.scoring_lead_sync()', NULL),
+    ('crm.scoring_lead_history()', NULL),
+    ('crm.scoring_refresh()', NULL),
+    ('crm.pls_refresh(uuid,text,uuid[])', NULL),
+    ('crm.pls_apply(uuid,text,uuid[])', NULL),
+    ('crm.pls_sync(text,uuid[],uuid[],text[])', NULL),
+    ('crm.pls_rebuild_tables(uuid)', NULL),
+    ('crm.win_probability()', NULL),
+    ('crm.win_model_sync()', NULL);
 
 -- The row-level security policies of every table.
 CREATE TEMP TABLE table_policies (tbl name PRIMARY KEY, policies name[] NOT NULL);
@@ -107,7 +148,9 @@ SELECT t, '{tenant_isolation}'::name[] FROM unnest(ARRAY[
     'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
     -- activity aggregation and the event outbox (issue 7)
     'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
-    'lead_engagement', 'account_summary']) t
+    'lead_engagement', 'account_summary',
+    -- lead scoring and the predictive win probability (issue 10)
+    'scoring_model', 'lead_score_history', 'pls_config', 'pls_observation', 'pls_frequency']) t
 UNION ALL
 SELECT t, '{tenant_isolation,owner_visibility}'::name[] FROM unnest(ARRAY[
     'account', 'contact', 'lead', 'opportunity', 'activity']) t

@@ -1,0 +1,272 @@
+/*-------------------------------------------------------------------------
+ *
+ * pls.c
+ *	  Predictive lead scoring (Odoo's naive Bayes on won and lost history):
+ *	  the C entry points that keep the frequency tables of
+ *	  src/sql/88_pls.sql live.
+ *
+ *	crm.win_model_sync(key_column [, email_column]), AFTER INSERT / UPDATE /
+ *	DELETE, FOR EACH STATEMENT, with transition tables
+ *		reads the statement's old and new rows here in C (never through a
+ *		query, which Citus could not route), gathers (tenant, key, e-mail)
+ *		into arrays and hands them to crm.pls_sync(), which refreshes the
+ *		observations of the closed records they reach and the predictions
+ *		of open records in predicted mode.
+ *
+ *	crm.pls_rebuild(tenant)
+ *		builds a tenant's table from scratch (crm.pls_rebuild_tables()).
+ *
+ * The model's tables are the server's: no role may write them.  Both run
+ * their SQL as the owner of the table the trigger is on (the extension's
+ * owner), as the stage history does; the trigger's rows are the
+ * statement's own, and crm.pls_rebuild() refuses another tenant than the
+ * one the session acts for.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "crm.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(crm_pls_sync);
+PG_FUNCTION_INFO_V1(crm_pls_rebuild);
+
+static SPIPlanPtr sync_plan = NULL;
+static SPIPlanPtr rebuild_plan = NULL;
+
+static SPIPlanPtr
+prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+/* Append the (tenant, key, email) of every row of a transition table. */
+static void
+gather(Tuplestorestate *store, TupleDesc tupdesc, int tenant_att, int key_att, int email_att,
+	   Datum *tenants, Datum *keys, Datum *emails, bool *email_nulls, int *n)
+{
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
+
+	tuplestore_rescan(store);
+	while (tuplestore_gettupleslot(store, true, false, slot))
+	{
+		bool		tenant_null;
+		bool		key_null;
+		Datum		tenant = slot_getattr(slot, tenant_att, &tenant_null);
+		Datum		key = slot_getattr(slot, key_att, &key_null);
+
+		if (tenant_null || key_null)
+			continue;
+		tenants[*n] = datumCopy(tenant, false, UUID_LEN);
+		keys[*n] = datumCopy(key, false, UUID_LEN);
+		if (email_att != InvalidAttrNumber)
+		{
+			Datum		email = slot_getattr(slot, email_att, &email_nulls[*n]);
+
+			if (!email_nulls[*n])
+				emails[*n] = PointerGetDatum(PG_DETOAST_DATUM_COPY(email));
+		}
+		else
+			email_nulls[*n] = true;
+		(*n)++;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+}
+
+static int64
+store_rows(Tuplestorestate *store)
+{
+	return store ? tuplestore_tuple_count(store) : 0;
+}
+
+/*
+ * crm.win_model_sync() trigger: see the file header.
+ */
+Datum
+crm_pls_sync(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Trigger    *trigger;
+	Relation	rel;
+	TupleDesc	tupdesc;
+	int			tenant_att;
+	int			key_att;
+	int			email_att = InvalidAttrNumber;
+	int64		capacity;
+	Datum	   *tenants;
+	Datum	   *keys;
+	Datum	   *emails;
+	bool	   *email_nulls;
+	int			n = 0;
+	Datum		args[4];
+	Oid			save_userid;
+	int			save_sec_context;
+	int			dims[1];
+	int			lbs[1] = {1};
+
+	crm_require_trigger(fcinfo, "win_model_sync", false, false);
+	if (crm_replica_skips_work())
+		return PointerGetDatum(NULL);
+
+	trigger = trigdata->tg_trigger;
+	if (trigger->tgnargs < 1 || trigger->tgnargs > 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"win_model_sync\" needs the key column and optionally the e-mail column as arguments")));
+	rel = trigdata->tg_relation;
+	tupdesc = RelationGetDescr(rel);
+	tenant_att = crm_attnum(rel, "tenant_id", UUIDOID);
+	key_att = crm_attnum(rel, trigger->tgargs[0], UUIDOID);
+	if (trigger->tgnargs == 2)
+		email_att = crm_attnum(rel, trigger->tgargs[1], TEXTOID);
+
+	capacity = store_rows(trigdata->tg_oldtable) + store_rows(trigdata->tg_newtable);
+	if (capacity == 0)
+		return PointerGetDatum(NULL);
+	tenants = palloc(sizeof(Datum) * capacity);
+	keys = palloc(sizeof(Datum) * capacity);
+	emails = palloc(sizeof(Datum) * capacity);
+	email_nulls = palloc0(sizeof(bool) * capacity);
+	if (trigdata->tg_oldtable)
+		gather(trigdata->tg_oldtable, tupdesc, tenant_att, key_att, email_att,
+			   tenants, keys, emails, email_nulls, &n);
+	if (trigdata->tg_newtable)
+		gather(trigdata->tg_newtable, tupdesc, tenant_att, key_att, email_att,
+			   tenants, keys, emails, email_nulls, &n);
+	if (n == 0)
+		return PointerGetDatum(NULL);
+
+	dims[0] = n;
+	args[0] = CStringGetTextDatum(RelationGetRelationName(rel));
+	args[1] = PointerGetDatum(construct_md_array(tenants, NULL, 1, dims, lbs, UUIDOID,
+												 UUID_LEN, false, TYPALIGN_CHAR));
+	args[2] = PointerGetDatum(construct_md_array(keys, NULL, 1, dims, lbs, UUIDOID,
+												 UUID_LEN, false, TYPALIGN_CHAR));
+	args[3] = PointerGetDatum(construct_md_array(emails, email_nulls, 1, dims, lbs, TEXTOID,
+												 -1, false, TYPALIGN_INT));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (sync_plan == NULL)
+	{
+		Oid			types[4] = {TEXTOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID};
+
+		sync_plan = prepare_kept("SELECT crm.pls_sync($1, $2, $3, $4)", 4, types);
+	}
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(rel->rd_rel->relowner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (SPI_execute_plan(sync_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not keep the predictive model");
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * crm.pls_rebuild(tenant): the tenant's predictive model from scratch.  The
+ * session must act for that tenant, unless it is an operator (superuser or
+ * BYPASSRLS), who sees every tenant anyway.
+ */
+Datum
+crm_pls_rebuild(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *tenant;
+	Datum		current;
+	bool		operator_role;
+	Datum		args[1];
+	Oid			owner;
+	Oid			save_userid;
+	int			save_sec_context;
+	int64		result = 0;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tenant must not be null")));
+	tenant = PG_GETARG_UUID_P(0);
+
+	operator_role = superuser() || has_bypassrls_privilege(GetUserId());
+	if (!operator_role)
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute("SELECT crm.current_tenant()", true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the current tenant");
+		{
+			bool		isnull;
+
+			current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			if (isnull || memcmp(DatumGetUUIDP(current), tenant, UUID_LEN) != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("cannot rebuild the predictive model of another tenant"),
+						 errdetail("The session acts for %s.",
+								   isnull ? "no tenant" : "another tenant")));
+		}
+		SPI_finish();
+	}
+
+	{
+		Oid			relid = get_relname_relid("pls_frequency", get_namespace_oid("crm", false));
+		HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+
+		if (!HeapTupleIsValid(tuple))
+			elog(ERROR, "cache lookup failed for relation crm.pls_frequency");
+		owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+		ReleaseSysCache(tuple);
+	}
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (rebuild_plan == NULL)
+	{
+		Oid			types[1] = {UUIDOID};
+
+		rebuild_plan = prepare_kept("SELECT crm.pls_rebuild_tables($1)", 1, types);
+	}
+	args[0] = UUIDPGetDatum(tenant);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		bool		isnull;
+
+		if (SPI_execute_plan(rebuild_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not rebuild the predictive model");
+		result = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+	SPI_finish();
+	PG_RETURN_INT64(result);
+}
