@@ -171,7 +171,8 @@ typedef enum RescoreContext
 	RESCORE_NONE,
 	RESCORE_ACTIVITY,
 	RESCORE_CONSENT,
-	RESCORE_MODEL
+	RESCORE_MODEL,				/* a model changed, or was given to the leads */
+	RESCORE_REFRESH				/* rescore_leads(): decay, unless the model moved */
 } RescoreContext;
 
 static RescoreContext rescore_context = RESCORE_NONE;
@@ -873,6 +874,8 @@ history_reason(HeapTuple oldtuple, HeapTuple newtuple, TupleDesc tupdesc, const 
 		case RESCORE_CONSENT:
 			return "profiling opt-out";
 		case RESCORE_MODEL:
+			return "model change";
+		case RESCORE_REFRESH:
 			if (oldtuple == NULL ||
 				column_changed(oldtuple, newtuple, tupdesc, attnums[C_MODEL]) ||
 				column_changed(oldtuple, newtuple, tupdesc, attnums[C_FIT]))
@@ -1318,7 +1321,7 @@ crm_scoring_rescore(PG_FUNCTION_ARGS)
 										   " WHERE l.tenant_id OPERATOR(pg_catalog.=) $1",
 										   2, types);
 	}
-	rescore_context = RESCORE_MODEL;
+	rescore_context = nulls[1] == 'n' ? RESCORE_REFRESH : RESCORE_MODEL;
 	PG_TRY();
 	{
 		if (SPI_execute_plan(assign ? rescore_assign_plan : rescore_plan, args, nulls, false, 0) != SPI_OK_UPDATE)
