@@ -788,6 +788,13 @@ crm_scoring_lead_sync(PG_FUNCTION_ARGS)
 							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 		PG_TRY();
 		{
+			/* a model the client names must be one of the tenant's */
+			if (in.has_model &&
+				(is_insert || column_changed(oldtuple, newtuple, tupdesc, attnums[C_MODEL])) &&
+				!model_load(&in.tenant, &in.model)->found)
+				ereport(ERROR,
+						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+						 errmsg("scoring model %s does not exist", uuid_text(&in.model))));
 			m = model_for(&in, NULL);
 			compute_score(&in, m, as_of, false, &r);
 		}

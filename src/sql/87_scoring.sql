@@ -327,6 +327,9 @@ DECLARE
     bad record;
     n bigint;
 BEGIN
+    IF NEW.weights IS NULL THEN
+        RETURN NEW;   -- the NOT NULL constraint says so
+    END IF;
     SELECT v.path, v.problem INTO bad FROM crm.validate_scoring_model(NEW.weights) v LIMIT 1;
     IF FOUND THEN
         SELECT count(*) INTO n FROM crm.validate_scoring_model(NEW.weights);

@@ -411,9 +411,12 @@ BEGIN
         RAISE EXCEPTION 'variables must not be null' USING ERRCODE = 'null_value_not_allowed',
             HINT = 'Give an empty array to learn from the stage only.';
     END IF;
+    IF array_position(variables, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'variables must not contain null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     FOREACH v IN ARRAY variables LOOP
-        IF v IS NULL OR v <> ALL (crm.pls_all_variables()) THEN
-            RAISE EXCEPTION 'unknown predictive variable "%"', coalesce(v, 'NULL')
+        IF v <> ALL (crm.pls_all_variables()) THEN
+            RAISE EXCEPTION 'unknown predictive variable "%"', v
                 USING ERRCODE = 'invalid_parameter_value',
                       DETAIL = 'The stage is always used; the others are chosen from: '
                                || array_to_string(crm.pls_all_variables(), ', ') || '.';
