@@ -492,24 +492,29 @@ BEGIN
           FROM crm.pls_record_values(tenant, kind, ARRAY[record]) v
          WHERE v.variable = ANY (crm.pls_variables(tenant))
     )
-    SELECT 'prior', (SELECT s.name FROM crm.stage s WHERE s.tenant_id = tenant AND s.id = first_stage),
-           p.won, p.lost, NULL::numeric, NULL::numeric, p.won IS NOT NULL, 'open'::text
-      FROM (SELECT 1) one LEFT JOIN pri p ON true
-    UNION ALL
-    SELECT x.variable,
-           CASE x.variable
-               WHEN 'stage' THEN (SELECT s.name FROM crm.stage s WHERE s.tenant_id = tenant AND s.id::text = x.value)
-               WHEN 'tags' THEN (SELECT g.name FROM crm.tag g WHERE g.tenant_id = tenant AND g.id::text = x.value)
-               ELSE x.value END,
-           f.won, f.lost,
-           CASE WHEN x.variable = 'stage' THEN (SELECT p.won FROM pri p) ELSE t.won END,
-           CASE WHEN x.variable = 'stage' THEN (SELECT p.lost FROM pri p) ELSE t.lost END,
-           f.won IS NOT NULL AND EXISTS (SELECT 1 FROM pri)
-               AND (x.variable <> 'tags' OR f.won + f.lost >= 50),
-           'open'::text
-      FROM (SELECT v.* FROM vals v ORDER BY v.ord, v.value) x
-      LEFT JOIN freq f ON f.variable = x.variable AND f.value = x.value
-      LEFT JOIN totals t ON t.variable = x.variable;
+    SELECT q.variable, q.value, q.won, q.lost, q.won_total, q.lost_total, q.used, q.status
+      FROM (
+        SELECT -1 AS ord, 'prior'::text AS variable,
+               (SELECT s.name FROM crm.stage s WHERE s.tenant_id = tenant AND s.id = first_stage) AS value,
+               p.won, p.lost, NULL::numeric AS won_total, NULL::numeric AS lost_total,
+               p.won IS NOT NULL AS used, 'open'::text AS status
+          FROM (SELECT 1) one LEFT JOIN pri p ON true
+        UNION ALL
+        SELECT x.ord, x.variable,
+               CASE x.variable
+                   WHEN 'stage' THEN (SELECT s.name FROM crm.stage s WHERE s.tenant_id = tenant AND s.id::text = x.value)
+                   WHEN 'tags' THEN (SELECT g.name FROM crm.tag g WHERE g.tenant_id = tenant AND g.id::text = x.value)
+                   ELSE x.value END,
+               f.won, f.lost,
+               CASE WHEN x.variable = 'stage' THEN (SELECT p.won FROM pri p) ELSE t.won END,
+               CASE WHEN x.variable = 'stage' THEN (SELECT p.lost FROM pri p) ELSE t.lost END,
+               f.won IS NOT NULL AND EXISTS (SELECT 1 FROM pri)
+                   AND (x.variable <> 'tags' OR f.won + f.lost >= 50),
+               'open'::text
+          FROM vals x
+          LEFT JOIN freq f ON f.variable = x.variable AND f.value = x.value
+          LEFT JOIN totals t ON t.variable = x.variable) q
+     ORDER BY q.ord, q.value;
 END
 $$;
 COMMENT ON FUNCTION crm.pls_explain(uuid, text, uuid) IS
