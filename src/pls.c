@@ -8,7 +8,8 @@
  *	crm.win_model_sync(key_column [, email_column]), AFTER INSERT / UPDATE /
  *	DELETE, FOR EACH STATEMENT, with transition tables
  *		reads the statement's old and new rows here in C (never through a
- *		query, which Citus could not route), gathers (tenant, key, e-mail)
+ *		query, which Citus could not route), keeps those of an UPDATE that
+ *		changed a column the model depends on, gathers (tenant, key, e-mail)
  *		into arrays and hands them to crm.pls_sync(), which refreshes the
  *		observations of the closed records they reach and the predictions
  *		of open records in predicted mode.
@@ -59,37 +60,142 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
-/* Append the (tenant, key, email) of every row of a transition table. */
+/*
+ * The columns of each table whose change can move what a closed record
+ * contributes, or a prediction: an UPDATE that touches none of them (a
+ * rescored lead, a note on a deal) costs the model nothing.
+ */
+static const char *const lead_watch[] = {
+	"tenant_id", "id", "pipeline_id", "stage_id", "status", "converted_at", "converted_contact_id",
+	"team_id", "source", "industry", "country", "company_size", "rating", "priority", "email",
+	"phone", "probability_mode", NULL
+};
+static const char *const opportunity_watch[] = {
+	"tenant_id", "id", "pipeline_id", "stage_id", "status", "team_id", "source", "country",
+	"priority", "account_id", "contact_id", "probability_mode", NULL
+};
+static const char *const contact_watch[] = {
+	"tenant_id", "id", "email", "phone", "mobile", "profiling_opt_out", NULL
+};
+static const char *const account_watch[] = {
+	"tenant_id", "id", "industry", "employees", "rating", NULL
+};
+static const char *const stage_watch[] = {
+	"tenant_id", "id", "pipeline_id", "sequence", "kind", NULL
+};
+
+static const char *const *
+watched_columns(Relation rel)
+{
+	const char *name = RelationGetRelationName(rel);
+
+	if (strcmp(name, "lead") == 0)
+		return lead_watch;
+	if (strcmp(name, "opportunity") == 0)
+		return opportunity_watch;
+	if (strcmp(name, "contact") == 0)
+		return contact_watch;
+	if (strcmp(name, "account") == 0)
+		return account_watch;
+	if (strcmp(name, "stage") == 0)
+		return stage_watch;
+	return NULL;				/* tags: every row counts */
+}
+
+/* Did an UPDATE change one of the watched columns of this row? */
+static bool
+watched_changed(TupleTableSlot *oldslot, TupleTableSlot *newslot, TupleDesc tupdesc,
+				const char *const *watch)
+{
+	if (watch == NULL)
+		return true;
+	for (int i = 0; watch[i] != NULL; i++)
+	{
+		for (int a = 0; a < tupdesc->natts; a++)
+		{
+			Form_pg_attribute att = TupleDescAttr(tupdesc, a);
+			bool		oldnull;
+			bool		newnull;
+			Datum		oldval;
+			Datum		newval;
+
+			if (att->attisdropped || strcmp(NameStr(att->attname), watch[i]) != 0)
+				continue;
+			oldval = slot_getattr(oldslot, a + 1, &oldnull);
+			newval = slot_getattr(newslot, a + 1, &newnull);
+			if (oldnull != newnull ||
+				(!oldnull && !datumIsEqual(oldval, newval, att->attbyval, att->attlen)))
+				return true;
+			break;
+		}
+	}
+	return false;
+}
+
+/* Append the (tenant, key, email) of one row. */
 static void
-gather(Tuplestorestate *store, TupleDesc tupdesc, int tenant_att, int key_att, int email_att,
+gather_row(TupleTableSlot *slot, int tenant_att, int key_att, int email_att,
+		   Datum *tenants, Datum *keys, Datum *emails, bool *email_nulls, int *n)
+{
+	bool		tenant_null;
+	bool		key_null;
+	Datum		tenant = slot_getattr(slot, tenant_att, &tenant_null);
+	Datum		key = slot_getattr(slot, key_att, &key_null);
+
+	if (tenant_null || key_null)
+		return;
+	tenants[*n] = datumCopy(tenant, false, UUID_LEN);
+	keys[*n] = datumCopy(key, false, UUID_LEN);
+	if (email_att != InvalidAttrNumber)
+	{
+		Datum		email = slot_getattr(slot, email_att, &email_nulls[*n]);
+
+		if (!email_nulls[*n])
+			emails[*n] = PointerGetDatum(PG_DETOAST_DATUM_COPY(email));
+	}
+	else
+		email_nulls[*n] = true;
+	(*n)++;
+}
+
+/*
+ * Append the rows of the statement: every row of an INSERT or DELETE; of an
+ * UPDATE, the old and new versions of the rows whose watched columns
+ * changed (the two transition tables hold them in the same order).
+ */
+static void
+gather(TriggerData *trigdata, TupleDesc tupdesc, int tenant_att, int key_att, int email_att,
 	   Datum *tenants, Datum *keys, Datum *emails, bool *email_nulls, int *n)
 {
-	TupleTableSlot *slot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
+	TupleTableSlot *oldslot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
+	TupleTableSlot *newslot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
+	Tuplestorestate *oldstore = trigdata->tg_oldtable;
+	Tuplestorestate *newstore = trigdata->tg_newtable;
+	const char *const *watch = watched_columns(trigdata->tg_relation);
 
-	tuplestore_rescan(store);
-	while (tuplestore_gettupleslot(store, true, false, slot))
+	if (oldstore && newstore)
 	{
-		bool		tenant_null;
-		bool		key_null;
-		Datum		tenant = slot_getattr(slot, tenant_att, &tenant_null);
-		Datum		key = slot_getattr(slot, key_att, &key_null);
-
-		if (tenant_null || key_null)
-			continue;
-		tenants[*n] = datumCopy(tenant, false, UUID_LEN);
-		keys[*n] = datumCopy(key, false, UUID_LEN);
-		if (email_att != InvalidAttrNumber)
+		tuplestore_rescan(oldstore);
+		tuplestore_rescan(newstore);
+		while (tuplestore_gettupleslot(oldstore, true, false, oldslot) &&
+			   tuplestore_gettupleslot(newstore, true, false, newslot))
 		{
-			Datum		email = slot_getattr(slot, email_att, &email_nulls[*n]);
-
-			if (!email_nulls[*n])
-				emails[*n] = PointerGetDatum(PG_DETOAST_DATUM_COPY(email));
+			if (!watched_changed(oldslot, newslot, tupdesc, watch))
+				continue;
+			gather_row(oldslot, tenant_att, key_att, email_att, tenants, keys, emails, email_nulls, n);
+			gather_row(newslot, tenant_att, key_att, email_att, tenants, keys, emails, email_nulls, n);
 		}
-		else
-			email_nulls[*n] = true;
-		(*n)++;
 	}
-	ExecDropSingleTupleTableSlot(slot);
+	else
+	{
+		Tuplestorestate *store = oldstore ? oldstore : newstore;
+
+		tuplestore_rescan(store);
+		while (tuplestore_gettupleslot(store, true, false, newslot))
+			gather_row(newslot, tenant_att, key_att, email_att, tenants, keys, emails, email_nulls, n);
+	}
+	ExecDropSingleTupleTableSlot(oldslot);
+	ExecDropSingleTupleTableSlot(newslot);
 }
 
 static int64
@@ -146,12 +252,8 @@ crm_pls_sync(PG_FUNCTION_ARGS)
 	keys = palloc(sizeof(Datum) * capacity);
 	emails = palloc(sizeof(Datum) * capacity);
 	email_nulls = palloc0(sizeof(bool) * capacity);
-	if (trigdata->tg_oldtable)
-		gather(trigdata->tg_oldtable, tupdesc, tenant_att, key_att, email_att,
-			   tenants, keys, emails, email_nulls, &n);
-	if (trigdata->tg_newtable)
-		gather(trigdata->tg_newtable, tupdesc, tenant_att, key_att, email_att,
-			   tenants, keys, emails, email_nulls, &n);
+	gather(trigdata, tupdesc, tenant_att, key_att, email_att,
+		   tenants, keys, emails, email_nulls, &n);
 	if (n == 0)
 		return PointerGetDatum(NULL);
 

@@ -520,34 +520,104 @@ $$;
 COMMENT ON FUNCTION crm.pls_explain(uuid, text, uuid) IS
     'Internal: the prior and one row per variable value of a record, with the counts (+0.1) and totals the prediction multiplies, and whether each is used';
 
+-- The predictions of many records in one query (ids NULL: every record of
+-- the kind), in numeric arithmetic so that the sum of logarithms does not
+-- depend on the order the rows come in: crm.predict_win and the stored
+-- probabilities of predicted records are the same number.
+CREATE FUNCTION crm.pls_predict_many(tenant uuid, kind text, ids uuid[])
+    RETURNS TABLE (record_id uuid, probability numeric)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        WITH recs AS (
+            SELECT l.id, l.team_id, l.pipeline_id, l.stage_id,
+                   CASE WHEN l.converted_at IS NOT NULL THEN 'won' ELSE l.status END AS status
+              FROM crm.lead l
+             WHERE kind = 'lead' AND l.tenant_id = tenant AND (ids IS NULL OR l.id = ANY (ids))
+            UNION ALL
+            SELECT o.id, o.team_id, o.pipeline_id, o.stage_id, o.status
+              FROM crm.opportunity o
+             WHERE kind = 'opportunity' AND o.tenant_id = tenant AND (ids IS NULL OR o.id = ANY (ids))
+        ), teams AS (
+            SELECT DISTINCT f.team_key FROM crm.pls_frequency f
+             WHERE f.tenant_id = tenant AND f.record_kind = kind
+        ), scoped AS (
+            -- the team's own table when it has one, else the sum over all teams ('ffff...')
+            SELECT r.*, CASE WHEN r.team_id IN (SELECT t.team_key FROM teams t) THEN r.team_id
+                             ELSE 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid END AS scope
+              FROM recs r
+        ), freq AS (
+            SELECT f.team_key AS scope, f.variable, f.value,
+                   f.won_count + 0.1 AS won, f.lost_count + 0.1 AS lost
+              FROM crm.pls_frequency f
+             WHERE f.tenant_id = tenant AND f.record_kind = kind
+               AND f.team_key IN (SELECT s.scope FROM scoped s WHERE s.status = 'open')
+            UNION ALL
+            SELECT 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid, f.variable, f.value,
+                   sum(f.won_count) + 0.1, sum(f.lost_count) + 0.1
+              FROM crm.pls_frequency f
+             WHERE f.tenant_id = tenant AND f.record_kind = kind
+               AND EXISTS (SELECT 1 FROM scoped s
+                            WHERE s.status = 'open' AND s.scope = 'ffffffff-ffff-ffff-ffff-ffffffffffff')
+             GROUP BY f.variable, f.value
+        ), totals AS (
+            SELECT f.scope, f.variable, sum(f.won) AS won, sum(f.lost) AS lost FROM freq f GROUP BY 1, 2
+        ), first_stage AS (
+            SELECT DISTINCT ON (s.pipeline_id) s.pipeline_id, s.id
+              FROM crm.stage s
+             WHERE s.tenant_id = tenant AND s.pipeline_id IN (SELECT r.pipeline_id FROM recs r)
+             ORDER BY s.pipeline_id, s.sequence, s.id
+        ), prior AS (
+            SELECT r.id, p.won, p.lost
+              FROM scoped r
+              JOIN first_stage fs ON fs.pipeline_id = r.pipeline_id
+              JOIN freq p ON p.scope = r.scope AND p.variable = 'stage' AND p.value = fs.id::text
+             WHERE r.status = 'open'
+        ), vals AS (
+            SELECT r.id, 'stage'::text AS variable, r.stage_id::text AS value FROM scoped r WHERE r.status = 'open'
+            UNION ALL
+            SELECT v.record_id, v.variable, v.value
+              FROM crm.pls_record_values(tenant, kind, ARRAY(SELECT r.id FROM scoped r WHERE r.status = 'open')) v
+             WHERE v.variable = ANY (crm.pls_variables(tenant))
+        ), factors AS (
+            SELECT x.id,
+                   sum(ln(f.won / CASE WHEN x.variable = 'stage' THEN p.won ELSE t.won END)) AS lw,
+                   sum(ln(f.lost / CASE WHEN x.variable = 'stage' THEN p.lost ELSE t.lost END)) AS ll
+              FROM vals x
+              JOIN scoped r ON r.id = x.id
+              JOIN prior p ON p.id = x.id
+              JOIN freq f ON f.scope = r.scope AND f.variable = x.variable AND f.value = x.value
+              JOIN totals t ON t.scope = r.scope AND t.variable = x.variable
+             WHERE x.variable <> 'tags' OR f.won + f.lost >= 50
+             GROUP BY x.id
+        )
+        SELECT r.id,
+               CASE WHEN r.status = 'won' THEN 100::numeric
+                    WHEN r.status = 'lost' THEN 0::numeric
+                    WHEN p.won IS NULL THEN NULL
+                    -- P = won / (won + lost) = 1 / (1 + exp(ln lost - ln won))
+                    ELSE least(greatest(round(100 / (1 + exp(least(ln(p.lost) + coalesce(fa.ll, 0)
+                                                                   - ln(p.won) - coalesce(fa.lw, 0), 1000))), 2),
+                                        0.01), 99.99) END
+          FROM scoped r
+          LEFT JOIN prior p ON p.id = r.id
+          LEFT JOIN factors fa ON fa.id = r.id
+    $$;
+COMMENT ON FUNCTION crm.pls_predict_many(uuid, text, uuid[]) IS
+    'Internal: the predicted win probability of many records at once (0 lost, 100 won, else in [0.01, 99.99]; NULL with no closed records), in one query';
+
 CREATE FUNCTION crm.pls_predict(tenant uuid, kind text, record uuid) RETURNS numeric
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
-    e record;
-    pw float8;
-    pl float8;
-    p float8;
+    result numeric;
 BEGIN
-    FOR e IN SELECT * FROM crm.pls_explain(tenant, kind, record) LOOP
-        IF e.status = 'won' THEN
-            RETURN 100;
-        ELSIF e.status = 'lost' THEN
-            RETURN 0;
-        ELSIF e.variable = 'prior' THEN
-            IF NOT e.used THEN
-                RETURN NULL;   -- nothing closed yet: no prediction
-            END IF;
-            pw := e.won_count;
-            pl := e.lost_count;
-        ELSIF e.used THEN
-            pw := pw * (e.won_count::float8 / e.won_total::float8);
-            pl := pl * (e.lost_count::float8 / e.lost_total::float8);
-        END IF;
-    END LOOP;
-    p := pw / (pw + pl);
-    RETURN least(greatest(round((100 * p)::numeric, 2), 0.01), 99.99);
+    SELECT m.probability INTO result FROM crm.pls_predict_many(tenant, kind, ARRAY[record]) m;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% % does not exist', kind, record USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN result;
 END
 $$;
 COMMENT ON FUNCTION crm.pls_predict(uuid, text, uuid) IS
@@ -589,26 +659,34 @@ CREATE FUNCTION crm.pls_apply(tenant uuid, kind text, ids uuid[]) RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
+DECLARE
+    targets uuid[];
 BEGIN
+    -- the open records in predicted mode among ids (NULL: all of the tenant's)
+    IF kind = 'opportunity' THEN
+        targets := ARRAY(SELECT x.id FROM crm.opportunity x
+                          WHERE x.tenant_id = tenant AND (ids IS NULL OR x.id = ANY (ids))
+                            AND x.status = 'open' AND x.probability_mode = 'predicted' ORDER BY x.id);
+    ELSE
+        targets := ARRAY(SELECT x.id FROM crm.lead x
+                          WHERE x.tenant_id = tenant AND (ids IS NULL OR x.id = ANY (ids))
+                            AND x.status = 'open' AND x.converted_at IS NULL
+                            AND x.probability_mode = 'predicted' ORDER BY x.id);
+    END IF;
+    IF cardinality(targets) = 0 THEN
+        RETURN;
+    END IF;
     PERFORM pg_catalog.set_config('crm.pls_applying', 'on', true);
     IF kind = 'opportunity' THEN
-        UPDATE crm.opportunity o SET probability = p.prediction
-          FROM (SELECT x.id, crm.pls_predict(tenant, 'opportunity', x.id) AS prediction
-                  FROM crm.opportunity x
-                 WHERE x.tenant_id = tenant AND (ids IS NULL OR x.id = ANY (ids))
-                   AND x.status = 'open' AND x.probability_mode = 'predicted'
-                 ORDER BY x.id) p
-         WHERE o.tenant_id = tenant AND o.id = p.id AND p.prediction IS NOT NULL
-           AND o.probability IS DISTINCT FROM p.prediction;
+        UPDATE crm.opportunity o SET probability = p.probability
+          FROM crm.pls_predict_many(tenant, kind, targets) p
+         WHERE o.tenant_id = tenant AND o.id = p.record_id AND p.probability IS NOT NULL
+           AND o.probability IS DISTINCT FROM p.probability;
     ELSE
-        UPDATE crm.lead l SET probability = p.prediction
-          FROM (SELECT x.id, crm.pls_predict(tenant, 'lead', x.id) AS prediction
-                  FROM crm.lead x
-                 WHERE x.tenant_id = tenant AND (ids IS NULL OR x.id = ANY (ids))
-                   AND x.status = 'open' AND x.converted_at IS NULL AND x.probability_mode = 'predicted'
-                 ORDER BY x.id) p
-         WHERE l.tenant_id = tenant AND l.id = p.id AND p.prediction IS NOT NULL
-           AND l.probability IS DISTINCT FROM p.prediction;
+        UPDATE crm.lead l SET probability = p.probability
+          FROM crm.pls_predict_many(tenant, kind, targets) p
+         WHERE l.tenant_id = tenant AND l.id = p.record_id AND p.probability IS NOT NULL
+           AND l.probability IS DISTINCT FROM p.probability;
     END IF;
     PERFORM pg_catalog.set_config('crm.pls_applying', '', true);
 END

@@ -205,7 +205,7 @@ BEGIN
         crm.pls_variables(uuid), crm.pls_all_variables(), crm.pls_size_band(integer),
         crm.pls_email_state(text), crm.pls_phone_state(text), crm.pls_record_values(uuid, text, uuid[]),
         crm.pls_observations(uuid, text, uuid[]), crm.pls_explain(uuid, text, uuid),
-        crm.pls_predict(uuid, text, uuid)
+        crm.pls_predict(uuid, text, uuid), crm.pls_predict_many(uuid, text, uuid[])
         TO crm_reader;
     GRANT EXECUTE ON FUNCTION crm.rescore_leads(uuid), crm.scoring_rescore(uuid, uuid, boolean) TO crm_writer;
     GRANT INSERT, UPDATE, DELETE ON crm.scoring_model, crm.pls_config TO crm_admin;

@@ -122,6 +122,7 @@ INSERT INTO func_level VALUES
     ('crm.pls_observations(uuid,text,uuid[])', 1),
     ('crm.pls_explain(uuid,text,uuid)', 1),
     ('crm.pls_predict(uuid,text,uuid)', 1),
+    ('crm.pls_predict_many(uuid,text,uuid[])', 1),
     ('crm.rescore_leads(uuid)', 2),
     ('crm.scoring_rescore(uuid,uuid,boolean)', 2),
     ('crm.pls_rebuild(uuid)', 3),
