@@ -154,9 +154,13 @@ COMMENT ON FUNCTION crm.pls_phone_state(text) IS 'none (empty), correct (digits,
 -- The variables (all of them but stage) of some records of a tenant.
 CREATE FUNCTION crm.pls_record_values(tenant uuid, kind text, ids uuid[])
     RETURNS TABLE (record_id uuid, variable text, value text)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
+#variable_conflict use_variable
+BEGIN
+    -- plpgsql keeps the plan of this query for the session
+    RETURN QUERY
         SELECT l.id, v.variable, v.value
           FROM crm.lead l
          CROSS JOIN LATERAL (VALUES
@@ -183,8 +187,9 @@ CREATE FUNCTION crm.pls_record_values(tenant uuid, kind text, ids uuid[])
         UNION ALL
         SELECT t.opportunity_id, 'tags', t.tag_id::text
           FROM crm.opportunity_tag t
-         WHERE kind = 'opportunity' AND t.tenant_id = tenant AND t.opportunity_id = ANY (ids)
-    $$;
+         WHERE kind = 'opportunity' AND t.tenant_id = tenant AND t.opportunity_id = ANY (ids);
+END
+$$;
 COMMENT ON FUNCTION crm.pls_record_values(uuid, text, uuid[]) IS
     'Internal: the predictive variables (all but stage) of records: their own fields, an opportunity''s account and contact, one row per tag';
 
@@ -197,9 +202,13 @@ COMMENT ON FUNCTION crm.pls_record_values(uuid, text, uuid[]) IS
 -- left out.
 CREATE FUNCTION crm.pls_observations(tenant uuid, kind text, ids uuid[])
     RETURNS TABLE (record_id uuid, team_key uuid, variable text, value text, won integer, lost integer)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
+#variable_conflict use_variable
+BEGIN
+    -- plpgsql keeps the plan of this query for the session
+    RETURN QUERY
         WITH closed AS (
             SELECT l.id, coalesce(l.team_id, '00000000-0000-0000-0000-000000000000') AS team_key,
                    l.pipeline_id, (l.converted_at IS NOT NULL OR l.status = 'won') AS is_won
@@ -245,8 +254,9 @@ CREATE FUNCTION crm.pls_observations(tenant uuid, kind text, ids uuid[])
         SELECT c.id, c.team_key, v.variable, v.value, c.is_won::integer, (NOT c.is_won)::integer
           FROM closed c
           JOIN crm.pls_record_values(tenant, kind, ARRAY(SELECT x.id FROM closed x)) v ON v.record_id = c.id
-         WHERE v.variable = ANY (crm.pls_variables(tenant))
-    $$;
+         WHERE v.variable = ANY ((SELECT crm.pls_variables(tenant))::text[]);
+END
+$$;
 COMMENT ON FUNCTION crm.pls_observations(uuid, text, uuid[]) IS
     'Internal: what closed records (all of the tenant''s when ids is NULL) contribute to the predictive model, computed from scratch';
 
@@ -490,7 +500,7 @@ BEGIN
         UNION ALL
         SELECT array_position(crm.pls_all_variables(), v.variable), v.variable, v.value
           FROM crm.pls_record_values(tenant, kind, ARRAY[record]) v
-         WHERE v.variable = ANY (crm.pls_variables(tenant))
+         WHERE v.variable = ANY ((SELECT crm.pls_variables(tenant))::text[])
     )
     SELECT q.variable, q.value, q.won, q.lost, q.won_total, q.lost_total, q.used, q.status
       FROM (
@@ -521,14 +531,18 @@ COMMENT ON FUNCTION crm.pls_explain(uuid, text, uuid) IS
     'Internal: the prior and one row per variable value of a record, with the counts (+0.1) and totals the prediction multiplies, and whether each is used';
 
 -- The predictions of many records in one query (ids NULL: every record of
--- the kind), in numeric arithmetic so that the sum of logarithms does not
--- depend on the order the rows come in: crm.predict_win and the stored
--- probabilities of predicted records are the same number.
+-- the kind), as sums of logarithms added in a fixed order, so that
+-- crm.predict_win and the stored probabilities of predicted records are the
+-- same number whatever order the rows come in.
 CREATE FUNCTION crm.pls_predict_many(tenant uuid, kind text, ids uuid[])
     RETURNS TABLE (record_id uuid, probability numeric)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
+#variable_conflict use_variable
+BEGIN
+    -- plpgsql keeps the plan of this query for the session
+    RETURN QUERY
         WITH recs AS (
             SELECT l.id, l.team_id, l.pipeline_id, l.stage_id,
                    CASE WHEN l.converted_at IS NOT NULL THEN 'won' ELSE l.status END AS status
@@ -578,31 +592,37 @@ CREATE FUNCTION crm.pls_predict_many(tenant uuid, kind text, ids uuid[])
             UNION ALL
             SELECT v.record_id, v.variable, v.value
               FROM crm.pls_record_values(tenant, kind, ARRAY(SELECT r.id FROM scoped r WHERE r.status = 'open')) v
-             WHERE v.variable = ANY (crm.pls_variables(tenant))
-        ), factors AS (
-            SELECT x.id,
-                   sum(ln(f.won / CASE WHEN x.variable = 'stage' THEN p.won ELSE t.won END)) AS lw,
-                   sum(ln(f.lost / CASE WHEN x.variable = 'stage' THEN p.lost ELSE t.lost END)) AS ll
+             WHERE v.variable = ANY ((SELECT crm.pls_variables(tenant))::text[])
+        ), keyed AS (
+            SELECT x.id, x.variable, x.value, r.scope, p.won AS prior_won, p.lost AS prior_lost
               FROM vals x
               JOIN scoped r ON r.id = x.id
               JOIN prior p ON p.id = x.id
-              JOIN freq f ON f.scope = r.scope AND f.variable = x.variable AND f.value = x.value
-              JOIN totals t ON t.scope = r.scope AND t.variable = x.variable
-             WHERE x.variable <> 'tags' OR f.won + f.lost >= 50
-             GROUP BY x.id
+        ), factors AS (
+            SELECT k.id,
+                   sum(ln((f.won / CASE WHEN k.variable = 'stage' THEN k.prior_won ELSE t.won END)::float8)
+                       ORDER BY k.variable, k.value) AS lw,
+                   sum(ln((f.lost / CASE WHEN k.variable = 'stage' THEN k.prior_lost ELSE t.lost END)::float8)
+                       ORDER BY k.variable, k.value) AS ll
+              FROM keyed k
+              JOIN freq f ON f.scope = k.scope AND f.variable = k.variable AND f.value = k.value
+              JOIN totals t ON t.scope = k.scope AND t.variable = k.variable
+             WHERE k.variable <> 'tags' OR f.won + f.lost >= 50
+             GROUP BY k.id
         )
         SELECT r.id,
                CASE WHEN r.status = 'won' THEN 100::numeric
                     WHEN r.status = 'lost' THEN 0::numeric
                     WHEN p.won IS NULL THEN NULL
                     -- P = won / (won + lost) = 1 / (1 + exp(ln lost - ln won))
-                    ELSE least(greatest(round(100 / (1 + exp(least(ln(p.lost) + coalesce(fa.ll, 0)
-                                                                   - ln(p.won) - coalesce(fa.lw, 0), 1000))), 2),
+                    ELSE least(greatest(round((100 / (1 + exp(least(ln(p.lost::float8) + coalesce(fa.ll, 0)
+                                                                    - ln(p.won::float8) - coalesce(fa.lw, 0), 700))))::numeric, 2),
                                         0.01), 99.99) END
           FROM scoped r
           LEFT JOIN prior p ON p.id = r.id
-          LEFT JOIN factors fa ON fa.id = r.id
-    $$;
+          LEFT JOIN factors fa ON fa.id = r.id;
+END
+$$;
 COMMENT ON FUNCTION crm.pls_predict_many(uuid, text, uuid[]) IS
     'Internal: the predicted win probability of many records at once (0 lost, 100 won, else in [0.01, 99.99]; NULL with no closed records), in one query';
 
