@@ -538,61 +538,68 @@ CREATE FUNCTION crm.pls_predict_many(tenant uuid, kind text, ids uuid[])
     RETURNS TABLE (record_id uuid, probability numeric)
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
+    SET enable_nestloop = on
     AS $$
 #variable_conflict use_variable
 BEGIN
-    -- plpgsql keeps the plan of this query for the session
-    RETURN QUERY
+    -- Many records: the CTEs' row counts are guesses, and nested loops over
+    -- them go quadratic; one record: index lookups are what it needs.  The
+    -- query is planned each call, under the setting chosen (the function's
+    -- SET restores it on return).
+    IF ids IS NULL OR cardinality(ids) > 20 THEN
+        PERFORM pg_catalog.set_config('enable_nestloop', 'off', true);
+    END IF;
+    RETURN QUERY EXECUTE '
         WITH recs AS (
             SELECT l.id, l.team_id, l.pipeline_id, l.stage_id,
-                   CASE WHEN l.converted_at IS NOT NULL THEN 'won' ELSE l.status END AS status
+                   CASE WHEN l.converted_at IS NOT NULL THEN ''won'' ELSE l.status END AS status
               FROM crm.lead l
-             WHERE kind = 'lead' AND l.tenant_id = tenant AND (ids IS NULL OR l.id = ANY (ids))
+             WHERE $2 = ''lead'' AND l.tenant_id = $1 AND ($3 IS NULL OR l.id = ANY ($3))
             UNION ALL
             SELECT o.id, o.team_id, o.pipeline_id, o.stage_id, o.status
               FROM crm.opportunity o
-             WHERE kind = 'opportunity' AND o.tenant_id = tenant AND (ids IS NULL OR o.id = ANY (ids))
+             WHERE $2 = ''opportunity'' AND o.tenant_id = $1 AND ($3 IS NULL OR o.id = ANY ($3))
         ), teams AS (
             SELECT DISTINCT f.team_key FROM crm.pls_frequency f
-             WHERE f.tenant_id = tenant AND f.record_kind = kind
+             WHERE f.tenant_id = $1 AND f.record_kind = $2
         ), scoped AS (
-            -- the team's own table when it has one, else the sum over all teams ('ffff...')
+            -- the team''s own table when it has one, else the sum over all teams (''ffff...'')
             SELECT r.*, CASE WHEN r.team_id IN (SELECT t.team_key FROM teams t) THEN r.team_id
-                             ELSE 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid END AS scope
+                             ELSE ''ffffffff-ffff-ffff-ffff-ffffffffffff''::uuid END AS scope
               FROM recs r
         ), freq AS (
             SELECT f.team_key AS scope, f.variable, f.value,
                    f.won_count + 0.1 AS won, f.lost_count + 0.1 AS lost
               FROM crm.pls_frequency f
-             WHERE f.tenant_id = tenant AND f.record_kind = kind
-               AND f.team_key IN (SELECT s.scope FROM scoped s WHERE s.status = 'open')
+             WHERE f.tenant_id = $1 AND f.record_kind = $2
+               AND f.team_key IN (SELECT s.scope FROM scoped s WHERE s.status = ''open'')
             UNION ALL
-            SELECT 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid, f.variable, f.value,
+            SELECT ''ffffffff-ffff-ffff-ffff-ffffffffffff''::uuid, f.variable, f.value,
                    sum(f.won_count) + 0.1, sum(f.lost_count) + 0.1
               FROM crm.pls_frequency f
-             WHERE f.tenant_id = tenant AND f.record_kind = kind
+             WHERE f.tenant_id = $1 AND f.record_kind = $2
                AND EXISTS (SELECT 1 FROM scoped s
-                            WHERE s.status = 'open' AND s.scope = 'ffffffff-ffff-ffff-ffff-ffffffffffff')
+                            WHERE s.status = ''open'' AND s.scope = ''ffffffff-ffff-ffff-ffff-ffffffffffff'')
              GROUP BY f.variable, f.value
         ), totals AS (
             SELECT f.scope, f.variable, sum(f.won) AS won, sum(f.lost) AS lost FROM freq f GROUP BY 1, 2
         ), first_stage AS (
             SELECT DISTINCT ON (s.pipeline_id) s.pipeline_id, s.id
               FROM crm.stage s
-             WHERE s.tenant_id = tenant AND s.pipeline_id IN (SELECT r.pipeline_id FROM recs r)
+             WHERE s.tenant_id = $1 AND s.pipeline_id IN (SELECT r.pipeline_id FROM recs r)
              ORDER BY s.pipeline_id, s.sequence, s.id
         ), prior AS (
             SELECT r.id, p.won, p.lost
               FROM scoped r
               JOIN first_stage fs ON fs.pipeline_id = r.pipeline_id
-              JOIN freq p ON p.scope = r.scope AND p.variable = 'stage' AND p.value = fs.id::text
-             WHERE r.status = 'open'
+              JOIN freq p ON p.scope = r.scope AND p.variable = ''stage'' AND p.value = fs.id::text
+             WHERE r.status = ''open''
         ), vals AS (
-            SELECT r.id, 'stage'::text AS variable, r.stage_id::text AS value FROM scoped r WHERE r.status = 'open'
+            SELECT r.id, ''stage''::text AS variable, r.stage_id::text AS value FROM scoped r WHERE r.status = ''open''
             UNION ALL
             SELECT v.record_id, v.variable, v.value
-              FROM crm.pls_record_values(tenant, kind, ARRAY(SELECT r.id FROM scoped r WHERE r.status = 'open')) v
-             WHERE v.variable = ANY ((SELECT crm.pls_variables(tenant))::text[])
+              FROM crm.pls_record_values($1, $2, ARRAY(SELECT r.id FROM scoped r WHERE r.status = ''open'')) v
+             WHERE v.variable = ANY ((SELECT crm.pls_variables($1))::text[])
         ), keyed AS (
             SELECT x.id, x.variable, x.value, r.scope, p.won AS prior_won, p.lost AS prior_lost
               FROM vals x
@@ -600,19 +607,19 @@ BEGIN
               JOIN prior p ON p.id = x.id
         ), factors AS (
             SELECT k.id,
-                   sum(ln((f.won / CASE WHEN k.variable = 'stage' THEN k.prior_won ELSE t.won END)::float8)
+                   sum(ln((f.won / CASE WHEN k.variable = ''stage'' THEN k.prior_won ELSE t.won END)::float8)
                        ORDER BY k.variable, k.value) AS lw,
-                   sum(ln((f.lost / CASE WHEN k.variable = 'stage' THEN k.prior_lost ELSE t.lost END)::float8)
+                   sum(ln((f.lost / CASE WHEN k.variable = ''stage'' THEN k.prior_lost ELSE t.lost END)::float8)
                        ORDER BY k.variable, k.value) AS ll
               FROM keyed k
               JOIN freq f ON f.scope = k.scope AND f.variable = k.variable AND f.value = k.value
               JOIN totals t ON t.scope = k.scope AND t.variable = k.variable
-             WHERE k.variable <> 'tags' OR f.won + f.lost >= 50
+             WHERE k.variable <> ''tags'' OR f.won + f.lost >= 50
              GROUP BY k.id
         )
         SELECT r.id,
-               CASE WHEN r.status = 'won' THEN 100::numeric
-                    WHEN r.status = 'lost' THEN 0::numeric
+               CASE WHEN r.status = ''won'' THEN 100::numeric
+                    WHEN r.status = ''lost'' THEN 0::numeric
                     WHEN p.won IS NULL THEN NULL
                     -- P = won / (won + lost) = 1 / (1 + exp(ln lost - ln won))
                     ELSE least(greatest(round((100 / (1 + exp(least(ln(p.lost::float8) + coalesce(fa.ll, 0)
@@ -620,7 +627,8 @@ BEGIN
                                         0.01), 99.99) END
           FROM scoped r
           LEFT JOIN prior p ON p.id = r.id
-          LEFT JOIN factors fa ON fa.id = r.id;
+          LEFT JOIN factors fa ON fa.id = r.id'
+    USING tenant, kind, ids;
 END
 $$;
 COMMENT ON FUNCTION crm.pls_predict_many(uuid, text, uuid[]) IS
