@@ -77,3 +77,18 @@ SELECT coalesce(o.name, l.name) AS record, f.name AS from_stage, t.name AS to_st
 \echo '== Recent activity by module'
 SELECT module, count(*) AS activities, max(occurred_at)::date AS last
   FROM crm.activity WHERE status = 'completed' GROUP BY module ORDER BY activities DESC;
+
+\echo
+\echo '== Lead scoring (fit per seeds/002 + engagement), best first'
+SELECT name, score, fit_score, engagement_score, qualification FROM crm.top_leads(5);
+\echo '-- why the best lead scores what it does (the points add up to its score)'
+SELECT e.factor_group, e.factor, e.value, e.model_points, e.model_max, e.points
+  FROM crm.explain_score((SELECT lead_id FROM crm.top_leads(1))) e
+ WHERE e.factor_group = 'fit' OR e.model_points > 0;
+
+\echo
+\echo '== Predictive win probability of the open deals (Odoo-style, exact)'
+SELECT o.name, s.name AS stage, o.probability AS stage_probability, crm.predict_win(o.id) AS predicted
+  FROM crm.opportunity o JOIN crm.stage s ON s.id = o.stage_id
+ WHERE o.status = 'open' ORDER BY o.name;
+SELECT count(*) AS model_drift FROM crm.pls_check();

