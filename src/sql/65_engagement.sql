@@ -150,6 +150,11 @@ BEGIN
 END
 $$;
 
+-- The latest and earliest activity of a lead, as the contact and account
+-- indexes of src/sql/40_activity.sql give them for contacts and accounts:
+-- what the triggers read back after a delete.
+CREATE INDEX activity_lead_time_idx ON crm.activity (tenant_id, lead_id, occurred_at DESC);
+
 -- Merging deltas --------------------------------------------------------------
 
 CREATE FUNCTION crm.engagement_add_counts(a jsonb, b jsonb) RETURNS jsonb
@@ -216,14 +221,12 @@ WITH counted AS (
            max(c.occurred_at) FILTER (WHERE c.direction = 'inbound') AS last_inbound_at,
            max(c.occurred_at) FILTER (WHERE c.direction = 'outbound') AS last_outbound_at,
            max(c.occurred_at) FILTER (WHERE c.activity_type = 'meeting') AS last_meeting_at,
-           sum(c.weight * pow(2::float8, -extract(epoch FROM max_t.t - c.occurred_at)::float8
-                                          / extract(epoch FROM crm.engagement_half_life(c.tenant_id))::float8))
-               AS score_value,
-           max_t.t AS score_ref
-      FROM counted c
-     CROSS JOIN LATERAL (SELECT max(c2.occurred_at) AS t FROM counted c2
-                          WHERE c2.tenant_id = c.tenant_id AND c2.kind = c.kind AND c2.id = c.id) max_t
-     GROUP BY c.tenant_id, c.kind, c.id, max_t.t
+           sum(c.weight * pow(2::float8, -extract(epoch FROM c.ref - c.occurred_at)::float8 / c.h)) AS score_value,
+           max(c.ref) AS score_ref
+      FROM (SELECT x.*, max(x.occurred_at) OVER (PARTITION BY x.tenant_id, x.kind, x.id) AS ref,
+                   extract(epoch FROM crm.engagement_half_life(x.tenant_id))::float8 AS h
+              FROM counted x) c
+     GROUP BY c.tenant_id, c.kind, c.id
 ), by_type AS (
     SELECT x.tenant_id, x.kind, x.id, jsonb_object_agg(x.activity_type, x.n) AS counts
       FROM (SELECT tenant_id, kind, id, activity_type, count(*) AS n FROM counted
