@@ -335,6 +335,14 @@ SELECT crm.emit_event('HorseInspected', '{"ok": true}') > 0 AS emitted,
 SELECT pg_catalog.count(*) >= 0 AS polled FROM crm.poll('hostile', 10);
 SELECT pg_catalog.count(*) >= 0 AS read FROM crm.read_events(0, 10);
 SELECT crm.ack('hostile', 0) >= 0 AS acked, crm.unsubscribe('hostile') AS unsubscribed;
+-- pipeline analytics (issue 7)
+SELECT pg_catalog.count(*) AS funnel_rows FROM crm.pipeline_funnel();
+SELECT pg_catalog.count(*) AS win_rate_rows FROM crm.win_rate('team');
+SELECT pg_catalog.count(*) AS stage_rows FROM crm.time_in_stage();
+SELECT closed FROM crm.sales_cycle();
+SELECT open_deals FROM crm.sales_velocity();
+SELECT pg_catalog.count(*) AS source_rows FROM crm.lead_source_analytics();
+SELECT pg_catalog.count(*) AS owner_rows FROM crm.owner_dashboard();
 DELETE FROM crm.account_tag WHERE account_id OPERATOR(pg_catalog.=) :'hacc';
 DELETE FROM crm.contact_tag WHERE contact_id OPERATOR(pg_catalog.=) :'hcon';
 DELETE FROM crm.lead_tag WHERE lead_id OPERATOR(pg_catalog.=) :'hlead';

@@ -185,7 +185,17 @@ BEGIN
     GRANT EXECUTE ON FUNCTION
         crm.engagement_half_life(uuid), crm.engagement_decayed(uuid, text, uuid, timestamptz),
         crm.engagement_score(uuid, timestamptz), crm.lead_engagement_score(uuid, timestamptz),
-        crm.check_aggregates(), crm.event_head(), crm.event_limit(), crm.read_events(bigint, integer)
+        crm.check_aggregates(), crm.event_head(), crm.event_limit(), crm.read_events(bigint, integer),
+        crm.analytics_amount(numeric, text, date, uuid),
+        crm.pipeline_funnel(uuid, timestamptz, timestamptz),
+        crm.win_rate(text, timestamptz, timestamptz, uuid),
+        crm.opportunity_stays(timestamptz, uuid),
+        crm.time_in_stage(uuid, timestamptz),
+        crm.sales_cycle(uuid, timestamptz, timestamptz),
+        crm.sales_velocity(uuid, timestamptz, timestamptz),
+        crm.lead_source_analytics(timestamptz, timestamptz),
+        crm.rotting_deals(timestamptz, uuid),
+        crm.owner_dashboard(timestamptz, timestamptz, timestamptz)
         TO crm_reader;
     GRANT INSERT, UPDATE, DELETE ON crm.event_consumer TO crm_writer;
     GRANT EXECUTE ON FUNCTION

@@ -97,7 +97,17 @@ INSERT INTO func_level VALUES
     ('crm.engagement_track()', NULL),
     ('crm.engagement_lead_converted()', NULL),
     ('crm.engagement_settings_changed()', NULL),
-    ('crm.outbox_record_events()', NULL);
+    ('crm.outbox_record_events()', NULL),
+    ('crm.analytics_amount(numeric,text,date,uuid)', 1),
+    ('crm.pipeline_funnel(uuid,timestamp with time zone,timestamp with time zone)', 1),
+    ('crm.win_rate(text,timestamp with time zone,timestamp with time zone,uuid)', 1),
+    ('crm.opportunity_stays(timestamp with time zone,uuid)', 1),
+    ('crm.time_in_stage(uuid,timestamp with time zone)', 1),
+    ('crm.sales_cycle(uuid,timestamp with time zone,timestamp with time zone)', 1),
+    ('crm.sales_velocity(uuid,timestamp with time zone,timestamp with time zone)', 1),
+    ('crm.lead_source_analytics(timestamp with time zone,timestamp with time zone)', 1),
+    ('crm.rotting_deals(timestamp with time zone,uuid)', 1),
+    ('crm.owner_dashboard(timestamp with time zone,timestamp with time zone,timestamp with time zone)', 1);
 
 -- The row-level security policies of every table.
 CREATE TEMP TABLE table_policies (tbl name PRIMARY KEY, policies name[] NOT NULL);
