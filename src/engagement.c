@@ -48,6 +48,7 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 
@@ -57,6 +58,20 @@ PG_FUNCTION_INFO_V1(crm_engagement_track);
 PG_FUNCTION_INFO_V1(crm_engagement_combine);
 PG_FUNCTION_INFO_V1(crm_engagement_lead_converted);
 PG_FUNCTION_INFO_V1(crm_engagement_refresh);
+
+/*
+ * A session that writes crm rows with row_security = off can only be a
+ * superuser or BYPASSRLS role (every crm table forces row-level security,
+ * so anyone else gets an error): pg_restore and psql running a pg_dump
+ * script set it.  Such a load brings the events and aggregates with the
+ * rows, so deriving them again would double them; like replica mode, it
+ * is left alone.
+ */
+static bool
+loading_dump(void)
+{
+	return !row_security || crm_replica_skips_work();
+}
 
 typedef struct AggKey
 {
@@ -878,7 +893,7 @@ crm_engagement_track(PG_FUNCTION_ARGS)
 	int			contact_att[2];
 
 	crm_require_trigger(fcinfo, "engagement_track", false, false);
-	if (crm_replica_skips_work())
+	if (loading_dump())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;
@@ -1064,7 +1079,7 @@ crm_engagement_lead_converted(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("function \"engagement_lead_converted\" must be fired AFTER UPDATE with transition tables")));
-	if (crm_replica_skips_work())
+	if (loading_dump())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;

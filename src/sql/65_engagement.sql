@@ -582,6 +582,10 @@ CREATE FUNCTION crm.engagement_settings_changed() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
+    -- a restore (row_security off, replica mode) brings the aggregates with it
+    IF current_setting('row_security') = 'off' OR current_setting('session_replication_role') = 'replica' THEN
+        RETURN NULL;
+    END IF;
     -- a tenant's own setting: its aggregates; a built-in default changed by
     -- an operator acting for no tenant: every tenant's
     PERFORM crm.refresh_aggregates(crm.current_tenant());
