@@ -77,3 +77,28 @@ SELECT coalesce(o.name, l.name) AS record, f.name AS from_stage, t.name AS to_st
 \echo '== Recent activity by module'
 SELECT module, count(*) AS activities, max(occurred_at)::date AS last
   FROM crm.activity WHERE status = 'completed' GROUP BY module ORDER BY activities DESC;
+
+-- Activity aggregation, engagement and the event outbox (issue 7) ----------
+\echo
+\echo '== Engagement: the most engaged contacts (completed activities, score with a 30-day half-life)'
+SELECT c.first_name || ' ' || coalesce(c.last_name, '') AS contact, e.activity_count, e.counts_by_module,
+       e.last_activity_at::date AS last_contacted, round(crm.engagement_score(c.id)::numeric, 2) AS score
+  FROM crm.contact_engagement e JOIN crm.contact c ON c.tenant_id = e.tenant_id AND c.id = e.contact_id
+ ORDER BY score DESC LIMIT 5;
+\echo '== Tracking an e-mail opened (seeds/000) moves the score at once'
+SELECT crm.track_activity(id, 'email_opened', '{"campaign": "spring"}') IS NOT NULL AS tracked
+  FROM crm.contact ORDER BY id LIMIT 1;
+\echo '== Account roll-ups (amounts per currency, never added across)'
+SELECT a.name AS account, s.contact_count, s.activity_count, s.open_opportunity_count, s.open_amounts, s.won_amounts
+  FROM crm.account_summary s JOIN crm.account a ON a.tenant_id = s.tenant_id AND a.id = s.account_id
+ ORDER BY a.name;
+SELECT count(*) AS aggregates_differing_from_recomputation FROM crm.check_aggregates();
+\echo '== Pipeline analytics'
+SELECT stage_name, reached, moved_on, conversion_rate FROM crm.pipeline_funnel()
+ WHERE pipeline_name = 'Sales Pipeline';
+SELECT * FROM crm.lead_source_analytics();
+SELECT owner_name, open_deals, open_amount, won_deals, won_amount, activities_completed, rotting_deals
+  FROM crm.owner_dashboard();
+\echo '== The outbox: the latest events, read by a named consumer'
+SELECT crm.subscribe('demo', 0) AS consumer_position;
+SELECT event_type, entity, count(*) AS events FROM crm.poll('demo', 100000) GROUP BY 1, 2 ORDER BY 3 DESC, 1;
