@@ -158,30 +158,14 @@ CREATE INDEX activity_lead_time_idx ON crm.activity (tenant_id, lead_id, occurre
 -- Merging deltas --------------------------------------------------------------
 
 CREATE FUNCTION crm.engagement_add_counts(a jsonb, b jsonb) RETURNS jsonb
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-        SELECT coalesce(jsonb_object_agg(x.k, x.n), '{}')
-          FROM (SELECT s.k, sum(s.n) AS n
-                  FROM (SELECT e.key AS k, (e.value #>> '{}')::bigint AS n FROM jsonb_each(coalesce($1, '{}')) e
-                        UNION ALL
-                        SELECT e.key, (e.value #>> '{}')::bigint FROM jsonb_each(coalesce($2, '{}')) e) s
-                 GROUP BY s.k HAVING sum(s.n) <> 0) x
-    $$;
+    AS 'MODULE_PATHNAME', 'crm_engagement_add_counts'
+    LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION crm.engagement_add_counts(jsonb, jsonb) IS
     'Internal: two {"name": count} objects added key by key, zero counts left out';
 
 CREATE FUNCTION crm.engagement_add_amounts(a jsonb, b jsonb) RETURNS jsonb
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-        SELECT coalesce(jsonb_object_agg(x.k, x.n), '{}')
-          FROM (SELECT s.k, sum(s.n) AS n
-                  FROM (SELECT e.key AS k, (e.value #>> '{}')::numeric AS n FROM jsonb_each(coalesce($1, '{}')) e
-                        UNION ALL
-                        SELECT e.key, (e.value #>> '{}')::numeric FROM jsonb_each(coalesce($2, '{}')) e) s
-                 GROUP BY s.k HAVING sum(s.n) <> 0) x
-    $$;
+    AS 'MODULE_PATHNAME', 'crm_engagement_add_counts'
+    LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION crm.engagement_add_amounts(jsonb, jsonb) IS
     'Internal: two {"currency": amount} objects added currency by currency (never across), zero amounts left out';
 
