@@ -50,6 +50,7 @@ drop_db() {
 	rm -rf "$WORK"
 }
 trap drop_db EXIT
+[[ -n ${KEEP_DB:-} ]] && trap "rm -rf $WORK" EXIT
 
 drop_db
 mkdir -p "$WORK"

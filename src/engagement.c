@@ -37,6 +37,7 @@
 
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
@@ -71,6 +72,21 @@ static bool
 loading_dump(void)
 {
 	return !row_security || crm_replica_skips_work();
+}
+
+/*
+ * Position a transition table at its first row for this reader: a read
+ * pointer of our own, as the executor's scan of a named tuplestore takes,
+ * so that whichever trigger read the table before, and whether it is
+ * still in memory or spilled to disk, every row is read.
+ */
+static void
+transition_rewind(Tuplestorestate *ts)
+{
+	int			ptr = tuplestore_alloc_read_pointer(ts, EXEC_FLAG_REWIND);
+
+	tuplestore_select_read_pointer(ts, ptr);
+	tuplestore_rescan(ts);
 }
 
 typedef struct AggKey
@@ -965,12 +981,12 @@ crm_engagement_track(PG_FUNCTION_ARGS)
 	if (oldrows)
 	{
 		oldslot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
-		tuplestore_rescan(oldrows);
+		transition_rewind(oldrows);
 	}
 	if (newrows)
 	{
 		newslot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
-		tuplestore_rescan(newrows);
+		transition_rewind(newrows);
 	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -984,9 +1000,18 @@ crm_engagement_track(PG_FUNCTION_ARGS)
 
 		for (;;)
 		{
-			bool		have_old = oldrows && tuplestore_gettupleslot(oldrows, true, false, oldslot);
-			bool		have_new = newrows && tuplestore_gettupleslot(newrows, true, false, newslot);
+			bool		have_old;
+			bool		have_new;
 
+			/*
+			 * A spilled transition table hands out each row in memory of the
+			 * current context, freed by the slot at the next fetch: fetch
+			 * outside the per-row context that is reset below.
+			 */
+			MemoryContextSwitchTo(st.cxt);
+			have_old = oldrows && tuplestore_gettupleslot(oldrows, true, false, oldslot);
+			have_new = newrows && tuplestore_gettupleslot(newrows, true, false, newslot);
+			MemoryContextSwitchTo(rowcxt);
 			if (!have_old && !have_new)
 				break;
 			MemoryContextReset(rowcxt);
@@ -1095,8 +1120,8 @@ crm_engagement_lead_converted(PG_FUNCTION_ARGS)
 	account_att = crm_attnum(rel, "converted_account_id", UUIDOID);
 	oldslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
 	newslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
-	tuplestore_rescan(trigdata->tg_oldtable);
-	tuplestore_rescan(trigdata->tg_newtable);
+	transition_rewind(trigdata->tg_oldtable);
+	transition_rewind(trigdata->tg_newtable);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	while (tuplestore_gettupleslot(trigdata->tg_newtable, true, false, newslot))

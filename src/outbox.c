@@ -29,6 +29,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
@@ -60,6 +61,21 @@ static bool
 loading_dump(void)
 {
 	return !row_security || crm_replica_skips_work();
+}
+
+/*
+ * Position a transition table at its first row for this reader: a read
+ * pointer of our own, as the executor's scan of a named tuplestore takes,
+ * so that whichever trigger read the table before, and whether it is
+ * still in memory or spilled to disk, every row is read.
+ */
+static void
+transition_rewind(Tuplestorestate *ts)
+{
+	int			ptr = tuplestore_alloc_read_pointer(ts, EXEC_FLAG_REWIND);
+
+	tuplestore_select_read_pointer(ts, ptr);
+	tuplestore_rescan(ts);
 }
 
 #define POSITION_SHIFT 24
@@ -829,12 +845,12 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 
 	newrows = trigdata->tg_newtable;
 	newslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
-	tuplestore_rescan(newrows);
+	transition_rewind(newrows);
 	if (is_update)
 	{
 		oldrows = trigdata->tg_oldtable;
 		oldslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
-		tuplestore_rescan(oldrows);
+		transition_rewind(oldrows);
 	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
