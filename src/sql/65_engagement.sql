@@ -570,9 +570,13 @@ BEGIN
     IF current_setting('row_security') = 'off' OR current_setting('session_replication_role') = 'replica' THEN
         RETURN NULL;
     END IF;
-    -- a tenant's own setting: its aggregates; a built-in default changed by
-    -- an operator acting for no tenant: every tenant's
-    PERFORM crm.refresh_aggregates(crm.current_tenant());
+    IF TG_TABLE_NAME = 'activity_type' THEN
+        -- a default weight (only an operator may change one): every tenant's
+        PERFORM crm.refresh_aggregates(t.tenant_id) FROM crm.tenant t ORDER BY t.tenant_id;
+    ELSE
+        -- a tenant's own weight or half-life: its aggregates
+        PERFORM crm.refresh_aggregates(crm.current_tenant());
+    END IF;
     RETURN NULL;
 END
 $$;
