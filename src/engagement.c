@@ -242,7 +242,9 @@ type_weight(TrackState *st, const pg_uuid_t *tenant, const char *type)
 		Datum		args[2];
 		bool		isnull;
 		Datum		d;
+		HalfLifeEntry *hl;
 
+		/* the weight and, in the same query, the tenant's half-life */
 		if (weight_plan == NULL)
 		{
 			Oid			types[2] = {UUIDOID, TEXTOID};
@@ -253,7 +255,9 @@ type_weight(TrackState *st, const pg_uuid_t *tenant, const char *type)
 									   "   WHERE w.tenant_id OPERATOR(pg_catalog.=) $1"
 									   "   AND w.activity_type OPERATOR(pg_catalog.=) $2),"
 									   " (SELECT t.default_weight FROM crm.activity_type t"
-									   "   WHERE t.code OPERATOR(pg_catalog.=) $2), 0))",
+									   "   WHERE t.code OPERATOR(pg_catalog.=) $2), 0)),"
+									   " (SELECT pg_catalog.float8(pg_catalog.date_part('epoch', s.half_life))"
+									   "   FROM crm.engagement_setting s WHERE s.tenant_id OPERATOR(pg_catalog.=) $1)",
 									   2, types);
 		}
 		args[0] = UUIDPGetDatum(tenant);
@@ -262,6 +266,13 @@ type_weight(TrackState *st, const pg_uuid_t *tenant, const char *type)
 			elog(ERROR, "could not read the weight of activity type \"%s\"", type);
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		entry->weight = isnull ? 0 : DatumGetFloat8(d);
+		hl = hash_search(st->half_lives, tenant, HASH_ENTER, &found);
+		if (!found)
+		{
+			/* no setting: the default of crm.engagement_half_life(), 30 days */
+			d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+			hl->seconds = isnull ? 30.0 * 86400.0 : DatumGetFloat8(d);
+		}
 	}
 	return entry->weight;
 }
