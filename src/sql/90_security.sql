@@ -3,19 +3,448 @@
 -- Every table with a tenant_id has row-level security enabled and forced
 -- (the owner is fenced too; superusers and BYPASSRLS roles are not, which
 -- is how an operator provisions tenants and how pg_dump sees every row).
--- The policies compare with (SELECT crm.current_tenant()): the sub-select
--- is an InitPlan, evaluated once per query rather than once per row, and
--- still usable as an index condition.
+--
+-- Every policy is a plain predicate on the row and on node-local state
+-- (src/tenant.c): no sub-select and no function that reads a table, so the
+-- policies run unchanged on Citus shards.  Owner visibility is derived
+-- data kept on the row by the triggers below (visible_to), so checking it
+-- costs an array lookup per row, not a query.
 
 CREATE FUNCTION crm.is_admin() RETURNS boolean
+    AS 'MODULE_PATHNAME', 'crm_tenant_is_admin'
+    LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION crm.is_admin() IS
+    'True when the current role (outside SECURITY DEFINER functions) has the rights of crm_admin, or is a superuser; read from the catalog';
+
+CREATE FUNCTION crm.tenant_require() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_tenant_require'
+    LANGUAGE C;
+COMMENT ON FUNCTION crm.tenant_require() IS
+    'Internal: trigger that refuses, with the reason (42501), a row written by a session that acts for no tenant';
+
+-- Owner visibility, kept on the rows ---------------------------------------
+--
+-- app_user.owner_chain: the user and everyone above them, through
+-- manager_id and the teams they are a member of (the team's manager), at
+-- any depth.  A record's visible_to: NULL when every user of the tenant sees
+-- it (public tenant, or no owner), else its owner's chain.  A row that hangs
+-- off records (tags, stage history, activities) carries the intersection of
+-- its records' visible_to (and, for an activity, its own owner's chain).
+-- Triggers keep them when an owner, a manager, a team, a membership or the
+-- tenant's visibility changes; they run as the extension's owner because
+-- the rows to update include rows the writer cannot see, and they act only
+-- on the tenant of the row that fired them.
+
+ALTER TABLE crm.app_user ADD COLUMN owner_chain uuid[] NOT NULL DEFAULT '{}';
+COMMENT ON COLUMN crm.app_user.owner_chain IS
+    'The user and everyone above them (manager_id, leaders of their teams), who see what this user owns in a private tenant (set by the server; a client value is ignored)';
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['account', 'contact', 'lead', 'opportunity', 'activity',
+                             'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history']
+    LOOP
+        EXECUTE format('ALTER TABLE crm.%I ADD COLUMN visible_to uuid[]', t);
+        EXECUTE format('COMMENT ON COLUMN crm.%I.visible_to IS %L', t,
+                       'CRM users who see the row in a private tenant besides crm_admin; NULL: every user of the tenant '
+                       || CASE WHEN t IN ('account', 'contact', 'lead', 'opportunity')
+                               THEN '(the owner''s chain, NULL when unowned or the tenant is public)'
+                               ELSE '(follows the records it hangs off)' END
+                       || ' (set by the server; a client value is ignored)');
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION crm.sees(visible_to uuid[]) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL RESTRICTED
+    RETURN visible_to IS NULL OR crm.current_user_id() OPERATOR(pg_catalog.=) ANY (visible_to) OR crm.is_admin();
+COMMENT ON FUNCTION crm.sees(uuid[]) IS
+    'Internal: does the current user see a row with this visible_to (the owner_visibility predicate)';
+
+CREATE FUNCTION crm.scope_intersect(a uuid[], b uuid[]) RETURNS uuid[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN a IS NULL THEN b WHEN b IS NULL THEN a
+                ELSE ARRAY(SELECT x FROM pg_catalog.unnest(a) x
+                            WHERE x OPERATOR(pg_catalog.=) ANY (b) ORDER BY x) END;
+COMMENT ON FUNCTION crm.scope_intersect(uuid[], uuid[]) IS
+    'Internal: who sees a row that both scopes allow (NULL: everyone)';
+
+CREATE FUNCTION crm.owner_scope(tenant uuid, owner uuid) RETURNS uuid[]
     LANGUAGE sql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-                        WHERE r.rolname = 'crm_admin' AND pg_catalog.pg_has_role(r.oid, 'USAGE'))
-            OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
+        SELECT CASE WHEN $2 IS NULL THEN NULL
+                    WHEN (SELECT t.visibility FROM crm.tenant t WHERE t.tenant_id = $1) IS DISTINCT FROM 'private'
+                        THEN NULL
+                    ELSE coalesce((SELECT NULLIF(u.owner_chain, '{}') FROM crm.app_user u
+                                    WHERE u.tenant_id = $1 AND u.id = $2), ARRAY[$2]) END
     $$;
-COMMENT ON FUNCTION crm.is_admin() IS 'True when the current role has the rights of crm_admin (or is a superuser)';
+COMMENT ON FUNCTION crm.owner_scope(uuid, uuid) IS
+    'Internal: visible_to of a row of the tenant owned by owner';
+
+CREATE FUNCTION crm.record_scope(tenant uuid, kind text, record uuid) RETURNS uuid[]
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v uuid[];
+BEGIN
+    IF record IS NULL THEN
+        RETURN NULL;
+    END IF;
+    CASE kind
+        WHEN 'account' THEN SELECT r.visible_to INTO v FROM crm.account r WHERE r.tenant_id = tenant AND r.id = record;
+        WHEN 'contact' THEN SELECT r.visible_to INTO v FROM crm.contact r WHERE r.tenant_id = tenant AND r.id = record;
+        WHEN 'lead' THEN SELECT r.visible_to INTO v FROM crm.lead r WHERE r.tenant_id = tenant AND r.id = record;
+        WHEN 'opportunity' THEN SELECT r.visible_to INTO v FROM crm.opportunity r WHERE r.tenant_id = tenant AND r.id = record;
+    END CASE;
+    RETURN v;
+END
+$$;
+COMMENT ON FUNCTION crm.record_scope(uuid, text, uuid) IS
+    'Internal: visible_to of a record (NULL when everyone sees it or it does not exist)';
+
+-- A write may link a record only if the writer sees it: foreign keys are
+-- checked without row-level security, so they would accept a hidden one.
+CREATE FUNCTION crm.require_visible_link(tenant uuid, kind text, record uuid, source text) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF record IS NOT NULL AND NOT crm.sees(crm.record_scope(tenant, kind, record)) THEN
+        RAISE EXCEPTION 'permission denied to link a row of % to % %', source, kind, record
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('In a private tenant a %s that the current user cannot see cannot be linked to.', kind);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.require_visible_link(uuid, text, uuid, text) IS
+    'Internal: 42501 when the current user cannot see the record a row is being linked to';
+
+-- BEFORE INSERT OR UPDATE on account, contact, lead, opportunity.
+CREATE FUNCTION crm.visibility_record() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    NEW.visible_to := crm.owner_scope(NEW.tenant_id, NEW.owner_id);
+    CASE TG_TABLE_NAME
+        WHEN 'account' THEN
+            IF TG_OP = 'INSERT' OR NEW.parent_account_id IS DISTINCT FROM OLD.parent_account_id THEN
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.parent_account_id, TG_TABLE_NAME);
+            END IF;
+        WHEN 'contact' THEN
+            IF TG_OP = 'INSERT' OR NEW.account_id IS DISTINCT FROM OLD.account_id THEN
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.account_id, TG_TABLE_NAME);
+            END IF;
+        WHEN 'lead' THEN
+            IF TG_OP = 'INSERT' OR NEW.converted_account_id IS DISTINCT FROM OLD.converted_account_id THEN
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.converted_account_id, TG_TABLE_NAME);
+            END IF;
+            IF TG_OP = 'INSERT' OR NEW.converted_contact_id IS DISTINCT FROM OLD.converted_contact_id THEN
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'contact', NEW.converted_contact_id, TG_TABLE_NAME);
+            END IF;
+        WHEN 'opportunity' THEN
+            IF TG_OP = 'INSERT' OR NEW.account_id IS DISTINCT FROM OLD.account_id THEN
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.account_id, TG_TABLE_NAME);
+            END IF;
+            IF TG_OP = 'INSERT' OR NEW.contact_id IS DISTINCT FROM OLD.contact_id THEN
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'contact', NEW.contact_id, TG_TABLE_NAME);
+            END IF;
+            IF TG_OP = 'INSERT' OR NEW.lead_id IS DISTINCT FROM OLD.lead_id THEN
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'lead', NEW.lead_id, TG_TABLE_NAME);
+            END IF;
+    END CASE;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION crm.visibility_record() IS
+    'Internal: trigger that derives a record''s visible_to from its owner and refuses links to records the writer cannot see';
+
+-- AFTER UPDATE on the same, when visible_to changed: the rows that hang off
+-- the record follow it (their own trigger recomputes them).
+CREATE FUNCTION crm.visibility_propagate() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    CASE TG_TABLE_NAME
+        WHEN 'account' THEN
+            UPDATE crm.account_tag x SET visible_to = NEW.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.account_id = NEW.id;
+            UPDATE crm.activity x SET visible_to = x.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.account_id = NEW.id;
+        WHEN 'contact' THEN
+            UPDATE crm.contact_tag x SET visible_to = NEW.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.contact_id = NEW.id;
+            UPDATE crm.activity x SET visible_to = x.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.contact_id = NEW.id;
+        WHEN 'lead' THEN
+            UPDATE crm.lead_tag x SET visible_to = NEW.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.lead_id = NEW.id;
+            UPDATE crm.stage_history x SET visible_to = NEW.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.lead_id = NEW.id;
+            UPDATE crm.activity x SET visible_to = x.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.lead_id = NEW.id;
+        WHEN 'opportunity' THEN
+            UPDATE crm.opportunity_tag x SET visible_to = NEW.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.opportunity_id = NEW.id;
+            UPDATE crm.stage_history x SET visible_to = NEW.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.opportunity_id = NEW.id;
+            UPDATE crm.activity x SET visible_to = x.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.opportunity_id = NEW.id;
+    END CASE;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm.visibility_propagate() IS
+    'Internal: trigger that makes tags, stage history and activities follow the visibility of their record';
+
+-- BEFORE INSERT OR UPDATE on the tag links, stage_history and activity.
+CREATE FUNCTION crm.visibility_dependent() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    j jsonb := pg_catalog.to_jsonb(NEW);
+    o jsonb := CASE WHEN TG_OP = 'UPDATE' THEN pg_catalog.to_jsonb(OLD) END;
+    kind text;
+    link uuid;
+    scope uuid[];
+    first boolean := true;
+BEGIN
+    IF TG_TABLE_NAME = 'activity' THEN
+        scope := crm.owner_scope(NEW.tenant_id, NEW.owner_id);
+        first := scope IS NULL;
+    END IF;
+    FOREACH kind IN ARRAY ARRAY['account', 'contact', 'lead', 'opportunity'] LOOP
+        CONTINUE WHEN NOT j ? (kind || '_id');
+        link := (j ->> (kind || '_id'))::uuid;
+        CONTINUE WHEN link IS NULL;
+        -- stage history is the server's own record of a change: no link check
+        IF TG_TABLE_NAME <> 'stage_history'
+           AND (TG_OP = 'INSERT' OR link IS DISTINCT FROM (o ->> (kind || '_id'))::uuid) THEN
+            PERFORM crm.require_visible_link(NEW.tenant_id, kind, link, TG_TABLE_NAME);
+        END IF;
+        IF first THEN
+            scope := crm.record_scope(NEW.tenant_id, kind, link);
+            first := scope IS NULL;
+        ELSE
+            scope := crm.scope_intersect(scope, crm.record_scope(NEW.tenant_id, kind, link));
+        END IF;
+    END LOOP;
+    NEW.visible_to := scope;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION crm.visibility_dependent() IS
+    'Internal: trigger that gives tags, stage history and activities the visibility of the records they hang off, and refuses links to records the writer cannot see';
+
+-- BEFORE DELETE on account, contact, lead, opportunity: a delete would set
+-- NULL or cascade into the rows that refer to the record; refuse it when
+-- the deleter cannot see one of them.
+CREATE FUNCTION crm.visibility_delete_guard() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    hidden text;
+BEGIN
+    IF crm.is_admin() THEN
+        RETURN OLD;
+    END IF;
+    CASE TG_TABLE_NAME
+        WHEN 'account' THEN
+            SELECT x.what INTO hidden FROM (
+                SELECT 'contact' FROM crm.contact r WHERE r.tenant_id = OLD.tenant_id AND r.account_id = OLD.id AND NOT crm.sees(r.visible_to)
+                UNION ALL SELECT 'opportunity' FROM crm.opportunity r WHERE r.tenant_id = OLD.tenant_id AND r.account_id = OLD.id AND NOT crm.sees(r.visible_to)
+                UNION ALL SELECT 'lead' FROM crm.lead r WHERE r.tenant_id = OLD.tenant_id AND r.converted_account_id = OLD.id AND NOT crm.sees(r.visible_to)
+                UNION ALL SELECT 'account' FROM crm.account r WHERE r.tenant_id = OLD.tenant_id AND r.parent_account_id = OLD.id AND NOT crm.sees(r.visible_to)
+                UNION ALL SELECT 'activity' FROM crm.activity r WHERE r.tenant_id = OLD.tenant_id AND r.account_id = OLD.id AND NOT crm.sees(r.visible_to)
+            ) x(what) LIMIT 1;
+        WHEN 'contact' THEN
+            SELECT x.what INTO hidden FROM (
+                SELECT 'opportunity' FROM crm.opportunity r WHERE r.tenant_id = OLD.tenant_id AND r.contact_id = OLD.id AND NOT crm.sees(r.visible_to)
+                UNION ALL SELECT 'lead' FROM crm.lead r WHERE r.tenant_id = OLD.tenant_id AND r.converted_contact_id = OLD.id AND NOT crm.sees(r.visible_to)
+                UNION ALL SELECT 'activity' FROM crm.activity r WHERE r.tenant_id = OLD.tenant_id AND r.contact_id = OLD.id AND NOT crm.sees(r.visible_to)
+            ) x(what) LIMIT 1;
+        WHEN 'lead' THEN
+            SELECT x.what INTO hidden FROM (
+                SELECT 'opportunity' FROM crm.opportunity r WHERE r.tenant_id = OLD.tenant_id AND r.lead_id = OLD.id AND NOT crm.sees(r.visible_to)
+                UNION ALL SELECT 'activity' FROM crm.activity r WHERE r.tenant_id = OLD.tenant_id AND r.lead_id = OLD.id AND NOT crm.sees(r.visible_to)
+            ) x(what) LIMIT 1;
+        WHEN 'opportunity' THEN
+            SELECT 'activity' INTO hidden FROM crm.activity r
+             WHERE r.tenant_id = OLD.tenant_id AND r.opportunity_id = OLD.id AND NOT crm.sees(r.visible_to) LIMIT 1;
+    END CASE;
+    IF hidden IS NOT NULL THEN
+        RAISE EXCEPTION 'permission denied to delete % %', TG_TABLE_NAME, OLD.id
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('A %s that the current user cannot see refers to it; deleting would change or delete that row.', hidden),
+                  HINT = 'Archive the record (archived_at), or ask crm_admin to delete it.';
+    END IF;
+    RETURN OLD;
+END
+$$;
+COMMENT ON FUNCTION crm.visibility_delete_guard() IS
+    'Internal: trigger that refuses (42501) to delete a record when rows the deleter cannot see refer to it';
+
+-- Recompute the owner chains of one tenant; records whose owner's chain
+-- changed get their new visible_to (and their dependents follow).
+CREATE FUNCTION crm.visibility_refresh(tenant uuid) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    changed uuid[];
+    private boolean;
+BEGIN
+    WITH RECURSIVE edge(user_id, boss) AS (
+        SELECT u.id, u.manager_id FROM crm.app_user u
+         WHERE u.tenant_id = tenant AND u.manager_id IS NOT NULL
+        UNION
+        SELECT m.user_id, t.manager_id FROM crm.team_member m
+          JOIN crm.team t ON t.tenant_id = m.tenant_id AND t.id = m.team_id
+         WHERE m.tenant_id = tenant AND t.manager_id IS NOT NULL
+    ), up(user_id, above) AS (
+        SELECT u.id, u.id FROM crm.app_user u WHERE u.tenant_id = tenant
+        UNION
+        SELECT up.user_id, e.boss FROM up JOIN edge e ON e.user_id = up.above
+    ), chain AS (
+        SELECT up.user_id, array_agg(up.above ORDER BY up.above) AS owner_chain FROM up GROUP BY up.user_id
+    ), upd AS (
+        UPDATE crm.app_user u SET owner_chain = c.owner_chain
+          FROM chain c
+         WHERE u.tenant_id = tenant AND u.id = c.user_id AND u.owner_chain IS DISTINCT FROM c.owner_chain
+        RETURNING u.id
+    )
+    SELECT array_agg(upd.id) INTO changed FROM upd;
+
+    SELECT t.visibility = 'private' INTO private FROM crm.tenant t WHERE t.tenant_id = tenant;
+    IF changed IS NOT NULL AND private THEN
+        PERFORM crm.visibility_refresh_records(tenant, changed);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.visibility_refresh(uuid) IS
+    'Internal: recomputes app_user.owner_chain of a tenant and the visible_to of the records whose owner''s chain changed';
+
+-- Recompute visible_to of the tenant's records owned by the given users
+-- (NULL: every record).
+CREATE FUNCTION crm.visibility_refresh_records(tenant uuid, owners uuid[]) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    UPDATE crm.account r SET visible_to = crm.owner_scope(tenant, r.owner_id)
+     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners))
+       AND r.visible_to IS DISTINCT FROM crm.owner_scope(tenant, r.owner_id);
+    UPDATE crm.contact r SET visible_to = crm.owner_scope(tenant, r.owner_id)
+     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners))
+       AND r.visible_to IS DISTINCT FROM crm.owner_scope(tenant, r.owner_id);
+    UPDATE crm.lead r SET visible_to = crm.owner_scope(tenant, r.owner_id)
+     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners))
+       AND r.visible_to IS DISTINCT FROM crm.owner_scope(tenant, r.owner_id);
+    UPDATE crm.opportunity r SET visible_to = crm.owner_scope(tenant, r.owner_id)
+     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners))
+       AND r.visible_to IS DISTINCT FROM crm.owner_scope(tenant, r.owner_id);
+    -- activities owned by them whose records did not change
+    UPDATE crm.activity r SET visible_to = r.visible_to
+     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners));
+END
+$$;
+COMMENT ON FUNCTION crm.visibility_refresh_records(uuid, uuid[]) IS
+    'Internal: recomputes visible_to of a tenant''s records owned by the given users (NULL: all)';
+
+CREATE FUNCTION crm.visibility_hierarchy() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'tenant' THEN
+        PERFORM crm.visibility_refresh_records(NEW.tenant_id, NULL);
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM crm.visibility_refresh(OLD.tenant_id);
+    ELSE
+        PERFORM crm.visibility_refresh(NEW.tenant_id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm.visibility_hierarchy() IS
+    'Internal: trigger that recomputes owner chains and visible_to when users, teams, memberships or the tenant''s visibility change';
+
+-- owner_chain is the server's: a client value is ignored (the refresh runs
+-- inside a trigger, one level deeper).  A new user is below its manager and
+-- above nobody yet; a superuser's value stands on INSERT, so that
+-- pg_restore brings the rows back unchanged.
+CREATE FUNCTION crm.owner_chain_keep() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.owner_chain IS NOT NULL AND NEW.owner_chain <> '{}'
+           AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = CURRENT_USER::text::regrole) THEN
+            RETURN NEW;
+        END IF;
+        NEW.owner_chain := ARRAY(
+            SELECT x FROM pg_catalog.unnest(ARRAY[NEW.id] || coalesce(
+                       (SELECT m.owner_chain FROM crm.app_user m
+                         WHERE m.tenant_id = NEW.tenant_id AND m.id = NEW.manager_id), '{}')) x
+             GROUP BY x ORDER BY x);
+    ELSIF pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.<=) 1 THEN
+        NEW.owner_chain := OLD.owner_chain;
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION crm.owner_chain_keep() IS
+    'Internal: trigger that derives a new user''s owner_chain and ignores a client''s value of it';
+
+CREATE TRIGGER owner_chain_keep BEFORE INSERT OR UPDATE OF owner_chain ON crm.app_user
+    FOR EACH ROW EXECUTE FUNCTION crm.owner_chain_keep();
+CREATE TRIGGER visibility_hierarchy AFTER DELETE OR UPDATE OF manager_id ON crm.app_user
+    FOR EACH ROW EXECUTE FUNCTION crm.visibility_hierarchy();
+CREATE TRIGGER visibility_hierarchy AFTER INSERT OR DELETE OR UPDATE OF manager_id ON crm.team
+    FOR EACH ROW EXECUTE FUNCTION crm.visibility_hierarchy();
+CREATE TRIGGER visibility_hierarchy AFTER INSERT OR DELETE OR UPDATE ON crm.team_member
+    FOR EACH ROW EXECUTE FUNCTION crm.visibility_hierarchy();
+CREATE TRIGGER visibility_hierarchy AFTER UPDATE OF visibility ON crm.tenant
+    FOR EACH ROW WHEN (OLD.visibility IS DISTINCT FROM NEW.visibility)
+    EXECUTE FUNCTION crm.visibility_hierarchy();
+COMMENT ON TRIGGER owner_chain_keep ON crm.app_user IS 'owner_chain is the server''s';
+COMMENT ON TRIGGER visibility_hierarchy ON crm.app_user IS 'Owner chains and visible_to follow the managers';
+COMMENT ON TRIGGER visibility_hierarchy ON crm.team IS 'Owner chains and visible_to follow the team leaders';
+COMMENT ON TRIGGER visibility_hierarchy ON crm.team_member IS 'Owner chains and visible_to follow team membership';
+COMMENT ON TRIGGER visibility_hierarchy ON crm.tenant IS 'visible_to of every record follows the tenant''s visibility';
+
+DO $$
+DECLARE
+    t text;
+    links text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['account', 'contact', 'lead', 'opportunity'] LOOP
+        links := CASE t WHEN 'account' THEN 'parent_account_id'
+                        WHEN 'contact' THEN 'account_id'
+                        WHEN 'lead' THEN 'converted_account_id, converted_contact_id'
+                        ELSE 'account_id, contact_id, lead_id' END;
+        EXECUTE format('CREATE TRIGGER visibility BEFORE INSERT OR UPDATE OF owner_id, visible_to, %s ON crm.%I'
+                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_record()', links, t);
+        EXECUTE format('COMMENT ON TRIGGER visibility ON crm.%I IS %L', t,
+                       'visible_to from the owner; links only to records the writer sees');
+        EXECUTE format('CREATE TRIGGER visibility_propagate AFTER UPDATE ON crm.%I FOR EACH ROW'
+                       ' WHEN (OLD.visible_to IS DISTINCT FROM NEW.visible_to)'
+                       ' EXECUTE FUNCTION crm.visibility_propagate()', t);
+        EXECUTE format('COMMENT ON TRIGGER visibility_propagate ON crm.%I IS %L', t,
+                       'Tags, stage history and activities follow the record''s visibility');
+        EXECUTE format('CREATE TRIGGER visibility_delete_guard BEFORE DELETE ON crm.%I'
+                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_delete_guard()', t);
+        EXECUTE format('COMMENT ON TRIGGER visibility_delete_guard ON crm.%I IS %L', t,
+                       'No delete that would change or delete rows the deleter cannot see');
+    END LOOP;
+    FOREACH t IN ARRAY ARRAY['account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history', 'activity'] LOOP
+        links := CASE t WHEN 'activity' THEN 'owner_id, account_id, contact_id, lead_id, opportunity_id'
+                        WHEN 'stage_history' THEN 'lead_id, opportunity_id'
+                        ELSE replace(t, '_tag', '_id') END;
+        EXECUTE format('CREATE TRIGGER visibility BEFORE INSERT OR UPDATE OF visible_to, %s ON crm.%I'
+                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_dependent()', links, t);
+        EXECUTE format('COMMENT ON TRIGGER visibility ON crm.%I IS %L', t,
+                       'visible_to from the records the row hangs off; links only to records the writer sees');
+    END LOOP;
+END
+$$;
 
 CREATE FUNCTION crm.sees_all_records() RETURNS boolean
     LANGUAGE sql STABLE PARALLEL SAFE
@@ -26,28 +455,17 @@ CREATE FUNCTION crm.sees_all_records() RETURNS boolean
                           WHERE t.tenant_id = crm.current_tenant()), true)
     $$;
 COMMENT ON FUNCTION crm.sees_all_records() IS
-    'True when owner visibility does not narrow what the current user sees: the tenant is public, or the role is crm_admin';
+    'True when owner visibility does not narrow what the current user sees: the tenant is public, or the role is crm_admin (for display; the policies read visible_to)';
 
 CREATE FUNCTION crm.visible_owner_ids() RETURNS uuid[]
     LANGUAGE sql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        WITH RECURSIVE reports(id) AS (
-            SELECT crm.current_user_id() WHERE crm.current_user_id() IS NOT NULL
-            UNION
-            SELECT sub.id
-              FROM reports m
-              CROSS JOIN LATERAL (
-                  SELECT u.id FROM crm.app_user u WHERE u.manager_id = m.id
-                  UNION
-                  SELECT tm.user_id FROM crm.team t
-                    JOIN crm.team_member tm ON tm.tenant_id = t.tenant_id AND tm.team_id = t.id
-                   WHERE t.manager_id = m.id) sub
-        )
-        SELECT coalesce(array_agg(id), '{}') FROM reports
+        SELECT coalesce(array_agg(u.id ORDER BY u.id), '{}') FROM crm.app_user u
+         WHERE u.tenant_id = crm.current_tenant() AND crm.current_user_id() = ANY (u.owner_chain)
     $$;
 COMMENT ON FUNCTION crm.visible_owner_ids() IS
-    'The current CRM user and everyone who reports to them, directly or not, through app_user.manager_id or a team they lead';
+    'The current CRM user and everyone who reports to them, directly or not, through app_user.manager_id or a team they lead (for display; the policies read visible_to)';
 
 CREATE FUNCTION crm.grant_tenant_access(login_role name, tenant uuid, as_user uuid DEFAULT NULL)
     RETURNS void
@@ -58,26 +476,30 @@ BEGIN
     IF $1 IS NULL OR $2 IS NULL THEN
         RAISE EXCEPTION 'login_role and tenant must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = $1) THEN
-        RAISE EXCEPTION 'role "%" does not exist', $1 USING ERRCODE = 'undefined_object';
-    END IF;
     IF NOT EXISTS (SELECT 1 FROM crm.tenant t WHERE t.tenant_id = $2) THEN
         RAISE EXCEPTION 'tenant % does not exist', $2 USING ERRCODE = 'no_data_found';
     END IF;
+    -- mappings of dropped roles are dead; clear them away
+    DELETE FROM crm.tenant_access a
+     WHERE a.tenant_id = $2 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = a.role_oid);
+    -- the trigger checks the role and sets role_oid from the name
     INSERT INTO crm.tenant_access AS a (tenant_id, login_role, user_id)
     VALUES ($2, $1, $3)
     ON CONFLICT ON CONSTRAINT tenant_access_pkey DO UPDATE SET user_id = excluded.user_id;
 END
 $$;
 COMMENT ON FUNCTION crm.grant_tenant_access(name, uuid, uuid) IS
-    'Lets a login role act for a tenant, as the given CRM user; its crm.tenant_id setting then only chooses among its own tenants. A crm_admin may grant its own tenant only';
+    'Lets an existing login role act for a tenant, as the given CRM user; its crm.tenant_id setting then only chooses among its own tenants. Never a superuser, BYPASSRLS role or crm_app member; a crm_admin may grant its own tenant only, and only a role mapped to no other tenant';
 
 CREATE FUNCTION crm.revoke_tenant_access(login_role name, tenant uuid) RETURNS boolean
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    DELETE FROM crm.tenant_access a WHERE a.tenant_id = $2 AND a.login_role = $1;
+    DELETE FROM crm.tenant_access a
+     WHERE a.tenant_id = $2
+       AND (a.role_oid = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $1)
+            OR (a.login_role = $1 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = a.role_oid)));
     RETURN FOUND;
 END
 $$;
@@ -93,29 +515,29 @@ BEGIN
     FOREACH t IN ARRAY ARRAY[
         'tenant', 'currency_rate', 'app_user', 'team', 'team_member', 'pipeline', 'stage',
         'account', 'contact', 'lead', 'opportunity', 'activity', 'tag',
-        'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history']
+        'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history', 'app_access']
     LOOP
         EXECUTE format('ALTER TABLE crm.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE crm.%I FORCE ROW LEVEL SECURITY', t);
         EXECUTE format('CREATE POLICY tenant_isolation ON crm.%I'
-                       ' USING (tenant_id = (SELECT crm.current_tenant()))'
-                       ' WITH CHECK (tenant_id = (SELECT crm.current_tenant()))', t);
+                       ' USING (tenant_id = crm.current_tenant())'
+                       ' WITH CHECK (tenant_id = crm.current_tenant())', t);
         EXECUTE format('COMMENT ON POLICY tenant_isolation ON crm.%I IS %L', t,
                        'Rows of the tenant the statement acts for (crm.current_tenant()) only');
     END LOOP;
 
     -- In a private tenant a user sees what they, or people reporting to
     -- them, own; unowned records stay visible to all (as Odoo's "own
-    -- documents" rule keeps unassigned leads visible).  Restrictive, so it
-    -- narrows tenant_isolation instead of widening it.
-    FOREACH t IN ARRAY ARRAY['account', 'contact', 'lead', 'opportunity', 'activity'] LOOP
+    -- documents" rule keeps unassigned leads visible); the rows that hang
+    -- off records follow them.  Restrictive, so it narrows tenant_isolation
+    -- instead of widening it.
+    FOREACH t IN ARRAY ARRAY['account', 'contact', 'lead', 'opportunity', 'activity',
+                             'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history'] LOOP
         EXECUTE format('CREATE POLICY owner_visibility ON crm.%I AS RESTRICTIVE'
-                       ' USING (owner_id IS NULL OR (SELECT crm.sees_all_records())'
-                       '        OR owner_id = ANY ((SELECT crm.visible_owner_ids())::uuid[]))'
-                       ' WITH CHECK (owner_id IS NULL OR (SELECT crm.sees_all_records())'
-                       '        OR owner_id = ANY ((SELECT crm.visible_owner_ids())::uuid[]))', t);
+                       ' USING (visible_to IS NULL OR crm.current_user_id() = ANY (visible_to) OR crm.is_admin())'
+                       ' WITH CHECK (visible_to IS NULL OR crm.current_user_id() = ANY (visible_to) OR crm.is_admin())', t);
         EXECUTE format('COMMENT ON POLICY owner_visibility ON crm.%I IS %L', t,
-                       'In a private tenant: records owned by the user or their reports, or by nobody; crm_admin sees all');
+                       'In a private tenant: rows owned by the user or their reports, or by nobody, and rows hanging off such records (visible_to); crm_admin sees all');
     END LOOP;
 END
 $$;
@@ -123,11 +545,11 @@ $$;
 ALTER TABLE crm.tenant_access ENABLE ROW LEVEL SECURITY;
 ALTER TABLE crm.tenant_access FORCE ROW LEVEL SECURITY;
 CREATE POLICY own_access ON crm.tenant_access FOR SELECT
-    USING (login_role = CURRENT_USER);
+    USING (role_oid = CURRENT_USER::text::regrole::oid);
 COMMENT ON POLICY own_access ON crm.tenant_access IS 'A role sees its own mappings';
 CREATE POLICY tenant_admin ON crm.tenant_access
-    USING (tenant_id = (SELECT crm.current_tenant()) AND (SELECT crm.is_admin()))
-    WITH CHECK (tenant_id = (SELECT crm.current_tenant()) AND (SELECT crm.is_admin()));
+    USING (tenant_id = crm.current_tenant() AND crm.is_admin())
+    WITH CHECK (tenant_id = crm.current_tenant() AND crm.is_admin());
 COMMENT ON POLICY tenant_admin ON crm.tenant_access IS 'crm_admin manages the mappings of its own tenant';
 
 -- Roles and grants --------------------------------------------------------

@@ -67,17 +67,45 @@ INSERT INTO func_level VALUES
     ('crm.stamp_flag_times()', NULL),
     ('crm.create_tenant(text)', NULL),
     ('crm.setup_roles()', NULL),
-    ('crm.load_demo(text,timestamp with time zone)', NULL);
+    ('crm.load_demo(text,timestamp with time zone)', NULL),
+    -- tenancy and owner visibility (issue 8 items 1 and 3): triggers and
+    -- internal helpers, granted to no crm role
+    ('crm.tenant_access_check()', NULL),
+    ('crm.tenant_require()', NULL),
+    ('crm.sees(uuid[])', NULL),
+    ('crm.scope_intersect(uuid[],uuid[])', NULL),
+    ('crm.owner_scope(uuid,uuid)', NULL),
+    ('crm.record_scope(uuid,text,uuid)', NULL),
+    ('crm.require_visible_link(uuid,text,uuid,text)', NULL),
+    ('crm.visibility_record()', NULL),
+    ('crm.visibility_propagate()', NULL),
+    ('crm.visibility_dependent()', NULL),
+    ('crm.visibility_delete_guard()', NULL),
+    ('crm.visibility_refresh(uuid)', NULL),
+    ('crm.visibility_refresh_records(uuid,uuid[])', NULL),
+    ('crm.visibility_hierarchy()', NULL),
+    ('crm.owner_chain_keep()', NULL);
+
+-- The only SECURITY DEFINER functions: the triggers that keep visible_to.
+-- They must update rows the writer cannot see (a record's tags, history and
+-- activities), act only on the tenant of the row that fired them, and are
+-- granted to no one.
+CREATE TEMP TABLE definer_function (sig text PRIMARY KEY);
+INSERT INTO definer_function VALUES
+    ('crm.visibility_record()'), ('crm.visibility_propagate()'), ('crm.visibility_dependent()'),
+    ('crm.visibility_delete_guard()'), ('crm.visibility_refresh(uuid)'),
+    ('crm.visibility_refresh_records(uuid,uuid[])'), ('crm.visibility_hierarchy()');
 
 -- The row-level security policies of every table.
 CREATE TEMP TABLE table_policies (tbl name PRIMARY KEY, policies name[] NOT NULL);
 INSERT INTO table_policies
 SELECT t, '{tenant_isolation}'::name[] FROM unnest(ARRAY[
     'tenant', 'currency_rate', 'app_user', 'team', 'team_member', 'pipeline', 'stage', 'tag',
-    'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history']) t
+    'app_access']) t
 UNION ALL
 SELECT t, '{tenant_isolation,owner_visibility}'::name[] FROM unnest(ARRAY[
-    'account', 'contact', 'lead', 'opportunity', 'activity']) t
+    'account', 'contact', 'lead', 'opportunity', 'activity',
+    'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history']) t
 UNION ALL VALUES
     ('tenant_access', '{own_access,tenant_admin}'::name[]),
     ('currency', '{}'),
@@ -165,10 +193,10 @@ SELECT is_empty(
         FROM pg_policy p
        WHERE p.polname = 'tenant_isolation'
          AND NOT (p.polpermissive AND p.polcmd = '*' AND p.polroles = '{0}'
-                  AND pg_get_expr(p.polqual, p.polrelid) = '(tenant_id = ( SELECT crm.current_tenant() AS current_tenant))'
+                  AND pg_get_expr(p.polqual, p.polrelid) = '(tenant_id = crm.current_tenant())'
                   AND pg_get_expr(p.polwithcheck, p.polrelid) = pg_get_expr(p.polqual, p.polrelid))
        ORDER BY 1::text$$,
-    'every tenant_isolation policy is permissive, for all commands and roles, reading and writing only tenant_id = (SELECT crm.current_tenant())');
+    'every tenant_isolation policy is permissive, for all commands and roles, reading and writing only tenant_id = crm.current_tenant() (no sub-select: Citus refuses them)');
 
 SELECT is_empty(
     $$SELECT p.polrelid::regclass, p.polpermissive, p.polcmd, p.polroles,
@@ -176,7 +204,8 @@ SELECT is_empty(
         FROM pg_policy p
        WHERE p.polname = 'owner_visibility'
          AND NOT (NOT p.polpermissive AND p.polcmd = '*' AND p.polroles = '{0}'
-                  AND pg_get_expr(p.polqual, p.polrelid) LIKE '%crm.sees_all_records()%crm.visible_owner_ids()%'
+                  AND pg_get_expr(p.polqual, p.polrelid)
+                      = '((visible_to IS NULL) OR (crm.current_user_id() = ANY (visible_to)) OR crm.is_admin())'
                   AND pg_get_expr(p.polwithcheck, p.polrelid) = pg_get_expr(p.polqual, p.polrelid))
        ORDER BY 1::text$$,
     'every owner_visibility policy is restrictive (it narrows tenant_isolation), for all commands and roles, the same on read and write');
@@ -185,10 +214,10 @@ SELECT set_eq(
     $$SELECT p.polname::text, p.polpermissive, p.polcmd::text, pg_get_expr(p.polqual, p.polrelid) AS using,
              pg_get_expr(p.polwithcheck, p.polrelid) AS check
         FROM pg_policy p WHERE p.polrelid = 'crm.tenant_access'::regclass$$,
-    $$VALUES ('own_access', true, 'r', '(login_role = CURRENT_USER)', NULL),
+    $$VALUES ('own_access', true, 'r', '(role_oid = (((CURRENT_USER)::text)::regrole)::oid)', NULL),
              ('tenant_admin', true, '*',
-              '((tenant_id = ( SELECT crm.current_tenant() AS current_tenant)) AND ( SELECT crm.is_admin() AS is_admin))',
-              '((tenant_id = ( SELECT crm.current_tenant() AS current_tenant)) AND ( SELECT crm.is_admin() AS is_admin))')$$,
+              '((tenant_id = crm.current_tenant()) AND crm.is_admin())',
+              '((tenant_id = crm.current_tenant()) AND crm.is_admin())')$$,
     'crm.tenant_access: a role reads its own mappings; crm_admin manages those of its tenant');
 
 SELECT is_empty(
@@ -290,11 +319,11 @@ SELECT is_empty(
        ORDER BY 1::text$$,
     'no crm SECURITY DEFINER function lacks a pinned search_path');
 
-SELECT is_empty(
-    $$SELECT p.oid::regprocedure FROM pg_proc p
-       WHERE p.pronamespace = 'crm'::regnamespace AND p.prosecdef
-       ORDER BY 1::text$$,
-    'no crm function is SECURITY DEFINER: every one runs with its caller''s rights and row-level security');
+SELECT set_eq(
+    $$SELECT p.oid::regprocedure::text FROM pg_proc p
+       WHERE p.pronamespace = 'crm'::regnamespace AND p.prosecdef$$,
+    $$SELECT sig FROM definer_function$$,
+    'the only SECURITY DEFINER functions are the visibility triggers; every other runs with its caller''s rights and row-level security');
 
 SELECT is_empty(
     $$SELECT p.oid::regprocedure FROM pg_proc p
