@@ -69,7 +69,7 @@ BEGIN
     END LOOP;
 END
 $$;
-SELECT set_config('regress.tp', :'tp', false);
+SELECT set_config('regress.tp', :'tp', false) IS NOT NULL AS set;
 CREATE TABLE regress_deps_before AS SELECT * FROM regress_deps_state();
 SELECT relname, n FROM regress_deps_before ORDER BY 1;
 
