@@ -7,12 +7,14 @@
  *
  * Every row-level security policy of the extension is a plain predicate on
  * the row and on what this file answers (no sub-select, no table read in a
- * policy), because Citus copies policies onto shards and refuses both:
+ * policy), because Citus copies policies onto shards and refuses both; and
+ * each table has one permissive policy, never a restrictive one, because
+ * Citus copies a restrictive policy as a permissive one:
  *
  *	  tenant_isolation	  tenant_id = crm.current_tenant()
- *	  owner_visibility	  visible_to IS NULL
- *						  OR crm.current_user_id() = ANY (visible_to)
- *						  OR crm.is_admin()
+ *	  on the records and	  AND (visible_to IS NULL
+ *	  what hangs off them		   OR crm.current_user_id() = ANY (visible_to)
+ *							   OR crm.is_admin())
  *
  * visible_to is derived data kept on each row by triggers (see
  * src/sql/90_security.sql): NULL when every user of the tenant may see the

@@ -60,7 +60,7 @@ CREATE FUNCTION crm.sees(visible_to uuid[]) RETURNS boolean
     LANGUAGE sql STABLE PARALLEL RESTRICTED
     RETURN visible_to IS NULL OR crm.current_user_id() OPERATOR(pg_catalog.=) ANY (visible_to) OR crm.is_admin();
 COMMENT ON FUNCTION crm.sees(uuid[]) IS
-    'Internal: does the current user see a row with this visible_to (the owner_visibility predicate)';
+    'Internal: does the current user see a row with this visible_to (the owner part of tenant_isolation)';
 
 CREATE FUNCTION crm.scope_intersect(a uuid[], b uuid[]) RETURNS uuid[]
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -162,34 +162,38 @@ $$;
 COMMENT ON FUNCTION crm.visibility_record() IS
     'Internal: trigger that derives a record''s visible_to from its owner and refuses links to records the writer cannot see';
 
--- AFTER UPDATE on the same, when visible_to changed: the rows that hang off
--- the record follow it (their own trigger recomputes them).
+-- AFTER UPDATE on the same, when visible_to changed: every row that hangs
+-- off the record follows it.  The dependents are found in the catalog (a
+-- crm table with visible_to and a <record>_id column), so a table added
+-- later follows by having both and the visibility trigger; each is touched
+-- with SET visible_to = visible_to and its own trigger recomputes the value.
 CREATE FUNCTION crm.visibility_propagate() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
     AS $$
+DECLARE
+    dep name;
 BEGIN
-    CASE TG_TABLE_NAME
-        WHEN 'account' THEN
-            UPDATE crm.account_tag x SET visible_to = NEW.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.account_id = NEW.id;
-            UPDATE crm.activity x SET visible_to = x.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.account_id = NEW.id;
-        WHEN 'contact' THEN
-            UPDATE crm.contact_tag x SET visible_to = NEW.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.contact_id = NEW.id;
-            UPDATE crm.activity x SET visible_to = x.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.contact_id = NEW.id;
-        WHEN 'lead' THEN
-            UPDATE crm.lead_tag x SET visible_to = NEW.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.lead_id = NEW.id;
-            UPDATE crm.stage_history x SET visible_to = NEW.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.lead_id = NEW.id;
-            UPDATE crm.activity x SET visible_to = x.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.lead_id = NEW.id;
-        WHEN 'opportunity' THEN
-            UPDATE crm.opportunity_tag x SET visible_to = NEW.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.opportunity_id = NEW.id;
-            UPDATE crm.stage_history x SET visible_to = NEW.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.opportunity_id = NEW.id;
-            UPDATE crm.activity x SET visible_to = x.visible_to WHERE x.tenant_id = NEW.tenant_id AND x.opportunity_id = NEW.id;
-    END CASE;
+    FOR dep IN
+        SELECT c.relname FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
+           AND c.relname NOT IN ('account', 'contact', 'lead', 'opportunity')
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                        WHERE a.attrelid = c.oid AND a.attname = 'visible_to' AND NOT a.attisdropped)
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                        WHERE a.attrelid = c.oid AND a.attname = TG_TABLE_NAME || '_id' AND NOT a.attisdropped)
+         ORDER BY c.relname
+    LOOP
+        EXECUTE format('UPDATE crm.%I x SET visible_to = x.visible_to'
+                       ' WHERE x.tenant_id OPERATOR(pg_catalog.=) $1 AND x.%I OPERATOR(pg_catalog.=) $2',
+                       dep, TG_TABLE_NAME || '_id')
+            USING NEW.tenant_id, NEW.id;
+    END LOOP;
     RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION crm.visibility_propagate() IS
-    'Internal: trigger that makes tags, stage history and activities follow the visibility of their record';
+    'Internal: trigger that makes every row hanging off a record (tags, stage history, activities, any crm table with visible_to and <record>_id) follow the record''s visibility';
 
 -- BEFORE INSERT OR UPDATE on the tag links, stage_history and activity.
 CREATE FUNCTION crm.visibility_dependent() RETURNS trigger
@@ -508,36 +512,39 @@ COMMENT ON FUNCTION crm.revoke_tenant_access(name, uuid) IS
 
 -- Row-level security ------------------------------------------------------
 
+-- One permissive policy per table, never a restrictive one: Citus 13 copies
+-- policies onto the shards without AS RESTRICTIVE, which would turn a
+-- narrowing policy into a widening one.  On the records and the rows that
+-- hang off them, tenant_isolation therefore carries owner visibility too:
+-- in a private tenant a user sees what they, or people reporting to them,
+-- own; unowned records stay visible to all (as Odoo's "own documents" rule
+-- keeps unassigned leads visible); the rows that hang off records follow
+-- them (visible_to, above).
 DO $$
 DECLARE
     t text;
+    visibility CONSTANT text[] := ARRAY['account', 'contact', 'lead', 'opportunity', 'activity',
+                                        'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag',
+                                        'stage_history'];
+    predicate text;
 BEGIN
     FOREACH t IN ARRAY ARRAY[
         'tenant', 'currency_rate', 'app_user', 'team', 'team_member', 'pipeline', 'stage',
         'account', 'contact', 'lead', 'opportunity', 'activity', 'tag',
         'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history', 'app_access']
     LOOP
+        predicate := 'tenant_id = crm.current_tenant()';
+        IF t = ANY (visibility) THEN
+            predicate := predicate || ' AND (visible_to IS NULL OR crm.current_user_id() = ANY (visible_to)'
+                                   || ' OR crm.is_admin())';
+        END IF;
         EXECUTE format('ALTER TABLE crm.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE crm.%I FORCE ROW LEVEL SECURITY', t);
-        EXECUTE format('CREATE POLICY tenant_isolation ON crm.%I'
-                       ' USING (tenant_id = crm.current_tenant())'
-                       ' WITH CHECK (tenant_id = crm.current_tenant())', t);
+        EXECUTE format('CREATE POLICY tenant_isolation ON crm.%I USING (%s) WITH CHECK (%s)', t, predicate, predicate);
         EXECUTE format('COMMENT ON POLICY tenant_isolation ON crm.%I IS %L', t,
-                       'Rows of the tenant the statement acts for (crm.current_tenant()) only');
-    END LOOP;
-
-    -- In a private tenant a user sees what they, or people reporting to
-    -- them, own; unowned records stay visible to all (as Odoo's "own
-    -- documents" rule keeps unassigned leads visible); the rows that hang
-    -- off records follow them.  Restrictive, so it narrows tenant_isolation
-    -- instead of widening it.
-    FOREACH t IN ARRAY ARRAY['account', 'contact', 'lead', 'opportunity', 'activity',
-                             'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history'] LOOP
-        EXECUTE format('CREATE POLICY owner_visibility ON crm.%I AS RESTRICTIVE'
-                       ' USING (visible_to IS NULL OR crm.current_user_id() = ANY (visible_to) OR crm.is_admin())'
-                       ' WITH CHECK (visible_to IS NULL OR crm.current_user_id() = ANY (visible_to) OR crm.is_admin())', t);
-        EXECUTE format('COMMENT ON POLICY owner_visibility ON crm.%I IS %L', t,
-                       'In a private tenant: rows owned by the user or their reports, or by nobody, and rows hanging off such records (visible_to); crm_admin sees all');
+                       CASE WHEN t = ANY (visibility)
+                            THEN 'Rows of the tenant the statement acts for (crm.current_tenant()) only; in a private tenant, those the user sees (visible_to), all for crm_admin'
+                            ELSE 'Rows of the tenant the statement acts for (crm.current_tenant()) only' END);
     END LOOP;
 END
 $$;

@@ -5,8 +5,8 @@
 --     functions it calls are the node-local C functions current_tenant(),
 --     current_user_id() and is_admin() (Citus refuses sub-selects in
 --     policies, and a function reading a distributed table from a shard);
---   * every table that hangs off a record carries visible_to and the
---     owner_visibility policy, and the triggers that keep it;
+--   * every table that hangs off a record carries visible_to, a
+--     tenant_isolation policy that checks it, and the triggers that keep it;
 --   * crm.tenant_access is keyed by the role's OID and guarded by its
 --     trigger on every path; crm.app_access is the operator's only;
 --   * every tenant table refuses, with the reason, a row from a session that
@@ -57,10 +57,10 @@ SELECT col_type_is('crm', tbl, 'visible_to', 'uuid[]', format('crm.%I.visible_to
   FROM visibility_table ORDER BY tbl;
 
 SELECT is(
-    (SELECT pg_get_expr(p.polqual, p.polrelid) FROM pg_policy p
-      WHERE p.polrelid = format('crm.%I', v.tbl)::regclass AND p.polname = 'owner_visibility' AND NOT p.polpermissive),
-    '((visible_to IS NULL) OR (crm.current_user_id() = ANY (visible_to)) OR crm.is_admin())',
-    format('crm.%I has the restrictive owner_visibility policy on visible_to', v.tbl))
+    (SELECT array_agg(pg_get_expr(p.polqual, p.polrelid)) FROM pg_policy p
+      WHERE p.polrelid = format('crm.%I', v.tbl)::regclass),
+    ARRAY['((tenant_id = crm.current_tenant()) AND ((visible_to IS NULL) OR (crm.current_user_id() = ANY (visible_to)) OR crm.is_admin()))'],
+    format('crm.%I has one policy, permissive, checking tenant and visible_to', v.tbl))
   FROM visibility_table v ORDER BY v.tbl;
 
 SELECT ok(EXISTS (SELECT 1 FROM pg_trigger t
