@@ -75,6 +75,7 @@
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_auth_members.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_namespace.h"
@@ -144,8 +145,10 @@ typedef struct LocalRelations
 {
 	const char *relname;
 	bool		valid;
-	int			n;
-	Oid			relids[8];
+	bool		distributed;	/* Citus lists it in pg_dist_shard */
+	int			n;				/* relids[0] is the table, then placements */
+	Oid			relids[64];
+	SPIPlanPtr	coordinator_plan;
 } LocalRelations;
 
 static TenantContext context;
@@ -189,6 +192,7 @@ local_relations_find(LocalRelations *lr)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("relation \"crm.%s\" does not exist", lr->relname)));
 	lr->n = 0;
+	lr->distributed = false;
 	lr->relids[lr->n++] = relid;
 
 	dist_shard = get_relname_relid("pg_dist_shard", PG_CATALOG_NAMESPACE);
@@ -208,19 +212,40 @@ local_relations_find(LocalRelations *lr)
 
 			if (isnull || DatumGetObjectId(logical) != relid)
 				continue;
+			lr->distributed = true;
 			shardid = heap_getattr(tuple, 2, RelationGetDescr(rel), &isnull);
 			if (isnull)
 				continue;
 			snprintf(name, sizeof(name), "%s_" INT64_FORMAT, lr->relname,
 					 DatumGetInt64(shardid));
 			placement = get_relname_relid(name, nsp);
-			if (OidIsValid(placement) && lr->n < lengthof(lr->relids))
-				lr->relids[lr->n++] = placement;
+			if (!OidIsValid(placement))
+				continue;
+			if (lr->n >= lengthof(lr->relids))
+				ereport(ERROR,
+						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						 errmsg("crm.%s has more than %d shard placements on this node",
+								lr->relname, (int) lengthof(lr->relids) - 1)));
+			lr->relids[lr->n++] = placement;
 		}
 		table_endscan(scan);
 		table_close(rel, AccessShareLock);
 	}
 	lr->valid = true;
+}
+
+/* The owner of a relation. */
+static Oid
+get_rel_relowner_crm(Oid relid)
+{
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
 }
 
 /* The index of rel whose first column is attnum, if any. */
@@ -249,6 +274,93 @@ index_on_column(Relation rel, AttrNumber attnum)
 }
 
 /*
+ * On a Citus node that holds no placement of the table (the coordinator),
+ * read the distributed table through SPI instead, as the table's owner (its
+ * policies call crm.current_tenant(), so reading it with the caller's rights
+ * would recurse).  A coordinator runs no shard query, so this distributed
+ * read is allowed there; a worker always has its tenants' placements
+ * beside their rows and never comes here unless it holds none at all, and
+ * then Citus refuses the read rather than answering wrongly.
+ *
+ * Role OIDs differ between nodes (each node makes its own pg_authid row),
+ * and role_oid holds the OID of the node that stored the row, so the
+ * coordinator matches by the role's name.  Its answer only routes the
+ * statement: the shards apply the same policies again with their own
+ * lookup, by OID, so a role dropped and re-created under the same name
+ * still reads and writes nothing.
+ */
+static int
+coordinator_role_rows(LocalRelations *lr, Oid roleid, Mapping *out, int max,
+					  const pg_uuid_t *except_tenant)
+{
+	Oid			argtypes[1] = {NAMEOID};
+	Datum		args[1];
+	NameData	rolename;
+	Oid			save_userid;
+	int			save_sec_context;
+	Oid			owner;
+	int			rc;
+	int			found = 0;
+
+	owner = get_rel_relowner_crm(lr->relids[0]);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (lr->coordinator_plan == NULL)
+	{
+		char		sql[256];
+		SPIPlanPtr	plan;
+
+		snprintf(sql, sizeof(sql),
+				 "SELECT tenant_id, %s FROM crm.%s WHERE %s OPERATOR(pg_catalog.=) $1",
+				 strcmp(lr->relname, "tenant_access") == 0 ? "user_id" : "NULL::uuid",
+				 lr->relname,
+				 strcmp(lr->relname, "tenant_access") == 0 ? "login_role" : "app_role");
+		plan = SPI_prepare(sql, 1, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		lr->coordinator_plan = plan;
+	}
+	namestrcpy(&rolename, GetUserNameFromId(roleid, false));
+	args[0] = NameGetDatum(&rolename);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(lr->coordinator_plan, args, NULL, true, 0);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read crm.%s", lr->relname);
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (isnull)
+			continue;
+		if (except_tenant && memcmp(DatumGetUUIDP(d), except_tenant, sizeof(pg_uuid_t)) == 0)
+			continue;
+		if (found < max)
+		{
+			memcpy(&out[found].tenant, DatumGetUUIDP(d), sizeof(pg_uuid_t));
+			d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
+			out[found].has_user = !isnull;
+			if (!isnull)
+				memcpy(&out[found].user, DatumGetUUIDP(d), sizeof(pg_uuid_t));
+		}
+		found++;
+	}
+	SPI_finish();
+	return found;
+}
+
+/*
  * Read the rows of crm.<relname> (tenant_access or app_access) for one
  * role OID.  The lock is only tried: whoever holds a conflicting lock on
  * the table makes this an error instead of a wait.  Rows are read under
@@ -266,6 +378,8 @@ scan_role_rows(LocalRelations *lr, Oid roleid, Mapping *out, int max,
 
 	if (!lr->valid)
 		local_relations_find(lr);
+	if (lr->distributed && lr->n == 1)
+		return coordinator_role_rows(lr, roleid, out, max, except_tenant);
 
 	for (int r = 0; r < lr->n; r++)
 	{

@@ -107,8 +107,12 @@ COMMENT ON COLUMN crm.tenant_access.granted_by IS 'Role that granted the access 
 COMMENT ON COLUMN crm.tenant_access.created_at IS 'When the access was granted (set by the server; a client value is ignored)';
 COMMENT ON COLUMN crm.tenant_access.updated_at IS 'When the row last changed';
 
+-- No foreign key to crm.tenant: the allow-list must be readable on every
+-- Citus node (crm.distribute() makes it a reference table, which may not
+-- reference a distributed table); an entry for a tenant that no longer
+-- exists allows nothing.
 CREATE TABLE crm.app_access (
-    tenant_id   uuid NOT NULL REFERENCES crm.tenant ON DELETE CASCADE,
+    tenant_id   uuid NOT NULL,
     role_oid    oid NOT NULL,
     app_role    name NOT NULL,
     granted_by  name NOT NULL DEFAULT CURRENT_USER,

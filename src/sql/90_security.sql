@@ -70,16 +70,28 @@ CREATE FUNCTION crm.scope_intersect(a uuid[], b uuid[]) RETURNS uuid[]
 COMMENT ON FUNCTION crm.scope_intersect(uuid[], uuid[]) IS
     'Internal: who sees a row that both scopes allow (NULL: everyone)';
 
+-- PL/pgSQL rather than SQL: Citus cannot plan a parameterised SQL
+-- function's query inside a shard's trigger, while a PL/pgSQL statement
+-- filtered by tenant_id routes to the same shard group.
 CREATE FUNCTION crm.owner_scope(tenant uuid, owner uuid) RETURNS uuid[]
-    LANGUAGE sql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        SELECT CASE WHEN $2 IS NULL THEN NULL
-                    WHEN (SELECT t.visibility FROM crm.tenant t WHERE t.tenant_id = $1) IS DISTINCT FROM 'private'
-                        THEN NULL
-                    ELSE coalesce((SELECT NULLIF(u.owner_chain, '{}') FROM crm.app_user u
-                                    WHERE u.tenant_id = $1 AND u.id = $2), ARRAY[$2]) END
-    $$;
+DECLARE
+    private boolean;
+    chain uuid[];
+BEGIN
+    IF owner IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT t.visibility = 'private' INTO private FROM crm.tenant t WHERE t.tenant_id = tenant;
+    IF private IS NOT TRUE THEN
+        RETURN NULL;
+    END IF;
+    SELECT u.owner_chain INTO chain FROM crm.app_user u WHERE u.tenant_id = tenant AND u.id = owner;
+    RETURN coalesce(NULLIF(chain, '{}'), ARRAY[owner]);
+END
+$$;
 COMMENT ON FUNCTION crm.owner_scope(uuid, uuid) IS
     'Internal: visible_to of a row of the tenant owned by owner';
 
@@ -122,6 +134,9 @@ $$;
 COMMENT ON FUNCTION crm.require_visible_link(uuid, text, uuid, text) IS
     'Internal: 42501 when the current user cannot see the record a row is being linked to';
 
+-- The visibility triggers take the table's name as their argument rather
+-- than reading TG_TABLE_NAME: on a Citus shard that is account_102031.
+
 -- BEFORE INSERT OR UPDATE on account, contact, lead, opportunity.
 CREATE FUNCTION crm.visibility_record() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -129,31 +144,31 @@ CREATE FUNCTION crm.visibility_record() RETURNS trigger
     AS $$
 BEGIN
     NEW.visible_to := crm.owner_scope(NEW.tenant_id, NEW.owner_id);
-    CASE TG_TABLE_NAME
+    CASE TG_ARGV[0]
         WHEN 'account' THEN
             IF TG_OP = 'INSERT' OR NEW.parent_account_id IS DISTINCT FROM OLD.parent_account_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.parent_account_id, TG_TABLE_NAME);
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.parent_account_id, TG_ARGV[0]);
             END IF;
         WHEN 'contact' THEN
             IF TG_OP = 'INSERT' OR NEW.account_id IS DISTINCT FROM OLD.account_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.account_id, TG_TABLE_NAME);
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.account_id, TG_ARGV[0]);
             END IF;
         WHEN 'lead' THEN
             IF TG_OP = 'INSERT' OR NEW.converted_account_id IS DISTINCT FROM OLD.converted_account_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.converted_account_id, TG_TABLE_NAME);
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.converted_account_id, TG_ARGV[0]);
             END IF;
             IF TG_OP = 'INSERT' OR NEW.converted_contact_id IS DISTINCT FROM OLD.converted_contact_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'contact', NEW.converted_contact_id, TG_TABLE_NAME);
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'contact', NEW.converted_contact_id, TG_ARGV[0]);
             END IF;
         WHEN 'opportunity' THEN
             IF TG_OP = 'INSERT' OR NEW.account_id IS DISTINCT FROM OLD.account_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.account_id, TG_TABLE_NAME);
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.account_id, TG_ARGV[0]);
             END IF;
             IF TG_OP = 'INSERT' OR NEW.contact_id IS DISTINCT FROM OLD.contact_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'contact', NEW.contact_id, TG_TABLE_NAME);
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'contact', NEW.contact_id, TG_ARGV[0]);
             END IF;
             IF TG_OP = 'INSERT' OR NEW.lead_id IS DISTINCT FROM OLD.lead_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'lead', NEW.lead_id, TG_TABLE_NAME);
+                PERFORM crm.require_visible_link(NEW.tenant_id, 'lead', NEW.lead_id, TG_ARGV[0]);
             END IF;
     END CASE;
     RETURN NEW;
@@ -178,15 +193,16 @@ BEGIN
         SELECT c.relname FROM pg_catalog.pg_class c
          WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
            AND c.relname NOT IN ('account', 'contact', 'lead', 'opportunity')
+           AND c.relname !~ '_[0-9]+$'          -- not a Citus shard placement
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                         WHERE a.attrelid = c.oid AND a.attname = 'visible_to' AND NOT a.attisdropped)
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-                        WHERE a.attrelid = c.oid AND a.attname = TG_TABLE_NAME || '_id' AND NOT a.attisdropped)
+                        WHERE a.attrelid = c.oid AND a.attname = TG_ARGV[0] || '_id' AND NOT a.attisdropped)
          ORDER BY c.relname
     LOOP
         EXECUTE format('UPDATE crm.%I x SET visible_to = x.visible_to'
                        ' WHERE x.tenant_id OPERATOR(pg_catalog.=) $1 AND x.%I OPERATOR(pg_catalog.=) $2',
-                       dep, TG_TABLE_NAME || '_id')
+                       dep, TG_ARGV[0] || '_id')
             USING NEW.tenant_id, NEW.id;
     END LOOP;
     RETURN NULL;
@@ -208,7 +224,7 @@ DECLARE
     scope uuid[];
     first boolean := true;
 BEGIN
-    IF TG_TABLE_NAME = 'activity' THEN
+    IF TG_ARGV[0] = 'activity' THEN
         scope := crm.owner_scope(NEW.tenant_id, NEW.owner_id);
         first := scope IS NULL;
     END IF;
@@ -217,9 +233,9 @@ BEGIN
         link := (j ->> (kind || '_id'))::uuid;
         CONTINUE WHEN link IS NULL;
         -- stage history is the server's own record of a change: no link check
-        IF TG_TABLE_NAME <> 'stage_history'
+        IF TG_ARGV[0] <> 'stage_history'
            AND (TG_OP = 'INSERT' OR link IS DISTINCT FROM (o ->> (kind || '_id'))::uuid) THEN
-            PERFORM crm.require_visible_link(NEW.tenant_id, kind, link, TG_TABLE_NAME);
+            PERFORM crm.require_visible_link(NEW.tenant_id, kind, link, TG_ARGV[0]);
         END IF;
         IF first THEN
             scope := crm.record_scope(NEW.tenant_id, kind, link);
@@ -248,7 +264,7 @@ BEGIN
     IF crm.is_admin() THEN
         RETURN OLD;
     END IF;
-    CASE TG_TABLE_NAME
+    CASE TG_ARGV[0]
         WHEN 'account' THEN
             SELECT x.what INTO hidden FROM (
                 SELECT 'contact' FROM crm.contact r WHERE r.tenant_id = OLD.tenant_id AND r.account_id = OLD.id AND NOT crm.sees(r.visible_to)
@@ -273,7 +289,7 @@ BEGIN
              WHERE r.tenant_id = OLD.tenant_id AND r.opportunity_id = OLD.id AND NOT crm.sees(r.visible_to) LIMIT 1;
     END CASE;
     IF hidden IS NOT NULL THEN
-        RAISE EXCEPTION 'permission denied to delete % %', TG_TABLE_NAME, OLD.id
+        RAISE EXCEPTION 'permission denied to delete % %', TG_ARGV[0], OLD.id
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = format('A %s that the current user cannot see refers to it; deleting would change or delete that row.', hidden),
                   HINT = 'Archive the record (archived_at), or ask crm_admin to delete it.';
@@ -294,23 +310,24 @@ DECLARE
     changed uuid[];
     private boolean;
 BEGIN
-    WITH RECURSIVE edge(user_id, boss) AS (
-        SELECT u.id, u.manager_id FROM crm.app_user u
+    WITH RECURSIVE edge AS (
+        SELECT u.id AS member, u.manager_id AS boss FROM crm.app_user u
          WHERE u.tenant_id = tenant AND u.manager_id IS NOT NULL
         UNION
-        SELECT m.user_id, t.manager_id FROM crm.team_member m
+        SELECT m.user_id AS member, t.manager_id AS boss FROM crm.team_member m
           JOIN crm.team t ON t.tenant_id = m.tenant_id AND t.id = m.team_id
-         WHERE m.tenant_id = tenant AND t.manager_id IS NOT NULL
-    ), up(user_id, above) AS (
-        SELECT u.id, u.id FROM crm.app_user u WHERE u.tenant_id = tenant
+         WHERE m.tenant_id = tenant AND t.tenant_id = tenant AND t.manager_id IS NOT NULL
+    ), up AS (
+        SELECT u.tenant_id, u.id AS member, u.id AS above FROM crm.app_user u WHERE u.tenant_id = tenant
         UNION
-        SELECT up.user_id, e.boss FROM up JOIN edge e ON e.user_id = up.above
+        SELECT up.tenant_id, up.member, e.boss AS above FROM up JOIN edge e ON e.member = up.above
+         WHERE up.tenant_id = tenant
     ), chain AS (
-        SELECT up.user_id, array_agg(up.above ORDER BY up.above) AS owner_chain FROM up GROUP BY up.user_id
+        SELECT up.member, array_agg(up.above ORDER BY up.above) AS owner_chain FROM up GROUP BY up.member
     ), upd AS (
         UPDATE crm.app_user u SET owner_chain = c.owner_chain
           FROM chain c
-         WHERE u.tenant_id = tenant AND u.id = c.user_id AND u.owner_chain IS DISTINCT FROM c.owner_chain
+         WHERE u.tenant_id = tenant AND u.id = c.member AND u.owner_chain IS DISTINCT FROM c.owner_chain
         RETURNING u.id
     )
     SELECT array_agg(upd.id) INTO changed FROM upd;
@@ -356,7 +373,7 @@ CREATE FUNCTION crm.visibility_hierarchy() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    IF TG_TABLE_NAME = 'tenant' THEN
+    IF TG_ARGV[0] = 'tenant' THEN
         PERFORM crm.visibility_refresh_records(NEW.tenant_id, NULL);
     ELSIF TG_OP = 'DELETE' THEN
         PERFORM crm.visibility_refresh(OLD.tenant_id);
@@ -400,14 +417,14 @@ COMMENT ON FUNCTION crm.owner_chain_keep() IS
 CREATE TRIGGER owner_chain_keep BEFORE INSERT OR UPDATE OF owner_chain ON crm.app_user
     FOR EACH ROW EXECUTE FUNCTION crm.owner_chain_keep();
 CREATE TRIGGER visibility_hierarchy AFTER DELETE OR UPDATE OF manager_id ON crm.app_user
-    FOR EACH ROW EXECUTE FUNCTION crm.visibility_hierarchy();
+    FOR EACH ROW EXECUTE FUNCTION crm.visibility_hierarchy('app_user');
 CREATE TRIGGER visibility_hierarchy AFTER INSERT OR DELETE OR UPDATE OF manager_id ON crm.team
-    FOR EACH ROW EXECUTE FUNCTION crm.visibility_hierarchy();
+    FOR EACH ROW EXECUTE FUNCTION crm.visibility_hierarchy('team');
 CREATE TRIGGER visibility_hierarchy AFTER INSERT OR DELETE OR UPDATE ON crm.team_member
-    FOR EACH ROW EXECUTE FUNCTION crm.visibility_hierarchy();
+    FOR EACH ROW EXECUTE FUNCTION crm.visibility_hierarchy('team_member');
 CREATE TRIGGER visibility_hierarchy AFTER UPDATE OF visibility ON crm.tenant
     FOR EACH ROW WHEN (OLD.visibility IS DISTINCT FROM NEW.visibility)
-    EXECUTE FUNCTION crm.visibility_hierarchy();
+    EXECUTE FUNCTION crm.visibility_hierarchy('tenant');
 COMMENT ON TRIGGER owner_chain_keep ON crm.app_user IS 'owner_chain is the server''s';
 COMMENT ON TRIGGER visibility_hierarchy ON crm.app_user IS 'Owner chains and visible_to follow the managers';
 COMMENT ON TRIGGER visibility_hierarchy ON crm.team IS 'Owner chains and visible_to follow the team leaders';
@@ -425,16 +442,16 @@ BEGIN
                         WHEN 'lead' THEN 'converted_account_id, converted_contact_id'
                         ELSE 'account_id, contact_id, lead_id' END;
         EXECUTE format('CREATE TRIGGER visibility BEFORE INSERT OR UPDATE OF owner_id, visible_to, %s ON crm.%I'
-                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_record()', links, t);
+                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_record(%L)', links, t, t);
         EXECUTE format('COMMENT ON TRIGGER visibility ON crm.%I IS %L', t,
                        'visible_to from the owner; links only to records the writer sees');
         EXECUTE format('CREATE TRIGGER visibility_propagate AFTER UPDATE ON crm.%I FOR EACH ROW'
                        ' WHEN (OLD.visible_to IS DISTINCT FROM NEW.visible_to)'
-                       ' EXECUTE FUNCTION crm.visibility_propagate()', t);
+                       ' EXECUTE FUNCTION crm.visibility_propagate(%L)', t, t);
         EXECUTE format('COMMENT ON TRIGGER visibility_propagate ON crm.%I IS %L', t,
                        'Tags, stage history and activities follow the record''s visibility');
         EXECUTE format('CREATE TRIGGER visibility_delete_guard BEFORE DELETE ON crm.%I'
-                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_delete_guard()', t);
+                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_delete_guard(%L)', t, t);
         EXECUTE format('COMMENT ON TRIGGER visibility_delete_guard ON crm.%I IS %L', t,
                        'No delete that would change or delete rows the deleter cannot see');
     END LOOP;
@@ -443,7 +460,7 @@ BEGIN
                         WHEN 'stage_history' THEN 'lead_id, opportunity_id'
                         ELSE replace(t, '_tag', '_id') END;
         EXECUTE format('CREATE TRIGGER visibility BEFORE INSERT OR UPDATE OF visible_to, %s ON crm.%I'
-                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_dependent()', links, t);
+                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_dependent(%L)', links, t, t);
         EXECUTE format('COMMENT ON TRIGGER visibility ON crm.%I IS %L', t,
                        'visible_to from the records the row hangs off; links only to records the writer sees');
     END LOOP;
