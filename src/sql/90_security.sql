@@ -127,7 +127,7 @@ BEGIN
     IF record IS NOT NULL AND NOT crm.sees(crm.record_scope(tenant, kind, record)) THEN
         RAISE EXCEPTION 'permission denied to link a row of % to % %', source, kind, record
             USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = format('In a private tenant a %s that the current user cannot see cannot be linked to.', kind);
+                  DETAIL = 'In a private tenant a row may link only records the current user can see.';
     END IF;
 END
 $$;
