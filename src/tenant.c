@@ -88,6 +88,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "utils/array.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/catcache.h"
@@ -697,6 +698,32 @@ crm_current_app_user_id(pg_uuid_t *user)
 	}
 	*user = context.user;
 	return true;
+}
+
+/*
+ * For visibility.c: does the current user see a row with this visible_to
+ * (the owner part of the tenant_isolation policy)?  NULL is everyone;
+ * crm_admin sees all; otherwise the CRM user must be in the array.
+ */
+bool
+crm_current_user_sees(Datum visible_to, bool isnull)
+{
+	Datum	   *elems;
+	int			n;
+
+	if (isnull)
+		return true;
+	resolve_context();
+	if (context.is_admin)
+		return true;
+	if (!context.has_user)
+		return false;
+	deconstruct_array(DatumGetArrayTypeP(visible_to), UUIDOID, UUID_LEN, false, TYPALIGN_CHAR,
+					  &elems, NULL, &n);
+	for (int i = 0; i < n; i++)
+		if (memcmp(DatumGetPointer(elems[i]), &context.user, UUID_LEN) == 0)
+			return true;
+	return false;
 }
 
 static Datum

@@ -56,20 +56,6 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION crm.sees(visible_to uuid[]) RETURNS boolean
-    LANGUAGE sql STABLE PARALLEL RESTRICTED
-    RETURN visible_to IS NULL OR crm.current_user_id() OPERATOR(pg_catalog.=) ANY (visible_to) OR crm.is_admin();
-COMMENT ON FUNCTION crm.sees(uuid[]) IS
-    'Internal: does the current user see a row with this visible_to (the owner part of tenant_isolation)';
-
-CREATE FUNCTION crm.scope_intersect(a uuid[], b uuid[]) RETURNS uuid[]
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN CASE WHEN a IS NULL THEN b WHEN b IS NULL THEN a
-                ELSE ARRAY(SELECT x FROM pg_catalog.unnest(a) x
-                            WHERE x OPERATOR(pg_catalog.=) ANY (b) ORDER BY x) END;
-COMMENT ON FUNCTION crm.scope_intersect(uuid[], uuid[]) IS
-    'Internal: who sees a row that both scopes allow (NULL: everyone)';
-
 -- PL/pgSQL rather than SQL: Citus cannot plan a parameterised SQL
 -- function's query inside a shard's trigger, while a PL/pgSQL statement
 -- filtered by tenant_id routes to the same shard group.
@@ -95,89 +81,17 @@ $$;
 COMMENT ON FUNCTION crm.owner_scope(uuid, uuid) IS
     'Internal: visible_to of a row of the tenant owned by owner';
 
-CREATE FUNCTION crm.record_scope(tenant uuid, kind text, record uuid) RETURNS uuid[]
-    LANGUAGE plpgsql STABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    v uuid[];
-BEGIN
-    IF record IS NULL THEN
-        RETURN NULL;
-    END IF;
-    CASE kind
-        WHEN 'account' THEN SELECT r.visible_to INTO v FROM crm.account r WHERE r.tenant_id = tenant AND r.id = record;
-        WHEN 'contact' THEN SELECT r.visible_to INTO v FROM crm.contact r WHERE r.tenant_id = tenant AND r.id = record;
-        WHEN 'lead' THEN SELECT r.visible_to INTO v FROM crm.lead r WHERE r.tenant_id = tenant AND r.id = record;
-        WHEN 'opportunity' THEN SELECT r.visible_to INTO v FROM crm.opportunity r WHERE r.tenant_id = tenant AND r.id = record;
-    END CASE;
-    RETURN v;
-END
-$$;
-COMMENT ON FUNCTION crm.record_scope(uuid, text, uuid) IS
-    'Internal: visible_to of a record (NULL when everyone sees it or it does not exist)';
+-- visible_to of records and of what hangs off them, and the refusal to link
+-- a record the writer cannot see (foreign keys are checked without
+-- row-level security): src/visibility.c.  The triggers pass the table's
+-- name, as on a Citus shard the relation is named account_102031.
+CREATE FUNCTION crm.visibility_row() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_visibility_row'
+    LANGUAGE C;
+COMMENT ON FUNCTION crm.visibility_row() IS
+    'Internal: trigger that derives visible_to (record: the owner''s chain; dependent: what all its records and its owner allow) and refuses (42501) a link to a record the writer cannot see';
 
--- A write may link a record only if the writer sees it: foreign keys are
--- checked without row-level security, so they would accept a hidden one.
-CREATE FUNCTION crm.require_visible_link(tenant uuid, kind text, record uuid, source text) RETURNS void
-    LANGUAGE plpgsql STABLE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    IF record IS NOT NULL AND NOT crm.sees(crm.record_scope(tenant, kind, record)) THEN
-        RAISE EXCEPTION 'permission denied to link a row of % to % %', source, kind, record
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'In a private tenant a row may link only records the current user can see.';
-    END IF;
-END
-$$;
-COMMENT ON FUNCTION crm.require_visible_link(uuid, text, uuid, text) IS
-    'Internal: 42501 when the current user cannot see the record a row is being linked to';
-
--- The visibility triggers take the table's name as their argument rather
--- than reading TG_TABLE_NAME: on a Citus shard that is account_102031.
-
--- BEFORE INSERT OR UPDATE on account, contact, lead, opportunity.
-CREATE FUNCTION crm.visibility_record() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    NEW.visible_to := crm.owner_scope(NEW.tenant_id, NEW.owner_id);
-    CASE TG_ARGV[0]
-        WHEN 'account' THEN
-            IF TG_OP = 'INSERT' OR NEW.parent_account_id IS DISTINCT FROM OLD.parent_account_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.parent_account_id, TG_ARGV[0]);
-            END IF;
-        WHEN 'contact' THEN
-            IF TG_OP = 'INSERT' OR NEW.account_id IS DISTINCT FROM OLD.account_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.account_id, TG_ARGV[0]);
-            END IF;
-        WHEN 'lead' THEN
-            IF TG_OP = 'INSERT' OR NEW.converted_account_id IS DISTINCT FROM OLD.converted_account_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.converted_account_id, TG_ARGV[0]);
-            END IF;
-            IF TG_OP = 'INSERT' OR NEW.converted_contact_id IS DISTINCT FROM OLD.converted_contact_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'contact', NEW.converted_contact_id, TG_ARGV[0]);
-            END IF;
-        WHEN 'opportunity' THEN
-            IF TG_OP = 'INSERT' OR NEW.account_id IS DISTINCT FROM OLD.account_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'account', NEW.account_id, TG_ARGV[0]);
-            END IF;
-            IF TG_OP = 'INSERT' OR NEW.contact_id IS DISTINCT FROM OLD.contact_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'contact', NEW.contact_id, TG_ARGV[0]);
-            END IF;
-            IF TG_OP = 'INSERT' OR NEW.lead_id IS DISTINCT FROM OLD.lead_id THEN
-                PERFORM crm.require_visible_link(NEW.tenant_id, 'lead', NEW.lead_id, TG_ARGV[0]);
-            END IF;
-    END CASE;
-    RETURN NEW;
-END
-$$;
-COMMENT ON FUNCTION crm.visibility_record() IS
-    'Internal: trigger that derives a record''s visible_to from its owner and refuses links to records the writer cannot see';
-
--- AFTER UPDATE on the same, when visible_to changed: every row that hangs
+-- AFTER UPDATE on account, contact, lead, opportunity, when visible_to changed: every row that hangs
 -- off the record follows it.  The dependents are found in the catalog (a
 -- crm table with visible_to and a <record>_id column), so a table added
 -- later follows by having both and the visibility trigger; each is touched
@@ -211,46 +125,6 @@ $$;
 COMMENT ON FUNCTION crm.visibility_propagate() IS
     'Internal: trigger that makes every row hanging off a record (tags, stage history, activities, any crm table with visible_to and <record>_id) follow the record''s visibility';
 
--- BEFORE INSERT OR UPDATE on the tag links, stage_history and activity.
-CREATE FUNCTION crm.visibility_dependent() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    j jsonb := pg_catalog.to_jsonb(NEW);
-    o jsonb := CASE WHEN TG_OP = 'UPDATE' THEN pg_catalog.to_jsonb(OLD) END;
-    kind text;
-    link uuid;
-    scope uuid[];
-    first boolean := true;
-BEGIN
-    IF TG_ARGV[0] = 'activity' THEN
-        scope := crm.owner_scope(NEW.tenant_id, NEW.owner_id);
-        first := scope IS NULL;
-    END IF;
-    FOREACH kind IN ARRAY ARRAY['account', 'contact', 'lead', 'opportunity'] LOOP
-        CONTINUE WHEN NOT j ? (kind || '_id');
-        link := (j ->> (kind || '_id'))::uuid;
-        CONTINUE WHEN link IS NULL;
-        -- stage history is the server's own record of a change: no link check
-        IF TG_ARGV[0] <> 'stage_history'
-           AND (TG_OP = 'INSERT' OR link IS DISTINCT FROM (o ->> (kind || '_id'))::uuid) THEN
-            PERFORM crm.require_visible_link(NEW.tenant_id, kind, link, TG_ARGV[0]);
-        END IF;
-        IF first THEN
-            scope := crm.record_scope(NEW.tenant_id, kind, link);
-            first := scope IS NULL;
-        ELSE
-            scope := crm.scope_intersect(scope, crm.record_scope(NEW.tenant_id, kind, link));
-        END IF;
-    END LOOP;
-    NEW.visible_to := scope;
-    RETURN NEW;
-END
-$$;
-COMMENT ON FUNCTION crm.visibility_dependent() IS
-    'Internal: trigger that gives tags, stage history and activities the visibility of the records they hang off, and refuses links to records the writer cannot see';
-
 -- BEFORE DELETE on account, contact, lead, opportunity: a delete would set
 -- NULL or cascade into the rows that refer to the record; refuse it when
 -- the deleter cannot see one of them.
@@ -260,33 +134,36 @@ CREATE FUNCTION crm.visibility_delete_guard() RETURNS trigger
     AS $$
 DECLARE
     hidden text;
+    me uuid := crm.current_user_id();
 BEGIN
     IF crm.is_admin() THEN
         RETURN OLD;
     END IF;
+    -- me IS NULL sees only rows whose visible_to is NULL
+    me := coalesce(me, '00000000-0000-0000-0000-000000000000');
     CASE TG_ARGV[0]
         WHEN 'account' THEN
             SELECT x.what INTO hidden FROM (
-                SELECT 'contact' FROM crm.contact r WHERE r.tenant_id = OLD.tenant_id AND r.account_id = OLD.id AND NOT crm.sees(r.visible_to)
-                UNION ALL SELECT 'opportunity' FROM crm.opportunity r WHERE r.tenant_id = OLD.tenant_id AND r.account_id = OLD.id AND NOT crm.sees(r.visible_to)
-                UNION ALL SELECT 'lead' FROM crm.lead r WHERE r.tenant_id = OLD.tenant_id AND r.converted_account_id = OLD.id AND NOT crm.sees(r.visible_to)
-                UNION ALL SELECT 'account' FROM crm.account r WHERE r.tenant_id = OLD.tenant_id AND r.parent_account_id = OLD.id AND NOT crm.sees(r.visible_to)
-                UNION ALL SELECT 'activity' FROM crm.activity r WHERE r.tenant_id = OLD.tenant_id AND r.account_id = OLD.id AND NOT crm.sees(r.visible_to)
+                SELECT 'contact' FROM crm.contact r WHERE r.tenant_id = OLD.tenant_id AND r.account_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'opportunity' FROM crm.opportunity r WHERE r.tenant_id = OLD.tenant_id AND r.account_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'lead' FROM crm.lead r WHERE r.tenant_id = OLD.tenant_id AND r.converted_account_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'account' FROM crm.account r WHERE r.tenant_id = OLD.tenant_id AND r.parent_account_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'activity' FROM crm.activity r WHERE r.tenant_id = OLD.tenant_id AND r.account_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
             ) x(what) LIMIT 1;
         WHEN 'contact' THEN
             SELECT x.what INTO hidden FROM (
-                SELECT 'opportunity' FROM crm.opportunity r WHERE r.tenant_id = OLD.tenant_id AND r.contact_id = OLD.id AND NOT crm.sees(r.visible_to)
-                UNION ALL SELECT 'lead' FROM crm.lead r WHERE r.tenant_id = OLD.tenant_id AND r.converted_contact_id = OLD.id AND NOT crm.sees(r.visible_to)
-                UNION ALL SELECT 'activity' FROM crm.activity r WHERE r.tenant_id = OLD.tenant_id AND r.contact_id = OLD.id AND NOT crm.sees(r.visible_to)
+                SELECT 'opportunity' FROM crm.opportunity r WHERE r.tenant_id = OLD.tenant_id AND r.contact_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'lead' FROM crm.lead r WHERE r.tenant_id = OLD.tenant_id AND r.converted_contact_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'activity' FROM crm.activity r WHERE r.tenant_id = OLD.tenant_id AND r.contact_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
             ) x(what) LIMIT 1;
         WHEN 'lead' THEN
             SELECT x.what INTO hidden FROM (
-                SELECT 'opportunity' FROM crm.opportunity r WHERE r.tenant_id = OLD.tenant_id AND r.lead_id = OLD.id AND NOT crm.sees(r.visible_to)
-                UNION ALL SELECT 'activity' FROM crm.activity r WHERE r.tenant_id = OLD.tenant_id AND r.lead_id = OLD.id AND NOT crm.sees(r.visible_to)
+                SELECT 'opportunity' FROM crm.opportunity r WHERE r.tenant_id = OLD.tenant_id AND r.lead_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'activity' FROM crm.activity r WHERE r.tenant_id = OLD.tenant_id AND r.lead_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
             ) x(what) LIMIT 1;
         WHEN 'opportunity' THEN
             SELECT 'activity' INTO hidden FROM crm.activity r
-             WHERE r.tenant_id = OLD.tenant_id AND r.opportunity_id = OLD.id AND NOT crm.sees(r.visible_to) LIMIT 1;
+             WHERE r.tenant_id = OLD.tenant_id AND r.opportunity_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to) LIMIT 1;
     END CASE;
     IF hidden IS NOT NULL THEN
         RAISE EXCEPTION 'permission denied to delete % %', TG_ARGV[0], OLD.id
@@ -434,15 +311,17 @@ COMMENT ON TRIGGER visibility_hierarchy ON crm.tenant IS 'visible_to of every re
 DO $$
 DECLARE
     t text;
-    links text;
+    links text[];
 BEGIN
     FOREACH t IN ARRAY ARRAY['account', 'contact', 'lead', 'opportunity'] LOOP
-        links := CASE t WHEN 'account' THEN 'parent_account_id'
-                        WHEN 'contact' THEN 'account_id'
-                        WHEN 'lead' THEN 'converted_account_id, converted_contact_id'
-                        ELSE 'account_id, contact_id, lead_id' END;
+        links := CASE t WHEN 'account' THEN ARRAY['parent_account_id=account']
+                        WHEN 'contact' THEN ARRAY['account_id=account']
+                        WHEN 'lead' THEN ARRAY['converted_account_id=account', 'converted_contact_id=contact']
+                        ELSE ARRAY['account_id=account', 'contact_id=contact', 'lead_id=lead'] END;
         EXECUTE format('CREATE TRIGGER visibility BEFORE INSERT OR UPDATE OF owner_id, visible_to, %s ON crm.%I'
-                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_record(%L)', links, t, t);
+                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_row(%L, %L, %s)',
+                       (SELECT string_agg(split_part(l, '=', 1), ', ') FROM unnest(links) l), t, t, 'record',
+                       (SELECT string_agg(quote_literal(l), ', ') FROM unnest(links) l));
         EXECUTE format('COMMENT ON TRIGGER visibility ON crm.%I IS %L', t,
                        'visible_to from the owner; links only to records the writer sees');
         EXECUTE format('CREATE TRIGGER visibility_propagate AFTER UPDATE ON crm.%I FOR EACH ROW'
@@ -456,11 +335,16 @@ BEGIN
                        'No delete that would change or delete rows the deleter cannot see');
     END LOOP;
     FOREACH t IN ARRAY ARRAY['account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history', 'activity'] LOOP
-        links := CASE t WHEN 'activity' THEN 'owner_id, account_id, contact_id, lead_id, opportunity_id'
-                        WHEN 'stage_history' THEN 'lead_id, opportunity_id'
-                        ELSE replace(t, '_tag', '_id') END;
-        EXECUTE format('CREATE TRIGGER visibility BEFORE INSERT OR UPDATE OF visible_to, %s ON crm.%I'
-                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_dependent(%L)', links, t, t);
+        links := CASE t WHEN 'activity' THEN ARRAY['account_id=account', 'contact_id=contact', 'lead_id=lead',
+                                                   'opportunity_id=opportunity']
+                        WHEN 'stage_history' THEN ARRAY['lead_id=lead', 'opportunity_id=opportunity']
+                        ELSE ARRAY[replace(t, '_tag', '_id') || '=' || replace(t, '_tag', '')] END;
+        EXECUTE format('CREATE TRIGGER visibility BEFORE INSERT OR UPDATE OF visible_to, %s%s ON crm.%I'
+                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_row(%L, %L, %s)',
+                       CASE WHEN t = 'activity' THEN 'owner_id, ' ELSE '' END,
+                       (SELECT string_agg(split_part(l, '=', 1), ', ') FROM unnest(links) l), t, t,
+                       CASE WHEN t = 'stage_history' THEN 'history' ELSE 'dependent' END,
+                       (SELECT string_agg(quote_literal(l), ', ') FROM unnest(links) l));
         EXECUTE format('COMMENT ON TRIGGER visibility ON crm.%I IS %L', t,
                        'visible_to from the records the row hangs off; links only to records the writer sees');
     END LOOP;

@@ -72,14 +72,9 @@ INSERT INTO func_level VALUES
     -- internal helpers, granted to no crm role
     ('crm.tenant_access_check()', NULL),
     ('crm.tenant_require()', NULL),
-    ('crm.sees(uuid[])', NULL),
-    ('crm.scope_intersect(uuid[],uuid[])', NULL),
     ('crm.owner_scope(uuid,uuid)', NULL),
-    ('crm.record_scope(uuid,text,uuid)', NULL),
-    ('crm.require_visible_link(uuid,text,uuid,text)', NULL),
-    ('crm.visibility_record()', NULL),
+    ('crm.visibility_row()', NULL),
     ('crm.visibility_propagate()', NULL),
-    ('crm.visibility_dependent()', NULL),
     ('crm.visibility_delete_guard()', NULL),
     ('crm.visibility_refresh(uuid)', NULL),
     ('crm.visibility_refresh_records(uuid,uuid[])', NULL),
@@ -92,7 +87,7 @@ INSERT INTO func_level VALUES
 -- granted to no one.
 CREATE TEMP TABLE definer_function (sig text PRIMARY KEY);
 INSERT INTO definer_function VALUES
-    ('crm.visibility_record()'), ('crm.visibility_propagate()'), ('crm.visibility_dependent()'),
+    ('crm.visibility_propagate()'),
     ('crm.visibility_delete_guard()'), ('crm.visibility_refresh(uuid)'),
     ('crm.visibility_refresh_records(uuid,uuid[])'), ('crm.visibility_hierarchy()');
 

@@ -65,7 +65,8 @@ SELECT is(
 
 SELECT ok(EXISTS (SELECT 1 FROM pg_trigger t
                    WHERE t.tgrelid = format('crm.%I', v.tbl)::regclass AND t.tgname = 'visibility'
-                     AND t.tgfoid IN ('crm.visibility_record()'::regprocedure, 'crm.visibility_dependent()'::regprocedure)),
+                     AND t.tgfoid = 'crm.visibility_row()'::regprocedure
+                     AND encode(t.tgargs, 'escape') LIKE v.tbl || '\\000%'),
           format('crm.%I derives visible_to in its visibility trigger', v.tbl))
   FROM visibility_table v ORDER BY v.tbl;
 
