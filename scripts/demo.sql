@@ -77,3 +77,18 @@ SELECT coalesce(o.name, l.name) AS record, f.name AS from_stage, t.name AS to_st
 \echo '== Recent activity by module'
 SELECT module, count(*) AS activities, max(occurred_at)::date AS last
   FROM crm.activity WHERE status = 'completed' GROUP BY module ORDER BY activities DESC;
+
+\echo
+\echo '== Private visibility (issue 8): who would see how many deals, activities and history rows'
+\echo '   UPDATE crm.tenant SET visibility = ''private'': each row carries visible_to, kept by triggers'
+UPDATE crm.tenant SET visibility = 'private' WHERE tenant_id = :'tenant';
+SELECT u.name AS crm_user, m.name AS reports_to,
+       (SELECT count(*) FROM crm.opportunity o WHERE o.tenant_id = u.tenant_id
+           AND (o.visible_to IS NULL OR u.id = ANY (o.visible_to))) AS deals,
+       (SELECT count(*) FROM crm.activity a WHERE a.tenant_id = u.tenant_id
+           AND (a.visible_to IS NULL OR u.id = ANY (a.visible_to))) AS activities,
+       (SELECT count(*) FROM crm.stage_history h WHERE h.tenant_id = u.tenant_id
+           AND (h.visible_to IS NULL OR u.id = ANY (h.visible_to))) AS history_rows
+  FROM crm.app_user u LEFT JOIN crm.app_user m ON m.tenant_id = u.tenant_id AND m.id = u.manager_id
+ WHERE u.tenant_id = :'tenant' ORDER BY u.name;
+UPDATE crm.tenant SET visibility = 'public' WHERE tenant_id = :'tenant';
