@@ -106,6 +106,28 @@ tap_suite
 shell_suite
 
 scripts/cluster.sh stop
+
+# A backend that crashed took the statement it ran with it, and the suites
+# may still pass (pg_regress reconnects); the server log keeps the trace.
+crash_check() {
+	local log=$REPO/.pg/log/postgresql.log lines
+	echo "=== server log: crashes"
+	if [[ ! -f $log ]]; then
+		echo "test.sh: no server log at $log"
+		failed=$((failed + 1))
+		return 0
+	fi
+	lines=$(grep -E 'terminated by signal|server process \(PID [0-9]+\) (was terminated|exited with)|terminating any other active server processes' "$log" || true)
+	if [[ -n $lines ]]; then
+		echo "test.sh: the server log reports a crashed backend:"
+		printf '%s\n' "$lines" | head -n 20
+		failed=$((failed + 1))
+	else
+		echo "ok - no backend crashed"
+		passed=$((passed + 1))
+	fi
+}
+crash_check
 echo "logs: $REPO/.pg/log/"
 if ((passed + failed == 0)); then
 	echo "test.sh: no tests ran"

@@ -89,6 +89,7 @@ crm_activity_sync(PG_FUNCTION_ARGS)
 	int			n = 0;
 
 	crm_require_trigger(fcinfo, "activity_sync", true, true);
+	crm_require_trigger_nargs(fcinfo, "activity_sync", 0);
 	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
 	{
 		oldtuple = trigdata->tg_trigtuple;

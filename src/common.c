@@ -42,6 +42,26 @@ crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 }
 
 /*
+ * Refuse a trigger created with another number of arguments than the
+ * function reads: extra arguments would be silently ignored (the user meant
+ * something by them) and missing ones would be read past the end of
+ * tgargs.
+ */
+void
+crm_require_trigger_nargs(FunctionCallInfo fcinfo, const char *funcname,
+						  int nargs)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (trigdata->tg_trigger->tgnargs != nargs)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"%s\" takes %d trigger argument%s, not %d",
+						funcname, nargs, nargs == 1 ? "" : "s",
+						trigdata->tg_trigger->tgnargs)));
+}
+
+/*
  * A row applied by logical replication (or a restore that asks for it)
  * arrives with its derived data already computed on the origin; deriving it
  * again here would double history rows.  Triggers are normally not fired

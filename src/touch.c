@@ -27,6 +27,7 @@ crm_touch_updated_at(PG_FUNCTION_ARGS)
 	bool		isnull = false;
 
 	crm_require_trigger(fcinfo, "touch_updated_at", true, true);
+	crm_require_trigger_nargs(fcinfo, "touch_updated_at", 0);
 	if (!TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
