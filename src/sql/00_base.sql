@@ -48,6 +48,18 @@ CREATE FUNCTION crm.casefold(value text) RETURNS text
 COMMENT ON FUNCTION crm.casefold(text) IS
     'The text in lower case under ICU''s root collation, whatever the cluster locale: how e-mails and names are compared case-insensitively';
 
+-- "Non-empty" means more than whitespace of any kind: ASCII blanks, the
+-- Unicode White_Space characters (no-break, em, ideographic spaces, line
+-- separators) and the invisible format characters that render as nothing
+-- (zero-width space and joiners, word joiner, BOM).  Every CHECK that
+-- refuses an empty name uses this one definition (src/sql/97_value_checks.sql
+-- turns each btrim(x) <> '' check into it).
+CREATE FUNCTION crm.is_blank(value text) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'crm_values_is_blank'
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION crm.is_blank(text) IS
+    'True when the text is empty or only whitespace of any kind (tab, newline, Unicode spaces such as U+00A0 and U+2003, zero-width characters); NULL for NULL. The test of every non-empty CHECK';
+
 CREATE DOMAIN crm.email_address AS text
     CHECK (VALUE ~ '^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:].]+$');
 COMMENT ON DOMAIN crm.email_address IS 'An e-mail address: local part, @, and a domain with a dot';

@@ -180,6 +180,11 @@ BEGIN
     GRANT EXECUTE ON FUNCTION
         crm.grant_tenant_access(name, uuid, uuid), crm.revoke_tenant_access(name, uuid)
         TO crm_admin;
+
+    -- Value checks (issue 6.3, src/sql/97_value_checks.sql): the non-empty
+    -- CHECKs call crm.is_blank with the writer's rights; readers may test
+    -- values the same way.
+    GRANT EXECUTE ON FUNCTION crm.is_blank(text) TO crm_reader;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

@@ -48,6 +48,7 @@ INSERT INTO func_level VALUES
     ('crm.exchange_rate(text,text,date,uuid)', 1),
     ('crm.uuid_v7_time(uuid)', 1),
     ('crm.casefold(text)', 1),
+    ('crm.is_blank(text)', 1),
     ('crm.uuid_generate_v7()', 2),
     ('crm.stage_for_move(text,uuid,uuid,uuid,uuid)', 2),
     ('crm.pipeline_closing_stage(uuid,uuid,text)', 2),
