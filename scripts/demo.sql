@@ -53,7 +53,7 @@ SELECT stage_name AS stage, count, amount AS expected_revenue, weighted_amount
 \echo
 \echo '== Dashboard'
 \x on
-SELECT currency, total_leads, active_leads, converted_leads, opportunities_count, opportunities_value,
+SELECT currency, total_leads, active_leads, converted_leads, open_opportunities_count, open_opportunities_value,
        won_count, won_value, lost_count, conversion_rate || ' %' AS conversion_rate
   FROM crm.dashboard;
 \x off

@@ -323,7 +323,7 @@ SELECT a.module, a.completed_at IS NULL AS not_completed, c.do_not_call_at IS NO
 -- every view
 SELECT pg_catalog.count(*) AS lead_kanban_rows FROM crm.lead_kanban;
 SELECT pg_catalog.count(*) AS opportunity_kanban_rows FROM crm.opportunity_kanban;
-SELECT total_leads, converted_leads, won_count, lost_count, unconverted_count FROM crm.dashboard;
+SELECT total_leads, converted_leads, won_count, lost_count, unpriced_count FROM crm.dashboard;
 DELETE FROM crm.account_tag WHERE account_id OPERATOR(pg_catalog.=) :'hacc';
 DELETE FROM crm.contact_tag WHERE contact_id OPERATOR(pg_catalog.=) :'hcon';
 DELETE FROM crm.lead_tag WHERE lead_id OPERATOR(pg_catalog.=) :'hlead';
