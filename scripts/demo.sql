@@ -8,6 +8,26 @@ SET client_min_messages = warning;
 \echo
 \echo '== Demo data: SELECT crm.load_demo()  (a tenant with the sample data of shared/seeds/004)'
 SELECT crm.load_demo() AS tenant \gset
+\echo '   demo tenant id:' :tenant
+
+-- The group roles and a login role for the person trying the demo: a
+-- superuser bypasses row-level security, so the demo is opened as crm_demo,
+-- a writer mapped to the demo tenant (as Ben Carter), which sees and writes
+-- that tenant's rows only.
+\echo
+\echo '== Roles: SELECT crm.setup_roles(); a login role crm_demo (crm_writer) mapped to the demo tenant'
+SELECT crm.setup_roles() \g /dev/null
+SELECT NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'crm_demo') AS make_demo_role \gset
+\if :make_demo_role
+CREATE ROLE crm_demo LOGIN;
+\endif
+GRANT crm_writer TO crm_demo;
+SELECT crm.grant_tenant_access('crm_demo', :'tenant',
+                               (SELECT u.id FROM crm.app_user u WHERE u.tenant_id = :'tenant' AND u.name = 'Ben Carter'))
+    \g /dev/null
+SELECT r.login_role AS role, t.name AS tenant, u.name AS acts_as
+  FROM crm.tenant_access r JOIN crm.tenant t USING (tenant_id) LEFT JOIN crm.app_user u ON u.id = r.user_id
+ WHERE r.login_role = 'crm_demo';
 -- act for that tenant as an application would (SET LOCAL per transaction in an app)
 SELECT set_config('crm.tenant_id', :'tenant', false) \g /dev/null
 SELECT id AS ben FROM crm.app_user WHERE name = 'Ben Carter' \gset
