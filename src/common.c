@@ -9,6 +9,7 @@
 #include "crm.h"
 
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
@@ -108,4 +109,63 @@ crm_attnum(Relation rel, const char *colname, Oid typid)
 					colname, RelationGetRelationName(rel)),
 			 errhint("This trigger function only works on crm tables that have that column.")));
 	return InvalidAttrNumber;	/* keep compiler quiet */
+}
+
+/*
+ * Attribute number of a column if the relation has it (of any type), else
+ * InvalidAttrNumber.
+ */
+int
+crm_optional_attnum(Relation rel, const char *colname)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), colname) == 0)
+			return att->attnum;
+	}
+	return InvalidAttrNumber;
+}
+
+/*
+ * The agreed rule for identity columns: an UPDATE that changes tenant_id or
+ * id (where the table has them) is refused with 42501, so that no row moves
+ * into another tenant or out from under the history that names it.  The
+ * comparison is of the stored images, so it needs no equality operator and
+ * works for a column of any type.  touch_updated_at() applies it to every
+ * table; a BEFORE UPDATE trigger that fires earlier and would otherwise
+ * report a less helpful error for a moved row can call it first.
+ */
+void
+crm_refuse_identity_change(Relation rel, HeapTuple oldtuple, HeapTuple newtuple)
+{
+	static const char *const identity[] = {"tenant_id", "id"};
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+
+	for (int i = 0; i < lengthof(identity); i++)
+	{
+		int			attnum = crm_optional_attnum(rel, identity[i]);
+		Form_pg_attribute att;
+		Datum		oldval;
+		Datum		newval;
+		bool		oldnull;
+		bool		newnull;
+
+		if (attnum == InvalidAttrNumber)
+			continue;
+		att = TupleDescAttr(tupdesc, attnum - 1);
+		oldval = heap_getattr(oldtuple, attnum, tupdesc, &oldnull);
+		newval = heap_getattr(newtuple, attnum, tupdesc, &newnull);
+		if (oldnull == newnull &&
+			(oldnull || datumIsEqual(oldval, newval, att->attbyval, att->attlen)))
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("column \"%s\" of relation \"%s\" cannot be changed",
+						identity[i], RelationGetRelationName(rel)),
+				 errdetail("A row keeps the tenant and the id it was created with.")));
+	}
 }

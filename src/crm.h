@@ -62,6 +62,9 @@ extern void crm_require_trigger_nargs(FunctionCallInfo fcinfo,
 									  const char *funcname, int nargs);
 extern bool crm_replica_skips_work(void);
 extern int	crm_attnum(Relation rel, const char *colname, Oid typid);
+extern int	crm_optional_attnum(Relation rel, const char *colname);
+extern void crm_refuse_identity_change(Relation rel, HeapTuple oldtuple,
+									   HeapTuple newtuple);
 
 /* tenant.c */
 extern bool crm_current_app_user_id(pg_uuid_t *user);
