@@ -97,3 +97,14 @@ SELECT coalesce(o.name, l.name) AS record, f.name AS from_stage, t.name AS to_st
 \echo '== Recent activity by module'
 SELECT module, count(*) AS activities, max(occurred_at)::date AS last
   FROM crm.activity WHERE status = 'completed' GROUP BY module ORDER BY activities DESC;
+
+\echo
+\echo '== Values the CRM refuses and columns the server owns (tried in a transaction that is rolled back)'
+BEGIN;
+SELECT crm.is_blank(E'\u00a0\t\u2003') AS "no-break space, tab, em space: blank",
+       crm.is_blank(E'\u00a0Acme') AS "with a letter: blank";
+INSERT INTO crm.account (name, created_at, updated_at) VALUES ('Backdated Ltd', '1970-01-01', '2999-01-01')
+RETURNING name, created_at = now() AS "created_at is the server's", updated_at = now() AS "updated_at is the server's";
+SELECT conname AS "refuses NaN and infinities", pg_get_constraintdef(oid) AS "check"
+  FROM pg_constraint WHERE conrelid = 'crm.opportunity'::regclass AND conname = 'opportunity_amount_finite';
+ROLLBACK;

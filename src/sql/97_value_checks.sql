@@ -8,9 +8,11 @@
 --      refuses NaN, Infinity and -Infinity (23514, constraint
 --      <table>_<column>_finite); NaN passes "amount >= 0" and would turn
 --      every sum of a report into NaN;
---   2. "non-empty" means not blank: every CHECK (btrim(x) <> '') becomes
+--   2. "non-empty" means not blank: every CHECK (btrim(x) <> ''), and the
+--      variants length(btrim(x)) > 0 and x <> '', becomes
 --      CHECK (NOT crm.is_blank(x)) under the same name, so that tabs,
---      newlines and Unicode spaces alone are refused as well;
+--      newlines and Unicode spaces alone are refused as well (the
+--      regression test sql/25_value_checks lists any other form);
 --   3. indexed text has a length limit: every text column that a plain or
 --      expression index (unique or not) reads gets CHECK (length(x) <= n)
 --      named <table>_<column>_max_length (23514), before the btree's own
@@ -55,7 +57,10 @@ BEGIN
          WHERE r.relnamespace = 'crm'::regnamespace AND k.contype = 'c'
          ORDER BY r.relname, k.conname
     LOOP
-        col := (pg_catalog.regexp_match(c.def, '^CHECK \(\(btrim\(([^()]+)\) <> ''''::text\)\)$'))[1];
+        col := coalesce(
+            (pg_catalog.regexp_match(c.def, '^CHECK \(\(btrim\(([^()]+)\) <> ''''::text\)\)$'))[1],
+            (pg_catalog.regexp_match(c.def, '^CHECK \(\(length\(btrim\(([^()]+)\)\) > 0\)\)$'))[1],
+            (pg_catalog.regexp_match(c.def, '^CHECK \(\(([^()]+) <> ''''::text\)\)$'))[1]);
         CONTINUE WHEN col IS NULL;
         EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', c.tab, c.conname);
         EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (NOT crm.is_blank(%s))',
@@ -63,13 +68,6 @@ BEGIN
         EXECUTE pg_catalog.format('COMMENT ON CONSTRAINT %I ON %s IS %L', c.conname, c.tab,
             col || ' is not blank: whitespace of any kind alone is refused');
     END LOOP;
-    -- a blank check written another way would escape the rule: say so at install
-    PERFORM 1 FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class r ON r.oid = k.conrelid
-     WHERE r.relnamespace = 'crm'::regnamespace AND k.contype = 'c'
-       AND pg_catalog.pg_get_constraintdef(k.oid) OPERATOR(pg_catalog.~) 'btrim\(';
-    IF FOUND THEN
-        RAISE EXCEPTION 'a crm CHECK tests for blanks with btrim(); use NOT crm.is_blank(column)';
-    END IF;
 END
 $$;
 
