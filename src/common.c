@@ -142,30 +142,34 @@ crm_optional_attnum(Relation rel, const char *colname)
 void
 crm_refuse_identity_change(Relation rel, HeapTuple oldtuple, HeapTuple newtuple)
 {
-	static const char *const identity[] = {"tenant_id", "id"};
+	int			attnum;
+
+	if ((attnum = crm_optional_attnum(rel, "tenant_id")) != InvalidAttrNumber)
+		crm_refuse_column_change(rel, oldtuple, newtuple, attnum);
+	if ((attnum = crm_optional_attnum(rel, "id")) != InvalidAttrNumber)
+		crm_refuse_column_change(rel, oldtuple, newtuple, attnum);
+}
+
+/* The check of crm_refuse_identity_change() for one identity column. */
+void
+crm_refuse_column_change(Relation rel, HeapTuple oldtuple, HeapTuple newtuple,
+						 int attnum)
+{
 	TupleDesc	tupdesc = RelationGetDescr(rel);
+	Form_pg_attribute att = TupleDescAttr(tupdesc, attnum - 1);
+	Datum		oldval;
+	Datum		newval;
+	bool		oldnull;
+	bool		newnull;
 
-	for (int i = 0; i < lengthof(identity); i++)
-	{
-		int			attnum = crm_optional_attnum(rel, identity[i]);
-		Form_pg_attribute att;
-		Datum		oldval;
-		Datum		newval;
-		bool		oldnull;
-		bool		newnull;
-
-		if (attnum == InvalidAttrNumber)
-			continue;
-		att = TupleDescAttr(tupdesc, attnum - 1);
-		oldval = heap_getattr(oldtuple, attnum, tupdesc, &oldnull);
-		newval = heap_getattr(newtuple, attnum, tupdesc, &newnull);
-		if (oldnull == newnull &&
-			(oldnull || datumIsEqual(oldval, newval, att->attbyval, att->attlen)))
-			continue;
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("column \"%s\" of relation \"%s\" cannot be changed",
-						identity[i], RelationGetRelationName(rel)),
-				 errdetail("A row keeps the tenant and the id it was created with.")));
-	}
+	oldval = heap_getattr(oldtuple, attnum, tupdesc, &oldnull);
+	newval = heap_getattr(newtuple, attnum, tupdesc, &newnull);
+	if (oldnull == newnull &&
+		(oldnull || datumIsEqual(oldval, newval, att->attbyval, att->attlen)))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("column \"%s\" of relation \"%s\" cannot be changed",
+					NameStr(att->attname), RelationGetRelationName(rel)),
+			 errdetail("A row keeps the tenant and the id it was created with.")));
 }

@@ -65,6 +65,8 @@ extern int	crm_attnum(Relation rel, const char *colname, Oid typid);
 extern int	crm_optional_attnum(Relation rel, const char *colname);
 extern void crm_refuse_identity_change(Relation rel, HeapTuple oldtuple,
 									   HeapTuple newtuple);
+extern void crm_refuse_column_change(Relation rel, HeapTuple oldtuple,
+									 HeapTuple newtuple, int attnum);
 
 /* tenant.c */
 extern bool crm_current_app_user_id(pg_uuid_t *user);

@@ -39,10 +39,12 @@ crm_touch_updated_at(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	Relation	rel;
+	TupleDesc	tupdesc;
 	HeapTuple	newtuple;
 	HeapTuple	oldtuple = NULL;
-	int			updated_att;
-	int			created_att;
+	int			updated_att = InvalidAttrNumber;
+	int			created_att = InvalidAttrNumber;
+	int			identity_att[2] = {InvalidAttrNumber, InvalidAttrNumber};
 	int			cols[2];
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
@@ -66,13 +68,36 @@ crm_touch_updated_at(PG_FUNCTION_ARGS)
 		return PointerGetDatum(newtuple);
 
 	rel = trigdata->tg_relation;
-	updated_att = crm_attnum(rel, "updated_at", TIMESTAMPTZOID);
-	created_att = crm_optional_attnum(rel, "created_at");
-	if (created_att != InvalidAttrNumber)
+	tupdesc = RelationGetDescr(rel);
+
+	/* one pass over the columns: this trigger fires for every row written */
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+		const char *name = NameStr(att->attname);
+
+		if (att->attisdropped)
+			continue;
+		if (strcmp(name, "updated_at") == 0)
+			updated_att = att->attnum;
+		else if (strcmp(name, "created_at") == 0)
+			created_att = att->attnum;
+		else if (strcmp(name, "tenant_id") == 0)
+			identity_att[0] = att->attnum;
+		else if (strcmp(name, "id") == 0)
+			identity_att[1] = att->attnum;
+	}
+	/* a missing updated_at or either of another type: the error names it */
+	if (updated_att == InvalidAttrNumber ||
+		TupleDescAttr(tupdesc, updated_att - 1)->atttypid != TIMESTAMPTZOID)
+		updated_att = crm_attnum(rel, "updated_at", TIMESTAMPTZOID);
+	if (created_att != InvalidAttrNumber &&
+		TupleDescAttr(tupdesc, created_att - 1)->atttypid != TIMESTAMPTZOID)
 		created_att = crm_attnum(rel, "created_at", TIMESTAMPTZOID);
 
-	if (oldtuple != NULL)
-		crm_refuse_identity_change(rel, oldtuple, newtuple);
+	for (int i = 0; i < lengthof(identity_att) && oldtuple != NULL; i++)
+		if (identity_att[i] != InvalidAttrNumber)
+			crm_refuse_column_change(rel, oldtuple, newtuple, identity_att[i]);
 
 	cols[n] = updated_att;
 	values[n++] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
@@ -80,13 +105,13 @@ crm_touch_updated_at(PG_FUNCTION_ARGS)
 	{
 		cols[n] = created_att;
 		if (oldtuple != NULL)
-			values[n] = heap_getattr(oldtuple, created_att, RelationGetDescr(rel), &nulls[n]);
+			values[n] = heap_getattr(oldtuple, created_att, tupdesc, &nulls[n]);
 		else
 			values[n] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 		n++;
 	}
 
-	return PointerGetDatum(heap_modify_tuple_by_cols(newtuple, RelationGetDescr(rel),
+	return PointerGetDatum(heap_modify_tuple_by_cols(newtuple, tupdesc,
 													 n, cols, values, nulls));
 }
 
