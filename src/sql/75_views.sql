@@ -29,13 +29,13 @@ WITH rate AS (
             UNION ALL
             SELECT r.tenant_id, r.from_currency, r.rate, 1, r.valid_from
               FROM crm.currency_rate r
-              JOIN crm.tenant t ON t.tenant_id = r.tenant_id AND t.default_currency = r.to_currency
-             WHERE r.valid_from <= current_date
+              JOIN crm.tenant t ON t.tenant_id OPERATOR(pg_catalog.=) r.tenant_id AND t.default_currency OPERATOR(pg_catalog.=) r.to_currency
+             WHERE r.valid_from OPERATOR(pg_catalog.<=) current_date
             UNION ALL
-            SELECT r.tenant_id, r.to_currency, 1 / r.rate, 2, r.valid_from
+            SELECT r.tenant_id, r.to_currency, 1 OPERATOR(pg_catalog./) r.rate, 2, r.valid_from
               FROM crm.currency_rate r
-              JOIN crm.tenant t ON t.tenant_id = r.tenant_id AND t.default_currency = r.from_currency
-             WHERE r.valid_from <= current_date) x
+              JOIN crm.tenant t ON t.tenant_id OPERATOR(pg_catalog.=) r.tenant_id AND t.default_currency OPERATOR(pg_catalog.=) r.from_currency
+             WHERE r.valid_from OPERATOR(pg_catalog.<=) current_date) x
      ORDER BY x.tenant_id, x.currency, x.preference, x.valid_from DESC)
 SELECT s.tenant_id,
        s.pipeline_id,
@@ -45,16 +45,16 @@ SELECT s.tenant_id,
        s.sequence AS stage_sequence,
        s.kind AS stage_kind,
        s.probability AS stage_probability,
-       count(o.id) AS count,
+       pg_catalog.count(o.id) AS count,
        t.default_currency AS currency,
-       round(coalesce(sum(o.amount * fx.rate), 0), 2) AS amount,
-       round(coalesce(sum(o.amount * fx.rate * o.probability / 100), 0), 2) AS weighted_amount,
-       count(o.id) FILTER (WHERE fx.rate IS NULL) AS unpriced_count
+       pg_catalog.round(coalesce(pg_catalog.sum(o.amount OPERATOR(pg_catalog.*) fx.rate), 0), 2) AS amount,
+       pg_catalog.round(coalesce(pg_catalog.sum(o.amount OPERATOR(pg_catalog.*) fx.rate OPERATOR(pg_catalog.*) o.probability OPERATOR(pg_catalog./) 100), 0), 2) AS weighted_amount,
+       pg_catalog.count(o.id) FILTER (WHERE fx.rate IS NULL) AS unpriced_count
   FROM crm.stage s
-  JOIN crm.pipeline p ON p.tenant_id = s.tenant_id AND p.id = s.pipeline_id
-  JOIN crm.tenant t ON t.tenant_id = s.tenant_id
-  LEFT JOIN crm.opportunity o ON o.tenant_id = s.tenant_id AND o.stage_id = s.id AND o.archived_at IS NULL
-  LEFT JOIN rate fx ON fx.tenant_id = o.tenant_id AND fx.currency = o.currency
+  JOIN crm.pipeline p ON p.tenant_id OPERATOR(pg_catalog.=) s.tenant_id AND p.id OPERATOR(pg_catalog.=) s.pipeline_id
+  JOIN crm.tenant t ON t.tenant_id OPERATOR(pg_catalog.=) s.tenant_id
+  LEFT JOIN crm.opportunity o ON o.tenant_id OPERATOR(pg_catalog.=) s.tenant_id AND o.stage_id OPERATOR(pg_catalog.=) s.id AND o.archived_at IS NULL
+  LEFT JOIN rate fx ON fx.tenant_id OPERATOR(pg_catalog.=) o.tenant_id AND fx.currency OPERATOR(pg_catalog.=) o.currency
  GROUP BY s.tenant_id, s.pipeline_id, p.name, p.sequence, s.id, s.name, s.sequence, s.kind, s.probability,
           t.default_currency
  ORDER BY s.tenant_id, p.sequence, p.name, s.sequence;
@@ -70,13 +70,13 @@ WITH rate AS (
             UNION ALL
             SELECT r.tenant_id, r.from_currency, r.rate, 1, r.valid_from
               FROM crm.currency_rate r
-              JOIN crm.tenant t ON t.tenant_id = r.tenant_id AND t.default_currency = r.to_currency
-             WHERE r.valid_from <= current_date
+              JOIN crm.tenant t ON t.tenant_id OPERATOR(pg_catalog.=) r.tenant_id AND t.default_currency OPERATOR(pg_catalog.=) r.to_currency
+             WHERE r.valid_from OPERATOR(pg_catalog.<=) current_date
             UNION ALL
-            SELECT r.tenant_id, r.to_currency, 1 / r.rate, 2, r.valid_from
+            SELECT r.tenant_id, r.to_currency, 1 OPERATOR(pg_catalog./) r.rate, 2, r.valid_from
               FROM crm.currency_rate r
-              JOIN crm.tenant t ON t.tenant_id = r.tenant_id AND t.default_currency = r.from_currency
-             WHERE r.valid_from <= current_date) x
+              JOIN crm.tenant t ON t.tenant_id OPERATOR(pg_catalog.=) r.tenant_id AND t.default_currency OPERATOR(pg_catalog.=) r.from_currency
+             WHERE r.valid_from OPERATOR(pg_catalog.<=) current_date) x
      ORDER BY x.tenant_id, x.currency, x.preference, x.valid_from DESC)
 SELECT s.tenant_id,
        s.pipeline_id,
@@ -86,18 +86,18 @@ SELECT s.tenant_id,
        s.sequence AS stage_sequence,
        s.kind AS stage_kind,
        s.probability AS stage_probability,
-       count(l.id) AS count,
+       pg_catalog.count(l.id) AS count,
        t.default_currency AS currency,
-       round(coalesce(sum(coalesce(l.expected_revenue, 0) * fx.rate), 0), 2) AS amount,
-       round(coalesce(sum(coalesce(l.expected_revenue, 0) * fx.rate * l.probability / 100), 0), 2)
+       pg_catalog.round(coalesce(pg_catalog.sum(coalesce(l.expected_revenue, 0) OPERATOR(pg_catalog.*) fx.rate), 0), 2) AS amount,
+       pg_catalog.round(coalesce(pg_catalog.sum(coalesce(l.expected_revenue, 0) OPERATOR(pg_catalog.*) fx.rate OPERATOR(pg_catalog.*) l.probability OPERATOR(pg_catalog./) 100), 0), 2)
            AS weighted_amount,
-       count(l.id) FILTER (WHERE fx.rate IS NULL) AS unpriced_count
+       pg_catalog.count(l.id) FILTER (WHERE fx.rate IS NULL) AS unpriced_count
   FROM crm.stage s
-  JOIN crm.pipeline p ON p.tenant_id = s.tenant_id AND p.id = s.pipeline_id
-  JOIN crm.tenant t ON t.tenant_id = s.tenant_id
-  LEFT JOIN crm.lead l ON l.tenant_id = s.tenant_id AND l.stage_id = s.id AND l.converted_at IS NULL
+  JOIN crm.pipeline p ON p.tenant_id OPERATOR(pg_catalog.=) s.tenant_id AND p.id OPERATOR(pg_catalog.=) s.pipeline_id
+  JOIN crm.tenant t ON t.tenant_id OPERATOR(pg_catalog.=) s.tenant_id
+  LEFT JOIN crm.lead l ON l.tenant_id OPERATOR(pg_catalog.=) s.tenant_id AND l.stage_id OPERATOR(pg_catalog.=) s.id AND l.converted_at IS NULL
                       AND l.archived_at IS NULL
-  LEFT JOIN rate fx ON fx.tenant_id = l.tenant_id AND fx.currency = l.currency
+  LEFT JOIN rate fx ON fx.tenant_id OPERATOR(pg_catalog.=) l.tenant_id AND fx.currency OPERATOR(pg_catalog.=) l.currency
  GROUP BY s.tenant_id, s.pipeline_id, p.name, p.sequence, s.id, s.name, s.sequence, s.kind, s.probability,
           t.default_currency
  ORDER BY s.tenant_id, p.sequence, p.name, s.sequence;
@@ -113,13 +113,13 @@ WITH rate AS (
             UNION ALL
             SELECT r.tenant_id, r.from_currency, r.rate, 1, r.valid_from
               FROM crm.currency_rate r
-              JOIN crm.tenant t ON t.tenant_id = r.tenant_id AND t.default_currency = r.to_currency
-             WHERE r.valid_from <= current_date
+              JOIN crm.tenant t ON t.tenant_id OPERATOR(pg_catalog.=) r.tenant_id AND t.default_currency OPERATOR(pg_catalog.=) r.to_currency
+             WHERE r.valid_from OPERATOR(pg_catalog.<=) current_date
             UNION ALL
-            SELECT r.tenant_id, r.to_currency, 1 / r.rate, 2, r.valid_from
+            SELECT r.tenant_id, r.to_currency, 1 OPERATOR(pg_catalog./) r.rate, 2, r.valid_from
               FROM crm.currency_rate r
-              JOIN crm.tenant t ON t.tenant_id = r.tenant_id AND t.default_currency = r.from_currency
-             WHERE r.valid_from <= current_date) x
+              JOIN crm.tenant t ON t.tenant_id OPERATOR(pg_catalog.=) r.tenant_id AND t.default_currency OPERATOR(pg_catalog.=) r.from_currency
+             WHERE r.valid_from OPERATOR(pg_catalog.<=) current_date) x
      ORDER BY x.tenant_id, x.currency, x.preference, x.valid_from DESC)
 SELECT t.tenant_id,
        t.default_currency AS currency,
@@ -127,44 +127,44 @@ SELECT t.tenant_id,
        coalesce(l.active_leads, 0) AS active_leads,
        coalesce(l.converted_leads, 0) AS converted_leads,
        coalesce(o.open_count, 0) AS open_opportunities_count,
-       round(coalesce(o.open_value, 0), 2) AS open_opportunities_value,
+       pg_catalog.round(coalesce(o.open_value, 0), 2) AS open_opportunities_value,
        coalesce(o.won_count, 0) AS won_count,
-       round(coalesce(o.won_value, 0), 2) AS won_value,
+       pg_catalog.round(coalesce(o.won_value, 0), 2) AS won_value,
        coalesce(o.lost_count, 0) AS lost_count,
-       CASE WHEN l.total_leads > 0
-            THEN round(100.0 * l.converted_leads / l.total_leads, 1) END AS conversion_rate,
+       CASE WHEN l.total_leads OPERATOR(pg_catalog.>) 0
+            THEN pg_catalog.round(100.0 OPERATOR(pg_catalog.*) l.converted_leads OPERATOR(pg_catalog./) l.total_leads, 1) END AS conversion_rate,
        coalesce(o.unpriced_count, 0) AS unpriced_count,
        coalesce(d.distribution, '[]') AS pipeline_distribution
   FROM crm.tenant t
   LEFT JOIN (
       SELECT x.tenant_id,
-             count(*) AS total_leads,
-             count(*) FILTER (WHERE x.status = 'open' AND x.converted_at IS NULL) AS active_leads,
-             count(*) FILTER (WHERE x.converted_at IS NOT NULL) AS converted_leads
+             pg_catalog.count(*) AS total_leads,
+             pg_catalog.count(*) FILTER (WHERE x.status OPERATOR(pg_catalog.=) 'open' AND x.converted_at IS NULL) AS active_leads,
+             pg_catalog.count(*) FILTER (WHERE x.converted_at IS NOT NULL) AS converted_leads
         FROM crm.lead x
        WHERE x.archived_at IS NULL
-       GROUP BY x.tenant_id) l ON l.tenant_id = t.tenant_id
+       GROUP BY x.tenant_id) l ON l.tenant_id OPERATOR(pg_catalog.=) t.tenant_id
   LEFT JOIN (
       SELECT x.tenant_id,
-             count(*) FILTER (WHERE x.status = 'open') AS open_count,
-             sum(x.amount * fx.rate) FILTER (WHERE x.status = 'open') AS open_value,
-             count(*) FILTER (WHERE x.status = 'won') AS won_count,
-             sum(x.amount * fx.rate) FILTER (WHERE x.status = 'won') AS won_value,
-             count(*) FILTER (WHERE x.status = 'lost') AS lost_count,
-             count(*) FILTER (WHERE fx.rate IS NULL) AS unpriced_count
+             pg_catalog.count(*) FILTER (WHERE x.status OPERATOR(pg_catalog.=) 'open') AS open_count,
+             pg_catalog.sum(x.amount OPERATOR(pg_catalog.*) fx.rate) FILTER (WHERE x.status OPERATOR(pg_catalog.=) 'open') AS open_value,
+             pg_catalog.count(*) FILTER (WHERE x.status OPERATOR(pg_catalog.=) 'won') AS won_count,
+             pg_catalog.sum(x.amount OPERATOR(pg_catalog.*) fx.rate) FILTER (WHERE x.status OPERATOR(pg_catalog.=) 'won') AS won_value,
+             pg_catalog.count(*) FILTER (WHERE x.status OPERATOR(pg_catalog.=) 'lost') AS lost_count,
+             pg_catalog.count(*) FILTER (WHERE fx.rate IS NULL) AS unpriced_count
         FROM crm.opportunity x
-        LEFT JOIN rate fx ON fx.tenant_id = x.tenant_id AND fx.currency = x.currency
+        LEFT JOIN rate fx ON fx.tenant_id OPERATOR(pg_catalog.=) x.tenant_id AND fx.currency OPERATOR(pg_catalog.=) x.currency
        WHERE x.archived_at IS NULL
-       GROUP BY x.tenant_id) o ON o.tenant_id = t.tenant_id
+       GROUP BY x.tenant_id) o ON o.tenant_id OPERATOR(pg_catalog.=) t.tenant_id
   LEFT JOIN (
       SELECT k.tenant_id,
-             jsonb_agg(jsonb_build_object('pipeline', k.pipeline_name, 'stage', k.stage_name,
+             pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('pipeline', k.pipeline_name, 'stage', k.stage_name,
                                           'count', k.count, 'amount', k.amount,
                                           'weighted_amount', k.weighted_amount)
                        ORDER BY k.pipeline_name, k.stage_sequence) AS distribution
         FROM crm.opportunity_kanban k
-       WHERE k.stage_kind = 'open'
-       GROUP BY k.tenant_id) d ON d.tenant_id = t.tenant_id;
+       WHERE k.stage_kind OPERATOR(pg_catalog.=) 'open'
+       GROUP BY k.tenant_id) d ON d.tenant_id OPERATOR(pg_catalog.=) t.tenant_id;
 COMMENT ON VIEW crm.dashboard IS
     'Sales KPIs per tenant: leads (total, active, converted), open, won and lost opportunities with their value, lead-to-opportunity conversion rate (%), pipeline distribution by open stage (archived records left out)';
 

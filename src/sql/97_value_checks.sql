@@ -35,12 +35,12 @@ BEGIN
            AND (CASE y.typtype WHEN 'd' THEN y.typbasetype ELSE y.oid END) IN ('numeric'::regtype, 'real'::regtype, 'double precision'::regtype)
          ORDER BY r.relname, a.attnum
     LOOP
-        con := pg_catalog.left(c.relname || '_' || c.attname || '_finite', 63);
+        con := pg_catalog.left(c.relname OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) c.attname OPERATOR(pg_catalog.||) '_finite', 63);
         EXECUTE pg_catalog.format(
             'ALTER TABLE %s ADD CONSTRAINT %I CHECK (%I OPERATOR(pg_catalog.>) ''-Infinity'' AND %I OPERATOR(pg_catalog.<) ''Infinity'')',
             c.tab, con, c.attname, c.attname);
         EXECUTE pg_catalog.format('COMMENT ON CONSTRAINT %I ON %s IS %L', con, c.tab,
-            c.attname || ' is a finite number: NaN, Infinity and -Infinity are refused');
+            c.attname OPERATOR(pg_catalog.||) ' is a finite number: NaN, Infinity and -Infinity are refused');
     END LOOP;
 END
 $$;
@@ -66,7 +66,7 @@ BEGIN
         EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (NOT crm.is_blank(%s))',
                                   c.tab, c.conname, col);
         EXECUTE pg_catalog.format('COMMENT ON CONSTRAINT %I ON %s IS %L', c.conname, c.tab,
-            col || ' is not blank: whitespace of any kind alone is refused');
+            col OPERATOR(pg_catalog.||) ' is not blank: whitespace of any kind alone is refused');
     END LOOP;
 END
 $$;
@@ -102,7 +102,7 @@ BEGIN
     LOOP
         max_len := CASE WHEN c.atttypid = 'crm.email_address'::regtype OR c.attname OPERATOR(pg_catalog.~) '(^|_)email$'
                         THEN 320 ELSE 500 END;
-        con := pg_catalog.left(c.relname || '_' || c.attname || '_max_length', 63);
+        con := pg_catalog.left(c.relname OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) c.attname OPERATOR(pg_catalog.||) '_max_length', 63);
         EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (pg_catalog.length(%I) OPERATOR(pg_catalog.<=) %s)',
                                   c.tab, con, c.attname, max_len);
         EXECUTE pg_catalog.format('COMMENT ON CONSTRAINT %I ON %s IS %L', con, c.tab,

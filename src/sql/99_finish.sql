@@ -12,17 +12,17 @@ BEGIN
               WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
               ORDER BY c.relname
     LOOP
-        EXECUTE format('CREATE TRIGGER touch_updated_at BEFORE INSERT OR UPDATE ON %s'
+        EXECUTE pg_catalog.format('CREATE TRIGGER touch_updated_at BEFORE INSERT OR UPDATE ON %s'
                        ' FOR EACH ROW EXECUTE FUNCTION crm.touch_updated_at()', t);
-        EXECUTE format('COMMENT ON TRIGGER touch_updated_at ON %s IS %L', t,
+        EXECUTE pg_catalog.format('COMMENT ON TRIGGER touch_updated_at ON %s IS %L', t,
                        'created_at and updated_at are the server''s; id and tenant_id cannot change');
         FOR col IN SELECT a.attname, pg_catalog.col_description(t, a.attnum) AS comment
                    FROM pg_catalog.pg_attribute a
                   WHERE a.attrelid = t AND NOT a.attisdropped
                     AND a.attname IN ('created_at', 'updated_at', 'id', 'tenant_id')
         LOOP
-            EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', t, col.attname,
-                           coalesce(col.comment, col.attname) ||
+            EXECUTE pg_catalog.format('COMMENT ON COLUMN %s.%I IS %L', t, col.attname,
+                           coalesce(col.comment, col.attname::text) OPERATOR(pg_catalog.||)
                            CASE WHEN col.attname IN ('created_at', 'updated_at')
                                 THEN ' (set by the server; a client value is ignored)'
                                 ELSE ' (cannot be changed by UPDATE)' END);
