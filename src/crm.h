@@ -61,6 +61,9 @@ extern void crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 extern bool crm_replica_skips_work(void);
 extern int	crm_attnum(Relation rel, const char *colname, Oid typid);
 
+/* guard.c */
+extern void crm_guard_require_schema(void);
+
 /* tenant.c */
 extern bool crm_current_app_user_id(pg_uuid_t *user);
 
