@@ -308,7 +308,13 @@ crm_guard_check_install(PG_FUNCTION_ARGS)
  * relations, to a role that does not own it; for a view, look through it
  * to the relations LOCK would lock with it.
  */
-static bool lock_target_walker(Node *node, Oid *crm_nsp);
+typedef struct LockTargetContext
+{
+	Oid			crm_nsp;		/* the extension's schema */
+	Oid			viewoid;		/* the view being looked through */
+} LockTargetContext;
+
+static bool lock_target_walker(Node *node, LockTargetContext *context);
 
 static void
 check_lock_target(Oid relid, Oid crm_nsp)
@@ -327,15 +333,17 @@ check_lock_target(Oid relid, Oid crm_nsp)
 	if (relkind == RELKIND_VIEW)
 	{
 		Relation	view = table_open(relid, AccessShareLock);
-		Query	   *query = get_view_query(view);
+		LockTargetContext context;
 
-		lock_target_walker((Node *) query, &crm_nsp);
+		context.crm_nsp = crm_nsp;
+		context.viewoid = relid;
+		lock_target_walker((Node *) get_view_query(view), &context);
 		table_close(view, AccessShareLock);
 	}
 }
 
 static bool
-lock_target_walker(Node *node, Oid *crm_nsp)
+lock_target_walker(Node *node, LockTargetContext *context)
 {
 	if (node == NULL)
 		return false;
@@ -348,12 +356,13 @@ lock_target_walker(Node *node, Oid *crm_nsp)
 		{
 			RangeTblEntry *rte = lfirst_node(RangeTblEntry, lc);
 
-			if (rte->rtekind == RTE_RELATION)
-				check_lock_target(rte->relid, *crm_nsp);
+			/* a view's rule names the view itself (as OLD and NEW): skip it */
+			if (rte->rtekind == RTE_RELATION && rte->relid != context->viewoid)
+				check_lock_target(rte->relid, context->crm_nsp);
 		}
-		return query_tree_walker(query, lock_target_walker, crm_nsp, 0);
+		return query_tree_walker(query, lock_target_walker, context, 0);
 	}
-	return expression_tree_walker(node, lock_target_walker, crm_nsp);
+	return expression_tree_walker(node, lock_target_walker, context);
 }
 
 /*
