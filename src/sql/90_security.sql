@@ -180,6 +180,11 @@ BEGIN
     GRANT EXECUTE ON FUNCTION
         crm.grant_tenant_access(name, uuid, uuid), crm.revoke_tenant_access(name, uuid)
         TO crm_admin;
+
+    -- Statistics (issue 8 item 6): RLS does not filter pg_stats or the
+    -- pg_stat_* counters; in this database only superusers and members of
+    -- pg_read_all_stats may read them (src/sql/92_statistics.sql).
+    PERFORM crm.revoke_statistics_access();
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS
