@@ -77,3 +77,32 @@ SELECT coalesce(o.name, l.name) AS record, f.name AS from_stage, t.name AS to_st
 \echo '== Recent activity by module'
 SELECT module, count(*) AS activities, max(occurred_at)::date AS last
   FROM crm.activity WHERE status = 'completed' GROUP BY module ORDER BY activities DESC;
+
+\echo
+\echo '== Security: no role but the owner may lock a crm table; statistics views are not for the crm roles'
+DO $$
+BEGIN
+    PERFORM crm.setup_roles();
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'crm_demo_writer') THEN
+        CREATE ROLE crm_demo_writer NOLOGIN IN ROLE crm_writer;
+    END IF;
+END
+$$;
+BEGIN;
+SET LOCAL client_min_messages = notice;
+SET LOCAL ROLE crm_demo_writer;
+DO $$
+BEGIN
+    LOCK TABLE crm.account IN ACCESS EXCLUSIVE MODE;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'a writer''s LOCK TABLE crm.account: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+END
+$$;
+DO $$
+BEGIN
+    PERFORM n_live_tup FROM pg_catalog.pg_stat_user_tables;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'a writer''s SELECT FROM pg_stat_user_tables: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+END
+$$;
+ROLLBACK;
