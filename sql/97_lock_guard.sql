@@ -124,5 +124,44 @@ BEGIN;
 LOCK TABLE regress_lock_ws.my_accounts IN ACCESS EXCLUSIVE MODE;
 COMMIT;
 
+-- The owner of a database may VACUUM FULL and REINDEX every table in it ------------
+-- (PostgreSQL 15), and that role is often the application's: refused on crm
+-- tables too, plain VACUUM and ANALYZE (which block no reader or writer) left alone.
+SET client_min_messages = warning;
+DROP DATABASE IF EXISTS regress_lock_db;
+DROP ROLE IF EXISTS regress_lock_dbo;
+RESET client_min_messages;
+CREATE ROLE regress_lock_dbo LOGIN IN ROLE crm_writer;
+CREATE DATABASE regress_lock_db OWNER regress_lock_dbo TEMPLATE template0;
+\c regress_lock_db :regress_su
+CREATE EXTENSION crm;
+\c regress_lock_db regress_lock_dbo
+VACUUM FULL crm.account;
+\echo :LAST_ERROR_SQLSTATE
+VACUUM (FULL, ANALYZE) crm.tenant_access;
+\echo :LAST_ERROR_SQLSTATE
+VACUUM FULL;
+\echo :LAST_ERROR_SQLSTATE
+REINDEX TABLE crm.account;
+\echo :LAST_ERROR_SQLSTATE
+REINDEX INDEX crm.account_pkey;
+\echo :LAST_ERROR_SQLSTATE
+REINDEX SCHEMA crm;
+\echo :LAST_ERROR_SQLSTATE
+REINDEX DATABASE regress_lock_db;
+\echo :LAST_ERROR_SQLSTATE
+-- allowed: plain VACUUM and ANALYZE, and VACUUM FULL or REINDEX of its own tables
+VACUUM crm.account;
+ANALYZE crm.account;
+CREATE TABLE public.own (x int PRIMARY KEY);
+VACUUM FULL public.own;
+REINDEX TABLE public.own;
+\c regress_lock_db :regress_su
+VACUUM FULL crm.account;
+REINDEX TABLE crm.account;
+\c :regress_db :regress_su
+DROP DATABASE regress_lock_db;
+DROP ROLE regress_lock_dbo;
+
 DROP SCHEMA regress_lock_ws CASCADE;
 DROP ROLE regress_lock_writer, regress_lock_admin, regress_lock_reader;

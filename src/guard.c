@@ -32,12 +32,14 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/index.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_depend.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_namespace.h"
+#include "commands/defrem.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
 #include "nodes/nodeFuncs.h"
@@ -366,6 +368,107 @@ lock_target_walker(Node *node, LockTargetContext *context)
 }
 
 /*
+ * True when the current role may act as the owner of the extension's
+ * tables (it is, or has the privileges of, the extension's owner, or is a
+ * superuser).
+ */
+static bool
+owns_crm_tables(const CrmExtension *ext)
+{
+	return superuser() || has_privs_of_role(GetUserId(), ext->owner);
+}
+
+/*
+ * Refuse a maintenance command that would take a lock stopping every
+ * tenant (VACUUM FULL, REINDEX) on the extension's tables to a role that
+ * does not own them.  PostgreSQL 15 lets the owner of the database run them
+ * on every table of it, crm's included, and that role is often the
+ * application's.
+ */
+static void
+refuse_maintenance(const char *command, const char *relname)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 relname ?
+			 errmsg("permission denied to %s relation \"crm.%s\"", command, relname) :
+			 errmsg("permission denied to %s the tables of extension \"crm\"", command),
+			 errdetail("Only the owner of the crm tables may run %s on them: it locks them against the statements of every tenant.",
+					   command),
+			 relname ? 0 :
+			 errhint("Name the tables to process, leaving out those of schema crm.")));
+}
+
+static void
+check_maintenance_target(const char *command, Oid relid, const CrmExtension *ext)
+{
+	if (get_rel_relkind(relid) == RELKIND_INDEX ||
+		get_rel_relkind(relid) == RELKIND_PARTITIONED_INDEX)
+		relid = IndexGetRelation(relid, false);
+	if (get_rel_namespace(relid) == ext->namespace && !pg_class_ownercheck(relid, GetUserId()))
+		refuse_maintenance(command, get_rel_name(relid));
+}
+
+static void
+check_vacuum(VacuumStmt *stmt, const CrmExtension *ext)
+{
+	bool		full = false;
+	ListCell   *lc;
+
+	foreach(lc, stmt->options)
+	{
+		DefElem    *opt = lfirst_node(DefElem, lc);
+
+		if (strcmp(opt->defname, "full") == 0)
+			full = defGetBoolean(opt);
+	}
+	if (!stmt->is_vacuumcmd || !full)
+		return;					/* plain VACUUM and ANALYZE block no reader or writer */
+	if (stmt->rels == NIL)
+	{
+		if (!owns_crm_tables(ext))
+			refuse_maintenance("VACUUM FULL", NULL);
+		return;
+	}
+	foreach(lc, stmt->rels)
+	{
+		VacuumRelation *vrel = lfirst_node(VacuumRelation, lc);
+		Oid			relid = OidIsValid(vrel->oid) ? vrel->oid :
+			RangeVarGetRelid(vrel->relation, NoLock, true);
+
+		if (OidIsValid(relid))
+			check_maintenance_target("VACUUM FULL", relid, ext);
+	}
+}
+
+static void
+check_reindex(ReindexStmt *stmt, const CrmExtension *ext)
+{
+	Oid			relid;
+
+	switch (stmt->kind)
+	{
+		case REINDEX_OBJECT_INDEX:
+		case REINDEX_OBJECT_TABLE:
+			relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+			if (OidIsValid(relid))
+				check_maintenance_target("REINDEX", relid, ext);
+			break;
+		case REINDEX_OBJECT_SCHEMA:
+			if (get_namespace_oid(stmt->name, true) == ext->namespace &&
+				!owns_crm_tables(ext))
+				refuse_maintenance("REINDEX", NULL);
+			break;
+		case REINDEX_OBJECT_DATABASE:
+			if (!owns_crm_tables(ext))
+				refuse_maintenance("REINDEX", NULL);
+			break;
+		case REINDEX_OBJECT_SYSTEM:
+			break;
+	}
+}
+
+/*
  * ProcessUtility hook: LOCK TABLE on a crm relation, or on a view that
  * reaches one, is for the relation's owner (and superusers) only.  PostgreSQL
  * lets any role with UPDATE, DELETE or TRUNCATE take any lock mode, and one
@@ -379,16 +482,17 @@ crm_guard_process_utility(PlannedStmt *pstmt, const char *queryString,
 						  DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *parsetree = pstmt->utilityStmt;
+	CrmExtension ext;
 
-	if (IsA(parsetree, LockStmt) && IsTransactionState())
+	if ((IsA(parsetree, LockStmt) || IsA(parsetree, VacuumStmt) ||
+		 IsA(parsetree, ReindexStmt)) &&
+		IsTransactionState() && crm_extension_lookup(&ext))
 	{
-		LockStmt   *stmt = (LockStmt *) parsetree;
-		CrmExtension ext;
-		ListCell   *lc;
-
-		if (crm_extension_lookup(&ext))
+		if (IsA(parsetree, LockStmt))
 		{
-			foreach(lc, stmt->relations)
+			ListCell   *lc;
+
+			foreach(lc, ((LockStmt *) parsetree)->relations)
 			{
 				RangeVar   *rv = lfirst_node(RangeVar, lc);
 				Oid			relid = RangeVarGetRelid(rv, NoLock, true);
@@ -398,6 +502,10 @@ crm_guard_process_utility(PlannedStmt *pstmt, const char *queryString,
 					check_lock_target(relid, ext.namespace);
 			}
 		}
+		else if (IsA(parsetree, VacuumStmt))
+			check_vacuum((VacuumStmt *) parsetree, &ext);
+		else
+			check_reindex((ReindexStmt *) parsetree, &ext);
 	}
 
 	if (prev_process_utility)
