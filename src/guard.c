@@ -23,7 +23,8 @@
  *	 roles that do not own them.  It is active once the library is loaded,
  *	 which is why it should be preloaded (shared_preload_libraries or
  *	 session_preload_libraries): a session that has not yet called a crm
- *	 function has not loaded it.
+ *	 function has not loaded it.  VACUUM FULL and REINDEX, which PostgreSQL
+ *	 15 lets a database's owner run on every table, are refused alike.
  *
  *-------------------------------------------------------------------------
  */
