@@ -448,6 +448,49 @@ SELECT p.oid::regprocedure AS never_called
    AND NOT EXISTS (SELECT 1 FROM pg_stat_user_functions f WHERE f.funcid = p.oid AND f.calls > 0)
  ORDER BY 1::text;
 
+-- And the trojans above cover every built-in operator and function that
+-- crm's checks, defaults, views, policies and SQL-standard function bodies
+-- are bound to (read from their stored expression trees): each such
+-- operator has a trojan of the same name and argument types, each such
+-- function (less the type casts) a trojan of the same name.  A new one
+-- shows up here until a trojan for it is added above.
+CREATE TEMP VIEW crm_trees AS
+SELECT c.conbin::text AS tree FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+ WHERE r.relnamespace = 'crm'::regnamespace AND c.conbin IS NOT NULL
+UNION ALL
+SELECT c.conbin::text FROM pg_constraint c JOIN pg_type t ON t.oid = c.contypid
+ WHERE t.typnamespace = 'crm'::regnamespace AND c.conbin IS NOT NULL
+UNION ALL
+SELECT d.adbin::text FROM pg_attrdef d JOIN pg_class r ON r.oid = d.adrelid
+ WHERE r.relnamespace = 'crm'::regnamespace
+UNION ALL
+SELECT w.ev_action::text FROM pg_rewrite w JOIN pg_class r ON r.oid = w.ev_class
+ WHERE r.relnamespace = 'crm'::regnamespace
+UNION ALL
+SELECT concat(p.polqual::text, p.polwithcheck::text) FROM pg_policy p JOIN pg_class r ON r.oid = p.polrelid
+ WHERE r.relnamespace = 'crm'::regnamespace
+UNION ALL
+SELECT p.prosqlbody::text FROM pg_proc p
+ WHERE p.pronamespace = 'crm'::regnamespace AND p.prosqlbody IS NOT NULL;
+SELECT count(DISTINCT m[1]) > 10 AS many_operators_bound
+  FROM crm_trees t, regexp_matches(t.tree, ':opno (\d+)', 'g') m;
+SELECT DISTINCT o.oid::regoperator::text AS operator_without_trojan
+  FROM crm_trees t, regexp_matches(t.tree, ':opno (\d+)', 'g') m
+  JOIN pg_operator o ON o.oid = m[1]::oid
+ WHERE o.oprnamespace = 'pg_catalog'::regnamespace
+   AND NOT EXISTS (SELECT 1 FROM pg_operator x
+                    WHERE x.oprnamespace = 'trojan'::regnamespace AND x.oprname = o.oprname
+                      AND x.oprleft = o.oprleft AND x.oprright = o.oprright)
+ ORDER BY 1;
+SELECT DISTINCT p.proname AS function_without_trojan
+  FROM crm_trees t, regexp_matches(t.tree, ':(funcid|aggfnoid) (\d+)', 'g') m
+  JOIN pg_proc p ON p.oid = m[2]::oid
+ WHERE p.pronamespace = 'pg_catalog'::regnamespace
+   AND NOT EXISTS (SELECT 1 FROM pg_type ty WHERE ty.typname = p.proname)
+   AND NOT EXISTS (SELECT 1 FROM pg_proc x
+                    WHERE x.pronamespace = 'trojan'::regnamespace AND x.proname = p.proname)
+ ORDER BY 1;
+
 \c :regress_db
 DROP DATABASE regress_hostile;
 DROP ROLE regress_hostile_admin, regress_hostile_writer, regress_hostile_app;
