@@ -61,7 +61,12 @@ extern void crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 extern bool crm_replica_skips_work(void);
 extern int	crm_attnum(Relation rel, const char *colname, Oid typid);
 
-/* guard.c */
+/*
+ * guard.c: errors out (42501) unless schema crm is still the extension's
+ * own.  Every C entry point whose statements name crm.<object> calls it
+ * first (cheap: cached per statement); triggers get it through
+ * crm_require_trigger().
+ */
 extern void crm_guard_require_schema(void);
 
 /* tenant.c */
