@@ -306,11 +306,7 @@ crm_guard_check_install(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/*
- * Refuse an explicit lock on relid, if it is one of the extension's
- * relations, to a role that does not own it; for a view, look through it
- * to the relations LOCK would lock with it.
- */
+/* What lock_target_walker() carries through a view's query. */
 typedef struct LockTargetContext
 {
 	Oid			crm_nsp;		/* the extension's schema */
@@ -319,6 +315,13 @@ typedef struct LockTargetContext
 
 static bool lock_target_walker(Node *node, LockTargetContext *context);
 
+/*
+ * Refuse an explicit lock on relid, if it is one of the extension's
+ * relations, to a role that does not own it; for a view, look through it
+ * to the relations LOCK would lock with it (PostgreSQL locks a view's base
+ * relations too, checking the view owner's privileges, so a writer's own
+ * view over crm.account would otherwise do).
+ */
 static void
 check_lock_target(Oid relid, Oid crm_nsp)
 {
@@ -345,6 +348,10 @@ check_lock_target(Oid relid, Oid crm_nsp)
 	}
 }
 
+/*
+ * Check every relation a view's query reads, in subqueries, sublinks and
+ * CTEs too, and through views it reads.
+ */
 static bool
 lock_target_walker(Node *node, LockTargetContext *context)
 {
@@ -400,6 +407,7 @@ refuse_maintenance(const char *command, const char *relname)
 			 errhint("Name the tables to process, leaving out those of schema crm.")));
 }
 
+/* Refuse command on relid (an index counts as its table) to a non-owner. */
 static void
 check_maintenance_target(const char *command, Oid relid, const CrmExtension *ext)
 {
@@ -410,6 +418,10 @@ check_maintenance_target(const char *command, Oid relid, const CrmExtension *ext
 		refuse_maintenance(command, get_rel_name(relid));
 }
 
+/*
+ * VACUUM FULL rewrites each table under an ACCESS EXCLUSIVE lock: refuse
+ * it on crm tables, named or (with no table list) implied, to non-owners.
+ */
 static void
 check_vacuum(VacuumStmt *stmt, const CrmExtension *ext)
 {
@@ -442,6 +454,11 @@ check_vacuum(VacuumStmt *stmt, const CrmExtension *ext)
 	}
 }
 
+/*
+ * REINDEX locks the table against writes and its indexes against reads:
+ * refuse it on crm tables, indexes, schema crm or the whole database to
+ * non-owners.  REINDEX SYSTEM touches catalogs only.
+ */
 static void
 check_reindex(ReindexStmt *stmt, const CrmExtension *ext)
 {
