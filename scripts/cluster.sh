@@ -76,7 +76,7 @@ max_connections = 50
 fsync = off
 synchronous_commit = off
 full_page_writes = off
-shared_preload_libraries = 'pg_cron'
+shared_preload_libraries = 'pg_cron,crm'
 cron.database_name = 'postgres'"
 
 INITDB_OPTS=(-U postgres --auth=trust -E UTF8 --locale=C)

@@ -108,3 +108,32 @@ RETURNING name, created_at = now() AS "created_at is the server's", updated_at =
 SELECT conname AS "refuses NaN and infinities", pg_get_constraintdef(oid) AS "check"
   FROM pg_constraint WHERE conrelid = 'crm.opportunity'::regclass AND conname = 'opportunity_amount_finite';
 ROLLBACK;
+
+\echo
+\echo '== Security: no role but the owner may lock a crm table; statistics views are not for the crm roles'
+DO $$
+BEGIN
+    PERFORM crm.setup_roles();
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'crm_demo_writer') THEN
+        CREATE ROLE crm_demo_writer NOLOGIN IN ROLE crm_writer;
+    END IF;
+END
+$$;
+BEGIN;
+SET LOCAL client_min_messages = notice;
+SET LOCAL ROLE crm_demo_writer;
+DO $$
+BEGIN
+    LOCK TABLE crm.account IN ACCESS EXCLUSIVE MODE;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'a writer''s LOCK TABLE crm.account: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+END
+$$;
+DO $$
+BEGIN
+    PERFORM n_live_tup FROM pg_catalog.pg_stat_user_tables;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'a writer''s SELECT FROM pg_stat_user_tables: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+END
+$$;
+ROLLBACK;

@@ -18,13 +18,17 @@ PG_MODULE_MAGIC;
 /*
  * Refuse to run a trigger function outside the kind of trigger it was
  * written for: a user who attaches it to the wrong event gets an error that
- * says so instead of a crash or a silently skipped row.
+ * says so instead of a crash or a silently skipped row.  Refuse too when
+ * schema crm is no longer the extension's own (see guard.c): every trigger
+ * runs statements that name crm.<table>.
  */
 void
 crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 					bool row_level, bool before)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	crm_guard_require_schema();
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,

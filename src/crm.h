@@ -68,6 +68,14 @@ extern void crm_refuse_identity_change(Relation rel, HeapTuple oldtuple,
 extern void crm_refuse_column_change(Relation rel, HeapTuple oldtuple,
 									 HeapTuple newtuple, int attnum);
 
+/*
+ * guard.c: errors out (42501) unless schema crm is still the extension's
+ * own.  Every C entry point whose statements name crm.<object> calls it
+ * first (cheap: cached per statement); triggers get it through
+ * crm_require_trigger().
+ */
+extern void crm_guard_require_schema(void);
+
 /* tenant.c */
 extern bool crm_current_app_user_id(pg_uuid_t *user);
 

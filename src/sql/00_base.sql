@@ -7,6 +7,18 @@
 
 \echo Use "CREATE EXTENSION crm" to load this file. \quit
 
+-- First, before any name is looked up in schema crm: refuse a schema crm
+-- that CREATE EXTENSION did not make and that another role owns, may write
+-- into, or has already put objects in (a format() or an operator with an
+-- exact-match signature there would beat pg_catalog's below and run as the
+-- installing superuser).  Nothing here resolves through crm: the check is a
+-- C function made in pg_temp, called by its qualified name, then dropped.
+CREATE FUNCTION pg_temp.crm_guard_check_install() RETURNS pg_catalog.void
+    AS 'MODULE_PATHNAME', 'crm_guard_check_install'
+    LANGUAGE C VOLATILE STRICT;
+SELECT pg_temp.crm_guard_check_install();
+DROP FUNCTION pg_temp.crm_guard_check_install();
+
 COMMENT ON SCHEMA crm IS 'Sales CRM: accounts, contacts, leads, opportunities, pipelines, activities; see README.md';
 
 -- Identifiers ------------------------------------------------------------

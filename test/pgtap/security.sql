@@ -68,6 +68,7 @@ INSERT INTO func_level VALUES
     ('crm.stamp_flag_times()', NULL),
     ('crm.create_tenant(text)', NULL),
     ('crm.setup_roles()', NULL),
+    ('crm.revoke_statistics_access()', NULL),
     ('crm.load_demo(text,timestamp with time zone)', NULL);
 
 -- The row-level security policies of every table.
