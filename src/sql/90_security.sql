@@ -510,6 +510,16 @@ BEGIN
     GRANT EXECUTE ON FUNCTION
         crm.grant_tenant_access(name, uuid, uuid), crm.revoke_tenant_access(name, uuid)
         TO crm_admin;
+
+    -- Value checks (issue 6.3, src/sql/97_value_checks.sql): the non-empty
+    -- CHECKs call crm.is_blank with the writer's rights; readers may test
+    -- values the same way.
+    GRANT EXECUTE ON FUNCTION crm.is_blank(text) TO crm_reader;
+
+    -- Statistics (issue 8 item 6): RLS does not filter pg_stats or the
+    -- pg_stat_* counters; in this database only superusers and members of
+    -- pg_read_all_stats may read them (src/sql/92_statistics.sql).
+    PERFORM crm.revoke_statistics_access();
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

@@ -48,6 +48,7 @@ INSERT INTO func_level VALUES
     ('crm.exchange_rate(text,text,date,uuid)', 1),
     ('crm.uuid_v7_time(uuid)', 1),
     ('crm.casefold(text)', 1),
+    ('crm.is_blank(text)', 1),
     ('crm.uuid_generate_v7()', 2),
     ('crm.stage_for_move(text,uuid,uuid,uuid,uuid)', 2),
     ('crm.pipeline_closing_stage(uuid,uuid,text)', 2),
@@ -67,6 +68,7 @@ INSERT INTO func_level VALUES
     ('crm.stamp_flag_times()', NULL),
     ('crm.create_tenant(text)', NULL),
     ('crm.setup_roles()', NULL),
+    ('crm.revoke_statistics_access()', NULL),
     ('crm.load_demo(text,timestamp with time zone)', NULL),
     -- tenancy and owner visibility (issue 8 items 1 and 3): triggers and
     -- internal helpers, granted to no crm role
