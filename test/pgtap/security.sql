@@ -89,7 +89,6 @@ INSERT INTO func_level VALUES
 -- granted to no one.
 CREATE TEMP TABLE definer_function (sig text PRIMARY KEY);
 INSERT INTO definer_function VALUES
-    ('crm.visibility_propagate()'),
     ('crm.visibility_delete_guard()'), ('crm.visibility_refresh(uuid)'),
     ('crm.visibility_refresh_records(uuid,uuid[])'), ('crm.visibility_hierarchy()');
 
