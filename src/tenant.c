@@ -16,8 +16,8 @@
  *	  what hangs off them		   OR crm.current_user_id() = ANY (visible_to)
  *							   OR crm.is_admin())
  *
- * visible_to is derived data kept on each row by triggers (see
- * src/sql/90_security.sql): NULL when every user of the tenant may see the
+ * visible_to is derived data kept on each row by triggers (src/visibility.c
+ * and src/sql/90_security.sql): NULL when every user of the tenant may see the
  * row (public tenant, or no owner), else the owner and everyone above the
  * owner through app_user.manager_id and the teams they lead; rows that hang
  * off a record (tags, stage history, activities) carry the intersection of

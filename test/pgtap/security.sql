@@ -83,10 +83,10 @@ INSERT INTO func_level VALUES
     ('crm.visibility_hierarchy()', NULL),
     ('crm.owner_chain_keep()', NULL);
 
--- The only SECURITY DEFINER functions: the triggers that keep visible_to.
--- They must update rows the writer cannot see (a record's tags, history and
--- activities), act only on the tenant of the row that fired them, and are
--- granted to no one.
+-- The only SECURITY DEFINER functions: the visibility triggers written in
+-- PL/pgSQL (hierarchy refresh, delete guard).  They read and update rows the
+-- writer cannot see, act only on the tenant of the row that fired them, and
+-- are granted to no one.
 CREATE TEMP TABLE definer_function (sig text PRIMARY KEY);
 INSERT INTO definer_function VALUES
     ('crm.visibility_delete_guard()'), ('crm.visibility_refresh(uuid)'),
