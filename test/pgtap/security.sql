@@ -8,7 +8,8 @@
 --     SELECT on every table and view, crm_writer adds DML on the records,
 --     crm_admin adds DML on the configuration; EXECUTE likewise by level;
 --   * hardening rules that hold for every object (search_path pinned, no
---     SECURITY DEFINER or LEAKPROOF, nothing for PUBLIC).
+--     LEAKPROOF, SECURITY DEFINER only for the listed visibility triggers,
+--     nothing for PUBLIC).
 -- The matrix is generated over every table, view and function found in the
 -- catalogs, so an object missing from the design tables below gets the
 -- lowest expectation (or fails the classification test) instead of being
