@@ -61,6 +61,9 @@ extern void crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 extern bool crm_replica_skips_work(void);
 extern int	crm_attnum(Relation rel, const char *colname, Oid typid);
 
+/* stage.c */
+extern bool crm_stage_unlinking;
+
 /* tenant.c */
 extern bool crm_current_app_user_id(pg_uuid_t *user);
 

@@ -165,10 +165,9 @@ BEGIN
         crm.account_tag, crm.contact_tag, crm.lead_tag, crm.opportunity_tag
         TO crm_writer;
     GRANT EXECUTE ON FUNCTION
-        crm.uuid_generate_v7(), crm.stage_for_move(text, uuid, uuid, uuid, uuid),
-        crm.pipeline_closing_stage(uuid, uuid, text),
+        crm.uuid_generate_v7(),
         crm.lead_move_stage(uuid, uuid), crm.opportunity_move_stage(uuid, uuid),
-        crm.opportunity_close(uuid, text, text), crm.opportunity_mark_won(uuid), crm.opportunity_mark_lost(uuid, text),
+        crm.opportunity_mark_won(uuid), crm.opportunity_mark_lost(uuid, text),
         crm.lead_mark_lost(uuid, text), crm.lead_convert(uuid, uuid, uuid, boolean)
         TO crm_writer;
 
@@ -180,6 +179,11 @@ BEGIN
     GRANT EXECUTE ON FUNCTION
         crm.grant_tenant_access(name, uuid, uuid), crm.revoke_tenant_access(name, uuid)
         TO crm_admin;
+
+    -- Record lifecycle (issue 6.4): reopening a won or lost record
+    GRANT EXECUTE ON FUNCTION
+        crm.opportunity_reopen(uuid, uuid), crm.lead_reopen(uuid, uuid)
+        TO crm_writer;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS
