@@ -33,8 +33,10 @@ CREATE TABLE crm.account (
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
-    FOREIGN KEY (tenant_id, parent_account_id) REFERENCES crm.account (tenant_id, id) ON DELETE SET NULL (parent_account_id),
-    FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (owner_id),
+    CONSTRAINT account_tenant_id_parent_account_id_fkey FOREIGN KEY (tenant_id, parent_account_id) REFERENCES crm.account (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT account_tenant_id_owner_id_fkey FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id)
+        DEFERRABLE,
     CHECK (parent_account_id <> id)
 );
 CREATE INDEX account_name_idx ON crm.account (tenant_id, crm.casefold(name));
@@ -91,8 +93,10 @@ CREATE TABLE crm.contact (
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
-    FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id) ON DELETE SET NULL (account_id),
-    FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (owner_id)
+    CONSTRAINT contact_tenant_id_account_id_fkey FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT contact_tenant_id_owner_id_fkey FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id)
+        DEFERRABLE
 );
 CREATE UNIQUE INDEX contact_email_key ON crm.contact (tenant_id, crm.casefold(email));
 CREATE INDEX contact_account_idx ON crm.contact (tenant_id, account_id);
@@ -163,9 +167,12 @@ CREATE TABLE crm.lead (
     updated_at           timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, pipeline_id, stage_id) REFERENCES crm.stage (tenant_id, pipeline_id, id),
-    FOREIGN KEY (tenant_id, converted_account_id) REFERENCES crm.account (tenant_id, id) ON DELETE SET NULL (converted_account_id),
-    FOREIGN KEY (tenant_id, converted_contact_id) REFERENCES crm.contact (tenant_id, id) ON DELETE SET NULL (converted_contact_id),
-    FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (owner_id)
+    CONSTRAINT lead_tenant_id_converted_account_id_fkey FOREIGN KEY (tenant_id, converted_account_id) REFERENCES crm.account (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT lead_tenant_id_converted_contact_id_fkey FOREIGN KEY (tenant_id, converted_contact_id) REFERENCES crm.contact (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT lead_tenant_id_owner_id_fkey FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id)
+        DEFERRABLE
 );
 CREATE INDEX lead_stage_idx ON crm.lead (tenant_id, pipeline_id, stage_id);
 CREATE INDEX lead_owner_idx ON crm.lead (tenant_id, owner_id);
@@ -239,10 +246,14 @@ CREATE TABLE crm.opportunity (
     updated_at          timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, pipeline_id, stage_id) REFERENCES crm.stage (tenant_id, pipeline_id, id),
-    FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id) ON DELETE SET NULL (account_id),
-    FOREIGN KEY (tenant_id, contact_id) REFERENCES crm.contact (tenant_id, id) ON DELETE SET NULL (contact_id),
-    FOREIGN KEY (tenant_id, lead_id) REFERENCES crm.lead (tenant_id, id) ON DELETE SET NULL (lead_id),
-    FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (owner_id)
+    CONSTRAINT opportunity_tenant_id_account_id_fkey FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT opportunity_tenant_id_contact_id_fkey FOREIGN KEY (tenant_id, contact_id) REFERENCES crm.contact (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT opportunity_tenant_id_lead_id_fkey FOREIGN KEY (tenant_id, lead_id) REFERENCES crm.lead (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT opportunity_tenant_id_owner_id_fkey FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id)
+        DEFERRABLE
 );
 CREATE INDEX opportunity_stage_idx ON crm.opportunity (tenant_id, pipeline_id, stage_id);
 CREATE INDEX opportunity_account_idx ON crm.opportunity (tenant_id, account_id);
