@@ -121,5 +121,38 @@ SELECT try(format($$DELETE FROM crm.stage WHERE id = %L$$, :'proposal'));
 SELECT count(*) AS history_into_proposal FROM crm.stage_history WHERE to_stage_id = :'proposal';
 SELECT * FROM pg_temp.counts;
 
+-- In a private tenant a rep deletes a contact they see, whose activity is
+-- their manager's and hidden from them: the link cannot be cleared behind
+-- their back, so the delete is refused when the transaction ends, and the
+-- contact and the activity both stay
+RESET ROLE;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'regress_delete_rep') THEN
+        CREATE ROLE regress_delete_rep NOLOGIN;
+    END IF;
+END
+$$;
+GRANT crm_app, crm_writer TO regress_delete_rep;
+SET ROLE regress_crm_app;
+UPDATE crm.tenant SET visibility = 'private' WHERE tenant_id = :'t';
+INSERT INTO crm.app_user (name) VALUES ('Max Manager') RETURNING id AS max \gset
+INSERT INTO crm.app_user (name, manager_id) VALUES ('Ron Rep', :'max') RETURNING id AS ron \gset
+INSERT INTO crm.contact (first_name, owner_id) VALUES ('Ronda', :'ron') RETURNING id AS ronda \gset
+INSERT INTO crm.activity (activity_type, subject, contact_id, owner_id)
+VALUES ('note', 'manager''s note', :'ronda', :'max');
+SET ROLE regress_delete_rep;
+SET crm.user_id = :'ron';
+SELECT count(*) AS ronda_seen, (SELECT count(*) FROM crm.activity WHERE contact_id = :'ronda') AS activities_seen
+  FROM crm.contact WHERE id = :'ronda';
+\set VERBOSITY terse
+DELETE FROM crm.contact WHERE id = :'ronda';
+\set VERBOSITY default
+SET ROLE regress_crm_app;
+RESET crm.user_id;
+SELECT count(*) AS ronda_kept, (SELECT count(*) FROM crm.activity WHERE contact_id = :'ronda') AS activities_kept
+  FROM crm.contact WHERE id = :'ronda';
+
 RESET crm.tenant_id;
 RESET ROLE;
+DROP ROLE regress_delete_rep;
