@@ -2,6 +2,8 @@
 -- INSERT/UPDATE).  The README's table of errors lists these.  After the
 -- errors, a check that nothing stored changed.
 
+SELECT try($$SELECT crm.create_tenant(NULL)$$);
+SELECT try($$SELECT crm.create_tenant(' ')$$);
 SELECT crm.create_tenant('Errors Co') AS t \gset
 SELECT crm.create_tenant('Other Co') AS other \gset
 SET ROLE regress_crm_app;
@@ -43,6 +45,7 @@ SELECT try($$SELECT crm.lead_move_stage(NULL, NULL)$$);
 SELECT try($$SELECT crm.lead_mark_lost(NULL)$$);
 SELECT try(format($$SELECT crm.lead_reopen(%L, NULL)$$, :'lead'));
 SELECT try($$SELECT crm.lead_convert(NULL)$$);
+SELECT try(format($$SELECT crm.lead_convert(%L, create_opportunity => NULL)$$, :'lead'));
 
 -- P0002: an id that names no row (or a row of another tenant)
 SELECT try(format($$SELECT crm.opportunity_move_stage('00000000-0000-7000-8000-000000000001', %L)$$, :'s_new'));

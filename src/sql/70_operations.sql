@@ -16,7 +16,10 @@ DECLARE
     sales uuid;
     enterprise uuid;
 BEGIN
-    IF name IS NULL OR btrim(name) = '' THEN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'tenant name must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF btrim(name) = '' THEN
         RAISE EXCEPTION 'tenant name must not be empty' USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
@@ -278,8 +281,9 @@ DECLARE
     rest text;
     opp_stage uuid;
 BEGIN
-    IF $1 IS NULL THEN
-        RAISE EXCEPTION 'lead must not be null' USING ERRCODE = 'null_value_not_allowed';
+    IF $1 IS NULL OR $4 IS NULL THEN
+        RAISE EXCEPTION '% must not be null', CASE WHEN $1 IS NULL THEN 'lead' ELSE 'create_opportunity' END
+            USING ERRCODE = 'null_value_not_allowed';
     END IF;
     SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
     IF NOT FOUND THEN
