@@ -156,3 +156,33 @@ SELECT count(*) AS ronda_kept, (SELECT count(*) FROM crm.activity WHERE contact_
 RESET crm.tenant_id;
 RESET ROLE;
 DROP ROLE regress_delete_rep;
+
+-- crm.clear_links() and crm.stage_follow() attached where they do not belong
+CREATE TABLE public.misuse_del (tenant_id text, id uuid);
+CREATE TRIGGER t AFTER DELETE ON public.misuse_del REFERENCING OLD TABLE AS o
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.clear_links('contact', 'account_id', '');
+INSERT INTO public.misuse_del VALUES ('x', gen_random_uuid());
+SELECT try('DELETE FROM public.misuse_del');
+DROP TRIGGER t ON public.misuse_del;
+CREATE TRIGGER t AFTER DELETE ON public.misuse_del
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.clear_links('contact', 'account_id', '');
+SELECT try('DELETE FROM public.misuse_del');
+DROP TRIGGER t ON public.misuse_del;
+CREATE TRIGGER t BEFORE DELETE ON public.misuse_del
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.clear_links('contact', 'account_id');
+SELECT try('DELETE FROM public.misuse_del');
+DROP TRIGGER t ON public.misuse_del;
+CREATE TRIGGER t BEFORE DELETE ON public.misuse_del
+    FOR EACH ROW EXECUTE FUNCTION crm.clear_links('contact', 'account_id', '');
+SELECT try('DELETE FROM public.misuse_del');
+DROP TRIGGER t ON public.misuse_del;
+CREATE TRIGGER t AFTER UPDATE ON public.misuse_del
+    FOR EACH ROW EXECUTE FUNCTION crm.stage_follow();
+SELECT try('UPDATE public.misuse_del SET id = id');
+DROP TRIGGER t ON public.misuse_del;
+CREATE TRIGGER t AFTER UPDATE ON public.misuse_del
+    FOR EACH ROW EXECUTE FUNCTION crm.stage_follow('x');
+SELECT try('UPDATE public.misuse_del SET id = id');
+DROP TRIGGER t ON public.misuse_del;
+SELECT try('SELECT crm.clear_links()');
+DROP TABLE public.misuse_del;

@@ -464,6 +464,20 @@ edit_keep_old(RowEdit *edit, HeapTuple oldtuple, HeapTuple newtuple,
 }
 
 /*
+ * A trigger created with arguments this function does not read: the user
+ * meant something by them, so say they are not used.
+ */
+static void
+require_no_arguments(TriggerData *trigdata, const char *funcname)
+{
+	if (trigdata->tg_trigger->tgnargs != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"%s\" takes 0 trigger arguments, not %d",
+						funcname, trigdata->tg_trigger->tgnargs)));
+}
+
+/*
  * crm.stage_sync() trigger: see the file header.
  */
 Datum
@@ -494,6 +508,7 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 	int32		prob_typmod;
 
 	crm_require_trigger(fcinfo, "stage_sync", true, true);
+	require_no_arguments(trigdata, "stage_sync");
 	is_insert = TRIGGER_FIRED_BY_INSERT(trigdata->tg_event);
 	if (!is_insert && !TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
 		ereport(ERROR,
@@ -1142,6 +1157,7 @@ crm_stage_follow(PG_FUNCTION_ARGS)
 	int			save_sec_context;
 
 	crm_require_trigger(fcinfo, "stage_follow", true, false);
+	require_no_arguments(trigdata, "stage_follow");
 	if (!TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
