@@ -173,12 +173,58 @@ parse_stage_kind(const char *kind)
 }
 
 /*
- * Answer one lookup, from the cache or through SPI.  The queries run with
- * the caller's rights, so row-level security hides other tenants' stages
- * exactly as it would from the caller's own SELECT.
+ * The row names a tenant: it must be the one the statement acts for.  The
+ * stage lookups run as the table owner (see lookup()), so they would find
+ * another tenant's stages; a row of another tenant is refused here first,
+ * with the error the tenant policy gives for any other table (42501), and
+ * nothing about that tenant's pipelines shows in a message.  Roles that
+ * bypass row-level security may write any tenant's rows.  Called once per
+ * tenant and SQL command (on a cache miss), not once per row.
+ */
+static void
+refuse_foreign_tenant(Relation rel, const pg_uuid_t *tenant)
+{
+	Oid			userid = GetUserId();
+	bool		same = false;
+
+	if (superuser_arg(userid) || has_bypassrls_privilege(userid))
+		return;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (current_tenant_plan == NULL)
+		current_tenant_plan = prepare_kept("SELECT crm.current_tenant()", 0, NULL);
+	if (SPI_execute_plan(current_tenant_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the current tenant");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		same = !isnull && memcmp(DatumGetUUIDP(value), tenant, sizeof(pg_uuid_t)) == 0;
+	}
+	SPI_finish();
+
+	if (!same)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("new row violates row-level security policy for table \"%s\"",
+						RelationGetRelationName(rel))));
+}
+
+/*
+ * Answer one lookup, from the cache or through SPI.  The tenant is checked
+ * first (refuse_foreign_tenant), and every query filters by it.
+ *
+ * A stage row is read FOR SHARE, and so as the table owner (a writer holds
+ * no UPDATE on crm.stage, which FOR SHARE needs): a concurrent change of
+ * the stage's kind or probability then waits for this transaction, or this
+ * one for it and reads the new values, so a record never enters a stage
+ * with what the stage was before a change that crm.stage_follow() did not
+ * see.  Held once per stage and command, not per row.
  */
 static LookupEntry *
-lookup(LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *id)
+lookup(Relation rel, LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *id)
 {
 	LookupKey	key;
 	LookupEntry *entry;
@@ -199,6 +245,18 @@ lookup(LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *id)
 		return entry;
 	entry->found = false;
 
+	/* on an error the half-made entry must not answer the next call */
+	PG_TRY();
+	{
+		refuse_foreign_tenant(rel, tenant);
+	}
+	PG_CATCH();
+	{
+		hash_search(lookup_cache, &key, HASH_REMOVE, NULL);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
@@ -215,7 +273,7 @@ lookup(LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *id)
 				stage_plan = prepare_kept(
 										  "SELECT pipeline_id, kind, probability FROM crm.stage"
 										  " WHERE tenant_id OPERATOR(pg_catalog.=) $1"
-										  " AND id OPERATOR(pg_catalog.=) $2",
+										  " AND id OPERATOR(pg_catalog.=) $2 FOR SHARE",
 										  2, types);
 			}
 			plan = stage_plan;
@@ -248,8 +306,26 @@ lookup(LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *id)
 			plan = first_stage_plan;
 			break;
 	}
-	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "stage lookup failed");
+	{
+		Oid			save_userid;
+		int			save_sec_context;
+		int			rc;
+
+		GetUserIdAndSecContext(&save_userid, &save_sec_context);
+		SetUserIdAndSecContext(rel->rd_rel->relowner,
+							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+		PG_TRY();
+		{
+			rc = SPI_execute_plan(plan, args, NULL, false, 1);
+		}
+		PG_FINALLY();
+		{
+			SetUserIdAndSecContext(save_userid, save_sec_context);
+		}
+		PG_END_TRY();
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "stage lookup failed");
+	}
 
 	if (SPI_processed > 0)
 	{
@@ -281,45 +357,6 @@ static char *
 uuid_text(const pg_uuid_t *id)
 {
 	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum((pg_uuid_t *) id)));
-}
-
-/*
- * A lookup for a new row found nothing.  Under row-level security that is
- * what a row of another tenant looks like, and then the truth is that the
- * row may not be written at all: say so with the error the policy gives for
- * any other table (42501), instead of a misleading "no default pipeline".
- * Roles that bypass row-level security see every tenant's stages, so for
- * them nothing was hidden.
- */
-static void
-refuse_foreign_tenant(Relation rel, const pg_uuid_t *tenant)
-{
-	Oid			userid = GetUserId();
-	bool		same = false;
-
-	if (superuser_arg(userid) || has_bypassrls_privilege(userid))
-		return;
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (current_tenant_plan == NULL)
-		current_tenant_plan = prepare_kept("SELECT crm.current_tenant()", 0, NULL);
-	if (SPI_execute_plan(current_tenant_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the current tenant");
-	if (SPI_processed == 1)
-	{
-		bool		isnull;
-		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-		same = !isnull && memcmp(DatumGetUUIDP(value), tenant, sizeof(pg_uuid_t)) == 0;
-	}
-	SPI_finish();
-
-	if (!same)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("new row violates row-level security policy for table \"%s\"",
-						RelationGetRelationName(rel))));
 }
 
 /* Did the UPDATE change this column?  Compared as stored bytes. */
@@ -607,10 +644,9 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 	{
 		if (!nulls[COL_STAGE])
 		{
-			info = lookup(LOOKUP_STAGE, &tenant, &stage);
+			info = lookup(rel, LOOKUP_STAGE, &tenant, &stage);
 			if (!info->found)
 			{
-				refuse_foreign_tenant(rel, &tenant);
 				ereport(ERROR,
 						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 						 errmsg("stage %s does not exist", uuid_text(&stage))));
@@ -619,10 +655,9 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 		}
 		else
 		{
-			info = lookup(LOOKUP_DEFAULT_PIPELINE, &tenant, NULL);
+			info = lookup(rel, LOOKUP_DEFAULT_PIPELINE, &tenant, NULL);
 			if (!info->found)
 			{
-				refuse_foreign_tenant(rel, &tenant);
 				ereport(ERROR,
 						(errcode(ERRCODE_NO_DATA_FOUND),
 						 errmsg("tenant %s has no default pipeline", uuid_text(&tenant)),
@@ -637,10 +672,9 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 
 	if (nulls[COL_STAGE])
 	{
-		info = lookup(LOOKUP_FIRST_STAGE, &tenant, &pipeline);
+		info = lookup(rel, LOOKUP_FIRST_STAGE, &tenant, &pipeline);
 		if (!info->found)
 		{
-			refuse_foreign_tenant(rel, &tenant);
 			ereport(ERROR,
 					(errcode(ERRCODE_NO_DATA_FOUND),
 					 errmsg("pipeline %s has no stages", uuid_text(&pipeline)),
@@ -650,10 +684,9 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 		edit_set(&edit, attnums[COL_STAGE], UUIDPGetDatum(&stage), false);
 	}
 
-	info = lookup(LOOKUP_STAGE, &tenant, &stage);
+	info = lookup(rel, LOOKUP_STAGE, &tenant, &stage);
 	if (!info->found)
 	{
-		refuse_foreign_tenant(rel, &tenant);
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 				 errmsg("stage %s does not exist", uuid_text(&stage))));
@@ -1211,7 +1244,12 @@ crm_stage_follow(PG_FUNCTION_ARGS)
 										   "           AND l.stage_id OPERATOR(pg_catalog.=) $2)",
 										   2, types);
 			}
-			if (SPI_execute_plan(in_use_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+			/*
+			 * not read-only: in READ COMMITTED that takes a new snapshot,
+			 * which sees a record that entered the stage while this UPDATE
+			 * waited for the lock its lookup held
+			 */
+			if (SPI_execute_plan(in_use_plan, args, NULL, false, 1) != SPI_OK_SELECT)
 				elog(ERROR, "could not count the records of a stage");
 			{
 				int64		opportunities = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -1220,8 +1258,9 @@ crm_stage_follow(PG_FUNCTION_ARGS)
 				if (opportunities + leads > 0)
 					ereport(ERROR,
 							(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-							 errmsg("the kind of stage %s cannot change while records are in it",
-									uuid_text(DatumGetUUIDP(args[1]))),
+							 errmsg("the kind of stage \"%s\" cannot change while records are in it",
+									TextDatumGetCString(heap_getattr(oldtuple, crm_attnum(rel, "name", TEXTOID),
+																	 tupdesc, &isnull))),
 							 errdetail("The stage holds " INT64_FORMAT " opportunities and " INT64_FORMAT " leads.",
 									   opportunities, leads),
 							 errhint("Move the records to another stage first, or add a new stage of the kind wanted.")));
