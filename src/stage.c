@@ -440,6 +440,54 @@ has_column(Relation rel, const char *colname)
 	return false;
 }
 
+/*
+ * The column positions of the last few tables stage_sync ran on, checked
+ * once (crm_attnum looks each type up in the catalog) instead of on every
+ * row.  An entry is valid while the relation keeps the same tuple
+ * descriptor: ALTER TABLE gives it a new one.
+ */
+typedef struct StageColumns
+{
+	Oid			relid;
+	TupleDesc	tupdesc;
+	int			natts;
+	bool		is_lead;
+	int			attnums[NUM_STAGE_COLUMNS];
+} StageColumns;
+
+#define STAGE_COLUMN_CACHE 4
+static StageColumns stage_column_cache[STAGE_COLUMN_CACHE];
+static int	stage_column_next = 0;
+
+static const StageColumns *
+stage_columns(Relation rel)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	StageColumns *entry;
+	StageColumns fresh;
+
+	for (int i = 0; i < STAGE_COLUMN_CACHE; i++)
+	{
+		entry = &stage_column_cache[i];
+		if (entry->relid == RelationGetRelid(rel) && entry->tupdesc == tupdesc &&
+			entry->natts == tupdesc->natts)
+			return entry;
+	}
+
+	memset(&fresh, 0, sizeof(fresh));
+	fresh.is_lead = has_column(rel, "converted_at");
+	for (int i = 0; i < (fresh.is_lead ? NUM_STAGE_COLUMNS : NUM_COMMON_COLUMNS); i++)
+		fresh.attnums[i] = crm_attnum(rel, stage_column_names[i], stage_column_types[i]);
+	fresh.relid = RelationGetRelid(rel);
+	fresh.tupdesc = tupdesc;
+	fresh.natts = tupdesc->natts;
+
+	entry = &stage_column_cache[stage_column_next];
+	stage_column_next = (stage_column_next + 1) % STAGE_COLUMN_CACHE;
+	*entry = fresh;
+	return entry;
+}
+
 /* The agreed error for an UPDATE that changes an identity column. */
 static void
 refuse_identity_change(Relation rel, const char *colname)
@@ -488,16 +536,11 @@ edit_set(RowEdit *edit, int attnum, Datum value, bool isnull)
  * ignored.
  */
 static void
-edit_keep_old(RowEdit *edit, HeapTuple oldtuple, HeapTuple newtuple,
-			  TupleDesc tupdesc, int attnum)
+edit_keep_old(RowEdit *edit, const int *attnums, const bool *changed,
+			  const Datum *old_values, const bool *old_nulls, int col)
 {
-	bool		isnull;
-	Datum		value;
-
-	if (!column_changed(oldtuple, newtuple, tupdesc, attnum))
-		return;
-	value = heap_getattr(oldtuple, attnum, tupdesc, &isnull);
-	edit_set(edit, attnum, value, isnull);
+	if (changed[col])
+		edit_set(edit, attnums[col], old_values[col], old_nulls[col]);
 }
 
 /*
@@ -532,6 +575,12 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 	Datum		values[NUM_STAGE_COLUMNS];
 	bool		nulls[NUM_STAGE_COLUMNS];
 	bool		changed[NUM_STAGE_COLUMNS];
+	Datum		old_values[NUM_STAGE_COLUMNS];
+	bool		old_nulls[NUM_STAGE_COLUMNS];
+	Datum	   *new_all_values;
+	bool	   *new_all_nulls;
+	Datum	   *old_all_values = NULL;
+	bool	   *old_all_nulls = NULL;
 	pg_uuid_t	tenant;
 	pg_uuid_t	pipeline;
 	pg_uuid_t	stage;
@@ -565,15 +614,41 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 
 	rel = trigdata->tg_relation;
 	tupdesc = RelationGetDescr(rel);
-	is_lead = has_column(rel, "converted_at");
+	{
+		const StageColumns *columns = stage_columns(rel);
+
+		is_lead = columns->is_lead;
+		memcpy(attnums, columns->attnums, sizeof(attnums));
+	}
 	ncols = is_lead ? NUM_STAGE_COLUMNS : NUM_COMMON_COLUMNS;
 
+	/* one pass over each tuple, not one walk per column */
+	new_all_values = palloc(tupdesc->natts * sizeof(Datum));
+	new_all_nulls = palloc(tupdesc->natts * sizeof(bool));
+	heap_deform_tuple(newtuple, tupdesc, new_all_values, new_all_nulls);
+	if (!is_insert)
+	{
+		old_all_values = palloc(tupdesc->natts * sizeof(Datum));
+		old_all_nulls = palloc(tupdesc->natts * sizeof(bool));
+		heap_deform_tuple(oldtuple, tupdesc, old_all_values, old_all_nulls);
+	}
 	for (int i = 0; i < ncols; i++)
 	{
-		attnums[i] = crm_attnum(rel, stage_column_names[i], stage_column_types[i]);
-		values[i] = heap_getattr(newtuple, attnums[i], tupdesc, &nulls[i]);
-		changed[i] = is_insert ? !nulls[i]
-			: column_changed(oldtuple, newtuple, tupdesc, attnums[i]);
+		int			a = attnums[i] - 1;
+
+		values[i] = new_all_values[a];
+		nulls[i] = new_all_nulls[a];
+		if (is_insert)
+			changed[i] = !nulls[i];
+		else
+		{
+			Form_pg_attribute att = TupleDescAttr(tupdesc, a);
+
+			old_values[i] = old_all_values[a];
+			old_nulls[i] = old_all_nulls[a];
+			changed[i] = (old_nulls[i] || nulls[i]) ? old_nulls[i] != nulls[i]
+				: !datumIsEqual(old_values[i], values[i], att->attbyval, att->attlen);
+		}
 		if (i != COL_ARCHIVED_AT)
 			any_changed |= changed[i];
 	}
@@ -604,10 +679,7 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 	 */
 	if (is_lead && !is_insert)
 	{
-		bool		old_converted_null;
-
-		(void) heap_getattr(oldtuple, attnums[COL_CONVERTED_AT], tupdesc, &old_converted_null);
-		if (!old_converted_null)
+		if (!old_nulls[COL_CONVERTED_AT])
 		{
 			if (changed[COL_STAGE] || changed[COL_PIPELINE])
 				ereport(ERROR,
@@ -629,10 +701,10 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 									uuid_text(DatumGetUUIDP(values[COL_ID]))),
 							 errdetail("Column \"%s\" records what the lead was converted into.",
 									   stage_column_names[i])));
-			edit_keep_old(&edit, oldtuple, newtuple, tupdesc, attnums[COL_STATUS]);
-			edit_keep_old(&edit, oldtuple, newtuple, tupdesc, attnums[COL_PROBABILITY]);
-			edit_keep_old(&edit, oldtuple, newtuple, tupdesc, attnums[COL_CLOSED_AT]);
-			edit_keep_old(&edit, oldtuple, newtuple, tupdesc, attnums[COL_CONVERTED_AT]);
+			edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_STATUS);
+			edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_PROBABILITY);
+			edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_CLOSED_AT);
+			edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_CONVERTED_AT);
 			goto apply;
 		}
 	}
@@ -713,8 +785,7 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 		kind_changed = true;
 	else
 	{
-		bool		isnull;
-		char	   *old_status = TextDatumGetCString(heap_getattr(oldtuple, attnums[COL_STATUS], tupdesc, &isnull));
+		char	   *old_status = TextDatumGetCString(old_values[COL_STATUS]);
 
 		kind_changed = parse_stage_kind(old_status) != kind;
 	}
@@ -752,8 +823,8 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 		}
 		else
 		{
-			edit_keep_old(&edit, oldtuple, newtuple, tupdesc, attnums[COL_CONVERTED_AT]);
-			edit_keep_old(&edit, oldtuple, newtuple, tupdesc, attnums[COL_CONVERTED_ACCOUNT]);
+			edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_CONVERTED_AT);
+			edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_CONVERTED_ACCOUNT);
 		}
 	}
 
@@ -792,7 +863,7 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 		edit_set(&edit, attnums[COL_CLOSED_AT],
 				 TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()), false);
 	else
-		edit_keep_old(&edit, oldtuple, newtuple, tupdesc, attnums[COL_CLOSED_AT]);
+		edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_CLOSED_AT);
 
 	/* lost_reason: only a lost record has one; reopening clears it */
 	if (kind != STAGE_LOST && !nulls[COL_LOST_REASON])
@@ -802,9 +873,21 @@ apply:
 	if (edit.n == 0)
 		return PointerGetDatum(newtuple);
 
-	return PointerGetDatum(heap_modify_tuple_by_cols(newtuple, tupdesc, edit.n,
-													 edit.cols, edit.values,
-													 edit.nulls));
+	{
+		HeapTuple	result;
+
+		for (int i = 0; i < edit.n; i++)
+		{
+			new_all_values[edit.cols[i] - 1] = edit.values[i];
+			new_all_nulls[edit.cols[i] - 1] = edit.nulls[i];
+		}
+		result = heap_form_tuple(tupdesc, new_all_values, new_all_nulls);
+		/* as heap_modify_tuple does: the new version keeps the row's identity */
+		result->t_data->t_ctid = newtuple->t_data->t_ctid;
+		result->t_self = newtuple->t_self;
+		result->t_tableOid = newtuple->t_tableOid;
+		return PointerGetDatum(result);
+	}
 }
 
 /* Columns of a record that a history row copies. */
