@@ -350,6 +350,13 @@ lookup(Relation rel, LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *
 	}
 
 	SPI_finish();
+
+	/*
+	 * A query that is not read-only (FOR SHARE) advances the command id;
+	 * it changed no data, so what the cache holds stays valid for the rest
+	 * of this command, and the next row must not find the cache stale.
+	 */
+	lookup_cache_key = crm_command_key_current();
 	return entry;
 }
 
