@@ -157,6 +157,17 @@ RESET crm.tenant_id;
 RESET ROLE;
 DROP ROLE regress_delete_rep;
 
+-- The schema: no foreign key sets NULL or a default on delete (Citus allows
+-- neither; crm.tenant_access is the tenancy part's), the history has no
+-- foreign key to the records, and every cleared link is deferrable
+SELECT conrelid::regclass AS "table", conname, confdeltype FROM pg_constraint
+ WHERE contype = 'f' AND connamespace = 'crm'::regnamespace AND confdeltype IN ('n', 'd')
+   AND conrelid <> 'crm.tenant_access'::regclass
+ ORDER BY 1, 2;
+SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid = 'crm.stage_history'::regclass;
+SELECT count(*) AS deferrable_links, count(*) FILTER (WHERE condeferred) AS initially_deferred
+  FROM pg_constraint WHERE contype = 'f' AND connamespace = 'crm'::regnamespace AND condeferrable;
+
 -- crm.clear_links() and crm.stage_follow() attached where they do not belong
 CREATE TABLE public.misuse_del (tenant_id text, id uuid);
 CREATE TRIGGER t AFTER DELETE ON public.misuse_del REFERENCING OLD TABLE AS o
