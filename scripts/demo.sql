@@ -152,3 +152,20 @@ SELECT u.name AS crm_user, m.name AS reports_to,
   FROM crm.app_user u LEFT JOIN crm.app_user m ON m.tenant_id = u.tenant_id AND m.id = u.manager_id
  WHERE u.tenant_id = :'tenant' ORDER BY u.name;
 UPDATE crm.tenant SET visibility = 'public' WHERE tenant_id = :'tenant';
+
+\echo '== Lifecycle and deletes (issue 6.4, 6.5): reopen, archive, and what a delete keeps'
+\echo '   crm.opportunity_reopen: EduLearn back to Proposal (lost_reason and closed_at cleared)'
+SELECT o.name, o.status, o.probability, o.lost_reason, o.closed_at
+  FROM crm.opportunity_reopen((SELECT id FROM crm.opportunity WHERE name LIKE 'EduLearn%'),
+                              (SELECT s.id FROM crm.stage s JOIN crm.pipeline p ON p.id = s.pipeline_id
+                                WHERE p.is_default AND s.name = 'Proposal')) o;
+\echo '   archived records stay, out of the reports, and do not move until unarchived'
+UPDATE crm.opportunity SET archived_at = now() WHERE name LIKE 'EduLearn%';
+UPDATE crm.opportunity SET archived_at = NULL WHERE name LIKE 'EduLearn%';
+\echo '   deleting a contact keeps its activities that are about something else too, and all stage history'
+BEGIN;
+SELECT (SELECT count(*) FROM crm.activity) AS activities_before, (SELECT count(*) FROM crm.stage_history) AS history_before;
+DELETE FROM crm.contact WHERE id = (SELECT contact_id FROM crm.activity WHERE contact_id IS NOT NULL
+                                     GROUP BY contact_id ORDER BY count(*) DESC, contact_id LIMIT 1);
+SELECT (SELECT count(*) FROM crm.activity) AS activities_after, (SELECT count(*) FROM crm.stage_history) AS history_after;
+ROLLBACK;

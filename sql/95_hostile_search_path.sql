@@ -313,6 +313,7 @@ UPDATE crm.pipeline SET sequence = 9 WHERE id OPERATOR(pg_catalog.=) :'bare';
 INSERT INTO crm.stage (pipeline_id, name, sequence, probability) VALUES (:'bare', 'Only', 1, 10)
 RETURNING id AS bare_stage \gset
 UPDATE crm.stage SET color = '#123456' WHERE id OPERATOR(pg_catalog.=) :'bare_stage';
+UPDATE crm.stage SET probability = 15 WHERE id OPERATOR(pg_catalog.=) :'bare_stage';
 INSERT INTO crm.app_user (name, email, manager_id) VALUES ('Hal Hostile', 'hal@hostile.example', :'ben')
 RETURNING id AS hal \gset
 UPDATE crm.app_user SET job_title = 'Rep' WHERE id OPERATOR(pg_catalog.=) :'hal';
@@ -352,6 +353,10 @@ SELECT crm.lead_convert(:'summit');
 SELECT crm.opportunity_mark_won(:'bare_deal');
 SELECT crm.lead_move_stage('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', :'qualified');
 \set VERBOSITY default
+SELECT (crm.opportunity_reopen(:'global', :'proposal')).status AS global_reopened;
+SELECT (crm.lead_reopen(:'summit', :'qualified')).status AS summit_reopened;
+SELECT (crm.opportunity_mark_lost(:'global', 'Price')).status AS global,
+       (crm.lead_mark_lost(:'summit', 'No budget')).status AS summit;
 DELETE FROM crm.opportunity WHERE id OPERATOR(pg_catalog.=) :'bare_deal';
 -- the history the moves left
 SELECT pg_catalog.count(*) AS stage_changes FROM crm.stage_history;

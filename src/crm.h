@@ -76,6 +76,9 @@ extern void crm_refuse_column_change(Relation rel, HeapTuple oldtuple,
  */
 extern void crm_guard_require_schema(void);
 
+/* stage.c */
+extern bool crm_stage_unlinking;
+
 /* tenant.c */
 extern bool crm_current_app_user_id(pg_uuid_t *user);
 extern bool crm_current_user_sees(Datum visible_to, bool isnull);

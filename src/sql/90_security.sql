@@ -215,6 +215,12 @@ BEGIN
     -- activities owned by them whose records did not change
     UPDATE crm.activity r SET visible_to = r.visible_to
      WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners));
+    -- the history of deleted records outlives them, with no record to take
+    -- its visibility from: in a public tenant it is everyone's
+    IF owners IS NULL AND (SELECT t.visibility FROM crm.tenant t WHERE t.tenant_id = tenant) = 'public' THEN
+        UPDATE crm.stage_history h SET visible_to = NULL
+         WHERE h.tenant_id = tenant AND h.visible_to IS NOT NULL;
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION crm.visibility_refresh_records(uuid, uuid[]) IS
@@ -470,10 +476,9 @@ BEGIN
         crm.account_tag, crm.contact_tag, crm.lead_tag, crm.opportunity_tag
         TO crm_writer;
     GRANT EXECUTE ON FUNCTION
-        crm.uuid_generate_v7(), crm.stage_for_move(text, uuid, uuid, uuid, uuid),
-        crm.pipeline_closing_stage(uuid, uuid, text),
+        crm.uuid_generate_v7(),
         crm.lead_move_stage(uuid, uuid), crm.opportunity_move_stage(uuid, uuid),
-        crm.opportunity_close(uuid, text, text), crm.opportunity_mark_won(uuid), crm.opportunity_mark_lost(uuid, text),
+        crm.opportunity_mark_won(uuid), crm.opportunity_mark_lost(uuid, text),
         crm.lead_mark_lost(uuid, text), crm.lead_convert(uuid, uuid, uuid, boolean)
         TO crm_writer;
 
@@ -495,6 +500,11 @@ BEGIN
     -- pg_stat_* counters; in this database only superusers and members of
     -- pg_read_all_stats may read them (src/sql/92_statistics.sql).
     PERFORM crm.revoke_statistics_access();
+
+    -- Record lifecycle (issue 6.4): reopening a won or lost record
+    GRANT EXECUTE ON FUNCTION
+        crm.opportunity_reopen(uuid, uuid), crm.lead_reopen(uuid, uuid)
+        TO crm_writer;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS
