@@ -156,12 +156,21 @@ RESET crm.tenant_id;
 RESET ROLE;
 DROP ROLE regress_delete_rep;
 
+-- A deleted CRM user leaves the login roles mapped as them mapped, acting as nobody
+CREATE ROLE regress_delete_login;
+SELECT crm.create_tenant('Unmapped Co') AS ut \gset
+INSERT INTO crm.app_user (tenant_id, name) VALUES (:'ut', 'Leaving Lou') RETURNING id AS lou \gset
+SELECT crm.grant_tenant_access('regress_delete_login', :'ut', :'lou');
+DELETE FROM crm.app_user WHERE id = :'lou';
+SELECT login_role, user_id FROM crm.tenant_access WHERE tenant_id = :'ut';
+DELETE FROM crm.tenant WHERE tenant_id = :'ut';
+DROP ROLE regress_delete_login;
+
 -- The schema: no foreign key sets NULL or a default on delete (Citus allows
--- neither; crm.tenant_access is the tenancy part's), the history has no
--- foreign key to the records, and every cleared link is deferrable
+-- neither), the history has no foreign key to the records, and every
+-- cleared link is deferrable
 SELECT conrelid::regclass AS "table", conname, confdeltype FROM pg_constraint
  WHERE contype = 'f' AND connamespace = 'crm'::regnamespace AND confdeltype IN ('n', 'd')
-   AND conrelid <> 'crm.tenant_access'::regclass
  ORDER BY 1, 2;
 SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid = 'crm.stage_history'::regclass;
 SELECT count(*) AS deferrable_links, count(*) FILTER (WHERE condeferred) AS initially_deferred

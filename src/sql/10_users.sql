@@ -92,7 +92,8 @@ CREATE TABLE crm.tenant_access (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, role_oid),
-    FOREIGN KEY (tenant_id, user_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (user_id)
+    CONSTRAINT tenant_access_tenant_id_user_id_fkey FOREIGN KEY (tenant_id, user_id)
+        REFERENCES crm.app_user (tenant_id, id) DEFERRABLE
 );
 CREATE INDEX tenant_access_role_idx ON crm.tenant_access (role_oid);
 CREATE INDEX tenant_access_user_idx ON crm.tenant_access (tenant_id, user_id);

@@ -23,7 +23,7 @@ DECLARE
         ['contact', 'lead,converted_contact_id,,opportunity,contact_id,,activity,contact_id,contact_id;account_id;lead_id;opportunity_id'],
         ['lead', 'opportunity,lead_id,,activity,lead_id,contact_id;account_id;lead_id;opportunity_id'],
         ['opportunity', 'activity,opportunity_id,contact_id;account_id;lead_id;opportunity_id'],
-        ['app_user', 'account,owner_id,,contact,owner_id,,lead,owner_id,,opportunity,owner_id,,activity,owner_id,,app_user,manager_id,,team,manager_id,']];
+        ['app_user', 'account,owner_id,,contact,owner_id,,lead,owner_id,,opportunity,owner_id,,activity,owner_id,,app_user,manager_id,,team,manager_id,,tenant_access,user_id,']];
     args text;
 BEGIN
     FOREACH spec SLICE 1 IN ARRAY specs LOOP
