@@ -41,7 +41,10 @@ UPDATE crm.stage_history h SET changed_at = CASE
         WHEN o.name = 'O2' AND s.name = 'Qualified' THEN '2026-01-06 00:00+00'
         WHEN o.name = 'O2' AND s.name = 'Lost' THEN '2026-01-16 00:00+00'
         WHEN o.name = 'O3' AND s.name = 'Qualified' THEN '2026-01-03 00:00+00'
-        WHEN o.name = 'O4' AND s.name = 'Won' THEN '2026-01-11 00:00+00' END
+        WHEN o.name = 'O4' AND s.name = 'Won' THEN '2026-01-11 00:00+00'
+        -- the row some versions write when a deal is created (into New)
+        WHEN s.name = 'New' THEN '2026-01-01 00:00+00'
+        ELSE h.changed_at END
   FROM crm.opportunity o, crm.stage s
  WHERE o.tenant_id = h.tenant_id AND o.id = h.opportunity_id AND s.tenant_id = h.tenant_id AND s.id = h.to_stage_id
    AND h.tenant_id = :'t';
@@ -74,7 +77,7 @@ INSERT INTO crm.activity (activity_type, subject, opportunity_id, owner_id, stat
 SELECT 'call', 'Check-in', id, :'bob', 'completed', '2026-01-25 00:00+00' FROM crm.opportunity WHERE name = 'O3';
 SELECT count(*) AS rotting_after_call FROM crm.rotting_deals('2026-02-01 00:00+00');
 SELECT owner_name, open_deals, open_amount, won_deals, won_amount, lost_deals, win_rate, activities_completed,
-       rotting_deals, currency, unconverted_count
+       rotting_deals, currency, unpriced_count
   FROM crm.owner_dashboard(NULL, NULL, '2026-02-01 00:00+00');
 -- errors
 SELECT try($$SELECT * FROM crm.win_rate('colour')$$);

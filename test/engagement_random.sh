@@ -113,8 +113,12 @@ BEGIN
                                        account_id = accounts[1 + floor(random() * 5)::int]
              WHERE tenant_id = t AND id = (SELECT id FROM crm.opportunity WHERE tenant_id = t ORDER BY random() LIMIT 1);
         ELSIF r < 0.96 THEN
-            PERFORM crm.opportunity_close(o.id, CASE WHEN random() < 0.5 THEN 'won' ELSE 'lost' END, 'random')
-               FROM (SELECT id FROM crm.opportunity WHERE tenant_id = t AND status = 'open' ORDER BY random() LIMIT 1) o;
+            SELECT id INTO victim FROM crm.opportunity WHERE tenant_id = t AND status = 'open' ORDER BY random() LIMIT 1;
+            IF victim IS NOT NULL AND random() < 0.5 THEN
+                PERFORM crm.opportunity_mark_won(victim);
+            ELSIF victim IS NOT NULL THEN
+                PERFORM crm.opportunity_mark_lost(victim, 'random');
+            END IF;
         ELSIF r < 0.98 THEN
             UPDATE crm.contact SET account_id = CASE WHEN random() < 0.8 THEN accounts[1 + floor(random() * 5)::int] END
              WHERE tenant_id = t AND id = contacts[1 + floor(random() * 20)::int];

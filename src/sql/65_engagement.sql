@@ -142,8 +142,8 @@ BEGIN
         EXECUTE format('ALTER TABLE crm.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE crm.%I FORCE ROW LEVEL SECURITY', t);
         EXECUTE format('CREATE POLICY tenant_isolation ON crm.%I'
-                       ' USING (tenant_id = (SELECT crm.current_tenant()))'
-                       ' WITH CHECK (tenant_id = (SELECT crm.current_tenant()))', t);
+                       ' USING (tenant_id = crm.current_tenant())'
+                       ' WITH CHECK (tenant_id = crm.current_tenant())', t);
         EXECUTE format('COMMENT ON POLICY tenant_isolation ON crm.%I IS %L', t,
                        'Rows of the tenant the statement acts for (crm.current_tenant()) only');
     END LOOP;
@@ -190,7 +190,14 @@ COMMENT ON FUNCTION crm.engagement_half_life(uuid) IS
 
 -- Recomputation from the rows (repair, tests, check) ---------------------
 
-CREATE VIEW crm.engagement_recomputed WITH (security_invoker = true) AS
+CREATE FUNCTION crm.engagement_recomputed()
+    RETURNS TABLE (tenant_id uuid, kind text, id uuid, activity_count bigint, counts_by_type jsonb,
+                   counts_by_module jsonb, first_activity_at timestamptz, last_activity_at timestamptz,
+                   last_inbound_at timestamptz, last_outbound_at timestamptz, last_meeting_at timestamptz,
+                   score_value float8, score_ref timestamptz)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
 WITH counted AS (
     SELECT a.tenant_id, k.kind, k.id, a.activity_type, a.module, a.direction, a.occurred_at,
            coalesce(w.weight, ty.default_weight)::float8 AS weight
@@ -227,11 +234,18 @@ SELECT t.tenant_id, t.kind, t.id, t.activity_count, bt.counts AS counts_by_type,
        t.score_value, t.score_ref
   FROM totals t
   JOIN by_type bt USING (tenant_id, kind, id)
-  JOIN by_module bm USING (tenant_id, kind, id);
-COMMENT ON VIEW crm.engagement_recomputed IS
-    'Internal: the contact and lead aggregates computed afresh from the activity rows (kind contact or lead), for crm.refresh_aggregates() and crm.check_aggregates()';
+  JOIN by_module bm USING (tenant_id, kind, id)
+    $$;
+COMMENT ON FUNCTION crm.engagement_recomputed() IS
+    'The contact and lead aggregates (kind contact or lead) computed afresh from the activity rows the caller sees, as crm.check_aggregates() and crm.refresh_aggregates() compare and rebuild them';
 
-CREATE VIEW crm.account_summary_recomputed WITH (security_invoker = true) AS
+CREATE FUNCTION crm.account_summary_recomputed()
+    RETURNS TABLE (tenant_id uuid, account_id uuid, contact_count bigint, activity_count bigint,
+                   last_activity_at timestamptz, open_opportunity_count bigint, open_amounts jsonb,
+                   won_amounts jsonb)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
 WITH keys AS (
     SELECT tenant_id, account_id FROM crm.contact WHERE account_id IS NOT NULL
     UNION
@@ -257,9 +271,10 @@ SELECT k.tenant_id, k.account_id,
   FROM keys k
  CROSS JOIN LATERAL (SELECT count(*) AS n, max(x.occurred_at) AS last_at FROM crm.activity x
                       WHERE x.tenant_id = k.tenant_id AND x.account_id = k.account_id
-                        AND x.status = 'completed') a;
-COMMENT ON VIEW crm.account_summary_recomputed IS
-    'Internal: the account roll-ups computed afresh from the rows, for crm.refresh_aggregates() and crm.check_aggregates()';
+                        AND x.status = 'completed') a
+    $$;
+COMMENT ON FUNCTION crm.account_summary_recomputed() IS
+    'The account roll-ups computed afresh from the rows the caller sees, as crm.check_aggregates() and crm.refresh_aggregates() compare and rebuild them';
 
 CREATE FUNCTION crm.aggregates_rebuild(target uuid) RETURNS void
     LANGUAGE plpgsql VOLATILE
@@ -277,7 +292,7 @@ BEGIN
                                         last_meeting_at, score_value, score_ref)
     SELECT r.tenant_id, r.id, r.activity_count, r.counts_by_type, r.counts_by_module, r.first_activity_at,
            r.last_activity_at, r.last_inbound_at, r.last_outbound_at, r.last_meeting_at, r.score_value, r.score_ref
-      FROM crm.engagement_recomputed r
+      FROM crm.engagement_recomputed() r
      WHERE r.kind = 'contact' AND (target IS NULL OR r.tenant_id = target)
      ORDER BY r.tenant_id, r.id;
     INSERT INTO crm.lead_engagement (tenant_id, lead_id, activity_count, counts_by_type, counts_by_module,
@@ -285,14 +300,14 @@ BEGIN
                                      last_meeting_at, score_value, score_ref)
     SELECT r.tenant_id, r.id, r.activity_count, r.counts_by_type, r.counts_by_module, r.first_activity_at,
            r.last_activity_at, r.last_inbound_at, r.last_outbound_at, r.last_meeting_at, r.score_value, r.score_ref
-      FROM crm.engagement_recomputed r
+      FROM crm.engagement_recomputed() r
      WHERE r.kind = 'lead' AND (target IS NULL OR r.tenant_id = target)
      ORDER BY r.tenant_id, r.id;
     INSERT INTO crm.account_summary (tenant_id, account_id, contact_count, activity_count, last_activity_at,
                                      open_opportunity_count, open_amounts, won_amounts)
     SELECT r.tenant_id, r.account_id, r.contact_count, r.activity_count, r.last_activity_at,
            r.open_opportunity_count, r.open_amounts, r.won_amounts
-      FROM crm.account_summary_recomputed r
+      FROM crm.account_summary_recomputed() r
      WHERE target IS NULL OR r.tenant_id = target
      ORDER BY r.tenant_id, r.account_id;
 END
@@ -345,7 +360,7 @@ CREATE FUNCTION crm.check_aggregates()
                END AS r_score,
                s.score_ref AS s_ref, r.score_ref AS r_ref
           FROM eng s
-          FULL JOIN crm.engagement_recomputed r
+          FULL JOIN crm.engagement_recomputed() r
             ON r.kind = s.kind AND r.tenant_id = s.tenant_id AND r.id = s.id
     )
     SELECT c.kind, c.tenant_id, c.id,
@@ -369,7 +384,7 @@ CREATE FUNCTION crm.check_aggregates()
     SELECT 'account', coalesce(s.tenant_id, r.tenant_id), coalesce(s.account_id, r.account_id),
            to_jsonb(s) - 'created_at' - 'updated_at', to_jsonb(r)
       FROM crm.account_summary s
-      FULL JOIN crm.account_summary_recomputed r
+      FULL JOIN crm.account_summary_recomputed() r
         ON r.tenant_id = s.tenant_id AND r.account_id = s.account_id
      WHERE coalesce(s.contact_count, 0) <> coalesce(r.contact_count, 0)
         OR coalesce(s.activity_count, 0) <> coalesce(r.activity_count, 0)

@@ -5,7 +5,7 @@
 -- it as it fences the tables) and answers for the current tenant.  Amounts
 -- are reported in the tenant's default currency through crm.exchange_rate()
 -- in force at the record's close date (today for open records); a record
--- whose currency has no rate is counted in unconverted_count and left out of
+-- whose currency has no rate is counted in unpriced_count and left out of
 -- the sums, as the kanban does.  Periods are [period_start, period_end),
 -- NULL meaning open-ended; pipeline NULL means every pipeline.
 
@@ -62,7 +62,7 @@ COMMENT ON FUNCTION crm.pipeline_funnel(uuid, timestamptz, timestamptz) IS
 CREATE FUNCTION crm.win_rate(group_by text DEFAULT 'owner', period_start timestamptz DEFAULT NULL,
                              period_end timestamptz DEFAULT NULL, pipeline uuid DEFAULT NULL)
     RETURNS TABLE (group_key text, won bigint, lost bigint, win_rate numeric, won_amount numeric,
-                   currency text, unconverted_count bigint)
+                   currency text, unpriced_count bigint)
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
@@ -189,7 +189,7 @@ COMMENT ON FUNCTION crm.sales_cycle(uuid, timestamptz, timestamptz) IS
 CREATE FUNCTION crm.sales_velocity(pipeline uuid DEFAULT NULL, period_start timestamptz DEFAULT NULL,
                                    period_end timestamptz DEFAULT NULL)
     RETURNS TABLE (open_deals bigint, avg_won_amount numeric, win_rate numeric, cycle_days numeric,
-                   velocity_per_day numeric, currency text, unconverted_count bigint)
+                   velocity_per_day numeric, currency text, unpriced_count bigint)
     LANGUAGE sql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
@@ -221,7 +221,7 @@ COMMENT ON FUNCTION crm.sales_velocity(uuid, timestamptz, timestamptz) IS
 
 CREATE FUNCTION crm.lead_source_analytics(period_start timestamptz DEFAULT NULL, period_end timestamptz DEFAULT NULL)
     RETURNS TABLE (source text, leads bigint, converted bigint, conversion_rate numeric, average_won_amount numeric,
-                   currency text, unconverted_count bigint)
+                   currency text, unpriced_count bigint)
     LANGUAGE sql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
@@ -286,7 +286,7 @@ CREATE FUNCTION crm.owner_dashboard(period_start timestamptz DEFAULT NULL, perio
                                     as_of timestamptz DEFAULT now())
     RETURNS TABLE (owner_id uuid, owner_name text, open_deals bigint, open_amount numeric, won_deals bigint,
                    won_amount numeric, lost_deals bigint, win_rate numeric, activities_completed bigint,
-                   rotting_deals bigint, currency text, unconverted_count bigint)
+                   rotting_deals bigint, currency text, unpriced_count bigint)
     LANGUAGE sql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
