@@ -2,7 +2,7 @@
 # test/scoring_random.sh: lead scoring and the predictive model stay exact
 # under random mixed work (issue 10).
 #
-# Runs SCORING_RANDOM_OPS random operations (default 3000, to stay near 20 s in
+# Runs SCORING_RANDOM_OPS random operations (default 2000, to stay near 25 s in
 # make test; the issue asks for 10000: SCORING_RANDOM_OPS=10000) on leads,
 # opportunities, activities, contacts (profiling consent), tags and the
 # scoring model, in batches of one transaction each, as an application role
@@ -19,7 +19,7 @@
 set -euo pipefail
 
 DB=regress_scoring_random
-OPS=${SCORING_RANDOM_OPS:-3000}
+OPS=${SCORING_RANDOM_OPS:-2000}
 BATCH=500
 SEED=${SCORING_RANDOM_SEED:-0.42}
 failed=0
@@ -143,7 +143,7 @@ BEGIN
         ELSE
             UPDATE crm.lead x SET stage_id = (SELECT s2.id FROM crm.stage s2 WHERE s2.pipeline_id = x.pipeline_id
                                                  AND s2.kind = 'open' ORDER BY random() LIMIT 1)
-             WHERE x.id = l;
+             WHERE x.id = l AND x.converted_at IS NULL;
         END IF;
     ELSIF p < 0.72 OR o IS NULL THEN
         INSERT INTO crm.opportunity (name, pipeline_id, owner_id, source, country, priority, amount, contact_id)

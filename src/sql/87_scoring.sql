@@ -59,8 +59,8 @@ CREATE INDEX lead_scoring_model_idx ON crm.lead (tenant_id, scoring_model_id);
 -- crm.top_leads(): the open, active, scored leads of a tenant by score
 CREATE INDEX lead_top_score_idx ON crm.lead (tenant_id, score DESC, id)
     WHERE status = 'open' AND archived_at IS NULL AND converted_at IS NULL AND score IS NOT NULL;
--- converted leads continue with their contact's activities
-CREATE INDEX activity_lead_time_idx ON crm.activity (tenant_id, lead_id, occurred_at) WHERE lead_id IS NOT NULL;
+-- (a lead's activities are found through activity_lead_time_idx of the
+-- aggregation part, a converted lead's contact's through activity_contact_time_idx)
 
 CREATE TABLE crm.lead_score_history (
     tenant_id            uuid NOT NULL DEFAULT crm.current_tenant(),
@@ -602,13 +602,13 @@ COMMENT ON FUNCTION crm.lead_score_trend(uuid) IS
 ALTER TABLE crm.scoring_model ENABLE ROW LEVEL SECURITY;
 ALTER TABLE crm.scoring_model FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON crm.scoring_model
-    USING (tenant_id = (SELECT crm.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT crm.current_tenant()));
+    USING (tenant_id = crm.current_tenant())
+    WITH CHECK (tenant_id = crm.current_tenant());
 COMMENT ON POLICY tenant_isolation ON crm.scoring_model IS 'Rows of the tenant the statement acts for (crm.current_tenant()) only';
 ALTER TABLE crm.lead_score_history ENABLE ROW LEVEL SECURITY;
 ALTER TABLE crm.lead_score_history FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON crm.lead_score_history
-    USING (tenant_id = (SELECT crm.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT crm.current_tenant()));
+    USING (tenant_id = crm.current_tenant())
+    WITH CHECK (tenant_id = crm.current_tenant());
 COMMENT ON POLICY tenant_isolation ON crm.lead_score_history IS 'Rows of the tenant the statement acts for (crm.current_tenant()) only';
 

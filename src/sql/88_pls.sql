@@ -880,14 +880,14 @@ ALTER TABLE crm.pls_observation FORCE ROW LEVEL SECURITY;
 ALTER TABLE crm.pls_frequency ENABLE ROW LEVEL SECURITY;
 ALTER TABLE crm.pls_frequency FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON crm.pls_config
-    USING (tenant_id = (SELECT crm.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT crm.current_tenant()));
+    USING (tenant_id = crm.current_tenant())
+    WITH CHECK (tenant_id = crm.current_tenant());
 CREATE POLICY tenant_isolation ON crm.pls_observation
-    USING (tenant_id = (SELECT crm.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT crm.current_tenant()));
+    USING (tenant_id = crm.current_tenant())
+    WITH CHECK (tenant_id = crm.current_tenant());
 CREATE POLICY tenant_isolation ON crm.pls_frequency
-    USING (tenant_id = (SELECT crm.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT crm.current_tenant()));
+    USING (tenant_id = crm.current_tenant())
+    WITH CHECK (tenant_id = crm.current_tenant());
 COMMENT ON POLICY tenant_isolation ON crm.pls_config IS 'Rows of the tenant the statement acts for (crm.current_tenant()) only';
 COMMENT ON POLICY tenant_isolation ON crm.pls_observation IS 'Rows of the tenant the statement acts for (crm.current_tenant()) only';
 COMMENT ON POLICY tenant_isolation ON crm.pls_frequency IS 'Rows of the tenant the statement acts for (crm.current_tenant()) only';
