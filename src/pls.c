@@ -39,6 +39,7 @@
 #include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 
@@ -47,6 +48,18 @@ PG_FUNCTION_INFO_V1(crm_pls_rebuild);
 
 static SPIPlanPtr sync_plan = NULL;
 static SPIPlanPtr rebuild_plan = NULL;
+
+/*
+ * A session writing crm rows with row_security = off can only be a
+ * superuser or BYPASSRLS role loading a dump (pg_restore, or psql running a
+ * pg_dump script, sets it): the dump brings the derived rows with it, so
+ * deriving them again would double them.  Like replica mode, leave it alone.
+ */
+static bool
+loading_dump(void)
+{
+	return !row_security || crm_replica_skips_work();
+}
 
 static SPIPlanPtr
 prepare_kept(const char *sql, int nargs, Oid *argtypes)
@@ -230,7 +243,7 @@ crm_pls_sync(PG_FUNCTION_ARGS)
 	int			lbs[1] = {1};
 
 	crm_require_trigger(fcinfo, "win_model_sync", false, false);
-	if (crm_replica_skips_work())
+	if (loading_dump())
 		return PointerGetDatum(NULL);
 
 	trigger = trigdata->tg_trigger;

@@ -55,6 +55,7 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 
@@ -233,6 +234,18 @@ scoring_owner(void)
 	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
 	ReleaseSysCache(tuple);
 	return owner;
+}
+
+/*
+ * A session writing crm rows with row_security = off can only be a
+ * superuser or BYPASSRLS role loading a dump (pg_restore, or psql running a
+ * pg_dump script, sets it): the dump brings the derived rows with it, so
+ * deriving them again would double them.  Like replica mode, leave it alone.
+ */
+static bool
+loading_dump(void)
+{
+	return !row_security || crm_replica_skips_work();
 }
 
 /* Models -------------------------------------------------------------- */
@@ -744,7 +757,7 @@ crm_scoring_lead_sync(PG_FUNCTION_ARGS)
 		oldtuple = trigdata->tg_trigtuple;
 		newtuple = trigdata->tg_newtuple;
 	}
-	if (crm_replica_skips_work())
+	if (loading_dump())
 		return PointerGetDatum(newtuple);
 
 	rel = trigdata->tg_relation;
@@ -926,7 +939,7 @@ crm_scoring_lead_history(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("function \"scoring_lead_history\" must be fired AFTER INSERT or UPDATE with transition tables")));
-	if (crm_replica_skips_work())
+	if (loading_dump())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;
@@ -1166,7 +1179,7 @@ crm_scoring_refresh(PG_FUNCTION_ARGS)
 	int			save_sec_context;
 
 	crm_require_trigger(fcinfo, "scoring_refresh", false, false);
-	if (crm_replica_skips_work())
+	if (loading_dump())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;

@@ -412,6 +412,11 @@ CREATE FUNCTION crm.tenant_default_scoring_model() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
+    -- a dump being loaded (replica mode, or row_security off) brings the tenant's models
+    IF pg_catalog.current_setting('session_replication_role') = 'replica'
+       OR pg_catalog.current_setting('row_security') = 'off' THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO crm.scoring_model (tenant_id, name, description, weights, threshold, is_default)
     SELECT n.tenant_id, 'Default', 'Fit per seeds/002 plus engagement; qualifies at 70',
            crm.default_scoring_weights(), 70, true
