@@ -31,6 +31,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -186,6 +187,15 @@ gather(TriggerData *trigdata, TupleDesc tupdesc, int tenant_att, int key_att, in
 	Tuplestorestate *newstore = trigdata->tg_newtable;
 	const char *const *watch = watched_columns(trigdata->tg_relation);
 
+	/*
+	 * Read pointers of our own that may rewind: other triggers read the same
+	 * tables, and one spilled to disk forgets what a non-rewinding pointer
+	 * has passed.
+	 */
+	if (oldstore)
+		tuplestore_select_read_pointer(oldstore, tuplestore_alloc_read_pointer(oldstore, EXEC_FLAG_REWIND));
+	if (newstore)
+		tuplestore_select_read_pointer(newstore, tuplestore_alloc_read_pointer(newstore, EXEC_FLAG_REWIND));
 	if (oldstore && newstore)
 	{
 		tuplestore_rescan(oldstore);
@@ -209,6 +219,10 @@ gather(TriggerData *trigdata, TupleDesc tupdesc, int tenant_att, int key_att, in
 	}
 	ExecDropSingleTupleTableSlot(oldslot);
 	ExecDropSingleTupleTableSlot(newslot);
+	if (oldstore)
+		tuplestore_select_read_pointer(oldstore, 0);
+	if (newstore)
+		tuplestore_select_read_pointer(newstore, 0);
 }
 
 static int64

@@ -43,6 +43,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -844,16 +845,23 @@ crm_scoring_lead_sync(PG_FUNCTION_ARGS)
 
 /* History and events -------------------------------------------------- */
 
-/* Read a whole transition table into memory (it is the statement's own). */
+/*
+ * Read a whole transition table into memory (it is the statement's own),
+ * through a read pointer of our own that may rewind: other triggers read
+ * the same table, and one spilled to disk forgets what a non-rewinding
+ * pointer has passed.
+ */
 static void
 read_transition(Tuplestorestate *store, TupleDesc tupdesc, List **tuples)
 {
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
 
+	tuplestore_select_read_pointer(store, tuplestore_alloc_read_pointer(store, EXEC_FLAG_REWIND));
 	tuplestore_rescan(store);
 	while (tuplestore_gettupleslot(store, true, false, slot))
 		*tuples = lappend(*tuples, ExecCopySlotHeapTuple(slot));
 	ExecDropSingleTupleTableSlot(slot);
+	tuplestore_select_read_pointer(store, 0);
 }
 
 static Datum
