@@ -38,6 +38,10 @@ INSERT INTO expected_key VALUES
     ('contact_tag',     '{tenant_id,contact_id,tag_id}'),
     ('lead_tag',        '{tenant_id,lead_id,tag_id}'),
     ('opportunity_tag', '{tenant_id,opportunity_id,tag_id}'),
+    ('job',             '{tenant_id,id}'),
+    ('job_archive',     '{tenant_id,id}'),
+    ('job_key',         '{tenant_id,idempotency_key}'),
+    ('job_action',      '{code}'),
     ('stage_history',   '{tenant_id,id}');
 
 -- The index access paths the application relies on: (table, leading keys
@@ -79,7 +83,8 @@ SELECT plan(19 + (SELECT count(*)::int FROM expected_key) + (SELECT count(*)::in
 SELECT tables_are('crm', ARRAY[
     'tenant', 'currency', 'currency_rate', 'app_user', 'team', 'team_member', 'tenant_access',
     'pipeline', 'stage', 'account', 'contact', 'lead', 'opportunity', 'activity_type', 'activity',
-    'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history'
+    'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
+    'job', 'job_archive', 'job_key', 'job_action'
 ], 'crm has exactly the tables of the core schema');
 
 SELECT views_are('crm', ARRAY['lead_kanban', 'opportunity_kanban', 'dashboard'],
@@ -94,8 +99,8 @@ SELECT set_eq(
     $$SELECT c.relname FROM pg_class c
        WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind IN ('r', 'p')
          AND c.oid NOT IN (SELECT oid FROM tenant_table)$$,
-    ARRAY['currency', 'activity_type']::name[],
-    'only the global lookups crm.currency and crm.activity_type lack tenant_id');
+    ARRAY['currency', 'activity_type', 'job_action']::name[],
+    'only the global lookups crm.currency, crm.activity_type and crm.job_action lack tenant_id');
 
 SELECT is_empty(
     $$SELECT t.relname, pk.conname, pk.conkey
@@ -247,7 +252,8 @@ SELECT set_eq(
     $$SELECT cfg.tbl::regclass::text, cfg.condition
         FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS cfg(tbl, condition)
        WHERE e.extname = 'crm' AND cfg.condition <> ''$$,
-    $$VALUES ('crm.currency', 'WHERE NOT is_builtin'), ('crm.activity_type', 'WHERE NOT is_builtin')$$,
+    $$VALUES ('crm.currency', 'WHERE NOT is_builtin'), ('crm.activity_type', 'WHERE NOT is_builtin'),
+             ('crm.job_action', 'WHERE NOT is_builtin')$$,
     'only the global lookups are dumped with a filter, which leaves the built-in rows out');
 
 SELECT * FROM finish();
