@@ -50,7 +50,9 @@ WITH f AS MATERIALIZED (SELECT crm.fail_job(:'hook', 'HTTP 500') - now() AS dela
 SELECT delay BETWEEN interval '20 seconds' AND interval '22 seconds' AS backoff_20s FROM f;
 SELECT locked_by, jsonb_array_length(errors) AS errors, errors->0->>'error' AS error FROM crm.job WHERE id = :'hook';
 SELECT count(*) AS not_due_yet FROM crm.claim_jobs('webhook', 'w');
+RESET ROLE;  -- the test moves the clock: only the server writes jobs
 UPDATE crm.job SET run_at = now() WHERE id = :'hook';
+SET ROLE regress_crm_app;
 SELECT count(*) AS claimed FROM crm.claim_jobs('webhook', 'w');
 SELECT crm.fail_job(:'hook', 'HTTP 502') IS NULL AS dead;
 SELECT outcome, reason, jsonb_array_length(errors) AS errors FROM crm.job_archive WHERE id = :'hook';
@@ -62,7 +64,9 @@ SELECT try($$SELECT crm.retry_job('$$ || :'email_job' || $$')$$) AS result;
 -- Leases: extend, and reap an expired one, which makes the job claimable again.
 SELECT count(*) FROM crm.claim_jobs('crm', 'w', 1, '1 minute');
 SELECT crm.extend_lease(:'task_job', '10 minutes', 'w') - now() = interval '10 minutes' AS extended;
+RESET ROLE;  -- the test moves the clock: only the server writes jobs
 UPDATE crm.job SET locked_until = now() - interval '1 second' WHERE id = :'task_job';
+SET ROLE regress_crm_app;
 SELECT try($$SELECT crm.complete_job('$$ || :'task_job' || $$', NULL, 'w')$$) AS result;
 SELECT crm.reap_expired_leases() AS reaped;
 SELECT locked_by IS NULL AS ready, errors->0->>'error' AS error FROM crm.job WHERE id = :'task_job';

@@ -18,6 +18,7 @@
 #include "fmgr.h"
 #include "storage/proc.h"
 #include "utils/timestamp.h"
+#include "utils/jsonb.h"
 #include "utils/uuid.h"
 
 /*
@@ -61,7 +62,34 @@ extern void crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 extern bool crm_replica_skips_work(void);
 extern int	crm_attnum(Relation rel, const char *colname, Oid typid);
 
+/* uuid.c */
+extern void crm_uuid_v7(pg_uuid_t *out);
+
+/*
+ * queue.c: one job to enqueue.  crm_queue_enqueue_job() must be called
+ * inside an SPI connection, as the owner of the queue tables.
+ */
+typedef struct CrmJobRequest
+{
+	const char *action;
+	Jsonb	   *params;
+	TimestampTz run_at;
+	int			max_attempts;
+	bool		has_key;
+	pg_uuid_t	key;
+	bool		has_contact;
+	pg_uuid_t	contact;
+	const char *entity;
+	bool		has_entity_id;
+	pg_uuid_t	entity_id;
+	bool		has_rule;
+	pg_uuid_t	rule;
+} CrmJobRequest;
+
+extern pg_uuid_t crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request);
+
 /* tenant.c */
+extern bool crm_current_tenant_id(pg_uuid_t *tenant);
 extern bool crm_current_app_user_id(pg_uuid_t *user);
 
 #endif							/* CRM_H */

@@ -292,8 +292,8 @@ resolve_context(void)
 	context.valid = true;
 }
 
-/* The tenant, if any, this statement acts for. */
-static bool
+/* For the other C files: the tenant, if any, this statement acts for. */
+bool
 crm_current_tenant_id(pg_uuid_t *tenant)
 {
 	resolve_context();

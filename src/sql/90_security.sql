@@ -181,16 +181,14 @@ BEGIN
         crm.grant_tenant_access(name, uuid, uuid), crm.revoke_tenant_access(name, uuid)
         TO crm_admin;
 
-    -- Job queue (src/sql/89_queue.sql): the application enqueues, workers
-    -- claim and report; the queue tables are written through the functions.
-    GRANT INSERT, UPDATE, DELETE ON crm.job, crm.job_archive, crm.job_key TO crm_writer;
+    -- Job queue (src/sql/89_queue.sql, src/queue.c): the application
+    -- enqueues, workers claim and report; the functions write the queue
+    -- tables as their owner, so no role writes them directly.
     GRANT EXECUTE ON FUNCTION
         crm.enqueue_job(text, jsonb, uuid, timestamptz, uuid, text, uuid, uuid, integer),
         crm.claim_jobs(text, text, integer, interval), crm.complete_job(uuid, jsonb, text),
         crm.fail_job(uuid, text, text), crm.extend_lease(uuid, interval, text),
-        crm.reap_expired_leases(), crm.retry_job(uuid), crm.purge_jobs(interval),
-        crm.queue_tenant(), crm.job_consent_refusal(uuid, text, jsonb, uuid), crm.job_finish(uuid, uuid, text, text, jsonb),
-        crm.job_held(uuid, text)
+        crm.reap_expired_leases(), crm.retry_job(uuid), crm.purge_jobs(interval)
         TO crm_writer;
 END
 $$;
