@@ -17,8 +17,8 @@
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "storage/proc.h"
-#include "utils/timestamp.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 /*
@@ -87,6 +87,11 @@ typedef struct CrmJobRequest
 } CrmJobRequest;
 
 extern pg_uuid_t crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request);
+
+/* outbox.c */
+extern int64 crm_outbox_emit(const pg_uuid_t *tenant, const char *event_type,
+							 const char *entity, const pg_uuid_t *entity_id,
+							 Jsonb *payload);
 
 /* tenant.c */
 extern bool crm_current_tenant_id(pg_uuid_t *tenant);

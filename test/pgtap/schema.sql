@@ -42,7 +42,15 @@ INSERT INTO expected_key VALUES
     ('job_archive',     '{tenant_id,id}'),
     ('job_key',         '{tenant_id,idempotency_key}'),
     ('job_action',      '{code}'),
-    ('stage_history',   '{tenant_id,id}');
+    ('stage_history',   '{tenant_id,id}'),
+    -- activity aggregation and the event outbox (issue 7)
+    ('event',              '{tenant_id,position}'),
+    ('event_consumer',     '{tenant_id,name}'),
+    ('engagement_setting', '{tenant_id}'),
+    ('activity_weight',    '{tenant_id,activity_type}'),
+    ('contact_engagement', '{tenant_id,contact_id}'),
+    ('lead_engagement',    '{tenant_id,lead_id}'),
+    ('account_summary',    '{tenant_id,account_id}');
 
 -- The index access paths the application relies on: (table, leading keys
 -- of some index on it, unique required).  Expressions are written without
@@ -84,10 +92,15 @@ SELECT tables_are('crm', ARRAY[
     'tenant', 'currency', 'currency_rate', 'app_user', 'team', 'team_member', 'tenant_access',
     'pipeline', 'stage', 'account', 'contact', 'lead', 'opportunity', 'activity_type', 'activity',
     'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
-    'job', 'job_archive', 'job_key', 'job_action'
+    'job', 'job_archive', 'job_key', 'job_action',
+    -- activity aggregation and the event outbox (issue 7)
+    'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
+    'lead_engagement', 'account_summary'
 ], 'crm has exactly the tables of the core schema');
 
-SELECT views_are('crm', ARRAY['lead_kanban', 'opportunity_kanban', 'dashboard'],
+SELECT views_are('crm', ARRAY['lead_kanban', 'opportunity_kanban', 'dashboard',
+                              -- issue 7
+                              'engagement_recomputed', 'account_summary_recomputed'],
     'crm has exactly the kanban and dashboard views');
 
 -- Keys ----------------------------------------------------------------------
