@@ -272,6 +272,8 @@ resolve_context(void)
 		return;
 
 	context.valid = false;
+	/* the lookup below reads crm.tenant_access: it must be the extension's */
+	crm_guard_require_schema();
 	has_guc_tenant = parse_uuid_setting(TENANT_GUC, tenant_guc, &guc_tenant);
 	has_guc_user = parse_uuid_setting(USER_GUC, user_guc, &guc_user);
 

@@ -190,6 +190,15 @@ BEGIN
         crm.fail_job(uuid, text, text), crm.extend_lease(uuid, interval, text),
         crm.reap_expired_leases(), crm.retry_job(uuid), crm.purge_jobs(interval)
         TO crm_writer;
+    -- Workflow rules (src/sql/91_workflow.sql): admins configure rules and
+    -- run the maintenance; writers take inbound events and run the
+    -- in-database jobs of their tenant.
+    GRANT INSERT, UPDATE, DELETE ON crm.workflow_rule TO crm_admin;
+    GRANT EXECUTE ON FUNCTION crm.validate_rule(jsonb), crm.idempotency_key(text[]) TO crm_reader;
+    GRANT EXECUTE ON FUNCTION
+        crm.consume_event(text, jsonb, text), crm.run_jobs(integer)
+        TO crm_writer;
+    GRANT EXECUTE ON FUNCTION crm.run_time_rules(timestamptz) TO crm_admin;
 
     -- Activity aggregation, engagement and the event outbox (issue 7)
     GRANT EXECUTE ON FUNCTION
@@ -205,6 +214,16 @@ BEGIN
         TO crm_writer;
     GRANT INSERT, UPDATE, DELETE ON crm.engagement_setting, crm.activity_weight TO crm_admin;
     GRANT EXECUTE ON FUNCTION crm.refresh_aggregates(uuid), crm.purge_events(interval) TO crm_admin;
+
+    -- Value checks (issue 6.3, src/sql/97_value_checks.sql): the non-empty
+    -- CHECKs call crm.is_blank with the writer's rights; readers may test
+    -- values the same way.
+    GRANT EXECUTE ON FUNCTION crm.is_blank(text) TO crm_reader;
+
+    -- Statistics (issue 8 item 6): RLS does not filter pg_stats or the
+    -- pg_stat_* counters; in this database only superusers and members of
+    -- pg_read_all_stats may read them (src/sql/92_statistics.sql).
+    PERFORM crm.revoke_statistics_access();
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

@@ -53,6 +53,7 @@ INSERT INTO func_level VALUES
     ('crm.exchange_rate(text,text,date,uuid)', 1),
     ('crm.uuid_v7_time(uuid)', 1),
     ('crm.casefold(text)', 1),
+    ('crm.is_blank(text)', 1),
     ('crm.uuid_generate_v7()', 2),
     ('crm.stage_for_move(text,uuid,uuid,uuid,uuid)', 2),
     ('crm.pipeline_closing_stage(uuid,uuid,text)', 2),
@@ -72,6 +73,7 @@ INSERT INTO func_level VALUES
     ('crm.stamp_flag_times()', NULL),
     ('crm.create_tenant(text)', NULL),
     ('crm.setup_roles()', NULL),
+    ('crm.revoke_statistics_access()', NULL),
     ('crm.load_demo(text,timestamp with time zone)', NULL),
     -- activity aggregation, engagement and the event outbox (issue 7)
     ('crm.engagement_half_life(uuid)', 1),
