@@ -189,10 +189,7 @@ validate_condition(JsonbContainer *cond, const char *path, bool top, ProblemList
 		return;
 	}
 	if (has_combinator && (has_leaf || nkeys > 1))
-	{
 		add_problem(list, path, "a condition with all, any or not must have no other key");
-		return;
-	}
 
 	if (has_combinator)
 	{
