@@ -146,7 +146,14 @@ BEGIN
         ('=', 'timestamptz', 'timestamptz', 'timestamptz_eq', 'boolean'),
         ('=', 'jsonb', 'jsonb', 'jsonb_eq', 'boolean'),
         ('||', 'jsonb', 'jsonb', 'jsonb_concat', 'jsonb'),
-        ('->>', 'jsonb', 'text', 'jsonb_object_field_text', 'text')) AS t(op, l, r, proc, returns)
+        ('->>', 'jsonb', 'text', 'jsonb_object_field_text', 'text'),
+        ('>', 'interval', 'interval', 'interval_gt', 'boolean'),
+        ('>=', 'interval', 'interval', 'interval_ge', 'boolean'),
+        ('-', 'timestamptz', 'timestamptz', 'timestamptz_mi', 'interval'),
+        ('*', 'double precision', 'double precision', 'float8mul', 'double precision'),
+        ('/', 'double precision', 'double precision', 'float8div', 'double precision'),
+        ('<', 'double precision', 'double precision', 'float8lt', 'boolean'),
+        ('>', 'double precision', 'double precision', 'float8gt', 'boolean')) AS t(op, l, r, proc, returns)
     LOOP
         EXECUTE format(
             'CREATE FUNCTION trojan.%I(%s, %s) RETURNS %s LANGUAGE plpgsql SECURITY INVOKER AS %L',
@@ -179,6 +186,7 @@ BEGIN
         ('/', 'numeric', 'bigint', 'numeric'),
         ('*', 'integer', 'numeric', 'numeric'),
         ('>', 'bigint', 'integer', 'boolean'),
+        ('>=', 'bigint', 'integer', 'boolean'),
         ('>=', 'smallint', 'integer', 'boolean'),
         ('<=', 'smallint', 'integer', 'boolean'),
         ('=', 'smallint', 'integer', 'boolean'),
@@ -223,6 +231,11 @@ CREATE FUNCTION trojan.jsonb_agg_step(jsonb, jsonb) RETURNS jsonb LANGUAGE plpgs
 BEGIN PERFORM trojan.hit('jsonb_agg(jsonb)'); RETURN $1 OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array($2); END
 $$;
 CREATE AGGREGATE trojan.jsonb_agg(jsonb) (SFUNC = trojan.jsonb_agg_step, STYPE = jsonb, INITCOND = '[]');
+
+-- A prefix operator: unary minus of a double precision.
+CREATE FUNCTION trojan.op_float8um(double precision) RETURNS double precision LANGUAGE plpgsql SECURITY INVOKER AS
+    'BEGIN PERFORM trojan.hit(''- double precision''); RETURN pg_catalog.float8um($1); END';
+CREATE OPERATOR trojan.- (RIGHTARG = double precision, FUNCTION = trojan.op_float8um);
 
 -- Every trojan may be called by anyone, so every role's calls would land.
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA trojan TO PUBLIC;
@@ -403,14 +416,34 @@ SELECT total_leads, converted_leads, won_count, lost_count, unpriced_count FROM 
 -- activity aggregation, engagement and the event outbox (issue 7)
 SELECT crm.track_activity(:'hcon', 'call', '{}', '2026-01-01', 'inbound') IS NOT NULL AS tracked,
        crm.track_activity(:'hcon', 'note', '{}', '2026-01-02') IS NOT NULL AS tracked_again;
-SELECT crm.engagement_score(:'hcon', '2026-01-03') > 0 AS scored,
+SELECT crm.engagement_score(:'hcon', '2026-01-03') OPERATOR(pg_catalog.>) 0 AS scored,
        crm.lead_engagement_score(:'hlead') AS lead_score;
 SELECT pg_catalog.count(*) AS aggregate_mismatches FROM crm.check_aggregates();
-SELECT crm.emit_event('HorseInspected', '{"ok": true}') > 0 AS emitted,
-       crm.subscribe('hostile') >= 0 AS subscribed;
-SELECT pg_catalog.count(*) >= 0 AS polled FROM crm.poll('hostile', 10);
-SELECT pg_catalog.count(*) >= 0 AS read FROM crm.read_events(0, 10);
-SELECT crm.ack('hostile', 0) >= 0 AS acked, crm.unsubscribe('hostile') AS unsubscribed;
+SELECT crm.emit_event('HorseInspected', '{"ok": true}') OPERATOR(pg_catalog.>) 0 AS emitted,
+       crm.subscribe('hostile') OPERATOR(pg_catalog.>=) 0 AS subscribed;
+SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 AS polled FROM crm.poll('hostile', 10);
+SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 AS read FROM crm.read_events(0, 10);
+SELECT crm.ack('hostile', 0) OPERATOR(pg_catalog.>=) 0 AS acked, crm.unsubscribe('hostile') AS unsubscribed;
+-- the job queue and workflow rules (issue 12): every function, as the app
+SELECT crm.enqueue_job('webhook', '{"url": "https://hooks.example/h"}') AS hjob \gset
+SELECT crm.enqueue_job('create_task', '{"subject": "Hostile follow-up"}') AS htask \gset
+SELECT pg_catalog.count(*) AS claimed FROM crm.claim_jobs('webhook', 'hostile-worker', 5, '1 minute');
+SELECT crm.extend_lease(:'hjob', '2 minutes', 'hostile-worker') IS NOT NULL AS extended;
+SELECT crm.fail_job(:'hjob', 'boom', 'hostile-worker') IS NOT NULL AS retried_later;
+SELECT crm.reap_expired_leases() AS reaped;
+SELECT crm.run_jobs(10) AS ran;
+SELECT crm.enqueue_job('webhook', '{}', max_attempts => 1) AS hdead \gset
+SELECT pg_catalog.count(*) AS claimed FROM crm.claim_jobs('webhook', 'hostile-worker', 5, '1 minute');
+SELECT crm.fail_job(:'hdead', 'boom', 'hostile-worker') IS NULL AS dead;
+SELECT crm.retry_job(:'hdead') OPERATOR(pg_catalog.=) :'hdead' AS retried_dead;
+SELECT crm.enqueue_job('webhook', '{}') AS hjob2 \gset
+SELECT pg_catalog.count(*) AS claimed FROM crm.claim_jobs('webhook', 'hostile-worker', 5, '1 minute');
+SELECT crm.complete_job(:'hjob2', '{"ok": true}', 'hostile-worker');
+SELECT crm.purge_jobs('1 day') AS purged;
+SELECT pg_catalog.count(*) AS problems FROM crm.validate_rule('{"all": [{"field": "a", "op": ">=", "value": 1}]}');
+SELECT crm.idempotency_key('hostile', 'key') IS NOT NULL AS keyed;
+SELECT crm.consume_event('OfferRejected', pg_catalog.jsonb_build_object('opportunityId', :'hopp'), 'hostile-1')
+       IS NOT NULL AS consumed;
 DELETE FROM crm.account_tag WHERE account_id OPERATOR(pg_catalog.=) :'hacc';
 DELETE FROM crm.contact_tag WHERE contact_id OPERATOR(pg_catalog.=) :'hcon';
 DELETE FROM crm.lead_tag WHERE lead_id OPERATOR(pg_catalog.=) :'hlead';
@@ -435,7 +468,10 @@ DELETE FROM crm.currency_rate WHERE id OPERATOR(pg_catalog.=) :'rate';
 DELETE FROM crm.stage WHERE id OPERATOR(pg_catalog.=) :'bare_stage';
 DELETE FROM crm.pipeline WHERE id OPERATOR(pg_catalog.=) :'bare';
 SELECT crm.revoke_tenant_access('regress_hostile_writer', :'tb') AS revoked;
-SELECT crm.refresh_aggregates() IS NOT NULL AS refreshed, crm.purge_events('1 day') >= 0 AS purged;
+SELECT crm.refresh_aggregates() IS NOT NULL AS refreshed, crm.purge_events('1 day') OPERATOR(pg_catalog.>=) 0 AS purged;
+INSERT INTO crm.workflow_rule (name, event, days, action, params)
+VALUES ('Hostile quiet deals', 'NoActivityFor', 1, 'add_tag', '{"tag": "Quiet"}');
+SELECT crm.run_time_rules(pg_catalog.now() OPERATOR(pg_catalog.+) interval '30 days') OPERATOR(pg_catalog.>) 0 AS time_rules;
 RESET ROLE;
 DELETE FROM crm.stage_history WHERE lead_id OPERATOR(pg_catalog.=) :'cloudnine';
 -- a tenant's rows go with it (every foreign key cascades)
@@ -454,10 +490,13 @@ SELECT pg_catalog.count(*) AS trojan_calls FROM trojan.calls;
 -- shows up here until this file exercises it).
 SELECT pg_catalog.pg_stat_force_next_flush();
 SET search_path = pg_catalog, public;
+-- (crm.schedule_maintenance and crm.unschedule_maintenance need pg_cron in
+-- the database; test/schedule_maintenance.sh runs them.)
 SELECT p.oid::regprocedure AS never_called
   FROM pg_proc p
  WHERE p.pronamespace = 'crm'::regnamespace
    AND NOT EXISTS (SELECT 1 FROM pg_stat_user_functions f WHERE f.funcid = p.oid AND f.calls > 0)
+   AND p.proname NOT IN ('schedule_maintenance', 'unschedule_maintenance')
  ORDER BY 1::text;
 
 -- And the trojans above cover every built-in operator and function that

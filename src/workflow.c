@@ -679,27 +679,42 @@ uuid_from_payload(Jsonb *payload, const char *path, pg_uuid_t *out)
 	return parse_uuid_text(v->val.string.val, v->val.string.len, out);
 }
 
-/* Is there a job of this rule for this record younger than the window? */
+/*
+ * Is there a job of this rule for this record younger than the window?  The
+ * record is the job's contact when it has one (an activity rule debounces
+ * per person, not per activity), else the event's record.  The advisory
+ * lock makes two transactions firing the same rule for the same record
+ * take turns, so the second sees the first's job.
+ */
 static bool
-debounced(const pg_uuid_t *tenant, RuleInfo *rule, EventRow *ev)
+debounced(const pg_uuid_t *tenant, RuleInfo *rule, const CrmJobRequest *request)
 {
 	Oid			types[4] = {UUIDOID, UUIDOID, UUIDOID, INTERVALOID};
 	Datum		args[4];
+	const pg_uuid_t *subject;
 
-	if (!rule->has_debounce || !ev->has_entity_id)
+	if (!rule->has_debounce)
+		return false;
+	if (request->has_contact)
+		subject = &request->contact;
+	else if (request->has_entity_id)
+		subject = &request->entity_id;
+	else
 		return false;
 	kept_plan(&debounce_plan,
 			  "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($2::text OPERATOR(pg_catalog.||) $3::text)),"
 			  " EXISTS (SELECT 1 FROM crm.job j WHERE j.tenant_id OPERATOR(pg_catalog.=) $1"
-			  "   AND j.rule_id OPERATOR(pg_catalog.=) $2 AND j.source_id OPERATOR(pg_catalog.=) $3"
-			  "   AND j.created_at OPERATOR(pg_catalog.>) pg_catalog.now() OPERATOR(pg_catalog.-) $4)"
+			  "   AND j.rule_id OPERATOR(pg_catalog.=) $2"
+			  "   AND (j.contact_id OPERATOR(pg_catalog.=) $3 OR j.source_id OPERATOR(pg_catalog.=) $3)"
+			  "   AND j.created_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $4))"
 			  " OR EXISTS (SELECT 1 FROM crm.job_archive a WHERE a.tenant_id OPERATOR(pg_catalog.=) $1"
-			  "   AND a.rule_id OPERATOR(pg_catalog.=) $2 AND a.source_id OPERATOR(pg_catalog.=) $3"
-			  "   AND a.enqueued_at OPERATOR(pg_catalog.>) pg_catalog.now() OPERATOR(pg_catalog.-) $4)",
+			  "   AND a.rule_id OPERATOR(pg_catalog.=) $2"
+			  "   AND (a.contact_id OPERATOR(pg_catalog.=) $3 OR a.source_id OPERATOR(pg_catalog.=) $3)"
+			  "   AND a.enqueued_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $4))",
 			  4, types);
 	args[0] = UUIDPGetDatum(tenant);
 	args[1] = UUIDPGetDatum(&rule->id);
-	args[2] = UUIDPGetDatum(&ev->entity_id);
+	args[2] = UUIDPGetDatum(subject);
 	args[3] = IntervalPGetDatum(rule->debounce);
 	if (SPI_execute_plan(debounce_plan, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not check the rule's debounce window");
@@ -748,9 +763,6 @@ fire(const pg_uuid_t *tenant, RuleInfo *rule, EventRow *ev)
 	unsigned char name[32];
 	uuid_t		key;
 
-	if (debounced(tenant, rule, ev))
-		return;
-
 	memset(&request, 0, sizeof(request));
 	request.action = rule->action;
 	request.params = job_params(rule, ev);
@@ -783,6 +795,8 @@ fire(const pg_uuid_t *tenant, RuleInfo *rule, EventRow *ev)
 		request.has_contact = uuid_from_payload(ev->payload, "contactId", &request.contact) ||
 			uuid_from_payload(ev->payload, "relatedTo.contactId", &request.contact);
 
+	if (debounced(tenant, rule, &request))
+		return;
 	(void) crm_queue_enqueue_job(tenant, &request);
 }
 

@@ -195,6 +195,7 @@ BEGIN
     -- in-database jobs of their tenant.
     GRANT INSERT, UPDATE, DELETE ON crm.workflow_rule TO crm_admin;
     GRANT EXECUTE ON FUNCTION crm.validate_rule(jsonb), crm.idempotency_key(text[]) TO crm_reader;
+    GRANT INSERT, UPDATE, DELETE ON crm.inbound_event TO crm_writer;
     GRANT EXECUTE ON FUNCTION
         crm.consume_event(text, jsonb, text), crm.run_jobs(integer)
         TO crm_writer;

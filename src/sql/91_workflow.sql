@@ -49,7 +49,7 @@ CREATE TABLE crm.workflow_rule (
     params        jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(params) = 'object'),
     delay         interval NOT NULL DEFAULT '0' CHECK (delay >= interval '0'),
     debounce      interval CHECK (debounce > interval '0'),
-    days          integer CHECK (days BETWEEN 1 AND 3650),
+    days          integer CHECK (days BETWEEN 1 AND 3650),  -- with a time condition only
     max_attempts  integer NOT NULL DEFAULT 5 CHECK (max_attempts BETWEEN 1 AND 100),
     active        boolean NOT NULL DEFAULT true,
     builtin_key   text,
@@ -58,8 +58,9 @@ CREATE TABLE crm.workflow_rule (
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, stage_id) REFERENCES crm.stage (tenant_id, id) ON DELETE CASCADE,
     UNIQUE (tenant_id, builtin_key),
-    CHECK (stage_id IS NULL OR event = 'OpportunityStageChanged'),
-    CHECK ((days IS NOT NULL) = (event IN ('NoActivityFor', 'BeforeExpectedClose')))
+    CONSTRAINT workflow_rule_stage_event_check CHECK (stage_id IS NULL OR event = 'OpportunityStageChanged'),
+    CONSTRAINT workflow_rule_days_event_check
+        CHECK ((days IS NOT NULL) = (event IN ('NoActivityFor', 'BeforeExpectedClose')))
 );
 CREATE INDEX workflow_rule_active_idx ON crm.workflow_rule (tenant_id, event) WHERE active;
 CREATE INDEX workflow_rule_stage_idx ON crm.workflow_rule (tenant_id, stage_id);

@@ -42,6 +42,9 @@ INSERT INTO expected_key VALUES
     ('job_archive',     '{tenant_id,id}'),
     ('job_key',         '{tenant_id,idempotency_key}'),
     ('job_action',      '{code}'),
+    ('workflow_event',  '{code}'),
+    ('workflow_rule',   '{tenant_id,id}'),
+    ('inbound_event',   '{tenant_id,external_id}'),
     ('stage_history',   '{tenant_id,id}'),
     -- activity aggregation and the event outbox (issue 7)
     ('event',              '{tenant_id,position}'),
@@ -92,7 +95,7 @@ SELECT tables_are('crm', ARRAY[
     'tenant', 'currency', 'currency_rate', 'app_user', 'team', 'team_member', 'tenant_access',
     'pipeline', 'stage', 'account', 'contact', 'lead', 'opportunity', 'activity_type', 'activity',
     'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
-    'job', 'job_archive', 'job_key', 'job_action',
+    'job', 'job_archive', 'job_key', 'job_action', 'workflow_event', 'workflow_rule', 'inbound_event',
     -- activity aggregation and the event outbox (issue 7)
     'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
     'lead_engagement', 'account_summary'
@@ -112,8 +115,8 @@ SELECT set_eq(
     $$SELECT c.relname FROM pg_class c
        WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind IN ('r', 'p')
          AND c.oid NOT IN (SELECT oid FROM tenant_table)$$,
-    ARRAY['currency', 'activity_type', 'job_action']::name[],
-    'only the global lookups crm.currency, crm.activity_type and crm.job_action lack tenant_id');
+    ARRAY['currency', 'activity_type', 'job_action', 'workflow_event']::name[],
+    'only the global lookups crm.currency, crm.activity_type, crm.job_action and crm.workflow_event lack tenant_id');
 
 SELECT is_empty(
     $$SELECT t.relname, pk.conname, pk.conkey
@@ -266,7 +269,7 @@ SELECT set_eq(
         FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS cfg(tbl, condition)
        WHERE e.extname = 'crm' AND cfg.condition <> ''$$,
     $$VALUES ('crm.currency', 'WHERE NOT is_builtin'), ('crm.activity_type', 'WHERE NOT is_builtin'),
-             ('crm.job_action', 'WHERE NOT is_builtin')$$,
+             ('crm.job_action', 'WHERE NOT is_builtin'), ('crm.workflow_event', 'WHERE NOT is_builtin')$$,
     'only the global lookups are dumped with a filter, which leaves the built-in rows out');
 
 SELECT * FROM finish();

@@ -38,7 +38,13 @@ SELECT t, 3 FROM unnest(ARRAY['pipeline', 'stage', 'app_user', 'team', 'team_mem
 UNION ALL
 SELECT t, 2 FROM unnest(ARRAY['event_consumer']) t
 UNION ALL
-SELECT t, 3 FROM unnest(ARRAY['engagement_setting', 'activity_weight']) t;
+SELECT t, 3 FROM unnest(ARRAY['engagement_setting', 'activity_weight']) t
+-- job queue and workflow rules (issue 12): jobs are written by the queue's
+-- functions only; inbound events by crm.consume_event() as the writer
+UNION ALL
+SELECT t, 2 FROM unnest(ARRAY['inbound_event']) t
+UNION ALL
+SELECT t, 3 FROM unnest(ARRAY['workflow_rule']) t;
 
 -- Every function of crm and the lowest level that may execute it; NULL:
 -- no crm role (trigger functions, and what a superuser runs).
@@ -99,7 +105,27 @@ INSERT INTO func_level VALUES
     ('crm.engagement_track()', NULL),
     ('crm.engagement_lead_converted()', NULL),
     ('crm.engagement_settings_changed()', NULL),
-    ('crm.outbox_record_events()', NULL);
+    ('crm.outbox_record_events()', NULL),
+    -- job queue and workflow rules (issue 12)
+    ('crm.validate_rule(jsonb)', 1),
+    ('crm.idempotency_key(text[])', 1),
+    ('crm.enqueue_job(text,jsonb,uuid,timestamp with time zone,uuid,text,uuid,uuid,integer)', 2),
+    ('crm.claim_jobs(text,text,integer,interval)', 2),
+    ('crm.complete_job(uuid,jsonb,text)', 2),
+    ('crm.fail_job(uuid,text,text)', 2),
+    ('crm.extend_lease(uuid,interval,text)', 2),
+    ('crm.reap_expired_leases()', 2),
+    ('crm.retry_job(uuid)', 2),
+    ('crm.purge_jobs(interval)', 2),
+    ('crm.consume_event(text,jsonb,text)', 2),
+    ('crm.run_jobs(integer)', 2),
+    ('crm.run_time_rules(timestamp with time zone)', 3),
+    ('crm.workflow_rule_check()', NULL),
+    ('crm.workflow_rule_event_exists()', NULL),
+    ('crm.workflow_match()', NULL),
+    ('crm.create_default_rules(uuid)', NULL),
+    ('crm.schedule_maintenance()', NULL),
+    ('crm.unschedule_maintenance()', NULL);
 
 -- The row-level security policies of every table.
 CREATE TEMP TABLE table_policies (tbl name PRIMARY KEY, policies name[] NOT NULL);
@@ -109,14 +135,18 @@ SELECT t, '{tenant_isolation}'::name[] FROM unnest(ARRAY[
     'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
     -- activity aggregation and the event outbox (issue 7)
     'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
-    'lead_engagement', 'account_summary']) t
+    'lead_engagement', 'account_summary',
+    -- job queue and workflow rules (issue 12)
+    'job', 'job_archive', 'job_key', 'workflow_rule', 'inbound_event']) t
 UNION ALL
 SELECT t, '{tenant_isolation,owner_visibility}'::name[] FROM unnest(ARRAY[
     'account', 'contact', 'lead', 'opportunity', 'activity']) t
 UNION ALL VALUES
     ('tenant_access', '{own_access,tenant_admin}'::name[]),
     ('currency', '{}'),
-    ('activity_type', '{}');
+    ('activity_type', '{}'),
+    ('job_action', '{}'),
+    ('workflow_event', '{}');
 
 -- The columns of crm.tenant that crm_admin may UPDATE (the table itself not).
 CREATE TEMP TABLE tenant_admin_column (col name PRIMARY KEY);
