@@ -137,3 +137,23 @@ EXCEPTION WHEN insufficient_privilege THEN
 END
 $$;
 ROLLBACK;
+
+\echo
+\echo '== Workflow: rules fire in the transaction of the change; crm.run_jobs() carries out the in-database actions'
+SELECT count(*) FILTER (WHERE active) AS active_rules, count(*) FILTER (WHERE NOT active) AS waiting_for_a_worker
+  FROM crm.workflow_rule;
+\echo '   a quote for John Smith (seeds/000: follow-up in 2 days), an order for the Global Industries deal (seeds/002: won + follow-up)'
+SELECT crm.track_activity((SELECT id FROM crm.contact WHERE email = 'john.smith@acme.example'), 'quote_created',
+                          '{"quote_id": 456, "amount": 5000}') \g /dev/null
+SELECT crm.consume_event('OrderCreated',
+                         jsonb_build_object('opportunityId', (SELECT id FROM crm.opportunity WHERE name LIKE 'Global%'),
+                                            'orderId', 'SO-1001'),
+                         'demo-order-SO-1001') \g /dev/null
+\echo '   the jobs waiting (the demo data''s own quotes and stage moves fired rules as they were loaded)'
+SELECT r.name AS rule, j.action, j.queue, count(*) AS jobs
+  FROM crm.job j JOIN crm.workflow_rule r ON r.tenant_id = j.tenant_id AND r.id = j.rule_id
+ GROUP BY r.name, j.action, j.queue ORDER BY r.name;
+SELECT crm.run_jobs() AS jobs_run;
+SELECT o.name, o.status FROM crm.opportunity o WHERE o.name LIKE 'Global%';
+SELECT subject, due_at::date - current_date AS due_in_days, count(*) AS tasks FROM crm.activity
+ WHERE activity_type = 'task' AND status = 'scheduled' AND details ? 'job_id' GROUP BY 1, 2 ORDER BY subject;
