@@ -130,14 +130,20 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		5, {UUIDOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID}
 	},
 	[PLAN_CLAIM] = {
-		"WITH picked AS (SELECT r.tenant_id, r.id FROM crm.job r"
-		"  WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 AND r.queue OPERATOR(pg_catalog.=) $2"
-		"   AND r.locked_by IS NULL AND r.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
-		"  ORDER BY r.run_at, r.id LIMIT $3 FOR UPDATE SKIP LOCKED)"
-		" UPDATE crm.job r SET locked_by = $4,"
+		/*
+		 * The ids come from an array sub-query so that, whatever plan the
+		 * cache settles on, the claim is two index scans: a join with a CTE
+		 * turns into a scan of the whole ready set once the plan is generic.
+		 */
+		"UPDATE crm.job r SET locked_by = $4,"
 		"  locked_until = pg_catalog.now() OPERATOR(pg_catalog.+) $5,"
 		"  attempts = r.attempts OPERATOR(pg_catalog.+) 1"
-		" FROM picked p WHERE r.tenant_id OPERATOR(pg_catalog.=) p.tenant_id AND r.id OPERATOR(pg_catalog.=) p.id"
+		" WHERE r.tenant_id OPERATOR(pg_catalog.=) $1"
+		"  AND r.id OPERATOR(pg_catalog.=) ANY (ARRAY("
+		"   SELECT q.id FROM crm.job q"
+		"    WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.queue OPERATOR(pg_catalog.=) $2"
+		"     AND q.locked_by IS NULL AND q.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+		"    ORDER BY q.run_at, q.id LIMIT $3 FOR UPDATE SKIP LOCKED))"
 		" RETURNING r.*",
 		5, {UUIDOID, TEXTOID, INT4OID, TEXTOID, INTERVALOID}
 	},

@@ -680,11 +680,14 @@ uuid_from_payload(Jsonb *payload, const char *path, pg_uuid_t *out)
 }
 
 /*
- * Is there a job of this rule for this record younger than the window?  The
- * record is the job's contact when it has one (an activity rule debounces
- * per person, not per activity), else the event's record.  The advisory
- * lock makes two transactions firing the same rule for the same record
- * take turns, so the second sees the first's job.
+ * Does the debounce window hold this firing back?  The record is the job's
+ * contact when it has one (an activity rule debounces per person, not per
+ * activity), else the event's record.  One row per rule and record in
+ * crm.job_debounce says when it last fired: the upsert takes it only when
+ * the window has passed, and a concurrent firing of the same rule for the
+ * same record waits for it and then sees the new time (READ COMMITTED) or
+ * fails with a serialization error (REPEATABLE READ), so two transactions
+ * never both fire inside one window.
  */
 static bool
 debounced(const pg_uuid_t *tenant, RuleInfo *rule, const CrmJobRequest *request)
@@ -702,27 +705,19 @@ debounced(const pg_uuid_t *tenant, RuleInfo *rule, const CrmJobRequest *request)
 	else
 		return false;
 	kept_plan(&debounce_plan,
-			  "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($2::text OPERATOR(pg_catalog.||) $3::text)),"
-			  " EXISTS (SELECT 1 FROM crm.job j WHERE j.tenant_id OPERATOR(pg_catalog.=) $1"
-			  "   AND j.rule_id OPERATOR(pg_catalog.=) $2"
-			  "   AND (j.contact_id OPERATOR(pg_catalog.=) $3 OR j.source_id OPERATOR(pg_catalog.=) $3)"
-			  "   AND j.created_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $4))"
-			  " OR EXISTS (SELECT 1 FROM crm.job_archive a WHERE a.tenant_id OPERATOR(pg_catalog.=) $1"
-			  "   AND a.rule_id OPERATOR(pg_catalog.=) $2"
-			  "   AND (a.contact_id OPERATOR(pg_catalog.=) $3 OR a.source_id OPERATOR(pg_catalog.=) $3)"
-			  "   AND a.enqueued_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $4))",
+			  "INSERT INTO crm.job_debounce AS d (tenant_id, rule_id, subject_id, last_at)"
+			  " VALUES ($1, $2, $3, pg_catalog.now())"
+			  " ON CONFLICT ON CONSTRAINT job_debounce_pkey DO UPDATE SET last_at = pg_catalog.now()"
+			  " WHERE d.last_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) $4)"
+			  " RETURNING 1",
 			  4, types);
 	args[0] = UUIDPGetDatum(tenant);
 	args[1] = UUIDPGetDatum(&rule->id);
 	args[2] = UUIDPGetDatum(subject);
 	args[3] = IntervalPGetDatum(rule->debounce);
-	if (SPI_execute_plan(debounce_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(debounce_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not check the rule's debounce window");
-	{
-		bool		isnull;
-
-		return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	}
+	return SPI_processed == 0;
 }
 
 /* The rule's params with the event that fired it, for the job. */

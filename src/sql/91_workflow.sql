@@ -64,8 +64,6 @@ CREATE TABLE crm.workflow_rule (
 );
 CREATE INDEX workflow_rule_active_idx ON crm.workflow_rule (tenant_id, event) WHERE active;
 CREATE INDEX workflow_rule_stage_idx ON crm.workflow_rule (tenant_id, stage_id);
-CREATE INDEX job_rule_source_idx ON crm.job (tenant_id, rule_id, source_id, created_at);
-CREATE INDEX job_archive_rule_source_idx ON crm.job_archive (tenant_id, rule_id, source_id, enqueued_at);
 COMMENT ON TABLE crm.workflow_rule IS 'A tenant''s automation: when an event matches (and its condition holds), enqueue a job in the same transaction';
 COMMENT ON COLUMN crm.workflow_rule.tenant_id IS 'Owning tenant';
 COMMENT ON COLUMN crm.workflow_rule.id IS 'Row id (UUIDv7)';
@@ -83,6 +81,26 @@ COMMENT ON COLUMN crm.workflow_rule.active IS 'Inactive rules never fire (the de
 COMMENT ON COLUMN crm.workflow_rule.builtin_key IS 'Which default rule of crm.create_tenant() this is; NULL for rules a user made';
 COMMENT ON COLUMN crm.workflow_rule.created_at IS 'When the row was made';
 COMMENT ON COLUMN crm.workflow_rule.updated_at IS 'When the row last changed';
+
+-- When a debounced rule last fired for a record: the upsert of
+-- src/workflow.c takes the row only once the window has passed.
+CREATE TABLE crm.job_debounce (
+    tenant_id   uuid NOT NULL DEFAULT crm.current_tenant(),
+    rule_id     uuid NOT NULL,
+    subject_id  uuid NOT NULL,
+    last_at     timestamptz NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, rule_id, subject_id),
+    FOREIGN KEY (tenant_id, rule_id) REFERENCES crm.workflow_rule (tenant_id, id) ON DELETE CASCADE
+);
+COMMENT ON TABLE crm.job_debounce IS 'When each debounced rule last made a job for a record (its contact, else the event''s record); written by the rule trigger only';
+COMMENT ON COLUMN crm.job_debounce.tenant_id IS 'Owning tenant';
+COMMENT ON COLUMN crm.job_debounce.rule_id IS 'The rule';
+COMMENT ON COLUMN crm.job_debounce.subject_id IS 'The record: the job''s contact, else the event''s record';
+COMMENT ON COLUMN crm.job_debounce.last_at IS 'When the rule last made a job for it (set by the server)';
+COMMENT ON COLUMN crm.job_debounce.created_at IS 'When the row was made';
+COMMENT ON COLUMN crm.job_debounce.updated_at IS 'When the row last changed';
 
 CREATE FUNCTION crm.validate_rule(condition jsonb) RETURNS TABLE (path text, problem text)
     AS 'MODULE_PATHNAME', 'crm_workflow_validate_rule'
@@ -528,7 +546,7 @@ DO $$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['workflow_rule', 'inbound_event'] LOOP
+    FOREACH t IN ARRAY ARRAY['workflow_rule', 'inbound_event', 'job_debounce'] LOOP
         EXECUTE format('ALTER TABLE crm.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE crm.%I FORCE ROW LEVEL SECURITY', t);
         EXECUTE format('CREATE POLICY tenant_isolation ON crm.%I'

@@ -45,6 +45,7 @@ INSERT INTO expected_key VALUES
     ('workflow_event',  '{code}'),
     ('workflow_rule',   '{tenant_id,id}'),
     ('inbound_event',   '{tenant_id,external_id}'),
+    ('job_debounce',    '{tenant_id,rule_id,subject_id}'),
     ('stage_history',   '{tenant_id,id}'),
     -- activity aggregation and the event outbox (issue 7)
     ('event',              '{tenant_id,position}'),
@@ -95,7 +96,7 @@ SELECT tables_are('crm', ARRAY[
     'tenant', 'currency', 'currency_rate', 'app_user', 'team', 'team_member', 'tenant_access',
     'pipeline', 'stage', 'account', 'contact', 'lead', 'opportunity', 'activity_type', 'activity',
     'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
-    'job', 'job_archive', 'job_key', 'job_action', 'workflow_event', 'workflow_rule', 'inbound_event',
+    'job', 'job_archive', 'job_key', 'job_action', 'workflow_event', 'workflow_rule', 'inbound_event', 'job_debounce',
     -- activity aggregation and the event outbox (issue 7)
     'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
     'lead_engagement', 'account_summary'

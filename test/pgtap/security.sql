@@ -137,7 +137,7 @@ SELECT t, '{tenant_isolation}'::name[] FROM unnest(ARRAY[
     'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
     'lead_engagement', 'account_summary',
     -- job queue and workflow rules (issue 12)
-    'job', 'job_archive', 'job_key', 'workflow_rule', 'inbound_event']) t
+    'job', 'job_archive', 'job_key', 'workflow_rule', 'inbound_event', 'job_debounce']) t
 UNION ALL
 SELECT t, '{tenant_isolation,owner_visibility}'::name[] FROM unnest(ARRAY[
     'account', 'contact', 'lead', 'opportunity', 'activity']) t
