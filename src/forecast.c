@@ -621,6 +621,10 @@ quantiles_bounded(RevDistState *st, double *est, double *bound)
 				double		hi = Min(top, j * h + dev);
 				double		b = 0.5 * (hi - lo) + 1e-12 * top;
 
+				/* whole cents, none rounded: the grid total is the total */
+				if (dev == 0 && h == 0.01)
+					b = 0;
+
 				if (b < bound[k])
 				{
 					est[k] = 0.5 * (lo + hi);
@@ -688,8 +692,9 @@ crm_forecast_distribution_final(PG_FUNCTION_ARGS)
 		for (k = 0; k < 3; k++)
 		{
 			q[k] = cents(est[k], false);
-			/* the estimate was rounded to a cent: half a cent more */
-			worst = Max(worst, b[k] + 0.005);
+			/* an estimate off the cent grid was rounded: half a cent more */
+			if (b[k] > 0)
+				worst = Max(worst, b[k] + 0.005);
 		}
 		bound = cents(worst, true);
 	}

@@ -82,7 +82,8 @@ COMMENT ON AGGREGATE crm.revenue_distribution(numeric, numeric) IS
 ALTER TABLE crm.stage
     ADD COLUMN expected_value numeric(18,2) CHECK (expected_value >= 0),
     ADD COLUMN expected_value_currency text REFERENCES crm.currency (code),
-    ADD CHECK ((expected_value IS NULL) = (expected_value_currency IS NULL));
+    ADD CONSTRAINT stage_expected_value_currency_check
+        CHECK ((expected_value IS NULL) = (expected_value_currency IS NULL));
 COMMENT ON COLUMN crm.stage.expected_value IS
     'Typical deal value in this stage (seeds/001), used by the forecast for deals without an amount (amount 0); NULL: none';
 COMMENT ON COLUMN crm.stage.expected_value_currency IS
@@ -104,8 +105,8 @@ CREATE TABLE crm.quota (
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE CASCADE,
     FOREIGN KEY (tenant_id, team_id) REFERENCES crm.team (tenant_id, id) ON DELETE CASCADE,
-    CHECK (owner_id IS NULL OR team_id IS NULL),
-    CHECK (period_start = date_trunc(period_type, period_start)::date)
+    CONSTRAINT quota_one_target_check CHECK (owner_id IS NULL OR team_id IS NULL),
+    CONSTRAINT quota_period_start_check CHECK (period_start = date_trunc(period_type, period_start::timestamp)::date)
 );
 CREATE UNIQUE INDEX quota_target_key ON crm.quota (tenant_id, period_type, period_start, owner_id, team_id)
     NULLS NOT DISTINCT;
@@ -139,7 +140,7 @@ CREATE TABLE crm.revenue_forecast (
     owner_id            uuid,
     currency            text NOT NULL REFERENCES crm.currency (code),
     open_deals          integer NOT NULL,
-    pipeline            numeric NOT NULL,
+    open_pipeline       numeric NOT NULL,
     best_case           numeric NOT NULL,
     commit              numeric NOT NULL,
     closed_won          numeric NOT NULL,
@@ -167,7 +168,7 @@ COMMENT ON COLUMN crm.revenue_forecast.pipeline_id IS 'Pipeline filter; NULL: al
 COMMENT ON COLUMN crm.revenue_forecast.owner_id IS 'Owner filter; NULL: all';
 COMMENT ON COLUMN crm.revenue_forecast.currency IS 'Currency of every amount of the snapshot';
 COMMENT ON COLUMN crm.revenue_forecast.open_deals IS 'Open deals in the window, less omitted ones';
-COMMENT ON COLUMN crm.revenue_forecast.pipeline IS 'Open pipeline: open deals of categories pipeline, best case and commit';
+COMMENT ON COLUMN crm.revenue_forecast.open_pipeline IS 'Open pipeline: open deals of categories pipeline, best case and commit';
 COMMENT ON COLUMN crm.revenue_forecast.best_case IS 'Closed won + open best case and commit deals';
 COMMENT ON COLUMN crm.revenue_forecast.commit IS 'Closed won + open commit deals';
 COMMENT ON COLUMN crm.revenue_forecast.closed_won IS 'Won in the window';
@@ -188,7 +189,7 @@ CREATE TABLE crm.forecast_deal (
     category            text NOT NULL CHECK (category IN ('pipeline', 'best_case', 'commit', 'closed', 'omitted')),
     amount              numeric NOT NULL,
     currency            text NOT NULL,
-    converted_amount    numeric NOT NULL,
+    converted_amount    numeric,
     probability         numeric NOT NULL CHECK (probability BETWEEN 0 AND 100),
     close_date          date,
     in_period           boolean NOT NULL,
@@ -210,7 +211,7 @@ COMMENT ON COLUMN crm.forecast_deal.status IS 'open, won or lost then';
 COMMENT ON COLUMN crm.forecast_deal.category IS 'Forecast category then (the deal''s override, else the stage''s; closed when won, omitted when lost)';
 COMMENT ON COLUMN crm.forecast_deal.amount IS 'Amount then, in currency (the stage''s expected value when used_stage_value)';
 COMMENT ON COLUMN crm.forecast_deal.currency IS 'Currency of amount';
-COMMENT ON COLUMN crm.forecast_deal.converted_amount IS 'amount in the snapshot''s currency (won deals at the rate of their close date, others at as_of)';
+COMMENT ON COLUMN crm.forecast_deal.converted_amount IS 'amount in the snapshot''s currency (won deals at the rate of their close date, others at as_of); NULL for a deal outside the window whose currency had no rate';
 COMMENT ON COLUMN crm.forecast_deal.probability IS 'Win probability then, 0-100';
 COMMENT ON COLUMN crm.forecast_deal.close_date IS 'Close date (won or lost) or expected close date (open)';
 COMMENT ON COLUMN crm.forecast_deal.in_period IS 'close_date falls in the snapshot''s window';
@@ -236,64 +237,43 @@ BEGIN
 END
 $$;
 
--- Checks and errors shared by the functions below ---------------------------
+-- Money in the forecast's currency -------------------------------------------
 
-CREATE FUNCTION crm.forecast_check(period text, from_date date, to_date date, currency text)
-    RETURNS text
-    LANGUAGE plpgsql STABLE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    IF period IS NULL THEN
-        RAISE EXCEPTION 'period must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF period NOT IN ('day', 'week', 'month', 'quarter', 'year') THEN
-        RAISE EXCEPTION 'unknown period "%"', period USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Use day, week, month, quarter or year.';
-    END IF;
-    IF from_date > to_date THEN
-        RAISE EXCEPTION 'from_date % is after to_date %', from_date, to_date
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    currency := coalesce(currency, crm.tenant_default_currency());
-    IF NOT EXISTS (SELECT 1 FROM crm.currency c WHERE c.code = forecast_check.currency) THEN
-        RAISE EXCEPTION 'unknown currency "%"', currency USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Use an ISO 4217 code listed in crm.currency.';
-    END IF;
-    RETURN currency;
-END
-$$;
-COMMENT ON FUNCTION crm.forecast_check(text, date, date, text) IS
-    'Internal: checks a forecast''s period, window and currency (22023, 22004); returns the currency, the tenant''s default when NULL';
-
-CREATE FUNCTION crm.forecast_missing_rate(from_currency text, to_currency text, on_date date)
+CREATE FUNCTION crm.convert_amount(amount numeric, from_currency text, to_currency text,
+                                   on_date date DEFAULT current_date, tenant uuid DEFAULT crm.current_tenant())
     RETURNS numeric
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
+DECLARE
+    r numeric := crm.exchange_rate(from_currency, to_currency, on_date, tenant);
 BEGIN
-    RAISE EXCEPTION 'no exchange rate from % to % on %', from_currency, to_currency, on_date
-        USING ERRCODE = 'no_data_found',
-              DETAIL = 'Every amount is converted into the forecast''s currency; nothing is summed across currencies unconverted.',
-              HINT = 'Add a row to crm.currency_rate valid from that day or earlier.';
+    IF r IS NULL AND amount IS NOT NULL THEN
+        RAISE EXCEPTION 'no exchange rate from % to % on %', from_currency, to_currency, on_date
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Amounts are converted, never summed across currencies unconverted.',
+                  HINT = 'Add a row to crm.currency_rate valid from that day or earlier.';
+    END IF;
+    RETURN amount * r;
 END
 $$;
-COMMENT ON FUNCTION crm.forecast_missing_rate(text, text, date) IS
-    'Internal: raises the error for an amount that cannot be converted (P0002), naming the currency and the date';
+COMMENT ON FUNCTION crm.convert_amount(numeric, text, text, date, uuid) IS
+    'amount of from_currency in to_currency at the tenant''s rate in force on on_date (crm.exchange_rate); no rate is an error (P0002) naming both currencies and the day';
 
--- The deals of a forecast, as the forecast sees them. A set-returning SQL
--- function with a standard body, so the planner inlines it into the
--- query that calls it.
-CREATE FUNCTION crm.forecast_deals(p_from date, p_to date, p_pipeline uuid, p_owner uuid, p_team uuid,
-                                   p_currency text, p_as_of timestamptz, p_changes jsonb)
+-- The deals behind a forecast. A set-returning SQL function with a standard
+-- body, so the planner inlines it into the query that calls it; a missing
+-- rate is found on the distinct (currency, day) pairs, not per deal.
+CREATE FUNCTION crm.forecast_deals(from_date date DEFAULT NULL, to_date date DEFAULT NULL, pipeline uuid DEFAULT NULL,
+                                   owner uuid DEFAULT NULL, team uuid DEFAULT NULL, currency text DEFAULT NULL,
+                                   as_of timestamptz DEFAULT now(), changes jsonb DEFAULT NULL)
     RETURNS TABLE (opportunity_id uuid, owner_id uuid, stage_id uuid, status text, category text,
-                   amount numeric, currency text, converted numeric, probability numeric,
+                   amount numeric, amount_currency text, converted numeric, probability numeric,
                    close_date date, in_period boolean, used_stage_value boolean)
-    LANGUAGE sql STABLE PARALLEL SAFE
+    LANGUAGE sql STABLE
 BEGIN ATOMIC
     WITH change AS (
         SELECT x.opportunity, x.stage, x.probability, x.amount, x.expected_close_date, x.forecast_category
-          FROM pg_catalog.jsonb_to_recordset(coalesce(p_changes, '[]'::jsonb))
+          FROM pg_catalog.jsonb_to_recordset(coalesce(forecast_deals.changes, '[]'::jsonb))
                AS x(opportunity uuid, stage uuid, probability numeric, amount numeric,
                     expected_close_date date, forecast_category text)
     ), deal AS (
@@ -311,7 +291,7 @@ BEGIN ATOMIC
                          THEN coalesce(dc.expected_close_date, o.expected_close_date)
                     WHEN dc.stage IS NULL OR o.status <> 'open'
                          THEN (o.closed_at)::date
-                    ELSE coalesce(dc.expected_close_date, (p_as_of)::date) END AS close_date
+                    ELSE coalesce(dc.expected_close_date, o.expected_close_date, (forecast_deals.as_of)::date) END AS close_date
           FROM crm.opportunity o
           JOIN crm.stage os ON os.tenant_id = o.tenant_id AND os.id = o.stage_id
           LEFT JOIN change dc ON dc.opportunity = o.id
@@ -319,11 +299,11 @@ BEGIN ATOMIC
           LEFT JOIN change sc ON sc.opportunity IS NULL AND sc.stage = s.id
          WHERE o.tenant_id = crm.current_tenant()
            AND o.archived_at IS NULL
-           AND (p_pipeline IS NULL OR o.pipeline_id = p_pipeline)
-           AND (p_owner IS NULL OR o.owner_id = p_owner)
-           AND (p_team IS NULL OR o.owner_id IN (
+           AND (forecast_deals.pipeline IS NULL OR o.pipeline_id = forecast_deals.pipeline)
+           AND (forecast_deals.owner IS NULL OR o.owner_id = forecast_deals.owner)
+           AND (forecast_deals.team IS NULL OR o.owner_id IN (
                     SELECT tm.user_id FROM crm.team_member tm
-                     WHERE tm.tenant_id = crm.current_tenant() AND tm.team_id = p_team))
+                     WHERE tm.tenant_id = crm.current_tenant() AND tm.team_id = forecast_deals.team))
     ), valued AS (
         SELECT d.*,
                (d.own_amount = 0 AND d.expected_value IS NOT NULL) AS used_stage_value,
@@ -331,43 +311,92 @@ BEGIN ATOMIC
                     THEN d.expected_value ELSE d.own_amount END AS value,
                CASE WHEN d.own_amount = 0 AND d.expected_value IS NOT NULL
                     THEN d.expected_value_currency ELSE d.own_currency END AS value_currency,
-               CASE WHEN d.status = 'won' THEN d.close_date ELSE (p_as_of)::date END AS rate_date
+               CASE WHEN d.status = 'won' THEN d.close_date ELSE (forecast_deals.as_of)::date END AS rate_date,
+               coalesce(d.close_date BETWEEN coalesce(forecast_deals.from_date, '-infinity'::date)
+                                         AND coalesce(forecast_deals.to_date, 'infinity'::date), false) AS in_period
           FROM deal d
     ), rate AS (
         SELECT k.value_currency, k.rate_date,
-               crm.exchange_rate(k.value_currency, p_currency, k.rate_date, crm.current_tenant()) AS rate
+               crm.exchange_rate(k.value_currency, coalesce(forecast_deals.currency, crm.tenant_default_currency()),
+                                 k.rate_date, crm.current_tenant()) AS rate
           FROM (SELECT DISTINCT v.value_currency, v.rate_date FROM valued v) k
     )
     SELECT v.id, v.owner_id, v.stage_id, v.status,
            CASE v.status WHEN 'won' THEN 'closed' WHEN 'lost' THEN 'omitted' ELSE v.category END,
            v.value, v.value_currency,
-           v.value * coalesce(r.rate, crm.forecast_missing_rate(v.value_currency, p_currency, v.rate_date)),
+           CASE WHEN r.rate IS NOT NULL THEN v.value * r.rate
+                WHEN v.in_period THEN crm.convert_amount(v.value, v.value_currency,
+                                                         coalesce(forecast_deals.currency, crm.tenant_default_currency()),
+                                                         v.rate_date, crm.current_tenant()) END,
            CASE v.status WHEN 'won' THEN 100 WHEN 'lost' THEN 0 ELSE v.probability END,
-           v.close_date,
-           coalesce(v.close_date BETWEEN coalesce(p_from, '-infinity'::date) AND coalesce(p_to, 'infinity'::date), false),
-           v.used_stage_value
+           v.close_date, v.in_period, v.used_stage_value
       FROM valued v
       JOIN rate r ON r.value_currency = v.value_currency AND r.rate_date = v.rate_date;
 END;
 COMMENT ON FUNCTION crm.forecast_deals(date, date, uuid, uuid, uuid, text, timestamptz, jsonb) IS
-    'Internal: the deals of the current tenant behind a forecast, with what-if changes applied: category, amount (the stage''s expected value when the deal has none), converted amount, probability, close date and whether it falls in the window';
+    'The deals behind crm.forecast() (seeds/001: the deals behind each forecast), with the what-if changes of crm.forecast_what_if applied: '
+    'every active opportunity of the current tenant under the filters, its category (the deal''s, else the stage''s; closed when won, omitted when lost), '
+    'amount and its currency (the stage''s expected_value when the deal''s amount is 0: used_stage_value), the amount converted into currency '
+    '(won deals at the rate of their close date, others at as_of; NULL only outside the window when no rate exists, an error P0002 inside it), '
+    'probability (100 won, 0 lost), close date (won or lost: closed_at''s day; open: expected_close_date) and whether it falls in from_date..to_date';
 
-CREATE FUNCTION crm.forecast_check_changes(changes jsonb, pipeline uuid) RETURNS void
+-- The forecast ---------------------------------------------------------------
+
+CREATE FUNCTION crm.forecast_what_if(changes jsonb, period text DEFAULT 'month', from_date date DEFAULT NULL,
+                                     to_date date DEFAULT NULL, pipeline uuid DEFAULT NULL, owner uuid DEFAULT NULL,
+                                     team uuid DEFAULT NULL, currency text DEFAULT NULL,
+                                     as_of timestamptz DEFAULT now(), by text DEFAULT NULL)
+    RETURNS TABLE (period_start date, period_end date, owner_id uuid, team_id uuid, currency_code text,
+                   open_deals integer, open_pipeline numeric, best_case numeric, commit numeric,
+                   closed_won numeric, weighted numeric, expected numeric, quota numeric,
+                   attainment numeric, p10 numeric, p50 numeric, p90 numeric, error_bound numeric,
+                   stage_value_deals integer)
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
+#variable_conflict use_column
 DECLARE
+    p_changes jsonb := $1;
+    p_period text := $2;
+    p_from date := $3;
+    p_to date := $4;
+    p_pipeline uuid := $5;
+    p_owner uuid := $6;
+    p_team uuid := $7;
+    cur text := coalesce($8, crm.tenant_default_currency());
+    p_as_of timestamptz := $9;
+    p_by text := $10;
+    step interval;
     c jsonb;
     k text;
-    p numeric;
     deal_pipeline uuid;
     stage_pipeline uuid;
 BEGIN
-    IF jsonb_typeof(changes) IS DISTINCT FROM 'array' THEN
+    IF p_period IS NULL OR p_as_of IS NULL THEN
+        RAISE EXCEPTION 'period and as_of must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_period NOT IN ('day', 'week', 'month', 'quarter', 'year') THEN
+        RAISE EXCEPTION 'unknown period "%"', p_period USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Use day, week, month, quarter or year.';
+    END IF;
+    IF p_from > p_to THEN
+        RAISE EXCEPTION 'from_date % is after to_date %', p_from, p_to USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM crm.currency x WHERE x.code = cur) THEN
+        RAISE EXCEPTION 'unknown currency "%"', cur USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Use an ISO 4217 code listed in crm.currency.';
+    END IF;
+    IF p_by IS NOT NULL AND p_by NOT IN ('owner', 'team') THEN
+        RAISE EXCEPTION 'unknown grouping "%"', p_by USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Use owner, team or NULL.';
+    END IF;
+
+    -- the changes: an array of objects naming an opportunity or a stage
+    IF jsonb_typeof(p_changes) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'changes must be a JSON array of objects' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'For example [{"opportunity": "<id>", "probability": 80}, {"stage": "<id>", "probability": 40}].';
     END IF;
-    FOR c IN SELECT e FROM jsonb_array_elements(changes) e LOOP
+    FOR c IN SELECT e FROM jsonb_array_elements(p_changes) e LOOP
         IF jsonb_typeof(c) <> 'object' THEN
             RAISE EXCEPTION 'changes must be a JSON array of objects' USING ERRCODE = 'invalid_parameter_value';
         END IF;
@@ -378,21 +407,21 @@ BEGIN
             END IF;
         END LOOP;
         IF NOT (c ? 'opportunity') AND NOT (c ? 'stage') THEN
-            RAISE EXCEPTION 'a forecast change names an opportunity or a stage' USING ERRCODE = 'invalid_parameter_value';
+            RAISE EXCEPTION 'a forecast change must name an opportunity or a stage' USING ERRCODE = 'invalid_parameter_value';
         END IF;
         IF NOT (c ? 'opportunity') AND (c ? 'amount' OR c ? 'expected_close_date') THEN
             RAISE EXCEPTION 'a stage change may set probability and forecast_category only'
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         BEGIN
-            p := (c ->> 'probability')::numeric;
-            PERFORM (c ->> 'amount')::numeric, (c ->> 'expected_close_date')::date,
+            PERFORM (c ->> 'probability')::numeric, (c ->> 'amount')::numeric, (c ->> 'expected_close_date')::date,
                     (c ->> 'opportunity')::uuid, (c ->> 'stage')::uuid;
         EXCEPTION WHEN data_exception THEN
             RAISE EXCEPTION 'invalid value in forecast change %', c USING ERRCODE = 'invalid_parameter_value';
         END;
-        IF p IS NOT NULL AND (p = 'NaN' OR p < 0 OR p > 100) THEN
-            RAISE EXCEPTION 'probability must be between 0 and 100, not %', p USING ERRCODE = 'invalid_parameter_value';
+        IF (c ->> 'probability')::numeric = 'NaN' OR (c ->> 'probability')::numeric NOT BETWEEN 0 AND 100 THEN
+            RAISE EXCEPTION 'probability must be between 0 and 100, not %', c ->> 'probability'
+                USING ERRCODE = 'invalid_parameter_value';
         END IF;
         IF (c ->> 'amount')::numeric = 'NaN' OR (c ->> 'amount')::numeric < 0 THEN
             RAISE EXCEPTION 'amount must be a number of at least 0, not %', c ->> 'amount'
@@ -422,49 +451,15 @@ BEGIN
             END IF;
         END IF;
     END LOOP;
-END
-$$;
-COMMENT ON FUNCTION crm.forecast_check_changes(jsonb, uuid) IS
-    'Internal: checks the changes given to crm.forecast_what_if (22023 for a bad key or value, P0002 for an unknown opportunity or stage)';
 
--- The forecast ---------------------------------------------------------------
-
-CREATE FUNCTION crm.forecast_compute(p_period text, p_from date, p_to date, p_pipeline uuid, p_owner uuid,
-                                     p_team uuid, p_currency text, p_as_of timestamptz, p_by text, p_changes jsonb)
-    RETURNS TABLE (period_start date, period_end date, owner_id uuid, team_id uuid, currency text,
-                   open_deals integer, pipeline numeric, best_case numeric, commit numeric,
-                   closed_won numeric, weighted numeric, expected numeric, quota numeric,
-                   attainment numeric, p10 numeric, p50 numeric, p90 numeric, error_bound numeric,
-                   stage_value_deals integer)
-    LANGUAGE plpgsql STABLE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-#variable_conflict use_column
-DECLARE
-    cur text := crm.forecast_check(p_period, p_from, p_to, p_currency);
-    step interval;
-BEGIN
-    IF p_as_of IS NULL THEN
-        RAISE EXCEPTION 'as_of must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF p_by IS NOT NULL AND p_by NOT IN ('owner', 'team') THEN
-        RAISE EXCEPTION 'unknown grouping "%"', p_by USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Use owner, team or NULL.';
-    END IF;
-    IF p_changes IS DISTINCT FROM '[]'::jsonb THEN
-        PERFORM crm.forecast_check_changes(p_changes, p_pipeline);
-    END IF;
-    step := ('1 ' || p_period)::interval;
+    step := CASE p_period WHEN 'quarter' THEN interval '3 months' ELSE ('1 ' || p_period)::interval END;
     RETURN QUERY
     WITH d AS (
-        SELECT f.*, pg_catalog.date_trunc(p_period, f.close_date)::date AS ps
-          FROM crm.forecast_deals(p_from, p_to,
-                                  p_pipeline, p_owner, p_team,
-                                  cur, p_as_of, p_changes) f
+        SELECT f.*, pg_catalog.date_trunc(p_period, (f.close_date)::timestamp)::date AS ps
+          FROM crm.forecast_deals(p_from, p_to, p_pipeline, p_owner, p_team, cur, p_as_of, p_changes) f
          WHERE f.in_period AND f.status IN ('open', 'won')
     ), g AS (
-        SELECT d.*, CASE WHEN p_by = 'owner' THEN d.owner_id END AS g_owner,
-               tm.team_id AS g_team
+        SELECT d.*, CASE WHEN p_by = 'owner' THEN d.owner_id END AS g_owner, tm.team_id AS g_team
           FROM d
           LEFT JOIN crm.team_member tm
             ON p_by = 'team' AND tm.tenant_id = crm.current_tenant() AND tm.user_id = d.owner_id
@@ -487,15 +482,12 @@ BEGIN
            a.open_deals, round(a.pipeline, 2), round(a.closed_won + a.best_case_open, 2),
            round(a.closed_won + a.commit_open, 2), round(a.closed_won, 2), round(a.weighted, 2),
            round(a.closed_won + a.weighted, 2),
-           round(CASE WHEN q.amount IS NOT NULL
-                      THEN q.amount * coalesce(q.rate, crm.forecast_missing_rate(q.currency, cur, (p_as_of)::date)) END, 2),
-           round(a.closed_won / nullif(q.amount * q.rate, 0) * 100, 2),
+           round(q.amount, 2), round(a.closed_won / nullif(q.amount, 0) * 100, 2),
            round((a.dist).p10, 2), round((a.dist).p50, 2), round((a.dist).p90, 2),
            (a.dist).error_bound, a.stage_value_deals
       FROM agg a
       LEFT JOIN LATERAL (
-          SELECT qq.amount, qq.currency,
-                 crm.exchange_rate(qq.currency, cur, (p_as_of)::date, crm.current_tenant()) AS rate
+          SELECT crm.convert_amount(qq.amount, qq.currency, cur, (p_as_of)::date, crm.current_tenant()) AS amount
             FROM crm.quota qq
            WHERE qq.tenant_id = crm.current_tenant() AND qq.period_type = p_period
              AND qq.period_start = a.ps
@@ -507,52 +499,35 @@ BEGIN
      ORDER BY a.ps, a.g_owner, a.g_team;
 END
 $$;
-COMMENT ON FUNCTION crm.forecast_compute(text, date, date, uuid, uuid, uuid, text, timestamptz, text, jsonb) IS
-    'Internal: crm.forecast and crm.forecast_what_if, with the what-if changes as a parameter';
+COMMENT ON FUNCTION crm.forecast_what_if(jsonb, text, date, date, uuid, uuid, uuid, text, timestamptz, text) IS
+    'crm.forecast() as it would be with changes, writing nothing. changes is a JSON array of objects: '
+    '{"opportunity": id, and any of "stage" (moves it; a won stage counts it won on its expected close date), "probability", "amount", "expected_close_date", "forecast_category"} '
+    'or {"stage": id, and "probability" and/or "forecast_category"} for every deal in that stage that follows its probability; [] changes nothing. '
+    'A bad key or value is refused (22023), an unknown opportunity or stage too (P0002)';
 
 CREATE FUNCTION crm.forecast(period text DEFAULT 'month', from_date date DEFAULT NULL, to_date date DEFAULT NULL,
                              pipeline uuid DEFAULT NULL, owner uuid DEFAULT NULL, team uuid DEFAULT NULL,
                              currency text DEFAULT NULL, as_of timestamptz DEFAULT now(), by text DEFAULT NULL)
-    RETURNS TABLE (period_start date, period_end date, owner_id uuid, team_id uuid, currency text,
-                   open_deals integer, pipeline numeric, best_case numeric, commit numeric,
+    RETURNS TABLE (period_start date, period_end date, owner_id uuid, team_id uuid, currency_code text,
+                   open_deals integer, open_pipeline numeric, best_case numeric, commit numeric,
                    closed_won numeric, weighted numeric, expected numeric, quota numeric,
                    attainment numeric, p10 numeric, p50 numeric, p90 numeric, error_bound numeric,
                    stage_value_deals integer)
     LANGUAGE sql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        SELECT * FROM crm.forecast_compute($1, $2, $3, $4, $5, $6, $7, $8, $9, '[]'::jsonb)
+        SELECT * FROM crm.forecast_what_if('[]'::jsonb, $1, $2, $3, $4, $5, $6, $7, $8, $9)
     $$;
 COMMENT ON FUNCTION crm.forecast(text, date, date, uuid, uuid, uuid, text, timestamptz, text) IS
-    'The sales forecast of the current tenant, one row per period (day, week, month, quarter, year: open deals by expected close date, won deals by close date) '
+    'The sales forecast of the current tenant, one row per period (day, week (ISO, from Monday), month, quarter, year: open deals by expected close date, won deals by close date) '
     'within from_date..to_date (NULL: unbounded), and per owner or team when by is ''owner'' or ''team''; filters: pipeline, owner, team (its members'' deals). '
-    'Categories are the deal''s forecast_category, else its stage''s; totals roll up as Salesforce''s cumulative forecasts: '
-    'pipeline = open deals of categories pipeline, best_case and commit; commit = closed_won + open commit; best_case = commit + open best_case; omitted deals count nowhere. '
-    'weighted = sum of amount x probability / 100 of open deals; expected = closed_won + weighted; quota from crm.quota and attainment = closed_won / quota in percent; '
-    'p10/p50/p90/error_bound: crm.revenue_distribution of the period''s won and open deals. '
-    'Every amount is converted into currency (default the tenant''s): won deals at the rate of their close date, open deals and quotas at as_of; '
+    'Categories are the deal''s forecast_category, else its stage''s; the totals roll up as Salesforce''s cumulative forecasts: '
+    'open_pipeline = open deals of categories pipeline, best_case and commit; commit = closed_won + open commit; best_case = commit + open best_case; omitted deals count nowhere. '
+    'weighted = sum of amount x probability / 100 of open deals; expected = closed_won + weighted; quota from crm.quota (the owner''s, team''s, or with neither filter the tenant''s) '
+    'and attainment = closed_won / quota in percent; p10/p50/p90/error_bound: crm.revenue_distribution of the period''s won and open deals. '
+    'Every amount is converted into currency (currency_code; default the tenant''s): won deals at the rate of their close date, open deals and quotas at as_of; '
     'a missing rate is an error (P0002). A deal without an amount (0) counts at its stage''s expected_value; stage_value_deals says how many did. '
-    'Money is rounded to cents';
-
-CREATE FUNCTION crm.forecast_what_if(changes jsonb, period text DEFAULT 'month', from_date date DEFAULT NULL,
-                                     to_date date DEFAULT NULL, pipeline uuid DEFAULT NULL, owner uuid DEFAULT NULL,
-                                     team uuid DEFAULT NULL, currency text DEFAULT NULL,
-                                     as_of timestamptz DEFAULT now(), by text DEFAULT NULL)
-    RETURNS TABLE (period_start date, period_end date, owner_id uuid, team_id uuid, currency text,
-                   open_deals integer, pipeline numeric, best_case numeric, commit numeric,
-                   closed_won numeric, weighted numeric, expected numeric, quota numeric,
-                   attainment numeric, p10 numeric, p50 numeric, p90 numeric, error_bound numeric,
-                   stage_value_deals integer)
-    LANGUAGE sql STABLE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-        SELECT * FROM crm.forecast_compute($2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($1, 'null'::jsonb))
-    $$;
-COMMENT ON FUNCTION crm.forecast_what_if(jsonb, text, date, date, uuid, uuid, uuid, text, timestamptz, text) IS
-    'crm.forecast() as it would be with changes, writing nothing. changes is a JSON array of objects: '
-    '{"opportunity": id, and any of "stage" (moves it; won counts at expected_close_date or as_of), "probability", "amount", "expected_close_date", "forecast_category"} '
-    'or {"stage": id, and "probability" and/or "forecast_category"} for every deal in that stage that follows its probability. '
-    'A bad key or value is refused (22023), an unknown opportunity or stage too (P0002)';
+    'Money is rounded to cents. Errors: unknown period, grouping or currency, from_date after to_date 22023; NULL period or as_of 22004';
 
 -- Snapshots ------------------------------------------------------------------
 
@@ -577,10 +552,20 @@ BEGIN
         RAISE EXCEPTION 'name, from_date, to_date and as_of must not be null or empty'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    cur := crm.forecast_check(period_type, from_date, to_date, NULL);
+    IF period_type IS NULL THEN
+        RAISE EXCEPTION 'period_type must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF period_type NOT IN ('day', 'week', 'month', 'quarter', 'year') THEN
+        RAISE EXCEPTION 'unknown period "%"', period_type USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Use day, week, month, quarter or year.';
+    END IF;
+    IF from_date > to_date THEN
+        RAISE EXCEPTION 'from_date % is after to_date %', from_date, to_date USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    cur := crm.tenant_default_currency();
 
     INSERT INTO crm.revenue_forecast (tenant_id, id, name, user_id, forecast_date, as_of, period_type, from_date,
-                                      to_date, pipeline_id, owner_id, currency, open_deals, pipeline, best_case,
+                                      to_date, pipeline_id, owner_id, currency, open_deals, open_pipeline, best_case,
                                       commit, closed_won, weighted, expected, confidence_interval)
     VALUES (t, snap, btrim(snapshot_forecast.name), crm.current_user_id(), (snapshot_forecast.as_of)::date,
             snapshot_forecast.as_of, snapshot_forecast.period_type, snapshot_forecast.from_date,
@@ -590,9 +575,9 @@ BEGIN
     INSERT INTO crm.forecast_deal (tenant_id, forecast_id, opportunity_id, owner_id, stage_id, status, category,
                                    amount, currency, converted_amount, probability, close_date, in_period,
                                    used_stage_value, expected_value)
-    SELECT t, snap, f.opportunity_id, f.owner_id, f.stage_id, f.status, f.category, f.amount, f.currency,
+    SELECT t, snap, f.opportunity_id, f.owner_id, f.stage_id, f.status, f.category, f.amount, f.amount_currency,
            f.converted, f.probability, f.close_date, f.in_period, f.used_stage_value,
-           CASE WHEN NOT f.in_period THEN 0
+           CASE WHEN NOT f.in_period THEN 0::numeric
                 WHEN f.status = 'won' THEN f.converted
                 WHEN f.status = 'open' AND f.category <> 'omitted' THEN f.converted * f.probability * 0.01
                 ELSE 0 END
@@ -614,7 +599,7 @@ BEGIN
      WHERE d.tenant_id = t AND d.forecast_id = snap AND d.in_period;
 
     UPDATE crm.revenue_forecast f
-       SET open_deals = r.open_deals, pipeline = r.pipeline, best_case = r.closed_won + r.best_case_open,
+       SET open_deals = r.open_deals, open_pipeline = r.pipeline, best_case = r.closed_won + r.best_case_open,
            commit = r.closed_won + r.commit_open, closed_won = r.closed_won, weighted = r.weighted,
            expected = r.closed_won + r.weighted,
            confidence_interval = jsonb_build_object('mean', round(coalesce((r.dist).mean, 0), 2),
@@ -632,27 +617,6 @@ COMMENT ON FUNCTION crm.snapshot_forecast(text, text, date, date, uuid, uuid, ti
     'totals and revenue range in crm.revenue_forecast, the deals behind it in crm.forecast_deal (every open deal of the filters, '
     'and closed ones in the window or closed in the year before as_of, so that crm.forecast_changes can tell deals that moved); returns its id';
 
-CREATE FUNCTION crm.forecast_snapshot_get(snapshot uuid) RETURNS crm.revenue_forecast
-    LANGUAGE plpgsql STABLE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    f crm.revenue_forecast;
-BEGIN
-    IF snapshot IS NULL THEN
-        RAISE EXCEPTION 'snapshot must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    SELECT * INTO f FROM crm.revenue_forecast r WHERE r.tenant_id = crm.current_tenant() AND r.id = snapshot;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'forecast snapshot % does not exist', snapshot USING ERRCODE = 'no_data_found',
-            DETAIL = 'Snapshots of other tenants are not visible.';
-    END IF;
-    RETURN f;
-END
-$$;
-COMMENT ON FUNCTION crm.forecast_snapshot_get(uuid) IS
-    'Internal: the current tenant''s snapshot with that id, or the error P0002';
-
 CREATE FUNCTION crm.forecast_changes(from_snapshot uuid, to_snapshot uuid)
     RETURNS TABLE (step text, deals integer, amount numeric)
     LANGUAGE plpgsql STABLE
@@ -660,9 +624,22 @@ CREATE FUNCTION crm.forecast_changes(from_snapshot uuid, to_snapshot uuid)
     AS $$
 #variable_conflict use_column
 DECLARE
-    a crm.revenue_forecast := crm.forecast_snapshot_get(from_snapshot);
-    b crm.revenue_forecast := crm.forecast_snapshot_get(to_snapshot);
+    a crm.revenue_forecast;
+    b crm.revenue_forecast;
 BEGIN
+    IF from_snapshot IS NULL OR to_snapshot IS NULL THEN
+        RAISE EXCEPTION 'from_snapshot and to_snapshot must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO a FROM crm.revenue_forecast r WHERE r.tenant_id = crm.current_tenant() AND r.id = from_snapshot;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'forecast snapshot % does not exist', from_snapshot USING ERRCODE = 'no_data_found',
+            DETAIL = 'Snapshots of other tenants are not visible.';
+    END IF;
+    SELECT * INTO b FROM crm.revenue_forecast r WHERE r.tenant_id = crm.current_tenant() AND r.id = to_snapshot;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'forecast snapshot % does not exist', to_snapshot USING ERRCODE = 'no_data_found',
+            DETAIL = 'Snapshots of other tenants are not visible.';
+    END IF;
     IF (a.period_type, a.from_date, a.to_date, a.currency) IS DISTINCT FROM (b.period_type, b.from_date, b.to_date, b.currency)
        OR a.pipeline_id IS DISTINCT FROM b.pipeline_id OR a.owner_id IS DISTINCT FROM b.owner_id THEN
         RAISE EXCEPTION 'forecast snapshots % and % were taken with different filters', a.id, b.id
@@ -754,10 +731,15 @@ CREATE FUNCTION crm.forecast_accuracy(snapshot uuid, as_of timestamptz DEFAULT n
     AS $$
 #variable_conflict use_column
 DECLARE
-    s crm.revenue_forecast := crm.forecast_snapshot_get(snapshot);
+    s crm.revenue_forecast;
 BEGIN
-    IF as_of IS NULL THEN
-        RAISE EXCEPTION 'as_of must not be null' USING ERRCODE = 'null_value_not_allowed';
+    IF snapshot IS NULL OR as_of IS NULL THEN
+        RAISE EXCEPTION 'snapshot and as_of must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO s FROM crm.revenue_forecast r WHERE r.tenant_id = crm.current_tenant() AND r.id = snapshot;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'forecast snapshot % does not exist', snapshot USING ERRCODE = 'no_data_found',
+            DETAIL = 'Snapshots of other tenants are not visible.';
     END IF;
     IF s.to_date >= (forecast_accuracy.as_of)::date THEN
         RAISE EXCEPTION 'the period of forecast snapshot % has not ended', s.id

@@ -38,7 +38,11 @@ INSERT INTO expected_key VALUES
     ('contact_tag',     '{tenant_id,contact_id,tag_id}'),
     ('lead_tag',        '{tenant_id,lead_id,tag_id}'),
     ('opportunity_tag', '{tenant_id,opportunity_id,tag_id}'),
-    ('stage_history',   '{tenant_id,id}');
+    ('stage_history',   '{tenant_id,id}'),
+    -- forecasting (src/sql/86_forecast.sql)
+    ('quota',            '{tenant_id,id}'),
+    ('revenue_forecast', '{tenant_id,id}'),
+    ('forecast_deal',    '{tenant_id,forecast_id,opportunity_id}');
 
 -- The index access paths the application relies on: (table, leading keys
 -- of some index on it, unique required).  Expressions are written without
@@ -79,7 +83,8 @@ SELECT plan(19 + (SELECT count(*)::int FROM expected_key) + (SELECT count(*)::in
 SELECT tables_are('crm', ARRAY[
     'tenant', 'currency', 'currency_rate', 'app_user', 'team', 'team_member', 'tenant_access',
     'pipeline', 'stage', 'account', 'contact', 'lead', 'opportunity', 'activity_type', 'activity',
-    'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history'
+    'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
+    'quota', 'revenue_forecast', 'forecast_deal'
 ], 'crm has exactly the tables of the core schema');
 
 SELECT views_are('crm', ARRAY['lead_kanban', 'opportunity_kanban', 'dashboard'],

@@ -33,7 +33,11 @@ SELECT t, 2 FROM unnest(ARRAY['account', 'contact', 'lead', 'opportunity', 'acti
                               'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag']) t
 UNION ALL
 SELECT t, 3 FROM unnest(ARRAY['pipeline', 'stage', 'app_user', 'team', 'team_member', 'currency_rate',
-                              'tenant_access']) t;
+                              'tenant_access']) t
+UNION ALL
+SELECT t, 2 FROM unnest(ARRAY['revenue_forecast', 'forecast_deal']) t
+UNION ALL
+SELECT 'quota', 3;
 
 -- Every function of crm and the lowest level that may execute it; NULL:
 -- no crm role (trigger functions, and what a superuser runs).
@@ -67,14 +71,29 @@ INSERT INTO func_level VALUES
     ('crm.stamp_flag_times()', NULL),
     ('crm.create_tenant(text)', NULL),
     ('crm.setup_roles()', NULL),
-    ('crm.load_demo(text,timestamp with time zone)', NULL);
+    ('crm.load_demo(text,timestamp with time zone)', NULL),
+    -- forecasting
+    ('crm.revenue_distribution(numeric,numeric)', 1),
+    ('crm.convert_amount(numeric,text,text,date,uuid)', 1),
+    ('crm.forecast_deals(date,date,uuid,uuid,uuid,text,timestamp with time zone,jsonb)', 1),
+    ('crm.forecast(text,date,date,uuid,uuid,uuid,text,timestamp with time zone,text)', 1),
+    ('crm.forecast_what_if(jsonb,text,date,date,uuid,uuid,uuid,text,timestamp with time zone,text)', 1),
+    ('crm.forecast_changes(uuid,uuid)', 1),
+    ('crm.forecast_accuracy(uuid,timestamp with time zone)', 1),
+    ('crm.snapshot_forecast(text,text,date,date,uuid,uuid,timestamp with time zone)', 2),
+    ('crm.revenue_distribution_accum(internal,numeric,numeric)', NULL),
+    ('crm.revenue_distribution_combine(internal,internal)', NULL),
+    ('crm.revenue_distribution_serialize(internal)', NULL),
+    ('crm.revenue_distribution_deserialize(bytea,internal)', NULL),
+    ('crm.revenue_distribution_final(internal)', NULL);
 
 -- The row-level security policies of every table.
 CREATE TEMP TABLE table_policies (tbl name PRIMARY KEY, policies name[] NOT NULL);
 INSERT INTO table_policies
 SELECT t, '{tenant_isolation}'::name[] FROM unnest(ARRAY[
     'tenant', 'currency_rate', 'app_user', 'team', 'team_member', 'pipeline', 'stage', 'tag',
-    'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history']) t
+    'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
+    'quota', 'revenue_forecast', 'forecast_deal']) t
 UNION ALL
 SELECT t, '{tenant_isolation,owner_visibility}'::name[] FROM unnest(ARRAY[
     'account', 'contact', 'lead', 'opportunity', 'activity']) t
@@ -307,6 +326,7 @@ SELECT is_empty(
         JOIN pg_language l ON l.oid = p.prolang
        WHERE p.pronamespace = 'crm'::regnamespace AND l.lanname <> 'c'
          AND p.prosqlbody IS NULL
+         AND p.prokind <> 'a' -- an aggregate takes no SET; its support functions are checked
          AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
        ORDER BY 1::text$$,
     'every crm function not written in C, nor with a SQL-standard body bound at creation, runs with SET search_path = pg_catalog, pg_temp');
