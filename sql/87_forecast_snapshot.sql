@@ -52,6 +52,10 @@ SELECT name, period_type, from_date, to_date, forecast_date, currency, open_deal
   FROM crm.revenue_forecast WHERE id = :'s1';
 SELECT confidence_interval, round(sqrt(4657500::numeric), 2) AS stddev_by_hand
   FROM crm.revenue_forecast WHERE id = :'s1';
+-- ForecastCreated is in the outbox, in the same transaction
+SELECT event_type, entity, payload ->> 'name' AS name, payload ->> 'expected' AS expected,
+       payload ->> 'openDeals' AS open_deals, payload ->> 'p50' AS p50, payload ->> 'currency' AS currency
+  FROM crm.event WHERE entity_id = :'s1';
 -- one row per deal, as it was
 SELECT o.name, d.status, d.category, d.amount, d.currency, d.converted_amount, d.probability, d.close_date,
        d.in_period, d.expected_value
@@ -117,12 +121,14 @@ SELECT u.name, a.weighted, a.commit, a.best_case, a.actual, a.error, a.abs_pct_e
  ORDER BY u.name;
 
 -- Bad input: nothing is stored
-SELECT count(*) AS snapshots_before FROM crm.revenue_forecast;
+SELECT count(*) AS snapshots_before, (SELECT count(*) FROM crm.event WHERE event_type = 'ForecastCreated') AS events
+  FROM crm.revenue_forecast;
 SELECT try($$SELECT crm.snapshot_forecast('x', 'fortnight', '2026-03-01', '2026-03-31')$$);
 SELECT try($$SELECT crm.snapshot_forecast('x', 'month', '2026-04-01', '2026-03-31')$$);
 SELECT try($$SELECT crm.snapshot_forecast(NULL, 'month', '2026-03-01', '2026-03-31')$$);
 SELECT try($$SELECT crm.snapshot_forecast('x', 'month', NULL, '2026-03-31')$$);
-SELECT count(*) AS snapshots_after FROM crm.revenue_forecast;
+SELECT count(*) AS snapshots_after, (SELECT count(*) FROM crm.event WHERE event_type = 'ForecastCreated') AS events
+  FROM crm.revenue_forecast;
 SELECT try(format($$SELECT * FROM crm.forecast_accuracy('%s', '2026-03-31 12:00+00')$$, :'s2'));
 SELECT try(format($$SELECT * FROM crm.forecast_changes('%s', '00000000-0000-0000-0000-000000000000')$$, :'s1'));
 SELECT try($$SELECT * FROM crm.forecast_accuracy('00000000-0000-0000-0000-000000000000')$$);

@@ -335,6 +335,17 @@ SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0 AS deals_listed
 SELECT pg_catalog.count(*) AS lead_kanban_rows FROM crm.lead_kanban;
 SELECT pg_catalog.count(*) AS opportunity_kanban_rows FROM crm.opportunity_kanban;
 SELECT total_leads, converted_leads, won_count, lost_count, unconverted_count FROM crm.dashboard;
+-- activity aggregation, engagement and the event outbox (issue 7)
+SELECT crm.track_activity(:'hcon', 'call', '{}', '2026-01-01', 'inbound') IS NOT NULL AS tracked,
+       crm.track_activity(:'hcon', 'note', '{}', '2026-01-02') IS NOT NULL AS tracked_again;
+SELECT crm.engagement_score(:'hcon', '2026-01-03') > 0 AS scored,
+       crm.lead_engagement_score(:'hlead') AS lead_score;
+SELECT pg_catalog.count(*) AS aggregate_mismatches FROM crm.check_aggregates();
+SELECT crm.emit_event('HorseInspected', '{"ok": true}') > 0 AS emitted,
+       crm.subscribe('hostile') >= 0 AS subscribed;
+SELECT pg_catalog.count(*) >= 0 AS polled FROM crm.poll('hostile', 10);
+SELECT pg_catalog.count(*) >= 0 AS read FROM crm.read_events(0, 10);
+SELECT crm.ack('hostile', 0) >= 0 AS acked, crm.unsubscribe('hostile') AS unsubscribed;
 DELETE FROM crm.account_tag WHERE account_id OPERATOR(pg_catalog.=) :'hacc';
 DELETE FROM crm.contact_tag WHERE contact_id OPERATOR(pg_catalog.=) :'hcon';
 DELETE FROM crm.lead_tag WHERE lead_id OPERATOR(pg_catalog.=) :'hlead';
@@ -359,6 +370,7 @@ DELETE FROM crm.currency_rate WHERE id OPERATOR(pg_catalog.=) :'rate';
 DELETE FROM crm.stage WHERE id OPERATOR(pg_catalog.=) :'bare_stage';
 DELETE FROM crm.pipeline WHERE id OPERATOR(pg_catalog.=) :'bare';
 SELECT crm.revoke_tenant_access('regress_hostile_writer', :'tb') AS revoked;
+SELECT crm.refresh_aggregates() IS NOT NULL AS refreshed, crm.purge_events('1 day') >= 0 AS purged;
 RESET ROLE;
 DELETE FROM crm.stage_history WHERE lead_id OPERATOR(pg_catalog.=) :'cloudnine';
 -- a tenant's rows go with it (every foreign key cascades)

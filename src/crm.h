@@ -17,6 +17,7 @@
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "storage/proc.h"
+#include "utils/jsonb.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -60,6 +61,11 @@ extern void crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 								bool row_level, bool before);
 extern bool crm_replica_skips_work(void);
 extern int	crm_attnum(Relation rel, const char *colname, Oid typid);
+
+/* outbox.c */
+extern int64 crm_outbox_emit(const pg_uuid_t *tenant, const char *event_type,
+							 const char *entity, const pg_uuid_t *entity_id,
+							 Jsonb *payload);
 
 /* tenant.c */
 extern bool crm_current_app_user_id(pg_uuid_t *user);

@@ -228,6 +228,7 @@ BEGIN
     FOREACH t IN ARRAY ARRAY['quota', 'revenue_forecast', 'forecast_deal'] LOOP
         EXECUTE format('ALTER TABLE crm.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE crm.%I FORCE ROW LEVEL SECURITY', t);
+        -- as every other table's (90_security.sql) until the policies change shape
         EXECUTE format('CREATE POLICY tenant_isolation ON crm.%I'
                        ' USING (tenant_id = (SELECT crm.current_tenant()))'
                        ' WITH CHECK (tenant_id = (SELECT crm.current_tenant()))', t);
@@ -609,13 +610,28 @@ BEGIN
                                                     'p90', round(coalesce((r.dist).p90, 0), 2),
                                                     'error_bound', coalesce((r.dist).error_bound, 0))
      WHERE f.tenant_id = t AND f.id = snap;
+
+    -- the outbox (issue 7), in the same transaction
+    PERFORM crm.emit_event('ForecastCreated',
+        jsonb_build_object('forecastId', snap, 'name', btrim(snapshot_forecast.name),
+                           'periodType', snapshot_forecast.period_type,
+                           'fromDate', snapshot_forecast.from_date, 'toDate', snapshot_forecast.to_date,
+                           'pipelineId', snapshot_forecast.pipeline, 'ownerId', snapshot_forecast.owner,
+                           'currency', cur, 'openDeals', r.open_deals,
+                           'closedWon', round(r.closed_won, 2), 'weighted', round(r.weighted, 2),
+                           'expected', round(r.closed_won + r.weighted, 2),
+                           'p10', round((r.dist).p10, 2), 'p50', round((r.dist).p50, 2),
+                           'p90', round((r.dist).p90, 2), 'createdBy', crm.current_user_id()),
+        'revenue_forecast', snap);
     RETURN snap;
 END
 $$;
 COMMENT ON FUNCTION crm.snapshot_forecast(text, text, date, date, uuid, uuid, timestamptz) IS
     'Stores the forecast of from_date..to_date (pipeline and owner filters optional) in the tenant''s currency as it is at as_of: '
     'totals and revenue range in crm.revenue_forecast, the deals behind it in crm.forecast_deal (every open deal of the filters, '
-    'and closed ones in the window or closed in the year before as_of, so that crm.forecast_changes can tell deals that moved); returns its id';
+    'and closed ones in the window or closed in the year before as_of, so that crm.forecast_changes can tell deals that moved), '
+    'emits ForecastCreated into the event outbox (crm.event) with the totals and range; returns its id. '
+    'Errors: unknown period or from_date after to_date 22023, a NULL or empty argument 22004, a missing rate P0002';
 
 CREATE FUNCTION crm.forecast_changes(from_snapshot uuid, to_snapshot uuid)
     RETURNS TABLE (step text, deals integer, amount numeric)

@@ -181,6 +181,21 @@ BEGIN
         crm.grant_tenant_access(name, uuid, uuid), crm.revoke_tenant_access(name, uuid)
         TO crm_admin;
 
+    -- Activity aggregation, engagement and the event outbox (issue 7)
+    GRANT EXECUTE ON FUNCTION
+        crm.engagement_half_life(uuid), crm.engagement_decayed(uuid, text, uuid, timestamptz),
+        crm.engagement_score(uuid, timestamptz), crm.lead_engagement_score(uuid, timestamptz),
+        crm.check_aggregates(), crm.event_head(), crm.event_limit(), crm.read_events(bigint, integer)
+        TO crm_reader;
+    GRANT INSERT, UPDATE, DELETE ON crm.event_consumer TO crm_writer;
+    GRANT EXECUTE ON FUNCTION
+        crm.track_activity(uuid, text, jsonb, timestamptz, text, text),
+        crm.emit_event(text, jsonb, text, uuid), crm.subscribe(text, bigint), crm.unsubscribe(text),
+        crm.poll(text, integer), crm.ack(text, bigint)
+        TO crm_writer;
+    GRANT INSERT, UPDATE, DELETE ON crm.engagement_setting, crm.activity_weight TO crm_admin;
+    GRANT EXECUTE ON FUNCTION crm.refresh_aggregates(uuid), crm.purge_events(interval) TO crm_admin;
+
     -- Forecasting (capability 4, src/sql/86_forecast.sql): readers forecast
     -- and compare snapshots, writers take snapshots, admins set quotas.
     GRANT USAGE ON TYPE crm.revenue_range TO crm_reader;

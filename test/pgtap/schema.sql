@@ -39,6 +39,14 @@ INSERT INTO expected_key VALUES
     ('lead_tag',        '{tenant_id,lead_id,tag_id}'),
     ('opportunity_tag', '{tenant_id,opportunity_id,tag_id}'),
     ('stage_history',   '{tenant_id,id}'),
+    -- activity aggregation and the event outbox (issue 7)
+    ('event',              '{tenant_id,position}'),
+    ('event_consumer',     '{tenant_id,name}'),
+    ('engagement_setting', '{tenant_id}'),
+    ('activity_weight',    '{tenant_id,activity_type}'),
+    ('contact_engagement', '{tenant_id,contact_id}'),
+    ('lead_engagement',    '{tenant_id,lead_id}'),
+    ('account_summary',    '{tenant_id,account_id}'),
     -- forecasting (src/sql/86_forecast.sql)
     ('quota',            '{tenant_id,id}'),
     ('revenue_forecast', '{tenant_id,id}'),
@@ -84,10 +92,15 @@ SELECT tables_are('crm', ARRAY[
     'tenant', 'currency', 'currency_rate', 'app_user', 'team', 'team_member', 'tenant_access',
     'pipeline', 'stage', 'account', 'contact', 'lead', 'opportunity', 'activity_type', 'activity',
     'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
+    -- activity aggregation and the event outbox (issue 7)
+    'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
+    'lead_engagement', 'account_summary',
     'quota', 'revenue_forecast', 'forecast_deal'
 ], 'crm has exactly the tables of the core schema');
 
-SELECT views_are('crm', ARRAY['lead_kanban', 'opportunity_kanban', 'dashboard'],
+SELECT views_are('crm', ARRAY['lead_kanban', 'opportunity_kanban', 'dashboard',
+                              -- issue 7
+                              'engagement_recomputed', 'account_summary_recomputed'],
     'crm has exactly the kanban and dashboard views');
 
 -- Keys ----------------------------------------------------------------------

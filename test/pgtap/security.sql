@@ -34,6 +34,11 @@ SELECT t, 2 FROM unnest(ARRAY['account', 'contact', 'lead', 'opportunity', 'acti
 UNION ALL
 SELECT t, 3 FROM unnest(ARRAY['pipeline', 'stage', 'app_user', 'team', 'team_member', 'currency_rate',
                               'tenant_access']) t
+-- activity aggregation and the event outbox (issue 7)
+UNION ALL
+SELECT t, 2 FROM unnest(ARRAY['event_consumer']) t
+UNION ALL
+SELECT t, 3 FROM unnest(ARRAY['engagement_setting', 'activity_weight']) t
 UNION ALL
 SELECT t, 2 FROM unnest(ARRAY['revenue_forecast', 'forecast_deal']) t
 UNION ALL
@@ -72,6 +77,31 @@ INSERT INTO func_level VALUES
     ('crm.create_tenant(text)', NULL),
     ('crm.setup_roles()', NULL),
     ('crm.load_demo(text,timestamp with time zone)', NULL),
+    -- activity aggregation, engagement and the event outbox (issue 7)
+    ('crm.engagement_half_life(uuid)', 1),
+    ('crm.engagement_decayed(uuid,text,uuid,timestamp with time zone)', 1),
+    ('crm.engagement_score(uuid,timestamp with time zone)', 1),
+    ('crm.lead_engagement_score(uuid,timestamp with time zone)', 1),
+    ('crm.check_aggregates()', 1),
+    ('crm.event_head()', 1),
+    ('crm.event_limit()', 1),
+    ('crm.read_events(bigint,integer)', 1),
+    ('crm.track_activity(uuid,text,jsonb,timestamp with time zone,text,text)', 2),
+    ('crm.emit_event(text,jsonb,text,uuid)', 2),
+    ('crm.subscribe(text,bigint)', 2),
+    ('crm.unsubscribe(text)', 2),
+    ('crm.poll(text,integer)', 2),
+    ('crm.ack(text,bigint)', 2),
+    ('crm.refresh_aggregates(uuid)', 3),
+    ('crm.purge_events(interval)', 3),
+    ('crm.engagement_add_counts(jsonb,jsonb)', NULL),
+    ('crm.engagement_add_amounts(jsonb,jsonb)', NULL),
+    ('crm.engagement_combine(double precision,timestamp with time zone,double precision,timestamp with time zone,double precision)', NULL),
+    ('crm.aggregates_rebuild(uuid)', NULL),
+    ('crm.engagement_track()', NULL),
+    ('crm.engagement_lead_converted()', NULL),
+    ('crm.engagement_settings_changed()', NULL),
+    ('crm.outbox_record_events()', NULL),
     -- forecasting
     ('crm.revenue_distribution(numeric,numeric)', 1),
     ('crm.convert_amount(numeric,text,text,date,uuid)', 1),
@@ -93,6 +123,9 @@ INSERT INTO table_policies
 SELECT t, '{tenant_isolation}'::name[] FROM unnest(ARRAY[
     'tenant', 'currency_rate', 'app_user', 'team', 'team_member', 'pipeline', 'stage', 'tag',
     'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
+    -- activity aggregation and the event outbox (issue 7)
+    'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
+    'lead_engagement', 'account_summary',
     'quota', 'revenue_forecast', 'forecast_deal']) t
 UNION ALL
 SELECT t, '{tenant_isolation,owner_visibility}'::name[] FROM unnest(ARRAY[
