@@ -31,7 +31,7 @@
  *		   exactly by dynamic programming, and since every outcome's total
  *		   moves by at most D = sum |a_i - h round(a_i / h)|, each quantile
  *		   moves by at most D, which is the bound.  The grid has at most
- *		   2^20 cells and n * cells <= 2e8 steps; it only runs when D is
+ *		   2^20 cells and n * cells <= 2e7 steps; it only runs when D is
  *		   below the Berry-Esseen bound.
  *
  * Probabilities are carried in double precision; a level counts as reached
@@ -64,7 +64,7 @@ PG_FUNCTION_INFO_V1(crm_forecast_distribution_final);
 #define EXACT_MAX_DEALS		20
 #define GRID_MAX_CELLS		(1 << 20)
 #define GRID_MIN_CELLS		1024
-#define GRID_WORK			2e8
+#define GRID_WORK			2e7
 #define BERRY_ESSEEN_C0		0.5600
 #define LEVEL_SLACK			1e-12
 

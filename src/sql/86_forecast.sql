@@ -273,22 +273,29 @@ CREATE FUNCTION crm.forecast_deals(from_date date DEFAULT NULL, to_date date DEF
     LANGUAGE sql STABLE
 BEGIN ATOMIC
     WITH change AS (
-        SELECT x.opportunity, x.stage, x.probability, x.amount, x.expected_close_date, x.forecast_category
+        -- with the stage a deal moves to, so that the deals join one row each
+        SELECT x.opportunity, x.stage, x.probability, x.amount, x.expected_close_date, x.forecast_category,
+               ns.id AS ns_id, ns.kind AS ns_kind, ns.forecast_category AS ns_category,
+               ns.probability AS ns_probability, ns.expected_value AS ns_expected_value,
+               ns.expected_value_currency AS ns_expected_value_currency
           FROM pg_catalog.jsonb_to_recordset(coalesce(forecast_deals.changes, '[]'::jsonb))
                AS x(opportunity uuid, stage uuid, probability numeric, amount numeric,
                     expected_close_date date, forecast_category text)
+          LEFT JOIN crm.stage ns ON ns.tenant_id = crm.current_tenant() AND ns.id = x.stage
     ), deal AS (
-        SELECT o.id, o.owner_id, s.id AS stage_id,
-               CASE WHEN dc.stage IS NULL THEN o.status ELSE s.kind END AS status,
+        SELECT o.id, o.owner_id, coalesce(dc.ns_id, os.id) AS stage_id,
+               CASE WHEN dc.stage IS NULL THEN o.status ELSE dc.ns_kind END AS status,
                coalesce(dc.forecast_category, CASE WHEN dc.stage IS NULL THEN o.forecast_category END,
-                        sc.forecast_category, s.forecast_category) AS category,
+                        sc.forecast_category, coalesce(dc.ns_category, os.forecast_category)) AS category,
                coalesce(dc.amount, o.amount) AS own_amount,
-               o.currency AS own_currency, s.expected_value, s.expected_value_currency,
+               o.currency AS own_currency,
+               coalesce(dc.ns_expected_value, os.expected_value) AS expected_value,
+               coalesce(dc.ns_expected_value_currency, os.expected_value_currency) AS expected_value_currency,
                CASE WHEN dc.probability IS NOT NULL THEN dc.probability
                     WHEN dc.stage IS NOT NULL OR o.probability = os.probability
-                         THEN coalesce(sc.probability, s.probability)
+                         THEN coalesce(sc.probability, dc.ns_probability, os.probability)
                     ELSE o.probability END AS probability,
-               CASE WHEN (CASE WHEN dc.stage IS NULL THEN o.status ELSE s.kind END) = 'open'
+               CASE WHEN (CASE WHEN dc.stage IS NULL THEN o.status ELSE dc.ns_kind END) = 'open'
                          THEN coalesce(dc.expected_close_date, o.expected_close_date)
                     WHEN dc.stage IS NULL OR o.status <> 'open'
                          THEN (o.closed_at)::date
@@ -296,8 +303,7 @@ BEGIN ATOMIC
           FROM crm.opportunity o
           JOIN crm.stage os ON os.tenant_id = o.tenant_id AND os.id = o.stage_id
           LEFT JOIN change dc ON dc.opportunity = o.id
-          JOIN crm.stage s ON s.tenant_id = o.tenant_id AND s.id = coalesce(dc.stage, o.stage_id)
-          LEFT JOIN change sc ON sc.opportunity IS NULL AND sc.stage = s.id
+          LEFT JOIN change sc ON sc.opportunity IS NULL AND sc.stage = coalesce(dc.ns_id, os.id)
          WHERE o.tenant_id = crm.current_tenant()
            AND o.archived_at IS NULL
            AND (forecast_deals.pipeline IS NULL OR o.pipeline_id = forecast_deals.pipeline)
@@ -314,25 +320,34 @@ BEGIN ATOMIC
                     THEN d.expected_value_currency ELSE d.own_currency END AS value_currency,
                CASE WHEN d.status = 'won' THEN d.close_date ELSE (forecast_deals.as_of)::date END AS rate_date,
                coalesce(d.close_date BETWEEN coalesce(forecast_deals.from_date, '-infinity'::date)
-                                         AND coalesce(forecast_deals.to_date, 'infinity'::date), false) AS in_period
+                                         AND coalesce(forecast_deals.to_date, 'infinity'::date), false) AS in_period,
+               (SELECT coalesce(forecast_deals.currency, crm.tenant_default_currency())) AS target
           FROM deal d
-    ), rate AS (
-        SELECT k.value_currency, k.rate_date,
-               crm.exchange_rate(k.value_currency, coalesce(forecast_deals.currency, crm.tenant_default_currency()),
-                                 k.rate_date, crm.current_tenant()) AS rate
-          FROM (SELECT DISTINCT v.value_currency, v.rate_date FROM valued v) k
+    ), rated AS (
+        -- as crm.exchange_rate(), written out so that a deal in the target
+        -- currency reads no rate and the others join rather than call
+        SELECT v.*,
+               CASE WHEN v.value_currency = v.target THEN 1::numeric
+                    ELSE coalesce(
+                        (SELECT r.rate FROM crm.currency_rate r
+                          WHERE r.tenant_id = crm.current_tenant() AND r.from_currency = v.value_currency
+                            AND r.to_currency = v.target AND r.valid_from <= v.rate_date
+                          ORDER BY r.valid_from DESC LIMIT 1),
+                        (SELECT 1 / r.rate FROM crm.currency_rate r
+                          WHERE r.tenant_id = crm.current_tenant() AND r.from_currency = v.target
+                            AND r.to_currency = v.value_currency AND r.valid_from <= v.rate_date
+                          ORDER BY r.valid_from DESC LIMIT 1)) END AS rate
+          FROM valued v
     )
     SELECT v.id, v.owner_id, v.stage_id, v.status,
            CASE v.status WHEN 'won' THEN 'closed' WHEN 'lost' THEN 'omitted' ELSE v.category END,
            v.value, v.value_currency,
-           CASE WHEN r.rate IS NOT NULL THEN v.value * r.rate
-                WHEN v.in_period THEN crm.convert_amount(v.value, v.value_currency,
-                                                         coalesce(forecast_deals.currency, crm.tenant_default_currency()),
+           CASE WHEN v.rate IS NOT NULL THEN v.value * v.rate
+                WHEN v.in_period THEN crm.convert_amount(v.value, v.value_currency, v.target,
                                                          v.rate_date, crm.current_tenant()) END,
            CASE v.status WHEN 'won' THEN 100 WHEN 'lost' THEN 0 ELSE v.probability END,
            v.close_date, v.in_period, v.used_stage_value
-      FROM valued v
-      JOIN rate r ON r.value_currency = v.value_currency AND r.rate_date = v.rate_date;
+      FROM rated v;
 END;
 COMMENT ON FUNCTION crm.forecast_deals(date, date, uuid, uuid, uuid, text, timestamptz, jsonb) IS
     'The deals behind crm.forecast() (seeds/001: the deals behind each forecast), with the what-if changes of crm.forecast_what_if applied: '
