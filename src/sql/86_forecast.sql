@@ -511,6 +511,8 @@ BEGIN
                  CASE p_by WHEN 'owner' THEN a.g_owner WHEN 'team' THEN NULL ELSE p_owner END
              AND qq.team_id IS NOT DISTINCT FROM
                  CASE p_by WHEN 'team' THEN a.g_team WHEN 'owner' THEN NULL ELSE p_team END
+             -- the deals of nobody have no quota (not the tenant's)
+             AND (p_by IS DISTINCT FROM 'owner' OR a.g_owner IS NOT NULL)
       ) q ON true
      ORDER BY a.ps, a.g_owner, a.g_team;
 END
