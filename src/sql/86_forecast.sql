@@ -65,14 +65,15 @@ COMMENT ON AGGREGATE crm.revenue_distribution(numeric, numeric) IS
     'mean and stddev are exact (numeric). Deals at 0% or 100% are certain and shift the range. '
     'With at most 20 uncertain deals all 2^n outcomes are enumerated: the P-levels are exact and error_bound is 0. '
     'Beyond, each level takes the better of two methods with a proven bound, and error_bound is the largest chosen bound '
-    '(plus half a cent, as those P-levels are rounded to cents): '
+    '(plus half a cent where a P-level was rounded to cents): '
     '(a) the normal approximation with the Berry-Esseen bound for independent, non-identically distributed summands, '
     'sup|F(x) - Phi((x - mean)/stddev)| <= eps = C0 * sum E|X - EX|^3 / stddev^3 with C0 = 0.5600 '
     '(I. G. Shevtsova, An improvement of convergence rate estimates in the Lyapunov theorem, Doklady Mathematics 82(3), 2010, 862-864); '
     'the P-level then lies between mean + stddev * z(level - eps) and mean + stddev * z(level + eps) (within 0 and the total of all deals): '
     'the midpoint is returned and half the width is the bound; '
-    '(b) an exact convolution on a grid of step h >= 0.01 (at most 2^20 cells): every amount rounded to a multiple of h, '
-    'so each outcome, hence each P-level, moves by at most D = sum |amount - h * round(amount / h)|, the bound. '
+    '(b) an exact convolution on a grid of step h >= 0.01 (at most 2^20 cells and 2e7 steps, run only when it promises less than (a)): '
+    'every amount rounded to a multiple of h, so each outcome, hence each P-level, moves by at most D = sum |amount - h * round(amount / h)|, '
+    'the bound (0 when every amount is a whole number of cents and h is a cent). '
     'Probabilities are summed in double precision (a level counts as reached within 1e-12). '
     'NULL rows are skipped; no rows give NULL; a NaN, infinite or negative amount or a probability outside 0-100 is refused (22023). '
     'Works with GROUP BY and in parallel plans.';
@@ -475,11 +476,13 @@ BEGIN
           FROM crm.forecast_deals(p_from, p_to, p_pipeline, p_owner, p_team, cur, p_as_of, p_changes) f
          WHERE f.in_period AND f.status IN ('open', 'won')
     ), g AS (
-        SELECT d.*, CASE WHEN p_by = 'owner' THEN d.owner_id END AS g_owner, tm.team_id AS g_team
-          FROM d
-          LEFT JOIN crm.team_member tm
-            ON p_by = 'team' AND tm.tenant_id = crm.current_tenant() AND tm.user_id = d.owner_id
-         WHERE p_by IS DISTINCT FROM 'team' OR tm.team_id IS NOT NULL
+        -- a deal counts once per period, or once per team of its owner
+        SELECT d.*, CASE WHEN p_by = 'owner' THEN d.owner_id END AS g_owner, NULL::uuid AS g_team
+          FROM d WHERE p_by IS DISTINCT FROM 'team'
+        UNION ALL
+        SELECT d.*, NULL::uuid, tm.team_id
+          FROM d JOIN crm.team_member tm ON tm.tenant_id = crm.current_tenant() AND tm.user_id = d.owner_id
+         WHERE p_by = 'team'
     ), agg AS (
         SELECT g.ps, g.g_owner, g.g_team,
                count(*) FILTER (WHERE g.status = 'open' AND g.category <> 'omitted')::integer AS open_deals,
