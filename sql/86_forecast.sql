@@ -99,6 +99,17 @@ SELECT open_deals, open_pipeline, weighted, quota
 SELECT open_deals, open_pipeline, weighted, closed_won, quota, attainment
   FROM crm.forecast('month', '2026-03-01', '2026-03-31', owner => :'sam', as_of => '2026-03-15 12:00+00');
 
+-- a deal of nobody in May: by owner it is its own row without a quota (the
+-- tenant's May quota of 1000 belongs to the tenant row); 300 @10 = 30
+INSERT INTO crm.opportunity (name, stage_id, amount, currency, expected_close_date)
+VALUES ('D13', :'s_new', 300, 'USD', '2026-05-15');
+INSERT INTO crm.quota (period_type, period_start, amount) VALUES ('month', '2026-05-01', 1000);
+SELECT owner_id, open_deals, weighted, quota
+  FROM crm.forecast('month', '2026-05-01', '2026-05-31', as_of => '2026-03-15 12:00+00', by => 'owner');
+SELECT owner_id, open_deals, weighted, quota
+  FROM crm.forecast('month', '2026-05-01', '2026-05-31', as_of => '2026-03-15 12:00+00');
+UPDATE crm.opportunity SET archived_at = now() WHERE name = 'D13';
+
 -- by quarter: Q1 holds February and March
 SELECT period_start, period_end, open_deals, open_pipeline, closed_won, weighted, expected
   FROM crm.forecast('quarter', '2026-01-01', '2026-06-30', as_of => '2026-03-15 12:00+00');
