@@ -70,6 +70,7 @@ PG_FUNCTION_INFO_V1(crm_forecast_distribution_final);
 
 static const double levels[3] = {0.1, 0.5, 0.9};
 
+/* The transition state: what is needed for exact sums and the quantiles. */
 typedef struct RevDistState
 {
 	int64		ndeals;			/* rows aggregated */
@@ -96,6 +97,9 @@ numeric_const(const char *text)
 											   Int32GetDatum(-1)));
 }
 
+/*
+ * Three-way comparison of two numerics, as ORDER BY compares them.
+ */
 static int
 numeric_compare(Numeric a, Numeric b)
 {
@@ -104,6 +108,9 @@ numeric_compare(Numeric a, Numeric b)
 											 NumericGetDatum(b)));
 }
 
+/*
+ * A numeric as the nearest double: the quantile methods work in doubles.
+ */
 static double
 numeric_to_double(Numeric n)
 {
@@ -127,6 +134,9 @@ numeric_keep(MemoryContext cxt, Numeric value, Numeric old)
 	return copy;
 }
 
+/*
+ * An empty state in the aggregate's context: no deals, sums at zero.
+ */
 static RevDistState *
 state_new(MemoryContext cxt)
 {
@@ -292,6 +302,10 @@ crm_forecast_distribution_combine(PG_FUNCTION_ARGS)
 	PG_RETURN_POINTER(a);
 }
 
+/*
+ * Write a numeric into a serialized state as its length and raw bytes: the
+ * state only travels between processes of the same server.
+ */
 static void
 send_numeric(StringInfo buf, Numeric n)
 {
@@ -299,6 +313,10 @@ send_numeric(StringInfo buf, Numeric n)
 	pq_sendbytes(buf, (char *) n, VARSIZE(n));
 }
 
+/*
+ * Read back what send_numeric wrote, refusing a length that runs past the
+ * end of the state.
+ */
 static Numeric
 recv_numeric(StringInfo buf)
 {
@@ -404,6 +422,7 @@ crm_forecast_distribution_deserialize(PG_FUNCTION_ARGS)
 	PG_RETURN_POINTER(st);
 }
 
+/* One outcome of the exact enumeration: which deals are won, total, odds. */
 typedef struct Outcome
 {
 	double		total;
@@ -411,6 +430,10 @@ typedef struct Outcome
 	uint32		mask;
 } Outcome;
 
+/*
+ * Order outcomes by total, ties by mask, so that the enumeration is
+ * deterministic whatever qsort does with equal keys.
+ */
 static int
 outcome_cmp(const void *a, const void *b)
 {
@@ -482,6 +505,9 @@ quantiles_exact(RevDistState *st, Numeric *q)
 	pfree(out);
 }
 
+/*
+ * The standard normal distribution function, from the C library's erfc.
+ */
 static double
 norm_cdf(double x)
 {
