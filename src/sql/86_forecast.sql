@@ -19,6 +19,8 @@ CREATE TYPE crm.revenue_range AS (
 );
 COMMENT ON TYPE crm.revenue_range IS
     'Total revenue of independent deals: exact mean and standard deviation, P10/P50/P90 and the most by which those three can be off, in currency units';
+-- nothing for PUBLIC: crm.setup_roles() grants USAGE to crm_reader
+REVOKE ALL ON TYPE crm.revenue_range FROM PUBLIC;
 
 CREATE FUNCTION crm.revenue_distribution_accum(internal, numeric, numeric) RETURNS internal
     AS 'MODULE_PATHNAME', 'crm_forecast_distribution_accum'
