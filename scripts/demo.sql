@@ -194,3 +194,22 @@ SELECT owner_name, open_deals, open_amount, won_deals, won_amount, activities_co
 \echo '== The outbox: the latest events, read by a named consumer'
 SELECT crm.subscribe('demo', 0) AS consumer_position;
 SELECT event_type, entity, count(*) AS events FROM crm.poll('demo', 100000) GROUP BY 1, 2 ORDER BY 3 DESC, 1;
+
+\echo '== Forecast (issue 11): by month, Salesforce categories rolled up, the revenue range'
+SELECT to_char(period_start, 'YYYY-MM') AS month, open_deals, open_pipeline, best_case, commit,
+       closed_won, weighted, expected, p10, p50, p90, error_bound
+  FROM crm.forecast('month');
+\echo '   what if the Global Industries deal went to 90%? (nothing is written)'
+SELECT to_char(period_start, 'YYYY-MM') AS month, weighted, expected, p50
+  FROM crm.forecast_what_if(jsonb_build_array(jsonb_build_object(
+           'opportunity', (SELECT id FROM crm.opportunity WHERE name LIKE 'Global%'), 'probability', 90)),
+       'month');
+\echo '   a snapshot (ForecastCreated goes to the outbox), then the waterfall after a deal is lost'
+SELECT crm.snapshot_forecast('Demo', 'quarter', date_trunc('quarter', now())::date,
+                             (date_trunc('quarter', now()) + interval '1 year' - interval '1 day')::date) AS snap1 \gset
+SELECT o.id AS lose FROM crm.opportunity o WHERE o.status = 'open' ORDER BY o.amount DESC LIMIT 1 \gset
+SELECT name, status FROM crm.opportunity_mark_lost(:'lose', 'Chose a competitor');
+SELECT crm.snapshot_forecast('Demo, later', 'quarter', date_trunc('quarter', now())::date,
+                             (date_trunc('quarter', now()) + interval '1 year' - interval '1 day')::date) AS snap2 \gset
+SELECT * FROM crm.forecast_changes(:'snap1', :'snap2');
+SELECT event_type, payload ->> 'expected' AS expected FROM crm.event WHERE event_type = 'ForecastCreated';

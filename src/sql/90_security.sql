@@ -530,6 +530,20 @@ BEGIN
         TO crm_writer;
     GRANT INSERT, UPDATE, DELETE ON crm.engagement_setting, crm.activity_weight TO crm_admin;
     GRANT EXECUTE ON FUNCTION crm.refresh_aggregates(uuid), crm.purge_events(interval) TO crm_admin;
+
+    -- Forecasting (capability 4, src/sql/86_forecast.sql): readers forecast
+    -- and compare snapshots, writers take snapshots, admins set quotas.
+    GRANT USAGE ON TYPE crm.revenue_range TO crm_reader;
+    GRANT EXECUTE ON FUNCTION
+        crm.revenue_distribution(numeric, numeric), crm.convert_amount(numeric, text, text, date, uuid),
+        crm.forecast_deals(date, date, uuid, uuid, uuid, text, timestamptz, jsonb),
+        crm.forecast(text, date, date, uuid, uuid, uuid, text, timestamptz, text),
+        crm.forecast_what_if(jsonb, text, date, date, uuid, uuid, uuid, text, timestamptz, text),
+        crm.forecast_changes(uuid, uuid), crm.forecast_accuracy(uuid, timestamptz)
+        TO crm_reader;
+    GRANT INSERT, UPDATE, DELETE ON crm.revenue_forecast, crm.forecast_deal TO crm_writer;
+    GRANT EXECUTE ON FUNCTION crm.snapshot_forecast(text, text, date, date, uuid, uuid, timestamptz) TO crm_writer;
+    GRANT INSERT, UPDATE, DELETE ON crm.quota TO crm_admin;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

@@ -47,7 +47,11 @@ INSERT INTO expected_key VALUES
     ('activity_weight',    '{tenant_id,activity_type}'),
     ('contact_engagement', '{tenant_id,contact_id}'),
     ('lead_engagement',    '{tenant_id,lead_id}'),
-    ('account_summary',    '{tenant_id,account_id}');
+    ('account_summary',    '{tenant_id,account_id}'),
+    -- forecasting (src/sql/86_forecast.sql)
+    ('quota',            '{tenant_id,id}'),
+    ('revenue_forecast', '{tenant_id,id}'),
+    ('forecast_deal',    '{tenant_id,forecast_id,opportunity_id}');
 
 -- The index access paths the application relies on: (table, leading keys
 -- of some index on it, unique required).  Expressions are written without
@@ -91,7 +95,8 @@ SELECT tables_are('crm', ARRAY[
     'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
     -- activity aggregation and the event outbox (issue 7)
     'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
-    'lead_engagement', 'account_summary'
+    'lead_engagement', 'account_summary',
+    'quota', 'revenue_forecast', 'forecast_deal'
 ], 'crm has exactly the tables of the core schema');
 
 SELECT views_are('crm', ARRAY['lead_kanban', 'opportunity_kanban', 'dashboard'],

@@ -39,7 +39,11 @@ SELECT t, 3 FROM unnest(ARRAY['pipeline', 'stage', 'app_user', 'team', 'team_mem
 UNION ALL
 SELECT t, 2 FROM unnest(ARRAY['event_consumer']) t
 UNION ALL
-SELECT t, 3 FROM unnest(ARRAY['engagement_setting', 'activity_weight']) t;
+SELECT t, 3 FROM unnest(ARRAY['engagement_setting', 'activity_weight']) t
+UNION ALL
+SELECT t, 2 FROM unnest(ARRAY['revenue_forecast', 'forecast_deal']) t
+UNION ALL
+SELECT 'quota', 3;
 
 -- Every function of crm and the lowest level that may execute it; NULL:
 -- no crm role (trigger functions, and what a superuser runs).
@@ -125,7 +129,21 @@ INSERT INTO func_level VALUES
     ('crm.sales_velocity(uuid,timestamp with time zone,timestamp with time zone)', 1),
     ('crm.lead_source_analytics(timestamp with time zone,timestamp with time zone)', 1),
     ('crm.rotting_deals(timestamp with time zone,uuid)', 1),
-    ('crm.owner_dashboard(timestamp with time zone,timestamp with time zone,timestamp with time zone)', 1);
+    ('crm.owner_dashboard(timestamp with time zone,timestamp with time zone,timestamp with time zone)', 1),
+    -- forecasting
+    ('crm.revenue_distribution(numeric,numeric)', 1),
+    ('crm.convert_amount(numeric,text,text,date,uuid)', 1),
+    ('crm.forecast_deals(date,date,uuid,uuid,uuid,text,timestamp with time zone,jsonb)', 1),
+    ('crm.forecast(text,date,date,uuid,uuid,uuid,text,timestamp with time zone,text)', 1),
+    ('crm.forecast_what_if(jsonb,text,date,date,uuid,uuid,uuid,text,timestamp with time zone,text)', 1),
+    ('crm.forecast_changes(uuid,uuid)', 1),
+    ('crm.forecast_accuracy(uuid,timestamp with time zone)', 1),
+    ('crm.snapshot_forecast(text,text,date,date,uuid,uuid,timestamp with time zone)', 2),
+    ('crm.revenue_distribution_accum(internal,numeric,numeric)', NULL),
+    ('crm.revenue_distribution_combine(internal,internal)', NULL),
+    ('crm.revenue_distribution_serialize(internal)', NULL),
+    ('crm.revenue_distribution_deserialize(bytea,internal)', NULL),
+    ('crm.revenue_distribution_final(internal)', NULL);
 
 -- The only SECURITY DEFINER functions: the visibility triggers written in
 -- PL/pgSQL (hierarchy refresh, delete guard).  They read and update rows the
@@ -145,7 +163,9 @@ SELECT t, '{tenant_isolation}'::name[] FROM unnest(ARRAY[
     'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
     -- activity aggregation and the event outbox (issue 7)
     'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
-    'lead_engagement', 'account_summary']) t
+    'lead_engagement', 'account_summary',
+    -- forecasting (issue 11)
+    'quota', 'revenue_forecast', 'forecast_deal']) t
 UNION ALL VALUES
     ('tenant_access', '{own_access,tenant_admin}'::name[]),
     ('currency', '{}'),
@@ -377,6 +397,7 @@ SELECT is_empty(
         JOIN pg_language l ON l.oid = p.prolang
        WHERE p.pronamespace = 'crm'::regnamespace AND l.lanname <> 'c'
          AND p.prosqlbody IS NULL
+         AND p.prokind <> 'a' -- an aggregate takes no SET; its support functions are checked
          AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
        ORDER BY 1::text$$,
     'every crm function not written in C, nor with a SQL-standard body bound at creation, runs with SET search_path = pg_catalog, pg_temp');
