@@ -96,6 +96,19 @@ SELECT count(*) AS changed_by_refresh FROM (
     EXCEPT SELECT contact_id, activity_count, counts_by_type, last_activity_at FROM before_refresh) x;
 SELECT count(*) AS mismatches FROM crm.check_aggregates();
 
+-- a statement large enough for its transition table to spill to disk
+SET work_mem = '64kB';
+INSERT INTO crm.activity (activity_type, subject, contact_id, account_id, status, occurred_at)
+SELECT (ARRAY['call', 'email', 'meeting'])[1 + i % 3], 'Bulk ' || i, :'ann', :'acme', 'completed',
+       '2025-06-01 00:00+00'::timestamptz + i * interval '1 hour'
+  FROM generate_series(1, 3000) i;
+UPDATE crm.activity SET occurred_at = occurred_at + interval '1 day' WHERE subject LIKE 'Bulk %';
+SELECT activity_count, counts_by_type FROM crm.contact_engagement WHERE contact_id = :'ann';
+DELETE FROM crm.activity WHERE subject LIKE 'Bulk %' AND activity_type = 'email';
+RESET work_mem;
+SELECT activity_count, counts_by_type FROM crm.contact_engagement WHERE contact_id = :'ann';
+SELECT count(*) AS mismatches FROM crm.check_aggregates();
+
 -- errors: nothing stored changes
 SELECT count(*) AS activities_before FROM crm.activity \gset
 SELECT try($$SELECT crm.track_activity('00000000-0000-0000-0000-000000000000', 'call')$$);

@@ -103,6 +103,9 @@ typedef struct CrmJobRequest
 
 extern pg_uuid_t crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request);
 
+/* stage.c */
+extern bool crm_stage_unlinking;
+
 /* outbox.c */
 extern int64 crm_outbox_emit(const pg_uuid_t *tenant, const char *event_type,
 							 const char *entity, const pg_uuid_t *entity_id,
@@ -111,5 +114,6 @@ extern int64 crm_outbox_emit(const pg_uuid_t *tenant, const char *event_type,
 /* tenant.c */
 extern bool crm_current_tenant_id(pg_uuid_t *tenant);
 extern bool crm_current_app_user_id(pg_uuid_t *user);
+extern bool crm_current_user_sees(Datum visible_to, bool isnull);
 
 #endif							/* CRM_H */

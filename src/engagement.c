@@ -37,6 +37,7 @@
 
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
@@ -48,6 +49,7 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 
@@ -57,6 +59,35 @@ PG_FUNCTION_INFO_V1(crm_engagement_track);
 PG_FUNCTION_INFO_V1(crm_engagement_combine);
 PG_FUNCTION_INFO_V1(crm_engagement_lead_converted);
 PG_FUNCTION_INFO_V1(crm_engagement_refresh);
+
+/*
+ * A session that writes crm rows with row_security = off can only be a
+ * superuser or BYPASSRLS role (every crm table forces row-level security,
+ * so anyone else gets an error): pg_restore and psql running a pg_dump
+ * script set it.  Such a load brings the events and aggregates with the
+ * rows, so deriving them again would double them; like replica mode, it
+ * is left alone.
+ */
+static bool
+loading_dump(void)
+{
+	return !row_security || crm_replica_skips_work();
+}
+
+/*
+ * Position a transition table at its first row for this reader: a read
+ * pointer of our own, as the executor's scan of a named tuplestore takes,
+ * so that whichever trigger read the table before, and whether it is
+ * still in memory or spilled to disk, every row is read.
+ */
+static void
+transition_rewind(Tuplestorestate *ts)
+{
+	int			ptr = tuplestore_alloc_read_pointer(ts, EXEC_FLAG_REWIND);
+
+	tuplestore_select_read_pointer(ts, ptr);
+	tuplestore_rescan(ts);
+}
 
 typedef struct AggKey
 {
@@ -211,7 +242,9 @@ type_weight(TrackState *st, const pg_uuid_t *tenant, const char *type)
 		Datum		args[2];
 		bool		isnull;
 		Datum		d;
+		HalfLifeEntry *hl;
 
+		/* the weight and, in the same query, the tenant's half-life */
 		if (weight_plan == NULL)
 		{
 			Oid			types[2] = {UUIDOID, TEXTOID};
@@ -222,7 +255,9 @@ type_weight(TrackState *st, const pg_uuid_t *tenant, const char *type)
 									   "   WHERE w.tenant_id OPERATOR(pg_catalog.=) $1"
 									   "   AND w.activity_type OPERATOR(pg_catalog.=) $2),"
 									   " (SELECT t.default_weight FROM crm.activity_type t"
-									   "   WHERE t.code OPERATOR(pg_catalog.=) $2), 0))",
+									   "   WHERE t.code OPERATOR(pg_catalog.=) $2), 0)),"
+									   " (SELECT pg_catalog.float8(pg_catalog.date_part('epoch', s.half_life))"
+									   "   FROM crm.engagement_setting s WHERE s.tenant_id OPERATOR(pg_catalog.=) $1)",
 									   2, types);
 		}
 		args[0] = UUIDPGetDatum(tenant);
@@ -231,6 +266,13 @@ type_weight(TrackState *st, const pg_uuid_t *tenant, const char *type)
 			elog(ERROR, "could not read the weight of activity type \"%s\"", type);
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		entry->weight = isnull ? 0 : DatumGetFloat8(d);
+		hl = hash_search(st->half_lives, tenant, HASH_ENTER, &found);
+		if (!found)
+		{
+			/* no setting: the default of crm.engagement_half_life(), 30 days */
+			d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+			hl->seconds = isnull ? 30.0 * 86400.0 : DatumGetFloat8(d);
+		}
 	}
 	return entry->weight;
 }
@@ -254,13 +296,15 @@ tenant_half_life(TrackState *st, const pg_uuid_t *tenant)
 			Oid			types[1] = {UUIDOID};
 
 			half_life_plan = prepare_kept(
-										  "SELECT pg_catalog.float8(pg_catalog.date_part('epoch', crm.engagement_half_life($1)))",
+										  "SELECT pg_catalog.float8(pg_catalog.date_part('epoch', s.half_life))"
+										  " FROM crm.engagement_setting s WHERE s.tenant_id OPERATOR(pg_catalog.=) $1",
 										  1, types);
 		}
-		if (SPI_execute_plan(half_life_plan, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		if (SPI_execute_plan(half_life_plan, args, NULL, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read the engagement half-life");
-		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		entry->seconds = isnull ? 30.0 * 86400.0 : DatumGetFloat8(d);
+		/* no setting: the default of crm.engagement_half_life(), 30 days */
+		d = SPI_processed == 1 ? SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull) : (Datum) 0;
+		entry->seconds = (SPI_processed != 1 || isnull) ? 30.0 * 86400.0 : DatumGetFloat8(d);
 	}
 	return entry->seconds;
 }
@@ -595,8 +639,10 @@ static const char *const engagement_upsert_sql =
 " ORDER BY x.k"
 " ON CONFLICT (tenant_id, %s) DO UPDATE SET"
 " activity_count = e.activity_count OPERATOR(pg_catalog.+) excluded.activity_count,"
-" counts_by_type = crm.engagement_add_counts(e.counts_by_type, excluded.counts_by_type),"
-" counts_by_module = crm.engagement_add_counts(e.counts_by_module, excluded.counts_by_module),"
+" counts_by_type = CASE WHEN excluded.counts_by_type OPERATOR(pg_catalog.=) '{}' THEN e.counts_by_type"
+"  ELSE crm.engagement_add_counts(e.counts_by_type, excluded.counts_by_type) END,"
+" counts_by_module = CASE WHEN excluded.counts_by_module OPERATOR(pg_catalog.=) '{}' THEN e.counts_by_module"
+"  ELSE crm.engagement_add_counts(e.counts_by_module, excluded.counts_by_module) END,"
 " first_activity_at = LEAST(e.first_activity_at, excluded.first_activity_at),"
 " last_activity_at = GREATEST(e.last_activity_at, excluded.last_activity_at),"
 " last_inbound_at = GREATEST(e.last_inbound_at, excluded.last_inbound_at),"
@@ -770,8 +816,10 @@ account_write(AggDelta **deltas, int n)
 										   " activity_count = e.activity_count OPERATOR(pg_catalog.+) excluded.activity_count,"
 										   " last_activity_at = GREATEST(e.last_activity_at, excluded.last_activity_at),"
 										   " open_opportunity_count = e.open_opportunity_count OPERATOR(pg_catalog.+) excluded.open_opportunity_count,"
-										   " open_amounts = crm.engagement_add_amounts(e.open_amounts, excluded.open_amounts),"
-										   " won_amounts = crm.engagement_add_amounts(e.won_amounts, excluded.won_amounts)",
+										   " open_amounts = CASE WHEN excluded.open_amounts OPERATOR(pg_catalog.=) '{}' THEN e.open_amounts"
+										   "  ELSE crm.engagement_add_amounts(e.open_amounts, excluded.open_amounts) END,"
+										   " won_amounts = CASE WHEN excluded.won_amounts OPERATOR(pg_catalog.=) '{}' THEN e.won_amounts"
+										   "  ELSE crm.engagement_add_amounts(e.won_amounts, excluded.won_amounts) END",
 										   9, types);
 	}
 	if (account_fix_plan == NULL)
@@ -878,7 +926,7 @@ crm_engagement_track(PG_FUNCTION_ARGS)
 	int			contact_att[2];
 
 	crm_require_trigger(fcinfo, "engagement_track", false, false);
-	if (crm_replica_skips_work())
+	if (loading_dump())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;
@@ -944,12 +992,12 @@ crm_engagement_track(PG_FUNCTION_ARGS)
 	if (oldrows)
 	{
 		oldslot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
-		tuplestore_rescan(oldrows);
+		transition_rewind(oldrows);
 	}
 	if (newrows)
 	{
 		newslot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
-		tuplestore_rescan(newrows);
+		transition_rewind(newrows);
 	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -963,9 +1011,18 @@ crm_engagement_track(PG_FUNCTION_ARGS)
 
 		for (;;)
 		{
-			bool		have_old = oldrows && tuplestore_gettupleslot(oldrows, true, false, oldslot);
-			bool		have_new = newrows && tuplestore_gettupleslot(newrows, true, false, newslot);
+			bool		have_old;
+			bool		have_new;
 
+			/*
+			 * A spilled transition table hands out each row in memory of the
+			 * current context, freed by the slot at the next fetch: fetch
+			 * outside the per-row context that is reset below.
+			 */
+			MemoryContextSwitchTo(st.cxt);
+			have_old = oldrows && tuplestore_gettupleslot(oldrows, true, false, oldslot);
+			have_new = newrows && tuplestore_gettupleslot(newrows, true, false, newslot);
+			MemoryContextSwitchTo(rowcxt);
 			if (!have_old && !have_new)
 				break;
 			MemoryContextReset(rowcxt);
@@ -1064,7 +1121,7 @@ crm_engagement_lead_converted(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("function \"engagement_lead_converted\" must be fired AFTER UPDATE with transition tables")));
-	if (crm_replica_skips_work())
+	if (loading_dump())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;
@@ -1074,8 +1131,8 @@ crm_engagement_lead_converted(PG_FUNCTION_ARGS)
 	account_att = crm_attnum(rel, "converted_account_id", UUIDOID);
 	oldslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
 	newslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
-	tuplestore_rescan(trigdata->tg_oldtable);
-	tuplestore_rescan(trigdata->tg_newtable);
+	transition_rewind(trigdata->tg_oldtable);
+	transition_rewind(trigdata->tg_newtable);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	while (tuplestore_gettupleslot(trigdata->tg_newtable, true, false, newslot))
@@ -1208,4 +1265,105 @@ crm_engagement_refresh(PG_FUNCTION_ARGS)
 	PG_END_TRY();
 	SPI_finish();
 	PG_RETURN_VOID();
+}
+
+/* One key of a merged object and its running sum. */
+typedef struct MergeItem
+{
+	char	   *key;
+	int			keylen;
+	Datum		sum;			/* numeric */
+} MergeItem;
+
+static void
+merge_object(Jsonb *obj, MergeItem **items, int *n, int *cap)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	   *key = NULL;
+	int			keylen = 0;
+
+	if (!JB_ROOT_IS_OBJECT(obj))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("counts must be a JSON object")));
+	it = JsonbIteratorInit(&obj->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			key = v.val.string.val;
+			keylen = v.val.string.len;
+		}
+		else if (tok == WJB_VALUE)
+		{
+			int			i;
+
+			if (v.type != jbvNumeric)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("counts must be numbers")));
+			for (i = 0; i < *n; i++)
+				if ((*items)[i].keylen == keylen && memcmp((*items)[i].key, key, keylen) == 0)
+					break;
+			if (i == *n)
+			{
+				if (*n == *cap)
+				{
+					*cap *= 2;
+					*items = repalloc(*items, sizeof(MergeItem) * *cap);
+				}
+				(*items)[i].key = key;
+				(*items)[i].keylen = keylen;
+				(*items)[i].sum = NumericGetDatum(v.val.numeric);
+				(*n)++;
+			}
+			else
+				(*items)[i].sum = DirectFunctionCall2(numeric_add, (*items)[i].sum,
+													  NumericGetDatum(v.val.numeric));
+		}
+	}
+}
+
+/*
+ * crm.engagement_add_counts(a, b) and crm.engagement_add_amounts(a, b):
+ * two {"name": number} objects added key by key, keys whose sum is zero left
+ * out.  In C because the upserts call them once per aggregate row.
+ */
+PG_FUNCTION_INFO_V1(crm_engagement_add_counts);
+
+Datum
+crm_engagement_add_counts(PG_FUNCTION_ARGS)
+{
+	int			n = 0;
+	int			cap = 8;
+	MergeItem  *items = palloc(sizeof(MergeItem) * cap);
+	JsonbParseState *state = NULL;
+	JsonbValue *res;
+	Datum		zero = DirectFunctionCall1(int8_numeric, Int64GetDatum(0));
+
+	if (!PG_ARGISNULL(0))
+		merge_object(PG_GETARG_JSONB_P(0), &items, &n, &cap);
+	if (!PG_ARGISNULL(1))
+		merge_object(PG_GETARG_JSONB_P(1), &items, &n, &cap);
+
+	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue	k;
+		JsonbValue	v;
+
+		if (DatumGetBool(DirectFunctionCall2(numeric_eq, items[i].sum, zero)))
+			continue;
+		k.type = jbvString;
+		k.val.string.val = items[i].key;
+		k.val.string.len = items[i].keylen;
+		v.type = jbvNumeric;
+		v.val.numeric = DatumGetNumeric(items[i].sum);
+		(void) pushJsonbValue(&state, WJB_KEY, &k);
+		(void) pushJsonbValue(&state, WJB_VALUE, &v);
+	}
+	res = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	PG_RETURN_JSONB_P(JsonbValueToJsonb(res));
 }

@@ -29,6 +29,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
@@ -38,6 +39,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
@@ -46,6 +48,35 @@ PG_FUNCTION_INFO_V1(crm_outbox_emit_event);
 PG_FUNCTION_INFO_V1(crm_outbox_event_head);
 PG_FUNCTION_INFO_V1(crm_outbox_event_limit);
 PG_FUNCTION_INFO_V1(crm_outbox_record_events);
+
+/*
+ * A session that writes crm rows with row_security = off can only be a
+ * superuser or BYPASSRLS role (every crm table forces row-level security,
+ * so anyone else gets an error): pg_restore and psql running a pg_dump
+ * script set it.  Such a load brings the events and aggregates with the
+ * rows, so deriving them again would double them; like replica mode, it
+ * is left alone.
+ */
+static bool
+loading_dump(void)
+{
+	return !row_security || crm_replica_skips_work();
+}
+
+/*
+ * Position a transition table at its first row for this reader: a read
+ * pointer of our own, as the executor's scan of a named tuplestore takes,
+ * so that whichever trigger read the table before, and whether it is
+ * still in memory or spilled to disk, every row is read.
+ */
+static void
+transition_rewind(Tuplestorestate *ts)
+{
+	int			ptr = tuplestore_alloc_read_pointer(ts, EXEC_FLAG_REWIND);
+
+	tuplestore_select_read_pointer(ts, ptr);
+	tuplestore_rescan(ts);
+}
 
 #define POSITION_SHIFT 24
 #define POSITION_MAX_PER_XACT ((1 << POSITION_SHIFT) - 1)
@@ -796,7 +827,7 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("function \"outbox_record_events\" must be fired AFTER INSERT or UPDATE with transition tables")));
 
-	if (crm_replica_skips_work())
+	if (loading_dump())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;
@@ -814,12 +845,12 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 
 	newrows = trigdata->tg_newtable;
 	newslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
-	tuplestore_rescan(newrows);
+	transition_rewind(newrows);
 	if (is_update)
 	{
 		oldrows = trigdata->tg_oldtable;
 		oldslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
-		tuplestore_rescan(oldrows);
+		transition_rewind(oldrows);
 	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)

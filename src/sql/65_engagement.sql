@@ -142,41 +142,30 @@ BEGIN
         EXECUTE format('ALTER TABLE crm.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE crm.%I FORCE ROW LEVEL SECURITY', t);
         EXECUTE format('CREATE POLICY tenant_isolation ON crm.%I'
-                       ' USING (tenant_id = (SELECT crm.current_tenant()))'
-                       ' WITH CHECK (tenant_id = (SELECT crm.current_tenant()))', t);
+                       ' USING (tenant_id = crm.current_tenant())'
+                       ' WITH CHECK (tenant_id = crm.current_tenant())', t);
         EXECUTE format('COMMENT ON POLICY tenant_isolation ON crm.%I IS %L', t,
                        'Rows of the tenant the statement acts for (crm.current_tenant()) only');
     END LOOP;
 END
 $$;
 
+-- The latest and earliest activity of a lead, as the contact and account
+-- indexes of src/sql/40_activity.sql give them for contacts and accounts:
+-- what the triggers read back after a delete.
+CREATE INDEX activity_lead_time_idx ON crm.activity (tenant_id, lead_id, occurred_at DESC);
+
 -- Merging deltas --------------------------------------------------------------
 
 CREATE FUNCTION crm.engagement_add_counts(a jsonb, b jsonb) RETURNS jsonb
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-        SELECT coalesce(jsonb_object_agg(x.k, x.n), '{}')
-          FROM (SELECT s.k, sum(s.n) AS n
-                  FROM (SELECT e.key AS k, (e.value #>> '{}')::bigint AS n FROM jsonb_each(coalesce($1, '{}')) e
-                        UNION ALL
-                        SELECT e.key, (e.value #>> '{}')::bigint FROM jsonb_each(coalesce($2, '{}')) e) s
-                 GROUP BY s.k HAVING sum(s.n) <> 0) x
-    $$;
+    AS 'MODULE_PATHNAME', 'crm_engagement_add_counts'
+    LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION crm.engagement_add_counts(jsonb, jsonb) IS
     'Internal: two {"name": count} objects added key by key, zero counts left out';
 
 CREATE FUNCTION crm.engagement_add_amounts(a jsonb, b jsonb) RETURNS jsonb
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-        SELECT coalesce(jsonb_object_agg(x.k, x.n), '{}')
-          FROM (SELECT s.k, sum(s.n) AS n
-                  FROM (SELECT e.key AS k, (e.value #>> '{}')::numeric AS n FROM jsonb_each(coalesce($1, '{}')) e
-                        UNION ALL
-                        SELECT e.key, (e.value #>> '{}')::numeric FROM jsonb_each(coalesce($2, '{}')) e) s
-                 GROUP BY s.k HAVING sum(s.n) <> 0) x
-    $$;
+    AS 'MODULE_PATHNAME', 'crm_engagement_add_counts'
+    LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION crm.engagement_add_amounts(jsonb, jsonb) IS
     'Internal: two {"currency": amount} objects added currency by currency (never across), zero amounts left out';
 
@@ -201,7 +190,14 @@ COMMENT ON FUNCTION crm.engagement_half_life(uuid) IS
 
 -- Recomputation from the rows (repair, tests, check) ---------------------
 
-CREATE VIEW crm.engagement_recomputed WITH (security_invoker = true) AS
+CREATE FUNCTION crm.engagement_recomputed()
+    RETURNS TABLE (tenant_id uuid, kind text, id uuid, activity_count bigint, counts_by_type jsonb,
+                   counts_by_module jsonb, first_activity_at timestamptz, last_activity_at timestamptz,
+                   last_inbound_at timestamptz, last_outbound_at timestamptz, last_meeting_at timestamptz,
+                   score_value float8, score_ref timestamptz)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
 WITH counted AS (
     SELECT a.tenant_id, k.kind, k.id, a.activity_type, a.module, a.direction, a.occurred_at,
            coalesce(w.weight, ty.default_weight)::float8 AS weight
@@ -216,14 +212,12 @@ WITH counted AS (
            max(c.occurred_at) FILTER (WHERE c.direction = 'inbound') AS last_inbound_at,
            max(c.occurred_at) FILTER (WHERE c.direction = 'outbound') AS last_outbound_at,
            max(c.occurred_at) FILTER (WHERE c.activity_type = 'meeting') AS last_meeting_at,
-           sum(c.weight * pow(2::float8, -extract(epoch FROM max_t.t - c.occurred_at)::float8
-                                          / extract(epoch FROM crm.engagement_half_life(c.tenant_id))::float8))
-               AS score_value,
-           max_t.t AS score_ref
-      FROM counted c
-     CROSS JOIN LATERAL (SELECT max(c2.occurred_at) AS t FROM counted c2
-                          WHERE c2.tenant_id = c.tenant_id AND c2.kind = c.kind AND c2.id = c.id) max_t
-     GROUP BY c.tenant_id, c.kind, c.id, max_t.t
+           sum(c.weight * pow(2::float8, -extract(epoch FROM c.ref - c.occurred_at)::float8 / c.h)) AS score_value,
+           max(c.ref) AS score_ref
+      FROM (SELECT x.*, max(x.occurred_at) OVER (PARTITION BY x.tenant_id, x.kind, x.id) AS ref,
+                   extract(epoch FROM crm.engagement_half_life(x.tenant_id))::float8 AS h
+              FROM counted x) c
+     GROUP BY c.tenant_id, c.kind, c.id
 ), by_type AS (
     SELECT x.tenant_id, x.kind, x.id, jsonb_object_agg(x.activity_type, x.n) AS counts
       FROM (SELECT tenant_id, kind, id, activity_type, count(*) AS n FROM counted
@@ -240,11 +234,18 @@ SELECT t.tenant_id, t.kind, t.id, t.activity_count, bt.counts AS counts_by_type,
        t.score_value, t.score_ref
   FROM totals t
   JOIN by_type bt USING (tenant_id, kind, id)
-  JOIN by_module bm USING (tenant_id, kind, id);
-COMMENT ON VIEW crm.engagement_recomputed IS
-    'Internal: the contact and lead aggregates computed afresh from the activity rows (kind contact or lead), for crm.refresh_aggregates() and crm.check_aggregates()';
+  JOIN by_module bm USING (tenant_id, kind, id)
+    $$;
+COMMENT ON FUNCTION crm.engagement_recomputed() IS
+    'The contact and lead aggregates (kind contact or lead) computed afresh from the activity rows the caller sees, as crm.check_aggregates() and crm.refresh_aggregates() compare and rebuild them';
 
-CREATE VIEW crm.account_summary_recomputed WITH (security_invoker = true) AS
+CREATE FUNCTION crm.account_summary_recomputed()
+    RETURNS TABLE (tenant_id uuid, account_id uuid, contact_count bigint, activity_count bigint,
+                   last_activity_at timestamptz, open_opportunity_count bigint, open_amounts jsonb,
+                   won_amounts jsonb)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
 WITH keys AS (
     SELECT tenant_id, account_id FROM crm.contact WHERE account_id IS NOT NULL
     UNION
@@ -270,9 +271,10 @@ SELECT k.tenant_id, k.account_id,
   FROM keys k
  CROSS JOIN LATERAL (SELECT count(*) AS n, max(x.occurred_at) AS last_at FROM crm.activity x
                       WHERE x.tenant_id = k.tenant_id AND x.account_id = k.account_id
-                        AND x.status = 'completed') a;
-COMMENT ON VIEW crm.account_summary_recomputed IS
-    'Internal: the account roll-ups computed afresh from the rows, for crm.refresh_aggregates() and crm.check_aggregates()';
+                        AND x.status = 'completed') a
+    $$;
+COMMENT ON FUNCTION crm.account_summary_recomputed() IS
+    'The account roll-ups computed afresh from the rows the caller sees, as crm.check_aggregates() and crm.refresh_aggregates() compare and rebuild them';
 
 CREATE FUNCTION crm.aggregates_rebuild(target uuid) RETURNS void
     LANGUAGE plpgsql VOLATILE
@@ -290,7 +292,7 @@ BEGIN
                                         last_meeting_at, score_value, score_ref)
     SELECT r.tenant_id, r.id, r.activity_count, r.counts_by_type, r.counts_by_module, r.first_activity_at,
            r.last_activity_at, r.last_inbound_at, r.last_outbound_at, r.last_meeting_at, r.score_value, r.score_ref
-      FROM crm.engagement_recomputed r
+      FROM crm.engagement_recomputed() r
      WHERE r.kind = 'contact' AND (target IS NULL OR r.tenant_id = target)
      ORDER BY r.tenant_id, r.id;
     INSERT INTO crm.lead_engagement (tenant_id, lead_id, activity_count, counts_by_type, counts_by_module,
@@ -298,14 +300,14 @@ BEGIN
                                      last_meeting_at, score_value, score_ref)
     SELECT r.tenant_id, r.id, r.activity_count, r.counts_by_type, r.counts_by_module, r.first_activity_at,
            r.last_activity_at, r.last_inbound_at, r.last_outbound_at, r.last_meeting_at, r.score_value, r.score_ref
-      FROM crm.engagement_recomputed r
+      FROM crm.engagement_recomputed() r
      WHERE r.kind = 'lead' AND (target IS NULL OR r.tenant_id = target)
      ORDER BY r.tenant_id, r.id;
     INSERT INTO crm.account_summary (tenant_id, account_id, contact_count, activity_count, last_activity_at,
                                      open_opportunity_count, open_amounts, won_amounts)
     SELECT r.tenant_id, r.account_id, r.contact_count, r.activity_count, r.last_activity_at,
            r.open_opportunity_count, r.open_amounts, r.won_amounts
-      FROM crm.account_summary_recomputed r
+      FROM crm.account_summary_recomputed() r
      WHERE target IS NULL OR r.tenant_id = target
      ORDER BY r.tenant_id, r.account_id;
 END
@@ -358,7 +360,7 @@ CREATE FUNCTION crm.check_aggregates()
                END AS r_score,
                s.score_ref AS s_ref, r.score_ref AS r_ref
           FROM eng s
-          FULL JOIN crm.engagement_recomputed r
+          FULL JOIN crm.engagement_recomputed() r
             ON r.kind = s.kind AND r.tenant_id = s.tenant_id AND r.id = s.id
     )
     SELECT c.kind, c.tenant_id, c.id,
@@ -382,7 +384,7 @@ CREATE FUNCTION crm.check_aggregates()
     SELECT 'account', coalesce(s.tenant_id, r.tenant_id), coalesce(s.account_id, r.account_id),
            to_jsonb(s) - 'created_at' - 'updated_at', to_jsonb(r)
       FROM crm.account_summary s
-      FULL JOIN crm.account_summary_recomputed r
+      FULL JOIN crm.account_summary_recomputed() r
         ON r.tenant_id = s.tenant_id AND r.account_id = s.account_id
      WHERE coalesce(s.contact_count, 0) <> coalesce(r.contact_count, 0)
         OR coalesce(s.activity_count, 0) <> coalesce(r.activity_count, 0)
@@ -579,9 +581,17 @@ CREATE FUNCTION crm.engagement_settings_changed() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    -- a tenant's own setting: its aggregates; a built-in default changed by
-    -- an operator acting for no tenant: every tenant's
-    PERFORM crm.refresh_aggregates(crm.current_tenant());
+    -- a restore (row_security off, replica mode) brings the aggregates with it
+    IF current_setting('row_security') = 'off' OR current_setting('session_replication_role') = 'replica' THEN
+        RETURN NULL;
+    END IF;
+    IF TG_TABLE_NAME = 'activity_type' THEN
+        -- a default weight (only an operator may change one): every tenant's
+        PERFORM crm.refresh_aggregates(t.tenant_id) FROM crm.tenant t ORDER BY t.tenant_id;
+    ELSE
+        -- a tenant's own weight or half-life: its aggregates
+        PERFORM crm.refresh_aggregates(crm.current_tenant());
+    END IF;
     RETURN NULL;
 END
 $$;

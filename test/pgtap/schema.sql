@@ -24,7 +24,8 @@ INSERT INTO expected_key VALUES
     ('app_user',        '{tenant_id,id}'),
     ('team',            '{tenant_id,id}'),
     ('team_member',     '{tenant_id,team_id,user_id}'),
-    ('tenant_access',   '{tenant_id,login_role}'),
+    ('tenant_access',   '{tenant_id,role_oid}'),
+    ('app_access',      '{tenant_id,role_oid}'),
     ('pipeline',        '{tenant_id,id}'),
     ('stage',           '{tenant_id,id}'),
     ('account',         '{tenant_id,id}'),
@@ -54,7 +55,11 @@ INSERT INTO expected_key VALUES
     ('activity_weight',    '{tenant_id,activity_type}'),
     ('contact_engagement', '{tenant_id,contact_id}'),
     ('lead_engagement',    '{tenant_id,lead_id}'),
-    ('account_summary',    '{tenant_id,account_id}');
+    ('account_summary',    '{tenant_id,account_id}'),
+    -- forecasting (src/sql/86_forecast.sql)
+    ('quota',            '{tenant_id,id}'),
+    ('revenue_forecast', '{tenant_id,id}'),
+    ('forecast_deal',    '{tenant_id,forecast_id,opportunity_id}');
 
 -- The index access paths the application relies on: (table, leading keys
 -- of some index on it, unique required).  Expressions are written without
@@ -93,18 +98,17 @@ SELECT plan(19 + (SELECT count(*)::int FROM expected_key) + (SELECT count(*)::in
 -- Tables and views --------------------------------------------------------
 
 SELECT tables_are('crm', ARRAY[
-    'tenant', 'currency', 'currency_rate', 'app_user', 'team', 'team_member', 'tenant_access',
+    'tenant', 'currency', 'currency_rate', 'app_user', 'team', 'team_member', 'tenant_access', 'app_access',
     'pipeline', 'stage', 'account', 'contact', 'lead', 'opportunity', 'activity_type', 'activity',
     'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
     'job', 'job_archive', 'job_key', 'job_action', 'workflow_event', 'workflow_rule', 'inbound_event', 'job_debounce',
     -- activity aggregation and the event outbox (issue 7)
     'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
-    'lead_engagement', 'account_summary'
+    'lead_engagement', 'account_summary',
+    'quota', 'revenue_forecast', 'forecast_deal'
 ], 'crm has exactly the tables of the core schema');
 
-SELECT views_are('crm', ARRAY['lead_kanban', 'opportunity_kanban', 'dashboard',
-                              -- issue 7
-                              'engagement_recomputed', 'account_summary_recomputed'],
+SELECT views_are('crm', ARRAY['lead_kanban', 'opportunity_kanban', 'dashboard'],
     'crm has exactly the kanban and dashboard views');
 
 -- Keys ----------------------------------------------------------------------
@@ -170,11 +174,11 @@ SELECT is_empty(
         FROM tenant_table t
         JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = t.tenant_attnum
         LEFT JOIN pg_attrdef d ON d.adrelid = t.oid AND d.adnum = a.attnum
-       WHERE t.relname NOT IN ('tenant', 'tenant_access')
+       WHERE t.relname NOT IN ('tenant', 'tenant_access', 'app_access')
          AND (a.atttypid <> 'uuid'::regtype
               OR pg_get_expr(d.adbin, d.adrelid) IS DISTINCT FROM 'crm.current_tenant()')
        ORDER BY 1$$,
-    'tenant_id is a uuid defaulting to crm.current_tenant() in every tenant table but tenant and tenant_access');
+    'tenant_id is a uuid defaulting to crm.current_tenant() in every tenant table but tenant, tenant_access and app_access');
 
 SELECT col_hasnt_default('crm', 'tenant_access', 'tenant_id',
     'crm.tenant_access.tenant_id has no default: a mapping always names its tenant');

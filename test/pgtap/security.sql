@@ -8,7 +8,8 @@
 --     SELECT on every table and view, crm_writer adds DML on the records,
 --     crm_admin adds DML on the configuration; EXECUTE likewise by level;
 --   * hardening rules that hold for every object (search_path pinned, no
---     SECURITY DEFINER or LEAKPROOF, nothing for PUBLIC).
+--     LEAKPROOF, SECURITY DEFINER only for the listed visibility triggers,
+--     nothing for PUBLIC).
 -- The matrix is generated over every table, view and function found in the
 -- catalogs, so an object missing from the design tables below gets the
 -- lowest expectation (or fails the classification test) instead of being
@@ -39,6 +40,10 @@ UNION ALL
 SELECT t, 2 FROM unnest(ARRAY['event_consumer']) t
 UNION ALL
 SELECT t, 3 FROM unnest(ARRAY['engagement_setting', 'activity_weight']) t
+UNION ALL
+SELECT t, 2 FROM unnest(ARRAY['revenue_forecast', 'forecast_deal']) t
+UNION ALL
+SELECT 'quota', 3
 -- job queue and workflow rules (issue 12): jobs are written by the queue's
 -- functions only; inbound events by crm.consume_event() as the writer
 UNION ALL
@@ -61,11 +66,10 @@ INSERT INTO func_level VALUES
     ('crm.casefold(text)', 1),
     ('crm.is_blank(text)', 1),
     ('crm.uuid_generate_v7()', 2),
-    ('crm.stage_for_move(text,uuid,uuid,uuid,uuid)', 2),
-    ('crm.pipeline_closing_stage(uuid,uuid,text)', 2),
     ('crm.lead_move_stage(uuid,uuid)', 2),
     ('crm.opportunity_move_stage(uuid,uuid)', 2),
-    ('crm.opportunity_close(uuid,text,text)', 2),
+    ('crm.opportunity_reopen(uuid,uuid)', 2),
+    ('crm.lead_reopen(uuid,uuid)', 2),
     ('crm.opportunity_mark_won(uuid)', 2),
     ('crm.opportunity_mark_lost(uuid,text)', 2),
     ('crm.lead_mark_lost(uuid,text)', 2),
@@ -75,18 +79,34 @@ INSERT INTO func_level VALUES
     ('crm.activity_sync()', NULL),
     ('crm.stage_sync()', NULL),
     ('crm.stage_history_record()', NULL),
+    ('crm.stage_follow()', NULL),
+    ('crm.clear_links()', NULL),
     ('crm.touch_updated_at()', NULL),
     ('crm.stamp_flag_times()', NULL),
     ('crm.create_tenant(text)', NULL),
     ('crm.setup_roles()', NULL),
     ('crm.revoke_statistics_access()', NULL),
     ('crm.load_demo(text,timestamp with time zone)', NULL),
+    -- tenancy and owner visibility (issue 8 items 1 and 3): triggers and
+    -- internal helpers, granted to no crm role
+    ('crm.tenant_access_check()', NULL),
+    ('crm.tenant_require()', NULL),
+    ('crm.owner_scope(uuid,uuid)', NULL),
+    ('crm.visibility_row()', NULL),
+    ('crm.visibility_propagate()', NULL),
+    ('crm.visibility_delete_guard()', NULL),
+    ('crm.visibility_refresh(uuid)', NULL),
+    ('crm.visibility_refresh_records(uuid,uuid[])', NULL),
+    ('crm.visibility_hierarchy()', NULL),
+    ('crm.owner_chain_keep()', NULL),
     -- activity aggregation, engagement and the event outbox (issue 7)
     ('crm.engagement_half_life(uuid)', 1),
     ('crm.engagement_decayed(uuid,text,uuid,timestamp with time zone)', 1),
     ('crm.engagement_score(uuid,timestamp with time zone)', 1),
     ('crm.lead_engagement_score(uuid,timestamp with time zone)', 1),
     ('crm.check_aggregates()', 1),
+    ('crm.engagement_recomputed()', 1),
+    ('crm.account_summary_recomputed()', 1),
     ('crm.event_head()', 1),
     ('crm.event_limit()', 1),
     ('crm.read_events(bigint,integer)', 1),
@@ -106,6 +126,30 @@ INSERT INTO func_level VALUES
     ('crm.engagement_lead_converted()', NULL),
     ('crm.engagement_settings_changed()', NULL),
     ('crm.outbox_record_events()', NULL),
+    ('crm.analytics_amount(numeric,text,date,uuid)', 1),
+    ('crm.pipeline_funnel(uuid,timestamp with time zone,timestamp with time zone)', 1),
+    ('crm.win_rate(text,timestamp with time zone,timestamp with time zone,uuid)', 1),
+    ('crm.opportunity_stays(timestamp with time zone,uuid)', 1),
+    ('crm.time_in_stage(uuid,timestamp with time zone)', 1),
+    ('crm.sales_cycle(uuid,timestamp with time zone,timestamp with time zone)', 1),
+    ('crm.sales_velocity(uuid,timestamp with time zone,timestamp with time zone)', 1),
+    ('crm.lead_source_analytics(timestamp with time zone,timestamp with time zone)', 1),
+    ('crm.rotting_deals(timestamp with time zone,uuid)', 1),
+    ('crm.owner_dashboard(timestamp with time zone,timestamp with time zone,timestamp with time zone)', 1),
+    -- forecasting
+    ('crm.revenue_distribution(numeric,numeric)', 1),
+    ('crm.convert_amount(numeric,text,text,date,uuid)', 1),
+    ('crm.forecast_deals(date,date,uuid,uuid,uuid,text,timestamp with time zone,jsonb)', 1),
+    ('crm.forecast(text,date,date,uuid,uuid,uuid,text,timestamp with time zone,text)', 1),
+    ('crm.forecast_what_if(jsonb,text,date,date,uuid,uuid,uuid,text,timestamp with time zone,text)', 1),
+    ('crm.forecast_changes(uuid,uuid)', 1),
+    ('crm.forecast_accuracy(uuid,timestamp with time zone)', 1),
+    ('crm.snapshot_forecast(text,text,date,date,uuid,uuid,timestamp with time zone)', 2),
+    ('crm.revenue_distribution_accum(internal,numeric,numeric)', NULL),
+    ('crm.revenue_distribution_combine(internal,internal)', NULL),
+    ('crm.revenue_distribution_serialize(internal)', NULL),
+    ('crm.revenue_distribution_deserialize(bytea,internal)', NULL),
+    ('crm.revenue_distribution_final(internal)', NULL),
     -- job queue and workflow rules (issue 12)
     ('crm.validate_rule(jsonb)', 1),
     ('crm.idempotency_key(text[])', 1),
@@ -127,20 +171,29 @@ INSERT INTO func_level VALUES
     ('crm.schedule_maintenance()', NULL),
     ('crm.unschedule_maintenance()', NULL);
 
+-- The only SECURITY DEFINER functions: the visibility triggers written in
+-- PL/pgSQL (hierarchy refresh, delete guard).  They read and update rows the
+-- writer cannot see, act only on the tenant of the row that fired them, and
+-- are granted to no one.
+CREATE TEMP TABLE definer_function (sig text PRIMARY KEY);
+INSERT INTO definer_function VALUES
+    ('crm.visibility_delete_guard()'), ('crm.visibility_refresh(uuid)'),
+    ('crm.visibility_refresh_records(uuid,uuid[])'), ('crm.visibility_hierarchy()');
+
 -- The row-level security policies of every table.
 CREATE TEMP TABLE table_policies (tbl name PRIMARY KEY, policies name[] NOT NULL);
 INSERT INTO table_policies
 SELECT t, '{tenant_isolation}'::name[] FROM unnest(ARRAY[
     'tenant', 'currency_rate', 'app_user', 'team', 'team_member', 'pipeline', 'stage', 'tag',
+    'app_access', 'account', 'contact', 'lead', 'opportunity', 'activity',
     'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
     -- activity aggregation and the event outbox (issue 7)
     'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
     'lead_engagement', 'account_summary',
+    -- forecasting (issue 11)
+    'quota', 'revenue_forecast', 'forecast_deal',
     -- job queue and workflow rules (issue 12)
     'job', 'job_archive', 'job_key', 'workflow_rule', 'inbound_event', 'job_debounce']) t
-UNION ALL
-SELECT t, '{tenant_isolation,owner_visibility}'::name[] FROM unnest(ARRAY[
-    'account', 'contact', 'lead', 'opportunity', 'activity']) t
 UNION ALL VALUES
     ('tenant_access', '{own_access,tenant_admin}'::name[]),
     ('currency', '{}'),
@@ -224,36 +277,38 @@ SELECT is_empty(
        ORDER BY 1$$,
     'row-level security is enabled and forced on every table with tenant_id');
 
+-- One permissive policy per table: Citus copies a restrictive policy to
+-- the shards as a permissive one.  On the records and what hangs off them
+-- it carries owner visibility as well.
 SELECT is_empty(
     $$SELECT p.polrelid::regclass, p.polpermissive, p.polcmd, p.polroles,
              pg_get_expr(p.polqual, p.polrelid) AS using, pg_get_expr(p.polwithcheck, p.polrelid) AS check
         FROM pg_policy p
        WHERE p.polname = 'tenant_isolation'
          AND NOT (p.polpermissive AND p.polcmd = '*' AND p.polroles = '{0}'
-                  AND pg_get_expr(p.polqual, p.polrelid) = '(tenant_id = ( SELECT crm.current_tenant() AS current_tenant))'
+                  AND pg_get_expr(p.polqual, p.polrelid)
+                      = CASE WHEN EXISTS (SELECT 1 FROM pg_attribute a
+                                           WHERE a.attrelid = p.polrelid AND a.attname = 'visible_to')
+                             THEN '((tenant_id = crm.current_tenant()) AND ((visible_to IS NULL) OR (crm.current_user_id() = ANY (visible_to)) OR crm.is_admin()))'
+                             ELSE '(tenant_id = crm.current_tenant())' END
                   AND pg_get_expr(p.polwithcheck, p.polrelid) = pg_get_expr(p.polqual, p.polrelid))
        ORDER BY 1::text$$,
-    'every tenant_isolation policy is permissive, for all commands and roles, reading and writing only tenant_id = (SELECT crm.current_tenant())');
+    'every tenant_isolation policy is permissive, for all commands and roles, reading and writing only tenant_id = crm.current_tenant() (no sub-select: Citus refuses them), and on rows with visible_to only those the user sees');
 
 SELECT is_empty(
-    $$SELECT p.polrelid::regclass, p.polpermissive, p.polcmd, p.polroles,
-             pg_get_expr(p.polqual, p.polrelid) AS using, pg_get_expr(p.polwithcheck, p.polrelid) AS check
-        FROM pg_policy p
-       WHERE p.polname = 'owner_visibility'
-         AND NOT (NOT p.polpermissive AND p.polcmd = '*' AND p.polroles = '{0}'
-                  AND pg_get_expr(p.polqual, p.polrelid) LIKE '%crm.sees_all_records()%crm.visible_owner_ids()%'
-                  AND pg_get_expr(p.polwithcheck, p.polrelid) = pg_get_expr(p.polqual, p.polrelid))
+    $$SELECT p.polrelid::regclass, p.polname FROM pg_policy p
+       WHERE p.polrelid::regclass::text LIKE 'crm.%' AND NOT p.polpermissive
        ORDER BY 1::text$$,
-    'every owner_visibility policy is restrictive (it narrows tenant_isolation), for all commands and roles, the same on read and write');
+    'no crm policy is restrictive (Citus would copy it to the shards as permissive)');
 
 SELECT set_eq(
     $$SELECT p.polname::text, p.polpermissive, p.polcmd::text, pg_get_expr(p.polqual, p.polrelid) AS using,
              pg_get_expr(p.polwithcheck, p.polrelid) AS check
         FROM pg_policy p WHERE p.polrelid = 'crm.tenant_access'::regclass$$,
-    $$VALUES ('own_access', true, 'r', '(login_role = CURRENT_USER)', NULL),
+    $$VALUES ('own_access', true, 'r', '(role_oid = (((CURRENT_USER)::text)::regrole)::oid)', NULL),
              ('tenant_admin', true, '*',
-              '((tenant_id = ( SELECT crm.current_tenant() AS current_tenant)) AND ( SELECT crm.is_admin() AS is_admin))',
-              '((tenant_id = ( SELECT crm.current_tenant() AS current_tenant)) AND ( SELECT crm.is_admin() AS is_admin))')$$,
+              '((tenant_id = crm.current_tenant()) AND crm.is_admin())',
+              '((tenant_id = crm.current_tenant()) AND crm.is_admin())')$$,
     'crm.tenant_access: a role reads its own mappings; crm_admin manages those of its tenant');
 
 SELECT is_empty(
@@ -355,11 +410,11 @@ SELECT is_empty(
        ORDER BY 1::text$$,
     'no crm SECURITY DEFINER function lacks a pinned search_path');
 
-SELECT is_empty(
-    $$SELECT p.oid::regprocedure FROM pg_proc p
-       WHERE p.pronamespace = 'crm'::regnamespace AND p.prosecdef
-       ORDER BY 1::text$$,
-    'no crm function is SECURITY DEFINER: every one runs with its caller''s rights and row-level security');
+SELECT set_eq(
+    $$SELECT p.oid::regprocedure::text FROM pg_proc p
+       WHERE p.pronamespace = 'crm'::regnamespace AND p.prosecdef$$,
+    $$SELECT sig FROM definer_function$$,
+    'the only SECURITY DEFINER functions are the visibility triggers; every other runs with its caller''s rights and row-level security');
 
 SELECT is_empty(
     $$SELECT p.oid::regprocedure FROM pg_proc p
@@ -372,6 +427,7 @@ SELECT is_empty(
         JOIN pg_language l ON l.oid = p.prolang
        WHERE p.pronamespace = 'crm'::regnamespace AND l.lanname <> 'c'
          AND p.prosqlbody IS NULL
+         AND p.prokind <> 'a' -- an aggregate takes no SET; its support functions are checked
          AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
        ORDER BY 1::text$$,
     'every crm function not written in C, nor with a SQL-standard body bound at creation, runs with SET search_path = pg_catalog, pg_temp');
