@@ -19,6 +19,7 @@
 #include "storage/proc.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 #include "utils/uuid.h"
 
 /*
@@ -62,6 +63,10 @@ extern void crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 extern void crm_require_trigger_nargs(FunctionCallInfo fcinfo,
 									  const char *funcname, int nargs);
 extern bool crm_replica_skips_work(void);
+extern bool crm_loading_dump(void);
+extern void crm_transition_rewind(Tuplestorestate *ts);
+extern Oid	crm_relation_owner(Oid relid);
+extern Oid	crm_table_owner(const char *relname);
 extern int	crm_attnum(Relation rel, const char *colname, Oid typid);
 extern int	crm_optional_attnum(Relation rel, const char *colname);
 extern void crm_refuse_identity_change(Relation rel, HeapTuple oldtuple,

@@ -259,31 +259,13 @@ run(QueuePlan which, Datum *args, const char *nulls, long limit)
 	return rc;
 }
 
-/* The owner of crm.job: the queue's statements run with its rights. */
-static Oid
-queue_owner(void)
-{
-	Oid			relid = get_relname_relid("job", get_namespace_oid("crm", false));
-	HeapTuple	tuple;
-	Oid			owner;
-
-	if (!OidIsValid(relid))
-		elog(ERROR, "table crm.job is missing");
-	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
-	return owner;
-}
-
 static void
 queue_begin(QueueSession *session)
 {
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	GetUserIdAndSecContext(&session->save_userid, &session->save_sec_context);
-	SetUserIdAndSecContext(queue_owner(),
+	SetUserIdAndSecContext(crm_table_owner("job"),
 						   session->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 }
 

@@ -795,12 +795,6 @@ fire(const pg_uuid_t *tenant, RuleInfo *rule, EventRow *ev)
 	(void) crm_queue_enqueue_job(tenant, &request);
 }
 
-static Oid
-relation_owner(Relation rel)
-{
-	return rel->rd_rel->relowner;
-}
-
 /*
  * crm.workflow_match() trigger: AFTER INSERT FOR EACH STATEMENT on
  * crm.event, REFERENCING NEW TABLE AS crm_new_events.
@@ -831,7 +825,8 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("function \"workflow_match\" must be fired AFTER INSERT with REFERENCING NEW TABLE")));
-	if (crm_replica_skips_work())
+	/* a restore brings the jobs with the events */
+	if (crm_loading_dump())
 		return PointerGetDatum(NULL);
 
 	tupdesc = RelationGetDescr(trigdata->tg_relation);
@@ -845,7 +840,7 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 	/* Read the statement's events in C first: no plan sees the tuplestore. */
 	store = trigdata->tg_newtable;
 	slot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
-	tuplestore_rescan(store);
+	crm_transition_rewind(store);
 	while (tuplestore_gettupleslot(store, true, false, slot))
 	{
 		EventRow   *ev = palloc0(sizeof(EventRow));
@@ -874,7 +869,7 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	/* jobs are the server's: written as the owner of the event table */
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(relation_owner(trigdata->tg_relation),
+	SetUserIdAndSecContext(trigdata->tg_relation->rd_rel->relowner,
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 
 	foreach(lc, events)

@@ -550,8 +550,8 @@ BEGIN
         EXECUTE format('ALTER TABLE crm.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE crm.%I FORCE ROW LEVEL SECURITY', t);
         EXECUTE format('CREATE POLICY tenant_isolation ON crm.%I'
-                       ' USING (tenant_id = (SELECT crm.current_tenant()))'
-                       ' WITH CHECK (tenant_id = (SELECT crm.current_tenant()))', t);
+                       ' USING (tenant_id = crm.current_tenant())'
+                       ' WITH CHECK (tenant_id = crm.current_tenant())', t);
         EXECUTE format('COMMENT ON POLICY tenant_isolation ON crm.%I IS %L', t,
                        'Rows of the tenant the statement acts for (crm.current_tenant()) only');
     END LOOP;
