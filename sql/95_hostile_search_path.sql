@@ -75,7 +75,9 @@ BEGIN
         ('quote_ident', 'text', 'text'),
         ('generate_series', 'integer, integer', 'SETOF integer'),
         ('unnest', 'uuid[]', 'SETOF uuid'),
-        ('unnest', 'text[]', 'SETOF text')) AS t(name, args, returns)
+        ('unnest', 'text[]', 'SETOF text'),
+        ('date_trunc', 'text, timestamp', 'timestamp'),
+        ('jsonb_to_recordset', 'jsonb', 'SETOF record')) AS t(name, args, returns)
     LOOP
         SELECT string_agg('$' || n, ', ' ORDER BY n) INTO params
           FROM generate_series(1, CASE WHEN f.args = '' THEN 0
@@ -148,7 +150,12 @@ BEGIN
         ('||', 'jsonb', 'jsonb', 'jsonb_concat', 'jsonb'),
         ('->>', 'jsonb', 'text', 'jsonb_object_field_text', 'text'),
         -- issue 7: the engagement half-life check and the finite-score checks
+        ('>=', 'date', 'date', 'date_ge', 'boolean'),
         ('>', 'interval', 'interval', 'interval_gt', 'boolean'),
+        ('>=', 'interval', 'interval', 'interval_ge', 'boolean'),
+        ('-', 'timestamptz', 'timestamptz', 'timestamptz_mi', 'interval'),
+        ('*', 'double precision', 'double precision', 'float8mul', 'double precision'),
+        ('/', 'double precision', 'double precision', 'float8div', 'double precision'),
         ('<', 'double precision', 'double precision', 'float8lt', 'boolean'),
         ('>', 'double precision', 'double precision', 'float8gt', 'boolean'),
         -- issue 10: the checks of the score history and the frequency table
@@ -231,6 +238,11 @@ CREATE FUNCTION trojan.jsonb_agg_step(jsonb, jsonb) RETURNS jsonb LANGUAGE plpgs
 BEGIN PERFORM trojan.hit('jsonb_agg(jsonb)'); RETURN $1 OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array($2); END
 $$;
 CREATE AGGREGATE trojan.jsonb_agg(jsonb) (SFUNC = trojan.jsonb_agg_step, STYPE = jsonb, INITCOND = '[]');
+
+-- A prefix operator: unary minus of a double precision.
+CREATE FUNCTION trojan.op_float8um(double precision) RETURNS double precision LANGUAGE plpgsql SECURITY INVOKER AS
+    'BEGIN PERFORM trojan.hit(''- double precision''); RETURN pg_catalog.float8um($1); END';
+CREATE OPERATOR trojan.- (RIGHTARG = double precision, FUNCTION = trojan.op_float8um);
 
 -- Every trojan may be called by anyone, so every role's calls would land.
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA trojan TO PUBLIC;
@@ -409,6 +421,17 @@ SELECT a.module, a.completed_at IS NULL AS not_completed, c.do_not_call_at IS NO
   FROM crm.activity a JOIN crm.contact c ON c.tenant_id OPERATOR(pg_catalog.=) a.tenant_id
                                         AND c.id OPERATOR(pg_catalog.=) a.contact_id
  WHERE a.id OPERATOR(pg_catalog.=) :'hact';
+-- forecasting (issue 11): every function once
+SELECT crm.convert_amount(100, 'EUR', 'USD') AS eur_in_usd;
+SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 AS forecast_ran FROM crm.forecast('month');
+SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 AS what_if_ran
+  FROM crm.forecast_what_if(pg_catalog.format('[{"opportunity": "%s", "probability": 90}]', :'hopp')::jsonb, 'quarter');
+SELECT crm.snapshot_forecast('Hostile', 'month', '2020-01-01', '2020-01-31') AS hsnap \gset
+SELECT pg_catalog.count(*) AS waterfall_steps FROM crm.forecast_changes(:'hsnap', :'hsnap');
+SELECT pg_catalog.count(*) AS accuracy_rows FROM crm.forecast_accuracy(:'hsnap');
+-- in the select list, so that it is called rather than inlined
+SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0 AS deals_listed
+  FROM (SELECT crm.forecast_deals(owner => :'ben') AS d) s;
 -- every view
 SELECT pg_catalog.count(*) AS lead_kanban_rows FROM crm.lead_kanban;
 SELECT pg_catalog.count(*) AS opportunity_kanban_rows FROM crm.opportunity_kanban;
@@ -445,6 +468,27 @@ SELECT (crm.opportunity_mark_won(:'hopp')).status AS won;
 SELECT crm.predict_win(:'hopp') AS won_prediction, crm.predict_lead_win(:'hlead') IS NOT NULL AS lead_predicted,
        (SELECT pg_catalog.count(*) FROM crm.explain_win(:'hopp')) AS explain_rows,
        (SELECT pg_catalog.count(*) FROM crm.pls_check()) AS model_drift;
+
+-- the job queue and workflow rules (issue 12): every function, as the app
+SELECT crm.enqueue_job('webhook', '{"url": "https://hooks.example/h"}') AS hjob \gset
+SELECT crm.enqueue_job('create_task', '{"subject": "Hostile follow-up"}') AS htask \gset
+SELECT pg_catalog.count(*) AS claimed FROM crm.claim_jobs('webhook', 'hostile-worker', 5, '1 minute');
+SELECT crm.extend_lease(:'hjob', '2 minutes', 'hostile-worker') IS NOT NULL AS extended;
+SELECT crm.fail_job(:'hjob', 'boom', 'hostile-worker') IS NOT NULL AS retried_later;
+SELECT crm.reap_expired_leases() AS reaped;
+SELECT crm.run_jobs(10) AS ran;
+SELECT crm.enqueue_job('webhook', '{}', max_attempts => 1) AS hdead \gset
+SELECT pg_catalog.count(*) AS claimed FROM crm.claim_jobs('webhook', 'hostile-worker', 5, '1 minute');
+SELECT crm.fail_job(:'hdead', 'boom', 'hostile-worker') IS NULL AS dead;
+SELECT crm.retry_job(:'hdead') OPERATOR(pg_catalog.=) :'hdead' AS retried_dead;
+SELECT crm.enqueue_job('webhook', '{}') AS hjob2 \gset
+SELECT pg_catalog.count(*) AS claimed FROM crm.claim_jobs('webhook', 'hostile-worker', 5, '1 minute');
+SELECT crm.complete_job(:'hjob2', '{"ok": true}', 'hostile-worker');
+SELECT crm.purge_jobs('1 day') AS purged;
+SELECT pg_catalog.count(*) AS problems FROM crm.validate_rule('{"all": [{"field": "a", "op": ">=", "value": 1}]}');
+SELECT crm.idempotency_key('hostile', 'key') IS NOT NULL AS keyed;
+SELECT crm.consume_event('OfferRejected', pg_catalog.jsonb_build_object('opportunityId', :'hopp'), 'hostile-1')
+       IS NOT NULL AS consumed;
 DELETE FROM crm.account_tag WHERE account_id OPERATOR(pg_catalog.=) :'hacc';
 DELETE FROM crm.contact_tag WHERE contact_id OPERATOR(pg_catalog.=) :'hcon';
 DELETE FROM crm.lead_tag WHERE lead_id OPERATOR(pg_catalog.=) :'hlead';
@@ -473,6 +517,10 @@ SELECT crm.refresh_aggregates() IS NOT NULL AS refreshed, crm.purge_events('1 da
 SELECT crm.pls_configure(ARRAY['tags', 'source', 'industry', 'company_size', 'email_state', 'phone_state'])
        AS pls_variables,
        crm.pls_rebuild() IS NOT NULL AS rebuilt;
+
+INSERT INTO crm.workflow_rule (name, event, days, action, params)
+VALUES ('Hostile quiet deals', 'NoActivityFor', 1, 'add_tag', '{"tag": "Quiet"}');
+SELECT crm.run_time_rules(pg_catalog.now() OPERATOR(pg_catalog.+) interval '30 days') OPERATOR(pg_catalog.>) 0 AS time_rules;
 RESET ROLE;
 DELETE FROM crm.stage_history WHERE lead_id OPERATOR(pg_catalog.=) :'cloudnine';
 -- a tenant's rows go with it (every foreign key cascades)
@@ -481,6 +529,19 @@ DELETE FROM crm.tenant WHERE tenant_id OPERATOR(pg_catalog.=) :'tc';
 DELETE FROM crm.activity_type WHERE code OPERATOR(pg_catalog.=) 'trojan_check';
 DELETE FROM crm.currency WHERE code OPERATOR(pg_catalog.=) 'XHO';
 SELECT crm.revoke_tenant_access('regress_hostile_admin', :'tb') AS revoked;
+
+-- the revenue range in a parallel plan: partial states serialized, combined
+CREATE TABLE public.hostile_deals AS
+SELECT g::numeric AS amount, 50::numeric AS probability FROM pg_catalog.generate_series(1, 1000) g;
+ANALYZE public.hostile_deals;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SELECT (crm.revenue_distribution(amount, probability)).mean FROM public.hostile_deals;
+RESET parallel_setup_cost;
+RESET parallel_tuple_cost;
+RESET min_parallel_table_scan_size;
+DROP TABLE public.hostile_deals;
 
 -- The verdict ------------------------------------------------------------------
 -- No trojan was called, by anyone.
@@ -491,10 +552,18 @@ SELECT pg_catalog.count(*) AS trojan_calls FROM trojan.calls;
 -- shows up here until this file exercises it).
 SELECT pg_catalog.pg_stat_force_next_flush();
 SET search_path = pg_catalog, public;
+-- (crm.schedule_maintenance and crm.unschedule_maintenance need pg_cron in
+-- the database; test/schedule_maintenance.sh runs them.)
 SELECT p.oid::regprocedure AS never_called
   FROM pg_proc p
  WHERE p.pronamespace = 'crm'::regnamespace
    AND NOT EXISTS (SELECT 1 FROM pg_stat_user_functions f WHERE f.funcid = p.oid AND f.calls > 0)
+   AND p.proname NOT IN ('schedule_maintenance', 'unschedule_maintenance')
+   -- an aggregate and its support functions are called by the executor
+   -- directly, never through the call counting of pg_stat_user_functions
+   AND NOT EXISTS (SELECT 1 FROM pg_aggregate a
+                    WHERE p.oid IN (a.aggfnoid, a.aggtransfn, a.aggfinalfn, a.aggcombinefn,
+                                    a.aggserialfn, a.aggdeserialfn))
  ORDER BY 1::text;
 
 -- And the trojans above cover every built-in operator and function that

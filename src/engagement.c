@@ -60,35 +60,6 @@ PG_FUNCTION_INFO_V1(crm_engagement_combine);
 PG_FUNCTION_INFO_V1(crm_engagement_lead_converted);
 PG_FUNCTION_INFO_V1(crm_engagement_refresh);
 
-/*
- * A session that writes crm rows with row_security = off can only be a
- * superuser or BYPASSRLS role (every crm table forces row-level security,
- * so anyone else gets an error): pg_restore and psql running a pg_dump
- * script set it.  Such a load brings the events and aggregates with the
- * rows, so deriving them again would double them; like replica mode, it
- * is left alone.
- */
-static bool
-loading_dump(void)
-{
-	return !row_security || crm_replica_skips_work();
-}
-
-/*
- * Position a transition table at its first row for this reader: a read
- * pointer of our own, as the executor's scan of a named tuplestore takes,
- * so that whichever trigger read the table before, and whether it is
- * still in memory or spilled to disk, every row is read.
- */
-static void
-transition_rewind(Tuplestorestate *ts)
-{
-	int			ptr = tuplestore_alloc_read_pointer(ts, EXEC_FLAG_REWIND);
-
-	tuplestore_select_read_pointer(ts, ptr);
-	tuplestore_rescan(ts);
-}
-
 typedef struct AggKey
 {
 	pg_uuid_t	tenant;
@@ -201,24 +172,6 @@ make_hash(const char *name, Size keysize, Size entrysize, MemoryContext cxt)
 	ctl.entrysize = entrysize;
 	ctl.hcxt = cxt;
 	return hash_create(name, 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-}
-
-/* The owner of a crm table: the aggregates are written with its rights. */
-static Oid
-crm_table_owner(const char *relname)
-{
-	Oid			relid = get_relname_relid(relname, get_namespace_oid("crm", false));
-	HeapTuple	tuple;
-	Oid			owner;
-
-	if (!OidIsValid(relid))
-		elog(ERROR, "table crm.%s is missing", relname);
-	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
-	return owner;
 }
 
 /*
@@ -926,7 +879,7 @@ crm_engagement_track(PG_FUNCTION_ARGS)
 	int			contact_att[2];
 
 	crm_require_trigger(fcinfo, "engagement_track", false, false);
-	if (loading_dump())
+	if (crm_loading_dump())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;
@@ -992,12 +945,12 @@ crm_engagement_track(PG_FUNCTION_ARGS)
 	if (oldrows)
 	{
 		oldslot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
-		transition_rewind(oldrows);
+		crm_transition_rewind(oldrows);
 	}
 	if (newrows)
 	{
 		newslot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
-		transition_rewind(newrows);
+		crm_transition_rewind(newrows);
 	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -1121,7 +1074,7 @@ crm_engagement_lead_converted(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("function \"engagement_lead_converted\" must be fired AFTER UPDATE with transition tables")));
-	if (loading_dump())
+	if (crm_loading_dump())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;
@@ -1131,8 +1084,8 @@ crm_engagement_lead_converted(PG_FUNCTION_ARGS)
 	account_att = crm_attnum(rel, "converted_account_id", UUIDOID);
 	oldslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
 	newslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
-	transition_rewind(trigdata->tg_oldtable);
-	transition_rewind(trigdata->tg_newtable);
+	crm_transition_rewind(trigdata->tg_oldtable);
+	crm_transition_rewind(trigdata->tg_newtable);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	while (tuplestore_gettupleslot(trigdata->tg_newtable, true, false, newslot))
@@ -1185,10 +1138,11 @@ crm_engagement_lead_converted(PG_FUNCTION_ARGS)
 		}
 		PG_END_TRY();
 	}
-	if (connected)
-		SPI_finish();
+	/* the slots may own tuples read into SPI's memory: drop them first */
 	ExecDropSingleTupleTableSlot(oldslot);
 	ExecDropSingleTupleTableSlot(newslot);
+	if (connected)
+		SPI_finish();
 	return PointerGetDatum(NULL);
 }
 

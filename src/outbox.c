@@ -49,35 +49,6 @@ PG_FUNCTION_INFO_V1(crm_outbox_event_head);
 PG_FUNCTION_INFO_V1(crm_outbox_event_limit);
 PG_FUNCTION_INFO_V1(crm_outbox_record_events);
 
-/*
- * A session that writes crm rows with row_security = off can only be a
- * superuser or BYPASSRLS role (every crm table forces row-level security,
- * so anyone else gets an error): pg_restore and psql running a pg_dump
- * script set it.  Such a load brings the events and aggregates with the
- * rows, so deriving them again would double them; like replica mode, it
- * is left alone.
- */
-static bool
-loading_dump(void)
-{
-	return !row_security || crm_replica_skips_work();
-}
-
-/*
- * Position a transition table at its first row for this reader: a read
- * pointer of our own, as the executor's scan of a named tuplestore takes,
- * so that whichever trigger read the table before, and whether it is
- * still in memory or spilled to disk, every row is read.
- */
-static void
-transition_rewind(Tuplestorestate *ts)
-{
-	int			ptr = tuplestore_alloc_read_pointer(ts, EXEC_FLAG_REWIND);
-
-	tuplestore_select_read_pointer(ts, ptr);
-	tuplestore_rescan(ts);
-}
-
 #define POSITION_SHIFT 24
 #define POSITION_MAX_PER_XACT ((1 << POSITION_SHIFT) - 1)
 
@@ -172,24 +143,6 @@ crm_outbox_event_limit(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64((int64) (U64FromFullTransactionId(next) << POSITION_SHIFT));
 }
 
-/* The owner of crm.event: the events are written with its rights. */
-static Oid
-event_owner(void)
-{
-	Oid			relid = get_relname_relid("event", get_namespace_oid("crm", false));
-	HeapTuple	tuple;
-	Oid			owner;
-
-	if (!OidIsValid(relid))
-		elog(ERROR, "table crm.event is missing");
-	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
-	return owner;
-}
-
 static SPIPlanPtr
 prepare_kept(const char *sql, int nargs, Oid *argtypes)
 {
@@ -262,7 +215,7 @@ batch_flush(EventBatch *batch)
 
 	taken = palloc0(sizeof(bool) * batch->n);
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(event_owner(), save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	SetUserIdAndSecContext(crm_table_owner("event"), save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	PG_TRY();
 	{
 		while (done < batch->n)
@@ -827,7 +780,7 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("function \"outbox_record_events\" must be fired AFTER INSERT or UPDATE with transition tables")));
 
-	if (loading_dump())
+	if (crm_loading_dump())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;
@@ -845,12 +798,12 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 
 	newrows = trigdata->tg_newtable;
 	newslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
-	transition_rewind(newrows);
+	crm_transition_rewind(newrows);
 	if (is_update)
 	{
 		oldrows = trigdata->tg_oldtable;
 		oldslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
-		transition_rewind(oldrows);
+		crm_transition_rewind(oldrows);
 	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -866,11 +819,16 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 	}
 
 	batch_flush(&batch);
-	SPI_finish();
 
+	/*
+	 * The slots own the last tuples read from a spilled transition table,
+	 * which were allocated in SPI's memory: let them go before SPI_finish()
+	 * frees it.
+	 */
 	ExecDropSingleTupleTableSlot(newslot);
 	if (oldslot)
 		ExecDropSingleTupleTableSlot(oldslot);
+	SPI_finish();
 	return PointerGetDatum(NULL);
 }
 
@@ -940,7 +898,7 @@ crm_outbox_purge_events(PG_FUNCTION_ARGS)
 	args[0] = UUIDPGetDatum(&tenant);
 	args[1] = IntervalPGetDatum(older_than);
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(event_owner(), save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	SetUserIdAndSecContext(crm_table_owner("event"), save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	PG_TRY();
 	{
 		if (SPI_execute_plan(purge_plan, args, NULL, false, 0) != SPI_OK_DELETE)

@@ -45,6 +45,9 @@ BEGIN
            (new_tenant, enterprise, 'Won',             5, 100, 'won',  'closed',    '#4CAF50'),
            (new_tenant, enterprise, 'Lost',            6,   0, 'lost', 'omitted',   '#F44336');
 
+    -- the default workflow rules of seeds/000 and seeds/002 (91_workflow.sql)
+    PERFORM crm.create_default_rules(new_tenant);
+
     RETURN new_tenant;
 END
 $$;

@@ -491,6 +491,26 @@ BEGIN
         crm.grant_tenant_access(name, uuid, uuid), crm.revoke_tenant_access(name, uuid)
         TO crm_admin;
 
+    -- Job queue (src/sql/89_queue.sql, src/queue.c): the application
+    -- enqueues, workers claim and report; the functions write the queue
+    -- tables as their owner, so no role writes them directly.
+    GRANT EXECUTE ON FUNCTION
+        crm.enqueue_job(text, jsonb, uuid, timestamptz, uuid, text, uuid, uuid, integer),
+        crm.claim_jobs(text, text, integer, interval), crm.complete_job(uuid, jsonb, text),
+        crm.fail_job(uuid, text, text), crm.extend_lease(uuid, interval, text),
+        crm.reap_expired_leases(), crm.retry_job(uuid), crm.purge_jobs(interval)
+        TO crm_writer;
+    -- Workflow rules (src/sql/91_workflow.sql): admins configure rules and
+    -- run the maintenance; writers take inbound events and run the
+    -- in-database jobs of their tenant.
+    GRANT INSERT, UPDATE, DELETE ON crm.workflow_rule TO crm_admin;
+    GRANT EXECUTE ON FUNCTION crm.validate_rule(jsonb), crm.idempotency_key(text[]) TO crm_reader;
+    GRANT INSERT, UPDATE, DELETE ON crm.inbound_event TO crm_writer;
+    GRANT EXECUTE ON FUNCTION
+        crm.consume_event(text, jsonb, text), crm.run_jobs(integer)
+        TO crm_writer;
+    GRANT EXECUTE ON FUNCTION crm.run_time_rules(timestamptz) TO crm_admin;
+
     -- Value checks (issue 6.3, src/sql/97_value_checks.sql): the non-empty
     -- CHECKs call crm.is_blank with the writer's rights; readers may test
     -- values the same way.
@@ -545,6 +565,20 @@ BEGIN
     GRANT EXECUTE ON FUNCTION crm.rescore_leads(uuid), crm.scoring_rescore(uuid, uuid, boolean) TO crm_writer;
     GRANT INSERT, UPDATE, DELETE ON crm.scoring_model, crm.pls_config TO crm_admin;
     GRANT EXECUTE ON FUNCTION crm.pls_rebuild(uuid), crm.pls_configure(text[]) TO crm_admin;
+
+    -- Forecasting (capability 4, src/sql/86_forecast.sql): readers forecast
+    -- and compare snapshots, writers take snapshots, admins set quotas.
+    GRANT USAGE ON TYPE crm.revenue_range TO crm_reader;
+    GRANT EXECUTE ON FUNCTION
+        crm.revenue_distribution(numeric, numeric), crm.convert_amount(numeric, text, text, date, uuid),
+        crm.forecast_deals(date, date, uuid, uuid, uuid, text, timestamptz, jsonb),
+        crm.forecast(text, date, date, uuid, uuid, uuid, text, timestamptz, text),
+        crm.forecast_what_if(jsonb, text, date, date, uuid, uuid, uuid, text, timestamptz, text),
+        crm.forecast_changes(uuid, uuid), crm.forecast_accuracy(uuid, timestamptz)
+        TO crm_reader;
+    GRANT INSERT, UPDATE, DELETE ON crm.revenue_forecast, crm.forecast_deal TO crm_writer;
+    GRANT EXECUTE ON FUNCTION crm.snapshot_forecast(text, text, date, date, uuid, uuid, timestamptz) TO crm_writer;
+    GRANT INSERT, UPDATE, DELETE ON crm.quota TO crm_admin;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

@@ -39,6 +39,14 @@ INSERT INTO expected_key VALUES
     ('contact_tag',     '{tenant_id,contact_id,tag_id}'),
     ('lead_tag',        '{tenant_id,lead_id,tag_id}'),
     ('opportunity_tag', '{tenant_id,opportunity_id,tag_id}'),
+    ('job',             '{tenant_id,id}'),
+    ('job_archive',     '{tenant_id,id}'),
+    ('job_key',         '{tenant_id,idempotency_key}'),
+    ('job_action',      '{code}'),
+    ('workflow_event',  '{code}'),
+    ('workflow_rule',   '{tenant_id,id}'),
+    ('inbound_event',   '{tenant_id,external_id}'),
+    ('job_debounce',    '{tenant_id,rule_id,subject_id}'),
     ('stage_history',   '{tenant_id,id}'),
     -- activity aggregation and the event outbox (issue 7)
     ('event',              '{tenant_id,position}'),
@@ -53,7 +61,11 @@ INSERT INTO expected_key VALUES
     ('lead_score_history', '{tenant_id,id}'),
     ('pls_config',         '{tenant_id}'),
     ('pls_observation',    '{tenant_id,record_kind,record_id,variable,value}'),
-    ('pls_frequency',      '{tenant_id,record_kind,team_key,variable,value}');
+    ('pls_frequency',      '{tenant_id,record_kind,team_key,variable,value}'),
+    -- forecasting (src/sql/86_forecast.sql)
+    ('quota',            '{tenant_id,id}'),
+    ('revenue_forecast', '{tenant_id,id}'),
+    ('forecast_deal',    '{tenant_id,forecast_id,opportunity_id}');
 
 -- The index access paths the application relies on: (table, leading keys
 -- of some index on it, unique required).  Expressions are written without
@@ -95,11 +107,13 @@ SELECT tables_are('crm', ARRAY[
     'tenant', 'currency', 'currency_rate', 'app_user', 'team', 'team_member', 'tenant_access', 'app_access',
     'pipeline', 'stage', 'account', 'contact', 'lead', 'opportunity', 'activity_type', 'activity',
     'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
+    'job', 'job_archive', 'job_key', 'job_action', 'workflow_event', 'workflow_rule', 'inbound_event', 'job_debounce',
     -- activity aggregation and the event outbox (issue 7)
     'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
     'lead_engagement', 'account_summary',
     -- lead scoring and the predictive win probability (issue 10)
-    'scoring_model', 'lead_score_history', 'pls_config', 'pls_observation', 'pls_frequency'
+    'scoring_model', 'lead_score_history', 'pls_config', 'pls_observation', 'pls_frequency',
+    'quota', 'revenue_forecast', 'forecast_deal'
 ], 'crm has exactly the tables of the core schema');
 
 SELECT views_are('crm', ARRAY['lead_kanban', 'opportunity_kanban', 'dashboard'],
@@ -114,8 +128,8 @@ SELECT set_eq(
     $$SELECT c.relname FROM pg_class c
        WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind IN ('r', 'p')
          AND c.oid NOT IN (SELECT oid FROM tenant_table)$$,
-    ARRAY['currency', 'activity_type']::name[],
-    'only the global lookups crm.currency and crm.activity_type lack tenant_id');
+    ARRAY['currency', 'activity_type', 'job_action', 'workflow_event']::name[],
+    'only the global lookups crm.currency, crm.activity_type, crm.job_action and crm.workflow_event lack tenant_id');
 
 SELECT is_empty(
     $$SELECT t.relname, pk.conname, pk.conkey
@@ -267,7 +281,8 @@ SELECT set_eq(
     $$SELECT cfg.tbl::regclass::text, cfg.condition
         FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS cfg(tbl, condition)
        WHERE e.extname = 'crm' AND cfg.condition <> ''$$,
-    $$VALUES ('crm.currency', 'WHERE NOT is_builtin'), ('crm.activity_type', 'WHERE NOT is_builtin')$$,
+    $$VALUES ('crm.currency', 'WHERE NOT is_builtin'), ('crm.activity_type', 'WHERE NOT is_builtin'),
+             ('crm.job_action', 'WHERE NOT is_builtin'), ('crm.workflow_event', 'WHERE NOT is_builtin')$$,
     'only the global lookups are dumped with a filter, which leaves the built-in rows out');
 
 SELECT * FROM finish();

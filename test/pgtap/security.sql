@@ -42,7 +42,17 @@ UNION ALL
 SELECT t, 3 FROM unnest(ARRAY['engagement_setting', 'activity_weight']) t
 -- lead scoring (issue 10)
 UNION ALL
-SELECT t, 3 FROM unnest(ARRAY['scoring_model', 'pls_config']) t;
+SELECT t, 3 FROM unnest(ARRAY['scoring_model', 'pls_config']) t
+UNION ALL
+SELECT t, 2 FROM unnest(ARRAY['revenue_forecast', 'forecast_deal']) t
+UNION ALL
+SELECT 'quota', 3
+-- job queue and workflow rules (issue 12): jobs are written by the queue's
+-- functions only; inbound events by crm.consume_event() as the writer
+UNION ALL
+SELECT t, 2 FROM unnest(ARRAY['inbound_event']) t
+UNION ALL
+SELECT t, 3 FROM unnest(ARRAY['workflow_rule']) t;
 
 -- Every function of crm and the lowest level that may execute it; NULL:
 -- no crm role (trigger functions, and what a superuser runs).
@@ -167,7 +177,41 @@ INSERT INTO func_level VALUES
     ('crm.pls_sync(text,uuid[],uuid[],text[])', NULL),
     ('crm.pls_rebuild_tables(uuid)', NULL),
     ('crm.win_probability()', NULL),
-    ('crm.win_model_sync()', NULL);
+    ('crm.win_model_sync()', NULL),
+    -- forecasting
+    ('crm.revenue_distribution(numeric,numeric)', 1),
+    ('crm.convert_amount(numeric,text,text,date,uuid)', 1),
+    ('crm.forecast_deals(date,date,uuid,uuid,uuid,text,timestamp with time zone,jsonb)', 1),
+    ('crm.forecast(text,date,date,uuid,uuid,uuid,text,timestamp with time zone,text)', 1),
+    ('crm.forecast_what_if(jsonb,text,date,date,uuid,uuid,uuid,text,timestamp with time zone,text)', 1),
+    ('crm.forecast_changes(uuid,uuid)', 1),
+    ('crm.forecast_accuracy(uuid,timestamp with time zone)', 1),
+    ('crm.snapshot_forecast(text,text,date,date,uuid,uuid,timestamp with time zone)', 2),
+    ('crm.revenue_distribution_accum(internal,numeric,numeric)', NULL),
+    ('crm.revenue_distribution_combine(internal,internal)', NULL),
+    ('crm.revenue_distribution_serialize(internal)', NULL),
+    ('crm.revenue_distribution_deserialize(bytea,internal)', NULL),
+    ('crm.revenue_distribution_final(internal)', NULL),
+    -- job queue and workflow rules (issue 12)
+    ('crm.validate_rule(jsonb)', 1),
+    ('crm.idempotency_key(text[])', 1),
+    ('crm.enqueue_job(text,jsonb,uuid,timestamp with time zone,uuid,text,uuid,uuid,integer)', 2),
+    ('crm.claim_jobs(text,text,integer,interval)', 2),
+    ('crm.complete_job(uuid,jsonb,text)', 2),
+    ('crm.fail_job(uuid,text,text)', 2),
+    ('crm.extend_lease(uuid,interval,text)', 2),
+    ('crm.reap_expired_leases()', 2),
+    ('crm.retry_job(uuid)', 2),
+    ('crm.purge_jobs(interval)', 2),
+    ('crm.consume_event(text,jsonb,text)', 2),
+    ('crm.run_jobs(integer)', 2),
+    ('crm.run_time_rules(timestamp with time zone)', 3),
+    ('crm.workflow_rule_check()', NULL),
+    ('crm.workflow_rule_event_exists()', NULL),
+    ('crm.workflow_match()', NULL),
+    ('crm.create_default_rules(uuid)', NULL),
+    ('crm.schedule_maintenance()', NULL),
+    ('crm.unschedule_maintenance()', NULL);
 
 -- The only SECURITY DEFINER functions: the visibility triggers written in
 -- PL/pgSQL (hierarchy refresh, delete guard).  They read and update rows the
@@ -189,11 +233,17 @@ SELECT t, '{tenant_isolation}'::name[] FROM unnest(ARRAY[
     'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
     'lead_engagement', 'account_summary',
     -- lead scoring and the predictive win probability (issue 10)
-    'scoring_model', 'lead_score_history', 'pls_config', 'pls_observation', 'pls_frequency']) t
+    'scoring_model', 'lead_score_history', 'pls_config', 'pls_observation', 'pls_frequency',
+    -- forecasting (issue 11)
+    'quota', 'revenue_forecast', 'forecast_deal',
+    -- job queue and workflow rules (issue 12)
+    'job', 'job_archive', 'job_key', 'workflow_rule', 'inbound_event', 'job_debounce']) t
 UNION ALL VALUES
     ('tenant_access', '{own_access,tenant_admin}'::name[]),
     ('currency', '{}'),
-    ('activity_type', '{}');
+    ('activity_type', '{}'),
+    ('job_action', '{}'),
+    ('workflow_event', '{}');
 
 -- The columns of crm.tenant that crm_admin may UPDATE (the table itself not).
 CREATE TEMP TABLE tenant_admin_column (col name PRIMARY KEY);
@@ -421,6 +471,7 @@ SELECT is_empty(
         JOIN pg_language l ON l.oid = p.prolang
        WHERE p.pronamespace = 'crm'::regnamespace AND l.lanname <> 'c'
          AND p.prosqlbody IS NULL
+         AND p.prokind <> 'a' -- an aggregate takes no SET; its support functions are checked
          AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
        ORDER BY 1::text$$,
     'every crm function not written in C, nor with a SQL-standard body bound at creation, runs with SET search_path = pg_catalog, pg_temp');
