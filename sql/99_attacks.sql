@@ -1,0 +1,44 @@
+-- An attacker's review of the merged CRM (issues 6 and 8, second wave):
+-- each hole found, as the attack that showed it, with the error it now
+-- gets and a check that nothing stored changed.
+
+SELECT crm.create_tenant('Attack A') AS ta \gset
+SELECT crm.create_tenant('Attack B') AS tb \gset
+SET crm.tenant_id = :'ta';
+INSERT INTO crm.app_user (name) VALUES ('Ada A') RETURNING id AS ada \gset
+INSERT INTO crm.opportunity (name, amount) VALUES ('A deal', 100) RETURNING id AS a_deal \gset
+SET crm.tenant_id = :'tb';
+INSERT INTO crm.app_user (name) VALUES ('Bea B') RETURNING id AS bea \gset
+RESET crm.tenant_id;
+
+SET client_min_messages = warning;
+DROP ROLE IF EXISTS regress_atk_admin, regress_atk_writer, regress_atk_other;
+RESET client_min_messages;
+CREATE ROLE regress_atk_admin LOGIN IN ROLE crm_admin;
+CREATE ROLE regress_atk_writer LOGIN IN ROLE crm_writer;
+CREATE ROLE regress_atk_other LOGIN IN ROLE crm_reader;
+SELECT crm.grant_tenant_access('regress_atk_admin', :'ta', :'ada');
+SELECT crm.grant_tenant_access('regress_atk_writer', :'ta', :'ada');
+
+-- 1. crm.workflow_match() on a table whose columns are NULL -------------------
+-- crm.event's columns are NOT NULL, so the matcher read them without looking:
+-- attached (by a superuser) to a table with the right columns, a row of
+-- NULLs crashed the server (signal 11).  Now: 22004 naming the column.
+CREATE SCHEMA atk;
+CREATE TABLE atk.ev (tenant_id uuid, id uuid, event_type text, entity text, entity_id uuid, payload jsonb);
+CREATE TRIGGER m AFTER INSERT ON atk.ev REFERENCING NEW TABLE AS n
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.workflow_match();
+SELECT try('INSERT INTO atk.ev DEFAULT VALUES');
+SELECT try(format('INSERT INTO atk.ev (tenant_id) VALUES (%L)', :'ta'));
+SELECT try(format('INSERT INTO atk.ev (tenant_id, id) VALUES (%L, %L)', :'ta', :'ta'));
+SELECT try(format('INSERT INTO atk.ev (tenant_id, id, event_type) VALUES (%L, %L, %L)', :'ta', :'ta', 'LeadCreated'));
+DROP TRIGGER m ON atk.ev;
+-- and with an argument it does not read
+CREATE TRIGGER m AFTER INSERT ON atk.ev REFERENCING NEW TABLE AS n
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.workflow_match('LeadCreated');
+SELECT try('INSERT INTO atk.ev DEFAULT VALUES');
+DROP SCHEMA atk CASCADE;
+
+-- Clean up ----------------------------------------------------------------------
+DELETE FROM crm.tenant_access WHERE login_role LIKE 'regress\_atk\_%';
+DROP ROLE regress_atk_admin, regress_atk_writer, regress_atk_other;
