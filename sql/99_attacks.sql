@@ -39,6 +39,22 @@ CREATE TRIGGER m AFTER INSERT ON atk.ev REFERENCING NEW TABLE AS n
 SELECT try('INSERT INTO atk.ev DEFAULT VALUES');
 DROP SCHEMA atk CASCADE;
 
+-- 2. A tenant's admin maps a role into another tenant ------------------------
+-- The plain INSERT was 42501 and the function P0002 ("tenant does not
+-- exist"): one mistake, one SQLSTATE.  Both paths are 42501 now, whether
+-- or not the other tenant exists; nothing is stored.
+SET ROLE regress_atk_admin;
+SELECT try(format('SELECT crm.grant_tenant_access(%L, %L)', 'regress_atk_other', :'tb'));
+SELECT try(format('INSERT INTO crm.tenant_access (tenant_id, login_role) VALUES (%L, %L)', :'tb', 'regress_atk_other'));
+SELECT try(format('SELECT crm.grant_tenant_access(%L, %L)', 'regress_atk_other', '00000000-0000-7000-8000-000000000000'));
+-- its own tenant still works
+SELECT try(format('SELECT crm.grant_tenant_access(%L, %L)', 'regress_atk_other', :'ta'));
+RESET ROLE;
+-- the operator still learns that an id names no tenant
+SELECT try(format('SELECT crm.grant_tenant_access(%L, %L)', 'regress_atk_other', '00000000-0000-7000-8000-000000000000'));
+SELECT t.name AS tenant, a.login_role FROM crm.tenant_access a JOIN crm.tenant t USING (tenant_id)
+ WHERE a.login_role = 'regress_atk_other' ORDER BY 1;
+
 -- Clean up ----------------------------------------------------------------------
 DELETE FROM crm.tenant_access WHERE login_role LIKE 'regress\_atk\_%';
 DROP ROLE regress_atk_admin, regress_atk_writer, regress_atk_other;

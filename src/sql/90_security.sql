@@ -363,6 +363,16 @@ BEGIN
         RAISE EXCEPTION 'login_role and tenant must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM crm.tenant t WHERE t.tenant_id = $2) THEN
+        -- Row-level security hides every tenant but the caller's: another
+        -- tenant's id is refused as a plain INSERT of the mapping refuses
+        -- it (42501), whether or not that tenant exists.  Only the operator,
+        -- who sees every tenant, learns that an id names no tenant.
+        IF $2 IS DISTINCT FROM crm.current_tenant()
+           AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER) THEN
+            RAISE EXCEPTION 'role "%" may not map roles into tenant %', CURRENT_USER, $2
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'A tenant''s admin maps roles into the tenant it acts for only.';
+        END IF;
         RAISE EXCEPTION 'tenant % does not exist', $2 USING ERRCODE = 'no_data_found';
     END IF;
     -- mappings of dropped roles are dead; clear them away
