@@ -55,6 +55,25 @@ SELECT try(format('SELECT crm.grant_tenant_access(%L, %L)', 'regress_atk_other',
 SELECT t.name AS tenant, a.login_role FROM crm.tenant_access a JOIN crm.tenant t USING (tenant_id)
  WHERE a.login_role = 'regress_atk_other' ORDER BY 1;
 
+-- 3. A writer replays an inbound event ------------------------------------------
+-- crm.consume_event() takes an external event once per external_id.  A
+-- writer could DELETE (or rename) the ledger row in crm.inbound_event and
+-- have the same order consumed again, running its rules (mark_won, a
+-- follow-up task) twice.  The ledger is append-only for writers now.
+SET ROLE regress_atk_writer;
+SELECT crm.consume_event('OrderCreated', jsonb_build_object('opportunityId', :'a_deal', 'orderId', 'O-1'), 'order-1')
+       IS NOT NULL AS taken;
+SELECT count(*) AS follow_up_jobs FROM crm.job WHERE action = 'create_task' AND source_id = :'a_deal';
+SELECT try('DELETE FROM crm.inbound_event');
+SELECT try($$UPDATE crm.inbound_event SET external_id = 'order-1-again'$$);
+SELECT try($$SELECT 1 FROM crm.inbound_event FOR UPDATE$$);
+-- delivered again: taken once
+SELECT crm.consume_event('OrderCreated', jsonb_build_object('opportunityId', :'a_deal', 'orderId', 'O-1'), 'order-1')
+       IS NULL AS already_taken;
+SELECT external_id, event_type FROM crm.inbound_event;
+SELECT count(*) AS follow_up_jobs FROM crm.job WHERE action = 'create_task' AND source_id = :'a_deal';
+RESET ROLE;
+
 -- Clean up ----------------------------------------------------------------------
 DELETE FROM crm.tenant_access WHERE login_role LIKE 'regress\_atk\_%';
 DROP ROLE regress_atk_admin, regress_atk_writer, regress_atk_other;

@@ -515,7 +515,7 @@ BEGIN
     -- in-database jobs of their tenant.
     GRANT INSERT, UPDATE, DELETE ON crm.workflow_rule TO crm_admin;
     GRANT EXECUTE ON FUNCTION crm.validate_rule(jsonb), crm.idempotency_key(text[]) TO crm_reader;
-    GRANT INSERT, UPDATE, DELETE ON crm.inbound_event TO crm_writer;
+    GRANT INSERT ON crm.inbound_event TO crm_writer;
     GRANT EXECUTE ON FUNCTION
         crm.consume_event(text, jsonb, text), crm.run_jobs(integer)
         TO crm_writer;
@@ -574,6 +574,12 @@ BEGIN
     GRANT INSERT, UPDATE, DELETE ON crm.revenue_forecast, crm.forecast_deal TO crm_writer;
     GRANT EXECUTE ON FUNCTION crm.snapshot_forecast(text, text, date, date, uuid, uuid, timestamptz) TO crm_writer;
     GRANT INSERT, UPDATE, DELETE ON crm.quota TO crm_admin;
+
+    -- Attacker's review (issues 6 and 8, second wave): what a writer could
+    -- undo.  The inbound-event ledger is append-only for writers: deleting
+    -- or renaming a row let the same external event be consumed (and its
+    -- rules run) twice.  REVOKE too, for databases set up before.
+    REVOKE UPDATE, DELETE ON crm.inbound_event FROM crm_writer;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

@@ -207,7 +207,9 @@ BEGIN
         END IF;
     END IF;
 
-    PERFORM 1 FROM crm.inbound_event i WHERE i.tenant_id = tenant AND i.external_id = $3 FOR UPDATE;
+    -- no row lock (it would need UPDATE on the ledger, which writers must not
+    -- have): a concurrent delivery is caught by the INSERT below
+    PERFORM 1 FROM crm.inbound_event i WHERE i.tenant_id = tenant AND i.external_id = $3;
     IF FOUND THEN
         RETURN NULL;
     END IF;
