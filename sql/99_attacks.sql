@@ -74,6 +74,21 @@ SELECT external_id, event_type FROM crm.inbound_event;
 SELECT count(*) AS follow_up_jobs FROM crm.job WHERE action = 'create_task' AND source_id = :'a_deal';
 RESET ROLE;
 
+-- 4. A writer erases the job archive --------------------------------------------
+-- crm.purge_jobs() deletes the tenant's finished jobs (what was sent, what
+-- consent skipped): an admin's task, as crm.purge_events() is.
+SET crm.tenant_id = :'ta';
+SELECT crm.run_jobs(10) >= 1 AS ran;
+RESET crm.tenant_id;
+SELECT count(*) > 0 AS archived FROM crm.job_archive WHERE tenant_id = :'ta';
+SET ROLE regress_atk_writer;
+SELECT try($$SELECT crm.purge_jobs('0 seconds')$$);
+RESET ROLE;
+SELECT count(*) > 0 AS still_archived FROM crm.job_archive WHERE tenant_id = :'ta';
+SET ROLE regress_atk_admin;
+SELECT crm.purge_jobs('0 seconds') > 0 AS admin_purged;
+RESET ROLE;
+
 -- Clean up ----------------------------------------------------------------------
 DELETE FROM crm.tenant_access WHERE login_role LIKE 'regress\_atk\_%';
 DROP ROLE regress_atk_admin, regress_atk_writer, regress_atk_other;

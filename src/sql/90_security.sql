@@ -508,7 +508,7 @@ BEGIN
         crm.enqueue_job(text, jsonb, uuid, timestamptz, uuid, text, uuid, uuid, integer),
         crm.claim_jobs(text, text, integer, interval), crm.complete_job(uuid, jsonb, text),
         crm.fail_job(uuid, text, text), crm.extend_lease(uuid, interval, text),
-        crm.reap_expired_leases(), crm.retry_job(uuid), crm.purge_jobs(interval)
+        crm.reap_expired_leases(), crm.retry_job(uuid)
         TO crm_writer;
     -- Workflow rules (src/sql/91_workflow.sql): admins configure rules and
     -- run the maintenance; writers take inbound events and run the
@@ -578,8 +578,12 @@ BEGIN
     -- Attacker's review (issues 6 and 8, second wave): what a writer could
     -- undo.  The inbound-event ledger is append-only for writers: deleting
     -- or renaming a row let the same external event be consumed (and its
-    -- rules run) twice.  REVOKE too, for databases set up before.
+    -- rules run) twice.  Purging the job archive erases the tenant's record
+    -- of what was sent and why a job was skipped: an admin's task, as
+    -- purging events is.  REVOKE too, for databases set up before.
     REVOKE UPDATE, DELETE ON crm.inbound_event FROM crm_writer;
+    REVOKE EXECUTE ON FUNCTION crm.purge_jobs(interval) FROM crm_writer;
+    GRANT EXECUTE ON FUNCTION crm.purge_jobs(interval) TO crm_admin;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

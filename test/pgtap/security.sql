@@ -165,7 +165,7 @@ INSERT INTO func_level VALUES
     ('crm.extend_lease(uuid,interval,text)', 2),
     ('crm.reap_expired_leases()', 2),
     ('crm.retry_job(uuid)', 2),
-    ('crm.purge_jobs(interval)', 2),
+    ('crm.purge_jobs(interval)', 3),
     ('crm.consume_event(text,jsonb,text)', 2),
     ('crm.run_jobs(integer)', 2),
     ('crm.run_time_rules(timestamp with time zone)', 3),
