@@ -89,6 +89,33 @@ SET ROLE regress_atk_admin;
 SELECT crm.purge_jobs('0 seconds') > 0 AS admin_purged;
 RESET ROLE;
 
+-- 5. A NULL where a value is required: 22004 on every path -----------------
+-- subscribe(NULL), purge_events(NULL), claim_jobs(.., NULL, ..) were 22004,
+-- while poll(NULL) said P0002 (a consumer named "<NULL>" does not exist),
+-- purge_jobs(NULL) and run_jobs(NULL) 22023, and unsubscribe(NULL),
+-- revoke_tenant_access(NULL, NULL) quietly returned false.
+SET ROLE regress_atk_admin;
+SELECT s AS statement, try(s) AS result FROM unnest(ARRAY[
+    $$SELECT crm.subscribe(NULL)$$,
+    $$SELECT * FROM crm.poll(NULL)$$,
+    $$SELECT crm.ack(NULL, 0)$$,
+    $$SELECT crm.ack('c', NULL)$$,
+    $$SELECT crm.unsubscribe(NULL)$$,
+    $$SELECT crm.purge_events(NULL)$$,
+    $$SELECT crm.purge_jobs(NULL)$$,
+    $$SELECT crm.run_jobs(NULL)$$,
+    $$SELECT crm.grant_tenant_access(NULL, NULL)$$,
+    $$SELECT crm.revoke_tenant_access(NULL, NULL)$$,
+    $$SELECT crm.revoke_tenant_access('regress_atk_other', NULL)$$]) s;
+-- the other mistakes keep their codes
+SELECT s AS statement, try(s) AS result FROM unnest(ARRAY[
+    $$SELECT * FROM crm.poll('no such consumer')$$,
+    $$SELECT crm.purge_jobs('-1 day')$$,
+    $$SELECT crm.run_jobs(0)$$]) s;
+-- and nothing was revoked
+SELECT count(*) AS other_still_mapped FROM crm.tenant_access WHERE login_role = 'regress_atk_other';
+RESET ROLE;
+
 -- Clean up ----------------------------------------------------------------------
 DELETE FROM crm.tenant_access WHERE login_role LIKE 'regress\_atk\_%';
 DROP ROLE regress_atk_admin, regress_atk_writer, regress_atk_other;

@@ -913,8 +913,11 @@ crm_queue_purge(PG_FUNCTION_ARGS)
 	bool		isnull;
 	int64		purged;
 
-	if (PG_ARGISNULL(0) ||
-		interval_is_negative(PG_GETARG_DATUM(0)))
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("older_than must not be null")));
+	if (interval_is_negative(PG_GETARG_DATUM(0)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("older_than must be a non-negative interval")));

@@ -392,6 +392,9 @@ CREATE FUNCTION crm.revoke_tenant_access(login_role name, tenant uuid) RETURNS b
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
+    IF $1 IS NULL OR $2 IS NULL THEN
+        RAISE EXCEPTION 'login_role and tenant must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     DELETE FROM crm.tenant_access a
      WHERE a.tenant_id = $2
        AND (a.role_oid = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $1)

@@ -255,7 +255,10 @@ DECLARE
     tag uuid;
     done integer := 0;
 BEGIN
-    IF $1 IS NULL OR $1 <= 0 THEN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'max must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF $1 <= 0 THEN
         RAISE EXCEPTION 'max must be positive' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- The operator's scheduled run acts for every tenant with due jobs; an
