@@ -116,6 +116,57 @@ SELECT s AS statement, try(s) AS result FROM unnest(ARRAY[
 SELECT count(*) AS other_still_mapped FROM crm.tenant_access WHERE login_role = 'regress_atk_other';
 RESET ROLE;
 
+-- 6. A rep names a hidden record to the queue or the outbox -----------------
+-- In a private tenant a rep could crm.enqueue_job('mark_won', ...) for a
+-- deal hidden from them, or crm.emit_event('OrderCreated', {"opportunityId":
+-- hidden}) so that a rule enqueued it; the operator's scheduled
+-- crm.run_jobs(), a superuser past row-level security, then marked the
+-- hidden deal won.  A job or event may name only records the caller sees:
+-- 42501 for a hidden one, 23503 for none, as for a plain write.
+SET crm.tenant_id = :'ta';
+INSERT INTO crm.app_user (name) VALUES ('Rex A') RETURNING id AS rex \gset
+UPDATE crm.tenant SET visibility = 'private';
+INSERT INTO crm.account (name, owner_id) VALUES ('Ada''s account', :'ada') RETURNING id AS h_acc \gset
+INSERT INTO crm.contact (first_name, last_name, owner_id) VALUES ('Hidden', 'Person', :'ada') RETURNING id AS h_con \gset
+INSERT INTO crm.opportunity (name, amount, owner_id) VALUES ('Ada''s deal', 900, :'ada') RETURNING id AS h_deal \gset
+INSERT INTO crm.opportunity (name, amount, owner_id) VALUES ('Rex''s deal', 50, :'rex') RETURNING id AS r_deal \gset
+RESET crm.tenant_id;
+SET client_min_messages = warning;
+DROP ROLE IF EXISTS regress_atk_rep;
+RESET client_min_messages;
+CREATE ROLE regress_atk_rep LOGIN IN ROLE crm_writer;
+SELECT crm.grant_tenant_access('regress_atk_rep', :'ta', :'rex');
+SELECT count(*) AS jobs_before FROM crm.job WHERE tenant_id = :'ta' \gset
+SELECT max(position) AS last_event FROM crm.event WHERE tenant_id = :'ta' \gset
+SET ROLE regress_atk_rep;
+SELECT count(*) AS deals_rex_sees FROM crm.opportunity;
+SELECT regexp_replace(s, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g') AS statement,
+       try(s) AS result FROM unnest(ARRAY[
+    format($$SELECT crm.enqueue_job('mark_won', '{}', source_entity => 'opportunity', source_id => %L)$$, :'h_deal'),
+    format($$SELECT crm.enqueue_job('mark_won', '{"payload": {"opportunityId": "%s"}}')$$, :'h_deal'),
+    format($$SELECT crm.enqueue_job('create_task', '{"payload": {"relatedTo": {"accountId": "%s"}}}')$$, :'h_acc'),
+    format($$SELECT crm.enqueue_job('create_task', '{}', %L)$$, :'h_con'),
+    format($$SELECT crm.emit_event('OrderCreated', '{"opportunityId": "%s", "orderId": "O-9"}')$$, :'h_deal'),
+    format($$SELECT crm.emit_event('DealPinged', '{}', 'opportunity', %L)$$, :'h_deal'),
+    format($$SELECT crm.emit_event('DealPinged', '{"relatedTo": {"contactId": "%s"}}')$$, :'h_con'),
+    $$SELECT crm.enqueue_job('mark_won', '{"payload": {"opportunityId": "00000000-0000-7000-8000-000000000000"}}')$$,
+    $$SELECT crm.emit_event('DealPinged', '{}', 'lead', '00000000-0000-7000-8000-000000000000')$$]) s;
+-- what the rep sees, and what names no record, still go through
+SELECT crm.enqueue_job('create_task', jsonb_build_object('payload', jsonb_build_object('opportunityId', :'r_deal')))
+       IS NOT NULL AS own_deal_job;
+SELECT crm.emit_event('DealPinged', jsonb_build_object('opportunityId', :'r_deal', 'note', 'not an id: x'),
+                      'opportunity', :'r_deal') > 0 AS own_deal_event;
+SELECT crm.emit_event('InvoiceSent', '{"amount": 800, "invoiceId": "I-1"}') > 0 AS plain_event;
+RESET ROLE;
+SELECT count(*) - :jobs_before AS new_jobs, count(*) FILTER (WHERE source_id = :'h_deal' OR params::text LIKE '%' || :'h_deal' || '%') AS naming_hidden
+  FROM crm.job WHERE tenant_id = :'ta';
+SELECT count(*) AS new_events, count(*) FILTER (WHERE entity_id = :'h_deal' OR payload::text LIKE '%' || :'h_deal' || '%') AS naming_hidden
+  FROM crm.event WHERE tenant_id = :'ta' AND position > :last_event;
+-- the operator's run leaves Ada's deal alone
+SELECT crm.run_jobs(100) >= 0 AS ran;
+SELECT name, status FROM crm.opportunity WHERE tenant_id = :'ta' AND id IN (:'h_deal', :'r_deal') ORDER BY name;
+UPDATE crm.tenant SET visibility = 'public' WHERE tenant_id = :'ta';
+
 -- Clean up ----------------------------------------------------------------------
 DELETE FROM crm.tenant_access WHERE login_role LIKE 'regress\_atk\_%';
-DROP ROLE regress_atk_admin, regress_atk_writer, regress_atk_other;
+DROP ROLE regress_atk_admin, regress_atk_writer, regress_atk_other, regress_atk_rep;
