@@ -349,7 +349,7 @@ UPDATE crm.tenant SET tenant_id = :'tb';
 INSERT INTO crm.app_user (tenant_id, name) VALUES (:'tb', 'Spy');
 \echo :SQLSTATE
 SELECT crm.revoke_tenant_access('regress_ten_b_bi', :'tb') AS revoked_in_b;
--- (to A's admin, tenant B does not exist)
+-- (another tenant's id: 42501, as a plain INSERT of the mapping gives)
 SELECT try(format('SELECT crm.grant_tenant_access(%L, %L)', 'regress_ten_a_bi', :'tb'));
 RESET ROLE;
 

@@ -107,6 +107,9 @@ typedef struct CrmJobRequest
 } CrmJobRequest;
 
 extern pg_uuid_t crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request);
+extern void crm_queue_require_visible(const pg_uuid_t *tenant, const pg_uuid_t *contact,
+									  const char *entity, const pg_uuid_t *entity_id,
+									  Jsonb *payload);
 
 /* stage.c */
 extern bool crm_stage_unlinking;

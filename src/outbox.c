@@ -383,6 +383,9 @@ crm_outbox_emit_event(PG_FUNCTION_ARGS)
 	tenant = *DatumGetUUIDP(d);
 	SPI_finish();
 
+	/* rules copy the event's ids into jobs: only records the caller sees */
+	crm_queue_require_visible(&tenant, NULL, entity, PG_ARGISNULL(3) ? NULL : &entity_id, payload);
+
 	position = crm_outbox_emit(&tenant, event_type, entity,
 							   PG_ARGISNULL(3) ? NULL : &entity_id, payload);
 	PG_RETURN_INT64(position);

@@ -36,6 +36,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -501,6 +502,128 @@ crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request)
 }
 
 /*
+ * The records a job or an event names must be ones the caller can see.
+ * Jobs run later, and the operator's scheduled crm.run_jobs() runs them as
+ * a superuser, past row-level security: a writer of a private tenant who
+ * could name a record hidden from them in crm.enqueue_job() (contact,
+ * source, the ids of params.payload) or in crm.emit_event() (entity, the
+ * ids of the payload, which rules copy into their jobs) would have it
+ * marked won, moved or linked to a task.  So, as foreign keys and the
+ * visibility triggers do for a plain write: an id of a record the caller
+ * cannot see is 42501, an id of no record 23503.  Ids that are not uuids
+ * are left alone (run_jobs ignores them too).  Runs as the caller, inside
+ * its own SPI connection; nothing to do (and no statement run) when no id
+ * is named.
+ */
+static SPIPlanPtr visible_plan = NULL;
+
+#define VISIBLE_PLAN_SQL \
+	"SELECT v.k, v.i FROM (" \
+	" SELECT x.k, CASE WHEN x.t OPERATOR(pg_catalog.~) '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'" \
+	"   THEN x.t::pg_catalog.uuid END" \
+	" FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[])) AS x(k, t)" \
+	" UNION ALL" \
+	" SELECT p.k, CASE WHEN ($4::pg_catalog.jsonb OPERATOR(pg_catalog.#>>) p.path)" \
+	"   OPERATOR(pg_catalog.~) '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'" \
+	"   THEN ($4::pg_catalog.jsonb OPERATOR(pg_catalog.#>>) p.path)::pg_catalog.uuid END" \
+	" FROM (VALUES ('opportunity'::pg_catalog.text, '{opportunityId}'::pg_catalog.text[])," \
+	"   ('lead', '{leadId}'), ('contact', '{contactId}'), ('account', '{accountId}')," \
+	"   ('opportunity', '{relatedTo,opportunityId}'), ('lead', '{relatedTo,leadId}')," \
+	"   ('contact', '{relatedTo,contactId}'), ('account', '{relatedTo,accountId}')) AS p(k, path)" \
+	") AS v(k, i)" \
+	" WHERE v.i IS NOT NULL AND NOT CASE" \
+	"  WHEN v.k OPERATOR(pg_catalog.=) 'contact' THEN EXISTS (SELECT 1 FROM crm.contact r" \
+	"   WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 AND r.id OPERATOR(pg_catalog.=) v.i)" \
+	"  WHEN v.k OPERATOR(pg_catalog.=) 'opportunity' THEN EXISTS (SELECT 1 FROM crm.opportunity r" \
+	"   WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 AND r.id OPERATOR(pg_catalog.=) v.i)" \
+	"  WHEN v.k OPERATOR(pg_catalog.=) 'lead' THEN EXISTS (SELECT 1 FROM crm.lead r" \
+	"   WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 AND r.id OPERATOR(pg_catalog.=) v.i)" \
+	"  WHEN v.k OPERATOR(pg_catalog.=) 'account' THEN EXISTS (SELECT 1 FROM crm.account r" \
+	"   WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 AND r.id OPERATOR(pg_catalog.=) v.i)" \
+	"  ELSE true END" \
+	" LIMIT 1"
+
+void
+crm_queue_require_visible(const pg_uuid_t *tenant, const pg_uuid_t *contact,
+						  const char *entity, const pg_uuid_t *entity_id,
+						  Jsonb *payload)
+{
+	Datum		kinds[2];
+	Datum		ids[2];
+	int			n = 0;
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	char	   *kind;
+	char	   *id;
+	bool		hidden;
+
+	if (contact != NULL)
+	{
+		kinds[n] = CStringGetTextDatum("contact");
+		ids[n++] = CStringGetTextDatum(uuid_string(contact));
+	}
+	if (entity != NULL && entity_id != NULL &&
+		(strcmp(entity, "contact") == 0 || strcmp(entity, "opportunity") == 0 ||
+		 strcmp(entity, "lead") == 0 || strcmp(entity, "account") == 0))
+	{
+		kinds[n] = CStringGetTextDatum(entity);
+		ids[n++] = CStringGetTextDatum(uuid_string(entity_id));
+	}
+	if (n == 0 && (payload == NULL || !JB_ROOT_IS_OBJECT(payload) || JB_ROOT_COUNT(payload) == 0))
+		return;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (visible_plan == NULL)
+	{
+		Oid			types[4] = {UUIDOID, TEXTARRAYOID, TEXTARRAYOID, JSONBOID};
+		SPIPlanPtr	plan = SPI_prepare(VISIBLE_PLAN_SQL, 4, types);
+
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not prepare the visibility check of the queue");
+		visible_plan = plan;
+	}
+	args[0] = UUIDPGetDatum(tenant);
+	args[1] = PointerGetDatum(construct_array(kinds, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(ids, n, TEXTOID, -1, false, TYPALIGN_INT));
+	if (payload != NULL && JB_ROOT_IS_OBJECT(payload))
+		args[3] = JsonbPGetDatum(payload);
+	else
+		nulls[3] = 'n';
+	if (SPI_execute_plan(visible_plan, args, nulls, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not check the records a job names");
+	if (SPI_processed == 0)
+	{
+		SPI_finish();
+		return;
+	}
+	kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	id = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+
+	/* not visible: hidden (exists for the owner) or absent? */
+	{
+		Oid			save_userid;
+		int			save_sec_context;
+
+		GetUserIdAndSecContext(&save_userid, &save_sec_context);
+		SetUserIdAndSecContext(crm_table_owner(kind),
+							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+		if (SPI_execute_plan(visible_plan, args, nulls, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not check the records a job names");
+		hidden = (SPI_processed == 0);
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	if (hidden)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to name %s %s", kind, id),
+				 errdetail("The %s is not visible to the current user; a job or event naming it would act on it later with other rights.", kind)));
+	ereport(ERROR,
+			(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+			 errmsg("%s %s does not exist", kind, id)));
+}
+
+/*
  * crm.enqueue_job(action, params, contact, run_at, idempotency_key,
  *				   source_entity, source_id, rule, max_attempts) returns uuid
  */
@@ -556,6 +679,22 @@ crm_queue_enqueue(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_attempts must be between 1 and 100")));
 	request.max_attempts = PG_GETARG_INT32(8);
+
+	{
+		JsonbValue	key;
+		JsonbValue *inner;
+		Jsonb	   *payload = NULL;
+
+		key.type = jbvString;
+		key.val.string.val = "payload";
+		key.val.string.len = strlen("payload");
+		inner = findJsonbValueFromContainer(&request.params->root, JB_FOBJECT, &key);
+		if (inner != NULL && inner->type == jbvBinary)
+			payload = JsonbValueToJsonb(inner);
+		crm_queue_require_visible(&tenant, request.has_contact ? &request.contact : NULL,
+								  request.entity, request.has_entity_id ? &request.entity_id : NULL,
+								  payload);
+	}
 
 	queue_begin(&session);
 	job = crm_queue_enqueue_job(&tenant, &request);
@@ -913,8 +1052,11 @@ crm_queue_purge(PG_FUNCTION_ARGS)
 	bool		isnull;
 	int64		purged;
 
-	if (PG_ARGISNULL(0) ||
-		interval_is_negative(PG_GETARG_DATUM(0)))
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("older_than must not be null")));
+	if (interval_is_negative(PG_GETARG_DATUM(0)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("older_than must be a non-negative interval")));

@@ -796,6 +796,22 @@ fire(const pg_uuid_t *tenant, RuleInfo *rule, EventRow *ev)
 }
 
 /*
+ * A column the matcher needs is NULL: crm.event's are NOT NULL, so the
+ * trigger was attached to another table.  Say which column, instead of
+ * reading a null pointer.
+ */
+static void match_null_column(Relation rel, const char *col) pg_attribute_noreturn();
+
+static void
+match_null_column(Relation rel, const char *col)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+			 errmsg("column \"%s\" of relation \"%s\" must not be null for function \"workflow_match\"",
+					col, RelationGetRelationName(rel))));
+}
+
+/*
  * crm.workflow_match() trigger: AFTER INSERT FOR EACH STATEMENT on
  * crm.event, REFERENCING NEW TABLE AS crm_new_events.
  */
@@ -821,6 +837,7 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 	List	   *rules = NIL;
 
 	crm_require_trigger(fcinfo, "workflow_match", false, false);
+	crm_require_trigger_nargs(fcinfo, "workflow_match", 0);
 	if (!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) || trigdata->tg_newtable == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
@@ -847,9 +864,18 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 		bool		isnull;
 		Datum		d;
 
-		ev->tenant = *DatumGetUUIDP(slot_getattr(slot, att_tenant, &isnull));
-		ev->id = *DatumGetUUIDP(slot_getattr(slot, att_id, &isnull));
-		ev->event_type = TextDatumGetCString(slot_getattr(slot, att_type, &isnull));
+		d = slot_getattr(slot, att_tenant, &isnull);
+		if (isnull)
+			match_null_column(trigdata->tg_relation, "tenant_id");
+		ev->tenant = *DatumGetUUIDP(d);
+		d = slot_getattr(slot, att_id, &isnull);
+		if (isnull)
+			match_null_column(trigdata->tg_relation, "id");
+		ev->id = *DatumGetUUIDP(d);
+		d = slot_getattr(slot, att_type, &isnull);
+		if (isnull)
+			match_null_column(trigdata->tg_relation, "event_type");
+		ev->event_type = TextDatumGetCString(d);
 		d = slot_getattr(slot, att_entity, &isnull);
 		ev->entity = isnull ? NULL : TextDatumGetCString(d);
 		d = slot_getattr(slot, att_entity_id, &isnull);
@@ -858,7 +884,10 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 			ev->has_entity_id = true;
 			ev->entity_id = *DatumGetUUIDP(d);
 		}
-		ev->payload = DatumGetJsonbPCopy(slot_getattr(slot, att_payload, &isnull));
+		d = slot_getattr(slot, att_payload, &isnull);
+		if (isnull)
+			match_null_column(trigdata->tg_relation, "payload");
+		ev->payload = DatumGetJsonbPCopy(d);
 		events = lappend(events, ev);
 	}
 	ExecDropSingleTupleTableSlot(slot);

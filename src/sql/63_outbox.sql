@@ -162,6 +162,9 @@ CREATE FUNCTION crm.unsubscribe(name text) RETURNS boolean
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'consumer name must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     DELETE FROM crm.event_consumer c WHERE c.tenant_id = crm.current_tenant() AND c.name = $1;
     RETURN FOUND;
 END
@@ -178,6 +181,9 @@ CREATE FUNCTION crm.poll(name text, max integer DEFAULT 1000)
 DECLARE
     pos bigint;
 BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'consumer name must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT c.position INTO pos FROM crm.event_consumer c
      WHERE c.tenant_id = crm.current_tenant() AND c.name = $1;
     IF NOT FOUND THEN
@@ -197,8 +203,8 @@ CREATE FUNCTION crm.ack(name text, "position" bigint) RETURNS bigint
 DECLARE
     pos bigint;
 BEGIN
-    IF $2 IS NULL THEN
-        RAISE EXCEPTION 'position must not be null' USING ERRCODE = 'null_value_not_allowed';
+    IF $1 IS NULL OR $2 IS NULL THEN
+        RAISE EXCEPTION 'consumer name and position must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF $2 < 0 OR $2 >= crm.event_head() THEN
         RAISE EXCEPTION 'event position % has not been handed out', $2

@@ -363,6 +363,16 @@ BEGIN
         RAISE EXCEPTION 'login_role and tenant must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM crm.tenant t WHERE t.tenant_id = $2) THEN
+        -- Row-level security hides every tenant but the caller's: another
+        -- tenant's id is refused as a plain INSERT of the mapping refuses
+        -- it (42501), whether or not that tenant exists.  Only the operator,
+        -- who sees every tenant, learns that an id names no tenant.
+        IF $2 IS DISTINCT FROM crm.current_tenant()
+           AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER) THEN
+            RAISE EXCEPTION 'role "%" may not map roles into tenant %', CURRENT_USER, $2
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'A tenant''s admin maps roles into the tenant it acts for only.';
+        END IF;
         RAISE EXCEPTION 'tenant % does not exist', $2 USING ERRCODE = 'no_data_found';
     END IF;
     -- mappings of dropped roles are dead; clear them away
@@ -382,6 +392,9 @@ CREATE FUNCTION crm.revoke_tenant_access(login_role name, tenant uuid) RETURNS b
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
+    IF $1 IS NULL OR $2 IS NULL THEN
+        RAISE EXCEPTION 'login_role and tenant must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     DELETE FROM crm.tenant_access a
      WHERE a.tenant_id = $2
        AND (a.role_oid = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $1)
@@ -498,14 +511,14 @@ BEGIN
         crm.enqueue_job(text, jsonb, uuid, timestamptz, uuid, text, uuid, uuid, integer),
         crm.claim_jobs(text, text, integer, interval), crm.complete_job(uuid, jsonb, text),
         crm.fail_job(uuid, text, text), crm.extend_lease(uuid, interval, text),
-        crm.reap_expired_leases(), crm.retry_job(uuid), crm.purge_jobs(interval)
+        crm.reap_expired_leases(), crm.retry_job(uuid)
         TO crm_writer;
     -- Workflow rules (src/sql/91_workflow.sql): admins configure rules and
     -- run the maintenance; writers take inbound events and run the
     -- in-database jobs of their tenant.
     GRANT INSERT, UPDATE, DELETE ON crm.workflow_rule TO crm_admin;
     GRANT EXECUTE ON FUNCTION crm.validate_rule(jsonb), crm.idempotency_key(text[]) TO crm_reader;
-    GRANT INSERT, UPDATE, DELETE ON crm.inbound_event TO crm_writer;
+    GRANT INSERT ON crm.inbound_event TO crm_writer;
     GRANT EXECUTE ON FUNCTION
         crm.consume_event(text, jsonb, text), crm.run_jobs(integer)
         TO crm_writer;
@@ -579,6 +592,16 @@ BEGIN
     GRANT INSERT, UPDATE, DELETE ON crm.revenue_forecast, crm.forecast_deal TO crm_writer;
     GRANT EXECUTE ON FUNCTION crm.snapshot_forecast(text, text, date, date, uuid, uuid, timestamptz) TO crm_writer;
     GRANT INSERT, UPDATE, DELETE ON crm.quota TO crm_admin;
+
+    -- Attacker's review (issues 6 and 8, second wave): what a writer could
+    -- undo.  The inbound-event ledger is append-only for writers: deleting
+    -- or renaming a row let the same external event be consumed (and its
+    -- rules run) twice.  Purging the job archive erases the tenant's record
+    -- of what was sent and why a job was skipped: an admin's task, as
+    -- purging events is.  REVOKE too, for databases set up before.
+    REVOKE UPDATE, DELETE ON crm.inbound_event FROM crm_writer;
+    REVOKE EXECUTE ON FUNCTION crm.purge_jobs(interval) FROM crm_writer;
+    GRANT EXECUTE ON FUNCTION crm.purge_jobs(interval) TO crm_admin;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

@@ -207,7 +207,9 @@ BEGIN
         END IF;
     END IF;
 
-    PERFORM 1 FROM crm.inbound_event i WHERE i.tenant_id = tenant AND i.external_id = $3 FOR UPDATE;
+    -- no row lock (it would need UPDATE on the ledger, which writers must not
+    -- have): a concurrent delivery is caught by the INSERT below
+    PERFORM 1 FROM crm.inbound_event i WHERE i.tenant_id = tenant AND i.external_id = $3;
     IF FOUND THEN
         RETURN NULL;
     END IF;
@@ -253,7 +255,10 @@ DECLARE
     tag uuid;
     done integer := 0;
 BEGIN
-    IF $1 IS NULL OR $1 <= 0 THEN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'max must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF $1 <= 0 THEN
         RAISE EXCEPTION 'max must be positive' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- The operator's scheduled run acts for every tenant with due jobs; an

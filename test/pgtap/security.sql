@@ -49,10 +49,15 @@ UNION ALL
 SELECT 'quota', 3
 -- job queue and workflow rules (issue 12): jobs are written by the queue's
 -- functions only; inbound events by crm.consume_event() as the writer
-UNION ALL
-SELECT t, 2 FROM unnest(ARRAY['inbound_event']) t
+-- (INSERT only: see table_insert_only)
 UNION ALL
 SELECT t, 3 FROM unnest(ARRAY['workflow_rule']) t;
+
+-- Tables a level may only append to (SELECT and INSERT): the inbound-event
+-- ledger, so that a writer cannot delete or rename a taken event and have
+-- it consumed twice.
+CREATE TEMP TABLE table_insert_only (tbl name PRIMARY KEY, level int NOT NULL);
+INSERT INTO table_insert_only VALUES ('inbound_event', 2);
 
 -- Every function of crm and the lowest level that may execute it; NULL:
 -- no crm role (trigger functions, and what a superuser runs).
@@ -202,7 +207,7 @@ INSERT INTO func_level VALUES
     ('crm.extend_lease(uuid,interval,text)', 2),
     ('crm.reap_expired_leases()', 2),
     ('crm.retry_job(uuid)', 2),
-    ('crm.purge_jobs(interval)', 2),
+    ('crm.purge_jobs(interval)', 3),
     ('crm.consume_event(text,jsonb,text)', 2),
     ('crm.run_jobs(integer)', 2),
     ('crm.run_time_rules(timestamp with time zone)', 3),
@@ -395,10 +400,12 @@ SELECT set_eq(
 
 SELECT table_privs_are('crm', c.relname, r.role,
     (CASE WHEN r.level >= 1 THEN ARRAY['SELECT'] ELSE '{}' END
-     || CASE WHEN r.level >= 1 AND r.level >= d.level THEN ARRAY['INSERT', 'UPDATE', 'DELETE'] ELSE '{}' END)::name[])
+     || CASE WHEN r.level >= 1 AND r.level >= d.level THEN ARRAY['INSERT', 'UPDATE', 'DELETE'] ELSE '{}' END
+     || CASE WHEN r.level >= 1 AND r.level >= i.level THEN ARRAY['INSERT'] ELSE '{}' END)::name[])
   FROM crm_relation c
   CROSS JOIN role_level r
   LEFT JOIN table_dml d ON d.tbl = c.relname AND c.relkind IN ('r', 'p')
+  LEFT JOIN table_insert_only i ON i.tbl = c.relname AND c.relkind IN ('r', 'p')
  ORDER BY c.relname, r.level, r.role;
 
 SELECT column_privs_are('crm', 'tenant', a.attname, r.role,
