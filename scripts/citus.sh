@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# scripts/citus.sh {test|start|stop|env|check}
+#
+# crm distributed with Citus on a throwaway cluster of its own: one
+# coordinator and two workers on loopback (127.0.0.1), data, sockets and logs
+# under $CITUS_DIR (default $REPO/.citus), ports $CITUS_PORTS (default
+# "55400 55401 55402": coordinator first).  Nothing is fetched or built here:
+# Citus must already be installed in the PostgreSQL of $PG_CONFIG.
+#
+#   check  exit 0 if Citus is installed, else say how to get it and exit 1
+#   start  make (afresh) and start the three nodes, register the workers
+#   stop   stop the three nodes (not running is fine)
+#   env    print export lines that point psql at the coordinator
+#   test   check, start, then the comparison of test/citus/compare.sql run
+#          in a distributed database (crm_citus, after crm.distribute())
+#          and in a single-node database (crm_single, no Citus, same
+#          coordinator instance); prints every difference; stops the nodes;
+#          exit 0 only with 0 differences (make test-citus)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+DIR=${CITUS_DIR:-$REPO/.citus}
+read -r -a PORTS <<<"${CITUS_PORTS:-55400 55401 55402}"
+((${#PORTS[@]} == 3)) || { echo "citus.sh: CITUS_PORTS must name three ports" >&2; exit 2; }
+COORD=${PORTS[0]}
+
+if [[ -n ${PG_CONFIG:-} ]]; then
+	PGBIN=$("$PG_CONFIG" --bindir)
+elif [[ -x /usr/lib/postgresql/15/bin/pg_config ]]; then
+	PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+	PGBIN=/usr/lib/postgresql/15/bin
+else
+	PG_CONFIG=pg_config
+	PGBIN=$(pg_config --bindir)
+fi
+PSQL=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres)
+
+if [[ $(id -u) == 0 ]]; then
+	as_server() { runuser -u postgres -- "$@"; }
+else
+	as_server() { "$@"; }
+fi
+
+die() {
+	echo "citus.sh: $*" >&2
+	exit 1
+}
+
+check() {
+	local lib ext
+	lib=$("$PG_CONFIG" --pkglibdir)
+	ext=$("$PG_CONFIG" --sharedir)/extension
+	if [[ -f $lib/citus.so && -f $ext/citus.control ]]; then
+		return 0
+	fi
+	cat >&2 <<EOF
+citus.sh: Citus is not installed in the PostgreSQL of $PG_CONFIG
+  ($lib/citus.so or $ext/citus.control is missing).
+Citus is not a Debian package; build it from its public source (tag v13.0.5):
+  1. fetch github:citusdata/citus        (the search tool's fetch; it prints a git directory)
+  2. as root: CITUS_GIT=<that git directory> ../shared/tools/citus-build.sh
+     (it installs into /usr/lib/postgresql/15; for another PostgreSQL, build
+     the same source with ./configure PG_CONFIG=\$PG_CONFIG && make install)
+then run make test-citus again.
+EOF
+	return 1
+}
+
+node_stop() { # PORT
+	local data=$DIR/$1
+	[[ -f $data/postmaster.pid ]] || return 0
+	as_server "$PGBIN/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null 2>&1 || true
+}
+
+stop() {
+	local p
+	for p in "${PORTS[@]}"; do node_stop "$p"; done
+}
+
+start() {
+	local p
+	check || exit 1
+	stop
+	rm -rf "$DIR"
+	mkdir -p "$DIR"
+	if [[ $(id -u) == 0 ]]; then
+		id -u postgres >/dev/null 2>&1 || die "no system user postgres (scripts/cluster.sh start makes it)"
+		chown postgres: "$DIR"
+	fi
+	for p in "${PORTS[@]}"; do
+		as_server "$PGBIN/initdb" -D "$DIR/$p" -U postgres --auth=trust -E UTF8 --locale=C \
+			>"$DIR/initdb-$p.log" 2>&1 || { cat "$DIR/initdb-$p.log" >&2; die "initdb failed"; }
+		as_server tee -a "$DIR/$p/postgresql.conf" >/dev/null <<CONF
+# crm Citus test node (scripts/citus.sh)
+shared_preload_libraries = 'citus'
+listen_addresses = '127.0.0.1'
+port = $p
+unix_socket_directories = ''
+max_connections = 60
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+citus.shard_count = 4
+CONF
+		as_server "$PGBIN/pg_ctl" -D "$DIR/$p" -l "$DIR/$p.log" -w -t 120 start >/dev/null ||
+			{ tail -n 30 "$DIR/$p.log" >&2; die "node $p did not start"; }
+		# The distributed database and the single-node one; Citus does not
+		# propagate CREATE DATABASE, so each node makes crm_citus itself.
+		"${PSQL[@]}" -p "$p" -d postgres -c 'CREATE DATABASE crm_citus'
+		"${PSQL[@]}" -p "$p" -d crm_citus -c 'CREATE EXTENSION citus'
+	done
+	"${PSQL[@]}" -p "$COORD" -d postgres -c 'CREATE DATABASE crm_single'
+	"${PSQL[@]}" -p "$COORD" -d crm_citus -c "SELECT pg_catalog.citus_set_coordinator_host('127.0.0.1', $COORD)" \
+		-c "SELECT pg_catalog.citus_add_node('127.0.0.1', ${PORTS[1]})" \
+		-c "SELECT pg_catalog.citus_add_node('127.0.0.1', ${PORTS[2]})" >/dev/null
+	echo "citus.sh: coordinator 127.0.0.1:$COORD, workers :${PORTS[1]} :${PORTS[2]} (data and logs in $DIR)"
+}
+
+# Prints the sections of a comparison output, one per line group, as
+# "NAME<TAB>md5"; the sections start with a line "## NAME".
+section_sums() { # FILE
+	awk '/^## / { if (name != "") print name "\t" sum; name = substr($0, 4); sum = ""; next }
+		{ sum = sum "\n" $0 }
+		END { if (name != "") print name "\t" sum }' "$1" |
+		while IFS=$'\t' read -r name _; do printf '%s\n' "$name"; done
+}
+
+run_compare() { # DATABASE OUTPUT
+	local db=$1 out=$2
+	# Errors go into the output too (they are results); ids are masked.
+	PGOPTIONS='-c client_min_messages=warning' \
+		"$PGBIN/psql" -X -h 127.0.0.1 -p "$COORD" -U postgres -d "$db" \
+		-v VERBOSITY=terse -f "$REPO/test/citus/compare.sql" 2>&1 |
+		sed -E 's/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/<uuid>/g' >"$out"
+}
+
+test_citus() {
+	local out=$DIR/out status=0 n diffs
+	check || exit 1
+	trap stop EXIT
+	start
+	mkdir -p "$out"
+	# Roles are cluster-wide: made once, from the distributed database, so
+	# that Citus makes them on the workers too.
+	echo "=== crm on every node, roles, crm.distribute()"
+	"${PSQL[@]}" -p "$COORD" -d crm_citus -f "$REPO/test/citus/setup.sql"
+	"${PSQL[@]}" -p "$COORD" -d crm_citus -c 'SELECT count(*) AS distributed FROM crm.distribute()'
+	"${PSQL[@]}" -p "$COORD" -d crm_single -c 'CREATE EXTENSION crm' -c 'SELECT crm.setup_roles()' >/dev/null
+	echo "=== test/citus/compare.sql on the single node and on Citus"
+	run_compare crm_single "$out/single.out"
+	run_compare crm_citus "$out/citus.out"
+	n=$(grep -c '^## ' "$out/single.out" || true)
+	((n > 0)) || die "no comparison ran (see $out/single.out)"
+	if ! cmp -s <(grep -c '^## ' "$out/citus.out") <(echo "$n"); then
+		echo "citus.sh: the two runs have different sections"
+	fi
+	diffs=$(compare_sections "$out/single.out" "$out/citus.out")
+	diff -u --label single --label citus "$out/single.out" "$out/citus.out" >"$out/compare.diff" || status=1
+	if ((status != 0)); then
+		echo "=== differences (first 400 lines; all in $out/compare.diff)"
+		head -n 400 "$out/compare.diff"
+	fi
+	echo "test-citus: $n comparisons, $diffs differences"
+	((status == 0 && diffs == 0))
+}
+
+# The number of sections whose output differs between two runs.
+compare_sections() { # FILE FILE
+	awk 'FNR == 1 { f++ }
+		/^## / { name = $0; next }
+		name != "" { text[f, name] = text[f, name] $0 "\n"; seen[name] = 1 }
+		END { for (s in seen) if (text[1, s] != text[2, s]) d++; print d + 0 }' "$1" "$2"
+}
+
+case ${1:-} in
+check) check ;;
+start) start ;;
+stop) stop ;;
+env)
+	printf 'export PGHOST=127.0.0.1 PGPORT=%q PGUSER=postgres PGDATABASE=crm_citus\n' "$COORD"
+	printf 'export PATH=%q:"$PATH"\n' "$PGBIN"
+	;;
+test) test_citus ;;
+*)
+	echo "usage: $0 {test|start|stop|env|check}" >&2
+	exit 2
+	;;
+esac

@@ -1,0 +1,128 @@
+-- src/sql/96_distribute.sql: scale-out with Citus (issue 9).
+--
+-- CREATE EXTENSION crm runs on every node of a Citus cluster (Citus
+-- propagates it), so every node has the same extension-owned tables; this
+-- function only tells Citus how to place them: the global lookups become
+-- reference tables (a copy on every node), every other table is distributed
+-- by tenant_id and co-located with crm.tenant, so that all the rows of one
+-- tenant live in one shard group and every statement of a tenant, triggers
+-- included, runs on one node.  It is written so that this file loads
+-- without Citus: every Citus name is reached through EXECUTE, after the
+-- check that Citus is there.
+
+CREATE FUNCTION crm.distribute() RETURNS TABLE (table_name regclass, distribution text)
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    lookups CONSTANT text[] := ARRAY['currency', 'activity_type'];
+    t regclass;
+    kind text;
+    done boolean;
+    has_rows boolean;
+    failed text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
+        RAISE EXCEPTION 'crm.distribute() needs the citus extension in this database'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'The citus extension is not installed in this database.',
+                  HINT = 'Load citus (shared_preload_libraries) on every node, run CREATE EXTENSION citus, add the workers, then CREATE EXTENSION crm and crm.setup_roles() on the coordinator.';
+    END IF;
+    EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO done;
+    IF NOT done THEN
+        RAISE EXCEPTION 'crm.distribute() runs on the coordinator only'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Connect to the coordinator node and call it there.';
+    END IF;
+
+    -- A table that already holds rows would be copied into its shards while
+    -- its rows stay behind, unseen, in the coordinator's extension table
+    -- (and in pg_dump's output): refuse instead.  The shipped rows of the
+    -- lookups are on every node already and count as empty.
+    FOR t IN
+        SELECT c.oid::regclass FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
+         ORDER BY c.relname
+    LOOP
+        EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
+            INTO done USING t;
+        CONTINUE WHEN done;
+        IF (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = t) = ANY (lookups) THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE NOT is_builtin)', t) INTO has_rows;
+        ELSE
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', t) INTO has_rows;
+        END IF;
+        IF has_rows THEN
+            RAISE EXCEPTION 'cannot distribute table % because it holds rows', t
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'crm.distribute() distributes an empty CRM only: rows of an extension table would stay behind on the coordinator.',
+                      HINT = 'Distribute a new database first, then load the data into it (pg_dump --data-only, or the application).';
+        END IF;
+    END LOOP;
+
+    -- Citus checks these when a table is distributed (measured on 13.0.5):
+    -- the C triggers are per tenant (they write rows of the same tenant
+    -- only), and a foreign key from a local table to a reference table must
+    -- not make Citus convert the extension's tables (and drop its views).
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    PERFORM pg_catalog.set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
+    PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+
+    -- The grants of crm.setup_roles() on every worker too: GRANTs on
+    -- functions and on tables that were local when they were made are not
+    -- propagated, and a shard query runs the policies' and triggers'
+    -- functions on the worker as the application's role.
+    IF (SELECT count(*) FROM pg_catalog.pg_roles
+         WHERE rolname IN ('crm_reader', 'crm_writer', 'crm_admin', 'crm_app')) = 4 THEN
+        EXECUTE $q$SELECT string_agg(r.nodename || ':' || r.nodeport || ': ' || r.result, '; ')
+                     FROM pg_catalog.run_command_on_workers(
+                              'SET citus.enable_ddl_propagation = off; SELECT crm.setup_roles()') r
+                    WHERE NOT r.success$q$ INTO failed;
+        IF failed IS NOT NULL THEN
+            RAISE EXCEPTION 'crm.setup_roles() failed on a worker'
+                USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = failed;
+        END IF;
+    ELSE
+        RAISE EXCEPTION 'crm.distribute() needs the crm roles'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run SELECT crm.setup_roles() on the coordinator first.';
+    END IF;
+
+    -- Foreign-key order: a table after every table it references.
+    FOR t, kind IN
+        WITH RECURSIVE tabs AS (
+            SELECT c.oid, c.relname FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
+        ), depth (oid, d) AS (
+            SELECT x.oid, 0 FROM tabs x
+            UNION ALL
+            SELECT k.conrelid, depth.d + 1
+              FROM depth JOIN pg_catalog.pg_constraint k
+                ON k.confrelid = depth.oid AND k.contype = 'f' AND k.conrelid <> k.confrelid
+        )
+        SELECT x.oid::regclass, CASE WHEN x.relname = ANY (lookups) THEN 'reference' ELSE 'distributed' END
+          FROM tabs x JOIN depth USING (oid)
+         GROUP BY x.oid, x.relname
+         ORDER BY max(depth.d), x.relname
+    LOOP
+        EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
+            INTO done USING t;
+        IF NOT done THEN
+            IF kind = 'reference' THEN
+                EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING t;
+            ELSIF t = 'crm.tenant'::regclass THEN
+                EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''tenant_id'', colocate_with => ''none'')'
+                    USING t;
+            ELSE
+                EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''tenant_id'', colocate_with => ''crm.tenant'')'
+                    USING t;
+            END IF;
+        END IF;
+        table_name := t;
+        distribution := kind;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.distribute() IS
+    'With Citus: makes crm.currency and crm.activity_type reference tables and distributes every other table by tenant_id, co-located with crm.tenant, in foreign-key order; returns each table and how it is placed. Idempotent (placed tables are skipped). 55000 without Citus, off the coordinator, without the crm roles, or when a table to place holds rows. Run as a superuser on the coordinator after crm.setup_roles()';
