@@ -116,20 +116,11 @@ CONF
 	echo "citus.sh: coordinator 127.0.0.1:$COORD, workers :${PORTS[1]} :${PORTS[2]} (data and logs in $DIR)"
 }
 
-# Prints the sections of a comparison output, one per line group, as
-# "NAME<TAB>md5"; the sections start with a line "## NAME".
-section_sums() { # FILE
-	awk '/^## / { if (name != "") print name "\t" sum; name = substr($0, 4); sum = ""; next }
-		{ sum = sum "\n" $0 }
-		END { if (name != "") print name "\t" sum }' "$1" |
-		while IFS=$'\t' read -r name _; do printf '%s\n' "$name"; done
-}
-
 run_compare() { # DATABASE OUTPUT
 	local db=$1 out=$2
 	# Errors go into the output too (they are results); ids are masked.
 	PGOPTIONS='-c client_min_messages=warning' \
-		"$PGBIN/psql" -X -h 127.0.0.1 -p "$COORD" -U postgres -d "$db" \
+		"$PGBIN/psql" -X -q -h 127.0.0.1 -p "$COORD" -U postgres -d "$db" \
 		-v VERBOSITY=terse -f "$REPO/test/citus/compare.sql" 2>&1 |
 		sed -E 's/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/<uuid>/g' >"$out"
 }
