@@ -175,6 +175,8 @@ DELETE FROM trojan.calls;
 -- Install and provision under the hostile path -----------------------------------
 CREATE EXTENSION crm;
 SELECT crm.setup_roles();
+-- without Citus crm.distribute() refuses (55000) and changes nothing
+SELECT * FROM crm.distribute();
 SELECT crm.create_tenant('Hostile A') AS ta \gset
 SELECT crm.load_demo('Hostile B') AS tb \gset
 CREATE ROLE regress_hostile_admin IN ROLE crm_admin;
@@ -363,12 +365,14 @@ SELECT fn, called_by, pg_catalog.count(*) AS calls FROM trojan.calls GROUP BY fn
 SELECT pg_catalog.count(*) AS trojan_calls FROM trojan.calls;
 
 -- And the above did run every function of crm (a function added to crm
--- shows up here until this file exercises it).
+-- shows up here until this file exercises it).  crm.distribute() only
+-- finishes with Citus (make test-citus runs it); here it refused, above.
 SELECT pg_catalog.pg_stat_force_next_flush();
 SET search_path = pg_catalog, public;
 SELECT p.oid::regprocedure AS never_called
   FROM pg_proc p
  WHERE p.pronamespace = 'crm'::regnamespace
+   AND p.oid <> 'crm.distribute()'::regprocedure
    AND NOT EXISTS (SELECT 1 FROM pg_stat_user_functions f WHERE f.funcid = p.oid AND f.calls > 0)
  ORDER BY 1::text;
 

@@ -67,7 +67,9 @@ INSERT INTO func_level VALUES
     ('crm.stamp_flag_times()', NULL),
     ('crm.create_tenant(text)', NULL),
     ('crm.setup_roles()', NULL),
-    ('crm.load_demo(text,timestamp with time zone)', NULL);
+    ('crm.load_demo(text,timestamp with time zone)', NULL),
+    -- scale-out (issue 9): the operator's, on the coordinator
+    ('crm.distribute()', NULL);
 
 -- The row-level security policies of every table.
 CREATE TEMP TABLE table_policies (tbl name PRIMARY KEY, policies name[] NOT NULL);
