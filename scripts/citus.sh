@@ -135,7 +135,10 @@ test_citus() {
 	# that Citus makes them on the workers too.
 	echo "=== crm on every node, roles, crm.distribute()"
 	"${PSQL[@]}" -p "$COORD" -d crm_citus -f "$REPO/test/citus/setup.sql"
-	"${PSQL[@]}" -p "$COORD" -d crm_citus -c 'SELECT count(*) AS distributed FROM crm.distribute()'
+	if ! "${PSQL[@]}" -p "$COORD" -d crm_citus -c 'SELECT count(*) AS distributed FROM crm.distribute()'; then
+		echo "test-citus: crm.distribute() failed; nothing compared"
+		exit 1
+	fi
 	"${PSQL[@]}" -p "$COORD" -d crm_single -c 'CREATE EXTENSION crm' -c 'SELECT crm.setup_roles()' >/dev/null
 	echo "=== test/citus/compare.sql on the single node and on Citus"
 	run_compare crm_single "$out/single.out"

@@ -60,6 +60,21 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- Citus 13 copies a policy to the shards without AS RESTRICTIVE: a
+    -- restrictive policy would become permissive there and widen what every
+    -- role sees (measured: another tenant's rows became visible).  Refuse.
+    SELECT string_agg(format('%s on %s', p.polname, p.polrelid::regclass), ', ' ORDER BY 1)
+      INTO failed
+      FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+     WHERE c.relnamespace = 'crm'::regnamespace AND NOT p.polpermissive;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot distribute a table with a restrictive policy'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Citus copies restrictive policies to the shards as permissive ones, which would widen access: %s.', failed),
+                  HINT = 'Fold the restriction into the table''s permissive policy (one predicate per table).';
+    END IF;
+    failed := NULL;
+
     -- Citus checks these when a table is distributed (measured on 13.0.5):
     -- the C triggers are per tenant (they write rows of the same tenant
     -- only), and a foreign key from a local table to a reference table must
@@ -125,4 +140,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.distribute() IS
-    'With Citus: makes crm.currency and crm.activity_type reference tables and distributes every other table by tenant_id, co-located with crm.tenant, in foreign-key order; returns each table and how it is placed. Idempotent (placed tables are skipped). 55000 without Citus, off the coordinator, without the crm roles, or when a table to place holds rows. Run as a superuser on the coordinator after crm.setup_roles()';
+    'With Citus: makes crm.currency and crm.activity_type reference tables and distributes every other table by tenant_id, co-located with crm.tenant, in foreign-key order; returns each table and how it is placed. Idempotent (placed tables are skipped). 55000 without Citus, off the coordinator, without the crm roles, with a restrictive policy, or when a table to place holds rows. Run as a superuser on the coordinator after crm.setup_roles()';
