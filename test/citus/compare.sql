@@ -113,7 +113,7 @@ BEGIN;
 SET LOCAL crm.tenant_id = :'tn';
 SELECT count(*), sum(amount), min(currency), max(currency), min(status), count(DISTINCT stage_id) AS stages
   FROM crm.opportunity WHERE name LIKE 'Bulk %';
-SELECT count(*), sum(expected_revenue), min(currency), min(status) FROM crm.lead WHERE name LIKE 'Bulk lead %' GROUP BY ();
+SELECT count(*), sum(expected_revenue), min(currency), min(status) FROM crm.lead WHERE name LIKE 'Bulk lead %';
 SELECT name, company_name FROM crm.lead WHERE name LIKE 'Bulk lead %' ORDER BY name;
 COMMIT;
 
@@ -234,9 +234,21 @@ UPDATE crm.account SET name = 'Hijacked' WHERE id = :'initech';
 SELECT count(*) AS south_sees_initech FROM crm.account WHERE id = :'initech';
 DELETE FROM crm.opportunity WHERE id = :'renewal';
 ROLLBACK;
+-- Moving a row to another tenant is refused on both, with different
+-- messages (Citus refuses to change a distribution column before the row's
+-- trigger or policy is reached): only the outcome is compared.
+CREATE FUNCTION pg_temp.outcome(statement text) RETURNS text LANGUAGE plpgsql AS $f$
+BEGIN
+    EXECUTE statement;
+    RETURN 'done';
+EXCEPTION WHEN OTHERS THEN
+    RETURN 'refused';
+END
+$f$;
 BEGIN;
 SET LOCAL crm.tenant_id = :'tn';
-UPDATE crm.account SET tenant_id = :'ts' WHERE id = :'initech';
+SELECT pg_temp.outcome(format('UPDATE crm.account SET tenant_id = %L WHERE id = %L', :'ts', :'initech')) AS move_to_south;
+SELECT count(*) AS initech_in_north FROM crm.account WHERE id = :'initech';
 ROLLBACK;
 BEGIN;
 SET LOCAL crm.tenant_id = :'ts';
@@ -269,7 +281,7 @@ SET citus.propagate_set_commands = 'local';
 \echo '## mapped: alice acts for North as Ned'
 BEGIN;
 SELECT t.name AS tenant, u.name AS as_user
-  FROM crm.tenant t, crm.app_user u WHERE u.id = crm.current_user_id();
+  FROM crm.app_user u JOIN crm.tenant t ON t.tenant_id = u.tenant_id WHERE u.id = crm.current_user_id();
 SELECT name FROM crm.account ORDER BY name;
 COMMIT;
 
