@@ -60,18 +60,34 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- Citus 13 copies a policy to the shards without AS RESTRICTIVE: a
-    -- restrictive policy would become permissive there and widen what every
-    -- role sees (measured: another tenant's rows became visible).  Refuse.
-    SELECT string_agg(format('%s on %s', p.polname, p.polrelid::regclass), ', ' ORDER BY 1)
-      INTO failed
-      FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
-     WHERE c.relnamespace = 'crm'::regnamespace AND NOT p.polpermissive;
+    -- What Citus 13.0.5 cannot distribute, or would distribute wrongly, all
+    -- named in one error before anything is changed:
+    --  - a restrictive policy: Citus copies it to the shards without AS
+    --    RESTRICTIVE, so it would widen what every role sees (measured:
+    --    another tenant's rows became visible);
+    --  - a policy with a sub-select: refused by Citus on distributed tables;
+    --  - a foreign key ON DELETE SET NULL or SET DEFAULT: refused by Citus
+    --    when the key holds the distribution column.
+    SELECT string_agg(problem, '; ' ORDER BY problem) INTO failed
+      FROM (SELECT format('policy %s on %s is restrictive', p.polname, p.polrelid::regclass) AS problem
+              FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+             WHERE c.relnamespace = 'crm'::regnamespace AND NOT p.polpermissive
+            UNION ALL
+            SELECT format('policy %s on %s has a sub-select', p.polname, p.polrelid::regclass)
+              FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+             WHERE c.relnamespace = 'crm'::regnamespace
+               AND (p.polqual::text LIKE '%{SUBLINK %' OR p.polwithcheck::text LIKE '%{SUBLINK %')
+            UNION ALL
+            SELECT format('foreign key %s on %s is ON DELETE SET %s', k.conname, k.conrelid::regclass,
+                          CASE k.confdeltype WHEN 'n' THEN 'NULL' ELSE 'DEFAULT' END)
+              FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+             WHERE c.relnamespace = 'crm'::regnamespace AND k.contype = 'f'
+               AND k.confdeltype IN ('n', 'd')) problems;
     IF failed IS NOT NULL THEN
-        RAISE EXCEPTION 'cannot distribute a table with a restrictive policy'
+        RAISE EXCEPTION 'the crm schema cannot be distributed as installed'
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = format('Citus copies restrictive policies to the shards as permissive ones, which would widen access: %s.', failed),
-                  HINT = 'Fold the restriction into the table''s permissive policy (one predicate per table).';
+                  DETAIL = failed || '.',
+                  HINT = 'Citus needs permissive policies that are plain predicates and foreign keys without SET NULL or SET DEFAULT actions (see the README).';
     END IF;
     failed := NULL;
 
@@ -137,7 +153,14 @@ BEGIN
         distribution := kind;
         RETURN NEXT;
     END LOOP;
+
+    -- The lookups' rows were copied into their shards; the coordinator's
+    -- own copies are unseen from now on: drop them, as Citus advises.
+    FOREACH kind IN ARRAY lookups LOOP
+        EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)'
+            USING pg_catalog.format('crm.%I', kind)::regclass;
+    END LOOP;
 END
 $$;
 COMMENT ON FUNCTION crm.distribute() IS
-    'With Citus: makes crm.currency and crm.activity_type reference tables and distributes every other table by tenant_id, co-located with crm.tenant, in foreign-key order; returns each table and how it is placed. Idempotent (placed tables are skipped). 55000 without Citus, off the coordinator, without the crm roles, with a restrictive policy, or when a table to place holds rows. Run as a superuser on the coordinator after crm.setup_roles()';
+    'With Citus: makes crm.currency and crm.activity_type reference tables and distributes every other table by tenant_id, co-located with crm.tenant, in foreign-key order; returns each table and how it is placed. Idempotent (placed tables are skipped). 55000 without Citus, off the coordinator, without the crm roles, with a restrictive policy, a policy with a sub-select or an ON DELETE SET NULL/SET DEFAULT foreign key, or when a table to place holds rows. Run as a superuser on the coordinator after crm.setup_roles()';
