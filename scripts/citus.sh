@@ -129,7 +129,7 @@ run_compare() { # DATABASE OUTPUT
 }
 
 test_citus() {
-	local out=$DIR/out status=0 n diffs
+	local out=$DIR/out status=0 n diffs tables again before placed after
 	check || exit 1
 	trap stop EXIT
 	start
@@ -138,14 +138,32 @@ test_citus() {
 	# that Citus makes them on the workers too.
 	echo "=== crm on every node, roles, crm.distribute()"
 	"${PSQL[@]}" -p "$COORD" -d crm_citus -f "$REPO/test/citus/setup.sql"
+	# A CRM that holds rows is refused (55000), and nothing is placed.
+	"${PSQL[@]}" -p "$COORD" -d crm_citus -c "SELECT crm.create_tenant('Too early')" >/dev/null
+	if "${PSQL[@]}" -p "$COORD" -d crm_citus -c 'SELECT crm.distribute()' >"$out/early.out" 2>&1 ||
+		! grep -q 'cannot distribute table crm\.[a-z_]* because it holds rows' "$out/early.out"; then
+		cat "$out/early.out"
+		die "crm.distribute() did not refuse a CRM that holds rows"
+	fi
+	"${PSQL[@]}" -p "$COORD" -d crm_citus -c 'DELETE FROM crm.tenant' >/dev/null
 	if ! "${PSQL[@]}" -p "$COORD" -d crm_citus -c 'SELECT count(*) AS distributed FROM crm.distribute()'; then
 		echo "test-citus: crm.distribute() failed; nothing compared"
 		exit 1
 	fi
 	"${PSQL[@]}" -p "$COORD" -d crm_single -c 'CREATE EXTENSION crm' -c 'SELECT crm.setup_roles()' >/dev/null
+	tables=$("${PSQL[@]}" -p "$COORD" -d crm_citus -At -c \
+		"SELECT count(*) FROM pg_catalog.pg_dist_partition WHERE logicalrelid::regclass::text LIKE 'crm.%'")
 	echo "=== test/citus/compare.sql on the single node and on Citus"
 	run_compare crm_single "$out/single.out"
 	run_compare crm_citus "$out/citus.out"
+	# A second call places nothing new, refuses nothing and loses no row.
+	again=$("${PSQL[@]}" -p "$COORD" -d crm_citus -At -c 'SELECT count(*) FROM crm.account' \
+		-c 'SELECT count(*) FROM crm.distribute()' -c 'SELECT count(*) FROM crm.account' | tr '\n' ' ')
+	read -r before placed after <<<"$again"
+	if ((before != after || placed != tables)); then
+		die "second crm.distribute(): $placed tables (expected $tables), accounts $before -> $after"
+	fi
+	echo "=== second crm.distribute(): $placed tables, $after accounts kept"
 	n=$(grep -c '^## ' "$out/single.out" || true)
 	((n > 0)) || die "no comparison ran (see $out/single.out)"
 	if ! cmp -s <(grep -c '^## ' "$out/citus.out") <(echo "$n"); then

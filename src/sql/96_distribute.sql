@@ -153,13 +153,9 @@ BEGIN
         distribution := kind;
         RETURN NEXT;
     END LOOP;
-
-    -- The lookups' rows were copied into their shards; the coordinator's
-    -- own copies are unseen from now on: drop them, as Citus advises.
-    FOREACH kind IN ARRAY lookups LOOP
-        EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)'
-            USING pg_catalog.format('crm.%I', kind)::regclass;
-    END LOOP;
+    -- The coordinator keeps its own (now unseen) copy of the lookups' shipped
+    -- rows: truncate_local_data_after_distributing_table() would cascade to
+    -- every table that references them, so it is not called.
 END
 $$;
 COMMENT ON FUNCTION crm.distribute() IS
