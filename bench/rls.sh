@@ -2,13 +2,23 @@
 # bench/rls.sh: what row-level security costs the kanban and dashboard views.
 #
 # 20 tenants, each with 5,000 opportunities and 5,000 leads spread over the
-# stages of both pipelines.  The views crm.opportunity_kanban,
-# crm.lead_kanban and crm.dashboard are read for one tenant two ways:
+# stages of both pipelines (RLS_TENANTS, RLS_PER_TENANT and RLS_ROUNDS
+# change the size).  The views crm.opportunity_kanban, crm.lead_kanban and
+# crm.dashboard are read for one tenant three ways:
 #
 #   rls     as the login role bench_app (crm_app + crm_reader) with
 #           SET crm.tenant_id: the tenant and owner policies choose the rows
 #   owner   as the superuser, which bypasses row-level security, with
 #           WHERE tenant_id = '<tenant>' on the view
+#   private as bench_app in a second tenant of the same size made private,
+#           acting (crm.user_id) as a user who manages two of the five
+#           owners: every row is checked against visible_to (its rows
+#           differ by design, so only its time is compared with owner's)
+#
+# What the policies cost per row is tenant_id = crm.current_tenant() (a C
+# function answering from a per-statement cache) and, for owner visibility,
+# visible_to IS NULL OR crm.current_user_id() = ANY (visible_to) OR
+# crm.is_admin(): no sub-query per row.
 #
 # Five rounds; each round opens one session per side, runs every query once
 # to warm the caches, then once timed (clock_timestamp before and after, the
@@ -22,9 +32,9 @@ set -euo pipefail
 
 DB=bench_rls
 ROLE=bench_app
-TENANTS=20
-PER_TENANT=5000
-ROUNDS=5
+TENANTS=${RLS_TENANTS:-20}
+PER_TENANT=${RLS_PER_TENANT:-5000}
+ROUNDS=${RLS_ROUNDS:-5}
 QUERIES=(opportunity_kanban lead_kanban dashboard)
 
 command -v psql >/dev/null || PATH="$("$(dirname "$0")/../scripts/cluster.sh" bindir):$PATH"
@@ -98,8 +108,15 @@ if [[ $exists == 0 ]]; then
 fi
 psql_admin -c "GRANT crm_app, crm_reader TO $ROLE"
 
-# The tenant in the middle of the list.
+# The tenant in the middle of the list; the one after it goes private, its
+# first user managing the second and third.
 tenant=$(psql_bench -At -c "SELECT tenant_id FROM crm.tenant ORDER BY name OFFSET $((TENANTS / 2)) LIMIT 1")
+private=$(psql_bench -At -c "SELECT tenant_id FROM crm.tenant ORDER BY name OFFSET $((TENANTS / 2 + 1)) LIMIT 1")
+manager=$(psql_bench -At -c "SELECT id FROM crm.app_user WHERE tenant_id = '$private' ORDER BY id LIMIT 1")
+psql_bench -q -c "UPDATE crm.app_user SET manager_id = '$manager'
+                   WHERE tenant_id = '$private' AND id IN (SELECT id FROM crm.app_user
+                                                            WHERE tenant_id = '$private' ORDER BY id OFFSET 1 LIMIT 2)" \
+	-c "UPDATE crm.tenant SET visibility = 'private' WHERE tenant_id = '$private'" -c "VACUUM ANALYZE"
 
 # The SQL of one round for one side: a checksum of each query's rows, a
 # warm-up run, then the timed run printing "side query ms".
@@ -107,6 +124,8 @@ round_sql() {
 	local side=$1 where=''
 	if [[ $side == rls ]]; then
 		echo "SET crm.tenant_id = '$tenant';"
+	elif [[ $side == private ]]; then
+		echo "SET crm.tenant_id = '$private'; SET crm.user_id = '$manager';"
 	else
 		where="WHERE tenant_id = '$tenant'"
 	fi
@@ -131,16 +150,17 @@ results=''
 for round in $(seq 1 "$ROUNDS"); do
 	results+=$(round_sql rls | psql_bench -At -U "$ROLE")$'\n'
 	results+=$(round_sql owner | psql_bench -At)$'\n'
+	results+=$(round_sql private | psql_bench -At -U "$ROLE")$'\n'
 done
 
 # Both sides must see the same, non-empty, rows: one tenant's 12 stages on
 # each kanban and one dashboard row.
 fail=0
 for q in "${QUERIES[@]}"; do
-	sums=$(grep "^sum [a-z]* $q " <<<"$results" | awk '{print $4, $5}' | sort -u)
+	sums=$(grep -E "^sum (rls|owner) $q " <<<"$results" | awk '{print $4, $5}' | sort -u)
 	if [[ $(wc -l <<<"$sums") != 1 ]]; then
 		echo "FAIL: $q: RLS and owner do not return the same rows:" >&2
-		grep "^sum [a-z]* $q " <<<"$results" | sort -u >&2
+		grep -E "^sum (rls|owner) $q " <<<"$results" | sort -u >&2
 		fail=1
 		continue
 	fi
@@ -157,10 +177,13 @@ median() { grep "^time $1 $2 " <<<"$results" | awk '{print $4}' | sort -n | awk 
 
 echo
 echo "views for one tenant of $TENANTS ($PER_TENANT opportunities + $PER_TENANT leads each), median of $ROUNDS"
-printf "  %-20s %12s %12s %8s\n" query "RLS (ms)" "owner (ms)" ratio
+printf "  %-20s %12s %12s %8s %14s %8s\n" query "RLS (ms)" "owner (ms)" ratio "private (ms)" ratio
 for q in "${QUERIES[@]}"; do
 	rls=$(median rls "$q")
 	owner=$(median owner "$q")
-	awk -v q="$q" -v r="$rls" -v o="$owner" 'BEGIN { printf "  %-20s %12.2f %12.2f %8.2f\n", q, r, o, r / o }'
+	priv=$(median private "$q")
+	awk -v q="$q" -v r="$rls" -v o="$owner" -v p="$priv" \
+		'BEGIN { printf "  %-20s %12.2f %12.2f %8.2f %14.2f %8.2f\n", q, r, o, r / o, p, p / o }'
 done
-echo "  (RLS: $ROLE with SET crm.tenant_id; owner: superuser, bypasses RLS, WHERE tenant_id = ...)"
+echo "  (RLS: $ROLE with SET crm.tenant_id; owner: superuser, bypasses RLS, WHERE tenant_id = ...;"
+echo "   private: $ROLE in a private tenant as a manager, against the owner's time for the public tenant; goal 1.2)"

@@ -211,7 +211,7 @@ INSERT INTO crm.activity_type (code, name, module) VALUES ('trojan_check', 'Troj
 UPDATE crm.activity_type SET default_weight = 2 WHERE code OPERATOR(pg_catalog.=) 'trojan_check';
 INSERT INTO crm.tenant (name, default_currency) VALUES ('Hostile C', 'XHO') RETURNING tenant_id AS tc \gset
 UPDATE crm.tenant SET settings = '{"hostile": true}' WHERE tenant_id OPERATOR(pg_catalog.=) :'tc';
-INSERT INTO crm.tenant_access (tenant_id, login_role) VALUES (:'tc', 'regress_hostile_app');
+INSERT INTO crm.tenant_access (tenant_id, login_role) VALUES (:'tc', 'regress_hostile_writer');
 UPDATE crm.tenant_access SET granted_by = 'postgres' WHERE tenant_id OPERATOR(pg_catalog.=) :'tc';
 DELETE FROM crm.tenant_access WHERE tenant_id OPERATOR(pg_catalog.=) :'tc';
 -- every table once more, every row: each BEFORE UPDATE trigger fires, and

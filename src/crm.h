@@ -63,5 +63,6 @@ extern int	crm_attnum(Relation rel, const char *colname, Oid typid);
 
 /* tenant.c */
 extern bool crm_current_app_user_id(pg_uuid_t *user);
+extern bool crm_current_user_sees(Datum visible_to, bool isnull);
 
 #endif							/* CRM_H */

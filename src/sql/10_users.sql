@@ -71,22 +71,65 @@ COMMENT ON COLUMN crm.team_member.user_id IS 'The member';
 COMMENT ON COLUMN crm.team_member.created_at IS 'When the row was made';
 COMMENT ON COLUMN crm.team_member.updated_at IS 'When the row last changed';
 
+-- Who may be mapped is checked in C on every path (src/tenant.c), and the
+-- statement's tenant is read from this table by a direct index scan on
+-- role_oid, not through SPI: the lookup must work inside a shard query on
+-- Citus, where a policy may not query a distributed table.
+CREATE FUNCTION crm.tenant_access_check() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_tenant_access_check'
+    LANGUAGE C;
+COMMENT ON FUNCTION crm.tenant_access_check() IS
+    'Internal: trigger of crm.tenant_access (''mapping'') and crm.app_access (''app''): only an existing role, by OID; never a superuser, BYPASSRLS role or crm_app member; a second tenant only by the operator; the server sets role_oid, the role name, granted_by and created_at';
+
 CREATE TABLE crm.tenant_access (
     tenant_id   uuid NOT NULL REFERENCES crm.tenant ON DELETE CASCADE,
+    role_oid    oid NOT NULL,
     login_role  name NOT NULL,
     user_id     uuid,
     granted_by  name NOT NULL DEFAULT CURRENT_USER,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant_id, login_role),
+    PRIMARY KEY (tenant_id, role_oid),
     FOREIGN KEY (tenant_id, user_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (user_id)
 );
-CREATE INDEX tenant_access_role_idx ON crm.tenant_access (login_role);
+CREATE INDEX tenant_access_role_idx ON crm.tenant_access (role_oid);
 CREATE INDEX tenant_access_user_idx ON crm.tenant_access (tenant_id, user_id);
+CREATE TRIGGER access_check BEFORE INSERT OR UPDATE ON crm.tenant_access
+    FOR EACH ROW EXECUTE FUNCTION crm.tenant_access_check('mapping');
+COMMENT ON TRIGGER access_check ON crm.tenant_access IS
+    'Refuses mappings that would capture a role the tenant does not own; sets the server''s columns';
 COMMENT ON TABLE crm.tenant_access IS 'Login roles (people, BI tools) that act for a tenant, and as which CRM user; kept by crm.grant_tenant_access()';
 COMMENT ON COLUMN crm.tenant_access.tenant_id IS 'The tenant the role acts for';
-COMMENT ON COLUMN crm.tenant_access.login_role IS 'Database role name';
+COMMENT ON COLUMN crm.tenant_access.role_oid IS 'OID of the mapped role: the mapping ends with the role, and a role re-created under the same name does not inherit it (set by the server; a client value is ignored)';
+COMMENT ON COLUMN crm.tenant_access.login_role IS 'Name of the role when it was mapped (set by the server from the name given)';
 COMMENT ON COLUMN crm.tenant_access.user_id IS 'The CRM user the role acts as (crm.current_user_id())';
-COMMENT ON COLUMN crm.tenant_access.granted_by IS 'Role that granted the access';
-COMMENT ON COLUMN crm.tenant_access.created_at IS 'When the access was granted';
+COMMENT ON COLUMN crm.tenant_access.granted_by IS 'Role that granted the access (set by the server; a client value is ignored)';
+COMMENT ON COLUMN crm.tenant_access.created_at IS 'When the access was granted (set by the server; a client value is ignored)';
 COMMENT ON COLUMN crm.tenant_access.updated_at IS 'When the row last changed';
+
+-- No foreign key to crm.tenant: the allow-list must be readable on every
+-- Citus node (crm.distribute() makes it a reference table, which may not
+-- reference a distributed table); an entry for a tenant that no longer
+-- exists allows nothing.
+CREATE TABLE crm.app_access (
+    tenant_id   uuid NOT NULL,
+    role_oid    oid NOT NULL,
+    app_role    name NOT NULL,
+    granted_by  name NOT NULL DEFAULT CURRENT_USER,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, role_oid)
+);
+CREATE INDEX app_access_role_idx ON crm.app_access (role_oid);
+CREATE TRIGGER access_check BEFORE INSERT OR UPDATE ON crm.app_access
+    FOR EACH ROW EXECUTE FUNCTION crm.tenant_access_check('app');
+COMMENT ON TRIGGER access_check ON crm.app_access IS
+    'Only members of crm_app are listed; sets the server''s columns';
+COMMENT ON TABLE crm.app_access IS
+    'Optional allow-list kept by the operator: an application role (crm_app) listed here may act only for the tenants listed; a role not listed may act for any tenant';
+COMMENT ON COLUMN crm.app_access.tenant_id IS 'A tenant the application role may serve';
+COMMENT ON COLUMN crm.app_access.role_oid IS 'OID of the application role (set by the server; a client value is ignored)';
+COMMENT ON COLUMN crm.app_access.app_role IS 'Name of the application role when it was listed (set by the server from the name given)';
+COMMENT ON COLUMN crm.app_access.granted_by IS 'Role that listed it (set by the server; a client value is ignored)';
+COMMENT ON COLUMN crm.app_access.created_at IS 'When it was listed (set by the server; a client value is ignored)';
+COMMENT ON COLUMN crm.app_access.updated_at IS 'When the row last changed';

@@ -3,19 +3,353 @@
 -- Every table with a tenant_id has row-level security enabled and forced
 -- (the owner is fenced too; superusers and BYPASSRLS roles are not, which
 -- is how an operator provisions tenants and how pg_dump sees every row).
--- The policies compare with (SELECT crm.current_tenant()): the sub-select
--- is an InitPlan, evaluated once per query rather than once per row, and
--- still usable as an index condition.
+--
+-- Every policy is a plain predicate on the row and on node-local state
+-- (src/tenant.c): no sub-select and no function that reads a table, so the
+-- policies run unchanged on Citus shards.  Owner visibility is derived
+-- data kept on the row by the triggers below (visible_to), so checking it
+-- costs an array lookup per row, not a query.
 
 CREATE FUNCTION crm.is_admin() RETURNS boolean
-    LANGUAGE sql STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'crm_tenant_is_admin'
+    LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION crm.is_admin() IS
+    'True when the current role (outside SECURITY DEFINER functions) has the rights of crm_admin, or is a superuser; read from the catalog';
+
+CREATE FUNCTION crm.tenant_require() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_tenant_require'
+    LANGUAGE C;
+COMMENT ON FUNCTION crm.tenant_require() IS
+    'Internal: trigger that refuses, with the reason (42501), a row written by a session that acts for no tenant';
+
+-- Owner visibility, kept on the rows ---------------------------------------
+--
+-- app_user.owner_chain: the user and everyone above them, through
+-- manager_id and the teams they are a member of (the team's manager), at
+-- any depth.  A record's visible_to: NULL when every user of the tenant sees
+-- it (public tenant, or no owner), else its owner's chain.  A row that hangs
+-- off records (tags, stage history, activities) carries the intersection of
+-- its records' visible_to (and, for an activity, its own owner's chain).
+-- Triggers keep them when an owner, a manager, a team, a membership or the
+-- tenant's visibility changes; they run as the extension's owner because
+-- the rows to update include rows the writer cannot see, and they act only
+-- on the tenant of the row that fired them.
+
+ALTER TABLE crm.app_user ADD COLUMN owner_chain uuid[] NOT NULL DEFAULT '{}';
+COMMENT ON COLUMN crm.app_user.owner_chain IS
+    'The user and everyone above them (manager_id, leaders of their teams), who see what this user owns in a private tenant (set by the server; a client value is ignored)';
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['account', 'contact', 'lead', 'opportunity', 'activity',
+                             'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history']
+    LOOP
+        EXECUTE format('ALTER TABLE crm.%I ADD COLUMN visible_to uuid[]', t);
+        EXECUTE format('COMMENT ON COLUMN crm.%I.visible_to IS %L', t,
+                       'CRM users who see the row in a private tenant besides crm_admin; NULL: every user of the tenant '
+                       || CASE WHEN t IN ('account', 'contact', 'lead', 'opportunity')
+                               THEN '(the owner''s chain, NULL when unowned or the tenant is public)'
+                               ELSE '(follows the records it hangs off)' END
+                       || ' (set by the server; a client value is ignored)');
+    END LOOP;
+END
+$$;
+
+-- PL/pgSQL rather than SQL: Citus cannot plan a parameterised SQL
+-- function's query inside a shard's trigger, while a PL/pgSQL statement
+-- filtered by tenant_id routes to the same shard group.
+CREATE FUNCTION crm.owner_scope(tenant uuid, owner uuid) RETURNS uuid[]
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-                        WHERE r.rolname = 'crm_admin' AND pg_catalog.pg_has_role(r.oid, 'USAGE'))
-            OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
-    $$;
-COMMENT ON FUNCTION crm.is_admin() IS 'True when the current role has the rights of crm_admin (or is a superuser)';
+DECLARE
+    private boolean;
+    chain uuid[];
+BEGIN
+    IF owner IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT t.visibility = 'private' INTO private FROM crm.tenant t WHERE t.tenant_id = tenant;
+    IF private IS NOT TRUE THEN
+        RETURN NULL;
+    END IF;
+    SELECT u.owner_chain INTO chain FROM crm.app_user u WHERE u.tenant_id = tenant AND u.id = owner;
+    RETURN coalesce(NULLIF(chain, '{}'), ARRAY[owner]);
+END
+$$;
+COMMENT ON FUNCTION crm.owner_scope(uuid, uuid) IS
+    'Internal: visible_to of a row of the tenant owned by owner';
+
+-- visible_to of records and of what hangs off them, and the refusal to link
+-- a record the writer cannot see (foreign keys are checked without
+-- row-level security): src/visibility.c.  The triggers pass the table's
+-- name, as on a Citus shard the relation is named account_102031.
+CREATE FUNCTION crm.visibility_row() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_visibility_row'
+    LANGUAGE C;
+COMMENT ON FUNCTION crm.visibility_row() IS
+    'Internal: trigger that derives visible_to (record: the owner''s chain; dependent: what all its records and its owner allow) and refuses (42501) a link to a record the writer cannot see';
+
+-- AFTER UPDATE on account, contact, lead, opportunity, when visible_to changed: every row that hangs
+-- off the record follows it.  The dependents are found in the catalog (a
+-- crm table with visible_to and a <record>_id column), so a table added
+-- later follows by having both and the visibility trigger; each is touched
+-- with SET visible_to = visible_to and its own trigger recomputes the value.
+CREATE FUNCTION crm.visibility_propagate() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    dep name;
+BEGIN
+    FOR dep IN
+        SELECT c.relname FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
+           AND c.relname NOT IN ('account', 'contact', 'lead', 'opportunity')
+           AND c.relname !~ '_[0-9]+$'          -- not a Citus shard placement
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                        WHERE a.attrelid = c.oid AND a.attname = 'visible_to' AND NOT a.attisdropped)
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                        WHERE a.attrelid = c.oid AND a.attname = TG_ARGV[0] || '_id' AND NOT a.attisdropped)
+         ORDER BY c.relname
+    LOOP
+        EXECUTE format('UPDATE crm.%I x SET visible_to = x.visible_to'
+                       ' WHERE x.tenant_id OPERATOR(pg_catalog.=) $1 AND x.%I OPERATOR(pg_catalog.=) $2',
+                       dep, TG_ARGV[0] || '_id')
+            USING NEW.tenant_id, NEW.id;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm.visibility_propagate() IS
+    'Internal: trigger that makes every row hanging off a record (tags, stage history, activities, any crm table with visible_to and <record>_id) follow the record''s visibility';
+
+-- BEFORE DELETE on account, contact, lead, opportunity: a delete would set
+-- NULL or cascade into the rows that refer to the record; refuse it when
+-- the deleter cannot see one of them.
+CREATE FUNCTION crm.visibility_delete_guard() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    hidden text;
+    me uuid := crm.current_user_id();
+BEGIN
+    IF crm.is_admin() THEN
+        RETURN OLD;
+    END IF;
+    -- me IS NULL sees only rows whose visible_to is NULL
+    me := coalesce(me, '00000000-0000-0000-0000-000000000000');
+    CASE TG_ARGV[0]
+        WHEN 'account' THEN
+            SELECT x.what INTO hidden FROM (
+                SELECT 'contact' FROM crm.contact r WHERE r.tenant_id = OLD.tenant_id AND r.account_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'opportunity' FROM crm.opportunity r WHERE r.tenant_id = OLD.tenant_id AND r.account_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'lead' FROM crm.lead r WHERE r.tenant_id = OLD.tenant_id AND r.converted_account_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'account' FROM crm.account r WHERE r.tenant_id = OLD.tenant_id AND r.parent_account_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'activity' FROM crm.activity r WHERE r.tenant_id = OLD.tenant_id AND r.account_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+            ) x(what) LIMIT 1;
+        WHEN 'contact' THEN
+            SELECT x.what INTO hidden FROM (
+                SELECT 'opportunity' FROM crm.opportunity r WHERE r.tenant_id = OLD.tenant_id AND r.contact_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'lead' FROM crm.lead r WHERE r.tenant_id = OLD.tenant_id AND r.converted_contact_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'activity' FROM crm.activity r WHERE r.tenant_id = OLD.tenant_id AND r.contact_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+            ) x(what) LIMIT 1;
+        WHEN 'lead' THEN
+            SELECT x.what INTO hidden FROM (
+                SELECT 'opportunity' FROM crm.opportunity r WHERE r.tenant_id = OLD.tenant_id AND r.lead_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+                UNION ALL SELECT 'activity' FROM crm.activity r WHERE r.tenant_id = OLD.tenant_id AND r.lead_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to)
+            ) x(what) LIMIT 1;
+        WHEN 'opportunity' THEN
+            SELECT 'activity' INTO hidden FROM crm.activity r
+             WHERE r.tenant_id = OLD.tenant_id AND r.opportunity_id = OLD.id AND r.visible_to IS NOT NULL AND NOT me = ANY (r.visible_to) LIMIT 1;
+    END CASE;
+    IF hidden IS NOT NULL THEN
+        RAISE EXCEPTION 'permission denied to delete % %', TG_ARGV[0], OLD.id
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('A %s that the current user cannot see refers to it; deleting would change or delete that row.', hidden),
+                  HINT = 'Archive the record (archived_at), or ask crm_admin to delete it.';
+    END IF;
+    RETURN OLD;
+END
+$$;
+COMMENT ON FUNCTION crm.visibility_delete_guard() IS
+    'Internal: trigger that refuses (42501) to delete a record when rows the deleter cannot see refer to it';
+
+-- Recompute the owner chains of one tenant; records whose owner's chain
+-- changed get their new visible_to (and their dependents follow).
+CREATE FUNCTION crm.visibility_refresh(tenant uuid) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    changed uuid[];
+    private boolean;
+BEGIN
+    WITH RECURSIVE edge AS (
+        SELECT u.id AS member, u.manager_id AS boss FROM crm.app_user u
+         WHERE u.tenant_id = tenant AND u.manager_id IS NOT NULL
+        UNION
+        SELECT m.user_id AS member, t.manager_id AS boss FROM crm.team_member m
+          JOIN crm.team t ON t.tenant_id = m.tenant_id AND t.id = m.team_id
+         WHERE m.tenant_id = tenant AND t.tenant_id = tenant AND t.manager_id IS NOT NULL
+    ), up AS (
+        SELECT u.tenant_id, u.id AS member, u.id AS above FROM crm.app_user u WHERE u.tenant_id = tenant
+        UNION
+        SELECT up.tenant_id, up.member, e.boss AS above FROM up JOIN edge e ON e.member = up.above
+         WHERE up.tenant_id = tenant
+    ), chain AS (
+        SELECT up.member, array_agg(up.above ORDER BY up.above) AS owner_chain FROM up GROUP BY up.member
+    ), upd AS (
+        UPDATE crm.app_user u SET owner_chain = c.owner_chain
+          FROM chain c
+         WHERE u.tenant_id = tenant AND u.id = c.member AND u.owner_chain IS DISTINCT FROM c.owner_chain
+        RETURNING u.id
+    )
+    SELECT array_agg(upd.id) INTO changed FROM upd;
+
+    SELECT t.visibility = 'private' INTO private FROM crm.tenant t WHERE t.tenant_id = tenant;
+    IF changed IS NOT NULL AND private THEN
+        PERFORM crm.visibility_refresh_records(tenant, changed);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.visibility_refresh(uuid) IS
+    'Internal: recomputes app_user.owner_chain of a tenant and the visible_to of the records whose owner''s chain changed';
+
+-- Recompute visible_to of the tenant's records owned by the given users
+-- (NULL: every record).
+CREATE FUNCTION crm.visibility_refresh_records(tenant uuid, owners uuid[]) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    UPDATE crm.account r SET visible_to = crm.owner_scope(tenant, r.owner_id)
+     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners))
+       AND r.visible_to IS DISTINCT FROM crm.owner_scope(tenant, r.owner_id);
+    UPDATE crm.contact r SET visible_to = crm.owner_scope(tenant, r.owner_id)
+     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners))
+       AND r.visible_to IS DISTINCT FROM crm.owner_scope(tenant, r.owner_id);
+    UPDATE crm.lead r SET visible_to = crm.owner_scope(tenant, r.owner_id)
+     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners))
+       AND r.visible_to IS DISTINCT FROM crm.owner_scope(tenant, r.owner_id);
+    UPDATE crm.opportunity r SET visible_to = crm.owner_scope(tenant, r.owner_id)
+     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners))
+       AND r.visible_to IS DISTINCT FROM crm.owner_scope(tenant, r.owner_id);
+    -- activities owned by them whose records did not change
+    UPDATE crm.activity r SET visible_to = r.visible_to
+     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners));
+END
+$$;
+COMMENT ON FUNCTION crm.visibility_refresh_records(uuid, uuid[]) IS
+    'Internal: recomputes visible_to of a tenant''s records owned by the given users (NULL: all)';
+
+CREATE FUNCTION crm.visibility_hierarchy() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_ARGV[0] = 'tenant' THEN
+        PERFORM crm.visibility_refresh_records(NEW.tenant_id, NULL);
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM crm.visibility_refresh(OLD.tenant_id);
+    ELSE
+        PERFORM crm.visibility_refresh(NEW.tenant_id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm.visibility_hierarchy() IS
+    'Internal: trigger that recomputes owner chains and visible_to when users, teams, memberships or the tenant''s visibility change';
+
+-- owner_chain is the server's: a client value is ignored (the refresh runs
+-- inside a trigger, one level deeper).  A new user is below its manager and
+-- above nobody yet; a superuser's value stands on INSERT, so that
+-- pg_restore brings the rows back unchanged.
+CREATE FUNCTION crm.owner_chain_keep() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.owner_chain IS NOT NULL AND NEW.owner_chain <> '{}'
+           AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = CURRENT_USER::text::regrole) THEN
+            RETURN NEW;
+        END IF;
+        NEW.owner_chain := ARRAY(
+            SELECT x FROM pg_catalog.unnest(ARRAY[NEW.id] || coalesce(
+                       (SELECT m.owner_chain FROM crm.app_user m
+                         WHERE m.tenant_id = NEW.tenant_id AND m.id = NEW.manager_id), '{}')) x
+             GROUP BY x ORDER BY x);
+    ELSIF pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.<=) 1 THEN
+        NEW.owner_chain := OLD.owner_chain;
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION crm.owner_chain_keep() IS
+    'Internal: trigger that derives a new user''s owner_chain and ignores a client''s value of it';
+
+CREATE TRIGGER owner_chain_keep BEFORE INSERT OR UPDATE OF owner_chain ON crm.app_user
+    FOR EACH ROW EXECUTE FUNCTION crm.owner_chain_keep();
+CREATE TRIGGER visibility_hierarchy AFTER DELETE OR UPDATE OF manager_id ON crm.app_user
+    FOR EACH ROW EXECUTE FUNCTION crm.visibility_hierarchy('app_user');
+CREATE TRIGGER visibility_hierarchy AFTER INSERT OR DELETE OR UPDATE OF manager_id ON crm.team
+    FOR EACH ROW EXECUTE FUNCTION crm.visibility_hierarchy('team');
+CREATE TRIGGER visibility_hierarchy AFTER INSERT OR DELETE OR UPDATE ON crm.team_member
+    FOR EACH ROW EXECUTE FUNCTION crm.visibility_hierarchy('team_member');
+CREATE TRIGGER visibility_hierarchy AFTER UPDATE OF visibility ON crm.tenant
+    FOR EACH ROW WHEN (OLD.visibility IS DISTINCT FROM NEW.visibility)
+    EXECUTE FUNCTION crm.visibility_hierarchy('tenant');
+COMMENT ON TRIGGER owner_chain_keep ON crm.app_user IS 'owner_chain is the server''s';
+COMMENT ON TRIGGER visibility_hierarchy ON crm.app_user IS 'Owner chains and visible_to follow the managers';
+COMMENT ON TRIGGER visibility_hierarchy ON crm.team IS 'Owner chains and visible_to follow the team leaders';
+COMMENT ON TRIGGER visibility_hierarchy ON crm.team_member IS 'Owner chains and visible_to follow team membership';
+COMMENT ON TRIGGER visibility_hierarchy ON crm.tenant IS 'visible_to of every record follows the tenant''s visibility';
+
+DO $$
+DECLARE
+    t text;
+    links text[];
+BEGIN
+    FOREACH t IN ARRAY ARRAY['account', 'contact', 'lead', 'opportunity'] LOOP
+        links := CASE t WHEN 'account' THEN ARRAY['parent_account_id=account']
+                        WHEN 'contact' THEN ARRAY['account_id=account']
+                        WHEN 'lead' THEN ARRAY['converted_account_id=account', 'converted_contact_id=contact']
+                        ELSE ARRAY['account_id=account', 'contact_id=contact', 'lead_id=lead'] END;
+        EXECUTE format('CREATE TRIGGER visibility BEFORE INSERT OR UPDATE OF owner_id, visible_to, %s ON crm.%I'
+                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_row(%L, %L, %s)',
+                       (SELECT string_agg(split_part(l, '=', 1), ', ') FROM unnest(links) l), t, t, 'record',
+                       (SELECT string_agg(quote_literal(l), ', ') FROM unnest(links) l));
+        EXECUTE format('COMMENT ON TRIGGER visibility ON crm.%I IS %L', t,
+                       'visible_to from the owner; links only to records the writer sees');
+        EXECUTE format('CREATE TRIGGER visibility_propagate AFTER UPDATE ON crm.%I FOR EACH ROW'
+                       ' WHEN (OLD.visible_to IS DISTINCT FROM NEW.visible_to)'
+                       ' EXECUTE FUNCTION crm.visibility_propagate(%L)', t, t);
+        EXECUTE format('COMMENT ON TRIGGER visibility_propagate ON crm.%I IS %L', t,
+                       'Tags, stage history and activities follow the record''s visibility');
+        EXECUTE format('CREATE TRIGGER visibility_delete_guard BEFORE DELETE ON crm.%I'
+                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_delete_guard(%L)', t, t);
+        EXECUTE format('COMMENT ON TRIGGER visibility_delete_guard ON crm.%I IS %L', t,
+                       'No delete that would change or delete rows the deleter cannot see');
+    END LOOP;
+    FOREACH t IN ARRAY ARRAY['account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history', 'activity'] LOOP
+        links := CASE t WHEN 'activity' THEN ARRAY['account_id=account', 'contact_id=contact', 'lead_id=lead',
+                                                   'opportunity_id=opportunity']
+                        WHEN 'stage_history' THEN ARRAY['lead_id=lead', 'opportunity_id=opportunity']
+                        ELSE ARRAY[replace(t, '_tag', '_id') || '=' || replace(t, '_tag', '')] END;
+        EXECUTE format('CREATE TRIGGER visibility BEFORE INSERT OR UPDATE OF visible_to, %s%s ON crm.%I'
+                       ' FOR EACH ROW EXECUTE FUNCTION crm.visibility_row(%L, %L, %s)',
+                       CASE WHEN t = 'activity' THEN 'owner_id, ' ELSE '' END,
+                       (SELECT string_agg(split_part(l, '=', 1), ', ') FROM unnest(links) l), t, t,
+                       CASE WHEN t = 'stage_history' THEN 'history' ELSE 'dependent' END,
+                       (SELECT string_agg(quote_literal(l), ', ') FROM unnest(links) l));
+        EXECUTE format('COMMENT ON TRIGGER visibility ON crm.%I IS %L', t,
+                       'visible_to from the records the row hangs off; links only to records the writer sees');
+    END LOOP;
+END
+$$;
 
 CREATE FUNCTION crm.sees_all_records() RETURNS boolean
     LANGUAGE sql STABLE PARALLEL SAFE
@@ -26,28 +360,17 @@ CREATE FUNCTION crm.sees_all_records() RETURNS boolean
                           WHERE t.tenant_id = crm.current_tenant()), true)
     $$;
 COMMENT ON FUNCTION crm.sees_all_records() IS
-    'True when owner visibility does not narrow what the current user sees: the tenant is public, or the role is crm_admin';
+    'True when owner visibility does not narrow what the current user sees: the tenant is public, or the role is crm_admin (for display; the policies read visible_to)';
 
 CREATE FUNCTION crm.visible_owner_ids() RETURNS uuid[]
     LANGUAGE sql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        WITH RECURSIVE reports(id) AS (
-            SELECT crm.current_user_id() WHERE crm.current_user_id() IS NOT NULL
-            UNION
-            SELECT sub.id
-              FROM reports m
-              CROSS JOIN LATERAL (
-                  SELECT u.id FROM crm.app_user u WHERE u.manager_id = m.id
-                  UNION
-                  SELECT tm.user_id FROM crm.team t
-                    JOIN crm.team_member tm ON tm.tenant_id = t.tenant_id AND tm.team_id = t.id
-                   WHERE t.manager_id = m.id) sub
-        )
-        SELECT coalesce(array_agg(id), '{}') FROM reports
+        SELECT coalesce(array_agg(u.id ORDER BY u.id), '{}') FROM crm.app_user u
+         WHERE u.tenant_id = crm.current_tenant() AND crm.current_user_id() = ANY (u.owner_chain)
     $$;
 COMMENT ON FUNCTION crm.visible_owner_ids() IS
-    'The current CRM user and everyone who reports to them, directly or not, through app_user.manager_id or a team they lead';
+    'The current CRM user and everyone who reports to them, directly or not, through app_user.manager_id or a team they lead (for display; the policies read visible_to)';
 
 CREATE FUNCTION crm.grant_tenant_access(login_role name, tenant uuid, as_user uuid DEFAULT NULL)
     RETURNS void
@@ -58,26 +381,30 @@ BEGIN
     IF $1 IS NULL OR $2 IS NULL THEN
         RAISE EXCEPTION 'login_role and tenant must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = $1) THEN
-        RAISE EXCEPTION 'role "%" does not exist', $1 USING ERRCODE = 'undefined_object';
-    END IF;
     IF NOT EXISTS (SELECT 1 FROM crm.tenant t WHERE t.tenant_id = $2) THEN
         RAISE EXCEPTION 'tenant % does not exist', $2 USING ERRCODE = 'no_data_found';
     END IF;
+    -- mappings of dropped roles are dead; clear them away
+    DELETE FROM crm.tenant_access a
+     WHERE a.tenant_id = $2 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = a.role_oid);
+    -- the trigger checks the role and sets role_oid from the name
     INSERT INTO crm.tenant_access AS a (tenant_id, login_role, user_id)
     VALUES ($2, $1, $3)
     ON CONFLICT ON CONSTRAINT tenant_access_pkey DO UPDATE SET user_id = excluded.user_id;
 END
 $$;
 COMMENT ON FUNCTION crm.grant_tenant_access(name, uuid, uuid) IS
-    'Lets a login role act for a tenant, as the given CRM user; its crm.tenant_id setting then only chooses among its own tenants. A crm_admin may grant its own tenant only';
+    'Lets an existing login role act for a tenant, as the given CRM user; its crm.tenant_id setting then only chooses among its own tenants. Never a superuser, BYPASSRLS role or crm_app member; a crm_admin may grant its own tenant only, and only a role mapped to no other tenant';
 
 CREATE FUNCTION crm.revoke_tenant_access(login_role name, tenant uuid) RETURNS boolean
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    DELETE FROM crm.tenant_access a WHERE a.tenant_id = $2 AND a.login_role = $1;
+    DELETE FROM crm.tenant_access a
+     WHERE a.tenant_id = $2
+       AND (a.role_oid = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $1)
+            OR (a.login_role = $1 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = a.role_oid)));
     RETURN FOUND;
 END
 $$;
@@ -86,36 +413,39 @@ COMMENT ON FUNCTION crm.revoke_tenant_access(name, uuid) IS
 
 -- Row-level security ------------------------------------------------------
 
+-- One permissive policy per table, never a restrictive one: Citus 13 copies
+-- policies onto the shards without AS RESTRICTIVE, which would turn a
+-- narrowing policy into a widening one.  On the records and the rows that
+-- hang off them, tenant_isolation therefore carries owner visibility too:
+-- in a private tenant a user sees what they, or people reporting to them,
+-- own; unowned records stay visible to all (as Odoo's "own documents" rule
+-- keeps unassigned leads visible); the rows that hang off records follow
+-- them (visible_to, above).
 DO $$
 DECLARE
     t text;
+    visibility CONSTANT text[] := ARRAY['account', 'contact', 'lead', 'opportunity', 'activity',
+                                        'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag',
+                                        'stage_history'];
+    predicate text;
 BEGIN
     FOREACH t IN ARRAY ARRAY[
         'tenant', 'currency_rate', 'app_user', 'team', 'team_member', 'pipeline', 'stage',
         'account', 'contact', 'lead', 'opportunity', 'activity', 'tag',
-        'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history']
+        'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history', 'app_access']
     LOOP
+        predicate := 'tenant_id = crm.current_tenant()';
+        IF t = ANY (visibility) THEN
+            predicate := predicate || ' AND (visible_to IS NULL OR crm.current_user_id() = ANY (visible_to)'
+                                   || ' OR crm.is_admin())';
+        END IF;
         EXECUTE format('ALTER TABLE crm.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE crm.%I FORCE ROW LEVEL SECURITY', t);
-        EXECUTE format('CREATE POLICY tenant_isolation ON crm.%I'
-                       ' USING (tenant_id = (SELECT crm.current_tenant()))'
-                       ' WITH CHECK (tenant_id = (SELECT crm.current_tenant()))', t);
+        EXECUTE format('CREATE POLICY tenant_isolation ON crm.%I USING (%s) WITH CHECK (%s)', t, predicate, predicate);
         EXECUTE format('COMMENT ON POLICY tenant_isolation ON crm.%I IS %L', t,
-                       'Rows of the tenant the statement acts for (crm.current_tenant()) only');
-    END LOOP;
-
-    -- In a private tenant a user sees what they, or people reporting to
-    -- them, own; unowned records stay visible to all (as Odoo's "own
-    -- documents" rule keeps unassigned leads visible).  Restrictive, so it
-    -- narrows tenant_isolation instead of widening it.
-    FOREACH t IN ARRAY ARRAY['account', 'contact', 'lead', 'opportunity', 'activity'] LOOP
-        EXECUTE format('CREATE POLICY owner_visibility ON crm.%I AS RESTRICTIVE'
-                       ' USING (owner_id IS NULL OR (SELECT crm.sees_all_records())'
-                       '        OR owner_id = ANY ((SELECT crm.visible_owner_ids())::uuid[]))'
-                       ' WITH CHECK (owner_id IS NULL OR (SELECT crm.sees_all_records())'
-                       '        OR owner_id = ANY ((SELECT crm.visible_owner_ids())::uuid[]))', t);
-        EXECUTE format('COMMENT ON POLICY owner_visibility ON crm.%I IS %L', t,
-                       'In a private tenant: records owned by the user or their reports, or by nobody; crm_admin sees all');
+                       CASE WHEN t = ANY (visibility)
+                            THEN 'Rows of the tenant the statement acts for (crm.current_tenant()) only; in a private tenant, those the user sees (visible_to), all for crm_admin'
+                            ELSE 'Rows of the tenant the statement acts for (crm.current_tenant()) only' END);
     END LOOP;
 END
 $$;
@@ -123,11 +453,11 @@ $$;
 ALTER TABLE crm.tenant_access ENABLE ROW LEVEL SECURITY;
 ALTER TABLE crm.tenant_access FORCE ROW LEVEL SECURITY;
 CREATE POLICY own_access ON crm.tenant_access FOR SELECT
-    USING (login_role = CURRENT_USER);
+    USING (role_oid = CURRENT_USER::text::regrole::oid);
 COMMENT ON POLICY own_access ON crm.tenant_access IS 'A role sees its own mappings';
 CREATE POLICY tenant_admin ON crm.tenant_access
-    USING (tenant_id = (SELECT crm.current_tenant()) AND (SELECT crm.is_admin()))
-    WITH CHECK (tenant_id = (SELECT crm.current_tenant()) AND (SELECT crm.is_admin()));
+    USING (tenant_id = crm.current_tenant() AND crm.is_admin())
+    WITH CHECK (tenant_id = crm.current_tenant() AND crm.is_admin());
 COMMENT ON POLICY tenant_admin ON crm.tenant_access IS 'crm_admin manages the mappings of its own tenant';
 
 -- Roles and grants --------------------------------------------------------

@@ -17,6 +17,27 @@ BEGIN
 END
 $$;
 
+-- A row written by a session that acts for no tenant is refused with the
+-- reason (src/tenant.c), before any other trigger looks at its tenant_id.
+DO $$
+DECLARE
+    t regclass;
+BEGIN
+    FOR t IN SELECT c.oid FROM pg_catalog.pg_class c
+              WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
+                AND c.relname NOT IN ('tenant', 'tenant_access', 'app_access')
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                             WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
+              ORDER BY c.relname
+    LOOP
+        EXECUTE format('CREATE TRIGGER _tenant_required BEFORE INSERT ON %s'
+                       ' FOR EACH ROW EXECUTE FUNCTION crm.tenant_require()', t);
+        EXECUTE format('COMMENT ON TRIGGER _tenant_required ON %s IS %L', t,
+                       'A session that acts for no tenant gets the reason, not a bare policy or NOT NULL error');
+    END LOOP;
+END
+$$;
+
 -- pg_dump keeps the data of every table; shipped lookup rows stay out, as
 -- CREATE EXTENSION makes them again on restore.
 SELECT pg_catalog.pg_extension_config_dump('crm.currency', 'WHERE NOT is_builtin');

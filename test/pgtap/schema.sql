@@ -24,7 +24,8 @@ INSERT INTO expected_key VALUES
     ('app_user',        '{tenant_id,id}'),
     ('team',            '{tenant_id,id}'),
     ('team_member',     '{tenant_id,team_id,user_id}'),
-    ('tenant_access',   '{tenant_id,login_role}'),
+    ('tenant_access',   '{tenant_id,role_oid}'),
+    ('app_access',      '{tenant_id,role_oid}'),
     ('pipeline',        '{tenant_id,id}'),
     ('stage',           '{tenant_id,id}'),
     ('account',         '{tenant_id,id}'),
@@ -77,7 +78,7 @@ SELECT plan(19 + (SELECT count(*)::int FROM expected_key) + (SELECT count(*)::in
 -- Tables and views --------------------------------------------------------
 
 SELECT tables_are('crm', ARRAY[
-    'tenant', 'currency', 'currency_rate', 'app_user', 'team', 'team_member', 'tenant_access',
+    'tenant', 'currency', 'currency_rate', 'app_user', 'team', 'team_member', 'tenant_access', 'app_access',
     'pipeline', 'stage', 'account', 'contact', 'lead', 'opportunity', 'activity_type', 'activity',
     'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history'
 ], 'crm has exactly the tables of the core schema');
@@ -148,11 +149,11 @@ SELECT is_empty(
         FROM tenant_table t
         JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = t.tenant_attnum
         LEFT JOIN pg_attrdef d ON d.adrelid = t.oid AND d.adnum = a.attnum
-       WHERE t.relname NOT IN ('tenant', 'tenant_access')
+       WHERE t.relname NOT IN ('tenant', 'tenant_access', 'app_access')
          AND (a.atttypid <> 'uuid'::regtype
               OR pg_get_expr(d.adbin, d.adrelid) IS DISTINCT FROM 'crm.current_tenant()')
        ORDER BY 1$$,
-    'tenant_id is a uuid defaulting to crm.current_tenant() in every tenant table but tenant and tenant_access');
+    'tenant_id is a uuid defaulting to crm.current_tenant() in every tenant table but tenant, tenant_access and app_access');
 
 SELECT col_hasnt_default('crm', 'tenant_access', 'tenant_id',
     'crm.tenant_access.tenant_id has no default: a mapping always names its tenant');

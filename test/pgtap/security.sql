@@ -68,18 +68,38 @@ INSERT INTO func_level VALUES
     ('crm.create_tenant(text)', NULL),
     ('crm.setup_roles()', NULL),
     ('crm.load_demo(text,timestamp with time zone)', NULL),
+    -- tenancy and owner visibility (issue 8 items 1 and 3): triggers and
+    -- internal helpers, granted to no crm role
+    ('crm.tenant_access_check()', NULL),
+    ('crm.tenant_require()', NULL),
+    ('crm.owner_scope(uuid,uuid)', NULL),
+    ('crm.visibility_row()', NULL),
+    ('crm.visibility_propagate()', NULL),
+    ('crm.visibility_delete_guard()', NULL),
+    ('crm.visibility_refresh(uuid)', NULL),
+    ('crm.visibility_refresh_records(uuid,uuid[])', NULL),
+    ('crm.visibility_hierarchy()', NULL),
+    ('crm.owner_chain_keep()', NULL),
     -- scale-out (issue 9): the operator's, on the coordinator
     ('crm.distribute()', NULL);
+
+-- The only SECURITY DEFINER functions: the triggers that keep visible_to.
+-- They must update rows the writer cannot see (a record's tags, history and
+-- activities), act only on the tenant of the row that fired them, and are
+-- granted to no one.
+CREATE TEMP TABLE definer_function (sig text PRIMARY KEY);
+INSERT INTO definer_function VALUES
+    ('crm.visibility_propagate()'),
+    ('crm.visibility_delete_guard()'), ('crm.visibility_refresh(uuid)'),
+    ('crm.visibility_refresh_records(uuid,uuid[])'), ('crm.visibility_hierarchy()');
 
 -- The row-level security policies of every table.
 CREATE TEMP TABLE table_policies (tbl name PRIMARY KEY, policies name[] NOT NULL);
 INSERT INTO table_policies
 SELECT t, '{tenant_isolation}'::name[] FROM unnest(ARRAY[
     'tenant', 'currency_rate', 'app_user', 'team', 'team_member', 'pipeline', 'stage', 'tag',
+    'app_access', 'account', 'contact', 'lead', 'opportunity', 'activity',
     'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history']) t
-UNION ALL
-SELECT t, '{tenant_isolation,owner_visibility}'::name[] FROM unnest(ARRAY[
-    'account', 'contact', 'lead', 'opportunity', 'activity']) t
 UNION ALL VALUES
     ('tenant_access', '{own_access,tenant_admin}'::name[]),
     ('currency', '{}'),
@@ -161,36 +181,38 @@ SELECT is_empty(
        ORDER BY 1$$,
     'row-level security is enabled and forced on every table with tenant_id');
 
+-- One permissive policy per table: Citus copies a restrictive policy to
+-- the shards as a permissive one.  On the records and what hangs off them
+-- it carries owner visibility as well.
 SELECT is_empty(
     $$SELECT p.polrelid::regclass, p.polpermissive, p.polcmd, p.polroles,
              pg_get_expr(p.polqual, p.polrelid) AS using, pg_get_expr(p.polwithcheck, p.polrelid) AS check
         FROM pg_policy p
        WHERE p.polname = 'tenant_isolation'
          AND NOT (p.polpermissive AND p.polcmd = '*' AND p.polroles = '{0}'
-                  AND pg_get_expr(p.polqual, p.polrelid) = '(tenant_id = ( SELECT crm.current_tenant() AS current_tenant))'
+                  AND pg_get_expr(p.polqual, p.polrelid)
+                      = CASE WHEN EXISTS (SELECT 1 FROM pg_attribute a
+                                           WHERE a.attrelid = p.polrelid AND a.attname = 'visible_to')
+                             THEN '((tenant_id = crm.current_tenant()) AND ((visible_to IS NULL) OR (crm.current_user_id() = ANY (visible_to)) OR crm.is_admin()))'
+                             ELSE '(tenant_id = crm.current_tenant())' END
                   AND pg_get_expr(p.polwithcheck, p.polrelid) = pg_get_expr(p.polqual, p.polrelid))
        ORDER BY 1::text$$,
-    'every tenant_isolation policy is permissive, for all commands and roles, reading and writing only tenant_id = (SELECT crm.current_tenant())');
+    'every tenant_isolation policy is permissive, for all commands and roles, reading and writing only tenant_id = crm.current_tenant() (no sub-select: Citus refuses them), and on rows with visible_to only those the user sees');
 
 SELECT is_empty(
-    $$SELECT p.polrelid::regclass, p.polpermissive, p.polcmd, p.polroles,
-             pg_get_expr(p.polqual, p.polrelid) AS using, pg_get_expr(p.polwithcheck, p.polrelid) AS check
-        FROM pg_policy p
-       WHERE p.polname = 'owner_visibility'
-         AND NOT (NOT p.polpermissive AND p.polcmd = '*' AND p.polroles = '{0}'
-                  AND pg_get_expr(p.polqual, p.polrelid) LIKE '%crm.sees_all_records()%crm.visible_owner_ids()%'
-                  AND pg_get_expr(p.polwithcheck, p.polrelid) = pg_get_expr(p.polqual, p.polrelid))
+    $$SELECT p.polrelid::regclass, p.polname FROM pg_policy p
+       WHERE p.polrelid::regclass::text LIKE 'crm.%' AND NOT p.polpermissive
        ORDER BY 1::text$$,
-    'every owner_visibility policy is restrictive (it narrows tenant_isolation), for all commands and roles, the same on read and write');
+    'no crm policy is restrictive (Citus would copy it to the shards as permissive)');
 
 SELECT set_eq(
     $$SELECT p.polname::text, p.polpermissive, p.polcmd::text, pg_get_expr(p.polqual, p.polrelid) AS using,
              pg_get_expr(p.polwithcheck, p.polrelid) AS check
         FROM pg_policy p WHERE p.polrelid = 'crm.tenant_access'::regclass$$,
-    $$VALUES ('own_access', true, 'r', '(login_role = CURRENT_USER)', NULL),
+    $$VALUES ('own_access', true, 'r', '(role_oid = (((CURRENT_USER)::text)::regrole)::oid)', NULL),
              ('tenant_admin', true, '*',
-              '((tenant_id = ( SELECT crm.current_tenant() AS current_tenant)) AND ( SELECT crm.is_admin() AS is_admin))',
-              '((tenant_id = ( SELECT crm.current_tenant() AS current_tenant)) AND ( SELECT crm.is_admin() AS is_admin))')$$,
+              '((tenant_id = crm.current_tenant()) AND crm.is_admin())',
+              '((tenant_id = crm.current_tenant()) AND crm.is_admin())')$$,
     'crm.tenant_access: a role reads its own mappings; crm_admin manages those of its tenant');
 
 SELECT is_empty(
@@ -292,11 +314,11 @@ SELECT is_empty(
        ORDER BY 1::text$$,
     'no crm SECURITY DEFINER function lacks a pinned search_path');
 
-SELECT is_empty(
-    $$SELECT p.oid::regprocedure FROM pg_proc p
-       WHERE p.pronamespace = 'crm'::regnamespace AND p.prosecdef
-       ORDER BY 1::text$$,
-    'no crm function is SECURITY DEFINER: every one runs with its caller''s rights and row-level security');
+SELECT set_eq(
+    $$SELECT p.oid::regprocedure::text FROM pg_proc p
+       WHERE p.pronamespace = 'crm'::regnamespace AND p.prosecdef$$,
+    $$SELECT sig FROM definer_function$$,
+    'the only SECURITY DEFINER functions are the visibility triggers; every other runs with its caller''s rights and row-level security');
 
 SELECT is_empty(
     $$SELECT p.oid::regprocedure FROM pg_proc p
