@@ -119,7 +119,9 @@ BEGIN
                   HINT = 'Run SELECT crm.setup_roles() on the coordinator first.';
     END IF;
 
-    -- Foreign-key order: a table after every table it references.
+    -- Foreign-key order: a table after every table it references; the
+    -- lookups first, then crm.tenant, with which the others are co-located
+    -- (a table without a foreign key to it, such as crm.app_access, too).
     FOR t, kind IN
         WITH RECURSIVE tabs AS (
             SELECT c.oid, c.relname FROM pg_catalog.pg_class c
@@ -134,7 +136,7 @@ BEGIN
         SELECT x.oid::regclass, CASE WHEN x.relname = ANY (lookups) THEN 'reference' ELSE 'distributed' END
           FROM tabs x JOIN depth USING (oid)
          GROUP BY x.oid, x.relname
-         ORDER BY max(depth.d), x.relname
+         ORDER BY x.relname <> ALL (lookups), x.relname <> 'tenant', max(depth.d), x.relname
     LOOP
         EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
             INTO done USING t;
