@@ -3,6 +3,7 @@
 #   make demo        set up, build, install, start the .pg/ cluster, load the demo
 #   make demo-stop   stop that cluster
 #   make test        set up, build, install, run every suite on a fresh cluster
+#                    of its own (.pg-test/), leaving the demo's .pg/ alone
 #   make bench       set up, build, install, run bench/*.sh on the cluster
 #   make test-citus  build, install, run test/citus/compare.sql distributed with Citus
 #                    (its own 3-node cluster on loopback) and on one node; 0 differences
@@ -90,8 +91,10 @@ demo:
 	else \
 		echo "scripts/demo.sql not found: crm_demo has the extension but no demo data"; \
 	fi; \
-	echo; echo "The demo database is ready. Open it with:"; \
-	echo "  $$psql_cmd -h $$PGHOST -p $$PGPORT -U $$PGUSER crm_demo"; \
+	tenant=$$(psql -X -At -d crm_demo -c "SELECT tenant_id FROM crm.tenant_access WHERE login_role = 'crm_demo'"); \
+	echo; echo "The demo database is ready (demo tenant $$tenant). Open it as crm_demo, a writer of that tenant:"; \
+	echo "  $$psql_cmd -h $$PGHOST -p $$PGPORT -U crm_demo crm_demo"; \
+	echo "(as the superuser, which bypasses row-level security: $$psql_cmd -h $$PGHOST -p $$PGPORT -U $$PGUSER crm_demo)"; \
 	echo "Stop the cluster with: make demo-stop"
 
 demo-stop:

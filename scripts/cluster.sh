@@ -1,27 +1,44 @@
 #!/usr/bin/env bash
-# scripts/cluster.sh {start|stop|status|env|bindir|destroy}
+# scripts/cluster.sh {start|stop|status|env|bindir|logdir|destroy}
 #
 # A throwaway PostgreSQL 15 cluster for crm's demo, tests and benchmarks.
 # Everything lives in $REPO/.pg: data/, run/ (the Unix socket; the server
 # listens on no network address), log/postgresql.log. No system service is
 # used or touched.
 #
+# CRM_CLUSTER=test selects a second cluster, $REPO/.pg-test, which
+# scripts/test.sh makes and destroys for every run; the demo's .pg/ (and
+# its crm_demo database) is left alone.
+#
 #   start    initialise if needed, then start (already running is fine)
 #   stop     fast shutdown (not running is fine)
 #   status   say whether it runs; exit 0 if it does
 #   env      print export lines for the shell: eval "$(scripts/cluster.sh env)"
 #   bindir   print the directory of the PostgreSQL 15 programs used
-#   destroy  stop and delete $REPO/.pg
+#   logdir   print the directory of the server log
+#   destroy  stop and delete the cluster's directory
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-PGROOT=$REPO/.pg
+case ${CRM_CLUSTER:-demo} in
+demo)
+	PGROOT=$REPO/.pg
+	PORT=54329 # names the socket file only: listen_addresses is empty
+	;;
+test)
+	PGROOT=$REPO/.pg-test
+	PORT=54339
+	;;
+*)
+	echo "cluster.sh: CRM_CLUSTER must be demo or test, not '$CRM_CLUSTER'" >&2
+	exit 2
+	;;
+esac
 DATA=$PGROOT/data
 RUN=$PGROOT/run
 LOGDIR=$PGROOT/log
 LOG=$LOGDIR/postgresql.log
 STAMP=$PGROOT/layout
-PORT=54329 # names the socket file only: listen_addresses is empty
 
 die() {
 	echo "cluster.sh: $*" >&2
@@ -59,7 +76,7 @@ max_connections = 50
 fsync = off
 synchronous_commit = off
 full_page_writes = off
-shared_preload_libraries = 'pg_cron'
+shared_preload_libraries = 'pg_cron,crm'
 cron.database_name = 'postgres'"
 
 INITDB_OPTS=(-U postgres --auth=trust -E UTF8 --locale=C)
@@ -180,6 +197,7 @@ env)
 	printf 'export PATH=%q:"$PATH"\n' "$PGBIN"
 	;;
 bindir) echo "$PGBIN" ;;
+logdir) echo "$LOGDIR" ;;
 destroy)
 	check_owner
 	stop
@@ -187,7 +205,7 @@ destroy)
 	echo "cluster.sh: removed $PGROOT"
 	;;
 *)
-	echo "usage: $0 {start|stop|status|env|bindir|destroy}" >&2
+	echo "usage: $0 {start|stop|status|env|bindir|logdir|destroy}" >&2
 	exit 2
 	;;
 esac

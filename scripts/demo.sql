@@ -8,6 +8,26 @@ SET client_min_messages = warning;
 \echo
 \echo '== Demo data: SELECT crm.load_demo()  (a tenant with the sample data of shared/seeds/004)'
 SELECT crm.load_demo() AS tenant \gset
+\echo '   demo tenant id:' :tenant
+
+-- The group roles and a login role for the person trying the demo: a
+-- superuser bypasses row-level security, so the demo is opened as crm_demo,
+-- a writer mapped to the demo tenant (as Ben Carter), which sees and writes
+-- that tenant's rows only.
+\echo
+\echo '== Roles: SELECT crm.setup_roles(); a login role crm_demo (crm_writer) mapped to the demo tenant'
+SELECT crm.setup_roles() \g /dev/null
+SELECT NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'crm_demo') AS make_demo_role \gset
+\if :make_demo_role
+CREATE ROLE crm_demo LOGIN;
+\endif
+GRANT crm_writer TO crm_demo;
+SELECT crm.grant_tenant_access('crm_demo', :'tenant',
+                               (SELECT u.id FROM crm.app_user u WHERE u.tenant_id = :'tenant' AND u.name = 'Ben Carter'))
+    \g /dev/null
+SELECT r.login_role AS role, t.name AS tenant, u.name AS acts_as
+  FROM crm.tenant_access r JOIN crm.tenant t USING (tenant_id) LEFT JOIN crm.app_user u ON u.id = r.user_id
+ WHERE r.login_role = 'crm_demo';
 -- act for that tenant as an application would (SET LOCAL per transaction in an app)
 SELECT set_config('crm.tenant_id', :'tenant', false) \g /dev/null
 SELECT id AS ben FROM crm.app_user WHERE name = 'Ben Carter' \gset
@@ -53,7 +73,7 @@ SELECT stage_name AS stage, count, amount AS expected_revenue, weighted_amount
 \echo
 \echo '== Dashboard'
 \x on
-SELECT currency, total_leads, active_leads, converted_leads, opportunities_count, opportunities_value,
+SELECT currency, total_leads, active_leads, converted_leads, open_opportunities_count, open_opportunities_value,
        won_count, won_value, lost_count, conversion_rate || ' %' AS conversion_rate
   FROM crm.dashboard;
 \x off
@@ -77,3 +97,58 @@ SELECT coalesce(o.name, l.name) AS record, f.name AS from_stage, t.name AS to_st
 \echo '== Recent activity by module'
 SELECT module, count(*) AS activities, max(occurred_at)::date AS last
   FROM crm.activity WHERE status = 'completed' GROUP BY module ORDER BY activities DESC;
+
+\echo
+\echo '== Values the CRM refuses and columns the server owns (tried in a transaction that is rolled back)'
+BEGIN;
+SELECT crm.is_blank(E'\u00a0\t\u2003') AS "no-break space, tab, em space: blank",
+       crm.is_blank(E'\u00a0Acme') AS "with a letter: blank";
+INSERT INTO crm.account (name, created_at, updated_at) VALUES ('Backdated Ltd', '1970-01-01', '2999-01-01')
+RETURNING name, created_at = now() AS "created_at is the server's", updated_at = now() AS "updated_at is the server's";
+SELECT conname AS "refuses NaN and infinities", pg_get_constraintdef(oid) AS "check"
+  FROM pg_constraint WHERE conrelid = 'crm.opportunity'::regclass AND conname = 'opportunity_amount_finite';
+ROLLBACK;
+
+\echo
+\echo '== Security: no role but the owner may lock a crm table; statistics views are not for the crm roles'
+DO $$
+BEGIN
+    PERFORM crm.setup_roles();
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'crm_demo_writer') THEN
+        CREATE ROLE crm_demo_writer NOLOGIN IN ROLE crm_writer;
+    END IF;
+END
+$$;
+BEGIN;
+SET LOCAL client_min_messages = notice;
+SET LOCAL ROLE crm_demo_writer;
+DO $$
+BEGIN
+    LOCK TABLE crm.account IN ACCESS EXCLUSIVE MODE;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'a writer''s LOCK TABLE crm.account: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+END
+$$;
+DO $$
+BEGIN
+    PERFORM n_live_tup FROM pg_catalog.pg_stat_user_tables;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'a writer''s SELECT FROM pg_stat_user_tables: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+END
+$$;
+ROLLBACK;
+
+\echo
+\echo '== Private visibility (issue 8): who would see how many deals, activities and history rows'
+\echo '   UPDATE crm.tenant SET visibility = ''private'': each row carries visible_to, kept by triggers'
+UPDATE crm.tenant SET visibility = 'private' WHERE tenant_id = :'tenant';
+SELECT u.name AS crm_user, m.name AS reports_to,
+       (SELECT count(*) FROM crm.opportunity o WHERE o.tenant_id = u.tenant_id
+           AND (o.visible_to IS NULL OR u.id = ANY (o.visible_to))) AS deals,
+       (SELECT count(*) FROM crm.activity a WHERE a.tenant_id = u.tenant_id
+           AND (a.visible_to IS NULL OR u.id = ANY (a.visible_to))) AS activities,
+       (SELECT count(*) FROM crm.stage_history h WHERE h.tenant_id = u.tenant_id
+           AND (h.visible_to IS NULL OR u.id = ANY (h.visible_to))) AS history_rows
+  FROM crm.app_user u LEFT JOIN crm.app_user m ON m.tenant_id = u.tenant_id AND m.id = u.manager_id
+ WHERE u.tenant_id = :'tenant' ORDER BY u.name;
+UPDATE crm.tenant SET visibility = 'public' WHERE tenant_id = :'tenant';

@@ -22,10 +22,11 @@ UPDATE crm.activity SET status = 'completed' WHERE subject = 'Intro call';
 SELECT status, completed_at IS NOT NULL AS has_completed_at FROM crm.activity WHERE subject = 'Intro call';
 UPDATE crm.activity SET status = 'in_progress' WHERE subject = 'Intro call';
 SELECT status, completed_at FROM crm.activity WHERE subject = 'Intro call';
--- a completion time given by the client is kept
-INSERT INTO crm.activity (activity_type, subject, status, completed_at)
-VALUES ('note', 'Backdated note', 'completed', '2026-01-02 03:04:05+00');
-SELECT completed_at FROM crm.activity WHERE subject = 'Backdated note';
+-- a completion time given by the client is ignored: completed_at is the
+-- server's (when it was logged as completed; occurred_at says when it happened)
+INSERT INTO crm.activity (activity_type, subject, status, completed_at, occurred_at)
+VALUES ('note', 'Backdated note', 'completed', '2026-01-02 03:04:05+00', '2026-01-02 03:04:05+00');
+SELECT completed_at > '2026-01-02 03:04:05+00' AS server_time, occurred_at FROM crm.activity WHERE subject = 'Backdated note';
 
 -- errors
 SELECT try($$INSERT INTO crm.activity (activity_type, subject) VALUES ('telepathy', 'Hmm')$$);

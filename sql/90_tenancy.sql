@@ -229,8 +229,8 @@ SELECT tenant_id = :'ta' AS own_tenant, pipeline_name, stage_name, count, amount
   FROM crm.opportunity_kanban WHERE count > 0;
 SELECT tenant_id = :'ta' AS own_tenant, pipeline_name, stage_name, count, amount
   FROM crm.lead_kanban WHERE count > 0;
-SELECT tenant_id = :'ta' AS own_tenant, total_leads, active_leads, opportunities_count,
-       opportunities_value, jsonb_array_length(pipeline_distribution) AS open_stages
+SELECT tenant_id = :'ta' AS own_tenant, total_leads, active_leads, open_opportunities_count,
+       open_opportunities_value, jsonb_array_length(pipeline_distribution) AS open_stages
   FROM crm.dashboard;
 SELECT count(*) AS kanban_rows, count(DISTINCT tenant_id) AS tenants FROM crm.opportunity_kanban;
 RESET ROLE;

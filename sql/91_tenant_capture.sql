@@ -174,6 +174,15 @@ SELECT crm.grant_tenant_access('regress_cap_future', :'ta');
 SELECT count(*) AS dead_rows FROM crm.tenant_access a
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = a.role_oid);
 
+-- a renamed role is mapped again (its mapping names the role it was made for)
+CREATE ROLE regress_cap_renamed LOGIN IN ROLE crm_reader;
+SELECT crm.grant_tenant_access('regress_cap_renamed', :'ta');
+ALTER ROLE regress_cap_renamed RENAME TO regress_cap_renamed2;
+SET ROLE regress_cap_renamed2;
+SELECT crm.current_tenant() IS NULL AS no_tenant_after_rename;
+RESET ROLE;
+DROP ROLE regress_cap_renamed2;
+
 -- 7. An application role serves a tenant only through crm.tenant_id -----------
 -- A role mapped first and made a member of crm_app later: its mapping no
 -- longer applies.

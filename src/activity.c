@@ -5,11 +5,14 @@
  *
  * BEFORE INSERT OR UPDATE on crm.activity:
  *	- module is the activity type's module (sales, project, communication,
- *	  ...), so that roll-ups by module never disagree with the registry;
+ *	  ...), so that roll-ups by module never disagree with the registry; a
+ *	  client's value is ignored (looked up again only when the type
+ *	  changes, kept otherwise);
  *	- an unknown type is refused here with a message that names it, before
  *	  any other constraint reports a less helpful symptom;
- *	- a completed activity has a completed_at (the transaction time unless
- *	  the client gave one), and one that is not completed has none.
+ *	- completed_at is the server's: the transaction's start time when the
+ *	  status becomes completed, kept while it stays completed, NULL
+ *	  otherwise; a client's value is ignored.
  *
  *-------------------------------------------------------------------------
  */
@@ -81,7 +84,6 @@ crm_activity_sync(PG_FUNCTION_ARGS)
 	Datum		type_code;
 	Datum		status;
 	bool		isnull;
-	bool		completed_null;
 	bool		is_completed;
 	int			cols[2];
 	Datum		values[2];
@@ -89,6 +91,7 @@ crm_activity_sync(PG_FUNCTION_ARGS)
 	int			n = 0;
 
 	crm_require_trigger(fcinfo, "activity_sync", true, true);
+	crm_require_trigger_nargs(fcinfo, "activity_sync", 0);
 	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
 	{
 		oldtuple = trigdata->tg_trigtuple;
@@ -115,17 +118,16 @@ crm_activity_sync(PG_FUNCTION_ARGS)
 	if (!isnull)
 	{
 		bool		type_changed = true;
+		bool		oldnull = true;
+		Datum		old_code = (Datum) 0;
 
 		if (oldtuple)
 		{
-			bool		oldnull;
-			Datum		old_code = heap_getattr(oldtuple, type_att, tupdesc, &oldnull);
-			bool		module_null;
-
-			(void) heap_getattr(newtuple, module_att, tupdesc, &module_null);
-			type_changed = oldnull || module_null ||
+			old_code = heap_getattr(oldtuple, type_att, tupdesc, &oldnull);
+			type_changed = oldnull ||
 				!DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID, old_code, type_code));
 		}
+		cols[n] = module_att;
 		if (type_changed)
 		{
 			bool		found;
@@ -137,30 +139,44 @@ crm_activity_sync(PG_FUNCTION_ARGS)
 						 errmsg("activity type \"%s\" does not exist",
 								TextDatumGetCString(type_code)),
 						 errhint("The known types are listed in crm.activity_type.")));
-			cols[n] = module_att;
 			values[n] = module;
 			nulls[n++] = false;
+		}
+		else
+		{
+			/* the module the server derived before, whatever the client sent */
+			values[n] = heap_getattr(oldtuple, module_att, tupdesc, &nulls[n]);
+			n++;
 		}
 	}
 
 	status = heap_getattr(newtuple, status_att, tupdesc, &isnull);
 	is_completed = !isnull &&
 		strcmp(TextDatumGetCString(status), "completed") == 0;
-	(void) heap_getattr(newtuple, completed_att, tupdesc, &completed_null);
-	if (is_completed && completed_null)
+	cols[n] = completed_att;
+	nulls[n] = true;
+	values[n] = (Datum) 0;
+	if (is_completed)
 	{
-		cols[n] = completed_att;
-		values[n] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-		nulls[n++] = false;
-	}
-	else if (!is_completed && !completed_null)
-	{
-		cols[n] = completed_att;
-		values[n] = (Datum) 0;
-		nulls[n++] = true;
-	}
+		bool		was_completed = false;
 
-	if (n == 0)
-		return PointerGetDatum(newtuple);
+		if (oldtuple)
+		{
+			bool		old_status_null;
+			Datum		old_status = heap_getattr(oldtuple, status_att, tupdesc, &old_status_null);
+
+			was_completed = !old_status_null &&
+				strcmp(TextDatumGetCString(old_status), "completed") == 0;
+			if (was_completed)
+				values[n] = heap_getattr(oldtuple, completed_att, tupdesc, &nulls[n]);
+		}
+		if (nulls[n])
+		{
+			values[n] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+			nulls[n] = false;
+		}
+	}
+	n++;
+
 	return PointerGetDatum(heap_modify_tuple_by_cols(newtuple, tupdesc, n, cols, values, nulls));
 }

@@ -9,6 +9,7 @@
 #include "crm.h"
 
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
@@ -17,13 +18,17 @@ PG_MODULE_MAGIC;
 /*
  * Refuse to run a trigger function outside the kind of trigger it was
  * written for: a user who attaches it to the wrong event gets an error that
- * says so instead of a crash or a silently skipped row.
+ * says so instead of a crash or a silently skipped row.  Refuse too when
+ * schema crm is no longer the extension's own (see guard.c): every trigger
+ * runs statements that name crm.<table>.
  */
 void
 crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 					bool row_level, bool before)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	crm_guard_require_schema();
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -39,6 +44,26 @@ crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 						funcname,
 						before ? "BEFORE" : "AFTER",
 						row_level ? "FOR EACH ROW" : "FOR EACH STATEMENT")));
+}
+
+/*
+ * Refuse a trigger created with another number of arguments than the
+ * function reads: extra arguments would be silently ignored (the user meant
+ * something by them) and missing ones would be read past the end of
+ * tgargs.
+ */
+void
+crm_require_trigger_nargs(FunctionCallInfo fcinfo, const char *funcname,
+						  int nargs)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (trigdata->tg_trigger->tgnargs != nargs)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"%s\" takes %d trigger argument%s, not %d",
+						funcname, nargs, nargs == 1 ? "" : "s",
+						trigdata->tg_trigger->tgnargs)));
 }
 
 /*
@@ -88,4 +113,67 @@ crm_attnum(Relation rel, const char *colname, Oid typid)
 					colname, RelationGetRelationName(rel)),
 			 errhint("This trigger function only works on crm tables that have that column.")));
 	return InvalidAttrNumber;	/* keep compiler quiet */
+}
+
+/*
+ * Attribute number of a column if the relation has it (of any type), else
+ * InvalidAttrNumber.
+ */
+int
+crm_optional_attnum(Relation rel, const char *colname)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), colname) == 0)
+			return att->attnum;
+	}
+	return InvalidAttrNumber;
+}
+
+/*
+ * The agreed rule for identity columns: an UPDATE that changes tenant_id or
+ * id (where the table has them) is refused with 42501, so that no row moves
+ * into another tenant or out from under the history that names it.  The
+ * comparison is of the stored images, so it needs no equality operator and
+ * works for a column of any type.  touch_updated_at() applies it to every
+ * table; a BEFORE UPDATE trigger that fires earlier and would otherwise
+ * report a less helpful error for a moved row can call it first.
+ */
+void
+crm_refuse_identity_change(Relation rel, HeapTuple oldtuple, HeapTuple newtuple)
+{
+	int			attnum;
+
+	if ((attnum = crm_optional_attnum(rel, "tenant_id")) != InvalidAttrNumber)
+		crm_refuse_column_change(rel, oldtuple, newtuple, attnum);
+	if ((attnum = crm_optional_attnum(rel, "id")) != InvalidAttrNumber)
+		crm_refuse_column_change(rel, oldtuple, newtuple, attnum);
+}
+
+/* The check of crm_refuse_identity_change() for one identity column. */
+void
+crm_refuse_column_change(Relation rel, HeapTuple oldtuple, HeapTuple newtuple,
+						 int attnum)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	Form_pg_attribute att = TupleDescAttr(tupdesc, attnum - 1);
+	Datum		oldval;
+	Datum		newval;
+	bool		oldnull;
+	bool		newnull;
+
+	oldval = heap_getattr(oldtuple, attnum, tupdesc, &oldnull);
+	newval = heap_getattr(newtuple, attnum, tupdesc, &newnull);
+	if (oldnull == newnull &&
+		(oldnull || datumIsEqual(oldval, newval, att->attbyval, att->attlen)))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("column \"%s\" of relation \"%s\" cannot be changed",
+					NameStr(att->attname), RelationGetRelationName(rel)),
+			 errdetail("A row keeps the tenant and the id it was created with.")));
 }

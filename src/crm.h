@@ -58,8 +58,23 @@ crm_command_key_equal(CrmCommandKey a, CrmCommandKey b)
 /* common.c */
 extern void crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 								bool row_level, bool before);
+extern void crm_require_trigger_nargs(FunctionCallInfo fcinfo,
+									  const char *funcname, int nargs);
 extern bool crm_replica_skips_work(void);
 extern int	crm_attnum(Relation rel, const char *colname, Oid typid);
+extern int	crm_optional_attnum(Relation rel, const char *colname);
+extern void crm_refuse_identity_change(Relation rel, HeapTuple oldtuple,
+									   HeapTuple newtuple);
+extern void crm_refuse_column_change(Relation rel, HeapTuple oldtuple,
+									 HeapTuple newtuple, int attnum);
+
+/*
+ * guard.c: errors out (42501) unless schema crm is still the extension's
+ * own.  Every C entry point whose statements name crm.<object> calls it
+ * first (cheap: cached per statement); triggers get it through
+ * crm_require_trigger().
+ */
+extern void crm_guard_require_schema(void);
 
 /* tenant.c */
 extern bool crm_current_app_user_id(pg_uuid_t *user);

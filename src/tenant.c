@@ -16,8 +16,8 @@
  *	  what hangs off them		   OR crm.current_user_id() = ANY (visible_to)
  *							   OR crm.is_admin())
  *
- * visible_to is derived data kept on each row by triggers (see
- * src/sql/90_security.sql): NULL when every user of the tenant may see the
+ * visible_to is derived data kept on each row by triggers (src/visibility.c
+ * and src/sql/90_security.sql): NULL when every user of the tenant may see the
  * row (public tenant, or no owner), else the owner and everyone above the
  * owner through app_user.manager_id and the teams they lead; rows that hang
  * off a record (tags, stage history, activities) carry the intersection of
@@ -38,8 +38,10 @@
  *	  Mappings never apply to such a role.  When crm.app_access lists tenants
  *	  for the role, it may name only those (42501 otherwise).
  *	- Any other role acts through its mappings in crm.tenant_access, keyed by
- *	  the role's OID: a dropped role's mappings are dead, and a role
- *	  re-created under the same name does not inherit them.  crm.tenant_id
+ *	  the role's OID (and checked against its name, so that an OID reused
+ *	  after wraparound gains nothing; a renamed role is mapped again): a
+ *	  dropped role's mappings are dead, and a role re-created under the
+ *	  same name does not inherit them.  crm.tenant_id
  *	  chooses among several mappings; a setting that names no mapping of the
  *	  role is ignored with a NOTICE (once per value and session).
  *
@@ -381,6 +383,7 @@ scan_role_rows(LocalRelations *lr, Oid roleid, Mapping *out, int max,
 {
 	Snapshot	snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
 	int			found = 0;
+	const char *rolename = GetUserNameFromId(roleid, false);
 
 	if (!lr->valid)
 		local_relations_find(lr);
@@ -393,6 +396,7 @@ scan_role_rows(LocalRelations *lr, Oid roleid, Mapping *out, int max,
 		AttrNumber	role_att;
 		AttrNumber	tenant_att;
 		AttrNumber	user_att = InvalidAttrNumber;
+		AttrNumber	name_att;
 		ScanKeyData key;
 		SysScanDesc scan;
 		HeapTuple	tuple;
@@ -407,6 +411,8 @@ scan_role_rows(LocalRelations *lr, Oid roleid, Mapping *out, int max,
 		rel = table_open(lr->relids[r], NoLock);
 		role_att = crm_attnum(rel, "role_oid", OIDOID);
 		tenant_att = crm_attnum(rel, "tenant_id", UUIDOID);
+		name_att = crm_attnum(rel, strcmp(lr->relname, "tenant_access") == 0 ? "login_role" : "app_role",
+							  NAMEOID);
 		if (strcmp(lr->relname, "tenant_access") == 0)
 			user_att = crm_attnum(rel, "user_id", UUIDOID);
 		indexoid = index_on_column(rel, role_att);
@@ -424,6 +430,11 @@ scan_role_rows(LocalRelations *lr, Oid roleid, Mapping *out, int max,
 			if (except_tenant &&
 				memcmp(DatumGetUUIDP(d), except_tenant, sizeof(pg_uuid_t)) == 0)
 				continue;
+			/* an OID reused by a new role after wraparound: not its mapping */
+			d = heap_getattr(tuple, name_att, RelationGetDescr(rel), &isnull);
+			if (isnull || strcmp(NameStr(*DatumGetName(d)), rolename) != 0)
+				continue;
+			d = heap_getattr(tuple, tenant_att, RelationGetDescr(rel), &isnull);
 			if (found < max)
 			{
 				memcpy(&out[found].tenant, DatumGetUUIDP(d), sizeof(pg_uuid_t));
@@ -553,6 +564,8 @@ resolve_context(void)
 		return;
 
 	context.valid = false;
+	/* the lookup below reads crm.tenant_access: it must be the extension's */
+	crm_guard_require_schema();
 	has_guc_tenant = parse_uuid_setting(TENANT_GUC, tenant_guc, &guc_tenant);
 	has_guc_user = parse_uuid_setting(USER_GUC, user_guc, &guc_user);
 	context.has_tenant = false;
@@ -664,6 +677,8 @@ crm_current_app_user_id(pg_uuid_t *user)
 		Datum		args[2];
 		int			rc;
 		bool		found;
+		Oid			save_userid;
+		int			save_sec_context;
 
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
@@ -683,7 +698,20 @@ crm_current_app_user_id(pg_uuid_t *user)
 		}
 		args[0] = UUIDPGetDatum(&context.tenant);
 		args[1] = UUIDPGetDatum(&context.user);
-		rc = SPI_execute_plan(user_plan, args, NULL, true, 1);
+		/* as the table's owner: the caller may hold no SELECT on app_user */
+		GetUserIdAndSecContext(&save_userid, &save_sec_context);
+		SetUserIdAndSecContext(get_rel_relowner_crm(get_relname_relid("app_user",
+																	   get_namespace_oid("crm", false))),
+							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+		PG_TRY();
+		{
+			rc = SPI_execute_plan(user_plan, args, NULL, true, 1);
+		}
+		PG_FINALLY();
+		{
+			SetUserIdAndSecContext(save_userid, save_sec_context);
+		}
+		PG_END_TRY();
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "could not read crm.app_user");
 		found = SPI_processed > 0;

@@ -1,12 +1,25 @@
 /*-------------------------------------------------------------------------
  *
  * touch.c
- *	  crm.touch_updated_at(): keeps updated_at of every table truthful.
+ *	  The columns every crm table has and the server owns: created_at,
+ *	  updated_at, and the identity (id, tenant_id); and the consent stamps
+ *	  of flags (crm.stamp_flag_times).
  *
- * A BEFORE UPDATE row trigger on each table sets updated_at to the
- * transaction's start time, the same now() a client would write, so that
- * "changed since" queries and sync jobs can rely on it whichever client
- * made the change.
+ * crm.touch_updated_at() is a BEFORE INSERT OR UPDATE row trigger on every
+ * table (src/sql/99_finish.sql attaches it):
+ *	- created_at is the transaction's start time on INSERT and never changes
+ *	  afterwards; updated_at is the transaction's start time on INSERT and on
+ *	  every UPDATE.  Whatever a client writes into them is ignored, on every
+ *	  path (INSERT, UPDATE, INSERT ... ON CONFLICT, COPY), so "changed since"
+ *	  queries, sync jobs and audits can rely on them;
+ *	- an UPDATE that changes id or tenant_id is refused (42501): a row keeps
+ *	  the tenant and the id it was created with, so that nothing can move a
+ *	  row into another tenant or out from under the history that names it.
+ * It is named for updated_at, which it kept first, so that existing
+ * triggers keep their name.
+ *
+ * Rows applied in replica mode (logical replication, a restore run with
+ * session_replication_role = replica) keep the values they come with.
  *
  *-------------------------------------------------------------------------
  */
@@ -18,39 +31,99 @@
 
 PG_FUNCTION_INFO_V1(crm_touch_updated_at);
 
+/*
+ * crm.touch_updated_at() trigger: see the file header.
+ */
 Datum
 crm_touch_updated_at(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	int			attnum;
-	Datum		value;
-	bool		isnull = false;
+	Relation	rel;
+	TupleDesc	tupdesc;
+	HeapTuple	newtuple;
+	HeapTuple	oldtuple = NULL;
+	int			updated_att = InvalidAttrNumber;
+	int			created_att = InvalidAttrNumber;
+	int			identity_att[2] = {InvalidAttrNumber, InvalidAttrNumber};
+	int			cols[2];
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	int			n = 0;
 
 	crm_require_trigger(fcinfo, "touch_updated_at", true, true);
-	if (!TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+	crm_require_trigger_nargs(fcinfo, "touch_updated_at", 0);
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+	{
+		oldtuple = trigdata->tg_trigtuple;
+		newtuple = trigdata->tg_newtuple;
+	}
+	else if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		newtuple = trigdata->tg_trigtuple;
+	else
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("function \"touch_updated_at\" must be fired for UPDATE")));
+				 errmsg("function \"touch_updated_at\" must be fired for INSERT or UPDATE")));
 
 	if (crm_replica_skips_work())
-		return PointerGetDatum(trigdata->tg_newtuple);
+		return PointerGetDatum(newtuple);
 
-	attnum = crm_attnum(trigdata->tg_relation, "updated_at", TIMESTAMPTZOID);
-	value = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	rel = trigdata->tg_relation;
+	tupdesc = RelationGetDescr(rel);
 
-	return PointerGetDatum(heap_modify_tuple_by_cols(trigdata->tg_newtuple,
-													 RelationGetDescr(trigdata->tg_relation),
-													 1, &attnum, &value, &isnull));
+	/* one pass over the columns: this trigger fires for every row written */
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+		const char *name = NameStr(att->attname);
+
+		if (att->attisdropped)
+			continue;
+		if (strcmp(name, "updated_at") == 0)
+			updated_att = att->attnum;
+		else if (strcmp(name, "created_at") == 0)
+			created_att = att->attnum;
+		else if (strcmp(name, "tenant_id") == 0)
+			identity_att[0] = att->attnum;
+		else if (strcmp(name, "id") == 0)
+			identity_att[1] = att->attnum;
+	}
+	/* a missing updated_at or either of another type: the error names it */
+	if (updated_att == InvalidAttrNumber ||
+		TupleDescAttr(tupdesc, updated_att - 1)->atttypid != TIMESTAMPTZOID)
+		updated_att = crm_attnum(rel, "updated_at", TIMESTAMPTZOID);
+	if (created_att != InvalidAttrNumber &&
+		TupleDescAttr(tupdesc, created_att - 1)->atttypid != TIMESTAMPTZOID)
+		created_att = crm_attnum(rel, "created_at", TIMESTAMPTZOID);
+
+	for (int i = 0; i < lengthof(identity_att) && oldtuple != NULL; i++)
+		if (identity_att[i] != InvalidAttrNumber)
+			crm_refuse_column_change(rel, oldtuple, newtuple, identity_att[i]);
+
+	cols[n] = updated_att;
+	values[n++] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	if (created_att != InvalidAttrNumber)
+	{
+		cols[n] = created_att;
+		if (oldtuple != NULL)
+			values[n] = heap_getattr(oldtuple, created_att, tupdesc, &nulls[n]);
+		else
+			values[n] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+		n++;
+	}
+
+	return PointerGetDatum(heap_modify_tuple_by_cols(newtuple, tupdesc,
+													 n, cols, values, nulls));
 }
 
 /*
  * crm.stamp_flag_times(flag, flag_at [, flag, flag_at ...]) trigger
  *
  * BEFORE INSERT OR UPDATE: for each pair of a boolean column and a
- * timestamptz column, records when the flag was set.  Consent flags
+ * timestamptz column, records since when the flag holds.  Consent flags
  * (do_not_call, email_opt_out, profiling_opt_out) must say since when they
- * hold: the time is the transaction's unless the client gave one, kept
- * while the flag stays set, and cleared when it is unset.
+ * hold, and that time is evidence, so it is the server's: the
+ * transaction's start time when the flag becomes set, kept while it stays
+ * set, cleared when it is unset; a client's value is ignored.
  */
 PG_FUNCTION_INFO_V1(crm_stamp_flag_times);
 
@@ -62,16 +135,19 @@ crm_stamp_flag_times(PG_FUNCTION_ARGS)
 	Relation	rel;
 	TupleDesc	tupdesc;
 	HeapTuple	newtuple;
+	HeapTuple	oldtuple = NULL;
 	int			npairs;
 	int		   *cols;
 	Datum	   *values;
 	bool	   *nulls;
-	int			n = 0;
 
 	crm_require_trigger(fcinfo, "stamp_flag_times", true, true);
 	trigger = trigdata->tg_trigger;
 	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+	{
+		oldtuple = trigdata->tg_trigtuple;
 		newtuple = trigdata->tg_newtuple;
+	}
 	else if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 		newtuple = trigdata->tg_trigtuple;
 	else
@@ -98,26 +174,36 @@ crm_stamp_flag_times(PG_FUNCTION_ARGS)
 		int			flag_att = crm_attnum(rel, trigger->tgargs[2 * i], BOOLOID);
 		int			at_att = crm_attnum(rel, trigger->tgargs[2 * i + 1], TIMESTAMPTZOID);
 		bool		flag_null;
-		bool		at_null;
 		bool		flag = DatumGetBool(heap_getattr(newtuple, flag_att, tupdesc, &flag_null));
+		bool		old_at_null = true;
+		Datum		old_at = (Datum) 0;
 
-		(void) heap_getattr(newtuple, at_att, tupdesc, &at_null);
 		flag = flag && !flag_null;
-		if (flag && at_null)
+		cols[i] = at_att;
+		if (oldtuple != NULL)
 		{
-			cols[n] = at_att;
-			values[n] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-			nulls[n++] = false;
+			bool		old_flag_null;
+			bool		old_flag = DatumGetBool(heap_getattr(oldtuple, flag_att, tupdesc, &old_flag_null));
+
+			if (old_flag && !old_flag_null)
+				old_at = heap_getattr(oldtuple, at_att, tupdesc, &old_at_null);
 		}
-		else if (!flag && !at_null)
+		if (!flag)
 		{
-			cols[n] = at_att;
-			values[n] = (Datum) 0;
-			nulls[n++] = true;
+			values[i] = (Datum) 0;
+			nulls[i] = true;
+		}
+		else if (!old_at_null)
+		{
+			values[i] = old_at;
+			nulls[i] = false;
+		}
+		else
+		{
+			values[i] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+			nulls[i] = false;
 		}
 	}
 
-	if (n == 0)
-		return PointerGetDatum(newtuple);
-	return PointerGetDatum(heap_modify_tuple_by_cols(newtuple, tupdesc, n, cols, values, nulls));
+	return PointerGetDatum(heap_modify_tuple_by_cols(newtuple, tupdesc, npairs, cols, values, nulls));
 }

@@ -22,6 +22,14 @@
  *		mode 'history'	  as 'dependent' without the check: the server
  *						  writes the history of a change that was allowed.
  *
+ *	crm.visibility_propagate(kind), AFTER UPDATE FOR EACH ROW WHEN visible_to
+ *	changed, on account, contact, lead, opportunity
+ *		makes every row that hangs off the record follow it: each crm table
+ *		with visible_to and <kind>_id (found in the catalog, so a table added
+ *		later follows too) is touched with SET visible_to = visible_to, and
+ *		its own visibility_row trigger recomputes the value.  Plans are kept
+ *		per dependent table and dropped on any relation cache invalidation.
+ *
  * Foreign keys are checked without row-level security, which is why the
  * link check lives here.  Lookups run as the table's owner through cached
  * SPI plans that filter by tenant_id and id (one shard group on Citus); the
@@ -41,10 +49,13 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 
 PG_FUNCTION_INFO_V1(crm_visibility_row);
+PG_FUNCTION_INFO_V1(crm_visibility_propagate);
 
 #define NKINDS 4
 static const char *const kinds[NKINDS] = {"account", "contact", "lead", "opportunity"};
@@ -349,4 +360,143 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 
 		return PointerGetDatum(heap_modify_tuple_by_cols(newtup, desc, 1, cols, values, nulls));
 	}
+}
+
+/* Dependent tables of one record kind, and their kept UPDATE plans. */
+#define MAX_DEPENDENTS 32
+typedef struct Dependents
+{
+	bool		valid;
+	int			n;
+	SPIPlanPtr	plans[MAX_DEPENDENTS];
+} Dependents;
+
+static Dependents dependents[NKINDS];
+static bool dependents_callback = false;
+
+static void
+dependents_invalidate(Datum arg, Oid relid)
+{
+	for (int k = 0; k < NKINDS; k++)
+	{
+		/* the plans are freed lazily, when next rebuilt */
+		dependents[k].valid = false;
+	}
+}
+
+/*
+ * Find the tables that hang off records of one kind and prepare their
+ * UPDATE.  Runs inside SPI.
+ */
+static void
+dependents_build(int kind)
+{
+	Dependents *d = &dependents[kind];
+	Datum		arg;
+	Oid			argtype = TEXTOID;
+	char		column[NAMEDATALEN];
+	uint64		n;
+
+	if (!dependents_callback)
+	{
+		CacheRegisterRelcacheCallback(dependents_invalidate, (Datum) 0);
+		dependents_callback = true;
+	}
+	for (int i = 0; i < d->n; i++)
+		SPI_freeplan(d->plans[i]);
+	d->n = 0;
+
+	snprintf(column, sizeof(column), "%s_id", kinds[kind]);
+	arg = CStringGetTextDatum(column);
+	if (SPI_execute_with_args("SELECT c.relname::text FROM pg_catalog.pg_class c"
+							  " WHERE c.relnamespace OPERATOR(pg_catalog.=) 'crm'::pg_catalog.regnamespace"
+							  " AND c.relkind OPERATOR(pg_catalog.=) 'r'"
+							  " AND c.relname OPERATOR(pg_catalog.<>) ALL ('{account,contact,lead,opportunity}'::pg_catalog.name[])"
+							  " AND c.relname OPERATOR(pg_catalog.!~) '_[0-9]+$'"
+							  " AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a"
+							  "  WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND NOT a.attisdropped"
+							  "  AND a.attname OPERATOR(pg_catalog.=) 'visible_to')"
+							  " AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a"
+							  "  WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND NOT a.attisdropped"
+							  "  AND a.attname OPERATOR(pg_catalog.=) $1::pg_catalog.name)"
+							  " ORDER BY c.relname",
+							  1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list the tables that hang off crm.%s", kinds[kind]);
+	n = SPI_processed;
+	if (n > MAX_DEPENDENTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("more than %d tables hang off crm.%s", MAX_DEPENDENTS, kinds[kind])));
+	{
+		char	  **names = palloc(sizeof(char *) * Max(n, 1));
+		Oid			argtypes[2] = {UUIDOID, UUIDOID};
+
+		for (uint64 i = 0; i < n; i++)
+			names[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		for (uint64 i = 0; i < n; i++)
+		{
+			char		sql[512];
+
+			snprintf(sql, sizeof(sql),
+					 "UPDATE crm.%s x SET visible_to = x.visible_to"
+					 " WHERE x.tenant_id OPERATOR(pg_catalog.=) $1 AND x.%s OPERATOR(pg_catalog.=) $2",
+					 quote_identifier(names[i]), quote_identifier(column));
+			d->plans[d->n++] = keep_plan(sql, 2, argtypes);
+		}
+	}
+	d->valid = true;
+}
+
+/*
+ * crm.visibility_propagate(kind): see the file header.
+ */
+Datum
+crm_visibility_propagate(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	int			kind;
+	Datum		args[2];
+	bool		isnull;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	crm_require_trigger(fcinfo, "visibility_propagate", true, false);
+	if (!TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) || trigdata->tg_trigger->tgnargs != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"visibility_propagate\" must be fired AFTER UPDATE with the record kind as its argument")));
+	if (crm_replica_skips_work())
+		return PointerGetDatum(NULL);
+
+	rel = trigdata->tg_relation;
+	kind = kind_index(trigdata->tg_trigger->tgargs[0]);
+	args[0] = heap_getattr(trigdata->tg_newtuple, crm_attnum(rel, "tenant_id", UUIDOID),
+						   RelationGetDescr(rel), &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);
+	args[1] = heap_getattr(trigdata->tg_newtuple, crm_attnum(rel, "id", UUIDOID),
+						   RelationGetDescr(rel), &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(rel->rd_rel->relowner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (!dependents[kind].valid)
+			dependents_build(kind);
+		for (int i = 0; i < dependents[kind].n; i++)
+			if (SPI_execute_plan(dependents[kind].plans[i], args, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not update what hangs off crm.%s", kinds[kind]);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+	SPI_finish();
+	return PointerGetDatum(NULL);
 }

@@ -7,6 +7,18 @@
 
 \echo Use "CREATE EXTENSION crm" to load this file. \quit
 
+-- First, before any name is looked up in schema crm: refuse a schema crm
+-- that CREATE EXTENSION did not make and that another role owns, may write
+-- into, or has already put objects in (a format() or an operator with an
+-- exact-match signature there would beat pg_catalog's below and run as the
+-- installing superuser).  Nothing here resolves through crm: the check is a
+-- C function made in pg_temp, called by its qualified name, then dropped.
+CREATE FUNCTION pg_temp.crm_guard_check_install() RETURNS pg_catalog.void
+    AS 'MODULE_PATHNAME', 'crm_guard_check_install'
+    LANGUAGE C VOLATILE STRICT;
+SELECT pg_temp.crm_guard_check_install();
+DROP FUNCTION pg_temp.crm_guard_check_install();
+
 COMMENT ON SCHEMA crm IS 'Sales CRM: accounts, contacts, leads, opportunities, pipelines, activities; see README.md';
 
 -- Identifiers ------------------------------------------------------------
@@ -47,6 +59,18 @@ CREATE FUNCTION crm.casefold(value text) RETURNS text
     RETURN pg_catalog.lower(value COLLATE "und-x-icu");
 COMMENT ON FUNCTION crm.casefold(text) IS
     'The text in lower case under ICU''s root collation, whatever the cluster locale: how e-mails and names are compared case-insensitively';
+
+-- "Non-empty" means more than whitespace of any kind: ASCII blanks, the
+-- Unicode White_Space characters (no-break, em, ideographic spaces, line
+-- separators) and the invisible format characters that render as nothing
+-- (zero-width space and joiners, word joiner, BOM).  Every CHECK that
+-- refuses an empty name uses this one definition (src/sql/97_value_checks.sql
+-- turns each btrim(x) <> '' check into it).
+CREATE FUNCTION crm.is_blank(value text) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'crm_values_is_blank'
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION crm.is_blank(text) IS
+    'True when the text is empty or only whitespace of any kind (tab, newline, Unicode spaces such as U+00A0 and U+2003, zero-width characters); NULL for NULL. The test of every non-empty CHECK';
 
 CREATE DOMAIN crm.email_address AS text
     CHECK (VALUE ~ '^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:].]+$');

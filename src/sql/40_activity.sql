@@ -91,7 +91,7 @@ COMMENT ON TABLE crm.activity IS 'Something that happened or is planned with a c
 COMMENT ON COLUMN crm.activity.tenant_id IS 'Owning tenant';
 COMMENT ON COLUMN crm.activity.id IS 'Row id (UUIDv7)';
 COMMENT ON COLUMN crm.activity.activity_type IS 'Type code from crm.activity_type';
-COMMENT ON COLUMN crm.activity.module IS 'Module of the type (kept by a trigger)';
+COMMENT ON COLUMN crm.activity.module IS 'Module of the activity type (set by the server; a client value is ignored)';
 COMMENT ON COLUMN crm.activity.direction IS 'inbound, outbound or internal';
 COMMENT ON COLUMN crm.activity.subject IS 'Subject';
 COMMENT ON COLUMN crm.activity.description IS 'Details';
@@ -99,7 +99,7 @@ COMMENT ON COLUMN crm.activity.status IS 'scheduled, in_progress, completed, can
 COMMENT ON COLUMN crm.activity.priority IS 'low, medium, high, urgent';
 COMMENT ON COLUMN crm.activity.occurred_at IS 'When it happened (or was logged)';
 COMMENT ON COLUMN crm.activity.due_at IS 'When a task or call is due';
-COMMENT ON COLUMN crm.activity.completed_at IS 'When it was completed (kept by a trigger: set on completion, cleared otherwise)';
+COMMENT ON COLUMN crm.activity.completed_at IS 'When the status became completed; NULL while not completed (set by the server; a client value is ignored)';
 COMMENT ON COLUMN crm.activity.start_at IS 'Meeting start';
 COMMENT ON COLUMN crm.activity.end_at IS 'Meeting end';
 COMMENT ON COLUMN crm.activity.contact_id IS 'Related contact';

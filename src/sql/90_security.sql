@@ -91,37 +91,12 @@ CREATE FUNCTION crm.visibility_row() RETURNS trigger
 COMMENT ON FUNCTION crm.visibility_row() IS
     'Internal: trigger that derives visible_to (record: the owner''s chain; dependent: what all its records and its owner allow) and refuses (42501) a link to a record the writer cannot see';
 
--- AFTER UPDATE on account, contact, lead, opportunity, when visible_to changed: every row that hangs
--- off the record follows it.  The dependents are found in the catalog (a
--- crm table with visible_to and a <record>_id column), so a table added
--- later follows by having both and the visibility trigger; each is touched
--- with SET visible_to = visible_to and its own trigger recomputes the value.
+-- AFTER UPDATE on account, contact, lead, opportunity, when visible_to
+-- changed: every row that hangs off the record follows it (any crm table
+-- with visible_to and <record>_id, found in the catalog).
 CREATE FUNCTION crm.visibility_propagate() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    dep name;
-BEGIN
-    FOR dep IN
-        SELECT c.relname FROM pg_catalog.pg_class c
-         WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
-           AND c.relname NOT IN ('account', 'contact', 'lead', 'opportunity')
-           AND c.relname !~ '_[0-9]+$'          -- not a Citus shard placement
-           AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-                        WHERE a.attrelid = c.oid AND a.attname = 'visible_to' AND NOT a.attisdropped)
-           AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-                        WHERE a.attrelid = c.oid AND a.attname = TG_ARGV[0] || '_id' AND NOT a.attisdropped)
-         ORDER BY c.relname
-    LOOP
-        EXECUTE format('UPDATE crm.%I x SET visible_to = x.visible_to'
-                       ' WHERE x.tenant_id OPERATOR(pg_catalog.=) $1 AND x.%I OPERATOR(pg_catalog.=) $2',
-                       dep, TG_ARGV[0] || '_id')
-            USING NEW.tenant_id, NEW.id;
-    END LOOP;
-    RETURN NULL;
-END
-$$;
+    AS 'MODULE_PATHNAME', 'crm_visibility_propagate'
+    LANGUAGE C;
 COMMENT ON FUNCTION crm.visibility_propagate() IS
     'Internal: trigger that makes every row hanging off a record (tags, stage history, activities, any crm table with visible_to and <record>_id) follow the record''s visibility';
 
@@ -510,6 +485,16 @@ BEGIN
     GRANT EXECUTE ON FUNCTION
         crm.grant_tenant_access(name, uuid, uuid), crm.revoke_tenant_access(name, uuid)
         TO crm_admin;
+
+    -- Value checks (issue 6.3, src/sql/97_value_checks.sql): the non-empty
+    -- CHECKs call crm.is_blank with the writer's rights; readers may test
+    -- values the same way.
+    GRANT EXECUTE ON FUNCTION crm.is_blank(text) TO crm_reader;
+
+    -- Statistics (issue 8 item 6): RLS does not filter pg_stats or the
+    -- pg_stat_* counters; in this database only superusers and members of
+    -- pg_read_all_stats may read them (src/sql/92_statistics.sql).
+    PERFORM crm.revoke_statistics_access();
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

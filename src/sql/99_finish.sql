@@ -1,21 +1,38 @@
 -- src/sql/99_finish.sql: what applies to every table and function above.
 
--- updated_at of every table is kept by a trigger, whichever client writes.
+-- The generic server-owned columns of every table (src/touch.c): created_at
+-- and updated_at are the server's whatever a client sends, and an UPDATE
+-- may not change id or tenant_id.  Their COMMENTs say so.
 DO $$
 DECLARE
     t regclass;
+    col record;
 BEGIN
     FOR t IN SELECT c.oid FROM pg_catalog.pg_class c
               WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
               ORDER BY c.relname
     LOOP
-        EXECUTE format('CREATE TRIGGER touch_updated_at BEFORE UPDATE ON %s'
+        EXECUTE pg_catalog.format('CREATE TRIGGER touch_updated_at BEFORE INSERT OR UPDATE ON %s'
                        ' FOR EACH ROW EXECUTE FUNCTION crm.touch_updated_at()', t);
-        EXECUTE format('COMMENT ON TRIGGER touch_updated_at ON %s IS %L', t,
-                       'updated_at = now() on every UPDATE');
+        EXECUTE pg_catalog.format('COMMENT ON TRIGGER touch_updated_at ON %s IS %L', t,
+                       'created_at and updated_at are the server''s; id and tenant_id cannot change');
+        FOR col IN SELECT a.attname, pg_catalog.col_description(t, a.attnum) AS comment
+                   FROM pg_catalog.pg_attribute a
+                  WHERE a.attrelid = t AND NOT a.attisdropped
+                    AND a.attname IN ('created_at', 'updated_at', 'id', 'tenant_id')
+        LOOP
+            EXECUTE pg_catalog.format('COMMENT ON COLUMN %s.%I IS %L', t, col.attname,
+                           coalesce(col.comment, col.attname::text) OPERATOR(pg_catalog.||)
+                           CASE WHEN col.attname IN ('created_at', 'updated_at')
+                                THEN ' (set by the server; a client value is ignored)'
+                                ELSE ' (cannot be changed by UPDATE)' END);
+        END LOOP;
     END LOOP;
 END
 $$;
+
+COMMENT ON FUNCTION crm.touch_updated_at() IS
+    'Trigger on every table: created_at and updated_at are the server''s (created_at set on INSERT and kept, updated_at set on INSERT and every UPDATE); an UPDATE that changes id or tenant_id is refused (42501)';
 
 -- A row written by a session that acts for no tenant is refused with the
 -- reason (src/tenant.c), before any other trigger looks at its tenant_id.

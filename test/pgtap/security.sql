@@ -8,7 +8,8 @@
 --     SELECT on every table and view, crm_writer adds DML on the records,
 --     crm_admin adds DML on the configuration; EXECUTE likewise by level;
 --   * hardening rules that hold for every object (search_path pinned, no
---     SECURITY DEFINER or LEAKPROOF, nothing for PUBLIC).
+--     LEAKPROOF, SECURITY DEFINER only for the listed visibility triggers,
+--     nothing for PUBLIC).
 -- The matrix is generated over every table, view and function found in the
 -- catalogs, so an object missing from the design tables below gets the
 -- lowest expectation (or fails the classification test) instead of being
@@ -48,6 +49,7 @@ INSERT INTO func_level VALUES
     ('crm.exchange_rate(text,text,date,uuid)', 1),
     ('crm.uuid_v7_time(uuid)', 1),
     ('crm.casefold(text)', 1),
+    ('crm.is_blank(text)', 1),
     ('crm.uuid_generate_v7()', 2),
     ('crm.stage_for_move(text,uuid,uuid,uuid,uuid)', 2),
     ('crm.pipeline_closing_stage(uuid,uuid,text)', 2),
@@ -67,6 +69,7 @@ INSERT INTO func_level VALUES
     ('crm.stamp_flag_times()', NULL),
     ('crm.create_tenant(text)', NULL),
     ('crm.setup_roles()', NULL),
+    ('crm.revoke_statistics_access()', NULL),
     ('crm.load_demo(text,timestamp with time zone)', NULL),
     -- tenancy and owner visibility (issue 8 items 1 and 3): triggers and
     -- internal helpers, granted to no crm role
@@ -83,13 +86,12 @@ INSERT INTO func_level VALUES
     -- scale-out (issue 9): the operator's, on the coordinator
     ('crm.distribute()', NULL);
 
--- The only SECURITY DEFINER functions: the triggers that keep visible_to.
--- They must update rows the writer cannot see (a record's tags, history and
--- activities), act only on the tenant of the row that fired them, and are
--- granted to no one.
+-- The only SECURITY DEFINER functions: the visibility triggers written in
+-- PL/pgSQL (hierarchy refresh, delete guard).  They read and update rows the
+-- writer cannot see, act only on the tenant of the row that fired them, and
+-- are granted to no one.
 CREATE TEMP TABLE definer_function (sig text PRIMARY KEY);
 INSERT INTO definer_function VALUES
-    ('crm.visibility_propagate()'),
     ('crm.visibility_delete_guard()'), ('crm.visibility_refresh(uuid)'),
     ('crm.visibility_refresh_records(uuid,uuid[])'), ('crm.visibility_hierarchy()');
 
