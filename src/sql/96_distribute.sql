@@ -38,7 +38,7 @@ BEGIN
     -- A table that already holds rows would be copied into its shards while
     -- its rows stay behind, unseen, in the coordinator's extension table
     -- (and in pg_dump's output): refuse instead.  The shipped rows of the
-    -- lookups are on every node already and count as empty.
+    -- lookups (is_builtin) are on every node already and count as empty.
     FOR t IN
         SELECT c.oid::regclass FROM pg_catalog.pg_class c
          WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
@@ -47,7 +47,8 @@ BEGIN
         EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
             INTO done USING t;
         CONTINUE WHEN done;
-        IF (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = t) = ANY (lookups) THEN
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                    WHERE a.attrelid = t AND a.attname = 'is_builtin' AND NOT a.attisdropped) THEN
             EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE NOT is_builtin)', t) INTO has_rows;
         ELSE
             EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', t) INTO has_rows;

@@ -40,9 +40,8 @@ INSERT INTO crm.currency_rate (tenant_id, from_currency, to_currency, rate, vali
 VALUES (:'ts', 'USD', 'EUR', 0.5, '2025-01-01');
 COMMIT;
 SELECT crm.grant_tenant_access('crm_citus_alice', :'tn', as_user => :'ned');
-SELECT t.name AS tenant, a.login_role, u.name AS as_user
-  FROM crm.tenant_access a JOIN crm.tenant t USING (tenant_id)
-  LEFT JOIN crm.app_user u ON u.tenant_id = a.tenant_id AND u.id = a.user_id ORDER BY 1, 2;
+SELECT a.login_role, a.tenant_id = :'tn' AS for_north, a.user_id = :'ned' AS as_ned
+  FROM crm.tenant_access a ORDER BY 1;
 
 -- The application role ----------------------------------------------------
 \c - crm_citus_app
@@ -236,6 +235,7 @@ ROLLBACK;
 -- Moving a row to another tenant is refused on both, with different
 -- messages (Citus refuses to change a distribution column before the row's
 -- trigger or policy is reached): only the outcome is compared.
+SET client_min_messages = error; -- Citus warns that a temporary function is not propagated
 CREATE FUNCTION pg_temp.outcome(statement text) RETURNS text LANGUAGE plpgsql AS $f$
 BEGIN
     EXECUTE statement;
@@ -244,6 +244,7 @@ EXCEPTION WHEN OTHERS THEN
     RETURN 'refused';
 END
 $f$;
+SET client_min_messages = warning;
 BEGIN;
 SET LOCAL crm.tenant_id = :'tn';
 SELECT pg_temp.outcome(format('UPDATE crm.account SET tenant_id = %L WHERE id = %L', :'ts', :'initech')) AS move_to_south;
