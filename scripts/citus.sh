@@ -160,6 +160,15 @@ test_citus() {
 	fi
 	tables=$("${PSQL[@]}" -p "$COORD" -d crm_citus -At -c \
 		"SELECT count(*) FROM pg_catalog.pg_dist_partition WHERE logicalrelid::regclass::text LIKE 'crm.%'")
+	# Row-level security on the shards: every shard keeps the policies of its
+	# table, permissive or restrictive alike (Citus 13.0.5 once dropped
+	# AS RESTRICTIVE: crm.distribute() refuses such policies).
+	echo "=== policies of every shard against its table's"
+	policy_sets >"$out/policies.out"
+	if [[ -s $out/policies.out ]]; then
+		cat "$out/policies.out"
+		die "the shards' policies differ from their tables' (above: node, table, policy)"
+	fi
 	echo "=== test/citus/compare.sql on Citus"
 	run_compare crm_citus "$out/citus.out"
 	# A second call places nothing new, refuses nothing and loses no row.
@@ -181,6 +190,33 @@ test_citus() {
 	fi
 	echo "test-citus: $n comparisons, $diffs differences"
 	((status == 0 && diffs == 0))
+}
+
+# The policies of the crm tables on the coordinator, then each worker's
+# shard placements of them; prints each worker's placement (node, table,
+# policy) whose policy is not exactly its table's, and each table policy that
+# a placement lacks.
+policy_sets() {
+	local p want
+	want=$("${PSQL[@]}" -p "$COORD" -d crm_citus -At -c "$(policy_query '!~')")
+	[[ -n $want ]] || { echo "coordinator: no policies"; return; }
+	for p in "${PORTS[@]:1}"; do
+		PGOPTIONS='-c citus.override_table_visibility=off' \
+			"${PSQL[@]}" -p "$p" -d crm_citus -At -c "$(policy_query '~')" |
+			diff <(printf '%s\n' "$want") - | sed -n "s/^[<>] /$p: /p"
+	done
+}
+
+# The policies of crm's tables (OP '!~') or of their shards (OP '~', named
+# table_<shard id>), one line each, the shard number left out.
+policy_query() { # OP
+	cat <<SQL
+SELECT DISTINCT regexp_replace(c.relname, '_[0-9]+\$', ''), p.polname, p.polpermissive, p.polcmd,
+       p.polroles::regrole[]::text, pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
+  FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+ WHERE c.relnamespace = 'crm'::regnamespace AND c.relname $1 '_[0-9]+\$'
+ ORDER BY 1, 2
+SQL
 }
 
 # The number of sections whose output differs between two runs.
