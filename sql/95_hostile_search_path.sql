@@ -253,6 +253,8 @@ CREATE EXTENSION crm;
 SELECT crm.setup_roles();
 -- without Citus crm.distribute() refuses (55000) and changes nothing
 SELECT * FROM crm.distribute();
+SELECT pg_catalog.count(*) AS policy_problems FROM crm.distribution_problems() p
+ WHERE p.problem OPERATOR(pg_catalog.!~~) 'foreign key %';
 SELECT crm.create_tenant('Hostile A') AS ta \gset
 SELECT crm.load_demo('Hostile B') AS tb \gset
 CREATE ROLE regress_hostile_admin IN ROLE crm_admin;

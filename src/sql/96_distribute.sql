@@ -10,6 +10,37 @@
 -- without Citus: every Citus name is reached through EXECUTE, after the
 -- check that Citus is there.
 
+-- What the schema must not contain to be distributed with Citus 13 (see
+-- DESIGN.md); make test checks it on one node, crm.distribute() refuses
+-- while it lists anything.
+CREATE FUNCTION crm.distribution_problems() RETURNS TABLE (problem text)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        -- a restrictive policy: Citus 13.0.5 copies it to the shards without
+        -- AS RESTRICTIVE, so it would widen what every role sees (measured:
+        -- another tenant's rows became visible)
+        SELECT format('policy %s on %s is restrictive', p.polname, p.polrelid::regclass)
+          FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+         WHERE c.relnamespace = 'crm'::regnamespace AND NOT p.polpermissive
+        UNION ALL
+        -- a policy with a sub-select: refused by Citus on distributed tables
+        SELECT format('policy %s on %s has a sub-select', p.polname, p.polrelid::regclass)
+          FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+         WHERE c.relnamespace = 'crm'::regnamespace
+           AND (p.polqual::text LIKE '%{SUBLINK %' OR p.polwithcheck::text LIKE '%{SUBLINK %')
+        UNION ALL
+        -- ON DELETE SET NULL or SET DEFAULT: refused by Citus when the key
+        -- holds the distribution column
+        SELECT format('foreign key %s on %s is ON DELETE SET %s', k.conname, k.conrelid::regclass,
+                      CASE k.confdeltype WHEN 'n' THEN 'NULL' ELSE 'DEFAULT' END)
+          FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+         WHERE c.relnamespace = 'crm'::regnamespace AND k.contype = 'f' AND k.confdeltype IN ('n', 'd')
+        ORDER BY 1
+    $$;
+COMMENT ON FUNCTION crm.distribution_problems() IS
+    'What keeps crm.distribute() from distributing the schema with Citus: restrictive policies, policies with a sub-select, foreign keys ON DELETE SET NULL/SET DEFAULT; one line each, none when the schema is ready';
+
 CREATE FUNCTION crm.distribute() RETURNS TABLE (table_name regclass, distribution text)
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
@@ -61,34 +92,15 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- What Citus 13.0.5 cannot distribute, or would distribute wrongly, all
-    -- named in one error before anything is changed:
-    --  - a restrictive policy: Citus copies it to the shards without AS
-    --    RESTRICTIVE, so it would widen what every role sees (measured:
-    --    another tenant's rows became visible);
-    --  - a policy with a sub-select: refused by Citus on distributed tables;
-    --  - a foreign key ON DELETE SET NULL or SET DEFAULT: refused by Citus
-    --    when the key holds the distribution column.
-    SELECT string_agg(problem, '; ' ORDER BY problem) INTO failed
-      FROM (SELECT format('policy %s on %s is restrictive', p.polname, p.polrelid::regclass) AS problem
-              FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
-             WHERE c.relnamespace = 'crm'::regnamespace AND NOT p.polpermissive
-            UNION ALL
-            SELECT format('policy %s on %s has a sub-select', p.polname, p.polrelid::regclass)
-              FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
-             WHERE c.relnamespace = 'crm'::regnamespace
-               AND (p.polqual::text LIKE '%{SUBLINK %' OR p.polwithcheck::text LIKE '%{SUBLINK %')
-            UNION ALL
-            SELECT format('foreign key %s on %s is ON DELETE SET %s', k.conname, k.conrelid::regclass,
-                          CASE k.confdeltype WHEN 'n' THEN 'NULL' ELSE 'DEFAULT' END)
-              FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
-             WHERE c.relnamespace = 'crm'::regnamespace AND k.contype = 'f'
-               AND k.confdeltype IN ('n', 'd')) problems;
+    -- What Citus cannot distribute, or would distribute wrongly, all named
+    -- in one error before anything is changed.
+    SELECT string_agg(p.problem, '; ' ORDER BY p.problem) INTO failed
+      FROM crm.distribution_problems() p;
     IF failed IS NOT NULL THEN
         RAISE EXCEPTION 'the crm schema cannot be distributed as installed'
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = failed || '.',
-                  HINT = 'Citus needs permissive policies that are plain predicates and foreign keys without SET NULL or SET DEFAULT actions (see the README).';
+                  HINT = 'Citus needs permissive policies that are plain predicates and foreign keys without SET NULL or SET DEFAULT actions; crm.distribution_problems() lists what is left.';
     END IF;
     failed := NULL;
 

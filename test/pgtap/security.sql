@@ -84,7 +84,8 @@ INSERT INTO func_level VALUES
     ('crm.visibility_hierarchy()', NULL),
     ('crm.owner_chain_keep()', NULL),
     -- scale-out (issue 9): the operator's, on the coordinator
-    ('crm.distribute()', NULL);
+    ('crm.distribute()', NULL),
+    ('crm.distribution_problems()', NULL);
 
 -- The only SECURITY DEFINER functions: the visibility triggers written in
 -- PL/pgSQL (hierarchy refresh, delete guard).  They read and update rows the
