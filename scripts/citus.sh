@@ -137,7 +137,10 @@ test_citus() {
 	# Roles are cluster-wide: made once, from the distributed database, so
 	# that Citus makes them on the workers too.
 	echo "=== crm on every node, roles"
-	"${PSQL[@]}" -p "$COORD" -d crm_citus -f "$REPO/test/citus/setup.sql"
+	if ! "${PSQL[@]}" -p "$COORD" -d crm_citus -f "$REPO/test/citus/setup.sql"; then
+		echo "test-citus: CREATE EXTENSION crm or crm.setup_roles() failed on the Citus coordinator; nothing compared"
+		exit 1
+	fi
 	# The single-node run first (same roles, no Citus in crm_single): it
 	# shows what is expected even when the distribution below fails.
 	"${PSQL[@]}" -p "$COORD" -d crm_single -c 'CREATE EXTENSION crm' -c 'SELECT crm.setup_roles()' >/dev/null
