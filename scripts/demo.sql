@@ -139,6 +139,25 @@ $$;
 ROLLBACK;
 
 \echo
+\echo '== Workflow: rules fire in the transaction of the change; crm.run_jobs() carries out the in-database actions'
+SELECT count(*) FILTER (WHERE active) AS active_rules, count(*) FILTER (WHERE NOT active) AS waiting_for_a_worker
+  FROM crm.workflow_rule;
+\echo '   a quote for John Smith (seeds/000: follow-up in 2 days), an order for the Global Industries deal (seeds/002: won + follow-up)'
+SELECT crm.track_activity((SELECT id FROM crm.contact WHERE email = 'john.smith@acme.example'), 'quote_created',
+                          '{"quote_id": 456, "amount": 5000}') \g /dev/null
+SELECT crm.consume_event('OrderCreated',
+                         jsonb_build_object('opportunityId', (SELECT id FROM crm.opportunity WHERE name LIKE 'Global%'),
+                                            'orderId', 'SO-1001'),
+                         'demo-order-SO-1001') \g /dev/null
+\echo '   the jobs waiting (the demo data''s own quotes and stage moves fired rules as they were loaded)'
+SELECT r.name AS rule, j.action, j.queue, count(*) AS jobs
+  FROM crm.job j JOIN crm.workflow_rule r ON r.tenant_id = j.tenant_id AND r.id = j.rule_id
+ GROUP BY r.name, j.action, j.queue ORDER BY r.name;
+SELECT crm.run_jobs() AS jobs_run;
+SELECT o.name, o.status FROM crm.opportunity o WHERE o.name LIKE 'Global%';
+SELECT subject, due_at::date - current_date AS due_in_days, count(*) AS tasks FROM crm.activity
+ WHERE activity_type = 'task' AND status = 'scheduled' AND details ? 'job_id' GROUP BY 1, 2 ORDER BY subject;
+
 \echo '== Private visibility (issue 8): who would see how many deals, activities and history rows'
 \echo '   UPDATE crm.tenant SET visibility = ''private'': each row carries visible_to, kept by triggers'
 UPDATE crm.tenant SET visibility = 'private' WHERE tenant_id = :'tenant';
@@ -152,3 +171,64 @@ SELECT u.name AS crm_user, m.name AS reports_to,
   FROM crm.app_user u LEFT JOIN crm.app_user m ON m.tenant_id = u.tenant_id AND m.id = u.manager_id
  WHERE u.tenant_id = :'tenant' ORDER BY u.name;
 UPDATE crm.tenant SET visibility = 'public' WHERE tenant_id = :'tenant';
+
+\echo '== Lifecycle and deletes (issue 6.4, 6.5): reopen, archive, and what a delete keeps'
+\echo '   crm.opportunity_reopen: EduLearn back to Proposal (lost_reason and closed_at cleared)'
+SELECT o.name, o.status, o.probability, o.lost_reason, o.closed_at
+  FROM crm.opportunity_reopen((SELECT id FROM crm.opportunity WHERE name LIKE 'EduLearn%'),
+                              (SELECT s.id FROM crm.stage s JOIN crm.pipeline p ON p.id = s.pipeline_id
+                                WHERE p.is_default AND s.name = 'Proposal')) o;
+\echo '   archived records stay, out of the reports, and do not move until unarchived'
+UPDATE crm.opportunity SET archived_at = now() WHERE name LIKE 'EduLearn%';
+UPDATE crm.opportunity SET archived_at = NULL WHERE name LIKE 'EduLearn%';
+\echo '   deleting a contact keeps its activities that are about something else too, and all stage history'
+BEGIN;
+SELECT (SELECT count(*) FROM crm.activity) AS activities_before, (SELECT count(*) FROM crm.stage_history) AS history_before;
+DELETE FROM crm.contact WHERE id = (SELECT contact_id FROM crm.activity WHERE contact_id IS NOT NULL
+                                     GROUP BY contact_id ORDER BY count(*) DESC, contact_id LIMIT 1);
+SELECT (SELECT count(*) FROM crm.activity) AS activities_after, (SELECT count(*) FROM crm.stage_history) AS history_after;
+ROLLBACK;
+
+-- Activity aggregation, engagement and the event outbox (issue 7) ----------
+\echo
+\echo '== Engagement: the most engaged contacts (completed activities, score with a 30-day half-life)'
+SELECT c.first_name || ' ' || coalesce(c.last_name, '') AS contact, e.activity_count, e.counts_by_module,
+       e.last_activity_at::date AS last_contacted, round(crm.engagement_score(c.id)::numeric, 2) AS score
+  FROM crm.contact_engagement e JOIN crm.contact c ON c.tenant_id = e.tenant_id AND c.id = e.contact_id
+ ORDER BY score DESC LIMIT 5;
+\echo '== Tracking an e-mail opened (seeds/000) moves the score at once'
+SELECT crm.track_activity(id, 'email_opened', '{"campaign": "spring"}') IS NOT NULL AS tracked
+  FROM crm.contact ORDER BY id LIMIT 1;
+\echo '== Account roll-ups (amounts per currency, never added across)'
+SELECT a.name AS account, s.contact_count, s.activity_count, s.open_opportunity_count, s.open_amounts, s.won_amounts
+  FROM crm.account_summary s JOIN crm.account a ON a.tenant_id = s.tenant_id AND a.id = s.account_id
+ ORDER BY a.name;
+SELECT count(*) AS aggregates_differing_from_recomputation FROM crm.check_aggregates();
+\echo '== Pipeline analytics'
+SELECT stage_name, reached, moved_on, conversion_rate FROM crm.pipeline_funnel()
+ WHERE pipeline_name = 'Sales Pipeline';
+SELECT * FROM crm.lead_source_analytics();
+SELECT owner_name, open_deals, open_amount, won_deals, won_amount, activities_completed, rotting_deals
+  FROM crm.owner_dashboard();
+\echo '== The outbox: the latest events, read by a named consumer'
+SELECT crm.subscribe('demo', 0) AS consumer_position;
+SELECT event_type, entity, count(*) AS events FROM crm.poll('demo', 100000) GROUP BY 1, 2 ORDER BY 3 DESC, 1;
+
+\echo '== Forecast (issue 11): by month, Salesforce categories rolled up, the revenue range'
+SELECT to_char(period_start, 'YYYY-MM') AS month, open_deals, open_pipeline, best_case, commit,
+       closed_won, weighted, expected, p10, p50, p90, error_bound
+  FROM crm.forecast('month');
+\echo '   what if the Global Industries deal went to 90%? (nothing is written)'
+SELECT to_char(period_start, 'YYYY-MM') AS month, weighted, expected, p50
+  FROM crm.forecast_what_if(jsonb_build_array(jsonb_build_object(
+           'opportunity', (SELECT id FROM crm.opportunity WHERE name LIKE 'Global%'), 'probability', 90)),
+       'month');
+\echo '   a snapshot (ForecastCreated goes to the outbox), then the waterfall after a deal is lost'
+SELECT crm.snapshot_forecast('Demo', 'quarter', date_trunc('quarter', now())::date,
+                             (date_trunc('quarter', now()) + interval '1 year' - interval '1 day')::date) AS snap1 \gset
+SELECT o.id AS lose FROM crm.opportunity o WHERE o.status = 'open' ORDER BY o.amount DESC LIMIT 1 \gset
+SELECT name, status FROM crm.opportunity_mark_lost(:'lose', 'Chose a competitor');
+SELECT crm.snapshot_forecast('Demo, later', 'quarter', date_trunc('quarter', now())::date,
+                             (date_trunc('quarter', now()) + interval '1 year' - interval '1 day')::date) AS snap2 \gset
+SELECT * FROM crm.forecast_changes(:'snap1', :'snap2');
+SELECT event_type, payload ->> 'expected' AS expected FROM crm.event WHERE event_type = 'ForecastCreated';

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/setup.sh: make sure this machine can build, test and demo crm.
 #
-# Checks for PostgreSQL 15 (server, client, build files, pgTAP, pg_cron),
+# Checks for PostgreSQL 15 (server, client, build files, pgTAP, pg_cron, PgQ),
 # pg_prove, the libuuid headers, gcc and make, and installs what is missing
 # with apt-get: directly as root, through sudo otherwise. Without either it
 # prints the command to run and fails. Installing postgresql-15 may create
@@ -67,6 +67,7 @@ check() {
 	[[ -x $bindir/psql && -x $bindir/pg_dump ]] || need postgresql-client-$PG_MAJOR "psql $PG_MAJOR"
 	[[ -f $sharedir/extension/pgtap.control ]] || need postgresql-$PG_MAJOR-pgtap pgTAP
 	[[ -f $sharedir/extension/pg_cron.control ]] || need postgresql-$PG_MAJOR-cron pg_cron
+	[[ -f $sharedir/extension/pgq.control ]] || need postgresql-$PG_MAJOR-pgq3 "PgQ (bench/queue.sh compares against it)"
 	command -v pg_prove >/dev/null || need libtap-parser-sourcehandler-pgtap-perl pg_prove
 	[[ -f ${CRM_SETUP_INCLUDEDIR:-/usr/include}/uuid/uuid.h ]] || need uuid-dev "uuid/uuid.h"
 	command -v gcc >/dev/null || need gcc gcc

@@ -105,9 +105,11 @@ SELECT id AS enterprise_first FROM crm.stage WHERE tenant_id = :'t' AND pipeline
 SELECT try(format($$UPDATE crm.opportunity SET stage_id = %L WHERE id = %L$$, :'enterprise_first', :'opp'));
 SELECT try(format($$INSERT INTO crm.opportunity (name, pipeline_id, stage_id)
                     SELECT 'Mixed', id, %L FROM crm.pipeline WHERE is_default$$, :'enterprise_first'));
--- status and closed_at follow the stage; contradicting them is refused
+-- status and closed_at follow the stage; a client's value is ignored (the
+-- UPDATE succeeds, the record stays open: see the last query of this file)
 SELECT try(format($$UPDATE crm.opportunity SET status = 'won' WHERE id = %L$$, :'opp'));
 SELECT try(format($$UPDATE crm.opportunity SET closed_at = now() WHERE id = %L$$, :'opp'));
+SELECT status, closed_at FROM crm.opportunity WHERE id = :'opp';
 -- duplicate e-mail within a tenant (case-insensitive)
 SELECT try($$INSERT INTO crm.contact (first_name, email) VALUES ('Pete', 'peter.gibbons@INITECH.example')$$);
 -- one default pipeline per tenant

@@ -24,7 +24,7 @@ SELECT coalesce(o.name, l.name) AS record, f.name AS from_stage, s.name AS to_st
        h.probability, h.changed_by = current_setting('crm.user_id')::uuid AS by_pam,
        h.changed_by_role = current_user AS by_me
   FROM crm.stage_history h
-  JOIN crm.stage f ON f.tenant_id = h.tenant_id AND f.id = h.from_stage_id
+  LEFT JOIN crm.stage f ON f.tenant_id = h.tenant_id AND f.id = h.from_stage_id
   JOIN crm.stage s ON s.tenant_id = h.tenant_id AND s.id = h.to_stage_id
   LEFT JOIN crm.opportunity o ON o.tenant_id = h.tenant_id AND o.id = h.opportunity_id
   LEFT JOIN crm.lead l ON l.tenant_id = h.tenant_id AND l.id = h.lead_id
@@ -32,8 +32,8 @@ SELECT coalesce(o.name, l.name) AS record, f.name AS from_stage, s.name AS to_st
 
 INSERT INTO crm.opportunity (name, amount, expected_close_date) VALUES ('Dunder deal', 50000, '2026-12-31')
 RETURNING id AS dunder \gset
--- a new record has no history yet: history is of changes
-SELECT count(*) AS history_rows FROM crm.stage_history;
+-- a new record has one history row: from no stage to its first
+SELECT count(*) AS history_rows, count(from_stage_id) AS with_from_stage FROM crm.stage_history;
 
 -- move by the function: probability follows the stage
 SELECT s.name AS stage, o.status, o.probability, o.closed_at
@@ -54,8 +54,9 @@ SELECT * FROM pg_temp.history;
 -- moving into a won stage closes the record
 SELECT o.status, o.probability, o.closed_at = now() AS closed_now
   FROM crm.opportunity_move_stage(:'dunder', :'s_won') o;
--- a won record keeps probability 100
+-- a won record keeps probability 100: a client's value is ignored
 SELECT try(format($$UPDATE crm.opportunity SET probability = 90 WHERE id = %L$$, :'dunder'));
+SELECT probability FROM crm.opportunity WHERE id = :'dunder';
 -- reopening clears closed_at and takes the stage's probability
 UPDATE crm.opportunity SET stage_id = :'s_negotiation' WHERE id = :'dunder';
 SELECT status, probability, closed_at FROM crm.opportunity WHERE id = :'dunder';
@@ -137,9 +138,13 @@ SELECT count(*) AS vance_accounts FROM crm.account WHERE lower(name) = 'vance re
 INSERT INTO crm.lead (name) VALUES ('Walk-in') RETURNING id AS walkin \gset
 SELECT try(format($$SELECT crm.lead_convert(%L, account => '00000000-0000-7000-8000-000000000001')$$, :'walkin'));
 SELECT try(format($$SELECT crm.lead_convert(%L, contact => '00000000-0000-7000-8000-000000000001')$$, :'walkin'));
+-- no person's name and no e-mail: no contact can be made of the lead's title
+SELECT try(format($$SELECT crm.lead_convert(%L, account => %L)$$, :'walkin', :'conv_account_id'));
+UPDATE crm.lead SET email = 'walk.in@vance.example' WHERE id = :'walkin';
 SELECT account_id = :'conv_account_id' AS given_account, contact_id IS NOT NULL AS new_contact
   FROM crm.lead_convert(:'walkin', account => :'conv_account_id');
-SELECT first_name, last_name FROM crm.contact WHERE first_name = 'Walk-in';
+-- the contact is named by the e-mail's local part
+SELECT first_name, last_name FROM crm.contact WHERE email = 'walk.in@vance.example';
 
 -- a lost lead cannot be converted
 INSERT INTO crm.lead (name) VALUES ('Gone cold') RETURNING id AS cold \gset

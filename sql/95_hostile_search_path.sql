@@ -75,7 +75,9 @@ BEGIN
         ('quote_ident', 'text', 'text'),
         ('generate_series', 'integer, integer', 'SETOF integer'),
         ('unnest', 'uuid[]', 'SETOF uuid'),
-        ('unnest', 'text[]', 'SETOF text')) AS t(name, args, returns)
+        ('unnest', 'text[]', 'SETOF text'),
+        ('date_trunc', 'text, timestamp', 'timestamp'),
+        ('jsonb_to_recordset', 'jsonb', 'SETOF record')) AS t(name, args, returns)
     LOOP
         SELECT string_agg('$' || n, ', ' ORDER BY n) INTO params
           FROM generate_series(1, CASE WHEN f.args = '' THEN 0
@@ -146,7 +148,16 @@ BEGIN
         ('=', 'timestamptz', 'timestamptz', 'timestamptz_eq', 'boolean'),
         ('=', 'jsonb', 'jsonb', 'jsonb_eq', 'boolean'),
         ('||', 'jsonb', 'jsonb', 'jsonb_concat', 'jsonb'),
-        ('->>', 'jsonb', 'text', 'jsonb_object_field_text', 'text')) AS t(op, l, r, proc, returns)
+        ('->>', 'jsonb', 'text', 'jsonb_object_field_text', 'text'),
+        -- issue 7: the engagement half-life check and the finite-score checks
+        ('>=', 'date', 'date', 'date_ge', 'boolean'),
+        ('>', 'interval', 'interval', 'interval_gt', 'boolean'),
+        ('>=', 'interval', 'interval', 'interval_ge', 'boolean'),
+        ('-', 'timestamptz', 'timestamptz', 'timestamptz_mi', 'interval'),
+        ('*', 'double precision', 'double precision', 'float8mul', 'double precision'),
+        ('/', 'double precision', 'double precision', 'float8div', 'double precision'),
+        ('<', 'double precision', 'double precision', 'float8lt', 'boolean'),
+        ('>', 'double precision', 'double precision', 'float8gt', 'boolean')) AS t(op, l, r, proc, returns)
     LOOP
         EXECUTE format(
             'CREATE FUNCTION trojan.%I(%s, %s) RETURNS %s LANGUAGE plpgsql SECURITY INVOKER AS %L',
@@ -179,6 +190,7 @@ BEGIN
         ('/', 'numeric', 'bigint', 'numeric'),
         ('*', 'integer', 'numeric', 'numeric'),
         ('>', 'bigint', 'integer', 'boolean'),
+        ('>=', 'bigint', 'integer', 'boolean'),
         ('>=', 'smallint', 'integer', 'boolean'),
         ('<=', 'smallint', 'integer', 'boolean'),
         ('=', 'smallint', 'integer', 'boolean'),
@@ -223,6 +235,11 @@ CREATE FUNCTION trojan.jsonb_agg_step(jsonb, jsonb) RETURNS jsonb LANGUAGE plpgs
 BEGIN PERFORM trojan.hit('jsonb_agg(jsonb)'); RETURN $1 OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array($2); END
 $$;
 CREATE AGGREGATE trojan.jsonb_agg(jsonb) (SFUNC = trojan.jsonb_agg_step, STYPE = jsonb, INITCOND = '[]');
+
+-- A prefix operator: unary minus of a double precision.
+CREATE FUNCTION trojan.op_float8um(double precision) RETURNS double precision LANGUAGE plpgsql SECURITY INVOKER AS
+    'BEGIN PERFORM trojan.hit(''- double precision''); RETURN pg_catalog.float8um($1); END';
+CREATE OPERATOR trojan.- (RIGHTARG = double precision, FUNCTION = trojan.op_float8um);
 
 -- Every trojan may be called by anyone, so every role's calls would land.
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA trojan TO PUBLIC;
@@ -317,6 +334,7 @@ UPDATE crm.pipeline SET sequence = 9 WHERE id OPERATOR(pg_catalog.=) :'bare';
 INSERT INTO crm.stage (pipeline_id, name, sequence, probability) VALUES (:'bare', 'Only', 1, 10)
 RETURNING id AS bare_stage \gset
 UPDATE crm.stage SET color = '#123456' WHERE id OPERATOR(pg_catalog.=) :'bare_stage';
+UPDATE crm.stage SET probability = 15 WHERE id OPERATOR(pg_catalog.=) :'bare_stage';
 INSERT INTO crm.app_user (name, email, manager_id) VALUES ('Hal Hostile', 'hal@hostile.example', :'ben')
 RETURNING id AS hal \gset
 UPDATE crm.app_user SET job_title = 'Rep' WHERE id OPERATOR(pg_catalog.=) :'hal';
@@ -356,6 +374,10 @@ SELECT crm.lead_convert(:'summit');
 SELECT crm.opportunity_mark_won(:'bare_deal');
 SELECT crm.lead_move_stage('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', :'qualified');
 \set VERBOSITY default
+SELECT (crm.opportunity_reopen(:'global', :'proposal')).status AS global_reopened;
+SELECT (crm.lead_reopen(:'summit', :'qualified')).status AS summit_reopened;
+SELECT (crm.opportunity_mark_lost(:'global', 'Price')).status AS global,
+       (crm.lead_mark_lost(:'summit', 'No budget')).status AS summit;
 DELETE FROM crm.opportunity WHERE id OPERATOR(pg_catalog.=) :'bare_deal';
 -- the history the moves left
 SELECT pg_catalog.count(*) AS stage_changes FROM crm.stage_history;
@@ -400,10 +422,62 @@ SELECT a.module, a.completed_at IS NULL AS not_completed, c.do_not_call_at IS NO
   FROM crm.activity a JOIN crm.contact c ON c.tenant_id OPERATOR(pg_catalog.=) a.tenant_id
                                         AND c.id OPERATOR(pg_catalog.=) a.contact_id
  WHERE a.id OPERATOR(pg_catalog.=) :'hact';
+-- forecasting (issue 11): every function once
+SELECT crm.convert_amount(100, 'EUR', 'USD') AS eur_in_usd;
+SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 AS forecast_ran FROM crm.forecast('month');
+SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 AS what_if_ran
+  FROM crm.forecast_what_if(pg_catalog.format('[{"opportunity": "%s", "probability": 90}]', :'hopp')::jsonb, 'quarter');
+SELECT crm.snapshot_forecast('Hostile', 'month', '2020-01-01', '2020-01-31') AS hsnap \gset
+SELECT pg_catalog.count(*) AS waterfall_steps FROM crm.forecast_changes(:'hsnap', :'hsnap');
+SELECT pg_catalog.count(*) AS accuracy_rows FROM crm.forecast_accuracy(:'hsnap');
+-- in the select list, so that it is called rather than inlined
+SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0 AS deals_listed
+  FROM (SELECT crm.forecast_deals(owner => :'ben') AS d) s;
 -- every view
 SELECT pg_catalog.count(*) AS lead_kanban_rows FROM crm.lead_kanban;
 SELECT pg_catalog.count(*) AS opportunity_kanban_rows FROM crm.opportunity_kanban;
 SELECT total_leads, converted_leads, won_count, lost_count, unpriced_count FROM crm.dashboard;
+-- activity aggregation, engagement and the event outbox (issue 7)
+SELECT crm.track_activity(:'hcon', 'call', '{}', '2026-01-01', 'inbound') IS NOT NULL AS tracked,
+       crm.track_activity(:'hcon', 'note', '{}', '2026-01-02') IS NOT NULL AS tracked_again;
+SELECT pg_catalog.round(crm.engagement_score(:'hcon', '2026-01-03')::numeric, 3) AS score,
+       crm.lead_engagement_score(:'hlead') AS lead_score;
+SELECT pg_catalog.count(*) AS aggregate_mismatches FROM crm.check_aggregates();
+SELECT crm.emit_event('HorseInspected', '{"ok": true}') IS NOT NULL AS emitted,
+       crm.subscribe('hostile') IS NOT NULL AS subscribed;
+SELECT pg_catalog.count(*) AS polled FROM crm.poll('hostile', 10);
+SELECT pg_catalog.count(*) AS read FROM crm.read_events(0, 10);
+SELECT crm.ack('hostile', 0) IS NOT NULL AS acked, crm.unsubscribe('hostile') AS unsubscribed;
+-- pipeline analytics (issue 7)
+SELECT pg_catalog.count(*) AS funnel_rows FROM crm.pipeline_funnel();
+SELECT pg_catalog.count(*) AS win_rate_rows FROM crm.win_rate('team');
+SELECT pg_catalog.count(*) AS stage_rows FROM crm.time_in_stage();
+SELECT closed FROM crm.sales_cycle();
+SELECT open_deals FROM crm.sales_velocity();
+SELECT pg_catalog.count(*) AS source_rows FROM crm.lead_source_analytics();
+SELECT pg_catalog.count(*) AS owner_rows FROM crm.owner_dashboard();
+SELECT pg_catalog.count(*) AS engagement_rows FROM crm.engagement_recomputed();
+SELECT pg_catalog.count(*) AS account_rows FROM crm.account_summary_recomputed();
+-- the job queue and workflow rules (issue 12): every function, as the app
+SELECT crm.enqueue_job('webhook', '{"url": "https://hooks.example/h"}') AS hjob \gset
+SELECT crm.enqueue_job('create_task', '{"subject": "Hostile follow-up"}') AS htask \gset
+SELECT pg_catalog.count(*) AS claimed FROM crm.claim_jobs('webhook', 'hostile-worker', 5, '1 minute');
+SELECT crm.extend_lease(:'hjob', '2 minutes', 'hostile-worker') IS NOT NULL AS extended;
+SELECT crm.fail_job(:'hjob', 'boom', 'hostile-worker') IS NOT NULL AS retried_later;
+SELECT crm.reap_expired_leases() AS reaped;
+SELECT crm.run_jobs(10) AS ran;
+SELECT crm.enqueue_job('webhook', '{}', max_attempts => 1) AS hdead \gset
+SELECT pg_catalog.count(*) AS claimed FROM crm.claim_jobs('webhook', 'hostile-worker', 5, '1 minute');
+SELECT crm.fail_job(:'hdead', 'boom', 'hostile-worker') IS NULL AS dead;
+SELECT crm.retry_job(:'hdead') OPERATOR(pg_catalog.=) :'hdead' AS retried_dead;
+SELECT crm.enqueue_job('webhook', '{}') AS hjob2 \gset
+SELECT pg_catalog.count(*) AS claimed FROM crm.claim_jobs('webhook', 'hostile-worker', 5, '1 minute');
+SELECT crm.complete_job(:'hjob2', '{"ok": true}', 'hostile-worker');
+SELECT crm.purge_jobs('1 day') AS purged;
+SELECT pg_catalog.count(*) AS problems FROM crm.validate_rule('{"all": [{"field": "a", "op": ">=", "value": 1}]}');
+SELECT crm.idempotency_key('hostile', 'key') IS NOT NULL AS keyed;
+SELECT crm.consume_event('OfferRejected', pg_catalog.jsonb_build_object('opportunityId', :'hopp'), 'hostile-1')
+       IS NOT NULL AS consumed;
 DELETE FROM crm.account_tag WHERE account_id OPERATOR(pg_catalog.=) :'hacc';
 DELETE FROM crm.contact_tag WHERE contact_id OPERATOR(pg_catalog.=) :'hcon';
 DELETE FROM crm.lead_tag WHERE lead_id OPERATOR(pg_catalog.=) :'hlead';
@@ -428,6 +502,10 @@ DELETE FROM crm.currency_rate WHERE id OPERATOR(pg_catalog.=) :'rate';
 DELETE FROM crm.stage WHERE id OPERATOR(pg_catalog.=) :'bare_stage';
 DELETE FROM crm.pipeline WHERE id OPERATOR(pg_catalog.=) :'bare';
 SELECT crm.revoke_tenant_access('regress_hostile_writer', :'tb') AS revoked;
+SELECT crm.refresh_aggregates() IS NOT NULL AS refreshed, crm.purge_events('1 day') IS NOT NULL AS purged;
+INSERT INTO crm.workflow_rule (name, event, days, action, params)
+VALUES ('Hostile quiet deals', 'NoActivityFor', 1, 'add_tag', '{"tag": "Quiet"}');
+SELECT crm.run_time_rules(pg_catalog.now() OPERATOR(pg_catalog.+) interval '30 days') OPERATOR(pg_catalog.>) 0 AS time_rules;
 RESET ROLE;
 DELETE FROM crm.stage_history WHERE lead_id OPERATOR(pg_catalog.=) :'cloudnine';
 -- a tenant's rows go with it (every foreign key cascades)
@@ -436,6 +514,19 @@ DELETE FROM crm.tenant WHERE tenant_id OPERATOR(pg_catalog.=) :'tc';
 DELETE FROM crm.activity_type WHERE code OPERATOR(pg_catalog.=) 'trojan_check';
 DELETE FROM crm.currency WHERE code OPERATOR(pg_catalog.=) 'XHO';
 SELECT crm.revoke_tenant_access('regress_hostile_admin', :'tb') AS revoked;
+
+-- the revenue range in a parallel plan: partial states serialized, combined
+CREATE TABLE public.hostile_deals AS
+SELECT g::numeric AS amount, 50::numeric AS probability FROM pg_catalog.generate_series(1, 1000) g;
+ANALYZE public.hostile_deals;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SELECT (crm.revenue_distribution(amount, probability)).mean FROM public.hostile_deals;
+RESET parallel_setup_cost;
+RESET parallel_tuple_cost;
+RESET min_parallel_table_scan_size;
+DROP TABLE public.hostile_deals;
 
 -- The verdict ------------------------------------------------------------------
 -- No trojan was called, by anyone.
@@ -447,11 +538,19 @@ SELECT pg_catalog.count(*) AS trojan_calls FROM trojan.calls;
 -- finishes with Citus (make test-citus runs it); here it refused, above.
 SELECT pg_catalog.pg_stat_force_next_flush();
 SET search_path = pg_catalog, public;
+-- (crm.schedule_maintenance and crm.unschedule_maintenance need pg_cron in
+-- the database; test/schedule_maintenance.sh runs them.)
 SELECT p.oid::regprocedure AS never_called
   FROM pg_proc p
  WHERE p.pronamespace = 'crm'::regnamespace
    AND p.oid <> 'crm.distribute()'::regprocedure
    AND NOT EXISTS (SELECT 1 FROM pg_stat_user_functions f WHERE f.funcid = p.oid AND f.calls > 0)
+   AND p.proname NOT IN ('schedule_maintenance', 'unschedule_maintenance')
+   -- an aggregate and its support functions are called by the executor
+   -- directly, never through the call counting of pg_stat_user_functions
+   AND NOT EXISTS (SELECT 1 FROM pg_aggregate a
+                    WHERE p.oid IN (a.aggfnoid, a.aggtransfn, a.aggfinalfn, a.aggcombinefn,
+                                    a.aggserialfn, a.aggdeserialfn))
  ORDER BY 1::text;
 
 -- And the trojans above cover every built-in operator and function that

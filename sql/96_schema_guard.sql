@@ -123,7 +123,7 @@ SELECT nspowner::regrole AS schema_owner FROM pg_namespace WHERE nspname = 'crm'
 DROP EXTENSION crm;
 SELECT count(*) AS schema_left FROM pg_namespace WHERE nspname = 'crm';
 CREATE EXTENSION crm;
--- the guard left nothing behind (its function lived in pg_temp, dropped at once)
+-- the guard left nothing behind (its function was dropped at once)
 SELECT count(*) AS guard_functions FROM pg_proc WHERE proname LIKE 'crm\_guard%';
 SELECT crm.setup_roles();
 SELECT crm.create_tenant('Guarded') AS tenant \gset

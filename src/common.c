@@ -8,10 +8,16 @@
  */
 #include "crm.h"
 
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "executor/executor.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
+#include "utils/syscache.h"
+#include "utils/tuplestore.h"
 
 PG_MODULE_MAGIC;
 
@@ -176,4 +182,58 @@ crm_refuse_column_change(Relation rel, HeapTuple oldtuple, HeapTuple newtuple,
 			 errmsg("column \"%s\" of relation \"%s\" cannot be changed",
 					NameStr(att->attname), RelationGetRelationName(rel)),
 			 errdetail("A row keeps the tenant and the id it was created with.")));
+}
+
+/*
+ * A session that writes crm rows with row_security = off can only be a
+ * superuser or BYPASSRLS role (every crm table forces row-level security,
+ * so anyone else gets an error): pg_restore and psql running a pg_dump
+ * script set it.  Such a load brings the events, aggregates and jobs with
+ * the rows, so deriving them again would double them; like replica mode,
+ * it is left alone.
+ */
+bool
+crm_loading_dump(void)
+{
+	return !row_security || crm_replica_skips_work();
+}
+
+/*
+ * Position a transition table at its first row for this reader: a read
+ * pointer of our own, as the executor's scan of a named tuplestore takes,
+ * so that whichever trigger read the table before, and whether it is
+ * still in memory or spilled to disk, every row is read.
+ */
+void
+crm_transition_rewind(Tuplestorestate *ts)
+{
+	int			ptr = tuplestore_alloc_read_pointer(ts, EXEC_FLAG_REWIND);
+
+	tuplestore_select_read_pointer(ts, ptr);
+	tuplestore_rescan(ts);
+}
+
+/* The owner of a relation: derived rows are written with its rights. */
+Oid
+crm_relation_owner(Oid relid)
+{
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
+/* The owner of the table crm.<relname>. */
+Oid
+crm_table_owner(const char *relname)
+{
+	Oid			relid = get_relname_relid(relname, get_namespace_oid("crm", false));
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "table crm.%s is missing", relname);
+	return crm_relation_owner(relid);
 }

@@ -17,7 +17,9 @@
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "storage/proc.h"
+#include "utils/jsonb.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 #include "utils/uuid.h"
 
 /*
@@ -61,6 +63,10 @@ extern void crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 extern void crm_require_trigger_nargs(FunctionCallInfo fcinfo,
 									  const char *funcname, int nargs);
 extern bool crm_replica_skips_work(void);
+extern bool crm_loading_dump(void);
+extern void crm_transition_rewind(Tuplestorestate *ts);
+extern Oid	crm_relation_owner(Oid relid);
+extern Oid	crm_table_owner(const char *relname);
 extern int	crm_attnum(Relation rel, const char *colname, Oid typid);
 extern int	crm_optional_attnum(Relation rel, const char *colname);
 extern void crm_refuse_identity_change(Relation rel, HeapTuple oldtuple,
@@ -76,7 +82,42 @@ extern void crm_refuse_column_change(Relation rel, HeapTuple oldtuple,
  */
 extern void crm_guard_require_schema(void);
 
+/* uuid.c */
+extern void crm_uuid_v7(pg_uuid_t *out);
+
+/*
+ * queue.c: one job to enqueue.  crm_queue_enqueue_job() must be called
+ * inside an SPI connection, as the owner of the queue tables.
+ */
+typedef struct CrmJobRequest
+{
+	const char *action;
+	Jsonb	   *params;
+	TimestampTz run_at;
+	int			max_attempts;
+	bool		has_key;
+	pg_uuid_t	key;
+	bool		has_contact;
+	pg_uuid_t	contact;
+	const char *entity;
+	bool		has_entity_id;
+	pg_uuid_t	entity_id;
+	bool		has_rule;
+	pg_uuid_t	rule;
+} CrmJobRequest;
+
+extern pg_uuid_t crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request);
+
+/* stage.c */
+extern bool crm_stage_unlinking;
+
+/* outbox.c */
+extern int64 crm_outbox_emit(const pg_uuid_t *tenant, const char *event_type,
+							 const char *entity, const pg_uuid_t *entity_id,
+							 Jsonb *payload);
+
 /* tenant.c */
+extern bool crm_current_tenant_id(pg_uuid_t *tenant);
 extern bool crm_current_app_user_id(pg_uuid_t *user);
 extern bool crm_current_user_sees(Datum visible_to, bool isnull);
 

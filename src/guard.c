@@ -33,6 +33,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/dependency.h"
 #include "catalog/index.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
@@ -217,6 +218,9 @@ schema_holds_objects(Oid nspid, Oid extoid)
 
 		if (dep->classid == ExtensionRelationId && dep->objid == extoid)
 			continue;
+		/* the install's own objects so far (the guard function itself) */
+		if (OidIsValid(extoid) && getExtensionOfObject(dep->classid, dep->objid) == extoid)
+			continue;
 		found = true;
 		break;
 	}
@@ -227,8 +231,10 @@ schema_holds_objects(Oid nspid, Oid extoid)
 
 /*
  * crm_guard_check_install() returns void: called by the install script
- * before anything else, through a function it makes in pg_temp (nothing is
- * looked up in schema crm before this has passed).
+ * before anything else, through a function it makes in schema crm and drops
+ * at once (nothing else is looked up in schema crm before this has passed;
+ * the function itself is a member of the extension being created, which
+ * schema_holds_objects() leaves out).
  *
  * CREATE EXTENSION uses a schema crm that already exists.  That is safe
  * only if nothing is in it, no role but its owner can add anything to it

@@ -1,24 +1,36 @@
 /*-------------------------------------------------------------------------
  *
  * stage.c
- *	  Pipeline stages of leads and opportunities: defaults, consistency and
- *	  the stage history.
+ *	  Pipeline stages of leads and opportunities: defaults, the lifecycle of
+ *	  a record, the stage history, and records that follow their stage.
  *
- * Two triggers sit on crm.lead and crm.opportunity:
+ * Three triggers sit on crm.lead and crm.opportunity, one on crm.stage:
  *
  *	crm.stage_sync(), BEFORE INSERT OR UPDATE, FOR EACH ROW
  *		fills an omitted pipeline (the tenant's default) and stage (the
  *		pipeline's first), checks that the stage belongs to the pipeline, and
- *		derives status (open/won/lost: the stage's kind), probability (the
- *		stage's, unless set by hand; 100 when won, 0 when lost) and closed_at
- *		from the stage.  Whether a row is changed by crm.opportunity_move_stage()
+ *		keeps the lifecycle: status (the stage's kind, or "converted" for a
+ *		converted lead), probability (the stage's unless set by hand on an
+ *		open record; 100 when won, 0 when lost), closed_at (when the record
+ *		entered a won or lost stage), lost_reason (only while lost),
+ *		converted_at (stamped when a lead is converted).  A client's value
+ *		for a derived column is ignored; id and tenant_id cannot change; a
+ *		converted lead is final; an archived record does not move.  Whether
+ *		a row is changed by an operation such as crm.opportunity_move_stage()
  *		or by any client's UPDATE, the same rules apply.
  *
- *	crm.stage_history_record(record_column, amount_column), AFTER UPDATE,
- *	FOR EACH STATEMENT, with transition tables
- *		writes one crm.stage_history row per record whose stage changed, with
- *		one INSERT ... SELECT over the statement's old and new rows: a bulk
- *		UPDATE of 100k deals costs one join, not 100k inserts.
+ *	crm.stage_history_record(record_column, amount_column), AFTER INSERT
+ *	and AFTER UPDATE, FOR EACH STATEMENT, with transition tables
+ *		writes one crm.stage_history row per record created (from no stage)
+ *		and per record whose stage changed.  The transition tables are read
+ *		here in C and the rows inserted from arrays, one INSERT per tenant
+ *		with the tenant as a parameter (a plan that Citus rebuilds on a
+ *		worker could not see a transition table).
+ *
+ *	crm.stage_follow(), AFTER UPDATE OF kind, probability ON crm.stage
+ *		keeps the records in a stage consistent with it: the kind of a stage
+ *		that holds records cannot change (55000), and the records whose
+ *		probability is the stage's follow a new probability.
  *
  * Stage rows are read through cached SPI plans, and what was read is kept
  * for the rest of the SQL command (see CrmCommandKey): a bulk UPDATE that
@@ -29,18 +41,32 @@
 #include "crm.h"
 
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/hsearch.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 
 PG_FUNCTION_INFO_V1(crm_stage_sync);
 PG_FUNCTION_INFO_V1(crm_stage_history_record);
+PG_FUNCTION_INFO_V1(crm_stage_follow);
+
+/*
+ * Set while a trigger of unlink.c clears the links to a deleted record: the
+ * only time a converted lead's converted_account_id or converted_contact_id
+ * may change (to NULL, as the record it named is gone).
+ */
+bool		crm_stage_unlinking = false;
 
 typedef enum StageKind
 {
@@ -82,8 +108,9 @@ static CrmCommandKey lookup_cache_key;
 static SPIPlanPtr stage_plan = NULL;
 static SPIPlanPtr default_pipeline_plan = NULL;
 static SPIPlanPtr first_stage_plan = NULL;
+static SPIPlanPtr current_tenant_plan = NULL;
 
-/* Cached INSERT ... SELECT of the history trigger, one per trigger. */
+/* Cached INSERT of the history trigger, one per trigger. */
 typedef struct HistoryPlanEntry
 {
 	Oid			trigger_oid;
@@ -146,12 +173,58 @@ parse_stage_kind(const char *kind)
 }
 
 /*
- * Answer one lookup, from the cache or through SPI.  The queries run with
- * the caller's rights, so row-level security hides other tenants' stages
- * exactly as it would from the caller's own SELECT.
+ * The row names a tenant: it must be the one the statement acts for.  The
+ * stage lookups run as the table owner (see lookup()), so they would find
+ * another tenant's stages; a row of another tenant is refused here first,
+ * with the error the tenant policy gives for any other table (42501), and
+ * nothing about that tenant's pipelines shows in a message.  Roles that
+ * bypass row-level security may write any tenant's rows.  Called once per
+ * tenant and SQL command (on a cache miss), not once per row.
+ */
+static void
+refuse_foreign_tenant(Relation rel, const pg_uuid_t *tenant)
+{
+	Oid			userid = GetUserId();
+	bool		same = false;
+
+	if (superuser_arg(userid) || has_bypassrls_privilege(userid))
+		return;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (current_tenant_plan == NULL)
+		current_tenant_plan = prepare_kept("SELECT crm.current_tenant()", 0, NULL);
+	if (SPI_execute_plan(current_tenant_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the current tenant");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		same = !isnull && memcmp(DatumGetUUIDP(value), tenant, sizeof(pg_uuid_t)) == 0;
+	}
+	SPI_finish();
+
+	if (!same)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("new row violates row-level security policy for table \"%s\"",
+						RelationGetRelationName(rel))));
+}
+
+/*
+ * Answer one lookup, from the cache or through SPI.  The tenant is checked
+ * first (refuse_foreign_tenant), and every query filters by it.
+ *
+ * A stage row is read FOR SHARE, and so as the table owner (a writer holds
+ * no UPDATE on crm.stage, which FOR SHARE needs): a concurrent change of
+ * the stage's kind or probability then waits for this transaction, or this
+ * one for it and reads the new values, so a record never enters a stage
+ * with what the stage was before a change that crm.stage_follow() did not
+ * see.  Held once per stage and command, not per row.
  */
 static LookupEntry *
-lookup(LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *id)
+lookup(Relation rel, LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *id)
 {
 	LookupKey	key;
 	LookupEntry *entry;
@@ -172,6 +245,18 @@ lookup(LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *id)
 		return entry;
 	entry->found = false;
 
+	/* on an error the half-made entry must not answer the next call */
+	PG_TRY();
+	{
+		refuse_foreign_tenant(rel, tenant);
+	}
+	PG_CATCH();
+	{
+		hash_search(lookup_cache, &key, HASH_REMOVE, NULL);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
@@ -188,7 +273,7 @@ lookup(LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *id)
 				stage_plan = prepare_kept(
 										  "SELECT pipeline_id, kind, probability FROM crm.stage"
 										  " WHERE tenant_id OPERATOR(pg_catalog.=) $1"
-										  " AND id OPERATOR(pg_catalog.=) $2",
+										  " AND id OPERATOR(pg_catalog.=) $2 FOR SHARE",
 										  2, types);
 			}
 			plan = stage_plan;
@@ -221,8 +306,26 @@ lookup(LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *id)
 			plan = first_stage_plan;
 			break;
 	}
-	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "stage lookup failed");
+	{
+		Oid			save_userid;
+		int			save_sec_context;
+		int			rc;
+
+		GetUserIdAndSecContext(&save_userid, &save_sec_context);
+		SetUserIdAndSecContext(rel->rd_rel->relowner,
+							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+		PG_TRY();
+		{
+			rc = SPI_execute_plan(plan, args, NULL, false, 1);
+		}
+		PG_FINALLY();
+		{
+			SetUserIdAndSecContext(save_userid, save_sec_context);
+		}
+		PG_END_TRY();
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "stage lookup failed");
+	}
 
 	if (SPI_processed > 0)
 	{
@@ -247,6 +350,13 @@ lookup(LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *id)
 	}
 
 	SPI_finish();
+
+	/*
+	 * A query that is not read-only (FOR SHARE) advances the command id;
+	 * it changed no data, so what the cache holds stays valid for the rest
+	 * of this command, and the next row must not find the cache stale.
+	 */
+	lookup_cache_key = crm_command_key_current();
 	return entry;
 }
 
@@ -286,25 +396,173 @@ numeric_equal(Datum a, Datum b)
 	return DatumGetBool(DirectFunctionCall2(numeric_eq, a, b));
 }
 
-/* Column positions the stage trigger reads and writes. */
+/*
+ * Column positions the stage trigger reads and writes.  The last four are
+ * a lead's only: the trigger treats a table that has converted_at as leads.
+ */
 enum
 {
 	COL_TENANT,
+	COL_ID,
 	COL_PIPELINE,
 	COL_STAGE,
 	COL_STATUS,
 	COL_PROBABILITY,
 	COL_CLOSED_AT,
+	COL_LOST_REASON,
+	COL_ARCHIVED_AT,
+	COL_CONVERTED_AT,
+	COL_CONVERTED_ACCOUNT,
+	COL_CONVERTED_CONTACT,
 	NUM_STAGE_COLUMNS
 };
 
+#define NUM_COMMON_COLUMNS COL_CONVERTED_AT
+
 static const char *const stage_column_names[NUM_STAGE_COLUMNS] = {
-	"tenant_id", "pipeline_id", "stage_id", "status", "probability", "closed_at"
+	"tenant_id", "id", "pipeline_id", "stage_id", "status", "probability",
+	"closed_at", "lost_reason", "archived_at",
+	"converted_at", "converted_account_id", "converted_contact_id"
 };
 
 static const Oid stage_column_types[NUM_STAGE_COLUMNS] = {
-	UUIDOID, UUIDOID, UUIDOID, TEXTOID, NUMERICOID, TIMESTAMPTZOID
+	UUIDOID, UUIDOID, UUIDOID, UUIDOID, TEXTOID, NUMERICOID,
+	TIMESTAMPTZOID, TEXTOID, TIMESTAMPTZOID,
+	TIMESTAMPTZOID, UUIDOID, UUIDOID
 };
+
+/* Does the relation have this column (of any type, checked later)? */
+static bool
+has_column(Relation rel, const char *colname)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), colname) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * The column positions of the last few tables stage_sync ran on, checked
+ * once (crm_attnum looks each type up in the catalog) instead of on every
+ * row.  An entry is valid while the relation keeps the same tuple
+ * descriptor: ALTER TABLE gives it a new one.
+ */
+typedef struct StageColumns
+{
+	Oid			relid;
+	TupleDesc	tupdesc;
+	int			natts;
+	bool		is_lead;
+	int			attnums[NUM_STAGE_COLUMNS];
+} StageColumns;
+
+#define STAGE_COLUMN_CACHE 4
+static StageColumns stage_column_cache[STAGE_COLUMN_CACHE];
+static int	stage_column_next = 0;
+
+static const StageColumns *
+stage_columns(Relation rel)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	StageColumns *entry;
+	StageColumns fresh;
+
+	for (int i = 0; i < STAGE_COLUMN_CACHE; i++)
+	{
+		entry = &stage_column_cache[i];
+		if (entry->relid == RelationGetRelid(rel) && entry->tupdesc == tupdesc &&
+			entry->natts == tupdesc->natts)
+			return entry;
+	}
+
+	memset(&fresh, 0, sizeof(fresh));
+	fresh.is_lead = has_column(rel, "converted_at");
+	for (int i = 0; i < (fresh.is_lead ? NUM_STAGE_COLUMNS : NUM_COMMON_COLUMNS); i++)
+		fresh.attnums[i] = crm_attnum(rel, stage_column_names[i], stage_column_types[i]);
+	fresh.relid = RelationGetRelid(rel);
+	fresh.tupdesc = tupdesc;
+	fresh.natts = tupdesc->natts;
+
+	entry = &stage_column_cache[stage_column_next];
+	stage_column_next = (stage_column_next + 1) % STAGE_COLUMN_CACHE;
+	*entry = fresh;
+	return entry;
+}
+
+/* The agreed error for an UPDATE that changes an identity column. */
+static void
+refuse_identity_change(Relation rel, const char *colname)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("column \"%s\" of relation \"%s\" cannot be changed",
+					colname, RelationGetRelationName(rel)),
+			 errdetail("A row keeps the tenant and the id it was created with.")));
+}
+
+/* What a record is called in messages: "lead" or "opportunity". */
+static const char *
+record_noun(Relation rel)
+{
+	return RelationGetRelationName(rel);
+}
+
+/* The edits that stage_sync collects and applies at once. */
+typedef struct RowEdit
+{
+	int			n;
+	int			cols[NUM_STAGE_COLUMNS];
+	Datum		values[NUM_STAGE_COLUMNS];
+	bool		nulls[NUM_STAGE_COLUMNS];
+} RowEdit;
+
+static void
+edit_set(RowEdit *edit, int attnum, Datum value, bool isnull)
+{
+	for (int i = 0; i < edit->n; i++)
+		if (edit->cols[i] == attnum)
+		{
+			edit->values[i] = value;
+			edit->nulls[i] = isnull;
+			return;
+		}
+	edit->cols[edit->n] = attnum;
+	edit->values[edit->n] = value;
+	edit->nulls[edit->n] = isnull;
+	edit->n++;
+}
+
+/*
+ * Put back the stored value of a derived column whose client value is
+ * ignored.
+ */
+static void
+edit_keep_old(RowEdit *edit, const int *attnums, const bool *changed,
+			  const Datum *old_values, const bool *old_nulls, int col)
+{
+	if (changed[col])
+		edit_set(edit, attnums[col], old_values[col], old_nulls[col]);
+}
+
+/*
+ * A trigger created with arguments this function does not read: the user
+ * meant something by them, so say they are not used.
+ */
+static void
+require_no_arguments(TriggerData *trigdata, const char *funcname)
+{
+	if (trigdata->tg_trigger->tgnargs != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"%s\" takes 0 trigger arguments, not %d",
+						funcname, trigdata->tg_trigger->tgnargs)));
+}
 
 /*
  * crm.stage_sync() trigger: see the file header.
@@ -318,23 +576,32 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 	HeapTuple	oldtuple = NULL;
 	HeapTuple	newtuple;
 	bool		is_insert;
+	bool		is_lead;
+	int			ncols;
 	int			attnums[NUM_STAGE_COLUMNS];
 	Datum		values[NUM_STAGE_COLUMNS];
 	bool		nulls[NUM_STAGE_COLUMNS];
 	bool		changed[NUM_STAGE_COLUMNS];
+	Datum		old_values[NUM_STAGE_COLUMNS];
+	bool		old_nulls[NUM_STAGE_COLUMNS];
+	Datum	   *new_all_values;
+	bool	   *new_all_nulls;
+	Datum	   *old_all_values = NULL;
+	bool	   *old_all_nulls = NULL;
 	pg_uuid_t	tenant;
 	pg_uuid_t	pipeline;
 	pg_uuid_t	stage;
 	LookupEntry *info;
 	StageKind	kind;
 	bool		kind_changed;
+	bool		stage_moved;
+	bool		converting = false;
 	bool		any_changed = false;
-	int			replace_cols[NUM_STAGE_COLUMNS];
-	Datum		replace_values[NUM_STAGE_COLUMNS];
-	bool		replace_nulls[NUM_STAGE_COLUMNS];
-	int			nreplace = 0;
+	RowEdit		edit;
+	int32		prob_typmod;
 
 	crm_require_trigger(fcinfo, "stage_sync", true, true);
+	require_no_arguments(trigdata, "stage_sync");
 	is_insert = TRIGGER_FIRED_BY_INSERT(trigdata->tg_event);
 	if (!is_insert && !TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
 		ereport(ERROR,
@@ -354,24 +621,100 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 
 	rel = trigdata->tg_relation;
 	tupdesc = RelationGetDescr(rel);
-
-	for (int i = 0; i < NUM_STAGE_COLUMNS; i++)
 	{
-		attnums[i] = crm_attnum(rel, stage_column_names[i], stage_column_types[i]);
-		values[i] = heap_getattr(newtuple, attnums[i], tupdesc, &nulls[i]);
-		changed[i] = is_insert ? !nulls[i]
-			: column_changed(oldtuple, newtuple, tupdesc, attnums[i]);
-		any_changed |= changed[i];
-	}
+		const StageColumns *columns = stage_columns(rel);
 
-	/* Most updates touch neither stage nor the fields derived from it. */
-	if (!is_insert && !any_changed)
-		return PointerGetDatum(newtuple);
+		is_lead = columns->is_lead;
+		memcpy(attnums, columns->attnums, sizeof(attnums));
+	}
+	ncols = is_lead ? NUM_STAGE_COLUMNS : NUM_COMMON_COLUMNS;
+
+	/* one pass over each tuple, not one walk per column */
+	new_all_values = palloc(tupdesc->natts * sizeof(Datum));
+	new_all_nulls = palloc(tupdesc->natts * sizeof(bool));
+	heap_deform_tuple(newtuple, tupdesc, new_all_values, new_all_nulls);
+	if (!is_insert)
+	{
+		old_all_values = palloc(tupdesc->natts * sizeof(Datum));
+		old_all_nulls = palloc(tupdesc->natts * sizeof(bool));
+		heap_deform_tuple(oldtuple, tupdesc, old_all_values, old_all_nulls);
+	}
+	for (int i = 0; i < ncols; i++)
+	{
+		int			a = attnums[i] - 1;
+
+		values[i] = new_all_values[a];
+		nulls[i] = new_all_nulls[a];
+		if (is_insert)
+			changed[i] = !nulls[i];
+		else
+		{
+			Form_pg_attribute att = TupleDescAttr(tupdesc, a);
+
+			old_values[i] = old_all_values[a];
+			old_nulls[i] = old_all_nulls[a];
+			changed[i] = (old_nulls[i] || nulls[i]) ? old_nulls[i] != nulls[i]
+				: !datumIsEqual(old_values[i], values[i], att->attbyval, att->attlen);
+		}
+		if (i != COL_ARCHIVED_AT)
+			any_changed |= changed[i];
+	}
+	prob_typmod = TupleDescAttr(tupdesc, attnums[COL_PROBABILITY] - 1)->atttypmod;
+	edit.n = 0;
+
+	if (!is_insert)
+	{
+		/* checked here first: this trigger would otherwise fail on a lookup */
+		if (changed[COL_TENANT])
+			refuse_identity_change(rel, "tenant_id");
+		if (changed[COL_ID])
+			refuse_identity_change(rel, "id");
+		/* Most updates touch neither stage nor the fields derived from it. */
+		if (!any_changed)
+			return PointerGetDatum(newtuple);
+	}
 
 	/* No tenant: the NOT NULL constraint will say so. */
 	if (nulls[COL_TENANT])
 		return PointerGetDatum(newtuple);
 	tenant = *DatumGetUUIDP(values[COL_TENANT]);
+
+	/*
+	 * A converted lead is final: it keeps its stage, status, probability,
+	 * dates and reason; only the links to the records it became may be
+	 * cleared, when such a record is deleted.
+	 */
+	if (is_lead && !is_insert)
+	{
+		if (!old_nulls[COL_CONVERTED_AT])
+		{
+			if (changed[COL_STAGE] || changed[COL_PIPELINE])
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("lead %s is converted and cannot change stage",
+								uuid_text(DatumGetUUIDP(values[COL_ID]))),
+						 errdetail("A converted lead is final; its opportunity carries on.")));
+			if (changed[COL_LOST_REASON])
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("lead %s is converted and cannot be marked lost",
+								uuid_text(DatumGetUUIDP(values[COL_ID]))),
+						 errdetail("A converted lead is final; its opportunity carries on.")));
+			for (int i = COL_CONVERTED_ACCOUNT; i <= COL_CONVERTED_CONTACT; i++)
+				if (changed[i] && !(crm_stage_unlinking && nulls[i]))
+					ereport(ERROR,
+							(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+							 errmsg("the conversion of lead %s cannot be changed",
+									uuid_text(DatumGetUUIDP(values[COL_ID]))),
+							 errdetail("Column \"%s\" records what the lead was converted into.",
+									   stage_column_names[i])));
+			edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_STATUS);
+			edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_PROBABILITY);
+			edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_CLOSED_AT);
+			edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_CONVERTED_AT);
+			goto apply;
+		}
+	}
 
 	if (!nulls[COL_STAGE])
 		stage = *DatumGetUUIDP(values[COL_STAGE]);
@@ -380,49 +723,53 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 	{
 		if (!nulls[COL_STAGE])
 		{
-			info = lookup(LOOKUP_STAGE, &tenant, &stage);
+			info = lookup(rel, LOOKUP_STAGE, &tenant, &stage);
 			if (!info->found)
+			{
 				ereport(ERROR,
 						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 						 errmsg("stage %s does not exist", uuid_text(&stage))));
+			}
 			pipeline = info->result;
 		}
 		else
 		{
-			info = lookup(LOOKUP_DEFAULT_PIPELINE, &tenant, NULL);
+			info = lookup(rel, LOOKUP_DEFAULT_PIPELINE, &tenant, NULL);
 			if (!info->found)
+			{
 				ereport(ERROR,
 						(errcode(ERRCODE_NO_DATA_FOUND),
 						 errmsg("tenant %s has no default pipeline", uuid_text(&tenant)),
 						 errhint("Give a pipeline_id, or mark one pipeline of the tenant as default.")));
+			}
 			pipeline = info->result;
 		}
-		replace_cols[nreplace] = attnums[COL_PIPELINE];
-		replace_values[nreplace] = UUIDPGetDatum(&pipeline);
-		replace_nulls[nreplace++] = false;
+		edit_set(&edit, attnums[COL_PIPELINE], UUIDPGetDatum(&pipeline), false);
 	}
 	else
 		pipeline = *DatumGetUUIDP(values[COL_PIPELINE]);
 
 	if (nulls[COL_STAGE])
 	{
-		info = lookup(LOOKUP_FIRST_STAGE, &tenant, &pipeline);
+		info = lookup(rel, LOOKUP_FIRST_STAGE, &tenant, &pipeline);
 		if (!info->found)
+		{
 			ereport(ERROR,
 					(errcode(ERRCODE_NO_DATA_FOUND),
 					 errmsg("pipeline %s has no stages", uuid_text(&pipeline)),
 					 errhint("Add a stage to the pipeline, or give a stage_id.")));
+		}
 		stage = info->result;
-		replace_cols[nreplace] = attnums[COL_STAGE];
-		replace_values[nreplace] = UUIDPGetDatum(&stage);
-		replace_nulls[nreplace++] = false;
+		edit_set(&edit, attnums[COL_STAGE], UUIDPGetDatum(&stage), false);
 	}
 
-	info = lookup(LOOKUP_STAGE, &tenant, &stage);
+	info = lookup(rel, LOOKUP_STAGE, &tenant, &stage);
 	if (!info->found)
+	{
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 				 errmsg("stage %s does not exist", uuid_text(&stage))));
+	}
 	if (memcmp(&info->result, &pipeline, sizeof(pg_uuid_t)) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
@@ -432,102 +779,223 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 				 errhint("Move the record to a stage of its own pipeline, or change pipeline_id and stage_id together.")));
 	kind = info->stage_kind;
 
-	/* status: always the stage's kind; a contradicting value is refused */
-	if (changed[COL_STATUS] && !nulls[COL_STATUS])
-	{
-		char	   *status = TextDatumGetCString(values[COL_STATUS]);
+	stage_moved = is_insert || changed[COL_STAGE] || changed[COL_PIPELINE];
+	if (!is_insert && stage_moved && !nulls[COL_ARCHIVED_AT])
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s %s is archived and cannot change stage",
+						record_noun(rel), uuid_text(DatumGetUUIDP(values[COL_ID]))),
+				 errhint("Unarchive it first: UPDATE crm.%s SET archived_at = NULL.",
+						 record_noun(rel))));
 
-		if (strcmp(status, stage_kind_names[kind]) != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("status \"%s\" contradicts the stage, whose kind is \"%s\"",
-							status, stage_kind_names[kind]),
-					 errhint("The status follows the stage: move the record to a won or lost stage, or use the mark_won and mark_lost functions.")));
-	}
 	if (is_insert)
 		kind_changed = true;
 	else
 	{
-		bool		isnull;
-		char	   *old_status = TextDatumGetCString(heap_getattr(oldtuple, attnums[COL_STATUS], tupdesc, &isnull));
+		char	   *old_status = TextDatumGetCString(old_values[COL_STATUS]);
 
 		kind_changed = parse_stage_kind(old_status) != kind;
 	}
-	if (nulls[COL_STATUS] || changed[COL_STATUS] || kind_changed)
+
+	/*
+	 * A lead is converted when converted_contact_id is first set (which
+	 * crm.lead_convert() does); the server stamps converted_at.  Otherwise
+	 * the conversion columns keep their stored values (none on INSERT).
+	 */
+	if (is_lead)
 	{
-		replace_cols[nreplace] = attnums[COL_STATUS];
-		replace_values[nreplace] = CStringGetTextDatum(stage_kind_names[kind]);
-		replace_nulls[nreplace++] = false;
+		converting = !is_insert && changed[COL_CONVERTED_CONTACT] && !nulls[COL_CONVERTED_CONTACT];
+		if (converting)
+		{
+			if (kind == STAGE_LOST)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("lead %s is lost and cannot be converted",
+								uuid_text(DatumGetUUIDP(values[COL_ID]))),
+						 errhint("Reopen the lead first with crm.lead_reopen().")));
+			if (!nulls[COL_ARCHIVED_AT])
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("lead %s is archived and cannot be converted",
+								uuid_text(DatumGetUUIDP(values[COL_ID]))),
+						 errhint("Unarchive it first: UPDATE crm.lead SET archived_at = NULL.")));
+			edit_set(&edit, attnums[COL_CONVERTED_AT],
+					 TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()), false);
+		}
+		else if (is_insert)
+		{
+			for (int i = COL_CONVERTED_AT; i <= COL_CONVERTED_CONTACT; i++)
+				if (!nulls[i])
+					edit_set(&edit, attnums[i], (Datum) 0, true);
+		}
+		else
+		{
+			edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_CONVERTED_AT);
+			edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_CONVERTED_ACCOUNT);
+		}
+	}
+
+	/* status: the stage's kind, or converted; a client's value is ignored */
+	{
+		const char *status = converting ? "converted" : stage_kind_names[kind];
+
+		if (nulls[COL_STATUS] ||
+			strcmp(TextDatumGetCString(values[COL_STATUS]), status) != 0)
+			edit_set(&edit, attnums[COL_STATUS], CStringGetTextDatum(status), false);
 	}
 
 	/* probability: 100 when won, 0 when lost, else the stage's unless set */
 	{
 		bool		set_by_hand = changed[COL_PROBABILITY] && !nulls[COL_PROBABILITY];
-		bool		stage_moved = is_insert || changed[COL_STAGE] || changed[COL_PIPELINE];
 		Datum		probability = values[COL_PROBABILITY];
-		bool		replace = false;
 
 		if (kind != STAGE_OPEN)
 		{
-			Datum		forced = numeric_from_int(kind == STAGE_WON ? 100 : 0,
-											  TupleDescAttr(tupdesc, attnums[COL_PROBABILITY] - 1)->atttypmod);
+			Datum		forced = numeric_from_int(kind == STAGE_WON ? 100 : 0, prob_typmod);
 
-			if (set_by_hand && !numeric_equal(probability, forced))
-				ereport(ERROR,
-						(errcode(ERRCODE_CHECK_VIOLATION),
-						 errmsg("probability of a %s record must be %d",
-								stage_kind_names[kind], kind == STAGE_WON ? 100 : 0)));
 			if (nulls[COL_PROBABILITY] || !numeric_equal(probability, forced))
-			{
-				probability = forced;
-				replace = true;
-			}
+				edit_set(&edit, attnums[COL_PROBABILITY], forced, false);
 		}
 		else if (!set_by_hand && (stage_moved || nulls[COL_PROBABILITY]))
-		{
-			probability = info->probability;
-			replace = true;
-		}
-		if (replace)
-		{
-			replace_cols[nreplace] = attnums[COL_PROBABILITY];
-			replace_values[nreplace] = probability;
-			replace_nulls[nreplace++] = false;
-		}
+			edit_set(&edit, attnums[COL_PROBABILITY], info->probability, false);
 	}
 
 	/* closed_at: when the record entered a won or lost stage */
 	if (kind == STAGE_OPEN)
 	{
 		if (!nulls[COL_CLOSED_AT])
-		{
-			if (changed[COL_CLOSED_AT] && !kind_changed)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("an open record cannot have a closed_at"),
-						 errhint("Move the record to a won or lost stage to close it.")));
-			replace_cols[nreplace] = attnums[COL_CLOSED_AT];
-			replace_values[nreplace] = (Datum) 0;
-			replace_nulls[nreplace++] = true;
-		}
+			edit_set(&edit, attnums[COL_CLOSED_AT], (Datum) 0, true);
 	}
-	else if (nulls[COL_CLOSED_AT] || (kind_changed && !changed[COL_CLOSED_AT]))
-	{
-		replace_cols[nreplace] = attnums[COL_CLOSED_AT];
-		replace_values[nreplace] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-		replace_nulls[nreplace++] = false;
-	}
+	else if (kind_changed)
+		edit_set(&edit, attnums[COL_CLOSED_AT],
+				 TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()), false);
+	else
+		edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_CLOSED_AT);
 
-	if (nreplace == 0)
+	/* lost_reason: only a lost record has one; reopening clears it */
+	if (kind != STAGE_LOST && !nulls[COL_LOST_REASON])
+		edit_set(&edit, attnums[COL_LOST_REASON], (Datum) 0, true);
+
+apply:
+	if (edit.n == 0)
 		return PointerGetDatum(newtuple);
 
-	return PointerGetDatum(heap_modify_tuple_by_cols(newtuple, tupdesc, nreplace,
-													 replace_cols, replace_values,
-													 replace_nulls));
+	{
+		HeapTuple	result;
+
+		for (int i = 0; i < edit.n; i++)
+		{
+			new_all_values[edit.cols[i] - 1] = edit.values[i];
+			new_all_nulls[edit.cols[i] - 1] = edit.nulls[i];
+		}
+		result = heap_form_tuple(tupdesc, new_all_values, new_all_nulls);
+		/* as heap_modify_tuple does: the new version keeps the row's identity */
+		result->t_data->t_ctid = newtuple->t_data->t_ctid;
+		result->t_self = newtuple->t_self;
+		result->t_tableOid = newtuple->t_tableOid;
+		return PointerGetDatum(result);
+	}
+}
+
+/* Columns of a record that a history row copies. */
+enum
+{
+	HCOL_TENANT,
+	HCOL_ID,
+	HCOL_PIPELINE,
+	HCOL_STAGE,
+	HCOL_AMOUNT,
+	HCOL_CURRENCY,
+	HCOL_PROBABILITY,
+	NUM_HISTORY_COLUMNS
+};
+
+/* The history rows of one tenant, gathered from the transition tables. */
+typedef struct HistoryBatch
+{
+	pg_uuid_t	tenant;
+	int			n;
+	int			size;
+	Datum	   *ids;
+	Datum	   *pipelines;
+	Datum	   *from_stages;
+	bool	   *from_nulls;
+	Datum	   *to_stages;
+	Datum	   *amounts;
+	bool	   *amount_nulls;
+	Datum	   *currencies;
+	Datum	   *probabilities;
+	struct HistoryBatch *next;
+} HistoryBatch;
+
+static HistoryBatch *
+history_batch(HistoryBatch **batches, const pg_uuid_t *tenant)
+{
+	HistoryBatch *b;
+
+	for (b = *batches; b != NULL; b = b->next)
+		if (memcmp(&b->tenant, tenant, sizeof(pg_uuid_t)) == 0)
+			return b;
+
+	b = palloc0(sizeof(HistoryBatch));
+	b->tenant = *tenant;
+	b->size = 64;
+	b->ids = palloc(b->size * sizeof(Datum));
+	b->pipelines = palloc(b->size * sizeof(Datum));
+	b->from_stages = palloc(b->size * sizeof(Datum));
+	b->from_nulls = palloc(b->size * sizeof(bool));
+	b->to_stages = palloc(b->size * sizeof(Datum));
+	b->amounts = palloc(b->size * sizeof(Datum));
+	b->amount_nulls = palloc(b->size * sizeof(bool));
+	b->currencies = palloc(b->size * sizeof(Datum));
+	b->probabilities = palloc(b->size * sizeof(Datum));
+	b->next = *batches;
+	*batches = b;
+	return b;
+}
+
+static void
+history_batch_grow(HistoryBatch *b)
+{
+	if (b->n < b->size)
+		return;
+	b->size *= 2;
+	b->ids = repalloc_huge(b->ids, b->size * sizeof(Datum));
+	b->pipelines = repalloc_huge(b->pipelines, b->size * sizeof(Datum));
+	b->from_stages = repalloc_huge(b->from_stages, b->size * sizeof(Datum));
+	b->from_nulls = repalloc_huge(b->from_nulls, b->size * sizeof(bool));
+	b->to_stages = repalloc_huge(b->to_stages, b->size * sizeof(Datum));
+	b->amounts = repalloc_huge(b->amounts, b->size * sizeof(Datum));
+	b->amount_nulls = repalloc_huge(b->amount_nulls, b->size * sizeof(bool));
+	b->currencies = repalloc_huge(b->currencies, b->size * sizeof(Datum));
+	b->probabilities = repalloc_huge(b->probabilities, b->size * sizeof(Datum));
+}
+
+static Datum
+uuid_copy_datum(Datum value)
+{
+	pg_uuid_t  *copy = palloc(sizeof(pg_uuid_t));
+
+	memcpy(copy, DatumGetUUIDP(value), sizeof(pg_uuid_t));
+	return UUIDPGetDatum(copy);
+}
+
+static Datum
+array_of(Datum *values, bool *nulls, int n, Oid elemtype)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
+											  elemtype, typlen, typbyval, typalign));
 }
 
 /*
- * The INSERT ... SELECT that records the stage changes of one statement.
+ * The INSERT that records the stage changes of one tenant, from arrays.
  * Every name is qualified and every operator is pg_catalog's, so a hostile
  * search_path of the session cannot redirect it.
  */
@@ -553,37 +1021,50 @@ history_plan(Trigger *trigger)
 		return entry->plan;
 	entry->plan = NULL;
 
-	if (trigger->tgnargs != 2)
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("function \"stage_history_record\" needs two arguments: the history column for the record and the record's amount column")));
-
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "INSERT INTO crm.stage_history"
 					 " (tenant_id, %s, pipeline_id, from_stage_id, to_stage_id,"
 					 "  amount, currency, probability, changed_at, changed_by, changed_by_role)"
-					 " SELECT n.tenant_id, n.id, n.pipeline_id, o.stage_id, n.stage_id,"
-					 "  n.%s, n.currency, n.probability, pg_catalog.clock_timestamp(),"
-					 "  $1, $2"
-					 " FROM crm_new_rows n JOIN crm_old_rows o"
-					 "  ON o.tenant_id OPERATOR(pg_catalog.=) n.tenant_id"
-					 "  AND o.id OPERATOR(pg_catalog.=) n.id"
-					 " WHERE o.stage_id OPERATOR(pg_catalog.<>) n.stage_id",
-					 quote_identifier(trigger->tgargs[0]),
-					 quote_identifier(trigger->tgargs[1]));
+					 " SELECT $1, u.id, u.pipeline_id, u.from_stage_id, u.to_stage_id,"
+					 "  u.amount, u.currency, u.probability, pg_catalog.clock_timestamp(), $9, $10"
+					 " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3),"
+					 "  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
+					 "  pg_catalog.unnest($7), pg_catalog.unnest($8))"
+					 "  AS u(id, pipeline_id, from_stage_id, to_stage_id, amount, currency, probability)",
+					 quote_identifier(trigger->tgargs[0]));
 
 	{
-		Oid			argtypes[2] = {UUIDOID, NAMEOID};
+		Oid			argtypes[10] = {UUIDOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID,
+			UUIDARRAYOID, NUMERICARRAYOID, TEXTARRAYOID, NUMERICARRAYOID,
+		UUIDOID, NAMEOID};
 
-		entry->plan = prepare_kept(sql.data, 2, argtypes);
+		entry->plan = prepare_kept(sql.data, 10, argtypes);
 	}
 	pfree(sql.data);
 	return entry->plan;
 }
 
 /*
+ * Read a transition table from its start through a read position of our
+ * own: another trigger of the statement may read the same table.
+ */
+static void
+transition_reader(Tuplestorestate *store)
+{
+	int			ptr = tuplestore_alloc_read_pointer(store, EXEC_FLAG_REWIND);
+
+	tuplestore_select_read_pointer(store, ptr);
+	tuplestore_rescan(store);
+}
+
+/*
  * crm.stage_history_record() trigger: see the file header.
+ *
+ * The old and new transition tables of an UPDATE hold the old and new
+ * version of each row at the same position (the executor appends both for
+ * each row it updates), so the i-th rows are paired; their ids are compared
+ * to make sure, and stage_sync refuses an UPDATE that changes an id.
  *
  * The history is the extension's record of what happened, not the user's to
  * write: crm_writer may read crm.stage_history but holds no INSERT on it.
@@ -591,48 +1072,166 @@ history_plan(Trigger *trigger)
  * extension's owner), as pg_cron does for its own bookkeeping.  Who made the
  * change is taken before the switch.  The rows come from the statement's
  * own transition tables, so they can only describe rows the user was
- * allowed to update, with their own tenant_id.
+ * allowed to write, with their own tenant_id.  crm.stage_history has no
+ * foreign key to the record: history outlives the record, and the rows
+ * cost no foreign-key check.
  */
 Datum
 crm_stage_history_record(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	bool		is_insert;
+	Tuplestorestate *newstore;
+	Tuplestorestate *oldstore = NULL;
+	TupleTableSlot *newslot;
+	TupleTableSlot *oldslot = NULL;
+	int			attnums[NUM_HISTORY_COLUMNS];
+	HistoryBatch *batches = NULL;
+	MemoryContext work;
+	MemoryContext caller;
 	pg_uuid_t	changed_by;
 	NameData	changed_by_role;
-	Datum		args[2];
-	char		nulls[2] = {' ', ' '};
+	bool		has_user;
+	SPIPlanPtr	plan;
 	Oid			save_userid;
 	int			save_sec_context;
-	int			rc;
 
 	crm_require_trigger(fcinfo, "stage_history_record", false, false);
-	if (!TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ||
-		trigdata->tg_oldtable == NULL || trigdata->tg_newtable == NULL)
+	is_insert = TRIGGER_FIRED_BY_INSERT(trigdata->tg_event);
+	if (is_insert ? trigdata->tg_newtable == NULL
+		: (!TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ||
+		   trigdata->tg_oldtable == NULL || trigdata->tg_newtable == NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("function \"stage_history_record\" must be fired AFTER UPDATE with REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows")));
+				 errmsg("function \"stage_history_record\" must be fired AFTER INSERT with REFERENCING NEW TABLE, or AFTER UPDATE with REFERENCING OLD TABLE and NEW TABLE")));
+	if (trigdata->tg_trigger->tgnargs != 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"stage_history_record\" needs two arguments: the history column for the record and the record's amount column")));
 
 	if (crm_replica_skips_work())
 		return PointerGetDatum(NULL);
 
-	if (crm_current_app_user_id(&changed_by))
-		args[0] = UUIDPGetDatum(&changed_by);
-	else
-		nulls[0] = 'n';
+	rel = trigdata->tg_relation;
+	attnums[HCOL_TENANT] = crm_attnum(rel, "tenant_id", UUIDOID);
+	attnums[HCOL_ID] = crm_attnum(rel, "id", UUIDOID);
+	attnums[HCOL_PIPELINE] = crm_attnum(rel, "pipeline_id", UUIDOID);
+	attnums[HCOL_STAGE] = crm_attnum(rel, "stage_id", UUIDOID);
+	attnums[HCOL_AMOUNT] = crm_attnum(rel, trigdata->tg_trigger->tgargs[1], NUMERICOID);
+	attnums[HCOL_CURRENCY] = crm_attnum(rel, "currency", TEXTOID);
+	attnums[HCOL_PROBABILITY] = crm_attnum(rel, "probability", NUMERICOID);
+
+	has_user = crm_current_app_user_id(&changed_by);
 	namestrcpy(&changed_by_role, GetUserNameFromId(GetUserId(), false));
-	args[1] = NameGetDatum(&changed_by_role);
+
+	work = AllocSetContextCreate(CurrentMemoryContext, "crm stage history",
+								 ALLOCSET_DEFAULT_SIZES);
+	caller = MemoryContextSwitchTo(work);
+
+	newstore = trigdata->tg_newtable;
+	transition_reader(newstore);
+	newslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
+	if (!is_insert)
+	{
+		oldstore = trigdata->tg_oldtable;
+		transition_reader(oldstore);
+		oldslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
+	}
+
+	for (;;)
+	{
+		bool		isnull;
+		bool		from_null = true;
+		Datum		from_stage = (Datum) 0;
+		Datum		to_stage;
+		Datum		tenant;
+		HistoryBatch *b;
+
+		if (!tuplestore_gettupleslot(newstore, true, false, newslot))
+			break;
+		to_stage = slot_getattr(newslot, attnums[HCOL_STAGE], &isnull);
+		tenant = slot_getattr(newslot, attnums[HCOL_TENANT], &isnull);
+		if (!is_insert)
+		{
+			Datum		old_id;
+			Datum		new_id;
+
+			if (!tuplestore_gettupleslot(oldstore, true, false, oldslot))
+				elog(ERROR, "transition tables of different lengths");
+			old_id = slot_getattr(oldslot, attnums[HCOL_ID], &isnull);
+			new_id = slot_getattr(newslot, attnums[HCOL_ID], &isnull);
+			if (memcmp(DatumGetUUIDP(old_id), DatumGetUUIDP(new_id), sizeof(pg_uuid_t)) != 0)
+				elog(ERROR, "transition tables out of step");
+			from_stage = slot_getattr(oldslot, attnums[HCOL_STAGE], &isnull);
+			if (memcmp(DatumGetUUIDP(from_stage), DatumGetUUIDP(to_stage), sizeof(pg_uuid_t)) == 0)
+				continue;
+			from_null = false;
+		}
+
+		b = history_batch(&batches, DatumGetUUIDP(tenant));
+		history_batch_grow(b);
+		b->ids[b->n] = uuid_copy_datum(slot_getattr(newslot, attnums[HCOL_ID], &isnull));
+		b->pipelines[b->n] = uuid_copy_datum(slot_getattr(newslot, attnums[HCOL_PIPELINE], &isnull));
+		b->from_nulls[b->n] = from_null;
+		b->from_stages[b->n] = from_null ? (Datum) 0 : uuid_copy_datum(from_stage);
+		b->to_stages[b->n] = uuid_copy_datum(to_stage);
+		{
+			Datum		amount = slot_getattr(newslot, attnums[HCOL_AMOUNT], &isnull);
+
+			b->amount_nulls[b->n] = isnull;
+			b->amounts[b->n] = isnull ? (Datum) 0 : datumCopy(amount, false, -1);
+		}
+		b->currencies[b->n] = datumCopy(slot_getattr(newslot, attnums[HCOL_CURRENCY], &isnull), false, -1);
+		b->probabilities[b->n] = datumCopy(slot_getattr(newslot, attnums[HCOL_PROBABILITY], &isnull), false, -1);
+		b->n++;
+	}
+	ExecDropSingleTupleTableSlot(newslot);
+	tuplestore_select_read_pointer(newstore, 0);
+	if (oldslot != NULL)
+	{
+		ExecDropSingleTupleTableSlot(oldslot);
+		tuplestore_select_read_pointer(oldstore, 0);
+	}
+
+	if (batches == NULL)
+	{
+		MemoryContextSwitchTo(caller);
+		MemoryContextDelete(work);
+		return PointerGetDatum(NULL);
+	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_register_trigger_data(trigdata) != SPI_OK_TD_REGISTER)
-		elog(ERROR, "could not register the transition tables");
+	plan = history_plan(trigdata->tg_trigger);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(trigdata->tg_relation->rd_rel->relowner,
+	SetUserIdAndSecContext(rel->rd_rel->relowner,
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	PG_TRY();
 	{
-		rc = SPI_execute_plan(history_plan(trigdata->tg_trigger), args, nulls, false, 0);
+		for (HistoryBatch *b = batches; b != NULL; b = b->next)
+		{
+			Datum		args[10];
+			char		nulls[10];
+
+			memset(nulls, ' ', sizeof(nulls));
+			args[0] = UUIDPGetDatum(&b->tenant);
+			args[1] = array_of(b->ids, NULL, b->n, UUIDOID);
+			args[2] = array_of(b->pipelines, NULL, b->n, UUIDOID);
+			args[3] = array_of(b->from_stages, b->from_nulls, b->n, UUIDOID);
+			args[4] = array_of(b->to_stages, NULL, b->n, UUIDOID);
+			args[5] = array_of(b->amounts, b->amount_nulls, b->n, NUMERICOID);
+			args[6] = array_of(b->currencies, NULL, b->n, TEXTOID);
+			args[7] = array_of(b->probabilities, NULL, b->n, NUMERICOID);
+			if (has_user)
+				args[8] = UUIDPGetDatum(&changed_by);
+			else
+				nulls[8] = 'n';
+			args[9] = NameGetDatum(&changed_by_role);
+			if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not record the stage history");
+		}
 	}
 	PG_FINALLY();
 	{
@@ -640,9 +1239,153 @@ crm_stage_history_record(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "could not record the stage history");
-
 	SPI_finish();
+	MemoryContextSwitchTo(caller);
+	MemoryContextDelete(work);
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * crm.stage_follow() trigger: see the file header.
+ *
+ * Re-deriving the records of a stage whose kind changed would close or
+ * reopen deals that nobody moved (and stamp closed_at for no event), so a
+ * kind change is refused while the stage holds any lead or opportunity,
+ * archived or converted ones included.  A probability is only a default,
+ * so the records whose probability is the stage's old one take the new
+ * one; a record whose probability was set by hand to another value keeps
+ * it.  Both run as the table owner over the stage's tenant only, so records
+ * hidden from the admin by owner visibility count and follow too.
+ */
+Datum
+crm_stage_follow(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr in_use_plan = NULL;
+	static SPIPlanPtr follow_opportunity_plan = NULL;
+	static SPIPlanPtr follow_lead_plan = NULL;
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	tupdesc;
+	HeapTuple	oldtuple;
+	HeapTuple	newtuple;
+	int			a_tenant;
+	int			a_id;
+	int			a_kind;
+	int			a_probability;
+	bool		isnull;
+	Datum		args[4];
+	bool		kind_changed;
+	bool		probability_changed;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	crm_require_trigger(fcinfo, "stage_follow", true, false);
+	require_no_arguments(trigdata, "stage_follow");
+	if (!TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"stage_follow\" must be fired for UPDATE")));
+
+	rel = trigdata->tg_relation;
+	tupdesc = RelationGetDescr(rel);
+	oldtuple = trigdata->tg_trigtuple;
+	newtuple = trigdata->tg_newtuple;
+
+	if (crm_replica_skips_work())
+		return PointerGetDatum(newtuple);
+
+	a_tenant = crm_attnum(rel, "tenant_id", UUIDOID);
+	a_id = crm_attnum(rel, "id", UUIDOID);
+	a_kind = crm_attnum(rel, "kind", TEXTOID);
+	a_probability = crm_attnum(rel, "probability", NUMERICOID);
+
+	kind_changed = column_changed(oldtuple, newtuple, tupdesc, a_kind);
+	probability_changed =
+		!numeric_equal(heap_getattr(oldtuple, a_probability, tupdesc, &isnull),
+					   heap_getattr(newtuple, a_probability, tupdesc, &isnull));
+	if (!kind_changed && !probability_changed)
+		return PointerGetDatum(newtuple);
+
+	/* records stay with the stage's old tenant and id */
+	args[0] = heap_getattr(oldtuple, a_tenant, tupdesc, &isnull);
+	args[1] = heap_getattr(oldtuple, a_id, tupdesc, &isnull);
+	args[2] = heap_getattr(oldtuple, a_probability, tupdesc, &isnull);
+	args[3] = heap_getattr(newtuple, a_probability, tupdesc, &isnull);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(rel->rd_rel->relowner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (kind_changed)
+		{
+			if (in_use_plan == NULL)
+			{
+				Oid			types[2] = {UUIDOID, UUIDOID};
+
+				in_use_plan = prepare_kept(
+										   "SELECT (SELECT pg_catalog.count(*) FROM crm.opportunity o"
+										   "         WHERE o.tenant_id OPERATOR(pg_catalog.=) $1"
+										   "           AND o.stage_id OPERATOR(pg_catalog.=) $2),"
+										   "       (SELECT pg_catalog.count(*) FROM crm.lead l"
+										   "         WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
+										   "           AND l.stage_id OPERATOR(pg_catalog.=) $2)",
+										   2, types);
+			}
+			/*
+			 * not read-only: in READ COMMITTED that takes a new snapshot,
+			 * which sees a record that entered the stage while this UPDATE
+			 * waited for the lock its lookup held
+			 */
+			if (SPI_execute_plan(in_use_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not count the records of a stage");
+			{
+				int64		opportunities = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+				int64		leads = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+
+				if (opportunities + leads > 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+							 errmsg("the kind of stage \"%s\" cannot change while records are in it",
+									TextDatumGetCString(heap_getattr(oldtuple, crm_attnum(rel, "name", TEXTOID),
+																	 tupdesc, &isnull))),
+							 errdetail("The stage holds " INT64_FORMAT " opportunities and " INT64_FORMAT " leads.",
+									   opportunities, leads),
+							 errhint("Move the records to another stage first, or add a new stage of the kind wanted.")));
+			}
+		}
+		if (probability_changed)
+		{
+			if (follow_opportunity_plan == NULL)
+			{
+				Oid			types[4] = {UUIDOID, UUIDOID, NUMERICOID, NUMERICOID};
+
+				follow_opportunity_plan = prepare_kept(
+													   "UPDATE crm.opportunity SET probability = $4"
+													   " WHERE tenant_id OPERATOR(pg_catalog.=) $1"
+													   " AND stage_id OPERATOR(pg_catalog.=) $2"
+													   " AND probability OPERATOR(pg_catalog.=) $3",
+													   4, types);
+				follow_lead_plan = prepare_kept(
+												"UPDATE crm.lead SET probability = $4"
+												" WHERE tenant_id OPERATOR(pg_catalog.=) $1"
+												" AND stage_id OPERATOR(pg_catalog.=) $2"
+												" AND probability OPERATOR(pg_catalog.=) $3"
+												" AND converted_at IS NULL",
+												4, types);
+			}
+			if (SPI_execute_plan(follow_opportunity_plan, args, NULL, false, 0) != SPI_OK_UPDATE ||
+				SPI_execute_plan(follow_lead_plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not update the records of a stage");
+		}
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+	SPI_finish();
+	return PointerGetDatum(newtuple);
 }

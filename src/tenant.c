@@ -242,20 +242,6 @@ local_relations_find(LocalRelations *lr)
 	lr->valid = true;
 }
 
-/* The owner of a relation. */
-static Oid
-get_rel_relowner_crm(Oid relid)
-{
-	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
-	return owner;
-}
-
 /* The index of rel whose first column is attnum, if any. */
 static Oid
 index_on_column(Relation rel, AttrNumber attnum)
@@ -310,7 +296,7 @@ coordinator_role_rows(LocalRelations *lr, Oid roleid, Mapping *out, int max,
 	int			rc;
 	int			found = 0;
 
-	owner = get_rel_relowner_crm(lr->relids[0]);
+	owner = crm_relation_owner(lr->relids[0]);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (lr->coordinator_plan == NULL)
@@ -648,8 +634,8 @@ resolve_context(void)
 	}
 }
 
-/* The tenant, if any, this statement acts for. */
-static bool
+/* For the other C files: the tenant, if any, this statement acts for. */
+bool
 crm_current_tenant_id(pg_uuid_t *tenant)
 {
 	resolve_context();
@@ -700,7 +686,7 @@ crm_current_app_user_id(pg_uuid_t *user)
 		args[1] = UUIDPGetDatum(&context.user);
 		/* as the table's owner: the caller may hold no SELECT on app_user */
 		GetUserIdAndSecContext(&save_userid, &save_sec_context);
-		SetUserIdAndSecContext(get_rel_relowner_crm(get_relname_relid("app_user",
+		SetUserIdAndSecContext(crm_relation_owner(get_relname_relid("app_user",
 																	   get_namespace_oid("crm", false))),
 							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 		PG_TRY();

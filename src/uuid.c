@@ -35,12 +35,12 @@ static int64 last_unix_ms = 0;
 static int	last_subms = -1;
 
 /*
- * crm.uuid_generate_v7() returns uuid
+ * A new version 7 uuid into *result; for the other C files, and behind
+ * crm.uuid_generate_v7().
  */
-Datum
-crm_uuid_generate_v7(PG_FUNCTION_ARGS)
+void
+crm_uuid_v7(pg_uuid_t *result)
 {
-	pg_uuid_t  *result = palloc(sizeof(pg_uuid_t));
 	uuid_t		random_bytes;
 	struct timespec ts;
 	int64		unix_ms;
@@ -78,7 +78,17 @@ crm_uuid_generate_v7(PG_FUNCTION_ARGS)
 	result->data[7] = (unsigned char) (subms & 0xFF);
 	result->data[8] = (unsigned char) (0x80 | (random_bytes[8] & 0x3F));
 	memcpy(&result->data[9], &random_bytes[9], 7);
+}
 
+/*
+ * crm.uuid_generate_v7() returns uuid
+ */
+Datum
+crm_uuid_generate_v7(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *result = palloc(sizeof(pg_uuid_t));
+
+	crm_uuid_v7(result);
 	PG_RETURN_UUID_P(result);
 }
 

@@ -143,7 +143,7 @@ same "the same tables in crm" \
 for t in $(psql -X -At -d "$SRC" -c \
 	"SELECT relname FROM pg_class WHERE relnamespace = 'crm'::regnamespace AND relkind = 'r' ORDER BY 1"); do
 	row='t::text'
-	if [[ $t == currency || $t == activity_type ]]; then
+	if [[ $t == currency || $t == activity_type || $t == job_action || $t == workflow_event ]]; then
 		row="CASE WHEN t.is_builtin THEN (to_jsonb(t) - 'created_at' - 'updated_at')::text ELSE t::text END"
 	fi
 	sql="SELECT count(*) || ' rows, md5 ' || coalesce(md5(string_agg($row, '|' ORDER BY $row)), '-')

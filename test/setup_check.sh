@@ -17,7 +17,7 @@ root=$T/pg
 mkdir -p "$root/bin" "$root/lib/pgxs/src/makefiles" "$root/lib/pgxs/src/test/regress" \
 	"$root/lib/pgxs/src/test/isolation" "$root/include/server" "$root/share/extension" "$T/inc/uuid"
 touch "$root/lib/pgxs/src/makefiles/pgxs.mk" "$root/share/extension/pgtap.control" \
-	"$root/share/extension/pg_cron.control" "$T/inc/uuid/uuid.h"
+	"$root/share/extension/pg_cron.control" "$root/share/extension/pgq.control" "$T/inc/uuid/uuid.h"
 for p in postgres initdb pg_ctl psql pg_dump; do
 	printf '#!/bin/sh\nexit 0\n' >"$root/bin/$p"
 	chmod +x "$root/bin/$p"

@@ -11,13 +11,17 @@
 -- that CREATE EXTENSION did not make and that another role owns, may write
 -- into, or has already put objects in (a format() or an operator with an
 -- exact-match signature there would beat pg_catalog's below and run as the
--- installing superuser).  Nothing here resolves through crm: the check is a
--- C function made in pg_temp, called by its qualified name, then dropped.
-CREATE FUNCTION pg_temp.crm_guard_check_install() RETURNS pg_catalog.void
+-- installing superuser).  The check is a C function made in crm, called and
+-- dropped: if a hostile schema already holds a function of that name, the
+-- CREATE fails, and one that takes defaults makes the call ambiguous, so
+-- either way nothing of theirs runs.  (A function in pg_temp would do too,
+-- but Citus commits CREATE EXTENSION on its workers with two-phase commit,
+-- which PostgreSQL refuses after a transaction touched temporary objects.)
+CREATE FUNCTION crm.crm_guard_check_install() RETURNS pg_catalog.void
     AS 'MODULE_PATHNAME', 'crm_guard_check_install'
     LANGUAGE C VOLATILE STRICT;
-SELECT pg_temp.crm_guard_check_install();
-DROP FUNCTION pg_temp.crm_guard_check_install();
+SELECT crm.crm_guard_check_install();
+DROP FUNCTION crm.crm_guard_check_install();
 
 COMMENT ON SCHEMA crm IS 'Sales CRM: accounts, contacts, leads, opportunities, pipelines, activities; see README.md';
 

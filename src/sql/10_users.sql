@@ -13,7 +13,8 @@ CREATE TABLE crm.app_user (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
-    FOREIGN KEY (tenant_id, manager_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (manager_id),
+    CONSTRAINT app_user_tenant_id_manager_id_fkey FOREIGN KEY (tenant_id, manager_id) REFERENCES crm.app_user (tenant_id, id)
+        DEFERRABLE,
     CHECK (manager_id <> id)
 );
 CREATE UNIQUE INDEX app_user_email_key ON crm.app_user (tenant_id, crm.casefold(email));
@@ -38,7 +39,8 @@ CREATE TABLE crm.team (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
-    FOREIGN KEY (tenant_id, manager_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (manager_id)
+    CONSTRAINT team_tenant_id_manager_id_fkey FOREIGN KEY (tenant_id, manager_id) REFERENCES crm.app_user (tenant_id, id)
+        DEFERRABLE
 );
 CREATE UNIQUE INDEX team_name_key ON crm.team (tenant_id, crm.casefold(name));
 CREATE INDEX team_manager_idx ON crm.team (tenant_id, manager_id);
@@ -90,7 +92,8 @@ CREATE TABLE crm.tenant_access (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, role_oid),
-    FOREIGN KEY (tenant_id, user_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (user_id)
+    CONSTRAINT tenant_access_tenant_id_user_id_fkey FOREIGN KEY (tenant_id, user_id)
+        REFERENCES crm.app_user (tenant_id, id) DEFERRABLE
 );
 CREATE INDEX tenant_access_role_idx ON crm.tenant_access (role_oid);
 CREATE INDEX tenant_access_user_idx ON crm.tenant_access (tenant_id, user_id);

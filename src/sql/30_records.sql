@@ -33,8 +33,10 @@ CREATE TABLE crm.account (
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
-    FOREIGN KEY (tenant_id, parent_account_id) REFERENCES crm.account (tenant_id, id) ON DELETE SET NULL (parent_account_id),
-    FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (owner_id),
+    CONSTRAINT account_tenant_id_parent_account_id_fkey FOREIGN KEY (tenant_id, parent_account_id) REFERENCES crm.account (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT account_tenant_id_owner_id_fkey FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id)
+        DEFERRABLE,
     CHECK (parent_account_id <> id)
 );
 CREATE INDEX account_name_idx ON crm.account (tenant_id, crm.casefold(name));
@@ -91,8 +93,10 @@ CREATE TABLE crm.contact (
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
-    FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id) ON DELETE SET NULL (account_id),
-    FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (owner_id)
+    CONSTRAINT contact_tenant_id_account_id_fkey FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT contact_tenant_id_owner_id_fkey FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id)
+        DEFERRABLE
 );
 CREATE UNIQUE INDEX contact_email_key ON crm.contact (tenant_id, crm.casefold(email));
 CREATE INDEX contact_account_idx ON crm.contact (tenant_id, account_id);
@@ -134,7 +138,7 @@ CREATE TABLE crm.lead (
     website              text,
     pipeline_id          uuid NOT NULL,
     stage_id             uuid NOT NULL,
-    status               text NOT NULL CHECK (status IN ('open', 'won', 'lost')),
+    status               text NOT NULL CHECK (status IN ('open', 'won', 'lost', 'converted')),
     priority             text NOT NULL DEFAULT 'medium' CHECK (priority IN ('low', 'medium', 'high', 'urgent')),
     rating               text CHECK (rating IN ('cold', 'warm', 'hot')),
     source               text CHECK (source IN ('website', 'referral', 'cold_call', 'email_campaign', 'social_media',
@@ -163,9 +167,12 @@ CREATE TABLE crm.lead (
     updated_at           timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, pipeline_id, stage_id) REFERENCES crm.stage (tenant_id, pipeline_id, id),
-    FOREIGN KEY (tenant_id, converted_account_id) REFERENCES crm.account (tenant_id, id) ON DELETE SET NULL (converted_account_id),
-    FOREIGN KEY (tenant_id, converted_contact_id) REFERENCES crm.contact (tenant_id, id) ON DELETE SET NULL (converted_contact_id),
-    FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (owner_id)
+    CONSTRAINT lead_tenant_id_converted_account_id_fkey FOREIGN KEY (tenant_id, converted_account_id) REFERENCES crm.account (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT lead_tenant_id_converted_contact_id_fkey FOREIGN KEY (tenant_id, converted_contact_id) REFERENCES crm.contact (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT lead_tenant_id_owner_id_fkey FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id)
+        DEFERRABLE
 );
 CREATE INDEX lead_stage_idx ON crm.lead (tenant_id, pipeline_id, stage_id);
 CREATE INDEX lead_owner_idx ON crm.lead (tenant_id, owner_id);
@@ -184,24 +191,24 @@ COMMENT ON COLUMN crm.lead.job_title IS 'Job title of the person';
 COMMENT ON COLUMN crm.lead.website IS 'Company website';
 COMMENT ON COLUMN crm.lead.pipeline_id IS 'Pipeline (the tenant''s default when omitted)';
 COMMENT ON COLUMN crm.lead.stage_id IS 'Stage (the pipeline''s first when omitted)';
-COMMENT ON COLUMN crm.lead.status IS 'open, won or lost: follows the kind of the stage (kept by a trigger)';
+COMMENT ON COLUMN crm.lead.status IS 'open, won or lost (the kind of the stage), or converted once crm.lead_convert() converted the lead, which is final (set by the server; a client value is ignored)';
 COMMENT ON COLUMN crm.lead.priority IS 'low, medium, high, urgent';
 COMMENT ON COLUMN crm.lead.rating IS 'cold, warm, hot';
 COMMENT ON COLUMN crm.lead.source IS 'Where the lead came from';
 COMMENT ON COLUMN crm.lead.expected_revenue IS 'Expected deal value, in currency';
 COMMENT ON COLUMN crm.lead.currency IS 'Currency of expected_revenue and budget (ISO 4217)';
-COMMENT ON COLUMN crm.lead.probability IS 'Win probability 0-100: the stage''s unless set by hand (kept by a trigger)';
+COMMENT ON COLUMN crm.lead.probability IS 'Win probability 0-100: while open, the stage''s unless set by hand (a stage move resets it, NULL asks for the stage''s); 100 when won and 0 when lost (set by the server; a client value is ignored)';
 COMMENT ON COLUMN crm.lead.company_size IS 'Fit: number of employees of the company';
 COMMENT ON COLUMN crm.lead.industry IS 'Fit: industry of the company';
 COMMENT ON COLUMN crm.lead.budget IS 'Fit: budget the lead has for the purchase, in currency';
 COMMENT ON COLUMN crm.lead.purchase_timeline IS 'Fit: when they mean to buy: immediate, within_month, within_quarter, within_year, no_timeline';
 COMMENT ON COLUMN crm.lead.is_decision_maker IS 'Fit: the person decides the purchase';
 COMMENT ON COLUMN crm.lead.description IS 'Free text';
-COMMENT ON COLUMN crm.lead.lost_reason IS 'Why the lead was lost';
-COMMENT ON COLUMN crm.lead.closed_at IS 'When the lead entered a won or lost stage (kept by a trigger)';
-COMMENT ON COLUMN crm.lead.converted_at IS 'When crm.lead_convert() converted the lead';
-COMMENT ON COLUMN crm.lead.converted_account_id IS 'Account the lead was converted into';
-COMMENT ON COLUMN crm.lead.converted_contact_id IS 'Contact the lead was converted into';
+COMMENT ON COLUMN crm.lead.lost_reason IS 'Why the lead was lost; only a lost lead has one (cleared when it leaves the lost stage)';
+COMMENT ON COLUMN crm.lead.closed_at IS 'When the lead entered a won or lost stage; NULL while open (set by the server; a client value is ignored)';
+COMMENT ON COLUMN crm.lead.converted_at IS 'When the lead was converted (crm.lead_convert(), or converted_contact_id first set) (set by the server; a client value is ignored)';
+COMMENT ON COLUMN crm.lead.converted_account_id IS 'Account the lead was converted into; set by the conversion only, and cleared only when that account is deleted (a client value is ignored before the conversion and refused after it)';
+COMMENT ON COLUMN crm.lead.converted_contact_id IS 'Contact the lead was converted into: setting it converts the lead (as crm.lead_convert() does); afterwards it is cleared only when that contact is deleted, any other change is refused';
 COMMENT ON COLUMN crm.lead.owner_id IS 'Responsible user';
 COMMENT ON COLUMN crm.lead.custom IS 'User-defined fields';
 COMMENT ON COLUMN crm.lead.archived_at IS 'When the record was archived (kept instead of deleted; reports and kanban leave it out); NULL while active';
@@ -239,10 +246,14 @@ CREATE TABLE crm.opportunity (
     updated_at          timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, pipeline_id, stage_id) REFERENCES crm.stage (tenant_id, pipeline_id, id),
-    FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id) ON DELETE SET NULL (account_id),
-    FOREIGN KEY (tenant_id, contact_id) REFERENCES crm.contact (tenant_id, id) ON DELETE SET NULL (contact_id),
-    FOREIGN KEY (tenant_id, lead_id) REFERENCES crm.lead (tenant_id, id) ON DELETE SET NULL (lead_id),
-    FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (owner_id)
+    CONSTRAINT opportunity_tenant_id_account_id_fkey FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT opportunity_tenant_id_contact_id_fkey FOREIGN KEY (tenant_id, contact_id) REFERENCES crm.contact (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT opportunity_tenant_id_lead_id_fkey FOREIGN KEY (tenant_id, lead_id) REFERENCES crm.lead (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT opportunity_tenant_id_owner_id_fkey FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id)
+        DEFERRABLE
 );
 CREATE INDEX opportunity_stage_idx ON crm.opportunity (tenant_id, pipeline_id, stage_id);
 CREATE INDEX opportunity_account_idx ON crm.opportunity (tenant_id, account_id);
@@ -259,10 +270,10 @@ COMMENT ON COLUMN crm.opportunity.contact_id IS 'Primary contact';
 COMMENT ON COLUMN crm.opportunity.lead_id IS 'The lead it was converted from';
 COMMENT ON COLUMN crm.opportunity.pipeline_id IS 'Pipeline (the tenant''s default when omitted)';
 COMMENT ON COLUMN crm.opportunity.stage_id IS 'Stage (the pipeline''s first when omitted)';
-COMMENT ON COLUMN crm.opportunity.status IS 'open, won or lost: follows the kind of the stage (kept by a trigger)';
+COMMENT ON COLUMN crm.opportunity.status IS 'open, won or lost: the kind of the stage (set by the server; a client value is ignored)';
 COMMENT ON COLUMN crm.opportunity.amount IS 'Deal value, in currency';
 COMMENT ON COLUMN crm.opportunity.currency IS 'Currency of amount (ISO 4217)';
-COMMENT ON COLUMN crm.opportunity.probability IS 'Win probability 0-100: the stage''s unless set by hand (kept by a trigger)';
+COMMENT ON COLUMN crm.opportunity.probability IS 'Win probability 0-100: while open, the stage''s unless set by hand (a stage move resets it, NULL asks for the stage''s); 100 when won and 0 when lost (set by the server; a client value is ignored)';
 COMMENT ON COLUMN crm.opportunity.expected_close_date IS 'When the deal is expected to close';
 COMMENT ON COLUMN crm.opportunity.opportunity_type IS 'new_business, renewal, upsell, cross_sell, other';
 COMMENT ON COLUMN crm.opportunity.priority IS 'low, medium, high, urgent';
@@ -270,8 +281,8 @@ COMMENT ON COLUMN crm.opportunity.source IS 'Where the deal came from';
 COMMENT ON COLUMN crm.opportunity.forecast_category IS 'Forecast category set by hand; NULL means the stage''s';
 COMMENT ON COLUMN crm.opportunity.next_step IS 'What happens next';
 COMMENT ON COLUMN crm.opportunity.description IS 'Free text';
-COMMENT ON COLUMN crm.opportunity.lost_reason IS 'Why the deal was lost';
-COMMENT ON COLUMN crm.opportunity.closed_at IS 'When the deal entered a won or lost stage (kept by a trigger)';
+COMMENT ON COLUMN crm.opportunity.lost_reason IS 'Why the deal was lost; only a lost deal has one (cleared when it leaves the lost stage)';
+COMMENT ON COLUMN crm.opportunity.closed_at IS 'When the deal entered a won or lost stage; NULL while open (set by the server; a client value is ignored)';
 COMMENT ON COLUMN crm.opportunity.owner_id IS 'Responsible user';
 COMMENT ON COLUMN crm.opportunity.custom IS 'User-defined fields';
 COMMENT ON COLUMN crm.opportunity.archived_at IS 'When the record was archived (kept instead of deleted; reports and kanban leave it out); NULL while active';

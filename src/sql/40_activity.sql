@@ -75,11 +75,16 @@ CREATE TABLE crm.activity (
     created_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
-    FOREIGN KEY (tenant_id, contact_id) REFERENCES crm.contact (tenant_id, id) ON DELETE CASCADE,
-    FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id) ON DELETE CASCADE,
-    FOREIGN KEY (tenant_id, lead_id) REFERENCES crm.lead (tenant_id, id) ON DELETE CASCADE,
-    FOREIGN KEY (tenant_id, opportunity_id) REFERENCES crm.opportunity (tenant_id, id) ON DELETE CASCADE,
-    FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id) ON DELETE SET NULL (owner_id),
+    CONSTRAINT activity_tenant_id_contact_id_fkey FOREIGN KEY (tenant_id, contact_id) REFERENCES crm.contact (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT activity_tenant_id_account_id_fkey FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT activity_tenant_id_lead_id_fkey FOREIGN KEY (tenant_id, lead_id) REFERENCES crm.lead (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT activity_tenant_id_opportunity_id_fkey FOREIGN KEY (tenant_id, opportunity_id) REFERENCES crm.opportunity (tenant_id, id)
+        DEFERRABLE,
+    CONSTRAINT activity_tenant_id_owner_id_fkey FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id)
+        DEFERRABLE,
     CHECK (end_at >= start_at)
 );
 CREATE INDEX activity_contact_time_idx ON crm.activity (tenant_id, contact_id, occurred_at DESC);

@@ -8,7 +8,7 @@ CREATE TABLE crm.stage_history (
     lead_id         uuid,
     opportunity_id  uuid,
     pipeline_id     uuid NOT NULL,
-    from_stage_id   uuid NOT NULL,
+    from_stage_id   uuid,
     to_stage_id     uuid NOT NULL,
     amount          numeric(18,2),
     currency        text NOT NULL,
@@ -19,19 +19,19 @@ CREATE TABLE crm.stage_history (
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
-    FOREIGN KEY (tenant_id, lead_id) REFERENCES crm.lead (tenant_id, id) ON DELETE CASCADE,
-    FOREIGN KEY (tenant_id, opportunity_id) REFERENCES crm.opportunity (tenant_id, id) ON DELETE CASCADE,
+    -- no foreign key to the record: history outlives it (a deleted deal's
+    -- history stays), and 100k history rows cost no 100k key checks
     CHECK (num_nonnulls(lead_id, opportunity_id) = 1)
 );
 CREATE INDEX stage_history_lead_idx ON crm.stage_history (tenant_id, lead_id, changed_at) WHERE lead_id IS NOT NULL;
 CREATE INDEX stage_history_opportunity_idx ON crm.stage_history (tenant_id, opportunity_id, changed_at) WHERE opportunity_id IS NOT NULL;
-COMMENT ON TABLE crm.stage_history IS 'One row per stage change of a lead or opportunity, written by a trigger whichever client made the change';
+COMMENT ON TABLE crm.stage_history IS 'One row per stage change of a lead or opportunity (and one for the first stage, on creation), written by a trigger whichever client made the change; kept when the record is deleted';
 COMMENT ON COLUMN crm.stage_history.tenant_id IS 'Owning tenant';
 COMMENT ON COLUMN crm.stage_history.id IS 'Row id (UUIDv7)';
-COMMENT ON COLUMN crm.stage_history.lead_id IS 'The lead that moved (or NULL)';
-COMMENT ON COLUMN crm.stage_history.opportunity_id IS 'The opportunity that moved (or NULL)';
+COMMENT ON COLUMN crm.stage_history.lead_id IS 'The lead that moved (or NULL); not a foreign key, as the history outlives a deleted lead';
+COMMENT ON COLUMN crm.stage_history.opportunity_id IS 'The opportunity that moved (or NULL); not a foreign key, as the history outlives a deleted opportunity';
 COMMENT ON COLUMN crm.stage_history.pipeline_id IS 'Pipeline after the change';
-COMMENT ON COLUMN crm.stage_history.from_stage_id IS 'Stage before the change';
+COMMENT ON COLUMN crm.stage_history.from_stage_id IS 'Stage before the change; NULL for the row written when the record was created';
 COMMENT ON COLUMN crm.stage_history.to_stage_id IS 'Stage after the change';
 COMMENT ON COLUMN crm.stage_history.amount IS 'Amount (expected revenue of a lead) at that moment';
 COMMENT ON COLUMN crm.stage_history.currency IS 'Currency of amount';
@@ -46,13 +46,19 @@ CREATE FUNCTION crm.stage_sync() RETURNS trigger
     AS 'MODULE_PATHNAME', 'crm_stage_sync'
     LANGUAGE C;
 COMMENT ON FUNCTION crm.stage_sync() IS
-    'Trigger: default pipeline and stage; status, probability and closed_at follow the stage';
+    'Trigger: default pipeline and stage; the lifecycle of a lead or opportunity (status, probability, closed_at, lost_reason, converted_at follow the stage and the conversion; id and tenant_id fixed; a converted lead final; an archived record does not move)';
 
 CREATE FUNCTION crm.stage_history_record() RETURNS trigger
     AS 'MODULE_PATHNAME', 'crm_stage_history_record'
     LANGUAGE C;
 COMMENT ON FUNCTION crm.stage_history_record() IS
-    'Statement trigger: one crm.stage_history row per record whose stage the statement changed';
+    'Statement trigger: one crm.stage_history row per record the statement created or whose stage it changed, read from the transition tables in C and inserted from arrays';
+
+CREATE FUNCTION crm.stage_follow() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_stage_follow'
+    LANGUAGE C;
+COMMENT ON FUNCTION crm.stage_follow() IS
+    'Trigger on crm.stage: refuses a kind change while records are in the stage (55000); records whose probability is the stage''s follow a new probability';
 
 CREATE FUNCTION crm.touch_updated_at() RETURNS trigger
     AS 'MODULE_PATHNAME', 'crm_touch_updated_at'
@@ -76,14 +82,25 @@ CREATE TRIGGER stage_history AFTER UPDATE ON crm.lead
 CREATE TRIGGER stage_history AFTER UPDATE ON crm.opportunity
     REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION crm.stage_history_record('opportunity_id', 'amount');
+CREATE TRIGGER stage_history_created AFTER INSERT ON crm.lead
+    REFERENCING NEW TABLE AS crm_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.stage_history_record('lead_id', 'expected_revenue');
+CREATE TRIGGER stage_history_created AFTER INSERT ON crm.opportunity
+    REFERENCING NEW TABLE AS crm_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.stage_history_record('opportunity_id', 'amount');
+CREATE TRIGGER stage_follow AFTER UPDATE OF kind, probability ON crm.stage
+    FOR EACH ROW EXECUTE FUNCTION crm.stage_follow();
 
 CREATE TRIGGER consent_times BEFORE INSERT OR UPDATE ON crm.contact
     FOR EACH ROW EXECUTE FUNCTION crm.stamp_flag_times(
         'do_not_call', 'do_not_call_at',
         'email_opt_out', 'email_opt_out_at',
         'profiling_opt_out', 'profiling_opt_out_at');
-COMMENT ON TRIGGER stage_sync ON crm.lead IS 'Default pipeline and stage; status, probability and closed_at follow the stage';
-COMMENT ON TRIGGER stage_sync ON crm.opportunity IS 'Default pipeline and stage; status, probability and closed_at follow the stage';
+COMMENT ON TRIGGER stage_sync ON crm.lead IS 'Default pipeline and stage; the lead lifecycle (status, probability, closed_at, lost_reason, conversion)';
+COMMENT ON TRIGGER stage_sync ON crm.opportunity IS 'Default pipeline and stage; the deal lifecycle (status, probability, closed_at, lost_reason)';
 COMMENT ON TRIGGER stage_history ON crm.lead IS 'One crm.stage_history row per lead whose stage the statement changed';
 COMMENT ON TRIGGER stage_history ON crm.opportunity IS 'One crm.stage_history row per opportunity whose stage the statement changed';
+COMMENT ON TRIGGER stage_history_created ON crm.lead IS 'One crm.stage_history row (from no stage to the first) per lead the statement created';
+COMMENT ON TRIGGER stage_history_created ON crm.opportunity IS 'One crm.stage_history row (from no stage to the first) per opportunity the statement created';
+COMMENT ON TRIGGER stage_follow ON crm.stage IS 'The kind of a stage in use cannot change; records whose probability is the stage''s follow a new probability';
 COMMENT ON TRIGGER consent_times ON crm.contact IS 'Since when do_not_call, email_opt_out and profiling_opt_out hold';

@@ -16,7 +16,10 @@ DECLARE
     sales uuid;
     enterprise uuid;
 BEGIN
-    IF name IS NULL OR btrim(name) = '' THEN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'tenant name must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF btrim(name) = '' THEN
         RAISE EXCEPTION 'tenant name must not be empty' USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
@@ -42,41 +45,20 @@ BEGIN
            (new_tenant, enterprise, 'Won',             5, 100, 'won',  'closed',    '#4CAF50'),
            (new_tenant, enterprise, 'Lost',            6,   0, 'lost', 'omitted',   '#F44336');
 
+    -- the default workflow rules of seeds/000 and seeds/002 (91_workflow.sql)
+    PERFORM crm.create_default_rules(new_tenant);
+
     RETURN new_tenant;
 END
 $$;
 COMMENT ON FUNCTION crm.create_tenant(text) IS
     'Makes a tenant with its defaults: the "Sales Pipeline" (default) and "Enterprise Deals" pipelines and their stages; returns the tenant id';
 
--- Errors shared by the operations below.
-CREATE FUNCTION crm.stage_for_move(record_kind text, record_id uuid, record_tenant uuid,
-                                   record_pipeline uuid, target_stage uuid)
-    RETURNS void
-    LANGUAGE plpgsql STABLE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    stage_pipeline uuid;
-BEGIN
-    IF target_stage IS NULL THEN
-        RAISE EXCEPTION 'stage must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    SELECT s.pipeline_id INTO stage_pipeline
-      FROM crm.stage s WHERE s.tenant_id = record_tenant AND s.id = target_stage;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'stage % does not exist', target_stage USING ERRCODE = 'no_data_found';
-    END IF;
-    IF stage_pipeline <> record_pipeline THEN
-        RAISE EXCEPTION 'stage % belongs to another pipeline than % %', target_stage, record_kind, record_id
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = format('The stage is in pipeline %s; the %s is in pipeline %s.',
-                                  stage_pipeline, record_kind, record_pipeline),
-                  HINT = 'Move the record to a stage of its own pipeline.';
-    END IF;
-END
-$$;
-COMMENT ON FUNCTION crm.stage_for_move(text, uuid, uuid, uuid, uuid) IS
-    'Internal: checks that a stage exists and belongs to the pipeline of the record being moved';
+-- The operations name no helper of their own: each is whole, so that a
+-- caller needs EXECUTE on the operation only, and every check that a plain
+-- UPDATE must pass too (the stage exists and belongs to the record's
+-- pipeline, a converted lead is final, an archived record does not move) is
+-- left to the trigger, so both paths give the same error.
 
 CREATE FUNCTION crm.lead_move_stage(lead uuid, stage uuid) RETURNS crm.lead
     LANGUAGE plpgsql VOLATILE
@@ -85,18 +67,21 @@ CREATE FUNCTION crm.lead_move_stage(lead uuid, stage uuid) RETURNS crm.lead
 DECLARE
     r crm.lead;
 BEGIN
+    IF $1 IS NULL OR $2 IS NULL THEN
+        RAISE EXCEPTION '% must not be null', CASE WHEN $1 IS NULL THEN 'lead' ELSE 'stage' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'lead % does not exist', $1 USING ERRCODE = 'no_data_found';
     END IF;
-    PERFORM crm.stage_for_move('lead', r.id, r.tenant_id, r.pipeline_id, $2);
     UPDATE crm.lead l SET stage_id = $2
      WHERE l.tenant_id = r.tenant_id AND l.id = r.id RETURNING * INTO r;
     RETURN r;
 END
 $$;
 COMMENT ON FUNCTION crm.lead_move_stage(uuid, uuid) IS
-    'Moves a lead to another stage of its pipeline; a won or lost stage closes it. Returns the lead';
+    'Moves a lead to another stage of its pipeline, as UPDATE crm.lead SET stage_id does: a won or lost stage closes it, an open stage reopens a closed one. Returns the lead';
 
 CREATE FUNCTION crm.opportunity_move_stage(opportunity uuid, stage uuid) RETURNS crm.opportunity
     LANGUAGE plpgsql VOLATILE
@@ -105,76 +90,152 @@ CREATE FUNCTION crm.opportunity_move_stage(opportunity uuid, stage uuid) RETURNS
 DECLARE
     r crm.opportunity;
 BEGIN
+    IF $1 IS NULL OR $2 IS NULL THEN
+        RAISE EXCEPTION '% must not be null', CASE WHEN $1 IS NULL THEN 'opportunity' ELSE 'stage' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'opportunity % does not exist', $1 USING ERRCODE = 'no_data_found';
     END IF;
-    PERFORM crm.stage_for_move('opportunity', r.id, r.tenant_id, r.pipeline_id, $2);
     UPDATE crm.opportunity o SET stage_id = $2
      WHERE o.tenant_id = r.tenant_id AND o.id = r.id RETURNING * INTO r;
     RETURN r;
 END
 $$;
 COMMENT ON FUNCTION crm.opportunity_move_stage(uuid, uuid) IS
-    'Moves an opportunity to another stage of its pipeline; a won or lost stage closes it. Returns the opportunity';
+    'Moves an opportunity to another stage of its pipeline, as UPDATE crm.opportunity SET stage_id does: a won or lost stage closes it, an open stage reopens a closed one. Returns the opportunity';
 
--- The first stage of the given kind in a pipeline, or an error naming it.
-CREATE FUNCTION crm.pipeline_closing_stage(tenant uuid, pipeline uuid, kind text) RETURNS uuid
-    LANGUAGE plpgsql STABLE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    found_stage uuid;
-BEGIN
-    SELECT s.id INTO found_stage FROM crm.stage s
-     WHERE s.tenant_id = $1 AND s.pipeline_id = $2 AND s.kind = $3
-     ORDER BY s.sequence, s.id LIMIT 1;
-    IF found_stage IS NULL THEN
-        RAISE EXCEPTION 'pipeline % has no % stage', $2, $3
-            USING ERRCODE = 'no_data_found',
-                  HINT = format('Add a stage of kind %L to the pipeline.', $3);
-    END IF;
-    RETURN found_stage;
-END
-$$;
-COMMENT ON FUNCTION crm.pipeline_closing_stage(uuid, uuid, text) IS
-    'Internal: the first stage of kind won or lost of a pipeline';
-
--- Closing an opportunity as won or lost is one move with a chosen stage.
-CREATE FUNCTION crm.opportunity_close(opportunity uuid, kind text, reason text) RETURNS crm.opportunity
+CREATE FUNCTION crm.opportunity_reopen(opportunity uuid, stage uuid) RETURNS crm.opportunity
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
     r crm.opportunity;
+    stage_kind text;
 BEGIN
+    IF $1 IS NULL OR $2 IS NULL THEN
+        RAISE EXCEPTION '% must not be null', CASE WHEN $1 IS NULL THEN 'opportunity' ELSE 'stage' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'opportunity % does not exist', $1 USING ERRCODE = 'no_data_found';
     END IF;
-    UPDATE crm.opportunity o
-       SET stage_id = crm.pipeline_closing_stage(r.tenant_id, r.pipeline_id, $2),
-           lost_reason = CASE WHEN $2 = 'lost' THEN nullif(btrim($3), '') END
+    IF r.status = 'open' THEN
+        RAISE EXCEPTION 'opportunity % is open and cannot be reopened', r.id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Move an open opportunity with crm.opportunity_move_stage().';
+    END IF;
+    SELECT s.kind INTO stage_kind FROM crm.stage s WHERE s.tenant_id = r.tenant_id AND s.id = $2;
+    IF stage_kind <> 'open' THEN
+        RAISE EXCEPTION 'stage % is a % stage', $2, stage_kind
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A record is reopened into an open stage of its pipeline.';
+    END IF;
+    UPDATE crm.opportunity o SET stage_id = $2
      WHERE o.tenant_id = r.tenant_id AND o.id = r.id RETURNING * INTO r;
     RETURN r;
 END
 $$;
-COMMENT ON FUNCTION crm.opportunity_close(uuid, text, text) IS
-    'Internal: moves an opportunity to the first won or lost stage of its pipeline';
+COMMENT ON FUNCTION crm.opportunity_reopen(uuid, uuid) IS
+    'Reopens a won or lost opportunity into an open stage of its pipeline: closed_at and lost_reason are cleared, probability is the stage''s. Returns the opportunity';
+
+CREATE FUNCTION crm.lead_reopen(lead uuid, stage uuid) RETURNS crm.lead
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    r crm.lead;
+    stage_kind text;
+BEGIN
+    IF $1 IS NULL OR $2 IS NULL THEN
+        RAISE EXCEPTION '% must not be null', CASE WHEN $1 IS NULL THEN 'lead' ELSE 'stage' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lead % does not exist', $1 USING ERRCODE = 'no_data_found';
+    END IF;
+    IF r.status = 'open' THEN
+        RAISE EXCEPTION 'lead % is open and cannot be reopened', r.id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Move an open lead with crm.lead_move_stage().';
+    END IF;
+    SELECT s.kind INTO stage_kind FROM crm.stage s WHERE s.tenant_id = r.tenant_id AND s.id = $2;
+    IF stage_kind <> 'open' THEN
+        RAISE EXCEPTION 'stage % is a % stage', $2, stage_kind
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A record is reopened into an open stage of its pipeline.';
+    END IF;
+    -- a converted lead is refused by the trigger, with the same error as an UPDATE
+    UPDATE crm.lead l SET stage_id = $2
+     WHERE l.tenant_id = r.tenant_id AND l.id = r.id RETURNING * INTO r;
+    RETURN r;
+END
+$$;
+COMMENT ON FUNCTION crm.lead_reopen(uuid, uuid) IS
+    'Reopens a won or lost lead (not a converted one) into an open stage of its pipeline: closed_at and lost_reason are cleared, probability is the stage''s. Returns the lead';
 
 CREATE FUNCTION crm.opportunity_mark_won(opportunity uuid) RETURNS crm.opportunity
-    LANGUAGE sql VOLATILE
+    LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
-    AS $$ SELECT crm.opportunity_close($1, 'won', NULL) $$;
+    AS $$
+DECLARE
+    r crm.opportunity;
+    target uuid;
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'opportunity must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'opportunity % does not exist', $1 USING ERRCODE = 'no_data_found';
+    END IF;
+    SELECT s.id INTO target FROM crm.stage s
+     WHERE s.tenant_id = r.tenant_id AND s.pipeline_id = r.pipeline_id AND s.kind = 'won'
+     ORDER BY s.sequence, s.id LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pipeline % has no won stage', r.pipeline_id
+            USING ERRCODE = 'no_data_found', HINT = 'Add a stage of kind ''won'' to the pipeline.';
+    END IF;
+    UPDATE crm.opportunity o SET stage_id = target
+     WHERE o.tenant_id = r.tenant_id AND o.id = r.id RETURNING * INTO r;
+    RETURN r;
+END
+$$;
 COMMENT ON FUNCTION crm.opportunity_mark_won(uuid) IS
-    'Moves an opportunity to the won stage of its pipeline. Returns the opportunity';
+    'Moves an opportunity to the (first) won stage of its pipeline. Returns the opportunity';
 
 CREATE FUNCTION crm.opportunity_mark_lost(opportunity uuid, reason text DEFAULT NULL) RETURNS crm.opportunity
-    LANGUAGE sql VOLATILE
+    LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
-    AS $$ SELECT crm.opportunity_close($1, 'lost', $2) $$;
+    AS $$
+DECLARE
+    r crm.opportunity;
+    target uuid;
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'opportunity must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'opportunity % does not exist', $1 USING ERRCODE = 'no_data_found';
+    END IF;
+    SELECT s.id INTO target FROM crm.stage s
+     WHERE s.tenant_id = r.tenant_id AND s.pipeline_id = r.pipeline_id AND s.kind = 'lost'
+     ORDER BY s.sequence, s.id LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pipeline % has no lost stage', r.pipeline_id
+            USING ERRCODE = 'no_data_found', HINT = 'Add a stage of kind ''lost'' to the pipeline.';
+    END IF;
+    UPDATE crm.opportunity o SET stage_id = target, lost_reason = nullif(btrim($2), '')
+     WHERE o.tenant_id = r.tenant_id AND o.id = r.id RETURNING * INTO r;
+    RETURN r;
+END
+$$;
 COMMENT ON FUNCTION crm.opportunity_mark_lost(uuid, text) IS
-    'Moves an opportunity to the lost stage of its pipeline and records why. Returns the opportunity';
+    'Moves an opportunity to the (first) lost stage of its pipeline and records why. Returns the opportunity';
 
 CREATE FUNCTION crm.lead_mark_lost(lead uuid, reason text DEFAULT NULL) RETURNS crm.lead
     LANGUAGE plpgsql VOLATILE
@@ -182,20 +243,30 @@ CREATE FUNCTION crm.lead_mark_lost(lead uuid, reason text DEFAULT NULL) RETURNS 
     AS $$
 DECLARE
     r crm.lead;
+    target uuid;
 BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'lead must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'lead % does not exist', $1 USING ERRCODE = 'no_data_found';
     END IF;
-    UPDATE crm.lead l
-       SET stage_id = crm.pipeline_closing_stage(r.tenant_id, r.pipeline_id, 'lost'),
-           lost_reason = nullif(btrim($2), '')
+    SELECT s.id INTO target FROM crm.stage s
+     WHERE s.tenant_id = r.tenant_id AND s.pipeline_id = r.pipeline_id AND s.kind = 'lost'
+     ORDER BY s.sequence, s.id LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pipeline % has no lost stage', r.pipeline_id
+            USING ERRCODE = 'no_data_found', HINT = 'Add a stage of kind ''lost'' to the pipeline.';
+    END IF;
+    -- a converted lead is refused by the trigger, with the same error as an UPDATE
+    UPDATE crm.lead l SET stage_id = target, lost_reason = nullif(btrim($2), '')
      WHERE l.tenant_id = r.tenant_id AND l.id = r.id RETURNING * INTO r;
     RETURN r;
 END
 $$;
 COMMENT ON FUNCTION crm.lead_mark_lost(uuid, text) IS
-    'Moves a lead to the lost stage of its pipeline and records why. Returns the lead';
+    'Moves a lead to the (first) lost stage of its pipeline and records why; a converted lead is final. Returns the lead';
 
 CREATE FUNCTION crm.lead_convert(lead uuid, account uuid DEFAULT NULL, contact uuid DEFAULT NULL,
                                  create_opportunity boolean DEFAULT true)
@@ -213,6 +284,10 @@ DECLARE
     rest text;
     opp_stage uuid;
 BEGIN
+    IF $1 IS NULL OR $4 IS NULL THEN
+        RAISE EXCEPTION '% must not be null', CASE WHEN $1 IS NULL THEN 'lead' ELSE 'create_opportunity' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'lead % does not exist', $1 USING ERRCODE = 'no_data_found';
@@ -225,7 +300,12 @@ BEGIN
     IF r.status = 'lost' THEN
         RAISE EXCEPTION 'lead % is lost and cannot be converted', r.id
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Move the lead back to an open stage first.';
+                  HINT = 'Reopen the lead first with crm.lead_reopen().';
+    END IF;
+    IF r.archived_at IS NOT NULL THEN
+        RAISE EXCEPTION 'lead % is archived and cannot be converted', r.id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Unarchive it first: UPDATE crm.lead SET archived_at = NULL.';
     END IF;
 
     -- Account: the one given, else one with the same company name, else a new one.
@@ -258,9 +338,20 @@ BEGIN
          WHERE c.tenant_id = r.tenant_id AND crm.casefold(c.email) = crm.casefold(r.email);
     END IF;
     IF new_contact IS NULL THEN
-        first_word := split_part(btrim(coalesce(nullif(btrim(r.contact_name), ''), r.name)), ' ', 1);
-        rest := nullif(btrim(substr(btrim(coalesce(nullif(btrim(r.contact_name), ''), r.name)),
-                                    length(first_word) + 1)), '');
+        -- the person's name, else the local part of their e-mail; never the
+        -- lead's title, which names a deal, not a person
+        IF nullif(btrim(r.contact_name), '') IS NOT NULL THEN
+            first_word := split_part(btrim(r.contact_name), ' ', 1);
+            rest := nullif(btrim(substr(btrim(r.contact_name), length(first_word) + 1)), '');
+        ELSIF r.email IS NOT NULL THEN
+            first_word := split_part(r.email, '@', 1);
+            rest := NULL;
+        ELSE
+            RAISE EXCEPTION 'lead % names no person to make a contact of', r.id
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'The lead has neither a contact_name nor an email.',
+                      HINT = 'Set the lead''s contact_name or email, or pass an existing contact.';
+        END IF;
         INSERT INTO crm.contact (tenant_id, first_name, last_name, email, phone, job_title, account_id,
                                  lead_source, owner_id)
         VALUES (r.tenant_id, first_word, rest, r.email, r.phone, r.job_title, new_account,
@@ -273,8 +364,9 @@ BEGIN
     END IF;
 
     IF create_opportunity THEN
-        -- an open lead's stage carries over; otherwise the pipeline starts afresh
-        opp_stage := CASE WHEN r.status = 'open' THEN r.stage_id END;
+        -- the lead's stage carries over: an open lead makes an open deal in
+        -- the same stage, a won lead a won deal
+        opp_stage := r.stage_id;
         INSERT INTO crm.opportunity (tenant_id, name, account_id, contact_id, lead_id, pipeline_id, stage_id,
                                      amount, currency, priority, source, description, owner_id, custom)
         VALUES (r.tenant_id, r.name, new_account, new_contact, r.id, r.pipeline_id, opp_stage,
@@ -286,12 +378,14 @@ BEGIN
           FROM crm.lead_tag lt WHERE lt.tenant_id = r.tenant_id AND lt.lead_id = r.id;
     END IF;
 
+    -- setting converted_contact_id converts the lead: the trigger stamps
+    -- converted_at and status, and keeps them final
     UPDATE crm.lead l
-       SET converted_at = now(), converted_account_id = new_account, converted_contact_id = new_contact
+       SET converted_account_id = new_account, converted_contact_id = new_contact
      WHERE l.tenant_id = r.tenant_id AND l.id = r.id;
 
     RETURN QUERY SELECT new_account, new_contact, new_opportunity;
 END
 $$;
 COMMENT ON FUNCTION crm.lead_convert(uuid, uuid, uuid, boolean) IS
-    'Converts a lead: uses the given account and contact or finds them (same company name, same e-mail) or creates them, optionally creates an opportunity carrying the lead''s fields and tags, and marks the lead converted';
+    'Converts an open or won lead: uses the given account and contact or finds them (same company name, same e-mail) or creates them (the contact named by contact_name, else by the e-mail''s local part), optionally creates an opportunity in the lead''s stage carrying its fields and tags (a won lead makes a won deal), and marks the lead converted, which is final';

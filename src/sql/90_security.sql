@@ -215,6 +215,12 @@ BEGIN
     -- activities owned by them whose records did not change
     UPDATE crm.activity r SET visible_to = r.visible_to
      WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners));
+    -- the history of deleted records outlives them, with no record to take
+    -- its visibility from: in a public tenant it is everyone's
+    IF owners IS NULL AND (SELECT t.visibility FROM crm.tenant t WHERE t.tenant_id = tenant) = 'public' THEN
+        UPDATE crm.stage_history h SET visible_to = NULL
+         WHERE h.tenant_id = tenant AND h.visible_to IS NOT NULL;
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION crm.visibility_refresh_records(uuid, uuid[]) IS
@@ -470,10 +476,9 @@ BEGIN
         crm.account_tag, crm.contact_tag, crm.lead_tag, crm.opportunity_tag
         TO crm_writer;
     GRANT EXECUTE ON FUNCTION
-        crm.uuid_generate_v7(), crm.stage_for_move(text, uuid, uuid, uuid, uuid),
-        crm.pipeline_closing_stage(uuid, uuid, text),
+        crm.uuid_generate_v7(),
         crm.lead_move_stage(uuid, uuid), crm.opportunity_move_stage(uuid, uuid),
-        crm.opportunity_close(uuid, text, text), crm.opportunity_mark_won(uuid), crm.opportunity_mark_lost(uuid, text),
+        crm.opportunity_mark_won(uuid), crm.opportunity_mark_lost(uuid, text),
         crm.lead_mark_lost(uuid, text), crm.lead_convert(uuid, uuid, uuid, boolean)
         TO crm_writer;
 
@@ -486,6 +491,26 @@ BEGIN
         crm.grant_tenant_access(name, uuid, uuid), crm.revoke_tenant_access(name, uuid)
         TO crm_admin;
 
+    -- Job queue (src/sql/89_queue.sql, src/queue.c): the application
+    -- enqueues, workers claim and report; the functions write the queue
+    -- tables as their owner, so no role writes them directly.
+    GRANT EXECUTE ON FUNCTION
+        crm.enqueue_job(text, jsonb, uuid, timestamptz, uuid, text, uuid, uuid, integer),
+        crm.claim_jobs(text, text, integer, interval), crm.complete_job(uuid, jsonb, text),
+        crm.fail_job(uuid, text, text), crm.extend_lease(uuid, interval, text),
+        crm.reap_expired_leases(), crm.retry_job(uuid), crm.purge_jobs(interval)
+        TO crm_writer;
+    -- Workflow rules (src/sql/91_workflow.sql): admins configure rules and
+    -- run the maintenance; writers take inbound events and run the
+    -- in-database jobs of their tenant.
+    GRANT INSERT, UPDATE, DELETE ON crm.workflow_rule TO crm_admin;
+    GRANT EXECUTE ON FUNCTION crm.validate_rule(jsonb), crm.idempotency_key(text[]) TO crm_reader;
+    GRANT INSERT, UPDATE, DELETE ON crm.inbound_event TO crm_writer;
+    GRANT EXECUTE ON FUNCTION
+        crm.consume_event(text, jsonb, text), crm.run_jobs(integer)
+        TO crm_writer;
+    GRANT EXECUTE ON FUNCTION crm.run_time_rules(timestamptz) TO crm_admin;
+
     -- Value checks (issue 6.3, src/sql/97_value_checks.sql): the non-empty
     -- CHECKs call crm.is_blank with the writer's rights; readers may test
     -- values the same way.
@@ -495,6 +520,50 @@ BEGIN
     -- pg_stat_* counters; in this database only superusers and members of
     -- pg_read_all_stats may read them (src/sql/92_statistics.sql).
     PERFORM crm.revoke_statistics_access();
+
+    -- Record lifecycle (issue 6.4): reopening a won or lost record
+    GRANT EXECUTE ON FUNCTION
+        crm.opportunity_reopen(uuid, uuid), crm.lead_reopen(uuid, uuid)
+        TO crm_writer;
+
+    -- Activity aggregation, engagement and the event outbox (issue 7)
+    GRANT EXECUTE ON FUNCTION
+        crm.engagement_half_life(uuid), crm.engagement_decayed(uuid, text, uuid, timestamptz),
+        crm.engagement_score(uuid, timestamptz), crm.lead_engagement_score(uuid, timestamptz),
+        crm.check_aggregates(), crm.engagement_recomputed(), crm.account_summary_recomputed(), crm.event_head(), crm.event_limit(), crm.read_events(bigint, integer),
+        crm.analytics_amount(numeric, text, date, uuid),
+        crm.pipeline_funnel(uuid, timestamptz, timestamptz),
+        crm.win_rate(text, timestamptz, timestamptz, uuid),
+        crm.opportunity_stays(timestamptz, uuid),
+        crm.time_in_stage(uuid, timestamptz),
+        crm.sales_cycle(uuid, timestamptz, timestamptz),
+        crm.sales_velocity(uuid, timestamptz, timestamptz),
+        crm.lead_source_analytics(timestamptz, timestamptz),
+        crm.rotting_deals(timestamptz, uuid),
+        crm.owner_dashboard(timestamptz, timestamptz, timestamptz)
+        TO crm_reader;
+    GRANT INSERT, UPDATE, DELETE ON crm.event_consumer TO crm_writer;
+    GRANT EXECUTE ON FUNCTION
+        crm.track_activity(uuid, text, jsonb, timestamptz, text, text),
+        crm.emit_event(text, jsonb, text, uuid), crm.subscribe(text, bigint), crm.unsubscribe(text),
+        crm.poll(text, integer), crm.ack(text, bigint)
+        TO crm_writer;
+    GRANT INSERT, UPDATE, DELETE ON crm.engagement_setting, crm.activity_weight TO crm_admin;
+    GRANT EXECUTE ON FUNCTION crm.refresh_aggregates(uuid), crm.purge_events(interval) TO crm_admin;
+
+    -- Forecasting (capability 4, src/sql/86_forecast.sql): readers forecast
+    -- and compare snapshots, writers take snapshots, admins set quotas.
+    GRANT USAGE ON TYPE crm.revenue_range TO crm_reader;
+    GRANT EXECUTE ON FUNCTION
+        crm.revenue_distribution(numeric, numeric), crm.convert_amount(numeric, text, text, date, uuid),
+        crm.forecast_deals(date, date, uuid, uuid, uuid, text, timestamptz, jsonb),
+        crm.forecast(text, date, date, uuid, uuid, uuid, text, timestamptz, text),
+        crm.forecast_what_if(jsonb, text, date, date, uuid, uuid, uuid, text, timestamptz, text),
+        crm.forecast_changes(uuid, uuid), crm.forecast_accuracy(uuid, timestamptz)
+        TO crm_reader;
+    GRANT INSERT, UPDATE, DELETE ON crm.revenue_forecast, crm.forecast_deal TO crm_writer;
+    GRANT EXECUTE ON FUNCTION crm.snapshot_forecast(text, text, date, date, uuid, uuid, timestamptz) TO crm_writer;
+    GRANT INSERT, UPDATE, DELETE ON crm.quota TO crm_admin;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

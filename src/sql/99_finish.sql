@@ -57,17 +57,19 @@ $$;
 
 -- pg_dump keeps the data of every table; shipped lookup rows stay out, as
 -- CREATE EXTENSION makes them again on restore.
-SELECT pg_catalog.pg_extension_config_dump('crm.currency', 'WHERE NOT is_builtin');
-SELECT pg_catalog.pg_extension_config_dump('crm.activity_type', 'WHERE NOT is_builtin');
+-- The global lookups mark their shipped rows with is_builtin.
 DO $$
 DECLARE
     t regclass;
+    builtin boolean;
 BEGIN
-    FOR t IN SELECT c.oid FROM pg_catalog.pg_class c
-              WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
-                AND c.relname NOT IN ('currency', 'activity_type')
+    FOR t, builtin IN
+        SELECT c.oid, EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                               WHERE a.attrelid = c.oid AND a.attname = 'is_builtin' AND NOT a.attisdropped)
+          FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
     LOOP
-        PERFORM pg_catalog.pg_extension_config_dump(t, '');
+        PERFORM pg_catalog.pg_extension_config_dump(t, CASE WHEN builtin THEN 'WHERE NOT is_builtin' ELSE '' END);
     END LOOP;
 END
 $$;

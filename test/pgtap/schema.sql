@@ -39,7 +39,27 @@ INSERT INTO expected_key VALUES
     ('contact_tag',     '{tenant_id,contact_id,tag_id}'),
     ('lead_tag',        '{tenant_id,lead_id,tag_id}'),
     ('opportunity_tag', '{tenant_id,opportunity_id,tag_id}'),
-    ('stage_history',   '{tenant_id,id}');
+    ('job',             '{tenant_id,id}'),
+    ('job_archive',     '{tenant_id,id}'),
+    ('job_key',         '{tenant_id,idempotency_key}'),
+    ('job_action',      '{code}'),
+    ('workflow_event',  '{code}'),
+    ('workflow_rule',   '{tenant_id,id}'),
+    ('inbound_event',   '{tenant_id,external_id}'),
+    ('job_debounce',    '{tenant_id,rule_id,subject_id}'),
+    ('stage_history',   '{tenant_id,id}'),
+    -- activity aggregation and the event outbox (issue 7)
+    ('event',              '{tenant_id,position}'),
+    ('event_consumer',     '{tenant_id,name}'),
+    ('engagement_setting', '{tenant_id}'),
+    ('activity_weight',    '{tenant_id,activity_type}'),
+    ('contact_engagement', '{tenant_id,contact_id}'),
+    ('lead_engagement',    '{tenant_id,lead_id}'),
+    ('account_summary',    '{tenant_id,account_id}'),
+    -- forecasting (src/sql/86_forecast.sql)
+    ('quota',            '{tenant_id,id}'),
+    ('revenue_forecast', '{tenant_id,id}'),
+    ('forecast_deal',    '{tenant_id,forecast_id,opportunity_id}');
 
 -- The index access paths the application relies on: (table, leading keys
 -- of some index on it, unique required).  Expressions are written without
@@ -80,7 +100,12 @@ SELECT plan(19 + (SELECT count(*)::int FROM expected_key) + (SELECT count(*)::in
 SELECT tables_are('crm', ARRAY[
     'tenant', 'currency', 'currency_rate', 'app_user', 'team', 'team_member', 'tenant_access', 'app_access',
     'pipeline', 'stage', 'account', 'contact', 'lead', 'opportunity', 'activity_type', 'activity',
-    'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history'
+    'tag', 'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
+    'job', 'job_archive', 'job_key', 'job_action', 'workflow_event', 'workflow_rule', 'inbound_event', 'job_debounce',
+    -- activity aggregation and the event outbox (issue 7)
+    'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
+    'lead_engagement', 'account_summary',
+    'quota', 'revenue_forecast', 'forecast_deal'
 ], 'crm has exactly the tables of the core schema');
 
 SELECT views_are('crm', ARRAY['lead_kanban', 'opportunity_kanban', 'dashboard'],
@@ -95,8 +120,8 @@ SELECT set_eq(
     $$SELECT c.relname FROM pg_class c
        WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind IN ('r', 'p')
          AND c.oid NOT IN (SELECT oid FROM tenant_table)$$,
-    ARRAY['currency', 'activity_type']::name[],
-    'only the global lookups crm.currency and crm.activity_type lack tenant_id');
+    ARRAY['currency', 'activity_type', 'job_action', 'workflow_event']::name[],
+    'only the global lookups crm.currency, crm.activity_type, crm.job_action and crm.workflow_event lack tenant_id');
 
 SELECT is_empty(
     $$SELECT t.relname, pk.conname, pk.conkey
@@ -248,7 +273,8 @@ SELECT set_eq(
     $$SELECT cfg.tbl::regclass::text, cfg.condition
         FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS cfg(tbl, condition)
        WHERE e.extname = 'crm' AND cfg.condition <> ''$$,
-    $$VALUES ('crm.currency', 'WHERE NOT is_builtin'), ('crm.activity_type', 'WHERE NOT is_builtin')$$,
+    $$VALUES ('crm.currency', 'WHERE NOT is_builtin'), ('crm.activity_type', 'WHERE NOT is_builtin'),
+             ('crm.job_action', 'WHERE NOT is_builtin'), ('crm.workflow_event', 'WHERE NOT is_builtin')$$,
     'only the global lookups are dumped with a filter, which leaves the built-in rows out');
 
 SELECT * FROM finish();

@@ -34,7 +34,22 @@ SELECT t, 2 FROM unnest(ARRAY['account', 'contact', 'lead', 'opportunity', 'acti
                               'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag']) t
 UNION ALL
 SELECT t, 3 FROM unnest(ARRAY['pipeline', 'stage', 'app_user', 'team', 'team_member', 'currency_rate',
-                              'tenant_access']) t;
+                              'tenant_access']) t
+-- activity aggregation and the event outbox (issue 7)
+UNION ALL
+SELECT t, 2 FROM unnest(ARRAY['event_consumer']) t
+UNION ALL
+SELECT t, 3 FROM unnest(ARRAY['engagement_setting', 'activity_weight']) t
+UNION ALL
+SELECT t, 2 FROM unnest(ARRAY['revenue_forecast', 'forecast_deal']) t
+UNION ALL
+SELECT 'quota', 3
+-- job queue and workflow rules (issue 12): jobs are written by the queue's
+-- functions only; inbound events by crm.consume_event() as the writer
+UNION ALL
+SELECT t, 2 FROM unnest(ARRAY['inbound_event']) t
+UNION ALL
+SELECT t, 3 FROM unnest(ARRAY['workflow_rule']) t;
 
 -- Every function of crm and the lowest level that may execute it; NULL:
 -- no crm role (trigger functions, and what a superuser runs).
@@ -51,11 +66,10 @@ INSERT INTO func_level VALUES
     ('crm.casefold(text)', 1),
     ('crm.is_blank(text)', 1),
     ('crm.uuid_generate_v7()', 2),
-    ('crm.stage_for_move(text,uuid,uuid,uuid,uuid)', 2),
-    ('crm.pipeline_closing_stage(uuid,uuid,text)', 2),
     ('crm.lead_move_stage(uuid,uuid)', 2),
     ('crm.opportunity_move_stage(uuid,uuid)', 2),
-    ('crm.opportunity_close(uuid,text,text)', 2),
+    ('crm.opportunity_reopen(uuid,uuid)', 2),
+    ('crm.lead_reopen(uuid,uuid)', 2),
     ('crm.opportunity_mark_won(uuid)', 2),
     ('crm.opportunity_mark_lost(uuid,text)', 2),
     ('crm.lead_mark_lost(uuid,text)', 2),
@@ -65,6 +79,8 @@ INSERT INTO func_level VALUES
     ('crm.activity_sync()', NULL),
     ('crm.stage_sync()', NULL),
     ('crm.stage_history_record()', NULL),
+    ('crm.stage_follow()', NULL),
+    ('crm.clear_links()', NULL),
     ('crm.touch_updated_at()', NULL),
     ('crm.stamp_flag_times()', NULL),
     ('crm.create_tenant(text)', NULL),
@@ -83,6 +99,77 @@ INSERT INTO func_level VALUES
     ('crm.visibility_refresh_records(uuid,uuid[])', NULL),
     ('crm.visibility_hierarchy()', NULL),
     ('crm.owner_chain_keep()', NULL),
+    -- activity aggregation, engagement and the event outbox (issue 7)
+    ('crm.engagement_half_life(uuid)', 1),
+    ('crm.engagement_decayed(uuid,text,uuid,timestamp with time zone)', 1),
+    ('crm.engagement_score(uuid,timestamp with time zone)', 1),
+    ('crm.lead_engagement_score(uuid,timestamp with time zone)', 1),
+    ('crm.check_aggregates()', 1),
+    ('crm.engagement_recomputed()', 1),
+    ('crm.account_summary_recomputed()', 1),
+    ('crm.event_head()', 1),
+    ('crm.event_limit()', 1),
+    ('crm.read_events(bigint,integer)', 1),
+    ('crm.track_activity(uuid,text,jsonb,timestamp with time zone,text,text)', 2),
+    ('crm.emit_event(text,jsonb,text,uuid)', 2),
+    ('crm.subscribe(text,bigint)', 2),
+    ('crm.unsubscribe(text)', 2),
+    ('crm.poll(text,integer)', 2),
+    ('crm.ack(text,bigint)', 2),
+    ('crm.refresh_aggregates(uuid)', 3),
+    ('crm.purge_events(interval)', 3),
+    ('crm.engagement_add_counts(jsonb,jsonb)', NULL),
+    ('crm.engagement_add_amounts(jsonb,jsonb)', NULL),
+    ('crm.engagement_combine(double precision,timestamp with time zone,double precision,timestamp with time zone,double precision)', NULL),
+    ('crm.aggregates_rebuild(uuid)', NULL),
+    ('crm.engagement_track()', NULL),
+    ('crm.engagement_lead_converted()', NULL),
+    ('crm.engagement_settings_changed()', NULL),
+    ('crm.outbox_record_events()', NULL),
+    ('crm.analytics_amount(numeric,text,date,uuid)', 1),
+    ('crm.pipeline_funnel(uuid,timestamp with time zone,timestamp with time zone)', 1),
+    ('crm.win_rate(text,timestamp with time zone,timestamp with time zone,uuid)', 1),
+    ('crm.opportunity_stays(timestamp with time zone,uuid)', 1),
+    ('crm.time_in_stage(uuid,timestamp with time zone)', 1),
+    ('crm.sales_cycle(uuid,timestamp with time zone,timestamp with time zone)', 1),
+    ('crm.sales_velocity(uuid,timestamp with time zone,timestamp with time zone)', 1),
+    ('crm.lead_source_analytics(timestamp with time zone,timestamp with time zone)', 1),
+    ('crm.rotting_deals(timestamp with time zone,uuid)', 1),
+    ('crm.owner_dashboard(timestamp with time zone,timestamp with time zone,timestamp with time zone)', 1),
+    -- forecasting
+    ('crm.revenue_distribution(numeric,numeric)', 1),
+    ('crm.convert_amount(numeric,text,text,date,uuid)', 1),
+    ('crm.forecast_deals(date,date,uuid,uuid,uuid,text,timestamp with time zone,jsonb)', 1),
+    ('crm.forecast(text,date,date,uuid,uuid,uuid,text,timestamp with time zone,text)', 1),
+    ('crm.forecast_what_if(jsonb,text,date,date,uuid,uuid,uuid,text,timestamp with time zone,text)', 1),
+    ('crm.forecast_changes(uuid,uuid)', 1),
+    ('crm.forecast_accuracy(uuid,timestamp with time zone)', 1),
+    ('crm.snapshot_forecast(text,text,date,date,uuid,uuid,timestamp with time zone)', 2),
+    ('crm.revenue_distribution_accum(internal,numeric,numeric)', NULL),
+    ('crm.revenue_distribution_combine(internal,internal)', NULL),
+    ('crm.revenue_distribution_serialize(internal)', NULL),
+    ('crm.revenue_distribution_deserialize(bytea,internal)', NULL),
+    ('crm.revenue_distribution_final(internal)', NULL),
+    -- job queue and workflow rules (issue 12)
+    ('crm.validate_rule(jsonb)', 1),
+    ('crm.idempotency_key(text[])', 1),
+    ('crm.enqueue_job(text,jsonb,uuid,timestamp with time zone,uuid,text,uuid,uuid,integer)', 2),
+    ('crm.claim_jobs(text,text,integer,interval)', 2),
+    ('crm.complete_job(uuid,jsonb,text)', 2),
+    ('crm.fail_job(uuid,text,text)', 2),
+    ('crm.extend_lease(uuid,interval,text)', 2),
+    ('crm.reap_expired_leases()', 2),
+    ('crm.retry_job(uuid)', 2),
+    ('crm.purge_jobs(interval)', 2),
+    ('crm.consume_event(text,jsonb,text)', 2),
+    ('crm.run_jobs(integer)', 2),
+    ('crm.run_time_rules(timestamp with time zone)', 3),
+    ('crm.workflow_rule_check()', NULL),
+    ('crm.workflow_rule_event_exists()', NULL),
+    ('crm.workflow_match()', NULL),
+    ('crm.create_default_rules(uuid)', NULL),
+    ('crm.schedule_maintenance()', NULL),
+    ('crm.unschedule_maintenance()', NULL),
     -- scale-out (issue 9): the operator's, on the coordinator
     ('crm.distribute()', NULL),
     ('crm.distribution_problems()', NULL);
@@ -102,11 +189,20 @@ INSERT INTO table_policies
 SELECT t, '{tenant_isolation}'::name[] FROM unnest(ARRAY[
     'tenant', 'currency_rate', 'app_user', 'team', 'team_member', 'pipeline', 'stage', 'tag',
     'app_access', 'account', 'contact', 'lead', 'opportunity', 'activity',
-    'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history']) t
+    'account_tag', 'contact_tag', 'lead_tag', 'opportunity_tag', 'stage_history',
+    -- activity aggregation and the event outbox (issue 7)
+    'event', 'event_consumer', 'engagement_setting', 'activity_weight', 'contact_engagement',
+    'lead_engagement', 'account_summary',
+    -- forecasting (issue 11)
+    'quota', 'revenue_forecast', 'forecast_deal',
+    -- job queue and workflow rules (issue 12)
+    'job', 'job_archive', 'job_key', 'workflow_rule', 'inbound_event', 'job_debounce']) t
 UNION ALL VALUES
     ('tenant_access', '{own_access,tenant_admin}'::name[]),
     ('currency', '{}'),
-    ('activity_type', '{}');
+    ('activity_type', '{}'),
+    ('job_action', '{}'),
+    ('workflow_event', '{}');
 
 -- The columns of crm.tenant that crm_admin may UPDATE (the table itself not).
 CREATE TEMP TABLE tenant_admin_column (col name PRIMARY KEY);
@@ -334,6 +430,7 @@ SELECT is_empty(
         JOIN pg_language l ON l.oid = p.prolang
        WHERE p.pronamespace = 'crm'::regnamespace AND l.lanname <> 'c'
          AND p.prosqlbody IS NULL
+         AND p.prokind <> 'a' -- an aggregate takes no SET; its support functions are checked
          AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
        ORDER BY 1::text$$,
     'every crm function not written in C, nor with a SQL-standard body bound at creation, runs with SET search_path = pg_catalog, pg_temp');

@@ -1,0 +1,278 @@
+#!/usr/bin/env bash
+# bench/activity.sh: what the activity triggers (issue 7) cost.
+#
+# Three ways to write the same activities, on the same data:
+#
+#   floor     crm.activity with no trigger at all (session_replication_role =
+#             replica: no user or FK trigger fires; module given by the client)
+#   crm       crm.activity with the extension's C triggers: activity_sync
+#             (BEFORE ROW), the aggregates of contact, lead and account and the
+#             ActivityCreated events (AFTER STATEMENT, transition tables read
+#             in C), updated_at, and the FK checks
+#   plpgsql   bench_ref.activity, a copy of crm.activity (same columns,
+#             defaults, checks, indexes, foreign keys) whose triggers do the
+#             same work as idiomatic PL/pgSQL: a BEFORE ROW trigger for module
+#             and completed_at, AFTER STATEMENT triggers with transition
+#             tables that upsert the contact, lead and account aggregates
+#             (grouped, keys sorted) and insert the events, and NOTIFY
+#
+# Measured:
+#   1. single-row INSERTs with pgbench, 2 clients, PGBENCH_SECONDS each run
+#      (ratio of the time per insert to the floor's; goal crm <= 1.3x)
+#   2. a COPY of ACTIVITY_ROWS activities (goal crm <= 2x the floor)
+#   3. for both, the C triggers' cost above the floor against the PL/pgSQL
+#      triggers' (goal <= 0.5)
+#   4. crm.read_events throughput: every event written by the COPYs read
+#      back in pages of 1000
+# Each is run RUNS times, interleaved; the median is printed.
+#
+# Sizes: ACTIVITY_ROWS (default 100000), PGBENCH_SECONDS (10), RUNS (3).
+# Needs PGHOST/PGPORT/PGUSER (a superuser), psql and pgbench; makes and
+# drops the database bench_activity.
+set -euo pipefail
+
+DB=bench_activity
+ROWS=${ACTIVITY_ROWS:-100000}
+SECONDS_PER_RUN=${PGBENCH_SECONDS:-10}
+RUNS=${RUNS:-3}
+
+bindir=$("$(dirname "$0")/../scripts/cluster.sh" bindir 2>/dev/null || true)
+command -v psql >/dev/null || PATH="$bindir:$PATH"
+command -v pgbench >/dev/null || PATH="$bindir:$PATH"
+[[ -n $bindir && -x $bindir/pgbench ]] && PGBENCH=$bindir/pgbench || PGBENCH=pgbench
+
+WORK=$(mktemp -d)
+psql_admin() { psql -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
+psql_bench() { psql -X -q -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
+drop_db() {
+	psql_admin -c "SET client_min_messages = warning" \
+		-c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
+	rm -rf "$WORK"
+}
+trap drop_db EXIT
+[[ -n ${KEEP_DB:-} ]] && trap "rm -rf $WORK" EXIT
+
+drop_db
+mkdir -p "$WORK"
+psql_admin -c "CREATE DATABASE $DB"
+
+echo "setting up $DB (100 contacts, 10 accounts, $ROWS activities to COPY) ..."
+psql_bench <<'SQL'
+CREATE EXTENSION crm;
+SELECT crm.create_tenant('bench') AS tenant \gset
+INSERT INTO crm.account (tenant_id, name) SELECT :'tenant', 'Account ' || i FROM generate_series(1, 10) i;
+CREATE TABLE bench_contact AS
+SELECT i AS n, :'tenant'::uuid AS tenant_id, crm.uuid_generate_v7() AS contact_id,
+       (SELECT a.id FROM crm.account a ORDER BY a.id OFFSET i % 10 LIMIT 1) AS account_id
+  FROM generate_series(1, 100) i;
+INSERT INTO crm.contact (tenant_id, id, first_name, account_id)
+SELECT tenant_id, contact_id, 'Contact ' || n, account_id FROM bench_contact;
+
+-- The PL/pgSQL reference: the same tables, the same work.
+CREATE SCHEMA bench_ref;
+CREATE TABLE bench_ref.activity (LIKE crm.activity INCLUDING ALL);
+ALTER TABLE bench_ref.activity
+    ADD FOREIGN KEY (activity_type) REFERENCES crm.activity_type (code),
+    ADD FOREIGN KEY (tenant_id, contact_id) REFERENCES crm.contact (tenant_id, id),
+    ADD FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id),
+    ADD FOREIGN KEY (tenant_id, lead_id) REFERENCES crm.lead (tenant_id, id),
+    ADD FOREIGN KEY (tenant_id, opportunity_id) REFERENCES crm.opportunity (tenant_id, id),
+    ADD FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id);
+CREATE TABLE bench_ref.contact_engagement (LIKE crm.contact_engagement INCLUDING ALL);
+CREATE TABLE bench_ref.lead_engagement (LIKE crm.lead_engagement INCLUDING ALL);
+CREATE TABLE bench_ref.account_summary (LIKE crm.account_summary INCLUDING ALL);
+CREATE TABLE bench_ref.event (LIKE crm.event INCLUDING ALL);
+CREATE SEQUENCE bench_ref.event_position;
+
+CREATE FUNCTION bench_ref.activity_sync() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.activity_type IS DISTINCT FROM OLD.activity_type THEN
+        SELECT t.module INTO NEW.module FROM crm.activity_type t WHERE t.code = NEW.activity_type;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'activity type "%" does not exist', NEW.activity_type USING ERRCODE = '23503';
+        END IF;
+    END IF;
+    IF NEW.status = 'completed' AND NEW.completed_at IS NULL THEN
+        NEW.completed_at := transaction_timestamp();
+    ELSIF NEW.status <> 'completed' THEN
+        NEW.completed_at := NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER activity_sync BEFORE INSERT OR UPDATE ON bench_ref.activity
+    FOR EACH ROW EXECUTE FUNCTION bench_ref.activity_sync();
+CREATE TRIGGER touch_updated_at BEFORE UPDATE ON bench_ref.activity
+    FOR EACH ROW EXECUTE FUNCTION crm.touch_updated_at();
+
+CREATE FUNCTION bench_ref.activity_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    h float8;
+BEGIN
+    SELECT extract(epoch FROM crm.engagement_half_life(n.tenant_id))::float8 INTO h FROM new_rows n LIMIT 1;
+    -- contacts and leads: counts, per type and module, times, decayed score
+    INSERT INTO bench_ref.contact_engagement AS e (tenant_id, contact_id, activity_count, counts_by_type,
+        counts_by_module, first_activity_at, last_activity_at, last_inbound_at, last_outbound_at,
+        last_meeting_at, score_value, score_ref)
+    SELECT g.tenant_id, g.contact_id, g.n, g.bt, g.bm, g.f, g.l, g.li, g.lo, g.lm, g.s, g.r
+      FROM (SELECT a.tenant_id, a.contact_id, count(*) AS n,
+                   (SELECT jsonb_object_agg(x.activity_type, x.c) FROM (SELECT b.activity_type, count(*) AS c
+                      FROM new_rows b WHERE b.contact_id = a.contact_id AND b.status = 'completed'
+                     GROUP BY 1) x) AS bt,
+                   (SELECT jsonb_object_agg(x.module, x.c) FROM (SELECT b.module, count(*) AS c
+                      FROM new_rows b WHERE b.contact_id = a.contact_id AND b.status = 'completed'
+                     GROUP BY 1) x) AS bm,
+                   min(a.occurred_at) AS f, max(a.occurred_at) AS l,
+                   max(a.occurred_at) FILTER (WHERE a.direction = 'inbound') AS li,
+                   max(a.occurred_at) FILTER (WHERE a.direction = 'outbound') AS lo,
+                   max(a.occurred_at) FILTER (WHERE a.activity_type = 'meeting') AS lm,
+                   sum(coalesce(w.weight, t.default_weight)::float8 * pow(2::float8,
+                       -extract(epoch FROM m.r - a.occurred_at)::float8 / h)) AS s,
+                   m.r
+              FROM new_rows a
+              JOIN crm.activity_type t ON t.code = a.activity_type
+              LEFT JOIN crm.activity_weight w ON w.tenant_id = a.tenant_id AND w.activity_type = a.activity_type
+              JOIN (SELECT b.contact_id, max(b.occurred_at) AS r FROM new_rows b GROUP BY 1) m
+                ON m.contact_id = a.contact_id
+             WHERE a.status = 'completed' AND a.contact_id IS NOT NULL
+             GROUP BY a.tenant_id, a.contact_id, m.r) g
+     ORDER BY g.contact_id
+    ON CONFLICT (tenant_id, contact_id) DO UPDATE SET
+        activity_count = e.activity_count + excluded.activity_count,
+        counts_by_type = crm.engagement_add_counts(e.counts_by_type, excluded.counts_by_type),
+        counts_by_module = crm.engagement_add_counts(e.counts_by_module, excluded.counts_by_module),
+        first_activity_at = least(e.first_activity_at, excluded.first_activity_at),
+        last_activity_at = greatest(e.last_activity_at, excluded.last_activity_at),
+        last_inbound_at = greatest(e.last_inbound_at, excluded.last_inbound_at),
+        last_outbound_at = greatest(e.last_outbound_at, excluded.last_outbound_at),
+        last_meeting_at = greatest(e.last_meeting_at, excluded.last_meeting_at),
+        score_value = crm.engagement_combine(e.score_value, e.score_ref, excluded.score_value, excluded.score_ref, h),
+        score_ref = greatest(e.score_ref, excluded.score_ref);
+    -- accounts
+    INSERT INTO bench_ref.account_summary AS e (tenant_id, account_id, activity_count, last_activity_at)
+    SELECT a.tenant_id, a.account_id, count(*), max(a.occurred_at)
+      FROM new_rows a WHERE a.status = 'completed' AND a.account_id IS NOT NULL
+     GROUP BY a.tenant_id, a.account_id ORDER BY a.account_id
+    ON CONFLICT (tenant_id, account_id) DO UPDATE SET
+        activity_count = e.activity_count + excluded.activity_count,
+        last_activity_at = greatest(e.last_activity_at, excluded.last_activity_at);
+    -- events
+    INSERT INTO bench_ref.event (tenant_id, position, event_type, entity, entity_id, payload)
+    SELECT a.tenant_id, nextval('bench_ref.event_position'), 'ActivityCreated', 'activity', a.id,
+           jsonb_build_object('activityId', a.id, 'type', a.activity_type,
+                              'relatedTo', jsonb_build_object('contactId', a.contact_id, 'accountId', a.account_id,
+                                                              'leadId', a.lead_id, 'opportunityId', a.opportunity_id),
+                              'ownerId', a.owner_id, 'dueDate', a.due_at)
+      FROM new_rows a;
+    NOTIFY crm_events;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER activity_inserted AFTER INSERT ON bench_ref.activity
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION bench_ref.activity_inserted();
+SQL
+
+# The COPY data: the same rows for every run, at times spread over a year.
+psql_bench -c "\\copy (SELECT c.tenant_id, CASE WHEN i % 3 = 0 THEN 'email' WHEN i % 3 = 1 THEN 'call' ELSE 'meeting' END, CASE WHEN i % 3 = 0 THEN 'communication' ELSE 'communication' END, 'Bulk ' || i, c.contact_id, c.account_id, 'completed', timestamptz '2026-01-01' + (i % 365) * interval '1 day' + (i % 86400) * interval '1 second' FROM generate_series(1, $ROWS) i JOIN bench_contact c ON c.n = 1 + i % 100) TO '$WORK/activities.csv' CSV"
+COLS="tenant_id, activity_type, module, subject, contact_id, account_id, status, occurred_at"
+
+cat >"$WORK/insert_crm.sql" <<'SQL'
+\set c random(1, 100)
+INSERT INTO crm.activity (tenant_id, activity_type, module, subject, contact_id, account_id, status, occurred_at)
+SELECT tenant_id, 'call', 'communication', 'pgbench', contact_id, account_id, 'completed', now() FROM bench_contact WHERE n = :c;
+SQL
+sed 's/crm\.activity/bench_ref.activity/' "$WORK/insert_crm.sql" >"$WORK/insert_ref.sql"
+
+reset_tables() {
+	psql_bench -c "TRUNCATE crm.activity, crm.event, bench_ref.activity, bench_ref.contact_engagement,
+	               bench_ref.lead_engagement, bench_ref.account_summary, bench_ref.event" \
+		-c "SELECT crm.refresh_aggregates(NULL)" -c "VACUUM ANALYZE" >/dev/null
+}
+
+# pgbench: the mean latency of one INSERT in ms
+bench_insert() { # floor|crm|plpgsql
+	local script=$WORK/insert_crm.sql opts=""
+	[[ $1 == plpgsql ]] && script=$WORK/insert_ref.sql
+	[[ $1 == floor ]] && opts="-c session_replication_role=replica"
+	local lat
+	lat=$(PGOPTIONS="$opts" "$PGBENCH" -n -c 2 -j 2 -T "$SECONDS_PER_RUN" -f "$script" "$DB" 2>"$WORK/pgbench.err" |
+		awk '/^latency average/ { print $4 }')
+	if [[ -z $lat ]]; then
+		echo "activity.sh: pgbench ($1) failed:" >&2
+		head -5 "$WORK/pgbench.err" >&2
+		exit 1
+	fi
+	echo "$lat"
+}
+
+# COPY: elapsed ms
+bench_copy() { # floor|crm|plpgsql
+	local table=crm.activity opts=""
+	[[ $1 == plpgsql ]] && table=bench_ref.activity
+	[[ $1 == floor ]] && opts="-c session_replication_role=replica"
+	reset_tables
+	local t0 t1
+	t0=$(date +%s%N)
+	PGOPTIONS="$opts" psql_bench -c "\\copy $table ($COLS) FROM '$WORK/activities.csv' CSV"
+	t1=$(date +%s%N)
+	echo $(((t1 - t0) / 1000000))
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+declare -A ins cp
+for ((run = 1; run <= RUNS; run++)); do
+	for kind in floor crm plpgsql; do
+		reset_tables
+		ins[$kind]+="$(bench_insert $kind) "
+		cp[$kind]+="$(bench_copy $kind) "
+	done
+	echo "run $run of $RUNS done"
+done
+
+med() { tr ' ' '\n' <<<"$1" | grep -v '^$' | median; }
+fi_=$(med "${ins[floor]}"); ci=$(med "${ins[crm]}"); pi=$(med "${ins[plpgsql]}")
+fc=$(med "${cp[floor]}"); cc=$(med "${cp[crm]}"); pc=$(med "${cp[plpgsql]}")
+
+# the last COPY run was plpgsql; write the crm one again for the events and check it
+bench_copy crm >/dev/null
+check=$(psql_bench -At -c "SELECT count(*) FROM crm.check_aggregates()")
+if [[ $check != 0 ]]; then
+	echo "activity.sh: crm.check_aggregates() reports $check differences after the COPY" >&2
+	exit 1
+fi
+read_ms=$(psql_bench -At <<SQL
+SELECT set_config('crm.tenant_id', (SELECT tenant_id::text FROM crm.tenant LIMIT 1), false) IS NULL;
+DO \$\$
+DECLARE
+    cursor_pos bigint := 0;
+    got bigint;
+    total bigint := 0;
+    t0 timestamptz := clock_timestamp();
+BEGIN
+    LOOP
+        SELECT count(*), max(e.position) INTO got, cursor_pos
+          FROM (SELECT * FROM crm.read_events(cursor_pos, 1000)) e
+        HAVING count(*) > 0;
+        EXIT WHEN NOT FOUND;
+        total := total + got;
+    END LOOP;
+    PERFORM set_config('bench.read_ms', (extract(epoch FROM clock_timestamp() - t0) * 1000)::text, false);
+    PERFORM set_config('bench.read_n', total::text, false);
+END
+\$\$;
+SELECT current_setting('bench.read_ms') || ' ' || current_setting('bench.read_n');
+SQL
+)
+read_ms=$(tail -1 <<<"$read_ms")
+
+awk -v fi="$fi_" -v ci="$ci" -v pi="$pi" -v fc="$fc" -v cc="$cc" -v pc="$pc" -v rows="$ROWS" \
+	-v rd="$read_ms" -v runs="$RUNS" -v secs="$SECONDS_PER_RUN" 'BEGIN {
+	split(rd, r, " ")
+	printf "activity triggers, median of %d runs (pgbench 2 clients, %d s; COPY of %d rows)\n", runs, secs, rows
+	printf "  single-row INSERT  floor %.3f ms  crm %.3f ms  plpgsql %.3f ms\n", fi, ci, pi
+	printf "    crm / floor                    %.2fx  (goal <= 1.3x)\n", ci / fi
+	printf "    (crm - floor) / (plpgsql - floor) %.2f  (goal <= 0.5)\n", (ci - fi) / (pi - fi)
+	printf "  COPY               floor %d ms  crm %d ms  plpgsql %d ms\n", fc, cc, pc
+	printf "    crm / floor                    %.2fx  (goal <= 2x)\n", cc / fc
+	printf "    (crm - floor) / (plpgsql - floor) %.2f  (goal <= 0.5)\n", (cc - fc) / (pc - fc)
+	printf "  crm.read_events    %d events in %.0f ms: %.0f events/s\n", r[2], r[1], r[2] / (r[1] / 1000)
+}'

@@ -1,0 +1,535 @@
+#!/usr/bin/env bash
+# bench/queue.sh: job queue throughput, and what rule matching costs a change.
+#
+# 1. Queue throughput: 2 producers and 2 workers run at once for
+#    $QUEUE_SECONDS (pgbench -c 2 each, prepared statements); producers
+#    enqueue jobs, workers claim them in one transaction and complete them
+#    in the next.  Batches of 1 and of 100: a producer's transaction
+#    enqueues that many jobs, a worker claims up to that many at once.  The
+#    figures are jobs per second enqueued and jobs per second that went
+#    through enqueue + claim + complete (counted in the tables afterwards),
+#    for three implementations of the same workload:
+#
+#    crm       crm.enqueue_job / crm.claim_jobs / crm.complete_job (src/queue.c)
+#    plpgsql   the same queue written as idiomatic PL/pgSQL in schema ref:
+#              the same tables (ready set, archive, idempotency keys, the
+#              same columns, constraints, indexes, foreign keys and touch
+#              trigger), the same checks and errors, FOR UPDATE SKIP LOCKED
+#              with a lease, completion moving the row to the archive in one
+#              statement, NOTIFY crm_jobs per enqueue (folded per transaction)
+#    pgq       PgQ (Debian's postgresql-15-pgq3): producers pgq.insert_event,
+#              each worker the consumer of its own queue (a PgQ queue hands a
+#              batch to one consumer at a time, so 2 workers = 2 queues, one
+#              per producer), reading by batch with pgq.next_batch,
+#              pgq.get_batch_events and pgq.finish_batch; the worker drives
+#              the ticker itself (pgq.ticker(queue) before each next_batch,
+#              ticker_max_lag 0), so a batch is whatever was committed since
+#              the last tick: PgQ workers always take a whole tick, also in
+#              the "batch 1" runs.  PgQ keeps no per-job state (no lease,
+#              no attempts, no archive row, no idempotency key): it is the
+#              floor a transactional queue is measured against.
+#
+#    Every run starts from empty tables (TRUNCATE; PgQ queues are made
+#    afresh).  Runs are interleaved, $QUEUE_RUNS of each; the median is
+#    printed.
+#
+# 2. Rule matching: a single-row INSERT of an activity (pgbench -c 2,
+#    $QUEUE_RULE_SECONDS per run, $QUEUE_RULE_RUNS runs) for a tenant with no rule
+#    (the outbox event is written, the match trigger finds no rule), for a
+#    tenant with the default rules none of which matches (a note), and one
+#    that matches (quote_created: the rule quote_follow_up enqueues a job).
+#
+# The machine is shared: runs are short and the noise is large; compare the
+# columns of one run, not runs of different days.
+#
+# Needs PGHOST/PGPORT/PGUSER (a superuser), psql and pgbench; makes and
+# drops the database bench_queue.  Without PgQ installed its column is
+# skipped with the command that installs it.
+set -euo pipefail
+
+DB=bench_queue
+SECS=${QUEUE_SECONDS:-5}
+RUNS=${QUEUE_RUNS:-3}
+# Rule matching costs little next to the noise: more, shorter runs, each
+# variant next to the others, and the median of the per-run differences.
+RULE_SECS=${QUEUE_RULE_SECONDS:-2}
+RULE_RUNS=${QUEUE_RULE_RUNS:-7}
+BATCHES=${QUEUE_BATCHES:-1 100}
+
+command -v psql >/dev/null || PATH="$("$(dirname "$0")/../scripts/cluster.sh" bindir):$PATH"
+command -v pgbench >/dev/null || PATH="$(dirname "$(command -v psql)"):$PATH"
+command -v pgbench >/dev/null || { echo "queue.sh: pgbench not found" >&2; exit 1; }
+
+WORK=$(mktemp -d)
+psql_admin() { psql -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
+psql_bench() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
+
+drop_db() {
+	psql_admin -c "SET client_min_messages = warning" \
+		-c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null || true
+	rm -rf "$WORK"
+}
+trap drop_db EXIT
+
+psql_admin -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" \
+	-c "CREATE DATABASE $DB"
+
+have_pgq=$(psql -X -At -d "$DB" -c "SELECT count(*) FROM pg_available_extensions WHERE name = 'pgq'")
+variants="crm plpgsql"
+if [[ $have_pgq == 1 ]]; then
+	variants="crm plpgsql pgq"
+else
+	echo "PgQ is not installed in this PostgreSQL: its column is skipped."
+	echo "  Install it with: sudo apt-get install postgresql-15-pgq3  (scripts/setup.sh does)"
+fi
+
+echo "setting up $DB ..."
+psql_bench <<'SQL'
+SET client_min_messages = warning;
+CREATE EXTENSION crm;
+SELECT crm.create_tenant('bench queue') AS t \gset
+SELECT crm.create_tenant('bench no rules') AS t_none \gset
+SELECT crm.create_tenant('bench rules') AS t_rules \gset
+SELECT crm.create_default_rules(:'t_rules') >= 0 AS made \gset
+CREATE TABLE bench_tenant AS
+    SELECT * FROM (VALUES ('queue', :'t'::uuid), ('none', :'t_none'::uuid), ('rules', :'t_rules'::uuid)) v(name, tenant_id);
+-- One contact per pgbench client and tenant: a contact's engagement row
+-- is updated by each of its activities, so clients do not share one.
+CREATE TABLE bench_contact (tenant_id uuid, k integer, id uuid, PRIMARY KEY (tenant_id, k));
+INSERT INTO crm.contact (tenant_id, first_name, email)
+SELECT b.tenant_id, 'Bench ' || k, 'bench' || k || '@' || b.name || '.example'
+  FROM bench_tenant b, generate_series(0, 1) k WHERE b.name IN ('none', 'rules');
+INSERT INTO bench_contact SELECT c.tenant_id, substr(c.first_name, 7)::integer, c.id FROM crm.contact c;
+
+-- The PL/pgSQL queue: the same tables as crm's, the same semantics.
+CREATE SCHEMA ref;
+CREATE TABLE ref.job (LIKE crm.job INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+CREATE TABLE ref.job_archive (LIKE crm.job_archive INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+CREATE TABLE ref.job_key (LIKE crm.job_key INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+ALTER TABLE ref.job ADD FOREIGN KEY (tenant_id) REFERENCES crm.tenant ON DELETE CASCADE;
+ALTER TABLE ref.job_archive ADD FOREIGN KEY (tenant_id) REFERENCES crm.tenant ON DELETE CASCADE;
+ALTER TABLE ref.job_key ADD FOREIGN KEY (tenant_id) REFERENCES crm.tenant ON DELETE CASCADE;
+CREATE TRIGGER touch_updated_at BEFORE INSERT OR UPDATE ON ref.job FOR EACH ROW EXECUTE FUNCTION crm.touch_updated_at();
+CREATE TRIGGER touch_updated_at BEFORE INSERT OR UPDATE ON ref.job_archive FOR EACH ROW EXECUTE FUNCTION crm.touch_updated_at();
+CREATE TRIGGER touch_updated_at BEFORE INSERT OR UPDATE ON ref.job_key FOR EACH ROW EXECUTE FUNCTION crm.touch_updated_at();
+
+-- Every name is qualified instead of a SET search_path, which would cost a
+-- GUC save and restore on every call.  Parameters are prefixed so that
+-- they never shadow a column.
+CREATE FUNCTION ref.consent_refusal(t uuid, p_consent text, p_action text, p_params jsonb, p_contact uuid)
+    RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+BEGIN
+    IF p_consent IS NULL AND p_action = 'create_task' AND p_params->>'activity_type' IN ('call', 'call_made') THEN
+        p_consent := 'phone';
+    END IF;
+    IF p_consent IS NULL OR p_contact IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT x.email_opt_out, x.do_not_call INTO c FROM crm.contact x
+     WHERE x.tenant_id OPERATOR(pg_catalog.=) t AND x.id OPERATOR(pg_catalog.=) p_contact;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'contact % does not exist', p_contact USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    IF p_consent = 'email' AND c.email_opt_out THEN
+        RETURN 'the contact opted out of e-mail (email_opt_out)';
+    ELSIF p_consent = 'phone' AND c.do_not_call THEN
+        RETURN 'the contact asked not to be called (do_not_call)';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION ref.finish_job(t uuid, p_id uuid, p_outcome text, p_reason text, p_result jsonb)
+    RETURNS void LANGUAGE sql AS $$
+    WITH gone AS (DELETE FROM ref.job j
+                   WHERE j.tenant_id OPERATOR(pg_catalog.=) t AND j.id OPERATOR(pg_catalog.=) p_id RETURNING j.*)
+    INSERT INTO ref.job_archive (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,
+                                 contact_id, idempotency_key, run_at, attempts, max_attempts, errors, outcome,
+                                 reason, result, enqueued_at)
+    SELECT g.tenant_id, g.id, g.queue, g.action, g.params, g.rule_id, g.source_entity, g.source_id,
+           g.contact_id, g.idempotency_key, g.run_at, g.attempts, g.max_attempts, g.errors, p_outcome,
+           p_reason, p_result, g.created_at
+      FROM gone g
+$$;
+
+CREATE FUNCTION ref.enqueue_job(p_action text, p_params jsonb DEFAULT '{}', p_contact uuid DEFAULT NULL,
+                                p_run_at timestamptz DEFAULT now(), p_key uuid DEFAULT NULL,
+                                p_entity text DEFAULT NULL, p_entity_id uuid DEFAULT NULL,
+                                p_rule uuid DEFAULT NULL, p_max_attempts integer DEFAULT 5)
+    RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+    t uuid := crm.current_tenant();
+    a record;
+    job uuid := crm.uuid_generate_v7();
+    existing uuid;
+    refusal text;
+BEGIN
+    IF t IS NULL THEN
+        RAISE EXCEPTION 'the job queue needs a tenant, and this session acts for none'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF p_action IS NULL THEN
+        RAISE EXCEPTION 'action must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_params IS NULL OR pg_catalog.jsonb_typeof(p_params) <> 'object' THEN
+        RAISE EXCEPTION 'job parameters must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_run_at IS NULL THEN
+        RAISE EXCEPTION 'run_at must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_max_attempts IS NULL OR p_max_attempts NOT BETWEEN 1 AND 100 THEN
+        RAISE EXCEPTION 'max_attempts must be between 1 and 100' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT x.queue, x.consent INTO a FROM crm.job_action x WHERE x.code OPERATOR(pg_catalog.=) p_action;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job action "%" does not exist', p_action USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    INSERT INTO ref.job_key (tenant_id, idempotency_key, job_id)
+    VALUES (t, coalesce(p_key, job), job) ON CONFLICT (tenant_id, idempotency_key) DO NOTHING;
+    IF NOT FOUND THEN
+        SELECT k.job_id INTO existing FROM ref.job_key k
+         WHERE k.tenant_id OPERATOR(pg_catalog.=) t AND k.idempotency_key OPERATOR(pg_catalog.=) p_key;
+        RETURN existing;
+    END IF;
+    refusal := ref.consent_refusal(t, a.consent, p_action, p_params, p_contact);
+    INSERT INTO ref.job (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,
+                         contact_id, idempotency_key, run_at, max_attempts)
+    VALUES (t, job, a.queue, p_action, p_params, p_rule, p_entity, p_entity_id,
+            p_contact, coalesce(p_key, job), p_run_at, p_max_attempts);
+    IF refusal IS NOT NULL THEN
+        PERFORM ref.finish_job(t, job, 'skipped', refusal, NULL);
+    ELSE
+        PERFORM pg_catalog.pg_notify('crm_jobs', a.queue);
+    END IF;
+    RETURN job;
+END
+$$;
+
+CREATE FUNCTION ref.claim_jobs(p_queue text, p_worker text, p_max integer DEFAULT 10,
+                               p_lease interval DEFAULT '5 minutes')
+    RETURNS SETOF ref.job LANGUAGE plpgsql AS $$
+DECLARE
+    t uuid := crm.current_tenant();
+    r ref.job;
+    refusal text;
+BEGIN
+    IF t IS NULL THEN
+        RAISE EXCEPTION 'the job queue needs a tenant, and this session acts for none'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF p_queue IS NULL OR p_worker IS NULL THEN
+        RAISE EXCEPTION 'queue and worker must be given' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF pg_catalog.btrim(p_worker, E' \t\r\n') = '' THEN
+        RAISE EXCEPTION 'worker must not be blank' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_max IS NULL OR p_max <= 0 THEN
+        RAISE EXCEPTION 'max must be positive' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_lease IS NULL OR p_lease <= interval '0' THEN
+        RAISE EXCEPTION 'lease must be a positive interval' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR r IN
+        WITH picked AS (SELECT j.tenant_id, j.id FROM ref.job j
+                         WHERE j.tenant_id OPERATOR(pg_catalog.=) t AND j.queue OPERATOR(pg_catalog.=) p_queue
+                           AND j.locked_by IS NULL AND j.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+                         ORDER BY j.run_at, j.id LIMIT p_max FOR UPDATE SKIP LOCKED)
+        UPDATE ref.job j SET locked_by = p_worker, locked_until = pg_catalog.now() OPERATOR(pg_catalog.+) p_lease,
+                             attempts = j.attempts OPERATOR(pg_catalog.+) 1
+          FROM picked p
+         WHERE j.tenant_id OPERATOR(pg_catalog.=) p.tenant_id AND j.id OPERATOR(pg_catalog.=) p.id
+        RETURNING j.*
+    LOOP
+        -- consent may have been withdrawn since the job was enqueued
+        IF r.contact_id IS NOT NULL THEN
+            refusal := ref.consent_refusal(t, (SELECT x.consent FROM crm.job_action x
+                                                WHERE x.code OPERATOR(pg_catalog.=) r.action),
+                                           r.action, r.params, r.contact_id);
+            IF refusal IS NOT NULL THEN
+                PERFORM ref.finish_job(t, r.id, 'skipped', refusal, NULL);
+                CONTINUE;
+            END IF;
+        END IF;
+        RETURN NEXT r;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION ref.complete_job(p_id uuid, p_result jsonb DEFAULT NULL, p_worker text DEFAULT NULL)
+    RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    t uuid := crm.current_tenant();
+    r record;
+    outcome text;
+BEGIN
+    IF t IS NULL THEN
+        RAISE EXCEPTION 'the job queue needs a tenant, and this session acts for none'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF p_id IS NULL THEN
+        RAISE EXCEPTION 'job id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT j.locked_by, j.locked_until OPERATOR(pg_catalog.<) pg_catalog.now() AS expired, j.locked_until INTO r
+      FROM ref.job j WHERE j.tenant_id OPERATOR(pg_catalog.=) t AND j.id OPERATOR(pg_catalog.=) p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        SELECT a.outcome INTO outcome FROM ref.job_archive a
+         WHERE a.tenant_id OPERATOR(pg_catalog.=) t AND a.id OPERATOR(pg_catalog.=) p_id;
+        IF FOUND THEN
+            RAISE EXCEPTION 'job % is already finished (%)', p_id, outcome USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        RAISE EXCEPTION 'job % does not exist', p_id USING ERRCODE = 'no_data_found';
+    END IF;
+    IF r.locked_by IS NULL THEN
+        RAISE EXCEPTION 'job % is not claimed', p_id USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF p_worker IS NOT NULL AND r.locked_by <> p_worker THEN
+        RAISE EXCEPTION 'job % is held by worker "%", not "%"', p_id, r.locked_by, p_worker
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF r.expired THEN
+        RAISE EXCEPTION 'the lease of job % has expired', p_id USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    PERFORM ref.finish_job(t, p_id, 'completed', NULL, p_result);
+END
+$$;
+SQL
+
+if [[ $have_pgq == 1 ]]; then
+	psql_bench <<'SQL'
+SET client_min_messages = warning;
+CREATE EXTENSION pgq;
+-- Events made, and events consumed: those committed before the last tick
+-- whose batch the worker finished.
+CREATE FUNCTION bench_pgq_counts(OUT made bigint, OUT done bigint) LANGUAGE plpgsql AS $$
+DECLARE
+    q record;
+    m bigint;
+    d bigint;
+BEGIN
+    made := 0;
+    done := 0;
+    FOR q IN SELECT x.queue_data_pfx, t.tick_snapshot FROM pgq.queue x
+               JOIN pgq.subscription s ON s.sub_queue = x.queue_id
+               JOIN pgq.tick t ON t.tick_queue = x.queue_id AND t.tick_id = s.sub_last_tick
+    LOOP
+        EXECUTE format('SELECT count(*), count(*) FILTER (WHERE txid_visible_in_snapshot(ev_txid, $1)) FROM %s',
+                       q.queue_data_pfx) INTO m, d USING q.tick_snapshot;
+        made := made + m;
+        done := done + d;
+    END LOOP;
+END
+$$;
+SQL
+fi
+
+tenant_of() { psql_bench -c "SELECT tenant_id FROM bench_tenant WHERE name = '$1'"; }
+T_QUEUE=$(tenant_of queue)
+T_NONE=$(tenant_of none)
+T_RULES=$(tenant_of rules)
+
+# pgbench scripts.  :client_id is 0 or 1; with -M prepared a variable is a
+# parameter, so it is cast where its type must be known.
+write_scripts() { # BATCH
+	local b=$1 enq
+	for v in crm plpgsql; do
+		local schema=$v
+		[[ $v == plpgsql ]] && schema=ref
+		if ((b == 1)); then
+			enq="SELECT $schema.enqueue_job('webhook', '{\"n\": 1}');"
+		else
+			enq="SELECT count($schema.enqueue_job('webhook', pg_catalog.jsonb_build_object('n', g))) FROM pg_catalog.generate_series(1, $b) g;"
+		fi
+		printf '%s\n' "$enq" >"$WORK/$v-producer-$b.sql"
+		cat >"$WORK/$v-worker-$b.sql" <<EOF
+SELECT coalesce(array_agg(id), '{}') AS ids FROM $schema.claim_jobs('webhook', 'w' || :client_id::text, $b) \gset
+SELECT count(*) FROM pg_catalog.unnest(:ids::uuid[]) j, $schema.complete_job(j, NULL, 'w' || :client_id::text);
+EOF
+	done
+	if ((b == 1)); then
+		enq="SELECT pgq.insert_event('bench_' || :client_id::text, 'job', '{\"n\": 1}');"
+	else
+		enq="SELECT count(pgq.insert_event('bench_' || :client_id::text, 'job', '{\"n\": ' || g || '}')) FROM pg_catalog.generate_series(1, $b) g;"
+	fi
+	printf '%s\n' "$enq" >"$WORK/pgq-producer-$b.sql"
+	cat >"$WORK/pgq-worker-$b.sql" <<'EOF'
+SELECT pgq.ticker('bench_' || :client_id::text);
+SELECT coalesce(pgq.next_batch('bench_' || :client_id::text, 'worker'), 0) AS batch \gset
+\if :batch > 0
+BEGIN;
+SELECT count(*) FROM pgq.get_batch_events(:batch);
+SELECT pgq.finish_batch(:batch);
+END;
+\endif
+EOF
+}
+
+# Empty tables (or new PgQ queues) before each run.
+reset_variant() { # VARIANT
+	case $1 in
+		crm) psql_bench -c 'TRUNCATE crm.job, crm.job_archive, crm.job_key' ;;
+		plpgsql) psql_bench -c 'TRUNCATE ref.job, ref.job_archive, ref.job_key' ;;
+		pgq) psql_bench >/dev/null <<'SQL'
+SET client_min_messages = warning;
+SELECT pgq.unregister_consumer(q.queue_name, 'worker') FROM pgq.queue q;
+SELECT pgq.drop_queue(q.queue_name) FROM pgq.queue q;
+SELECT pgq.create_queue(n), pgq.set_queue_config(n, 'ticker_max_lag', '0'),
+       pgq.register_consumer(n, 'worker')
+  FROM (VALUES ('bench_0'), ('bench_1')) v(n);
+SQL
+			;;
+	esac
+	psql_bench -c 'CHECKPOINT' >/dev/null
+}
+
+# "enqueued completed" after a run.
+count_variant() { # VARIANT
+	case $1 in
+		crm) psql_bench -c "SELECT (SELECT count(*) FROM crm.job_key) || ' ' ||
+		                           (SELECT count(*) FROM crm.job_archive WHERE outcome = 'completed')" ;;
+		plpgsql) psql_bench -c "SELECT (SELECT count(*) FROM ref.job_key) || ' ' ||
+		                               (SELECT count(*) FROM ref.job_archive WHERE outcome = 'completed')" ;;
+		pgq) psql_bench -c "SELECT made || ' ' || done FROM bench_pgq_counts()" ;;
+	esac
+}
+
+# One queue run: producers and workers at once; prints "variant batch enq/s done/s".
+queue_run() { # VARIANT BATCH
+	local v=$1 b=$2 counts
+	reset_variant "$v"
+	PGOPTIONS="-c crm.tenant_id=$T_QUEUE -c client_min_messages=warning" \
+		pgbench -n -M prepared -c 2 -j 2 -T "$SECS" -f "$WORK/$v-producer-$b.sql" "$DB" >"$WORK/p.out" 2>&1 &
+	local pp=$!
+	PGOPTIONS="-c crm.tenant_id=$T_QUEUE -c client_min_messages=warning" \
+		pgbench -n -M prepared -c 2 -j 2 -T "$SECS" -f "$WORK/$v-worker-$b.sql" "$DB" >"$WORK/w.out" 2>&1 &
+	local wp=$!
+	local status=0
+	wait "$pp" || status=1
+	wait "$wp" || status=1
+	if ((status)); then
+		echo "queue.sh: pgbench failed for $v, batch $b:" >&2
+		tail -n 5 "$WORK/p.out" "$WORK/w.out" >&2
+		exit 1
+	fi
+	counts=$(count_variant "$v")
+	read -r made done <<<"$counts"
+	awk -v v="$v" -v b="$b" -v m="$made" -v d="$done" -v s="$SECS" 'BEGIN { printf "%s %s %.0f %.0f\n", v, b, m / s, d / s }'
+}
+
+# One rule-matching run: prints "variant tps latency_ms".
+rules_run() { # VARIANT
+	local tenant type
+	case $1 in
+		none) tenant=$T_NONE type=quote_created ;;
+		nomatch) tenant=$T_RULES type=note ;;
+		match) tenant=$T_RULES type=quote_created ;;
+	esac
+	cat >"$WORK/rules-$1.sql" <<EOF
+INSERT INTO crm.activity (tenant_id, activity_type, subject, status, occurred_at, contact_id)
+SELECT c.tenant_id, '$type', 'Bench', 'completed', pg_catalog.now(), c.id
+  FROM bench_contact c WHERE c.tenant_id = '$tenant' AND c.k = :client_id;
+EOF
+	PGOPTIONS="-c crm.tenant_id=$tenant -c client_min_messages=warning" \
+		pgbench -n -M prepared -c 2 -j 2 -T "$RULE_SECS" -f "$WORK/rules-$1.sql" "$DB" >"$WORK/r.out" 2>&1 || {
+		echo "queue.sh: pgbench failed for rules $1:" >&2
+		tail -n 5 "$WORK/r.out" >&2
+		exit 1
+	}
+	awk -v v="$1" '/^latency average/ { lat = $4 } /^tps = / { tps = $3 } END { printf "%s %s %s\n", v, tps, lat }' "$WORK/r.out"
+}
+
+for b in $BATCHES; do write_scripts "$b"; done
+
+echo "queue: $RUNS x ($variants) x batches ($BATCHES), ${SECS}s each, 2 producers + 2 workers ..."
+results=""
+for ((run = 1; run <= RUNS; run++)); do
+	for b in $BATCHES; do
+		for v in $variants; do
+			results+="$(queue_run "$v" "$b")"$'\n'
+		done
+	done
+done
+
+echo "rule matching: $RULE_RUNS x (none, nomatch, match), ${RULE_SECS}s each, pgbench -c 2 single-row INSERT ..."
+rules=""
+for ((run = 1; run <= RULE_RUNS; run++)); do
+	for v in none nomatch match; do
+		rules+="$run $(rules_run "$v")"$'\n'
+	done
+done
+jobs_made=$(psql_bench -c "SELECT count(*) FROM crm.job j JOIN bench_tenant b ON b.tenant_id = j.tenant_id WHERE b.name = 'rules'")
+quotes_made=$(psql_bench -c "SELECT count(*) FROM crm.activity a JOIN bench_tenant b ON b.tenant_id = a.tenant_id
+                              WHERE b.name = 'rules' AND a.activity_type = 'quote_created'")
+
+median() { # FIELD FILTER...: the median of a field over the matching lines
+	local field=$1
+	shift
+	awk "$*"' { print $'"$field"' }' | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "-" }'
+}
+
+echo
+echo "Job queue throughput, jobs/s: enqueued / through enqueue+claim+complete"
+echo "(2 producers + 2 workers at once, ${SECS}s per run, median of $RUNS; shared machine: expect +-20 % noise;"
+echo " completed < enqueued means the workers fell behind and a backlog grew during the run)"
+printf '  %-26s' ""
+for b in $BATCHES; do printf '  %-22s' "batch $b"; done
+echo
+for v in crm plpgsql pgq; do
+	case $v in
+		crm) label="crm (C, src/queue.c)" ;;
+		plpgsql) label="same queue in PL/pgSQL" ;;
+		pgq) label="PgQ 3 (tick batches)" ;;
+	esac
+	printf '  %-26s' "$label"
+	for b in $BATCHES; do
+		if [[ " $variants " == *" $v "* ]]; then
+			e=$(median 3 "\$1 == \"$v\" && \$2 == \"$b\"" <<<"$results")
+			d=$(median 4 "\$1 == \"$v\" && \$2 == \"$b\"" <<<"$results")
+			printf '  %9s / %-10s' "$e" "$d"
+		else
+			printf '  %-22s' "(PgQ not installed)"
+		fi
+	done
+	echo
+done
+for b in $BATCHES; do
+	c=$(median 4 "\$1 == \"crm\" && \$2 == \"$b\"" <<<"$results")
+	p=$(median 4 "\$1 == \"plpgsql\" && \$2 == \"$b\"" <<<"$results")
+	line="  batch $b: crm/PL/pgSQL $(awk -v a="$c" -v b="$p" 'BEGIN { printf (b > 0 ? "%.2fx" : "-"), a / b }')"
+	if [[ " $variants " == *" pgq "* ]]; then
+		q=$(median 4 "\$1 == \"pgq\" && \$2 == \"$b\"" <<<"$results")
+		line+=", crm/PgQ $(awk -v a="$c" -v b="$q" 'BEGIN { printf (b > 0 ? "%.2fx" : "-"), a / b }')"
+		line+=" (goal >= 1: $(awk -v a="$c" -v b="$q" 'BEGIN { print (a >= b ? "met" : "NOT met") }'))"
+	fi
+	if ((b > 1)); then
+		line+=", goal >= 10,000 jobs/s batched: $(awk -v a="$c" 'BEGIN { print (a >= 10000 ? "met" : "NOT met") }')"
+	fi
+	echo "$line"
+done
+
+echo
+echo "Rule matching on a single-row INSERT of an activity (pgbench -c 2, ${RULE_SECS}s per run, median of $RULE_RUNS;"
+echo "the difference is the median of the differences between runs made one after the other)"
+for v in none nomatch match; do
+	case $v in
+		none) label="tenant without rules" ;;
+		nomatch) label="default rules, none matches (note)" ;;
+		match) label="default rules, one matches (quote_created -> job)" ;;
+	esac
+	tps=$(median 3 "\$2 == \"$v\"" <<<"$rules")
+	lat=$(median 4 "\$2 == \"$v\"" <<<"$rules")
+	# per run: this variant's latency minus the no-rule one's, in us
+	diff=$(awk -v v="$v" '{ lat[$1, $2] = $4; runs[$1] = 1 }
+		END { for (r in runs) if ((r, v) in lat && (r, "none") in lat) printf "%.0f\n", (lat[r, v] - lat[r, "none"]) * 1000 }' <<<"$rules" |
+		sort -n | awk '{ d[NR] = $1 } END { print (NR ? d[int((NR + 1) / 2)] : 0) }')
+	awk -v l="$label" -v t="$tps" -v m="$lat" -v d="$diff" \
+		'BEGIN { printf "  %-50s %8.0f changes/s  %6.3f ms each  (%+d us vs no rules)\n", l, t, m, d }'
+done
+echo "  (the matching runs made $quotes_made quotes and $jobs_made jobs: one job per quote)"
+if [[ $quotes_made != "$jobs_made" ]]; then
+	echo "queue.sh: FAIL: $quotes_made quotes but $jobs_made jobs" >&2
+	exit 1
+fi
+echo "  all runs:"
+sed 's/^/    /' <<<"$results$rules" | sed '/^ *$/d'

@@ -1,0 +1,259 @@
+-- src/sql/63_outbox.sql: the event outbox (C in src/outbox.c).
+--
+-- Business events (LeadCreated, OpportunityClosed, ...) are written by C
+-- triggers in the same transaction as the change, and by applications with
+-- crm.emit_event().  Readers take them in position order with
+-- crm.read_events() or through named consumers (crm.subscribe, crm.poll,
+-- crm.ack), woken by LISTEN crm_events.
+--
+-- Position: (the writing transaction's 64-bit id << 24) + the event's
+-- number within that transaction.  A reader is handed only events of
+-- transactions older than the oldest one still running (the xmin of its
+-- snapshot): every transaction that can still write has a larger id, so an
+-- event that commits later always gets a larger position than any event
+-- already handed out, and a cursor never skips one.  Positions are per
+-- node, which on Citus is per tenant (a tenant's rows live on one node).
+
+CREATE TABLE crm.event (
+    tenant_id   uuid NOT NULL DEFAULT crm.current_tenant() REFERENCES crm.tenant ON DELETE CASCADE,
+    position    bigint NOT NULL CHECK (position > 0),
+    id          uuid NOT NULL DEFAULT crm.uuid_generate_v7(),
+    event_type  text NOT NULL CHECK (event_type ~ '^[A-Z][A-Za-z0-9]{0,62}$'),
+    entity      text CHECK (entity ~ '^[a-z][a-z0-9_]{0,62}$'),
+    entity_id   uuid,
+    payload     jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(payload) = 'object'),
+    occurred_at timestamptz NOT NULL DEFAULT now(),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, position),
+    UNIQUE (tenant_id, id)
+);
+CREATE INDEX event_time_idx ON crm.event (tenant_id, occurred_at);
+COMMENT ON TABLE crm.event IS 'The outbox: business events in the order readers get them, written in the same transaction as the change (read with crm.read_events or crm.poll)';
+COMMENT ON COLUMN crm.event.tenant_id IS 'Owning tenant';
+COMMENT ON COLUMN crm.event.position IS 'Total order of the events: (writing transaction id << 24) + number within the transaction (set by the server)';
+COMMENT ON COLUMN crm.event.id IS 'Event id (UUIDv7), stable for deduplication by consumers';
+COMMENT ON COLUMN crm.event.event_type IS 'Event name, e.g. LeadCreated, OpportunityClosed, or an application''s own (CamelCase)';
+COMMENT ON COLUMN crm.event.entity IS 'Kind of record the event is about: lead, opportunity, activity, ... (NULL for an application event about none)';
+COMMENT ON COLUMN crm.event.entity_id IS 'Id of the record the event is about';
+COMMENT ON COLUMN crm.event.payload IS 'Event fields as a JSON object (those of shared/seeds/002 for the built-in events)';
+COMMENT ON COLUMN crm.event.occurred_at IS 'When the change happened (transaction time)';
+COMMENT ON COLUMN crm.event.created_at IS 'When the row was made';
+COMMENT ON COLUMN crm.event.updated_at IS 'When the row last changed';
+
+CREATE TABLE crm.event_consumer (
+    tenant_id   uuid NOT NULL DEFAULT crm.current_tenant() REFERENCES crm.tenant ON DELETE CASCADE,
+    name        text NOT NULL CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$'),
+    position    bigint NOT NULL DEFAULT 0 CHECK (position >= 0),
+    acked_at    timestamptz,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, name)
+);
+COMMENT ON TABLE crm.event_consumer IS 'Named readers of the outbox with the position they acknowledged (crm.subscribe, crm.poll, crm.ack)';
+COMMENT ON COLUMN crm.event_consumer.tenant_id IS 'Owning tenant';
+COMMENT ON COLUMN crm.event_consumer.name IS 'Consumer name, unique within the tenant';
+COMMENT ON COLUMN crm.event_consumer.position IS 'Last acknowledged event position: crm.poll returns the events after it; moved on by crm.ack';
+COMMENT ON COLUMN crm.event_consumer.acked_at IS 'When crm.ack last moved the position';
+COMMENT ON COLUMN crm.event_consumer.created_at IS 'When the row was made';
+COMMENT ON COLUMN crm.event_consumer.updated_at IS 'When the row last changed';
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['event', 'event_consumer'] LOOP
+        EXECUTE format('ALTER TABLE crm.%I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE crm.%I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format('CREATE POLICY tenant_isolation ON crm.%I'
+                       ' USING (tenant_id = crm.current_tenant())'
+                       ' WITH CHECK (tenant_id = crm.current_tenant())', t);
+        EXECUTE format('COMMENT ON POLICY tenant_isolation ON crm.%I IS %L', t,
+                       'Rows of the tenant the statement acts for (crm.current_tenant()) only');
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION crm.emit_event(event_type text, payload jsonb, entity text DEFAULT NULL, entity_id uuid DEFAULT NULL)
+    RETURNS bigint
+    AS 'MODULE_PATHNAME', 'crm_outbox_emit_event'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION crm.emit_event(text, jsonb, text, uuid) IS
+    'Writes an application event to the outbox of the current tenant, in the current transaction; returns its position';
+
+CREATE FUNCTION crm.event_head() RETURNS bigint
+    AS 'MODULE_PATHNAME', 'crm_outbox_event_head'
+    LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION crm.event_head() IS
+    'The position below which every event that will ever exist is already committed and readable (from the snapshot''s xmin); crm.read_events hands out only events below it';
+
+CREATE FUNCTION crm.event_limit() RETURNS bigint
+    AS 'MODULE_PATHNAME', 'crm_outbox_event_limit'
+    LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION crm.event_limit() IS
+    'The position above every event written so far (from the next transaction id); a cursor at or beyond it is from the future';
+
+CREATE FUNCTION crm.read_events(after bigint, max integer DEFAULT 1000)
+    RETURNS TABLE ("position" bigint, event_id uuid, event_type text, entity text, entity_id uuid,
+                   payload jsonb, occurred_at timestamptz)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF $1 IS NULL OR $2 IS NULL THEN
+        RAISE EXCEPTION 'after and max must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF $2 < 1 OR $2 > 100000 THEN
+        RAISE EXCEPTION 'max must be between 1 and 100000, not %', $2 USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF $1 < 0 OR $1 >= crm.event_limit() THEN
+        RAISE EXCEPTION 'event position % is not a cursor of this database', $1
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A cursor is 0 or the position of an event handed out before; this one is beyond every event written so far.';
+    END IF;
+    RETURN QUERY
+        SELECT e.position, e.id, e.event_type, e.entity, e.entity_id, e.payload, e.occurred_at
+          FROM crm.event e
+         WHERE e.tenant_id = crm.current_tenant()
+           AND e.position > $1
+           AND e.position < crm.event_head()
+         ORDER BY e.position
+         LIMIT $2;
+END
+$$;
+COMMENT ON FUNCTION crm.read_events(bigint, integer) IS
+    'Up to max events of the current tenant after position after, in position order; an event of a transaction that commits later always comes after those already handed out, so a cursor never skips one';
+
+CREATE FUNCTION crm.subscribe(name text, after bigint DEFAULT NULL) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    tenant uuid := crm.current_tenant();
+    pos bigint;
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'consumer name must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF tenant IS NULL THEN
+        RAISE EXCEPTION 'no tenant to subscribe for' USING ERRCODE = 'insufficient_privilege',
+            HINT = 'Act for a tenant (crm.tenant_id or a mapping made with crm.grant_tenant_access).';
+    END IF;
+    IF $2 IS NOT NULL AND ($2 < 0 OR $2 >= crm.event_limit()) THEN
+        RAISE EXCEPTION 'event position % is not a cursor of this database', $2
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT c.position INTO pos FROM crm.event_consumer c WHERE c.tenant_id = tenant AND c.name = $1;
+    IF FOUND THEN
+        RETURN pos;
+    END IF;
+    INSERT INTO crm.event_consumer AS c (tenant_id, name, position)
+    VALUES (tenant, $1, coalesce($2, crm.event_head() - 1))
+    ON CONFLICT ON CONSTRAINT event_consumer_pkey DO NOTHING;
+    SELECT c.position INTO pos FROM crm.event_consumer c WHERE c.tenant_id = tenant AND c.name = $1;
+    RETURN pos;
+END
+$$;
+COMMENT ON FUNCTION crm.subscribe(text, bigint) IS
+    'Makes a named consumer of the current tenant''s events starting after position after (default: only events from now on); returns its position; an existing consumer is kept as it is';
+
+CREATE FUNCTION crm.unsubscribe(name text) RETURNS boolean
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    DELETE FROM crm.event_consumer c WHERE c.tenant_id = crm.current_tenant() AND c.name = $1;
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION crm.unsubscribe(text) IS
+    'Drops a named consumer (its unacknowledged events no longer hold back crm.purge_events); true when it existed';
+
+CREATE FUNCTION crm.poll(name text, max integer DEFAULT 1000)
+    RETURNS TABLE ("position" bigint, event_id uuid, event_type text, entity text, entity_id uuid,
+                   payload jsonb, occurred_at timestamptz)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    pos bigint;
+BEGIN
+    SELECT c.position INTO pos FROM crm.event_consumer c
+     WHERE c.tenant_id = crm.current_tenant() AND c.name = $1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event consumer "%" does not exist', $1 USING ERRCODE = 'no_data_found',
+            HINT = 'Make it with crm.subscribe().';
+    END IF;
+    RETURN QUERY SELECT * FROM crm.read_events(pos, $2);
+END
+$$;
+COMMENT ON FUNCTION crm.poll(text, integer) IS
+    'Up to max events after the consumer''s acknowledged position (the same again until crm.ack moves it on)';
+
+CREATE FUNCTION crm.ack(name text, "position" bigint) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    pos bigint;
+BEGIN
+    IF $2 IS NULL THEN
+        RAISE EXCEPTION 'position must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF $2 < 0 OR $2 >= crm.event_head() THEN
+        RAISE EXCEPTION 'event position % has not been handed out', $2
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A consumer acknowledges the position of an event crm.poll returned.';
+    END IF;
+    UPDATE crm.event_consumer c
+       SET position = GREATEST(c.position, $2), acked_at = pg_catalog.now()
+     WHERE c.tenant_id = crm.current_tenant() AND c.name = $1
+    RETURNING c.position INTO pos;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event consumer "%" does not exist', $1 USING ERRCODE = 'no_data_found',
+            HINT = 'Make it with crm.subscribe().';
+    END IF;
+    RETURN pos;
+END
+$$;
+COMMENT ON FUNCTION crm.ack(text, bigint) IS
+    'Acknowledges every event of the consumer up to position (never moves back); returns the stored position';
+
+CREATE FUNCTION crm.purge_events(older_than interval) RETURNS bigint
+    AS 'MODULE_PATHNAME', 'crm_outbox_purge_events'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION crm.purge_events(interval) IS
+    'Deletes the current tenant''s events older than older_than that every consumer has acknowledged; returns how many';
+
+-- Events of the records: one C statement trigger per table and event.
+
+CREATE FUNCTION crm.outbox_record_events() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_outbox_record_events'
+    LANGUAGE C;
+COMMENT ON FUNCTION crm.outbox_record_events() IS
+    'Statement trigger: the business events (LeadCreated, LeadConverted, OpportunityCreated, OpportunityStageChanged, OpportunityClosed, ActivityCreated, TaskCompleted) of the rows the statement wrote';
+
+CREATE TRIGGER outbox_insert AFTER INSERT ON crm.lead
+    REFERENCING NEW TABLE AS crm_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.outbox_record_events();
+CREATE TRIGGER outbox_update AFTER UPDATE ON crm.lead
+    REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.outbox_record_events();
+CREATE TRIGGER outbox_insert AFTER INSERT ON crm.opportunity
+    REFERENCING NEW TABLE AS crm_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.outbox_record_events();
+CREATE TRIGGER outbox_update AFTER UPDATE ON crm.opportunity
+    REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.outbox_record_events();
+CREATE TRIGGER outbox_insert AFTER INSERT ON crm.activity
+    REFERENCING NEW TABLE AS crm_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.outbox_record_events();
+CREATE TRIGGER outbox_update AFTER UPDATE ON crm.activity
+    REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.outbox_record_events();
+COMMENT ON TRIGGER outbox_insert ON crm.lead IS 'LeadCreated per new lead';
+COMMENT ON TRIGGER outbox_update ON crm.lead IS 'LeadConverted per lead the statement converted';
+COMMENT ON TRIGGER outbox_insert ON crm.opportunity IS 'OpportunityCreated per new opportunity (and OpportunityClosed when created closed)';
+COMMENT ON TRIGGER outbox_update ON crm.opportunity IS 'OpportunityStageChanged per stage change, OpportunityClosed per opportunity that became won or lost';
+COMMENT ON TRIGGER outbox_insert ON crm.activity IS 'ActivityCreated per new activity (and TaskCompleted for a task created completed)';
+COMMENT ON TRIGGER outbox_update ON crm.activity IS 'TaskCompleted per task the statement completed';

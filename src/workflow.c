@@ -1,0 +1,944 @@
+/*-------------------------------------------------------------------------
+ *
+ * workflow.c
+ *	  Workflow rules: validated conditions, and the trigger that matches
+ *	  every event of the outbox against the tenant's rules and enqueues
+ *	  their jobs in the same transaction.
+ *
+ * A rule names an event (an outbox event type such as LeadQualified or
+ * OpportunityStageChanged, an activity type such as quote_created, which
+ * matches the ActivityCreated events of that type, or a time condition run
+ * by crm.run_time_rules()), optionally a stage it must reach, and a
+ * condition over the event's payload:
+ *
+ *	{}											always
+ *	{"all": [c, ...]}, {"any": [c, ...]}, {"not": c}
+ *	{"field": "expectedValue", "op": ">=", "value": 10000}
+ *
+ * A field is a dotted path into the payload ("relatedTo.contactId"); the
+ * payloads carry the old and new values of what changed (fromStage and
+ * toStage, for instance).  Operators: = != > >= < <= in not_in contains
+ * exists not_exists.  Numbers compare as numbers, strings as strings; a
+ * missing field satisfies only != not_in and not_exists.
+ *
+ * Matching is an AFTER INSERT statement trigger on crm.event: the new
+ * events are read from the transition table in C (Citus cannot replan a
+ * statement over it), each tenant's active rules are read once per
+ * statement, and each match becomes a job through crm_queue_enqueue_job()
+ * with an idempotency key that is a name-based UUID (v5) of the rule and
+ * the event, so a replayed event never makes a second job.  A debounce
+ * window makes at most one job per rule and record within it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "crm.h"
+
+#include <uuid/uuid.h>
+
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/array.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(crm_workflow_validate_rule);
+PG_FUNCTION_INFO_V1(crm_workflow_rule_check);
+PG_FUNCTION_INFO_V1(crm_workflow_match);
+PG_FUNCTION_INFO_V1(crm_workflow_idempotency_key);
+
+/* The namespace of the rules' idempotency keys (a fixed, random v4 uuid). */
+static const unsigned char rule_key_namespace[16] = {
+	0x3c, 0x6f, 0x1e, 0x52, 0x8b, 0x0d, 0x4a, 0x93,
+	0xb1, 0x27, 0x5e, 0xc4, 0x90, 0x6a, 0xd2, 0x18
+};
+
+static const char *const condition_ops[] = {
+	"=", "!=", ">", ">=", "<", "<=", "in", "not_in", "contains", "exists", "not_exists"
+};
+
+/* One problem found in a condition. */
+typedef struct ConditionProblem
+{
+	char	   *path;
+	char	   *problem;
+} ConditionProblem;
+
+typedef struct ProblemList
+{
+	List	   *problems;
+} ProblemList;
+
+static void
+add_problem(ProblemList *list, const char *path, const char *fmt,...)
+	pg_attribute_printf(3, 4);
+
+static void
+add_problem(ProblemList *list, const char *path, const char *fmt,...)
+{
+	ConditionProblem *p = palloc(sizeof(ConditionProblem));
+	StringInfoData buf;
+	va_list		args;
+
+	initStringInfo(&buf);
+	for (;;)
+	{
+		int			needed;
+
+		va_start(args, fmt);
+		needed = appendStringInfoVA(&buf, fmt, args);
+		va_end(args);
+		if (needed == 0)
+			break;
+		enlargeStringInfo(&buf, needed);
+	}
+	p->path = pstrdup(path);
+	p->problem = buf.data;
+	list->problems = lappend(list->problems, p);
+}
+
+static JsonbValue *
+object_field(JsonbContainer *container, const char *key)
+{
+	JsonbValue	k;
+
+	if (!JsonContainerIsObject(container))
+		return NULL;
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	return findJsonbValueFromContainer(container, JB_FOBJECT, &k);
+}
+
+static bool
+is_container(JsonbValue *v, bool object)
+{
+	if (v == NULL || v->type != jbvBinary)
+		return false;
+	return object ? JsonContainerIsObject(v->val.binary.data)
+		: JsonContainerIsArray(v->val.binary.data);
+}
+
+static char *
+string_value(JsonbValue *v)
+{
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+static bool
+known_op(const char *op)
+{
+	for (int i = 0; i < lengthof(condition_ops); i++)
+		if (strcmp(op, condition_ops[i]) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Collects every problem of one condition (and those nested in it) at the
+ * given path, so that crm.validate_rule() can list them all at once.
+ */
+static void
+validate_condition(JsonbContainer *cond, const char *path, bool top, ProblemList *list)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			nkeys = 0;
+	bool		has_combinator = false;
+	bool		has_leaf = false;
+
+	if (!JsonContainerIsObject(cond))
+	{
+		add_problem(list, path, "a condition must be a JSON object");
+		return;
+	}
+
+	it = JsonbIteratorInit(cond);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *key;
+
+		if (tok != WJB_KEY)
+			continue;
+		key = string_value(&v);
+		nkeys++;
+		if (strcmp(key, "all") == 0 || strcmp(key, "any") == 0 || strcmp(key, "not") == 0)
+			has_combinator = true;
+		else if (strcmp(key, "field") == 0 || strcmp(key, "op") == 0 || strcmp(key, "value") == 0)
+			has_leaf = true;
+		else
+			add_problem(list, psprintf("%s.%s", path, key),
+						"unknown key \"%s\" (a condition has all, any or not, or field, op and value)", key);
+	}
+	if (nkeys == 0)
+	{
+		if (!top)
+			add_problem(list, path, "an empty condition is only allowed as the whole condition (always true)");
+		return;
+	}
+	if (has_combinator && (has_leaf || nkeys > 1))
+		add_problem(list, path, "a condition with all, any or not must have no other key");
+
+	if (has_combinator)
+	{
+		const char *const combinators[] = {"all", "any"};
+		JsonbValue *not_value = object_field(cond, "not");
+
+		for (int c = 0; c < lengthof(combinators); c++)
+		{
+			JsonbValue *arr = object_field(cond, combinators[c]);
+			int			n;
+
+			if (arr == NULL)
+				continue;
+			if (!is_container(arr, false))
+			{
+				add_problem(list, psprintf("%s.%s", path, combinators[c]),
+							"%s must be an array of conditions", combinators[c]);
+				continue;
+			}
+			n = JsonContainerSize(arr->val.binary.data);
+			if (n == 0)
+				add_problem(list, psprintf("%s.%s", path, combinators[c]),
+							"%s must list at least one condition", combinators[c]);
+			for (int i = 0; i < n; i++)
+			{
+				JsonbValue *elem = getIthJsonbValueFromContainer(arr->val.binary.data, i);
+				char	   *elem_path = psprintf("%s.%s[%d]", path, combinators[c], i);
+
+				if (!is_container(elem, true))
+					add_problem(list, elem_path, "a condition must be a JSON object");
+				else
+					validate_condition(elem->val.binary.data, elem_path, false, list);
+			}
+		}
+		if (not_value != NULL)
+		{
+			if (!is_container(not_value, true))
+				add_problem(list, psprintf("%s.not", path), "not must be a condition object");
+			else
+				validate_condition(not_value->val.binary.data, psprintf("%s.not", path), false, list);
+		}
+		return;
+	}
+
+	/* a leaf: field, op and (but for exists/not_exists) value */
+	{
+		JsonbValue *field = object_field(cond, "field");
+		JsonbValue *op = object_field(cond, "op");
+		JsonbValue *value = object_field(cond, "value");
+		char	   *opname = NULL;
+
+		if (field == NULL)
+			add_problem(list, psprintf("%s.field", path), "field is missing");
+		else if (field->type != jbvString || field->val.string.len == 0)
+			add_problem(list, psprintf("%s.field", path), "field must be a non-empty string (a dotted path into the event payload)");
+
+		if (op == NULL)
+			add_problem(list, psprintf("%s.op", path), "op is missing");
+		else if (op->type != jbvString || !known_op(opname = string_value(op)))
+			add_problem(list, psprintf("%s.op", path),
+						"op must be one of = != > >= < <= in not_in contains exists not_exists");
+
+		if (opname == NULL || !known_op(opname))
+			return;
+		if (strcmp(opname, "exists") == 0 || strcmp(opname, "not_exists") == 0)
+		{
+			if (value != NULL)
+				add_problem(list, psprintf("%s.value", path), "%s takes no value", opname);
+		}
+		else if (value == NULL)
+			add_problem(list, psprintf("%s.value", path), "value is missing");
+		else if (strcmp(opname, "in") == 0 || strcmp(opname, "not_in") == 0)
+		{
+			if (!is_container(value, false))
+				add_problem(list, psprintf("%s.value", path), "%s needs an array value", opname);
+		}
+		else if (opname[0] == '<' || opname[0] == '>')
+		{
+			if (value->type != jbvNumeric && value->type != jbvString)
+				add_problem(list, psprintf("%s.value", path), "%s needs a number or a string", opname);
+		}
+		else if (value->type == jbvBinary && strcmp(opname, "contains") != 0)
+			add_problem(list, psprintf("%s.value", path), "%s needs a scalar value", opname);
+	}
+}
+
+static List *
+condition_problems(Jsonb *condition)
+{
+	ProblemList list = {NIL};
+
+	if (!JB_ROOT_IS_OBJECT(condition) || JB_ROOT_IS_SCALAR(condition))
+		add_problem(&list, "$", "a condition must be a JSON object");
+	else
+		validate_condition(&condition->root, "$", true, &list);
+	return list.problems;
+}
+
+/*
+ * crm.validate_rule(condition jsonb) returns table (path text, problem text)
+ */
+Datum
+crm_workflow_validate_rule(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	List	   *problems;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (PG_ARGISNULL(0))
+	{
+		Datum		values[2] = {CStringGetTextDatum("$"), CStringGetTextDatum("the condition must not be null")};
+		bool		nulls[2] = {false, false};
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		return (Datum) 0;
+	}
+	problems = condition_problems(PG_GETARG_JSONB_P(0));
+	foreach(lc, problems)
+	{
+		ConditionProblem *p = lfirst(lc);
+		Datum		values[2] = {CStringGetTextDatum(p->path), CStringGetTextDatum(p->problem)};
+		bool		nulls[2] = {false, false};
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * crm.workflow_rule_check() trigger, BEFORE INSERT OR UPDATE on
+ * crm.workflow_rule: a rule whose condition does not validate is refused
+ * with its first problem; crm.validate_rule() lists them all.
+ */
+Datum
+crm_workflow_rule_check(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	newtuple;
+	TupleDesc	tupdesc;
+	int			cond_att;
+	bool		isnull;
+	Datum		cond;
+	List	   *problems;
+
+	crm_require_trigger(fcinfo, "workflow_rule_check", true, true);
+	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		newtuple = trigdata->tg_trigtuple;
+	else if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		newtuple = trigdata->tg_newtuple;
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"workflow_rule_check\" must be fired for INSERT or UPDATE")));
+	if (crm_replica_skips_work())
+		return PointerGetDatum(newtuple);
+
+	tupdesc = RelationGetDescr(trigdata->tg_relation);
+	cond_att = crm_attnum(trigdata->tg_relation, "condition", JSONBOID);
+	cond = heap_getattr(newtuple, cond_att, tupdesc, &isnull);
+	if (isnull)
+		return PointerGetDatum(newtuple);	/* NOT NULL says so */
+	problems = condition_problems(DatumGetJsonbP(cond));
+	if (problems != NIL)
+	{
+		ConditionProblem *first = linitial(problems);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid rule condition at %s: %s", first->path, first->problem),
+				 list_length(problems) > 1 ?
+				 errdetail("The condition has %d problems.", list_length(problems)) : 0,
+				 errhint("SELECT * FROM crm.validate_rule(condition) lists every problem.")));
+	}
+	return PointerGetDatum(newtuple);
+}
+
+/* ---- evaluation ---- */
+
+/* The value at a dotted path of the payload, or NULL when there is none. */
+static JsonbValue *
+payload_path(Jsonb *payload, const char *path)
+{
+	JsonbContainer *container = &payload->root;
+	char	   *copy = pstrdup(path);
+	char	   *part;
+	char	   *saveptr = NULL;
+	JsonbValue *v = NULL;
+
+	for (part = strtok_r(copy, ".", &saveptr); part; part = strtok_r(NULL, ".", &saveptr))
+	{
+		if (container == NULL)
+			return NULL;
+		v = object_field(container, part);
+		if (v == NULL)
+			return NULL;
+		container = v->type == jbvBinary ? v->val.binary.data : NULL;
+	}
+	return v;
+}
+
+/* -1, 0, 1, or 2 when the two cannot be ordered (different kinds). */
+static int
+compare_scalars(JsonbValue *a, JsonbValue *b)
+{
+	if (a->type == jbvNumeric && b->type == jbvNumeric)
+		return DatumGetInt32(DirectFunctionCall2(numeric_cmp,
+												 NumericGetDatum(a->val.numeric),
+												 NumericGetDatum(b->val.numeric)));
+	if (a->type == jbvString && b->type == jbvString)
+	{
+		int			len = Min(a->val.string.len, b->val.string.len);
+		int			c = memcmp(a->val.string.val, b->val.string.val, len);
+
+		if (c != 0)
+			return c < 0 ? -1 : 1;
+		return a->val.string.len == b->val.string.len ? 0
+			: (a->val.string.len < b->val.string.len ? -1 : 1);
+	}
+	if (a->type == jbvBool && b->type == jbvBool)
+		return a->val.boolean == b->val.boolean ? 0 : (a->val.boolean ? 1 : -1);
+	if (a->type == jbvNull && b->type == jbvNull)
+		return 0;
+	return 2;
+}
+
+static bool
+array_has(JsonbValue *array, JsonbValue *needle)
+{
+	int			n = JsonContainerSize(array->val.binary.data);
+
+	for (int i = 0; i < n; i++)
+		if (compare_scalars(getIthJsonbValueFromContainer(array->val.binary.data, i), needle) == 0)
+			return true;
+	return false;
+}
+
+static bool
+evaluate(JsonbContainer *cond, Jsonb *payload)
+{
+	JsonbValue *sub;
+
+	if (JsonContainerSize(cond) == 0)
+		return true;
+	if ((sub = object_field(cond, "all")) != NULL)
+	{
+		int			n = JsonContainerSize(sub->val.binary.data);
+
+		for (int i = 0; i < n; i++)
+			if (!evaluate(getIthJsonbValueFromContainer(sub->val.binary.data, i)->val.binary.data, payload))
+				return false;
+		return true;
+	}
+	if ((sub = object_field(cond, "any")) != NULL)
+	{
+		int			n = JsonContainerSize(sub->val.binary.data);
+
+		for (int i = 0; i < n; i++)
+			if (evaluate(getIthJsonbValueFromContainer(sub->val.binary.data, i)->val.binary.data, payload))
+				return true;
+		return false;
+	}
+	if ((sub = object_field(cond, "not")) != NULL)
+		return !evaluate(sub->val.binary.data, payload);
+
+	{
+		char	   *field = string_value(object_field(cond, "field"));
+		char	   *op = string_value(object_field(cond, "op"));
+		JsonbValue *value = object_field(cond, "value");
+		JsonbValue *actual = payload_path(payload, field);
+		bool		present = actual != NULL && actual->type != jbvNull;
+		int			cmp;
+
+		if (strcmp(op, "exists") == 0)
+			return present;
+		if (strcmp(op, "not_exists") == 0)
+			return !present;
+		if (strcmp(op, "in") == 0)
+			return actual != NULL && actual->type != jbvBinary && array_has(value, actual);
+		if (strcmp(op, "not_in") == 0)
+			return actual == NULL || actual->type == jbvBinary || !array_has(value, actual);
+		if (strcmp(op, "contains") == 0)
+		{
+			if (actual == NULL)
+				return false;
+			if (actual->type == jbvString && value->type == jbvString)
+			{
+				char	   *hay = string_value(actual);
+				char	   *needle = string_value(value);
+
+				return strstr(hay, needle) != NULL;
+			}
+			if (is_container(actual, false) && value->type != jbvBinary)
+				return array_has(actual, value);
+			return false;
+		}
+		if (strcmp(op, "!=") == 0)
+			return actual == NULL || actual->type == jbvBinary ||
+				value->type == jbvBinary || compare_scalars(actual, value) != 0;
+		if (actual == NULL || actual->type == jbvBinary || value->type == jbvBinary)
+			return false;
+		cmp = compare_scalars(actual, value);
+		if (cmp == 2)
+			return false;
+		if (strcmp(op, "=") == 0)
+			return cmp == 0;
+		if (strcmp(op, ">") == 0)
+			return cmp > 0;
+		if (strcmp(op, ">=") == 0)
+			return cmp >= 0;
+		if (strcmp(op, "<") == 0)
+			return cmp < 0;
+		return cmp <= 0;
+	}
+}
+
+/* ---- matching ---- */
+
+typedef struct RuleInfo
+{
+	pg_uuid_t	id;
+	char	   *event;
+	bool		has_stage;
+	pg_uuid_t	stage;
+	Jsonb	   *condition;
+	char	   *action;
+	Jsonb	   *params;
+	Interval   *delay;
+	bool		has_debounce;
+	Interval   *debounce;
+	int			max_attempts;
+} RuleInfo;
+
+typedef struct EventRow
+{
+	pg_uuid_t	tenant;
+	pg_uuid_t	id;
+	char	   *event_type;
+	char	   *entity;
+	bool		has_entity_id;
+	pg_uuid_t	entity_id;
+	Jsonb	   *payload;
+} EventRow;
+
+static SPIPlanPtr rules_plan = NULL;
+static SPIPlanPtr debounce_plan = NULL;
+
+static SPIPlanPtr
+kept_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
+{
+	if (*slot == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		*slot = plan;
+	}
+	return *slot;
+}
+
+/* The active rules of a tenant, read once per statement. */
+static List *
+tenant_rules(const pg_uuid_t *tenant)
+{
+	Oid			types[1] = {UUIDOID};
+	Datum		args[1] = {UUIDPGetDatum(tenant)};
+	List	   *rules = NIL;
+
+	kept_plan(&rules_plan,
+			  "SELECT id, event, stage_id, condition, action, params, delay, debounce, max_attempts"
+			  " FROM crm.workflow_rule"
+			  " WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND active"
+			  " AND event !~ '^(NoActivityFor|BeforeExpectedClose)$'"
+			  " ORDER BY id",
+			  1, types);
+	if (SPI_execute_plan(rules_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crm.workflow_rule");
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	tupdesc = SPI_tuptable->tupdesc;
+		RuleInfo   *r = palloc0(sizeof(RuleInfo));
+		bool		isnull;
+		Datum		d;
+
+		r->id = *DatumGetUUIDP(SPI_getbinval(tuple, tupdesc, 1, &isnull));
+		r->event = SPI_getvalue(tuple, tupdesc, 2);
+		d = SPI_getbinval(tuple, tupdesc, 3, &isnull);
+		if (!isnull)
+		{
+			r->has_stage = true;
+			r->stage = *DatumGetUUIDP(d);
+		}
+		r->condition = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 4, &isnull));
+		r->action = SPI_getvalue(tuple, tupdesc, 5);
+		r->params = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 6, &isnull));
+		r->delay = DatumGetIntervalP(datumCopy(SPI_getbinval(tuple, tupdesc, 7, &isnull), false, sizeof(Interval)));
+		d = SPI_getbinval(tuple, tupdesc, 8, &isnull);
+		if (!isnull)
+		{
+			r->has_debounce = true;
+			r->debounce = DatumGetIntervalP(datumCopy(d, false, sizeof(Interval)));
+		}
+		r->max_attempts = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 9, &isnull));
+		rules = lappend(rules, r);
+	}
+	return rules;
+}
+
+/* Does a rule's event name this event? */
+static bool
+rule_names_event(RuleInfo *rule, EventRow *ev)
+{
+	if (strcmp(rule->event, ev->event_type) == 0)
+		return true;
+	/* an activity type names the ActivityCreated events of that type */
+	if (strcmp(ev->event_type, "ActivityCreated") == 0)
+	{
+		JsonbValue *type = payload_path(ev->payload, "type");
+
+		return type != NULL && type->type == jbvString &&
+			strlen(rule->event) == type->val.string.len &&
+			strncmp(rule->event, type->val.string.val, type->val.string.len) == 0;
+	}
+	return false;
+}
+
+/* A stage rule fires on the transition into its stage only. */
+static bool
+rule_stage_reached(RuleInfo *rule, EventRow *ev)
+{
+	JsonbValue *to;
+	char	   *stage;
+
+	if (!rule->has_stage)
+		return true;
+	to = payload_path(ev->payload, "toStage");
+	if (to == NULL || to->type != jbvString)
+		return false;
+	stage = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&rule->stage)));
+	return strlen(stage) == to->val.string.len &&
+		strncmp(stage, to->val.string.val, to->val.string.len) == 0;
+}
+
+/* A uuid in its text form (with or without dashes), or false. */
+static bool
+parse_uuid_text(const char *text, int len, pg_uuid_t *out)
+{
+	int			ndigits = 0;
+
+	for (int i = 0; i < len; i++)
+	{
+		char		c = text[i];
+		int			nibble;
+
+		if (c == '-')
+			continue;
+		if (c >= '0' && c <= '9')
+			nibble = c - '0';
+		else if (c >= 'a' && c <= 'f')
+			nibble = c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			nibble = c - 'A' + 10;
+		else
+			return false;
+		if (ndigits >= 32)
+			return false;
+		if (ndigits % 2 == 0)
+			out->data[ndigits / 2] = (unsigned char) (nibble << 4);
+		else
+			out->data[ndigits / 2] |= (unsigned char) nibble;
+		ndigits++;
+	}
+	return ndigits == 32;
+}
+
+static bool
+uuid_from_payload(Jsonb *payload, const char *path, pg_uuid_t *out)
+{
+	JsonbValue *v = payload_path(payload, path);
+
+	if (v == NULL || v->type != jbvString)
+		return false;
+	return parse_uuid_text(v->val.string.val, v->val.string.len, out);
+}
+
+/*
+ * Does the debounce window hold this firing back?  The record is the job's
+ * contact when it has one (an activity rule debounces per person, not per
+ * activity), else the event's record.  One row per rule and record in
+ * crm.job_debounce says when it last fired: the upsert takes it only when
+ * the window has passed, and a concurrent firing of the same rule for the
+ * same record waits for it and then sees the new time (READ COMMITTED) or
+ * fails with a serialization error (REPEATABLE READ), so two transactions
+ * never both fire inside one window.
+ */
+static bool
+debounced(const pg_uuid_t *tenant, RuleInfo *rule, const CrmJobRequest *request)
+{
+	Oid			types[4] = {UUIDOID, UUIDOID, UUIDOID, INTERVALOID};
+	Datum		args[4];
+	const pg_uuid_t *subject;
+
+	if (!rule->has_debounce)
+		return false;
+	if (request->has_contact)
+		subject = &request->contact;
+	else if (request->has_entity_id)
+		subject = &request->entity_id;
+	else
+		return false;
+	kept_plan(&debounce_plan,
+			  "INSERT INTO crm.job_debounce AS d (tenant_id, rule_id, subject_id, last_at)"
+			  " VALUES ($1, $2, $3, pg_catalog.now())"
+			  " ON CONFLICT ON CONSTRAINT job_debounce_pkey DO UPDATE SET last_at = pg_catalog.now()"
+			  " WHERE d.last_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) $4)"
+			  " RETURNING 1",
+			  4, types);
+	args[0] = UUIDPGetDatum(tenant);
+	args[1] = UUIDPGetDatum(&rule->id);
+	args[2] = UUIDPGetDatum(subject);
+	args[3] = IntervalPGetDatum(rule->debounce);
+	if (SPI_execute_plan(debounce_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not check the rule's debounce window");
+	return SPI_processed == 0;
+}
+
+/* The rule's params with the event that fired it, for the job. */
+static Jsonb *
+job_params(RuleInfo *rule, EventRow *ev)
+{
+	Datum		event_obj;
+
+	event_obj = DirectFunctionCall1(jsonb_in, CStringGetDatum(
+		psprintf("{\"event_type\": \"%s\", \"event_id\": \"%s\"}", ev->event_type,
+				 DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&ev->id))))));
+	/* {"event_type", "event_id", "payload"} || rule params (params win) */
+	{
+		JsonbParseState *state = NULL;
+		JsonbValue	k;
+		JsonbValue	v;
+		Jsonb	   *payload_wrap;
+
+		pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+		k.type = jbvString;
+		k.val.string.val = "payload";
+		k.val.string.len = strlen("payload");
+		pushJsonbValue(&state, WJB_KEY, &k);
+		v.type = jbvBinary;
+		v.val.binary.data = &ev->payload->root;
+		v.val.binary.len = VARSIZE(ev->payload) - VARHDRSZ;
+		pushJsonbValue(&state, WJB_VALUE, &v);
+		payload_wrap = JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+		event_obj = DirectFunctionCall2(jsonb_concat, event_obj, JsonbPGetDatum(payload_wrap));
+	}
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, event_obj, JsonbPGetDatum(rule->params)));
+}
+
+static void
+fire(const pg_uuid_t *tenant, RuleInfo *rule, EventRow *ev)
+{
+	CrmJobRequest request;
+	unsigned char name[32];
+	uuid_t		key;
+
+	memset(&request, 0, sizeof(request));
+	request.action = rule->action;
+	request.params = job_params(rule, ev);
+	request.run_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+															 TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
+															 IntervalPGetDatum(rule->delay)));
+	request.max_attempts = rule->max_attempts;
+
+	/* key = uuid v5 (rule id || event id): a replayed event finds its job */
+	memcpy(name, rule->id.data, 16);
+	memcpy(name + 16, ev->id.data, 16);
+	uuid_generate_sha1(key, (unsigned char *) rule_key_namespace, (const char *) name, sizeof(name));
+	request.has_key = true;
+	memcpy(request.key.data, key, 16);
+
+	request.has_rule = true;
+	request.rule = rule->id;
+	request.entity = ev->entity;
+	if (ev->has_entity_id)
+	{
+		request.has_entity_id = true;
+		request.entity_id = ev->entity_id;
+	}
+	if (ev->entity && strcmp(ev->entity, "contact") == 0 && ev->has_entity_id)
+	{
+		request.has_contact = true;
+		request.contact = ev->entity_id;
+	}
+	else
+		request.has_contact = uuid_from_payload(ev->payload, "contactId", &request.contact) ||
+			uuid_from_payload(ev->payload, "relatedTo.contactId", &request.contact);
+
+	if (debounced(tenant, rule, &request))
+		return;
+	(void) crm_queue_enqueue_job(tenant, &request);
+}
+
+/*
+ * crm.workflow_match() trigger: AFTER INSERT FOR EACH STATEMENT on
+ * crm.event, REFERENCING NEW TABLE AS crm_new_events.
+ */
+Datum
+crm_workflow_match(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Tuplestorestate *store;
+	TupleTableSlot *slot;
+	TupleDesc	tupdesc;
+	List	   *events = NIL;
+	ListCell   *lc;
+	int			att_tenant;
+	int			att_id;
+	int			att_type;
+	int			att_entity;
+	int			att_entity_id;
+	int			att_payload;
+	Oid			save_userid;
+	int			save_sec_context;
+	bool		have_tenant = false;
+	pg_uuid_t	rules_tenant;
+	List	   *rules = NIL;
+
+	crm_require_trigger(fcinfo, "workflow_match", false, false);
+	if (!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) || trigdata->tg_newtable == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"workflow_match\" must be fired AFTER INSERT with REFERENCING NEW TABLE")));
+	/* a restore brings the jobs with the events */
+	if (crm_loading_dump())
+		return PointerGetDatum(NULL);
+
+	tupdesc = RelationGetDescr(trigdata->tg_relation);
+	att_tenant = crm_attnum(trigdata->tg_relation, "tenant_id", UUIDOID);
+	att_id = crm_attnum(trigdata->tg_relation, "id", UUIDOID);
+	att_type = crm_attnum(trigdata->tg_relation, "event_type", TEXTOID);
+	att_entity = crm_attnum(trigdata->tg_relation, "entity", TEXTOID);
+	att_entity_id = crm_attnum(trigdata->tg_relation, "entity_id", UUIDOID);
+	att_payload = crm_attnum(trigdata->tg_relation, "payload", JSONBOID);
+
+	/* Read the statement's events in C first: no plan sees the tuplestore. */
+	store = trigdata->tg_newtable;
+	slot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
+	crm_transition_rewind(store);
+	while (tuplestore_gettupleslot(store, true, false, slot))
+	{
+		EventRow   *ev = palloc0(sizeof(EventRow));
+		bool		isnull;
+		Datum		d;
+
+		ev->tenant = *DatumGetUUIDP(slot_getattr(slot, att_tenant, &isnull));
+		ev->id = *DatumGetUUIDP(slot_getattr(slot, att_id, &isnull));
+		ev->event_type = TextDatumGetCString(slot_getattr(slot, att_type, &isnull));
+		d = slot_getattr(slot, att_entity, &isnull);
+		ev->entity = isnull ? NULL : TextDatumGetCString(d);
+		d = slot_getattr(slot, att_entity_id, &isnull);
+		if (!isnull)
+		{
+			ev->has_entity_id = true;
+			ev->entity_id = *DatumGetUUIDP(d);
+		}
+		ev->payload = DatumGetJsonbPCopy(slot_getattr(slot, att_payload, &isnull));
+		events = lappend(events, ev);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	if (events == NIL)
+		return PointerGetDatum(NULL);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	/* jobs are the server's: written as the owner of the event table */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(trigdata->tg_relation->rd_rel->relowner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+
+	foreach(lc, events)
+	{
+		EventRow   *ev = lfirst(lc);
+		ListCell   *rc;
+
+		if (!have_tenant || memcmp(&rules_tenant, &ev->tenant, sizeof(pg_uuid_t)) != 0)
+		{
+			rules = tenant_rules(&ev->tenant);
+			rules_tenant = ev->tenant;
+			have_tenant = true;
+		}
+		foreach(rc, rules)
+		{
+			RuleInfo   *rule = lfirst(rc);
+
+			if (rule_names_event(rule, ev) && rule_stage_reached(rule, ev) &&
+				evaluate(&rule->condition->root, ev->payload))
+				fire(&ev->tenant, rule, ev);
+		}
+	}
+
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * crm.idempotency_key(VARIADIC parts text[]) returns uuid
+ *
+ * A version 5 uuid of the parts joined by a unit separator (which no
+ * part may contain), so that ('ab', 'c') and ('a', 'bc') differ.
+ */
+Datum
+crm_workflow_idempotency_key(PG_FUNCTION_ARGS)
+{
+	ArrayType  *parts = PG_GETARG_ARRAYTYPE_P(0);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+	StringInfoData name;
+	uuid_t		key;
+	pg_uuid_t  *result = palloc(sizeof(pg_uuid_t));
+
+	deconstruct_array(parts, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &nelems);
+	if (nelems == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("an idempotency key needs at least one part")));
+	initStringInfo(&name);
+	for (int i = 0; i < nelems; i++)
+	{
+		char	   *part;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("part %d of an idempotency key is null", i + 1)));
+		part = TextDatumGetCString(elems[i]);
+		if (strchr(part, '\x1f') != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("part %d of an idempotency key contains the unit separator (U+001F)", i + 1)));
+		if (i > 0)
+			appendStringInfoChar(&name, '\x1f');
+		appendStringInfoString(&name, part);
+	}
+	uuid_generate_sha1(key, (unsigned char *) rule_key_namespace, name.data, name.len);
+	memcpy(result->data, key, 16);
+	PG_RETURN_UUID_P(result);
+}
