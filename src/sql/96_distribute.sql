@@ -46,7 +46,6 @@ CREATE FUNCTION crm.distribute() RETURNS TABLE (table_name regclass, distributio
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
-    lookups CONSTANT text[] := ARRAY['currency', 'activity_type'];
     t regclass;
     kind text;
     done boolean;
@@ -135,12 +134,19 @@ BEGIN
                   HINT = 'Run SELECT crm.setup_roles() on the coordinator first.';
     END IF;
 
-    -- Foreign-key order: a table after every table it references; the
-    -- lookups first, then crm.tenant, with which the others are co-located
-    -- (a table without a foreign key to it, such as crm.app_access, too).
+    -- A table without tenant_id is a global lookup (currency, activity_type,
+    -- job_action, ...): a reference table, copied to every node.  Every
+    -- other table is distributed by tenant_id.  Foreign-key order: a table
+    -- after every table it references; the reference tables first, then
+    -- crm.tenant, with which the others are co-located (a table without a
+    -- foreign key to it, such as crm.app_access, too).
     FOR t, kind IN
         WITH RECURSIVE tabs AS (
-            SELECT c.oid, c.relname FROM pg_catalog.pg_class c
+            SELECT c.oid, c.relname,
+                   NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                                WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
+                       AS global
+              FROM pg_catalog.pg_class c
              WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
         ), depth (oid, d) AS (
             SELECT x.oid, 0 FROM tabs x
@@ -150,10 +156,10 @@ BEGIN
                 ON k.confrelid = depth.oid AND k.contype = 'f' AND k.conrelid <> k.confrelid
              WHERE depth.d < 64  -- a cycle of foreign keys ends here, not in a loop
         )
-        SELECT x.oid::regclass, CASE WHEN x.relname = ANY (lookups) THEN 'reference' ELSE 'distributed' END
+        SELECT x.oid::regclass, CASE WHEN x.global THEN 'reference' ELSE 'distributed' END
           FROM tabs x JOIN depth USING (oid)
-         GROUP BY x.oid, x.relname
-         ORDER BY x.relname <> ALL (lookups), x.relname <> 'tenant', max(depth.d), x.relname
+         GROUP BY x.oid, x.relname, x.global
+         ORDER BY NOT x.global, x.relname <> 'tenant', max(depth.d), x.relname
     LOOP
         EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
             INTO done USING t;
@@ -178,4 +184,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.distribute() IS
-    'With Citus: makes crm.currency and crm.activity_type reference tables and distributes every other table by tenant_id, co-located with crm.tenant, in foreign-key order; returns each table and how it is placed. Idempotent (placed tables are skipped). 55000 without Citus, off the coordinator, without the crm roles, with a restrictive policy, a policy with a sub-select or an ON DELETE SET NULL/SET DEFAULT foreign key, or when a table to place holds rows. Run as a superuser on the coordinator after crm.setup_roles()';
+    'With Citus: makes the global lookups (the tables without tenant_id: currency, activity_type, ...) reference tables and distributes every other table by tenant_id, co-located with crm.tenant, in foreign-key order; returns each table and how it is placed. Idempotent (placed tables are skipped). 55000 without Citus, off the coordinator, without the crm roles, with a restrictive policy, a policy with a sub-select or an ON DELETE SET NULL/SET DEFAULT foreign key, or when a table to place holds rows. Run as a superuser on the coordinator after crm.setup_roles()';
