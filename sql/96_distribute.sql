@@ -2,7 +2,9 @@
 -- (With Citus, make test-citus distributes and compares with one node.)
 SELECT try($$SELECT * FROM crm.distribute()$$);
 \set VERBOSITY default
+\set SHOW_CONTEXT never
 SELECT * FROM crm.distribute();
+\set SHOW_CONTEXT errors
 \set VERBOSITY terse
 -- not granted to the application roles: only the operator distributes
 SELECT r.rolname, has_function_privilege(r.rolname, 'crm.distribute()', 'EXECUTE') AS can_distribute
