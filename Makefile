@@ -76,9 +76,13 @@ install-auto: all
 
 # setup.sh may install the compiler and PGXS itself, so building and
 # installing happen in a second make that reads PGXS afresh.
+# The cluster preloads crm.so (cluster.sh), so a running one is restarted:
+# its backends would otherwise keep the old library under the new SQL.
 demo:
 	scripts/setup.sh
-	$(MAKE) --no-print-directory install-auto
+	@echo "building and installing crm (make install-auto)"
+	@$(MAKE) --no-print-directory -s install-auto
+	@scripts/cluster.sh stop >/dev/null
 	scripts/cluster.sh start
 	@set -e; \
 	psql_cmd=psql; command -v psql >/dev/null || psql_cmd=$$(scripts/cluster.sh bindir)/psql; \
@@ -108,6 +112,7 @@ test:
 bench:
 	scripts/setup.sh
 	$(MAKE) --no-print-directory install-auto
+	@scripts/cluster.sh stop >/dev/null
 	scripts/cluster.sh start
 	@set -e; eval "$$(scripts/cluster.sh env)"; \
 	set -- bench/*.sh; \

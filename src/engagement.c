@@ -1138,10 +1138,11 @@ crm_engagement_lead_converted(PG_FUNCTION_ARGS)
 		}
 		PG_END_TRY();
 	}
-	if (connected)
-		SPI_finish();
+	/* the slots may own tuples read into SPI's memory: drop them first */
 	ExecDropSingleTupleTableSlot(oldslot);
 	ExecDropSingleTupleTableSlot(newslot);
+	if (connected)
+		SPI_finish();
 	return PointerGetDatum(NULL);
 }
 

@@ -819,11 +819,16 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 	}
 
 	batch_flush(&batch);
-	SPI_finish();
 
+	/*
+	 * The slots own the last tuples read from a spilled transition table,
+	 * which were allocated in SPI's memory: let them go before SPI_finish()
+	 * frees it.
+	 */
 	ExecDropSingleTupleTableSlot(newslot);
 	if (oldslot)
 		ExecDropSingleTupleTableSlot(oldslot);
+	SPI_finish();
 	return PointerGetDatum(NULL);
 }
 

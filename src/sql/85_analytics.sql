@@ -210,14 +210,16 @@ CREATE FUNCTION crm.sales_velocity(pipeline uuid DEFAULT NULL, period_start time
                count(*) FILTER (WHERE c.status = 'won' AND c.amt IS NULL) AS unconverted
           FROM closed c
     )
+    -- divided by the cycle as shown (to the hundredth of a day): deals won
+    -- within minutes of their creation give no velocity rather than billions
     SELECT k.open_deals, round(k.avg_won, 2), round(100 * k.rate, 1), round(k.cycle::numeric, 2),
-           round(k.open_deals * k.avg_won * k.rate / nullif(k.cycle::numeric, 0), 2),
+           round(k.open_deals * k.avg_won * k.rate / nullif(round(k.cycle::numeric, 2), 0), 2),
            (SELECT t.default_currency FROM crm.tenant t WHERE t.tenant_id = crm.current_tenant()),
            k.unconverted
       FROM k
     $$;
 COMMENT ON FUNCTION crm.sales_velocity(uuid, timestamptz, timestamptz) IS
-    'Sales velocity: open deals x average won amount x win rate / average won cycle in days, from the deals closed in the period (amount per day, tenant currency)';
+    'Sales velocity: open deals x average won amount x win rate / average won cycle in days, from the deals closed in the period (amount per day, tenant currency; NULL while the cycle is under 0.005 days)';
 
 CREATE FUNCTION crm.lead_source_analytics(period_start timestamptz DEFAULT NULL, period_end timestamptz DEFAULT NULL)
     RETURNS TABLE (source text, leads bigint, converted bigint, conversion_rate numeric, average_won_amount numeric,
