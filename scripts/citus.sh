@@ -92,7 +92,7 @@ start() {
 			>"$DIR/initdb-$p.log" 2>&1 || { cat "$DIR/initdb-$p.log" >&2; die "initdb failed"; }
 		as_server tee -a "$DIR/$p/postgresql.conf" >/dev/null <<CONF
 # crm Citus test node (scripts/citus.sh)
-shared_preload_libraries = 'citus'
+shared_preload_libraries = 'citus,crm'
 listen_addresses = '127.0.0.1'
 port = $p
 unix_socket_directories = ''
