@@ -5,6 +5,8 @@
 #   make test        set up, build, install, run every suite on a fresh cluster
 #                    of its own (.pg-test/), leaving the demo's .pg/ alone
 #   make bench       set up, build, install, run bench/*.sh on the cluster
+#   make test-citus  build, install, run test/citus/compare.sql distributed with Citus
+#                    (its own 3-node cluster on loopback) and on one node; 0 differences
 #   make install, make installcheck: as for any PGXS extension (installcheck
 #                    runs against whatever server PGHOST/PGPORT point at)
 
@@ -52,7 +54,7 @@ $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS) $(wildcard src/sql) Makefile
 
 $(OBJS): $(wildcard src/*.h)
 
-.PHONY: demo demo-stop test bench install-auto
+.PHONY: demo demo-stop test bench install-auto test-citus
 
 # Build as the invoking user, then install: directly if PostgreSQL's
 # directories are writable (root, or a private PostgreSQL); else nothing if
@@ -118,3 +120,12 @@ bench:
 	status=0; \
 	for b in "$$@"; do echo "== $$b"; bash "$$b" || status=1; done; \
 	exit $$status
+
+# Citus (issue 9): needs Citus installed in the PostgreSQL of PG_CONFIG
+# (scripts/citus.sh check says how to get it, and fails without it); the
+# nodes get ports CITUS_PORTS (default 55400-55402) and CITUS_DIR (.citus/).
+test-citus:
+	PG_CONFIG='$(PG_CONFIG)' scripts/citus.sh check
+	scripts/setup.sh
+	$(MAKE) --no-print-directory install-auto
+	PG_CONFIG='$(PG_CONFIG)' scripts/citus.sh test

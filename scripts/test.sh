@@ -136,5 +136,11 @@ echo "logs: $(scripts/cluster.sh logdir)/"
 if ((passed + failed == 0)); then
 	echo "test.sh: no tests ran"
 fi
+# The Citus suite needs its own 3-node cluster: make test-citus runs it.
+if PG_CONFIG=${PG_CONFIG:-} scripts/citus.sh check >/dev/null 2>&1; then
+	echo "Citus suite skipped: Citus is installed; run make test-citus"
+else
+	echo "Citus suite skipped: Citus is not installed (make test-citus says how to get it)"
+fi
 echo "$passed passed, $failed failed"
 ((failed == 0 && passed > 0))

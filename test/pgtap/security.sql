@@ -216,7 +216,10 @@ INSERT INTO func_level VALUES
     ('crm.workflow_match()', NULL),
     ('crm.create_default_rules(uuid)', NULL),
     ('crm.schedule_maintenance()', NULL),
-    ('crm.unschedule_maintenance()', NULL);
+    ('crm.unschedule_maintenance()', NULL),
+    -- scale-out (issue 9): the operator's, on the coordinator
+    ('crm.distribute()', NULL),
+    ('crm.distribution_problems()', NULL);
 
 -- The only SECURITY DEFINER functions: the visibility triggers written in
 -- PL/pgSQL (hierarchy refresh, delete guard).  They read and update rows the
