@@ -48,10 +48,14 @@
 
 #include <math.h>
 
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "funcapi.h"
 #include "libpq/pqformat.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/datetime.h"
 #include "utils/fmgrprotos.h"
 #include "utils/numeric.h"
 
@@ -677,6 +681,40 @@ cents(double value, bool up)
 }
 
 /*
+ * The P-levels of the uncertain deals (q[k], without the certain ones) and
+ * the bound of their error: exact enumeration or the bounded methods.  Used
+ * by the aggregate's final function and by crm.forecast_totals(), so that
+ * both give the same range for the same deals.
+ */
+static void
+distribution_quantiles(RevDistState *st, Numeric *q, Numeric *bound)
+{
+	int			k;
+
+	if (st->nrand <= EXACT_MAX_DEALS && st->keep_exact)
+	{
+		quantiles_exact(st, q);
+		*bound = int64_to_numeric(0);
+	}
+	else
+	{
+		double		est[3];
+		double		b[3];
+		double		worst = 0;
+
+		quantiles_bounded(st, est, b);
+		for (k = 0; k < 3; k++)
+		{
+			q[k] = cents(est[k], false);
+			/* an estimate off the cent grid was rounded: half a cent more */
+			if (b[k] > 0)
+				worst = Max(worst, b[k] + 0.005);
+		}
+		*bound = cents(worst, true);
+	}
+}
+
+/*
  * Final: (mean, stddev, p10, p50, p90, error_bound); NULL for no rows.
  */
 Datum
@@ -703,29 +741,665 @@ crm_forecast_distribution_final(PG_FUNCTION_ARGS)
 									NumericGetDatum(numeric_mul_opt_error(st->var10000,
 																		  numeric_const("0.0001"),
 																		  NULL)));
-	if (st->nrand <= EXACT_MAX_DEALS && st->keep_exact)
-	{
-		quantiles_exact(st, q);
-		bound = int64_to_numeric(0);
-	}
-	else
-	{
-		double		est[3];
-		double		b[3];
-		double		worst = 0;
-
-		quantiles_bounded(st, est, b);
-		for (k = 0; k < 3; k++)
-		{
-			q[k] = cents(est[k], false);
-			/* an estimate off the cent grid was rounded: half a cent more */
-			if (b[k] > 0)
-				worst = Max(worst, b[k] + 0.005);
-		}
-		bound = cents(worst, true);
-	}
+	distribution_quantiles(st, q, &bound);
 	for (k = 0; k < 3; k++)
 		values[2 + k] = NumericGetDatum(numeric_add_opt_error(st->sure, q[k], NULL));
 	values[5] = NumericGetDatum(bound);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*-------------------------------------------------------------------------
+ * crm.forecast_totals: the forecast's per-period totals in one pass
+ *
+ * crm.forecast() without what-if changes needs, per period (and owner), the
+ * counts and sums of the deals by category and the revenue range of the
+ * period's deals.  Deriving every deal in SQL and aggregating it with
+ * numeric FILTERs and the aggregate above costs several times the scan;
+ * here one SPI cursor reads the deals with their stage, and each deal is
+ * folded into a hash table of groups in C:
+ *
+ *	 - amounts (numeric(18,2)) and probabilities (numeric(5,2)) are read as
+ *	   whole cents and hundredths and summed exactly in 128-bit integers;
+ *	   a deal in another currency, or a value that is not a whole number of
+ *	   cents, is converted and summed in numeric instead, exactly as well;
+ *	 - a rate is looked up once per (currency, day) with crm.exchange_rate,
+ *	   and a missing one raises crm.convert_amount's error (P0002);
+ *	 - the revenue range state is the aggregate's own (RevDistState), fed
+ *	   the same doubles the aggregate would compute, so p10/p50/p90 and the
+ *	   bound are the aggregate's to the bit.  The mean and standard
+ *	   deviation, which the forecast does not show, are not kept.
+ *-------------------------------------------------------------------------
+ */
+
+PG_FUNCTION_INFO_V1(crm_forecast_totals);
+
+#define CAT_PIPELINE	1
+#define CAT_BEST_CASE	2
+#define CAT_COMMIT		3
+#define CAT_CLOSED		4
+#define CAT_OMITTED		5
+
+/* A group of the forecast: a period, and an owner when grouped by owner. */
+typedef struct TotalsKey
+{
+	DateADT		period;
+	bool		has_owner;
+	pg_uuid_t	owner;
+} TotalsKey;
+
+typedef struct TotalsGroup
+{
+	TotalsKey	key;
+	int			open_deals;
+	int			stage_value_deals;
+	int64		dist_rows;
+	int128		pipeline_c;		/* in cents */
+	int128		best_c;
+	int128		commit_c;
+	int128		won_c;
+	int128		sure_c;
+	int128		weighted_u;		/* in millionths (cents x hundredths) */
+	Numeric		pipeline_n;		/* the deals summed in numeric; NULL: none */
+	Numeric		best_n;
+	Numeric		commit_n;
+	Numeric		won_n;
+	Numeric		sure_n;
+	Numeric		weighted_n;
+	RevDistState *dist;
+} TotalsGroup;
+
+/* A rate looked up: (currency, day) -> rate. */
+typedef struct RateKey
+{
+	char		code[4];
+	DateADT		day;
+} RateKey;
+
+typedef struct RateEntry
+{
+	RateKey		key;
+	Numeric		rate;
+} RateEntry;
+
+static SPIPlanPtr totals_plan = NULL;
+static SPIPlanPtr rate_plan = NULL;
+static SPIPlanPtr rate_error_plan = NULL;
+
+/*
+ * A numeric datum as whole units of 10^-2 (cents of an amount, hundredths
+ * of a percentage), read from its stored digits (base 10000, the on-disk
+ * format that pg_upgrade keeps).  False when it is special (NaN, infinite),
+ * has more than two decimals that are not zero, or is too large for the
+ * exact integer sums; the caller then uses numeric arithmetic.
+ */
+static bool
+numeric_hundredths(Datum d, int64 *out)
+{
+	struct varlena *v = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(d));
+	const char *data = VARDATA_ANY(v);
+	int			len = VARSIZE_ANY_EXHDR(v);
+	uint16		header;
+	int			weight;
+	bool		neg;
+	int			hdr;
+	int			ndigits;
+	int128		acc = 0;
+	int			i;
+
+	if (len < (int) sizeof(uint16))
+		return false;
+	memcpy(&header, data, sizeof(uint16));
+	if ((header & 0xC000) == 0xC000)
+		return false;			/* NaN or infinity */
+	if ((header & 0xC000) == 0x8000)
+	{
+		/* short format: sign, display scale and weight in the header */
+		neg = (header & 0x2000) != 0;
+		weight = (header & 0x0040) ? (int) (~0x003F | (header & 0x003F)) : (int) (header & 0x003F);
+		hdr = sizeof(uint16);
+	}
+	else
+	{
+		int16		w;
+
+		if (len < (int) (2 * sizeof(uint16)))
+			return false;
+		neg = (header & 0xC000) == 0x4000;
+		memcpy(&w, data + sizeof(uint16), sizeof(int16));
+		weight = w;
+		hdr = 2 * sizeof(uint16);
+	}
+	ndigits = (len - hdr) / (int) sizeof(int16);
+	for (i = 0; i < ndigits; i++)
+	{
+		int16		digit;
+		int			e = weight - i;
+		int			k;
+		int128		term;
+
+		memcpy(&digit, data + hdr + i * sizeof(int16), sizeof(int16));
+		if (digit == 0)
+			continue;
+		if (e < -1 || e > 3)
+			return false;		/* below 10^-4, or 10^16 and more */
+		term = digit;
+		for (k = -1; k < e; k++)
+			term *= 10000;
+		acc += term;			/* in units of 10^-4 */
+	}
+	if (acc % 100 != 0)
+		return false;
+	acc /= 100;
+	*out = (int64) (neg ? -acc : acc);
+	return true;
+}
+
+/*
+ * An exact integer count of 10^-scale units as numeric.
+ */
+static Numeric
+int128_scaled_numeric(int128 value, int scale)
+{
+	char		buf[64];
+	char		digits[48];
+	int			n = 0;
+	int			pos = 0;
+	bool		neg = value < 0;
+	uint128		u = neg ? -(uint128) value : (uint128) value;
+
+	do
+	{
+		digits[n++] = '0' + (int) (u % 10);
+		u /= 10;
+	} while (u > 0);
+	while (n <= scale)
+		digits[n++] = '0';
+	if (neg)
+		buf[pos++] = '-';
+	while (n > 0)
+	{
+		if (n == scale)
+			buf[pos++] = '.';
+		buf[pos++] = digits[--n];
+	}
+	buf[pos] = '\0';
+	return numeric_const(buf);
+}
+
+/*
+ * A group's money: the integer part plus the numeric part, if any.
+ */
+static Datum
+group_money(int128 value, int scale, Numeric extra)
+{
+	Numeric		n = int128_scaled_numeric(value, scale);
+
+	if (extra != NULL)
+		n = numeric_add_opt_error(n, extra, NULL);
+	return NumericGetDatum(n);
+}
+
+/*
+ * Add to a numeric sum that starts out NULL.
+ */
+static Numeric
+numeric_sum_null(Numeric sum, Numeric value)
+{
+	return sum == NULL ? value : numeric_add_opt_error(sum, value, NULL);
+}
+
+/*
+ * The first day of the period (date_trunc(period, day::timestamp)::date).
+ */
+static DateADT
+period_start(DateADT day, char period)
+{
+	int			y,
+				m,
+				d;
+
+	if (DATE_NOT_FINITE(day))
+		return day;
+	if (day >= (TIMESTAMP_END_JULIAN - POSTGRES_EPOCH_JDATE))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("date out of range for timestamp")));
+	if (period == 'd')
+		return day;
+	if (period == 'w')
+		return day - (j2day(day + POSTGRES_EPOCH_JDATE) + 6) % 7;
+	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+	if (period == 'q')
+		m = ((m - 1) / 3) * 3 + 1;
+	else if (period == 'y')
+		m = 1;
+	return date2j(y, m, 1) - POSTGRES_EPOCH_JDATE;
+}
+
+/*
+ * The rate from code into the target currency on day, looked up once per
+ * (currency, day); a missing one raises crm.convert_amount's error.
+ */
+static Numeric
+totals_rate(HTAB *rates, MemoryContext cxt, const char *code, int codelen,
+			text *target, DateADT day, Datum tenant)
+{
+	RateKey		key;
+	RateEntry  *entry;
+	bool		found;
+
+	memset(&key, 0, sizeof(key));
+	memcpy(key.code, code, Min(codelen, 3));
+	key.day = day;
+	entry = hash_search(rates, &key, HASH_ENTER, &found);
+	if (!found)
+	{
+		Datum		args[4];
+		bool		isnull;
+		Datum		rate;
+
+		entry->rate = NULL;
+		args[0] = PointerGetDatum(cstring_to_text_with_len(code, codelen));
+		args[1] = PointerGetDatum(target);
+		args[2] = DateADTGetDatum(day);
+		args[3] = tenant;
+		if (SPI_execute_plan(rate_plan, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "crm.forecast_totals: rate lookup failed");
+		rate = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (isnull)
+		{
+			/* the error the SQL path raises, from the same function */
+			SPI_execute_plan(rate_error_plan, args, NULL, true, 1);
+			elog(ERROR, "crm.forecast_totals: no rate from %.*s", codelen, code);
+		}
+		entry->rate = (Numeric) MemoryContextAlloc(cxt, VARSIZE_ANY(DatumGetPointer(rate)));
+		memcpy(entry->rate, DatumGetNumeric(rate), VARSIZE(DatumGetNumeric(rate)));
+	}
+	return entry->rate;
+}
+
+/*
+ * Fold one uncertain or certain deal into the group's revenue range, as
+ * crm_forecast_distribution_accum would (without the mean and variance).
+ */
+static void
+totals_dist_add(MemoryContext cxt, TotalsGroup *g, int64 cents, bool exact_cents,
+				Numeric converted, int64 prob_h)
+{
+	double		amount;
+
+	g->dist_rows++;
+	if (g->dist == NULL)
+		g->dist = state_new(cxt);
+	g->dist->ndeals++;
+	if (prob_h == 0)
+		return;
+	if (prob_h == 10000)
+	{
+		if (exact_cents)
+			g->sure_c += cents;
+		else
+			g->sure_n = numeric_keep(cxt, numeric_sum_null(g->sure_n, converted), g->sure_n);
+		return;
+	}
+	if (exact_cents && cents <= ((int64) 1 << 53))
+		amount = (double) cents / 100.0;
+	else
+	{
+		if (converted == NULL)
+			converted = int128_scaled_numeric(cents, 2);
+		amount = numeric_to_double(converted);
+	}
+	if (g->dist->keep_exact && g->dist->nrand < EXACT_MAX_DEALS && converted == NULL)
+		converted = int128_scaled_numeric(cents, 2);
+	state_add_random(cxt, g->dist, amount, ((double) prob_h / 100.0) / 100.0,
+					 g->dist->nrand < EXACT_MAX_DEALS ? converted : NULL);
+}
+
+/*
+ * crm.forecast_totals(period, from_date, to_date, pipeline, owner, currency,
+ * as_of, by_owner): one row per period (and owner) with the sums
+ * crm.forecast shows, unrounded, and the revenue range.
+ */
+Datum
+crm_forecast_totals(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext cxt;
+	MemoryContext rowcxt;
+	MemoryContext old;
+	text	   *period_text;
+	char		period;
+	text	   *target;
+	bool		by_owner;
+	Datum		args[5];
+	char		nulls[5];
+	pg_uuid_t  *tenant;
+	Portal		portal;
+	HASHCTL		ctl;
+	HTAB	   *groups;
+	HTAB	   *rates;
+	HASH_SEQ_STATUS seq;
+	TotalsGroup *g;
+	char	   *period_name;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(5) || PG_ARGISNULL(6) || PG_ARGISNULL(7))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("period, currency, as_of and by_owner must not be null")));
+	period_text = PG_GETARG_TEXT_PP(0);
+	period_name = text_to_cstring(period_text);
+	if (strcmp(period_name, "day") == 0)
+		period = 'd';
+	else if (strcmp(period_name, "week") == 0)
+		period = 'w';
+	else if (strcmp(period_name, "month") == 0)
+		period = 'm';
+	else if (strcmp(period_name, "quarter") == 0)
+		period = 'q';
+	else if (strcmp(period_name, "year") == 0)
+		period = 'y';
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown period \"%s\"", period_name),
+				 errhint("Use day, week, month, quarter or year.")));
+	if (!PG_ARGISNULL(1) && !PG_ARGISNULL(2) &&
+		PG_GETARG_DATEADT(1) > PG_GETARG_DATEADT(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_date %s is after to_date %s",
+						DatumGetCString(DirectFunctionCall1(date_out, PG_GETARG_DATUM(1))),
+						DatumGetCString(DirectFunctionCall1(date_out, PG_GETARG_DATUM(2))))));
+	by_owner = PG_GETARG_BOOL(7);
+
+	InitMaterializedSRF(fcinfo, 0);
+	cxt = rsinfo->econtext->ecxt_per_query_memory;
+	old = MemoryContextSwitchTo(cxt);
+	target = PG_GETARG_TEXT_P_COPY(5);
+	MemoryContextSwitchTo(old);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (totals_plan == NULL)
+	{
+		Oid			types[5] = {DATEOID, DATEOID, UUIDOID, UUIDOID, UUIDOID};
+		Oid			rtypes[4] = {TEXTOID, TEXTOID, DATEOID, UUIDOID};
+		SPIPlanPtr	p1;
+		SPIPlanPtr	p2;
+		SPIPlanPtr	p3;
+
+		/* the deals of the window: open ones by expected close, won by close */
+		p1 = SPI_prepare(
+						 "SELECT o.owner_id, o.status OPERATOR(pg_catalog.=) 'won', "
+						 "       CASE COALESCE(o.forecast_category, s.forecast_category) "
+						 "            WHEN 'pipeline' THEN 1 WHEN 'best_case' THEN 2 WHEN 'commit' THEN 3 "
+						 "            WHEN 'closed' THEN 4 WHEN 'omitted' THEN 5 END, "
+						 "       o.amount, o.currency, s.expected_value, s.expected_value_currency, d.day, "
+						 "       o.probability "
+						 "  FROM crm.opportunity o "
+						 "  JOIN crm.stage s ON s.tenant_id OPERATOR(pg_catalog.=) o.tenant_id "
+						 "                  AND s.id OPERATOR(pg_catalog.=) o.stage_id "
+						 " CROSS JOIN LATERAL (SELECT CASE WHEN o.status OPERATOR(pg_catalog.=) 'open' "
+						 "                                 THEN o.expected_close_date "
+						 "                                 ELSE (o.closed_at)::pg_catalog.date END AS day) d "
+						 " WHERE o.tenant_id OPERATOR(pg_catalog.=) $5 "
+						 "   AND o.archived_at IS NULL "
+						 "   AND o.status OPERATOR(pg_catalog.=) ANY ('{open,won}'::pg_catalog.text[]) "
+						 "   AND ($3 IS NULL OR o.pipeline_id OPERATOR(pg_catalog.=) $3) "
+						 "   AND ($4 IS NULL OR o.owner_id OPERATOR(pg_catalog.=) $4) "
+						 "   AND d.day OPERATOR(pg_catalog.>=) COALESCE($1, '-infinity'::pg_catalog.date) "
+						 "   AND d.day OPERATOR(pg_catalog.<=) COALESCE($2, 'infinity'::pg_catalog.date)",
+						 5, types);
+		p2 = SPI_prepare("SELECT crm.exchange_rate($1, $2, $3, $4)", 4, rtypes);
+		p3 = SPI_prepare("SELECT crm.convert_amount(1::pg_catalog.numeric, $1, $2, $3, $4)", 4, rtypes);
+		if (p1 == NULL || p2 == NULL || p3 == NULL)
+			elog(ERROR, "crm.forecast_totals: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p1);
+		SPI_keepplan(p2);
+		SPI_keepplan(p3);
+		rate_plan = p2;
+		rate_error_plan = p3;
+		totals_plan = p1;
+	}
+
+	args[0] = PG_GETARG_DATUM(1);
+	nulls[0] = PG_ARGISNULL(1) ? 'n' : ' ';
+	args[1] = PG_GETARG_DATUM(2);
+	nulls[1] = PG_ARGISNULL(2) ? 'n' : ' ';
+	args[2] = PG_GETARG_DATUM(3);
+	nulls[2] = PG_ARGISNULL(3) ? 'n' : ' ';
+	args[3] = PG_GETARG_DATUM(4);
+	nulls[3] = PG_ARGISNULL(4) ? 'n' : ' ';
+	tenant = MemoryContextAlloc(cxt, sizeof(pg_uuid_t));
+	args[4] = UUIDPGetDatum(tenant);
+	nulls[4] = crm_current_tenant_id(tenant) ? ' ' : 'n';
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(TotalsKey);
+	ctl.entrysize = sizeof(TotalsGroup);
+	ctl.hcxt = cxt;
+	groups = hash_create("crm.forecast_totals groups", 64, &ctl,
+						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(RateKey);
+	ctl.entrysize = sizeof(RateEntry);
+	ctl.hcxt = cxt;
+	rates = hash_create("crm.forecast_totals rates", 16, &ctl,
+						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "crm.forecast_totals row",
+								   ALLOCSET_DEFAULT_SIZES);
+
+	portal = SPI_cursor_open(NULL, totals_plan, args, nulls, true);
+	{
+		DateADT		as_of_day = DatumGetDateADT(DirectFunctionCall1(timestamptz_date,
+																	PG_GETARG_DATUM(6)));
+		const char *tcode = VARDATA_ANY(target);
+		int			tlen = VARSIZE_ANY_EXHDR(target);
+
+		for (;;)
+		{
+			SPITupleTable *tt;
+			uint64		n;
+			uint64		i;
+
+			SPI_cursor_fetch(portal, true, 1000);
+			n = SPI_processed;
+			tt = SPI_tuptable;
+			if (n == 0)
+				break;
+			for (i = 0; i < n; i++)
+			{
+				HeapTuple	tup = tt->vals[i];
+				TupleDesc	td = tt->tupdesc;
+				Datum		v[9];
+				bool		isnull[9];
+				bool		won;
+				int			cat;
+				bool		used_stage_value;
+				Datum		value;
+				Datum		code_datum;
+				text	   *code;
+				bool		same;
+				int64		prob_h;
+				int64		cents = 0;
+				bool		exact_cents;
+				Numeric		converted = NULL;
+				Numeric		prob_n = NULL;
+				TotalsKey	key;
+				bool		found;
+
+				heap_deform_tuple(tup, td, v, isnull);
+				CHECK_FOR_INTERRUPTS();
+				old = MemoryContextSwitchTo(rowcxt);
+				won = DatumGetBool(v[1]);
+				cat = won ? CAT_CLOSED : DatumGetInt32(v[2]);
+
+				/* the stage's expected value stands in for no amount */
+				used_stage_value = !isnull[5] &&
+					numeric_hundredths(v[3], &cents) && cents == 0;
+				if (!used_stage_value && !isnull[5] &&
+					!numeric_hundredths(v[3], &cents))
+				{
+					/* not cents: is it zero all the same? */
+					used_stage_value = DatumGetBool(DirectFunctionCall2(numeric_eq, v[3],
+																		NumericGetDatum(int64_to_numeric(0))));
+				}
+				value = used_stage_value ? v[5] : v[3];
+				code_datum = used_stage_value ? v[6] : v[4];
+				code = (text *) pg_detoast_datum_packed((struct varlena *) DatumGetPointer(code_datum));
+				same = VARSIZE_ANY_EXHDR(code) == tlen &&
+					memcmp(VARDATA_ANY(code), tcode, tlen) == 0;
+
+				exact_cents = same && numeric_hundredths(value, &cents);
+				if (!exact_cents)
+				{
+					Numeric		rate = same ? NULL :
+					totals_rate(rates, cxt, VARDATA_ANY(code), VARSIZE_ANY_EXHDR(code),
+								target, won ? DatumGetDateADT(v[7]) : as_of_day, args[4]);
+
+					converted = rate == NULL ? DatumGetNumeric(value) :
+						numeric_mul_opt_error(DatumGetNumeric(value), rate, NULL);
+				}
+				if (won)
+					prob_h = 10000;
+				else if (!numeric_hundredths(v[8], &prob_h) || prob_h < 0 || prob_h > 10000)
+				{
+					/* a probability that is not whole hundredths: numeric */
+					prob_h = -1;
+					prob_n = DatumGetNumeric(v[8]);
+					if (converted == NULL)
+						converted = int128_scaled_numeric(cents, 2);
+					exact_cents = false;
+				}
+
+				memset(&key, 0, sizeof(key));
+				key.period = period_start(DatumGetDateADT(v[7]), period);
+				if (by_owner && !isnull[0])
+				{
+					key.has_owner = true;
+					memcpy(&key.owner, DatumGetUUIDP(v[0]), sizeof(pg_uuid_t));
+				}
+				g = hash_search(groups, &key, HASH_ENTER, &found);
+				if (!found)
+				{
+					memset(((char *) g) + sizeof(TotalsKey), 0, sizeof(TotalsGroup) - sizeof(TotalsKey));
+				}
+				if (used_stage_value)
+					g->stage_value_deals++;
+				if (won)
+				{
+					if (exact_cents)
+						g->won_c += cents;
+					else
+						g->won_n = numeric_keep(cxt, numeric_sum_null(g->won_n, converted), g->won_n);
+				}
+				else if (cat != CAT_OMITTED)
+				{
+					bool		best = cat == CAT_BEST_CASE || cat == CAT_COMMIT || cat == CAT_CLOSED;
+					bool		commit = cat == CAT_COMMIT || cat == CAT_CLOSED;
+
+					g->open_deals++;
+					if (exact_cents)
+					{
+						g->pipeline_c += cents;
+						if (best)
+							g->best_c += cents;
+						if (commit)
+							g->commit_c += cents;
+						g->weighted_u += (int128) cents * prob_h;
+					}
+					else
+					{
+						Numeric		w;
+
+						g->pipeline_n = numeric_keep(cxt, numeric_sum_null(g->pipeline_n, converted), g->pipeline_n);
+						if (best)
+							g->best_n = numeric_keep(cxt, numeric_sum_null(g->best_n, converted), g->best_n);
+						if (commit)
+							g->commit_n = numeric_keep(cxt, numeric_sum_null(g->commit_n, converted), g->commit_n);
+						if (prob_n == NULL)
+							prob_n = int128_scaled_numeric(prob_h, 2);
+						w = numeric_mul_opt_error(numeric_mul_opt_error(converted, prob_n, NULL),
+												  numeric_const("0.01"), NULL);
+						g->weighted_n = numeric_keep(cxt, numeric_sum_null(g->weighted_n, w), g->weighted_n);
+					}
+				}
+				if (won || cat != CAT_OMITTED)
+				{
+					if (prob_h < 0)
+					{
+						/* not hundredths: what the aggregate would compute */
+						int			c0 = numeric_compare(prob_n, int64_to_numeric(0));
+						int			c100 = numeric_compare(prob_n, int64_to_numeric(100));
+
+						g->dist_rows++;
+						if (g->dist == NULL)
+							g->dist = state_new(cxt);
+						g->dist->ndeals++;
+						if (c0 == 0)
+							;
+						else if (c100 == 0)
+							g->sure_n = numeric_keep(cxt, numeric_sum_null(g->sure_n, converted), g->sure_n);
+						else
+							state_add_random(cxt, g->dist, numeric_to_double(converted),
+											 numeric_to_double(prob_n) / 100.0,
+											 g->dist->nrand < EXACT_MAX_DEALS ? converted : NULL);
+					}
+					else
+						totals_dist_add(cxt, g, cents, exact_cents, converted, prob_h);
+				}
+				MemoryContextSwitchTo(old);
+				MemoryContextReset(rowcxt);
+			}
+			SPI_freetuptable(tt);
+		}
+	}
+	SPI_cursor_close(portal);
+
+	/* one row per group */
+	hash_seq_init(&seq, groups);
+	while ((g = hash_seq_search(&seq)) != NULL)
+	{
+		Datum		values[13];
+		bool		rnulls[13];
+		int			k;
+
+		memset(rnulls, 0, sizeof(rnulls));
+		old = MemoryContextSwitchTo(rowcxt);
+		values[0] = DateADTGetDatum(g->key.period);
+		if (g->key.has_owner)
+			values[1] = UUIDPGetDatum(&g->key.owner);
+		else
+			rnulls[1] = true;
+		values[2] = Int32GetDatum(g->open_deals);
+		values[3] = group_money(g->pipeline_c, 2, g->pipeline_n);
+		values[4] = group_money(g->best_c, 2, g->best_n);
+		values[5] = group_money(g->commit_c, 2, g->commit_n);
+		values[6] = group_money(g->won_c, 2, g->won_n);
+		values[7] = group_money(g->weighted_u, 6, g->weighted_n);
+		if (g->dist_rows > 0)
+		{
+			Numeric		q[3];
+			Numeric		bound;
+			Numeric		sure = DatumGetNumeric(group_money(g->sure_c, 2, g->sure_n));
+
+			distribution_quantiles(g->dist, q, &bound);
+			for (k = 0; k < 3; k++)
+				values[8 + k] = NumericGetDatum(numeric_add_opt_error(sure, q[k], NULL));
+			values[11] = NumericGetDatum(bound);
+		}
+		else
+		{
+			for (k = 8; k < 12; k++)
+				rnulls[k] = true;
+		}
+		values[12] = Int32GetDatum(g->stage_value_deals);
+		MemoryContextSwitchTo(old);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, rnulls);
+		MemoryContextReset(rowcxt);
+	}
+	SPI_finish();
+	return (Datum) 0;
 }

@@ -564,6 +564,10 @@ BEGIN
     GRANT INSERT, UPDATE, DELETE ON crm.revenue_forecast, crm.forecast_deal TO crm_writer;
     GRANT EXECUTE ON FUNCTION crm.snapshot_forecast(text, text, date, date, uuid, uuid, timestamptz) TO crm_writer;
     GRANT INSERT, UPDATE, DELETE ON crm.quota TO crm_admin;
+
+    -- Forecasting speed (issue 11 goal): the one-pass totals crm.forecast uses
+    GRANT EXECUTE ON FUNCTION crm.forecast_totals(text, date, date, uuid, uuid, text, timestamptz, boolean)
+        TO crm_reader;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS
