@@ -1012,8 +1012,7 @@ totals_rate(HTAB *rates, MemoryContext cxt, const char *code, int codelen,
 			SPI_execute_plan(rate_error_plan, args, NULL, true, 1);
 			elog(ERROR, "crm.forecast_totals: no rate from %.*s", codelen, code);
 		}
-		entry->rate = (Numeric) MemoryContextAlloc(cxt, VARSIZE_ANY(DatumGetPointer(rate)));
-		memcpy(entry->rate, DatumGetNumeric(rate), VARSIZE(DatumGetNumeric(rate)));
+		entry->rate = numeric_keep(cxt, DatumGetNumeric(rate), NULL);
 	}
 	return entry->rate;
 }
