@@ -821,7 +821,38 @@ typedef struct RateEntry
 	Numeric		rate;
 } RateEntry;
 
+/* A stage of the tenant: its default category and expected value. */
+typedef struct StageEntry
+{
+	pg_uuid_t	id;
+	int			category;
+	Numeric		expected_value; /* NULL: none */
+	char		ev_code[4];
+	int			ev_codelen;
+} StageEntry;
+
+/* What the scan of the deals folds into, for the DestReceiver. */
+typedef struct TotalsState
+{
+	DestReceiver pub;			/* must be first */
+	MemoryContext cxt;			/* groups, rates, stages live here */
+	MemoryContext rowcxt;		/* reset after every deal */
+	HTAB	   *groups;
+	HTAB	   *rates;
+	HTAB	   *stages;
+	char		period;
+	bool		by_owner;
+	bool		has_from;
+	bool		has_to;
+	DateADT		from;
+	DateADT		to;
+	DateADT		as_of_day;
+	text	   *target;
+	Datum		tenant;
+} TotalsState;
+
 static SPIPlanPtr totals_plan = NULL;
+static SPIPlanPtr stages_plan = NULL;
 static SPIPlanPtr rate_plan = NULL;
 static SPIPlanPtr rate_error_plan = NULL;
 
@@ -978,11 +1009,11 @@ period_start(DateADT day, char period)
 
 /*
  * The rate from code into the target currency on day, looked up once per
- * (currency, day); a missing one raises crm.convert_amount's error.
+ * (currency, day) in a nested SPI connection (the scan of the deals is
+ * running); a missing one raises crm.convert_amount's error.
  */
 static Numeric
-totals_rate(HTAB *rates, MemoryContext cxt, const char *code, int codelen,
-			text *target, DateADT day, Datum tenant)
+totals_rate(TotalsState *ts, const char *code, int codelen, DateADT day)
 {
 	RateKey		key;
 	RateEntry  *entry;
@@ -991,7 +1022,7 @@ totals_rate(HTAB *rates, MemoryContext cxt, const char *code, int codelen,
 	memset(&key, 0, sizeof(key));
 	memcpy(key.code, code, Min(codelen, 3));
 	key.day = day;
-	entry = hash_search(rates, &key, HASH_ENTER, &found);
+	entry = hash_search(ts->rates, &key, HASH_ENTER, &found);
 	if (!found)
 	{
 		Datum		args[4];
@@ -999,20 +1030,24 @@ totals_rate(HTAB *rates, MemoryContext cxt, const char *code, int codelen,
 		Datum		rate;
 
 		entry->rate = NULL;
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
 		args[0] = PointerGetDatum(cstring_to_text_with_len(code, codelen));
-		args[1] = PointerGetDatum(target);
+		args[1] = PointerGetDatum(ts->target);
 		args[2] = DateADTGetDatum(day);
-		args[3] = tenant;
+		args[3] = ts->tenant;
 		if (SPI_execute_plan(rate_plan, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "crm.forecast_totals: rate lookup failed");
 		rate = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (isnull)
 		{
 			/* the error the SQL path raises, from the same function */
+			hash_search(ts->rates, &key, HASH_REMOVE, NULL);
 			SPI_execute_plan(rate_error_plan, args, NULL, true, 1);
 			elog(ERROR, "crm.forecast_totals: no rate from %.*s", codelen, code);
 		}
-		entry->rate = numeric_keep(cxt, DatumGetNumeric(rate), NULL);
+		entry->rate = numeric_keep(ts->cxt, DatumGetNumeric(rate), NULL);
+		SPI_finish();
 	}
 	return entry->rate;
 }
@@ -1056,53 +1091,302 @@ totals_dist_add(MemoryContext cxt, TotalsGroup *g, int64 cents, bool exact_cents
 }
 
 /*
+ * The category code of a category's name (CAT_*); 0 for anything else.
+ */
+static int
+category_code(const char *name, int len)
+{
+	if (len == 8 && memcmp(name, "pipeline", 8) == 0)
+		return CAT_PIPELINE;
+	if (len == 9 && memcmp(name, "best_case", 9) == 0)
+		return CAT_BEST_CASE;
+	if (len == 6 && memcmp(name, "commit", 6) == 0)
+		return CAT_COMMIT;
+	if (len == 6 && memcmp(name, "closed", 6) == 0)
+		return CAT_CLOSED;
+	if (len == 7 && memcmp(name, "omitted", 7) == 0)
+		return CAT_OMITTED;
+	return 0;
+}
+
+/*
+ * Load the tenant's stages (a few dozen rows) into a hash table, so that
+ * the scan of the deals needs no join.
+ */
+static void
+totals_load_stages(TotalsState *ts)
+{
+	HASHCTL		ctl;
+	Datum		args[1];
+	uint64		i;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(pg_uuid_t);
+	ctl.entrysize = sizeof(StageEntry);
+	ctl.hcxt = ts->cxt;
+	ts->stages = hash_create("crm.forecast_totals stages", 64, &ctl,
+							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	args[0] = ts->tenant;
+	if (SPI_execute_plan(stages_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "crm.forecast_totals: stage lookup failed");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	td = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		id = SPI_getbinval(tup, td, 1, &isnull);
+		Datum		cat = SPI_getbinval(tup, td, 2, &isnull);
+		Datum		ev;
+		StageEntry *st;
+		text	   *t;
+
+		st = hash_search(ts->stages, DatumGetUUIDP(id), HASH_ENTER, NULL);
+		t = DatumGetTextPP(cat);
+		st->category = category_code(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+		ev = SPI_getbinval(tup, td, 3, &isnull);
+		st->expected_value = isnull ? NULL : numeric_keep(ts->cxt, DatumGetNumeric(ev), NULL);
+		st->ev_codelen = 0;
+		ev = SPI_getbinval(tup, td, 4, &isnull);
+		if (!isnull)
+		{
+			t = DatumGetTextPP(ev);
+			st->ev_codelen = Min(VARSIZE_ANY_EXHDR(t), 3);
+			memcpy(st->ev_code, VARDATA_ANY(t), st->ev_codelen);
+		}
+		else if (st->expected_value != NULL)
+			st->expected_value = NULL;	/* the CHECK makes them go together */
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Fold one deal into its group.  Columns: owner_id, won, forecast_category,
+ * amount, currency, stage_id, close day, probability.
+ */
+static bool
+totals_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	TotalsState *ts = (TotalsState *) self;
+	Datum	   *v;
+	bool	   *isnull;
+	StageEntry *stage;
+	DateADT		day;
+	bool		won;
+	int			cat;
+	bool		used_stage_value;
+	Datum		value;
+	const char *code;
+	int			codelen;
+	bool		same;
+	int64		prob_h;
+	int64		cents = 0;
+	bool		exact_cents;
+	Numeric		converted = NULL;
+	Numeric		prob_n = NULL;
+	TotalsKey	key;
+	bool		found;
+	TotalsGroup *g;
+	MemoryContext old;
+	MemoryContext cxt = ts->cxt;
+
+	slot_getallattrs(slot);
+	v = slot->tts_values;
+	isnull = slot->tts_isnull;
+
+	/* the window, by close day (a deal without one is in no window) */
+	if (isnull[6])
+		return true;
+	day = DatumGetDateADT(v[6]);
+	if ((ts->has_from && day < ts->from) || (ts->has_to && day > ts->to))
+		return true;
+	stage = hash_search(ts->stages, DatumGetUUIDP(v[5]), HASH_FIND, NULL);
+	if (stage == NULL)
+		return true;			/* not a stage of the tenant: no deal */
+
+	old = MemoryContextSwitchTo(ts->rowcxt);
+	won = DatumGetBool(v[1]);
+	if (won)
+		cat = CAT_CLOSED;
+	else if (isnull[2])
+		cat = stage->category;
+	else
+	{
+		text	   *t = DatumGetTextPP(v[2]);
+
+		cat = category_code(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+	}
+
+	/* the stage's expected value stands in for no amount */
+	used_stage_value = false;
+	if (stage->expected_value != NULL)
+	{
+		if (numeric_hundredths(v[3], &cents))
+			used_stage_value = cents == 0;
+		else
+			used_stage_value = DatumGetBool(DirectFunctionCall2(numeric_eq, v[3],
+																NumericGetDatum(int64_to_numeric(0))));
+	}
+	if (used_stage_value)
+	{
+		value = NumericGetDatum(stage->expected_value);
+		code = stage->ev_code;
+		codelen = stage->ev_codelen;
+	}
+	else
+	{
+		text	   *t = DatumGetTextPP(v[4]);
+
+		value = v[3];
+		code = VARDATA_ANY(t);
+		codelen = VARSIZE_ANY_EXHDR(t);
+	}
+	same = codelen == VARSIZE_ANY_EXHDR(ts->target) &&
+		memcmp(code, VARDATA_ANY(ts->target), codelen) == 0;
+
+	exact_cents = same && numeric_hundredths(value, &cents);
+	if (!exact_cents)
+	{
+		Numeric		rate = same ? NULL :
+		totals_rate(ts, code, codelen, won ? day : ts->as_of_day);
+
+		converted = rate == NULL ? DatumGetNumeric(value) :
+			numeric_mul_opt_error(DatumGetNumeric(value), rate, NULL);
+	}
+	if (won)
+		prob_h = 10000;
+	else if (!numeric_hundredths(v[7], &prob_h) || prob_h < 0 || prob_h > 10000)
+	{
+		/* a probability that is not whole hundredths: numeric */
+		prob_h = -1;
+		prob_n = DatumGetNumeric(v[7]);
+		if (converted == NULL)
+			converted = int128_scaled_numeric(cents, 2);
+		exact_cents = false;
+	}
+
+	memset(&key, 0, sizeof(key));
+	key.period = period_start(day, ts->period);
+	if (ts->by_owner && !isnull[0])
+	{
+		key.has_owner = true;
+		memcpy(&key.owner, DatumGetUUIDP(v[0]), sizeof(pg_uuid_t));
+	}
+	g = hash_search(ts->groups, &key, HASH_ENTER, &found);
+	if (!found)
+		memset(((char *) g) + sizeof(TotalsKey), 0, sizeof(TotalsGroup) - sizeof(TotalsKey));
+	if (used_stage_value)
+		g->stage_value_deals++;
+	if (won)
+	{
+		if (exact_cents)
+			g->won_c += cents;
+		else
+			g->won_n = numeric_keep(cxt, numeric_sum_null(g->won_n, converted), g->won_n);
+	}
+	else if (cat != CAT_OMITTED)
+	{
+		bool		best = cat == CAT_BEST_CASE || cat == CAT_COMMIT || cat == CAT_CLOSED;
+		bool		commit = cat == CAT_COMMIT || cat == CAT_CLOSED;
+
+		g->open_deals++;
+		if (exact_cents)
+		{
+			g->pipeline_c += cents;
+			if (best)
+				g->best_c += cents;
+			if (commit)
+				g->commit_c += cents;
+			g->weighted_u += (int128) cents * prob_h;
+		}
+		else
+		{
+			Numeric		w;
+
+			g->pipeline_n = numeric_keep(cxt, numeric_sum_null(g->pipeline_n, converted), g->pipeline_n);
+			if (best)
+				g->best_n = numeric_keep(cxt, numeric_sum_null(g->best_n, converted), g->best_n);
+			if (commit)
+				g->commit_n = numeric_keep(cxt, numeric_sum_null(g->commit_n, converted), g->commit_n);
+			if (prob_n == NULL)
+				prob_n = int128_scaled_numeric(prob_h, 2);
+			w = numeric_mul_opt_error(numeric_mul_opt_error(converted, prob_n, NULL),
+									  numeric_const("0.01"), NULL);
+			g->weighted_n = numeric_keep(cxt, numeric_sum_null(g->weighted_n, w), g->weighted_n);
+		}
+	}
+	if (won || cat != CAT_OMITTED)
+	{
+		if (prob_h < 0)
+		{
+			/* not hundredths: what the aggregate would compute */
+			int			c0 = numeric_compare(prob_n, int64_to_numeric(0));
+			int			c100 = numeric_compare(prob_n, int64_to_numeric(100));
+
+			g->dist_rows++;
+			if (g->dist == NULL)
+				g->dist = state_new(cxt);
+			g->dist->ndeals++;
+			if (c0 == 0)
+				;
+			else if (c100 == 0)
+				g->sure_n = numeric_keep(cxt, numeric_sum_null(g->sure_n, converted), g->sure_n);
+			else
+				state_add_random(cxt, g->dist, numeric_to_double(converted),
+								 numeric_to_double(prob_n) / 100.0,
+								 g->dist->nrand < EXACT_MAX_DEALS ? converted : NULL);
+		}
+		else
+			totals_dist_add(cxt, g, cents, exact_cents, converted, prob_h);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(ts->rowcxt);
+	CHECK_FOR_INTERRUPTS();
+	return true;
+}
+
+static void
+totals_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+}
+
+static void
+totals_shutdown(DestReceiver *self)
+{
+}
+
+static void
+totals_destroy(DestReceiver *self)
+{
+}
+
+/*
  * crm.forecast_totals(period, from_date, to_date, pipeline, owner, currency,
  * as_of, by_owner): one row per period (and owner) with the sums
- * crm.forecast shows, unrounded, and the revenue range.
+ * crm.forecast shows, unrounded, and the revenue range.  The deals are
+ * scanned by SPI into a DestReceiver that folds each as it comes: no copy
+ * of the rows, no join (the stages are in a hash table).
  */
 Datum
 crm_forecast_totals(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	MemoryContext cxt;
-	MemoryContext rowcxt;
+	TotalsState *ts;
 	MemoryContext old;
-	text	   *period_text;
-	char		period;
-	text	   *target;
-	bool		by_owner;
-	Datum		args[5];
-	char		nulls[5];
-	pg_uuid_t  *tenant;
-	Portal		portal;
+	char	   *period_name;
+	ParamListInfo params;
+	SPIExecuteOptions options;
 	HASHCTL		ctl;
-	HTAB	   *groups;
-	HTAB	   *rates;
 	HASH_SEQ_STATUS seq;
 	TotalsGroup *g;
-	char	   *period_name;
+	pg_uuid_t  *tenant;
+	bool		has_tenant;
+	int			i;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(5) || PG_ARGISNULL(6) || PG_ARGISNULL(7))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("period, currency, as_of and by_owner must not be null")));
-	period_text = PG_GETARG_TEXT_PP(0);
-	period_name = text_to_cstring(period_text);
-	if (strcmp(period_name, "day") == 0)
-		period = 'd';
-	else if (strcmp(period_name, "week") == 0)
-		period = 'w';
-	else if (strcmp(period_name, "month") == 0)
-		period = 'm';
-	else if (strcmp(period_name, "quarter") == 0)
-		period = 'q';
-	else if (strcmp(period_name, "year") == 0)
-		period = 'y';
-	else
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown period \"%s\"", period_name),
-				 errhint("Use day, week, month, quarter or year.")));
+	period_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	if (!PG_ARGISNULL(1) && !PG_ARGISNULL(2) &&
 		PG_GETARG_DATEADT(1) > PG_GETARG_DATEADT(2))
 		ereport(ERROR,
@@ -1110,255 +1394,130 @@ crm_forecast_totals(PG_FUNCTION_ARGS)
 				 errmsg("from_date %s is after to_date %s",
 						DatumGetCString(DirectFunctionCall1(date_out, PG_GETARG_DATUM(1))),
 						DatumGetCString(DirectFunctionCall1(date_out, PG_GETARG_DATUM(2))))));
-	by_owner = PG_GETARG_BOOL(7);
 
 	InitMaterializedSRF(fcinfo, 0);
-	cxt = rsinfo->econtext->ecxt_per_query_memory;
-	old = MemoryContextSwitchTo(cxt);
-	target = PG_GETARG_TEXT_P_COPY(5);
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	ts = palloc0(sizeof(TotalsState));
+	ts->cxt = rsinfo->econtext->ecxt_per_query_memory;
+	if (strcmp(period_name, "day") == 0)
+		ts->period = 'd';
+	else if (strcmp(period_name, "week") == 0)
+		ts->period = 'w';
+	else if (strcmp(period_name, "month") == 0)
+		ts->period = 'm';
+	else if (strcmp(period_name, "quarter") == 0)
+		ts->period = 'q';
+	else if (strcmp(period_name, "year") == 0)
+		ts->period = 'y';
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown period \"%s\"", period_name),
+				 errhint("Use day, week, month, quarter or year.")));
+	ts->has_from = !PG_ARGISNULL(1);
+	ts->from = ts->has_from ? PG_GETARG_DATEADT(1) : 0;
+	ts->has_to = !PG_ARGISNULL(2);
+	ts->to = ts->has_to ? PG_GETARG_DATEADT(2) : 0;
+	ts->target = PG_GETARG_TEXT_P_COPY(5);
+	ts->as_of_day = DatumGetDateADT(DirectFunctionCall1(timestamptz_date, PG_GETARG_DATUM(6)));
+	ts->by_owner = PG_GETARG_BOOL(7);
+	tenant = palloc(sizeof(pg_uuid_t));
+	has_tenant = crm_current_tenant_id(tenant);
+	ts->tenant = UUIDPGetDatum(tenant);
 	MemoryContextSwitchTo(old);
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(TotalsKey);
+	ctl.entrysize = sizeof(TotalsGroup);
+	ctl.hcxt = ts->cxt;
+	ts->groups = hash_create("crm.forecast_totals groups", 64, &ctl,
+							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(RateKey);
+	ctl.entrysize = sizeof(RateEntry);
+	ctl.hcxt = ts->cxt;
+	ts->rates = hash_create("crm.forecast_totals rates", 16, &ctl,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ts->rowcxt = AllocSetContextCreate(CurrentMemoryContext, "crm.forecast_totals row",
+									   ALLOCSET_DEFAULT_SIZES);
+
+	if (!has_tenant)
+		return (Datum) 0;		/* no tenant: no deals, as under the policy */
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (totals_plan == NULL)
 	{
-		Oid			types[5] = {DATEOID, DATEOID, UUIDOID, UUIDOID, UUIDOID};
+		Oid			types[3] = {UUIDOID, UUIDOID, UUIDOID};
+		Oid			stypes[1] = {UUIDOID};
 		Oid			rtypes[4] = {TEXTOID, TEXTOID, DATEOID, UUIDOID};
 		SPIPlanPtr	p1;
 		SPIPlanPtr	p2;
 		SPIPlanPtr	p3;
+		SPIPlanPtr	p4;
 
-		/* the deals of the window: open ones by expected close, won by close */
-		p1 = SPI_prepare(
-						 "SELECT o.owner_id, o.status OPERATOR(pg_catalog.=) 'won', "
-						 "       CASE COALESCE(o.forecast_category, s.forecast_category) "
-						 "            WHEN 'pipeline' THEN 1 WHEN 'best_case' THEN 2 WHEN 'commit' THEN 3 "
-						 "            WHEN 'closed' THEN 4 WHEN 'omitted' THEN 5 END, "
-						 "       o.amount, o.currency, s.expected_value, s.expected_value_currency, d.day, "
+		/* the tenant's active open and won deals; the window is C's */
+		p1 = SPI_prepare("SELECT o.owner_id, o.status OPERATOR(pg_catalog.=) 'won', o.forecast_category, "
+						 "       o.amount, o.currency, o.stage_id, "
+						 "       CASE WHEN o.status OPERATOR(pg_catalog.=) 'open' THEN o.expected_close_date "
+						 "            ELSE (o.closed_at)::pg_catalog.date END, "
 						 "       o.probability "
 						 "  FROM crm.opportunity o "
-						 "  JOIN crm.stage s ON s.tenant_id OPERATOR(pg_catalog.=) o.tenant_id "
-						 "                  AND s.id OPERATOR(pg_catalog.=) o.stage_id "
-						 " CROSS JOIN LATERAL (SELECT CASE WHEN o.status OPERATOR(pg_catalog.=) 'open' "
-						 "                                 THEN o.expected_close_date "
-						 "                                 ELSE (o.closed_at)::pg_catalog.date END AS day) d "
-						 " WHERE o.tenant_id OPERATOR(pg_catalog.=) $5 "
+						 " WHERE o.tenant_id OPERATOR(pg_catalog.=) $3 "
 						 "   AND o.archived_at IS NULL "
 						 "   AND o.status OPERATOR(pg_catalog.=) ANY ('{open,won}'::pg_catalog.text[]) "
-						 "   AND ($3 IS NULL OR o.pipeline_id OPERATOR(pg_catalog.=) $3) "
-						 "   AND ($4 IS NULL OR o.owner_id OPERATOR(pg_catalog.=) $4) "
-						 "   AND d.day OPERATOR(pg_catalog.>=) COALESCE($1, '-infinity'::pg_catalog.date) "
-						 "   AND d.day OPERATOR(pg_catalog.<=) COALESCE($2, 'infinity'::pg_catalog.date)",
-						 5, types);
-		p2 = SPI_prepare("SELECT crm.exchange_rate($1, $2, $3, $4)", 4, rtypes);
-		p3 = SPI_prepare("SELECT crm.convert_amount(1::pg_catalog.numeric, $1, $2, $3, $4)", 4, rtypes);
-		if (p1 == NULL || p2 == NULL || p3 == NULL)
+						 "   AND ($1 IS NULL OR o.pipeline_id OPERATOR(pg_catalog.=) $1) "
+						 "   AND ($2 IS NULL OR o.owner_id OPERATOR(pg_catalog.=) $2)",
+						 3, types);
+		p2 = SPI_prepare("SELECT s.id, s.forecast_category, s.expected_value, s.expected_value_currency "
+						 "  FROM crm.stage s WHERE s.tenant_id OPERATOR(pg_catalog.=) $1",
+						 1, stypes);
+		p3 = SPI_prepare("SELECT crm.exchange_rate($1, $2, $3, $4)", 4, rtypes);
+		p4 = SPI_prepare("SELECT crm.convert_amount(1::pg_catalog.numeric, $1, $2, $3, $4)", 4, rtypes);
+		if (p1 == NULL || p2 == NULL || p3 == NULL || p4 == NULL)
 			elog(ERROR, "crm.forecast_totals: SPI_prepare failed: %s",
 				 SPI_result_code_string(SPI_result));
 		SPI_keepplan(p1);
 		SPI_keepplan(p2);
 		SPI_keepplan(p3);
-		rate_plan = p2;
-		rate_error_plan = p3;
+		SPI_keepplan(p4);
+		stages_plan = p2;
+		rate_plan = p3;
+		rate_error_plan = p4;
 		totals_plan = p1;
 	}
 
-	args[0] = PG_GETARG_DATUM(1);
-	nulls[0] = PG_ARGISNULL(1) ? 'n' : ' ';
-	args[1] = PG_GETARG_DATUM(2);
-	nulls[1] = PG_ARGISNULL(2) ? 'n' : ' ';
-	args[2] = PG_GETARG_DATUM(3);
-	nulls[2] = PG_ARGISNULL(3) ? 'n' : ' ';
-	args[3] = PG_GETARG_DATUM(4);
-	nulls[3] = PG_ARGISNULL(4) ? 'n' : ' ';
-	tenant = MemoryContextAlloc(cxt, sizeof(pg_uuid_t));
-	args[4] = UUIDPGetDatum(tenant);
-	nulls[4] = crm_current_tenant_id(tenant) ? ' ' : 'n';
+	totals_load_stages(ts);
 
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(TotalsKey);
-	ctl.entrysize = sizeof(TotalsGroup);
-	ctl.hcxt = cxt;
-	groups = hash_create("crm.forecast_totals groups", 64, &ctl,
-						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(RateKey);
-	ctl.entrysize = sizeof(RateEntry);
-	ctl.hcxt = cxt;
-	rates = hash_create("crm.forecast_totals rates", 16, &ctl,
-						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "crm.forecast_totals row",
-								   ALLOCSET_DEFAULT_SIZES);
-
-	portal = SPI_cursor_open(NULL, totals_plan, args, nulls, true);
+	params = makeParamList(3);
+	params->params[0].value = PG_GETARG_DATUM(3);
+	params->params[0].isnull = PG_ARGISNULL(3);
+	params->params[1].value = PG_GETARG_DATUM(4);
+	params->params[1].isnull = PG_ARGISNULL(4);
+	params->params[2].value = ts->tenant;
+	params->params[2].isnull = false;
+	for (i = 0; i < 3; i++)
 	{
-		DateADT		as_of_day = DatumGetDateADT(DirectFunctionCall1(timestamptz_date,
-																	PG_GETARG_DATUM(6)));
-		const char *tcode = VARDATA_ANY(target);
-		int			tlen = VARSIZE_ANY_EXHDR(target);
-
-		for (;;)
-		{
-			SPITupleTable *tt;
-			uint64		n;
-			uint64		i;
-
-			SPI_cursor_fetch(portal, true, 1000);
-			n = SPI_processed;
-			tt = SPI_tuptable;
-			if (n == 0)
-				break;
-			for (i = 0; i < n; i++)
-			{
-				HeapTuple	tup = tt->vals[i];
-				TupleDesc	td = tt->tupdesc;
-				Datum		v[9];
-				bool		isnull[9];
-				bool		won;
-				int			cat;
-				bool		used_stage_value;
-				Datum		value;
-				Datum		code_datum;
-				text	   *code;
-				bool		same;
-				int64		prob_h;
-				int64		cents = 0;
-				bool		exact_cents;
-				Numeric		converted = NULL;
-				Numeric		prob_n = NULL;
-				TotalsKey	key;
-				bool		found;
-
-				heap_deform_tuple(tup, td, v, isnull);
-				CHECK_FOR_INTERRUPTS();
-				old = MemoryContextSwitchTo(rowcxt);
-				won = DatumGetBool(v[1]);
-				cat = won ? CAT_CLOSED : DatumGetInt32(v[2]);
-
-				/* the stage's expected value stands in for no amount */
-				used_stage_value = !isnull[5] &&
-					numeric_hundredths(v[3], &cents) && cents == 0;
-				if (!used_stage_value && !isnull[5] &&
-					!numeric_hundredths(v[3], &cents))
-				{
-					/* not cents: is it zero all the same? */
-					used_stage_value = DatumGetBool(DirectFunctionCall2(numeric_eq, v[3],
-																		NumericGetDatum(int64_to_numeric(0))));
-				}
-				value = used_stage_value ? v[5] : v[3];
-				code_datum = used_stage_value ? v[6] : v[4];
-				code = (text *) pg_detoast_datum_packed((struct varlena *) DatumGetPointer(code_datum));
-				same = VARSIZE_ANY_EXHDR(code) == tlen &&
-					memcmp(VARDATA_ANY(code), tcode, tlen) == 0;
-
-				exact_cents = same && numeric_hundredths(value, &cents);
-				if (!exact_cents)
-				{
-					Numeric		rate = same ? NULL :
-					totals_rate(rates, cxt, VARDATA_ANY(code), VARSIZE_ANY_EXHDR(code),
-								target, won ? DatumGetDateADT(v[7]) : as_of_day, args[4]);
-
-					converted = rate == NULL ? DatumGetNumeric(value) :
-						numeric_mul_opt_error(DatumGetNumeric(value), rate, NULL);
-				}
-				if (won)
-					prob_h = 10000;
-				else if (!numeric_hundredths(v[8], &prob_h) || prob_h < 0 || prob_h > 10000)
-				{
-					/* a probability that is not whole hundredths: numeric */
-					prob_h = -1;
-					prob_n = DatumGetNumeric(v[8]);
-					if (converted == NULL)
-						converted = int128_scaled_numeric(cents, 2);
-					exact_cents = false;
-				}
-
-				memset(&key, 0, sizeof(key));
-				key.period = period_start(DatumGetDateADT(v[7]), period);
-				if (by_owner && !isnull[0])
-				{
-					key.has_owner = true;
-					memcpy(&key.owner, DatumGetUUIDP(v[0]), sizeof(pg_uuid_t));
-				}
-				g = hash_search(groups, &key, HASH_ENTER, &found);
-				if (!found)
-				{
-					memset(((char *) g) + sizeof(TotalsKey), 0, sizeof(TotalsGroup) - sizeof(TotalsKey));
-				}
-				if (used_stage_value)
-					g->stage_value_deals++;
-				if (won)
-				{
-					if (exact_cents)
-						g->won_c += cents;
-					else
-						g->won_n = numeric_keep(cxt, numeric_sum_null(g->won_n, converted), g->won_n);
-				}
-				else if (cat != CAT_OMITTED)
-				{
-					bool		best = cat == CAT_BEST_CASE || cat == CAT_COMMIT || cat == CAT_CLOSED;
-					bool		commit = cat == CAT_COMMIT || cat == CAT_CLOSED;
-
-					g->open_deals++;
-					if (exact_cents)
-					{
-						g->pipeline_c += cents;
-						if (best)
-							g->best_c += cents;
-						if (commit)
-							g->commit_c += cents;
-						g->weighted_u += (int128) cents * prob_h;
-					}
-					else
-					{
-						Numeric		w;
-
-						g->pipeline_n = numeric_keep(cxt, numeric_sum_null(g->pipeline_n, converted), g->pipeline_n);
-						if (best)
-							g->best_n = numeric_keep(cxt, numeric_sum_null(g->best_n, converted), g->best_n);
-						if (commit)
-							g->commit_n = numeric_keep(cxt, numeric_sum_null(g->commit_n, converted), g->commit_n);
-						if (prob_n == NULL)
-							prob_n = int128_scaled_numeric(prob_h, 2);
-						w = numeric_mul_opt_error(numeric_mul_opt_error(converted, prob_n, NULL),
-												  numeric_const("0.01"), NULL);
-						g->weighted_n = numeric_keep(cxt, numeric_sum_null(g->weighted_n, w), g->weighted_n);
-					}
-				}
-				if (won || cat != CAT_OMITTED)
-				{
-					if (prob_h < 0)
-					{
-						/* not hundredths: what the aggregate would compute */
-						int			c0 = numeric_compare(prob_n, int64_to_numeric(0));
-						int			c100 = numeric_compare(prob_n, int64_to_numeric(100));
-
-						g->dist_rows++;
-						if (g->dist == NULL)
-							g->dist = state_new(cxt);
-						g->dist->ndeals++;
-						if (c0 == 0)
-							;
-						else if (c100 == 0)
-							g->sure_n = numeric_keep(cxt, numeric_sum_null(g->sure_n, converted), g->sure_n);
-						else
-							state_add_random(cxt, g->dist, numeric_to_double(converted),
-											 numeric_to_double(prob_n) / 100.0,
-											 g->dist->nrand < EXACT_MAX_DEALS ? converted : NULL);
-					}
-					else
-						totals_dist_add(cxt, g, cents, exact_cents, converted, prob_h);
-				}
-				MemoryContextSwitchTo(old);
-				MemoryContextReset(rowcxt);
-			}
-			SPI_freetuptable(tt);
-		}
+		params->params[i].pflags = PARAM_FLAG_CONST;
+		params->params[i].ptype = UUIDOID;
 	}
-	SPI_cursor_close(portal);
+
+	ts->pub.receiveSlot = totals_receive;
+	ts->pub.rStartup = totals_startup;
+	ts->pub.rShutdown = totals_shutdown;
+	ts->pub.rDestroy = totals_destroy;
+	ts->pub.mydest = DestNone;
+
+	memset(&options, 0, sizeof(options));
+	options.params = params;
+	options.read_only = true;
+	options.dest = (DestReceiver *) ts;
+	/* a receiver that is not SPI's makes SPI report SPI_OK_UTILITY */
+	if (SPI_execute_plan_extended(totals_plan, &options) < 0)
+		elog(ERROR, "crm.forecast_totals: the scan of the deals failed");
 
 	/* one row per group */
-	hash_seq_init(&seq, groups);
+	hash_seq_init(&seq, ts->groups);
 	while ((g = hash_seq_search(&seq)) != NULL)
 	{
 		Datum		values[13];
@@ -1366,7 +1525,7 @@ crm_forecast_totals(PG_FUNCTION_ARGS)
 		int			k;
 
 		memset(rnulls, 0, sizeof(rnulls));
-		old = MemoryContextSwitchTo(rowcxt);
+		old = MemoryContextSwitchTo(ts->rowcxt);
 		values[0] = DateADTGetDatum(g->key.period);
 		if (g->key.has_owner)
 			values[1] = UUIDPGetDatum(&g->key.owner);
@@ -1397,7 +1556,7 @@ crm_forecast_totals(PG_FUNCTION_ARGS)
 		values[12] = Int32GetDatum(g->stage_value_deals);
 		MemoryContextSwitchTo(old);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, rnulls);
-		MemoryContextReset(rowcxt);
+		MemoryContextReset(ts->rowcxt);
 	}
 	SPI_finish();
 	return (Datum) 0;
