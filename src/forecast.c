@@ -1456,8 +1456,12 @@ crm_forecast_totals(PG_FUNCTION_ARGS)
 		SPIPlanPtr	p3;
 		SPIPlanPtr	p4;
 
-		/* the tenant's active open and won deals; the window is C's */
-		p1 = SPI_prepare("SELECT o.owner_id, o.status OPERATOR(pg_catalog.=) 'won', o.forecast_category, "
+		/*
+		 * The tenant's active open and won deals; the window is C's.  Planned
+		 * for each call (custom plan): a big tenant among small ones wants a
+		 * sequential scan, a small one the tenant's index.
+		 */
+		p1 = SPI_prepare_cursor("SELECT o.owner_id, o.status OPERATOR(pg_catalog.=) 'won', o.forecast_category, "
 						 "       o.amount, o.currency, o.stage_id, "
 						 "       CASE WHEN o.status OPERATOR(pg_catalog.=) 'open' THEN o.expected_close_date "
 						 "            ELSE (o.closed_at)::pg_catalog.date END, "
@@ -1468,7 +1472,7 @@ crm_forecast_totals(PG_FUNCTION_ARGS)
 						 "   AND o.status OPERATOR(pg_catalog.=) ANY ('{open,won}'::pg_catalog.text[]) "
 						 "   AND ($1 IS NULL OR o.pipeline_id OPERATOR(pg_catalog.=) $1) "
 						 "   AND ($2 IS NULL OR o.owner_id OPERATOR(pg_catalog.=) $2)",
-						 3, types);
+						 3, types, CURSOR_OPT_CUSTOM_PLAN);
 		p2 = SPI_prepare("SELECT s.id, s.forecast_category, s.expected_value, s.expected_value_currency "
 						 "  FROM crm.stage s WHERE s.tenant_id OPERATOR(pg_catalog.=) $1",
 						 1, stypes);
