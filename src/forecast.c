@@ -755,8 +755,9 @@ crm_forecast_distribution_final(PG_FUNCTION_ARGS)
  * counts and sums of the deals by category and the revenue range of the
  * period's deals.  Deriving every deal in SQL and aggregating it with
  * numeric FILTERs and the aggregate above costs several times the scan;
- * here one SPI cursor reads the deals with their stage, and each deal is
- * folded into a hash table of groups in C:
+ * here one SPI scan of the deals streams into a DestReceiver (no copy of
+ * the rows; the stages come from a hash table, not a join), and each deal
+ * is folded into a hash table of groups in C:
  *
  *	 - amounts (numeric(18,2)) and probabilities (numeric(5,2)) are read as
  *	   whole cents and hundredths and summed exactly in 128-bit integers;
