@@ -67,7 +67,7 @@ INSERT INTO crm.opportunity (tenant_id, name, pipeline_id, stage_id, status, pro
                              amount, currency, expected_close_date)
 SELECT st.tenant_id, 'Deal ' || i, st.pipeline_id, st.ids[k], st.kinds[k], st.probs[k],
        CASE WHEN st.kinds[k] <> 'open' THEN now() - (i % 20) * interval '1 day' END,
-       100 + (i * 7919) % 100000, 'USD', current_date + (i % 365)
+       100 + (i::bigint * 7919) % 100000, 'USD', current_date + (i % 365)
   FROM st, generate_series(1, :rows) i,
        LATERAL (SELECT CASE WHEN i % 20 < 17 THEN 1 + i % 4 WHEN i % 20 < 19 THEN 5 ELSE 6 END AS k) kk
  WHERE st.tenant_id = :'tenant' OR i <= :rows / 10;

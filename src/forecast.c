@@ -48,10 +48,14 @@
 
 #include <math.h>
 
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "funcapi.h"
 #include "libpq/pqformat.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/datetime.h"
 #include "utils/fmgrprotos.h"
 #include "utils/numeric.h"
 
@@ -677,6 +681,40 @@ cents(double value, bool up)
 }
 
 /*
+ * The P-levels of the uncertain deals (q[k], without the certain ones) and
+ * the bound of their error: exact enumeration or the bounded methods.  Used
+ * by the aggregate's final function and by crm.forecast_totals(), so that
+ * both give the same range for the same deals.
+ */
+static void
+distribution_quantiles(RevDistState *st, Numeric *q, Numeric *bound)
+{
+	int			k;
+
+	if (st->nrand <= EXACT_MAX_DEALS && st->keep_exact)
+	{
+		quantiles_exact(st, q);
+		*bound = int64_to_numeric(0);
+	}
+	else
+	{
+		double		est[3];
+		double		b[3];
+		double		worst = 0;
+
+		quantiles_bounded(st, est, b);
+		for (k = 0; k < 3; k++)
+		{
+			q[k] = cents(est[k], false);
+			/* an estimate off the cent grid was rounded: half a cent more */
+			if (b[k] > 0)
+				worst = Max(worst, b[k] + 0.005);
+		}
+		*bound = cents(worst, true);
+	}
+}
+
+/*
  * Final: (mean, stddev, p10, p50, p90, error_bound); NULL for no rows.
  */
 Datum
@@ -703,29 +741,828 @@ crm_forecast_distribution_final(PG_FUNCTION_ARGS)
 									NumericGetDatum(numeric_mul_opt_error(st->var10000,
 																		  numeric_const("0.0001"),
 																		  NULL)));
-	if (st->nrand <= EXACT_MAX_DEALS && st->keep_exact)
-	{
-		quantiles_exact(st, q);
-		bound = int64_to_numeric(0);
-	}
-	else
-	{
-		double		est[3];
-		double		b[3];
-		double		worst = 0;
-
-		quantiles_bounded(st, est, b);
-		for (k = 0; k < 3; k++)
-		{
-			q[k] = cents(est[k], false);
-			/* an estimate off the cent grid was rounded: half a cent more */
-			if (b[k] > 0)
-				worst = Max(worst, b[k] + 0.005);
-		}
-		bound = cents(worst, true);
-	}
+	distribution_quantiles(st, q, &bound);
 	for (k = 0; k < 3; k++)
 		values[2 + k] = NumericGetDatum(numeric_add_opt_error(st->sure, q[k], NULL));
 	values[5] = NumericGetDatum(bound);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*-------------------------------------------------------------------------
+ * crm.forecast_totals: the forecast's per-period totals in one pass
+ *
+ * crm.forecast() without what-if changes needs, per period (and owner), the
+ * counts and sums of the deals by category and the revenue range of the
+ * period's deals.  Deriving every deal in SQL and aggregating it with
+ * numeric FILTERs and the aggregate above costs several times the scan;
+ * here one SPI scan of the deals streams into a DestReceiver (no copy of
+ * the rows; the stages come from a hash table, not a join), and each deal
+ * is folded into a hash table of groups in C:
+ *
+ *	 - amounts (numeric(18,2)) and probabilities (numeric(5,2)) are read as
+ *	   whole cents and hundredths and summed exactly in 128-bit integers;
+ *	   a deal in another currency, or a value that is not a whole number of
+ *	   cents, is converted and summed in numeric instead, exactly as well;
+ *	 - a rate is looked up once per (currency, day) with crm.exchange_rate,
+ *	   and a missing one raises crm.convert_amount's error (P0002);
+ *	 - the revenue range state is the aggregate's own (RevDistState), fed
+ *	   the same doubles the aggregate would compute, so p10/p50/p90 and the
+ *	   bound are the aggregate's to the bit.  The mean and standard
+ *	   deviation, which the forecast does not show, are not kept.
+ *-------------------------------------------------------------------------
+ */
+
+PG_FUNCTION_INFO_V1(crm_forecast_totals);
+
+#define CAT_PIPELINE	1
+#define CAT_BEST_CASE	2
+#define CAT_COMMIT		3
+#define CAT_CLOSED		4
+#define CAT_OMITTED		5
+
+/* A group of the forecast: a period, and an owner when grouped by owner. */
+typedef struct TotalsKey
+{
+	DateADT		period;
+	bool		has_owner;
+	pg_uuid_t	owner;
+} TotalsKey;
+
+typedef struct TotalsGroup
+{
+	TotalsKey	key;
+	int			open_deals;
+	int			stage_value_deals;
+	int64		dist_rows;
+	int128		pipeline_c;		/* in cents */
+	int128		best_c;
+	int128		commit_c;
+	int128		won_c;
+	int128		sure_c;
+	int128		weighted_u;		/* in millionths (cents x hundredths) */
+	Numeric		pipeline_n;		/* the deals summed in numeric; NULL: none */
+	Numeric		best_n;
+	Numeric		commit_n;
+	Numeric		won_n;
+	Numeric		sure_n;
+	Numeric		weighted_n;
+	RevDistState *dist;
+} TotalsGroup;
+
+/* A rate looked up: (currency, day) -> rate. */
+typedef struct RateKey
+{
+	char		code[4];
+	DateADT		day;
+} RateKey;
+
+typedef struct RateEntry
+{
+	RateKey		key;
+	Numeric		rate;
+} RateEntry;
+
+/* A stage of the tenant: its default category and expected value. */
+typedef struct StageEntry
+{
+	pg_uuid_t	id;
+	int			category;
+	Numeric		expected_value; /* NULL: none */
+	char		ev_code[4];
+	int			ev_codelen;
+} StageEntry;
+
+/* What the scan of the deals folds into, for the DestReceiver. */
+typedef struct TotalsState
+{
+	DestReceiver pub;			/* must be first */
+	MemoryContext cxt;			/* groups, rates, stages live here */
+	MemoryContext rowcxt;		/* reset after every deal */
+	HTAB	   *groups;
+	HTAB	   *rates;
+	HTAB	   *stages;
+	char		period;
+	bool		by_owner;
+	bool		has_from;
+	bool		has_to;
+	DateADT		from;
+	DateADT		to;
+	DateADT		as_of_day;
+	text	   *target;
+	Datum		tenant;
+} TotalsState;
+
+static SPIPlanPtr totals_plan = NULL;
+static SPIPlanPtr stages_plan = NULL;
+static SPIPlanPtr rate_plan = NULL;
+static SPIPlanPtr rate_error_plan = NULL;
+
+/*
+ * A numeric datum as whole units of 10^-2 (cents of an amount, hundredths
+ * of a percentage), read from its stored digits (base 10000, the on-disk
+ * format that pg_upgrade keeps).  False when it is special (NaN, infinite),
+ * has more than two decimals that are not zero, or is too large for the
+ * exact integer sums; the caller then uses numeric arithmetic.
+ */
+static bool
+numeric_hundredths(Datum d, int64 *out)
+{
+	struct varlena *v = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(d));
+	const char *data = VARDATA_ANY(v);
+	int			len = VARSIZE_ANY_EXHDR(v);
+	uint16		header;
+	int			weight;
+	bool		neg;
+	int			hdr;
+	int			ndigits;
+	int128		acc = 0;
+	int			i;
+
+	if (len < (int) sizeof(uint16))
+		return false;
+	memcpy(&header, data, sizeof(uint16));
+	if ((header & 0xC000) == 0xC000)
+		return false;			/* NaN or infinity */
+	if ((header & 0xC000) == 0x8000)
+	{
+		/* short format: sign, display scale and weight in the header */
+		neg = (header & 0x2000) != 0;
+		weight = (header & 0x0040) ? (int) (~0x003F | (header & 0x003F)) : (int) (header & 0x003F);
+		hdr = sizeof(uint16);
+	}
+	else
+	{
+		int16		w;
+
+		if (len < (int) (2 * sizeof(uint16)))
+			return false;
+		neg = (header & 0xC000) == 0x4000;
+		memcpy(&w, data + sizeof(uint16), sizeof(int16));
+		weight = w;
+		hdr = 2 * sizeof(uint16);
+	}
+	ndigits = (len - hdr) / (int) sizeof(int16);
+	for (i = 0; i < ndigits; i++)
+	{
+		int16		digit;
+		int			e = weight - i;
+		int			k;
+		int128		term;
+
+		memcpy(&digit, data + hdr + i * sizeof(int16), sizeof(int16));
+		if (digit == 0)
+			continue;
+		if (e < -1 || e > 3)
+			return false;		/* below 10^-4, or 10^16 and more */
+		term = digit;
+		for (k = -1; k < e; k++)
+			term *= 10000;
+		acc += term;			/* in units of 10^-4 */
+	}
+	if (acc % 100 != 0)
+		return false;
+	acc /= 100;
+	*out = (int64) (neg ? -acc : acc);
+	return true;
+}
+
+/*
+ * An exact integer count of 10^-scale units as numeric.
+ */
+static Numeric
+int128_scaled_numeric(int128 value, int scale)
+{
+	char		buf[64];
+	char		digits[48];
+	int			n = 0;
+	int			pos = 0;
+	bool		neg = value < 0;
+	uint128		u = neg ? -(uint128) value : (uint128) value;
+
+	do
+	{
+		digits[n++] = '0' + (int) (u % 10);
+		u /= 10;
+	} while (u > 0);
+	while (n <= scale)
+		digits[n++] = '0';
+	if (neg)
+		buf[pos++] = '-';
+	while (n > 0)
+	{
+		if (n == scale)
+			buf[pos++] = '.';
+		buf[pos++] = digits[--n];
+	}
+	buf[pos] = '\0';
+	return numeric_const(buf);
+}
+
+/*
+ * A group's money: the integer part plus the numeric part, if any.
+ */
+static Datum
+group_money(int128 value, int scale, Numeric extra)
+{
+	Numeric		n = int128_scaled_numeric(value, scale);
+
+	if (extra != NULL)
+		n = numeric_add_opt_error(n, extra, NULL);
+	return NumericGetDatum(n);
+}
+
+/*
+ * Add to a numeric sum that starts out NULL.
+ */
+static Numeric
+numeric_sum_null(Numeric sum, Numeric value)
+{
+	return sum == NULL ? value : numeric_add_opt_error(sum, value, NULL);
+}
+
+/*
+ * The first day of the period (date_trunc(period, day::timestamp)::date).
+ */
+static DateADT
+period_start(DateADT day, char period)
+{
+	int			y,
+				m,
+				d;
+
+	if (DATE_NOT_FINITE(day))
+		return day;
+	if (day >= (TIMESTAMP_END_JULIAN - POSTGRES_EPOCH_JDATE))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("date out of range for timestamp")));
+	if (period == 'd')
+		return day;
+	if (period == 'w')
+		return day - (j2day(day + POSTGRES_EPOCH_JDATE) + 6) % 7;
+	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+	if (period == 'q')
+		m = ((m - 1) / 3) * 3 + 1;
+	else if (period == 'y')
+		m = 1;
+	return date2j(y, m, 1) - POSTGRES_EPOCH_JDATE;
+}
+
+/*
+ * The rate from code into the target currency on day, looked up once per
+ * (currency, day) in a nested SPI connection (the scan of the deals is
+ * running); a missing one raises crm.convert_amount's error.
+ */
+static Numeric
+totals_rate(TotalsState *ts, const char *code, int codelen, DateADT day)
+{
+	RateKey		key;
+	RateEntry  *entry;
+	bool		found;
+
+	memset(&key, 0, sizeof(key));
+	memcpy(key.code, code, Min(codelen, 3));
+	key.day = day;
+	entry = hash_search(ts->rates, &key, HASH_ENTER, &found);
+	if (!found)
+	{
+		Datum		args[4];
+		bool		isnull;
+		Datum		rate;
+
+		entry->rate = NULL;
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		args[0] = PointerGetDatum(cstring_to_text_with_len(code, codelen));
+		args[1] = PointerGetDatum(ts->target);
+		args[2] = DateADTGetDatum(day);
+		args[3] = ts->tenant;
+		if (SPI_execute_plan(rate_plan, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "crm.forecast_totals: rate lookup failed");
+		rate = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (isnull)
+		{
+			/* the error the SQL path raises, from the same function */
+			hash_search(ts->rates, &key, HASH_REMOVE, NULL);
+			SPI_execute_plan(rate_error_plan, args, NULL, true, 1);
+			elog(ERROR, "crm.forecast_totals: no rate from %.*s", codelen, code);
+		}
+		entry->rate = numeric_keep(ts->cxt, DatumGetNumeric(rate), NULL);
+		SPI_finish();
+	}
+	return entry->rate;
+}
+
+/*
+ * Fold one uncertain or certain deal into the group's revenue range, as
+ * crm_forecast_distribution_accum would (without the mean and variance).
+ */
+static void
+totals_dist_add(MemoryContext cxt, TotalsGroup *g, int64 cents, bool exact_cents,
+				Numeric converted, int64 prob_h)
+{
+	double		amount;
+
+	g->dist_rows++;
+	if (g->dist == NULL)
+		g->dist = state_new(cxt);
+	g->dist->ndeals++;
+	if (prob_h == 0)
+		return;
+	if (prob_h == 10000)
+	{
+		if (exact_cents)
+			g->sure_c += cents;
+		else
+			g->sure_n = numeric_keep(cxt, numeric_sum_null(g->sure_n, converted), g->sure_n);
+		return;
+	}
+	if (exact_cents && cents <= ((int64) 1 << 53))
+		amount = (double) cents / 100.0;
+	else
+	{
+		if (converted == NULL)
+			converted = int128_scaled_numeric(cents, 2);
+		amount = numeric_to_double(converted);
+	}
+	if (g->dist->keep_exact && g->dist->nrand < EXACT_MAX_DEALS && converted == NULL)
+		converted = int128_scaled_numeric(cents, 2);
+	state_add_random(cxt, g->dist, amount, ((double) prob_h / 100.0) / 100.0,
+					 g->dist->nrand < EXACT_MAX_DEALS ? converted : NULL);
+}
+
+/*
+ * The category code of a category's name (CAT_*); 0 for anything else.
+ */
+static int
+category_code(const char *name, int len)
+{
+	if (len == 8 && memcmp(name, "pipeline", 8) == 0)
+		return CAT_PIPELINE;
+	if (len == 9 && memcmp(name, "best_case", 9) == 0)
+		return CAT_BEST_CASE;
+	if (len == 6 && memcmp(name, "commit", 6) == 0)
+		return CAT_COMMIT;
+	if (len == 6 && memcmp(name, "closed", 6) == 0)
+		return CAT_CLOSED;
+	if (len == 7 && memcmp(name, "omitted", 7) == 0)
+		return CAT_OMITTED;
+	return 0;
+}
+
+/*
+ * Load the tenant's stages (a few dozen rows) into a hash table, so that
+ * the scan of the deals needs no join.
+ */
+static void
+totals_load_stages(TotalsState *ts)
+{
+	HASHCTL		ctl;
+	Datum		args[1];
+	uint64		i;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(pg_uuid_t);
+	ctl.entrysize = sizeof(StageEntry);
+	ctl.hcxt = ts->cxt;
+	ts->stages = hash_create("crm.forecast_totals stages", 64, &ctl,
+							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	args[0] = ts->tenant;
+	if (SPI_execute_plan(stages_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "crm.forecast_totals: stage lookup failed");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	td = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		id = SPI_getbinval(tup, td, 1, &isnull);
+		Datum		cat = SPI_getbinval(tup, td, 2, &isnull);
+		Datum		ev;
+		StageEntry *st;
+		text	   *t;
+
+		st = hash_search(ts->stages, DatumGetUUIDP(id), HASH_ENTER, NULL);
+		t = DatumGetTextPP(cat);
+		st->category = category_code(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+		ev = SPI_getbinval(tup, td, 3, &isnull);
+		st->expected_value = isnull ? NULL : numeric_keep(ts->cxt, DatumGetNumeric(ev), NULL);
+		st->ev_codelen = 0;
+		ev = SPI_getbinval(tup, td, 4, &isnull);
+		if (!isnull)
+		{
+			t = DatumGetTextPP(ev);
+			st->ev_codelen = Min(VARSIZE_ANY_EXHDR(t), 3);
+			memcpy(st->ev_code, VARDATA_ANY(t), st->ev_codelen);
+		}
+		else if (st->expected_value != NULL)
+			st->expected_value = NULL;	/* the CHECK makes them go together */
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Fold one deal into its group.  Columns: owner_id, won, forecast_category,
+ * amount, currency, stage_id, close day, probability.
+ */
+static bool
+totals_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	TotalsState *ts = (TotalsState *) self;
+	Datum	   *v;
+	bool	   *isnull;
+	StageEntry *stage;
+	DateADT		day;
+	bool		won;
+	int			cat;
+	bool		used_stage_value;
+	Datum		value;
+	const char *code;
+	int			codelen;
+	bool		same;
+	int64		prob_h;
+	int64		cents = 0;
+	bool		exact_cents;
+	Numeric		converted = NULL;
+	Numeric		prob_n = NULL;
+	TotalsKey	key;
+	bool		found;
+	TotalsGroup *g;
+	MemoryContext old;
+	MemoryContext cxt = ts->cxt;
+
+	slot_getallattrs(slot);
+	v = slot->tts_values;
+	isnull = slot->tts_isnull;
+
+	/* the window, by close day (a deal without one is in no window) */
+	if (isnull[6])
+		return true;
+	day = DatumGetDateADT(v[6]);
+	if ((ts->has_from && day < ts->from) || (ts->has_to && day > ts->to))
+		return true;
+	stage = hash_search(ts->stages, DatumGetUUIDP(v[5]), HASH_FIND, NULL);
+	if (stage == NULL)
+		return true;			/* not a stage of the tenant: no deal */
+
+	old = MemoryContextSwitchTo(ts->rowcxt);
+	won = DatumGetBool(v[1]);
+	if (won)
+		cat = CAT_CLOSED;
+	else if (isnull[2])
+		cat = stage->category;
+	else
+	{
+		text	   *t = DatumGetTextPP(v[2]);
+
+		cat = category_code(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+	}
+
+	/* the stage's expected value stands in for no amount */
+	used_stage_value = false;
+	if (stage->expected_value != NULL)
+	{
+		if (numeric_hundredths(v[3], &cents))
+			used_stage_value = cents == 0;
+		else
+			used_stage_value = DatumGetBool(DirectFunctionCall2(numeric_eq, v[3],
+																NumericGetDatum(int64_to_numeric(0))));
+	}
+	if (used_stage_value)
+	{
+		value = NumericGetDatum(stage->expected_value);
+		code = stage->ev_code;
+		codelen = stage->ev_codelen;
+	}
+	else
+	{
+		text	   *t = DatumGetTextPP(v[4]);
+
+		value = v[3];
+		code = VARDATA_ANY(t);
+		codelen = VARSIZE_ANY_EXHDR(t);
+	}
+	same = codelen == VARSIZE_ANY_EXHDR(ts->target) &&
+		memcmp(code, VARDATA_ANY(ts->target), codelen) == 0;
+
+	exact_cents = same && numeric_hundredths(value, &cents);
+	if (!exact_cents)
+	{
+		Numeric		rate = same ? NULL :
+		totals_rate(ts, code, codelen, won ? day : ts->as_of_day);
+
+		converted = rate == NULL ? DatumGetNumeric(value) :
+			numeric_mul_opt_error(DatumGetNumeric(value), rate, NULL);
+	}
+	if (won)
+		prob_h = 10000;
+	else if (!numeric_hundredths(v[7], &prob_h) || prob_h < 0 || prob_h > 10000)
+	{
+		/* a probability that is not whole hundredths: numeric */
+		prob_h = -1;
+		prob_n = DatumGetNumeric(v[7]);
+		if (converted == NULL)
+			converted = int128_scaled_numeric(cents, 2);
+		exact_cents = false;
+	}
+
+	memset(&key, 0, sizeof(key));
+	key.period = period_start(day, ts->period);
+	if (ts->by_owner && !isnull[0])
+	{
+		key.has_owner = true;
+		memcpy(&key.owner, DatumGetUUIDP(v[0]), sizeof(pg_uuid_t));
+	}
+	g = hash_search(ts->groups, &key, HASH_ENTER, &found);
+	if (!found)
+		memset(((char *) g) + sizeof(TotalsKey), 0, sizeof(TotalsGroup) - sizeof(TotalsKey));
+	if (used_stage_value)
+		g->stage_value_deals++;
+	if (won)
+	{
+		if (exact_cents)
+			g->won_c += cents;
+		else
+			g->won_n = numeric_keep(cxt, numeric_sum_null(g->won_n, converted), g->won_n);
+	}
+	else if (cat != CAT_OMITTED)
+	{
+		bool		best = cat == CAT_BEST_CASE || cat == CAT_COMMIT || cat == CAT_CLOSED;
+		bool		commit = cat == CAT_COMMIT || cat == CAT_CLOSED;
+
+		g->open_deals++;
+		if (exact_cents)
+		{
+			g->pipeline_c += cents;
+			if (best)
+				g->best_c += cents;
+			if (commit)
+				g->commit_c += cents;
+			g->weighted_u += (int128) cents * prob_h;
+		}
+		else
+		{
+			Numeric		w;
+
+			g->pipeline_n = numeric_keep(cxt, numeric_sum_null(g->pipeline_n, converted), g->pipeline_n);
+			if (best)
+				g->best_n = numeric_keep(cxt, numeric_sum_null(g->best_n, converted), g->best_n);
+			if (commit)
+				g->commit_n = numeric_keep(cxt, numeric_sum_null(g->commit_n, converted), g->commit_n);
+			if (prob_n == NULL)
+				prob_n = int128_scaled_numeric(prob_h, 2);
+			w = numeric_mul_opt_error(numeric_mul_opt_error(converted, prob_n, NULL),
+									  numeric_const("0.01"), NULL);
+			g->weighted_n = numeric_keep(cxt, numeric_sum_null(g->weighted_n, w), g->weighted_n);
+		}
+	}
+	if (won || cat != CAT_OMITTED)
+	{
+		if (prob_h < 0)
+		{
+			/* not hundredths: what the aggregate would compute */
+			int			c0 = numeric_compare(prob_n, int64_to_numeric(0));
+			int			c100 = numeric_compare(prob_n, int64_to_numeric(100));
+
+			g->dist_rows++;
+			if (g->dist == NULL)
+				g->dist = state_new(cxt);
+			g->dist->ndeals++;
+			if (c0 == 0)
+				;
+			else if (c100 == 0)
+				g->sure_n = numeric_keep(cxt, numeric_sum_null(g->sure_n, converted), g->sure_n);
+			else
+				state_add_random(cxt, g->dist, numeric_to_double(converted),
+								 numeric_to_double(prob_n) / 100.0,
+								 g->dist->nrand < EXACT_MAX_DEALS ? converted : NULL);
+		}
+		else
+			totals_dist_add(cxt, g, cents, exact_cents, converted, prob_h);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(ts->rowcxt);
+	CHECK_FOR_INTERRUPTS();
+	return true;
+}
+
+static void
+totals_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+}
+
+static void
+totals_shutdown(DestReceiver *self)
+{
+}
+
+static void
+totals_destroy(DestReceiver *self)
+{
+}
+
+/*
+ * crm.forecast_totals(period, from_date, to_date, pipeline, owner, currency,
+ * as_of, by_owner): one row per period (and owner) with the sums
+ * crm.forecast shows, unrounded, and the revenue range.  The deals are
+ * scanned by SPI into a DestReceiver that folds each as it comes: no copy
+ * of the rows, no join (the stages are in a hash table).
+ */
+Datum
+crm_forecast_totals(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TotalsState *ts;
+	MemoryContext old;
+	char	   *period_name;
+	ParamListInfo params;
+	SPIExecuteOptions options;
+	HASHCTL		ctl;
+	HASH_SEQ_STATUS seq;
+	TotalsGroup *g;
+	pg_uuid_t  *tenant;
+	bool		has_tenant;
+	int			i;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(5) || PG_ARGISNULL(6) || PG_ARGISNULL(7))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("period, currency, as_of and by_owner must not be null")));
+	period_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (!PG_ARGISNULL(1) && !PG_ARGISNULL(2) &&
+		PG_GETARG_DATEADT(1) > PG_GETARG_DATEADT(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_date %s is after to_date %s",
+						DatumGetCString(DirectFunctionCall1(date_out, PG_GETARG_DATUM(1))),
+						DatumGetCString(DirectFunctionCall1(date_out, PG_GETARG_DATUM(2))))));
+
+	InitMaterializedSRF(fcinfo, 0);
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	ts = palloc0(sizeof(TotalsState));
+	ts->cxt = rsinfo->econtext->ecxt_per_query_memory;
+	if (strcmp(period_name, "day") == 0)
+		ts->period = 'd';
+	else if (strcmp(period_name, "week") == 0)
+		ts->period = 'w';
+	else if (strcmp(period_name, "month") == 0)
+		ts->period = 'm';
+	else if (strcmp(period_name, "quarter") == 0)
+		ts->period = 'q';
+	else if (strcmp(period_name, "year") == 0)
+		ts->period = 'y';
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown period \"%s\"", period_name),
+				 errhint("Use day, week, month, quarter or year.")));
+	ts->has_from = !PG_ARGISNULL(1);
+	ts->from = ts->has_from ? PG_GETARG_DATEADT(1) : 0;
+	ts->has_to = !PG_ARGISNULL(2);
+	ts->to = ts->has_to ? PG_GETARG_DATEADT(2) : 0;
+	ts->target = PG_GETARG_TEXT_P_COPY(5);
+	ts->as_of_day = DatumGetDateADT(DirectFunctionCall1(timestamptz_date, PG_GETARG_DATUM(6)));
+	ts->by_owner = PG_GETARG_BOOL(7);
+	tenant = palloc(sizeof(pg_uuid_t));
+	has_tenant = crm_current_tenant_id(tenant);
+	ts->tenant = UUIDPGetDatum(tenant);
+	MemoryContextSwitchTo(old);
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(TotalsKey);
+	ctl.entrysize = sizeof(TotalsGroup);
+	ctl.hcxt = ts->cxt;
+	ts->groups = hash_create("crm.forecast_totals groups", 64, &ctl,
+							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(RateKey);
+	ctl.entrysize = sizeof(RateEntry);
+	ctl.hcxt = ts->cxt;
+	ts->rates = hash_create("crm.forecast_totals rates", 16, &ctl,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ts->rowcxt = AllocSetContextCreate(CurrentMemoryContext, "crm.forecast_totals row",
+									   ALLOCSET_DEFAULT_SIZES);
+
+	if (!has_tenant)
+		return (Datum) 0;		/* no tenant: no deals, as under the policy */
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (totals_plan == NULL)
+	{
+		Oid			types[3] = {UUIDOID, UUIDOID, UUIDOID};
+		Oid			stypes[1] = {UUIDOID};
+		Oid			rtypes[4] = {TEXTOID, TEXTOID, DATEOID, UUIDOID};
+		SPIPlanPtr	p1;
+		SPIPlanPtr	p2;
+		SPIPlanPtr	p3;
+		SPIPlanPtr	p4;
+
+		/*
+		 * The tenant's active open and won deals; the window is C's.  Planned
+		 * for each call (custom plan): a big tenant among small ones wants a
+		 * sequential scan, a small one the tenant's index.
+		 */
+		p1 = SPI_prepare_cursor("SELECT o.owner_id, o.status OPERATOR(pg_catalog.=) 'won', o.forecast_category, "
+						 "       o.amount, o.currency, o.stage_id, "
+						 "       CASE WHEN o.status OPERATOR(pg_catalog.=) 'open' THEN o.expected_close_date "
+						 "            ELSE (o.closed_at)::pg_catalog.date END, "
+						 "       o.probability "
+						 "  FROM crm.opportunity o "
+						 " WHERE o.tenant_id OPERATOR(pg_catalog.=) $3 "
+						 "   AND o.archived_at IS NULL "
+						 "   AND o.status OPERATOR(pg_catalog.=) ANY ('{open,won}'::pg_catalog.text[]) "
+						 "   AND ($1 IS NULL OR o.pipeline_id OPERATOR(pg_catalog.=) $1) "
+						 "   AND ($2 IS NULL OR o.owner_id OPERATOR(pg_catalog.=) $2)",
+						 3, types, CURSOR_OPT_CUSTOM_PLAN);
+		p2 = SPI_prepare("SELECT s.id, s.forecast_category, s.expected_value, s.expected_value_currency "
+						 "  FROM crm.stage s WHERE s.tenant_id OPERATOR(pg_catalog.=) $1",
+						 1, stypes);
+		p3 = SPI_prepare("SELECT crm.exchange_rate($1, $2, $3, $4)", 4, rtypes);
+		p4 = SPI_prepare("SELECT crm.convert_amount(1::pg_catalog.numeric, $1, $2, $3, $4)", 4, rtypes);
+		if (p1 == NULL || p2 == NULL || p3 == NULL || p4 == NULL)
+			elog(ERROR, "crm.forecast_totals: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p1);
+		SPI_keepplan(p2);
+		SPI_keepplan(p3);
+		SPI_keepplan(p4);
+		stages_plan = p2;
+		rate_plan = p3;
+		rate_error_plan = p4;
+		totals_plan = p1;
+	}
+
+	totals_load_stages(ts);
+
+	params = makeParamList(3);
+	params->params[0].value = PG_GETARG_DATUM(3);
+	params->params[0].isnull = PG_ARGISNULL(3);
+	params->params[1].value = PG_GETARG_DATUM(4);
+	params->params[1].isnull = PG_ARGISNULL(4);
+	params->params[2].value = ts->tenant;
+	params->params[2].isnull = false;
+	for (i = 0; i < 3; i++)
+	{
+		params->params[i].pflags = PARAM_FLAG_CONST;
+		params->params[i].ptype = UUIDOID;
+	}
+
+	ts->pub.receiveSlot = totals_receive;
+	ts->pub.rStartup = totals_startup;
+	ts->pub.rShutdown = totals_shutdown;
+	ts->pub.rDestroy = totals_destroy;
+	ts->pub.mydest = DestNone;
+
+	memset(&options, 0, sizeof(options));
+	options.params = params;
+	options.read_only = true;
+	options.dest = (DestReceiver *) ts;
+	/* a receiver that is not SPI's makes SPI report SPI_OK_UTILITY */
+	if (SPI_execute_plan_extended(totals_plan, &options) < 0)
+		elog(ERROR, "crm.forecast_totals: the scan of the deals failed");
+
+	/* one row per group */
+	hash_seq_init(&seq, ts->groups);
+	while ((g = hash_seq_search(&seq)) != NULL)
+	{
+		Datum		values[13];
+		bool		rnulls[13];
+		int			k;
+
+		memset(rnulls, 0, sizeof(rnulls));
+		old = MemoryContextSwitchTo(ts->rowcxt);
+		values[0] = DateADTGetDatum(g->key.period);
+		if (g->key.has_owner)
+			values[1] = UUIDPGetDatum(&g->key.owner);
+		else
+			rnulls[1] = true;
+		values[2] = Int32GetDatum(g->open_deals);
+		values[3] = group_money(g->pipeline_c, 2, g->pipeline_n);
+		values[4] = group_money(g->best_c, 2, g->best_n);
+		values[5] = group_money(g->commit_c, 2, g->commit_n);
+		values[6] = group_money(g->won_c, 2, g->won_n);
+		values[7] = group_money(g->weighted_u, 6, g->weighted_n);
+		if (g->dist_rows > 0)
+		{
+			Numeric		q[3];
+			Numeric		bound;
+			Numeric		sure = DatumGetNumeric(group_money(g->sure_c, 2, g->sure_n));
+
+			distribution_quantiles(g->dist, q, &bound);
+			for (k = 0; k < 3; k++)
+				values[8 + k] = NumericGetDatum(numeric_add_opt_error(sure, q[k], NULL));
+			values[11] = NumericGetDatum(bound);
+		}
+		else
+		{
+			for (k = 8; k < 12; k++)
+				rnulls[k] = true;
+		}
+		values[12] = Int32GetDatum(g->stage_value_deals);
+		MemoryContextSwitchTo(old);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, rnulls);
+		MemoryContextReset(ts->rowcxt);
+	}
+	SPI_finish();
+	return (Datum) 0;
 }

@@ -359,6 +359,28 @@ COMMENT ON FUNCTION crm.forecast_deals(date, date, uuid, uuid, uuid, text, times
     '(won deals at the rate of their close date, others at as_of; NULL only outside the window when no rate exists, an error P0002 inside it), '
     'probability (100 won, 0 lost), close date (won or lost: closed_at''s day; open: expected_close_date) and whether it falls in from_date..to_date';
 
+-- The forecast's totals in one pass, in C: crm.forecast() without what-if
+-- changes (and without team filter or grouping) aggregates here rather than
+-- through crm.forecast_deals() and numeric FILTERs (issue 11's goal: the
+-- forecast within 1.5x of a plain sum over the same rows).
+CREATE FUNCTION crm.forecast_totals(period text, from_date date, to_date date, pipeline uuid, owner uuid,
+                                    currency text, as_of timestamptz, by_owner boolean)
+    RETURNS TABLE (period_start date, owner_id uuid, open_deals integer, open_pipeline numeric,
+                   best_case_open numeric, commit_open numeric, closed_won numeric, weighted numeric,
+                   p10 numeric, p50 numeric, p90 numeric, error_bound numeric, stage_value_deals integer)
+    AS 'MODULE_PATHNAME', 'crm_forecast_totals'
+    LANGUAGE C STABLE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION crm.forecast_totals(text, date, date, uuid, uuid, text, timestamptz, boolean) IS
+    'The per-period sums behind crm.forecast(), unrounded, from one pass over the current tenant''s active open and won deals '
+    'whose close day (open: expected_close_date; won: closed_at''s day) falls in from_date..to_date (NULL: unbounded), '
+    'filtered by pipeline and owner (NULL: any), one row per period start (and per owner when by_owner): open_deals, open_pipeline, '
+    'best_case_open and commit_open (open deals of those categories), closed_won, weighted (sum of converted amount x probability / 100), '
+    'p10/p50/p90/error_bound as crm.revenue_distribution gives them for the period''s won and not omitted open deals (NULL when none), '
+    'stage_value_deals. Amounts in currency: won deals at the rate of their close day, open ones at as_of''s (crm.exchange_rate, '
+    'looked up once per currency and day); a missing rate is crm.convert_amount''s error (P0002). '
+    'Errors: unknown period or from_date after to_date 22023, a NULL period, currency, as_of or by_owner 22004';
+
 -- The forecast ---------------------------------------------------------------
 
 CREATE FUNCTION crm.forecast_what_if(changes jsonb, period text DEFAULT 'month', from_date date DEFAULT NULL,
@@ -472,6 +494,28 @@ BEGIN
     END LOOP;
 
     step := CASE p_period WHEN 'quarter' THEN interval '3 months' ELSE ('1 ' || p_period)::interval END;
+    IF p_changes = '[]'::jsonb AND p_team IS NULL AND p_by IS DISTINCT FROM 'team' THEN
+        -- no changes and no teams: the totals in one pass (crm.forecast_totals, in C)
+        RETURN QUERY
+        SELECT a.period_start, (a.period_start + step - interval '1 day')::date, a.owner_id, NULL::uuid, cur,
+               a.open_deals, round(a.open_pipeline, 2), round(a.closed_won + a.best_case_open, 2),
+               round(a.closed_won + a.commit_open, 2), round(a.closed_won, 2), round(a.weighted, 2),
+               round(a.closed_won + a.weighted, 2),
+               round(q.amount, 2), round(a.closed_won / nullif(q.amount, 0) * 100, 2),
+               round(a.p10, 2), round(a.p50, 2), round(a.p90, 2), a.error_bound, a.stage_value_deals
+          FROM crm.forecast_totals(p_period, p_from, p_to, p_pipeline, p_owner, cur, p_as_of, p_by IS NOT DISTINCT FROM 'owner') a
+          LEFT JOIN LATERAL (
+              SELECT crm.convert_amount(qq.amount, qq.currency, cur, (p_as_of)::date, crm.current_tenant()) AS amount
+                FROM crm.quota qq
+               WHERE qq.tenant_id = crm.current_tenant() AND qq.period_type = p_period
+                 AND qq.period_start = a.period_start
+                 AND qq.owner_id IS NOT DISTINCT FROM CASE p_by WHEN 'owner' THEN a.owner_id ELSE p_owner END
+                 AND qq.team_id IS NULL
+                 AND (p_by IS DISTINCT FROM 'owner' OR a.owner_id IS NOT NULL)
+          ) q ON true
+         ORDER BY a.period_start, a.owner_id;
+        RETURN;
+    END IF;
     RETURN QUERY
     WITH d AS (
         SELECT f.*, pg_catalog.date_trunc(p_period, (f.close_date)::timestamp)::date AS ps

@@ -602,6 +602,10 @@ BEGIN
     REVOKE UPDATE, DELETE ON crm.inbound_event FROM crm_writer;
     REVOKE EXECUTE ON FUNCTION crm.purge_jobs(interval) FROM crm_writer;
     GRANT EXECUTE ON FUNCTION crm.purge_jobs(interval) TO crm_admin;
+
+    -- Forecasting speed (issue 11 goal): the one-pass totals crm.forecast uses
+    GRANT EXECUTE ON FUNCTION crm.forecast_totals(text, date, date, uuid, uuid, text, timestamptz, boolean)
+        TO crm_reader;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

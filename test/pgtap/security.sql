@@ -192,6 +192,7 @@ INSERT INTO func_level VALUES
     ('crm.forecast_changes(uuid,uuid)', 1),
     ('crm.forecast_accuracy(uuid,timestamp with time zone)', 1),
     ('crm.snapshot_forecast(text,text,date,date,uuid,uuid,timestamp with time zone)', 2),
+    ('crm.forecast_totals(text,date,date,uuid,uuid,text,timestamp with time zone,boolean)', 1),
     ('crm.revenue_distribution_accum(internal,numeric,numeric)', NULL),
     ('crm.revenue_distribution_combine(internal,internal)', NULL),
     ('crm.revenue_distribution_serialize(internal)', NULL),
