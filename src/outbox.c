@@ -582,17 +582,51 @@ typedef enum OutboxTable
 } OutboxTable;
 
 /*
+ * The attribute numbers row_events() asks for, checked by crm_attnum() on
+ * the first row of a statement and remembered for the others.  Column
+ * names are the string constants of row_events(), so a name is found by
+ * its address.
+ */
+#define ROW_ATTS_MAX 32
+
+typedef struct RowAtts
+{
+	Relation	rel;
+	int			n;
+	const char *names[ROW_ATTS_MAX];
+	int			atts[ROW_ATTS_MAX];
+} RowAtts;
+
+static int
+row_att(RowAtts *cols, const char *name, Oid typid)
+{
+	int			att;
+
+	for (int i = 0; i < cols->n; i++)
+		if (cols->names[i] == name)
+			return cols->atts[i];
+	att = crm_attnum(cols->rel, name, typid);
+	if (cols->n < ROW_ATTS_MAX)
+	{
+		cols->names[cols->n] = name;
+		cols->atts[cols->n] = att;
+		cols->n++;
+	}
+	return att;
+}
+
+/*
  * The events of one row (and its old version for an UPDATE).  Every field
- * is read by attribute number checked by crm_attnum.
+ * is read by attribute number checked by crm_attnum (once per statement).
  */
 static void
-row_events(EventBatch *batch, OutboxTable table, Relation rel,
+row_events(EventBatch *batch, OutboxTable table, RowAtts *cols,
 		   TupleTableSlot *newslot, TupleTableSlot *oldslot)
 {
 	bool		n1,
 				n2;
-	Datum		tenant = col(newslot, crm_attnum(rel, "tenant_id", UUIDOID), &n1);
-	Datum		id = col(newslot, crm_attnum(rel, "id", UUIDOID), &n2);
+	Datum		tenant = col(newslot, row_att(cols, "tenant_id", UUIDOID), &n1);
+	Datum		id = col(newslot, row_att(cols, "id", UUIDOID), &n2);
 	pg_uuid_t	t = *DatumGetUUIDP(tenant);
 	pg_uuid_t	rid = *DatumGetUUIDP(id);
 	JsonBuild	buf;
@@ -605,17 +639,17 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 			json_begin(&buf);
 			json_uuid(&buf, "leadId", id, false);
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "source", TEXTOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "source", TEXTOID), &isnull);
 
 				json_text(&buf, "source", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "owner_id", UUIDOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "owner_id", UUIDOID), &isnull);
 
 				json_uuid(&buf, "ownerId", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "created_at", TIMESTAMPTZOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "created_at", TIMESTAMPTZOID), &isnull);
 
 				json_time(&buf, "createdAt", d, isnull);
 			}
@@ -623,7 +657,7 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 		}
 		else
 		{
-			int			conv_att = crm_attnum(rel, "converted_at", TIMESTAMPTZOID);
+			int			conv_att = row_att(cols, "converted_at", TIMESTAMPTZOID);
 			bool		oldnull;
 			Datum		conv = col(newslot, conv_att, &isnull);
 
@@ -638,12 +672,12 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 				opp = converted_opportunity(tenant, id, &onull);
 				json_uuid(&buf, "opportunityId", opp, onull);
 				{
-					Datum		d = col(newslot, crm_attnum(rel, "converted_account_id", UUIDOID), &onull);
+					Datum		d = col(newslot, row_att(cols, "converted_account_id", UUIDOID), &onull);
 
 					json_uuid(&buf, "customerId", d, onull);
 				}
 				{
-					Datum		d = col(newslot, crm_attnum(rel, "converted_contact_id", UUIDOID), &onull);
+					Datum		d = col(newslot, row_att(cols, "converted_contact_id", UUIDOID), &onull);
 
 					json_uuid(&buf, "contactId", d, onull);
 				}
@@ -654,8 +688,8 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 	}
 	else if (table == OUTBOX_OPPORTUNITY)
 	{
-		int			status_att = crm_attnum(rel, "status", TEXTOID);
-		int			stage_att = crm_attnum(rel, "stage_id", UUIDOID);
+		int			status_att = row_att(cols, "status", TEXTOID);
+		int			stage_att = row_att(cols, "stage_id", UUIDOID);
 		bool		snull;
 		Datum		status = col(newslot, status_att, &snull);
 		bool		closed_now;
@@ -665,27 +699,27 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 			json_begin(&buf);
 			json_uuid(&buf, "opportunityId", id, false);
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "account_id", UUIDOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "account_id", UUIDOID), &isnull);
 
 				json_uuid(&buf, "customerId", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "lead_id", UUIDOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "lead_id", UUIDOID), &isnull);
 
 				json_uuid(&buf, "leadId", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "amount", NUMERICOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "amount", NUMERICOID), &isnull);
 
 				json_numeric(&buf, "expectedValue", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "currency", TEXTOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "currency", TEXTOID), &isnull);
 
 				json_text(&buf, "currency", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "owner_id", UUIDOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "owner_id", UUIDOID), &isnull);
 
 				json_uuid(&buf, "ownerId", d, isnull);
 			}
@@ -717,17 +751,17 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 			json_uuid(&buf, "opportunityId", id, false);
 			json_string(&buf, "stage", text_equals(status, snull, "won") ? "closed_won" : "closed_lost");
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "amount", NUMERICOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "amount", NUMERICOID), &isnull);
 
 				json_numeric(&buf, "actualValue", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "currency", TEXTOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "currency", TEXTOID), &isnull);
 
 				json_text(&buf, "currency", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "closed_at", TIMESTAMPTZOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "closed_at", TIMESTAMPTZOID), &isnull);
 
 				json_time(&buf, "closedAt", d, isnull);
 			}
@@ -736,8 +770,8 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 	}
 	else
 	{
-		int			status_att = crm_attnum(rel, "status", TEXTOID);
-		int			type_att = crm_attnum(rel, "activity_type", TEXTOID);
+		int			status_att = row_att(cols, "status", TEXTOID);
+		int			type_att = row_att(cols, "activity_type", TEXTOID);
 		bool		snull,
 					tnull;
 		Datum		status = col(newslot, status_att, &snull);
@@ -752,24 +786,24 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 			json_key(&buf, "relatedTo");
 			{
 				static const char *const keys[4] = {"contactId", "accountId", "leadId", "opportunityId"};
-				static const char *const cols[4] = {"contact_id", "account_id", "lead_id", "opportunity_id"};
+				static const char *const link_cols[4] = {"contact_id", "account_id", "lead_id", "opportunity_id"};
 
 				json_open_object(&buf);
 				for (int i = 0; i < 4; i++)
 				{
-					Datum		d = col(newslot, crm_attnum(rel, cols[i], UUIDOID), &isnull);
+					Datum		d = col(newslot, row_att(cols, link_cols[i], UUIDOID), &isnull);
 
 					json_uuid(&buf, keys[i], d, isnull);
 				}
 				json_close_object(&buf);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "owner_id", UUIDOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "owner_id", UUIDOID), &isnull);
 
 				json_uuid(&buf, "ownerId", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "due_at", TIMESTAMPTZOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "due_at", TIMESTAMPTZOID), &isnull);
 
 				json_time(&buf, "dueDate", d, isnull);
 			}
@@ -794,12 +828,12 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 				json_uuid(&buf, "completedBy", UUIDPGetDatum(&user), false);
 			else
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "owner_id", UUIDOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "owner_id", UUIDOID), &isnull);
 
 				json_uuid(&buf, "completedBy", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "completed_at", TIMESTAMPTZOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "completed_at", TIMESTAMPTZOID), &isnull);
 
 				json_time(&buf, "completedAt", d, isnull);
 			}
@@ -829,6 +863,7 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 	Tuplestorestate *newrows;
 	Tuplestorestate *oldrows = NULL;
 	bool		is_update;
+	RowAtts		cols;
 
 	crm_require_trigger(fcinfo, "outbox_record_events", false, false);
 	is_update = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event);
@@ -866,6 +901,8 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	cols.rel = rel;
+	cols.n = 0;
 	batch_init(&batch, table == OUTBOX_LEAD ? "lead" :
 			   table == OUTBOX_OPPORTUNITY ? "opportunity" : "activity");
 
@@ -873,7 +910,7 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 	{
 		if (oldrows && !tuplestore_gettupleslot(oldrows, true, false, oldslot))
 			elog(ERROR, "transition tables of different lengths");
-		row_events(&batch, table, rel, newslot, oldslot);
+		row_events(&batch, table, &cols, newslot, oldslot);
 	}
 
 	batch_flush(&batch);
