@@ -63,6 +63,7 @@ typedef enum QueuePlan
 	PLAN_KEY_TAKE,
 	PLAN_KEY_FIND,
 	PLAN_JOB_INSERT,
+	PLAN_ENQUEUE,
 	PLAN_FINISH,
 	PLAN_COMPLETE,
 	PLAN_CLAIM,
@@ -116,6 +117,21 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		" contact_id, idempotency_key, run_at, max_attempts)"
 		" SELECT $1, $2, a.queue, a.code, $4, $5, $6, $7, $8, $9, $10, $11"
 		" FROM crm.job_action a WHERE a.code OPERATOR(pg_catalog.=) $3",
+		11, {UUIDOID, UUIDOID, TEXTOID, JSONBOID, UUIDOID, TEXTOID, UUIDOID, UUIDOID, UUIDOID,
+		TIMESTAMPTZOID, INT4OID}
+	},
+	[PLAN_ENQUEUE] = {
+		/*
+		 * PLAN_KEY_TAKE and PLAN_JOB_INSERT in one statement, for a job whose
+		 * consent need not be checked in between: no row when the key was
+		 * taken already.
+		 */
+		"WITH k AS (INSERT INTO crm.job_key (tenant_id, idempotency_key, job_id) VALUES ($1, $9, $2)"
+		"  ON CONFLICT ON CONSTRAINT job_key_pkey DO NOTHING RETURNING job_id)"
+		" INSERT INTO crm.job (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,"
+		" contact_id, idempotency_key, run_at, max_attempts)"
+		" SELECT $1, k.job_id, a.queue, a.code, $4, $5, $6, $7, $8, $9, $10, $11"
+		" FROM k, crm.job_action a WHERE a.code OPERATOR(pg_catalog.=) $3",
 		11, {UUIDOID, UUIDOID, TEXTOID, JSONBOID, UUIDOID, TEXTOID, UUIDOID, UUIDOID, UUIDOID,
 		TIMESTAMPTZOID, INT4OID}
 	},
@@ -537,22 +553,7 @@ crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request)
 	crm_uuid_v7(&job_id);
 	key = request->has_key ? request->key : job_id;
 
-	args[0] = UUIDPGetDatum(tenant);
-	args[1] = UUIDPGetDatum(&key);
-	args[2] = UUIDPGetDatum(&job_id);
-	run(PLAN_KEY_TAKE, args, NULL, 0);
-	if (SPI_processed == 0)
-	{
-		run(PLAN_KEY_FIND, args, NULL, 1);
-		if (SPI_processed == 0)
-			elog(ERROR, "idempotency key vanished while it was taken");
-		return uuid_column(1);
-	}
-
-	refusal = consent_refusal(tenant, action.has_consent ? action.consent : NULL,
-							  request->action, request->params,
-							  request->has_contact ? &request->contact : NULL);
-
+	/* the columns of the job row (PLAN_JOB_INSERT and PLAN_ENQUEUE) */
 	args[0] = UUIDPGetDatum(tenant);
 	args[1] = UUIDPGetDatum(&job_id);
 	args[2] = CStringGetTextDatum(request->action);
@@ -576,6 +577,52 @@ crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request)
 	args[8] = UUIDPGetDatum(&key);
 	args[9] = TimestampTzGetDatum(request->run_at);
 	args[10] = Int32GetDatum(request->max_attempts);
+
+	/*
+	 * No consent to check (no contact, or an action that needs none): the
+	 * key and the job in one statement.
+	 */
+	if (!request->has_contact ||
+		(!action.has_consent && strcmp(request->action, "create_task") != 0))
+	{
+		run(PLAN_ENQUEUE, args, nulls, 0);
+		if (SPI_processed == 0)
+		{
+			Datum		kargs[2] = {UUIDPGetDatum(tenant), UUIDPGetDatum(&key)};
+			pg_uuid_t	holder;
+
+			run(PLAN_KEY_FIND, kargs, NULL, 1);
+			if (SPI_processed == 0)
+				elog(ERROR, "idempotency key vanished while it was taken");
+			holder = uuid_column(1);
+			/* our own key without a job: the action went away meanwhile */
+			if (memcmp(&holder, &job_id, sizeof(pg_uuid_t)) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+						 errmsg("job action \"%s\" does not exist", request->action),
+						 errhint("The known actions are listed in crm.job_action.")));
+			return holder;
+		}
+		Async_Notify("crm_jobs", action.queue);
+		return job_id;
+	}
+
+	{
+		Datum		kargs[3] = {UUIDPGetDatum(tenant), UUIDPGetDatum(&key), UUIDPGetDatum(&job_id)};
+
+		run(PLAN_KEY_TAKE, kargs, NULL, 0);
+		if (SPI_processed == 0)
+		{
+			run(PLAN_KEY_FIND, kargs, NULL, 1);
+			if (SPI_processed == 0)
+				elog(ERROR, "idempotency key vanished while it was taken");
+			return uuid_column(1);
+		}
+	}
+
+	refusal = consent_refusal(tenant, action.has_consent ? action.consent : NULL,
+							  request->action, request->params,
+							  request->has_contact ? &request->contact : NULL);
 	run(PLAN_JOB_INSERT, args, nulls, 0);
 
 	if (refusal)
