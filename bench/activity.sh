@@ -5,6 +5,11 @@
 #
 #   floor     crm.activity with no trigger at all (session_replication_role =
 #             replica: no user or FK trigger fires; module given by the client)
+#   fk        bench_fk.activity, a copy of crm.activity (same columns,
+#             defaults, checks, indexes) with the same foreign keys and no
+#             other trigger: the floor plus PostgreSQL's own foreign key
+#             checks, which crm and plpgsql both pay (shown apart, so that
+#             the share of the crm triggers can be read off)
 #   crm       crm.activity with the extension's C triggers: activity_sync
 #             (BEFORE ROW), the aggregates of contact, lead and account and the
 #             ActivityCreated events (AFTER STATEMENT, transition tables read
@@ -72,6 +77,16 @@ SELECT tenant_id, contact_id, 'Contact ' || n, account_id FROM bench_contact;
 CREATE SCHEMA bench_ref;
 CREATE TABLE bench_ref.activity (LIKE crm.activity INCLUDING ALL);
 ALTER TABLE bench_ref.activity
+    ADD FOREIGN KEY (activity_type) REFERENCES crm.activity_type (code),
+    ADD FOREIGN KEY (tenant_id, contact_id) REFERENCES crm.contact (tenant_id, id),
+    ADD FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id),
+    ADD FOREIGN KEY (tenant_id, lead_id) REFERENCES crm.lead (tenant_id, id),
+    ADD FOREIGN KEY (tenant_id, opportunity_id) REFERENCES crm.opportunity (tenant_id, id),
+    ADD FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.app_user (tenant_id, id);
+CREATE SCHEMA bench_fk;
+CREATE TABLE bench_fk.activity (LIKE crm.activity INCLUDING ALL);
+ALTER TABLE bench_fk.activity
+    ADD FOREIGN KEY (tenant_id) REFERENCES crm.tenant (tenant_id),
     ADD FOREIGN KEY (activity_type) REFERENCES crm.activity_type (code),
     ADD FOREIGN KEY (tenant_id, contact_id) REFERENCES crm.contact (tenant_id, id),
     ADD FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id),
@@ -180,17 +195,19 @@ INSERT INTO crm.activity (tenant_id, activity_type, module, subject, contact_id,
 SELECT tenant_id, 'call', 'communication', 'pgbench', contact_id, account_id, 'completed', now() FROM bench_contact WHERE n = :c;
 SQL
 sed 's/crm\.activity/bench_ref.activity/' "$WORK/insert_crm.sql" >"$WORK/insert_ref.sql"
+sed 's/crm\.activity/bench_fk.activity/' "$WORK/insert_crm.sql" >"$WORK/insert_fk.sql"
 
 reset_tables() {
-	psql_bench -c "TRUNCATE crm.activity, crm.event, bench_ref.activity, bench_ref.contact_engagement,
+	psql_bench -c "TRUNCATE crm.activity, crm.event, bench_fk.activity, bench_ref.activity, bench_ref.contact_engagement,
 	               bench_ref.lead_engagement, bench_ref.account_summary, bench_ref.event" \
 		-c "SELECT crm.refresh_aggregates(NULL)" -c "VACUUM ANALYZE" >/dev/null
 }
 
 # pgbench: the mean latency of one INSERT in ms
-bench_insert() { # floor|crm|plpgsql
+bench_insert() { # floor|fk|crm|plpgsql
 	local script=$WORK/insert_crm.sql opts=""
 	[[ $1 == plpgsql ]] && script=$WORK/insert_ref.sql
+	[[ $1 == fk ]] && script=$WORK/insert_fk.sql
 	[[ $1 == floor ]] && opts="-c session_replication_role=replica"
 	local lat
 	lat=$(PGOPTIONS="$opts" "$PGBENCH" -n -c 2 -j 2 -T "$SECONDS_PER_RUN" -f "$script" "$DB" 2>"$WORK/pgbench.err" |
@@ -204,9 +221,10 @@ bench_insert() { # floor|crm|plpgsql
 }
 
 # COPY: elapsed ms
-bench_copy() { # floor|crm|plpgsql
+bench_copy() { # floor|fk|crm|plpgsql
 	local table=crm.activity opts=""
 	[[ $1 == plpgsql ]] && table=bench_ref.activity
+	[[ $1 == fk ]] && table=bench_fk.activity
 	[[ $1 == floor ]] && opts="-c session_replication_role=replica"
 	reset_tables
 	local t0 t1
@@ -220,7 +238,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 declare -A ins cp
 for ((run = 1; run <= RUNS; run++)); do
-	for kind in floor crm plpgsql; do
+	for kind in floor fk crm plpgsql; do
 		reset_tables
 		ins[$kind]+="$(bench_insert $kind) "
 		cp[$kind]+="$(bench_copy $kind) "
@@ -231,6 +249,7 @@ done
 med() { tr ' ' '\n' <<<"$1" | grep -v '^$' | median; }
 fi_=$(med "${ins[floor]}"); ci=$(med "${ins[crm]}"); pi=$(med "${ins[plpgsql]}")
 fc=$(med "${cp[floor]}"); cc=$(med "${cp[crm]}"); pc=$(med "${cp[plpgsql]}")
+fki=$(med "${ins[fk]}"); fkc=$(med "${cp[fk]}")
 
 # the last COPY run was plpgsql; write the crm one again for the events and check it
 bench_copy crm >/dev/null
@@ -264,15 +283,17 @@ SQL
 )
 read_ms=$(tail -1 <<<"$read_ms")
 
-awk -v fi="$fi_" -v ci="$ci" -v pi="$pi" -v fc="$fc" -v cc="$cc" -v pc="$pc" -v rows="$ROWS" \
+awk -v fi="$fi_" -v ci="$ci" -v fki="$fki" -v fkc="$fkc" -v pi="$pi" -v fc="$fc" -v cc="$cc" -v pc="$pc" -v rows="$ROWS" \
 	-v rd="$read_ms" -v runs="$RUNS" -v secs="$SECONDS_PER_RUN" 'BEGIN {
 	split(rd, r, " ")
 	printf "activity triggers, median of %d runs (pgbench 2 clients, %d s; COPY of %d rows)\n", runs, secs, rows
 	printf "  single-row INSERT  floor %.3f ms  crm %.3f ms  plpgsql %.3f ms\n", fi, ci, pi
 	printf "    crm / floor                    %.2fx  (goal <= 1.3x)\n", ci / fi
 	printf "    (crm - floor) / (plpgsql - floor) %.2f  (goal <= 0.5)\n", (ci - fi) / (pi - fi)
+	printf "    with the foreign key checks alone %.3f ms: fk / floor %.2fx, crm / fk %.2fx\n", fki, fki / fi, ci / fki
 	printf "  COPY               floor %d ms  crm %d ms  plpgsql %d ms\n", fc, cc, pc
 	printf "    crm / floor                    %.2fx  (goal <= 2x)\n", cc / fc
 	printf "    (crm - floor) / (plpgsql - floor) %.2f  (goal <= 0.5)\n", (cc - fc) / (pc - fc)
+	printf "    with the foreign key checks alone %d ms: fk / floor %.2fx, crm / fk %.2fx\n", fkc, fkc / fc, cc / fkc
 	printf "  crm.read_events    %d events in %.0f ms: %.0f events/s\n", r[2], r[1], r[2] / (r[1] / 1000)
 }'

@@ -22,6 +22,8 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
@@ -29,12 +31,53 @@ PG_FUNCTION_INFO_V1(crm_activity_sync);
 
 static SPIPlanPtr module_plan = NULL;
 
+/*
+ * The modules of the activity types a statement met (CrmCommandKey): a
+ * COPY of 100,000 activities of three types looks the types up three
+ * times, not once per row.  The lookup reads with the statement's
+ * snapshot, so it would answer the same every time within the statement.
+ * A type that does not exist is not kept (its row fails).
+ */
+#define MODULE_CACHE_SIZE 32
+
+typedef struct ModuleCacheEntry
+{
+	char	   *code;
+	Datum		module;
+} ModuleCacheEntry;
+
+static MemoryContext module_context = NULL;
+static CrmCommandKey module_key;
+static ModuleCacheEntry module_cache[MODULE_CACHE_SIZE];
+static int	module_ncached = 0;
+
 /* The module of an activity type, or NULL when there is no such type. */
 static Datum
 activity_type_module(Datum type_code, bool *found)
 {
 	Datum		result = (Datum) 0;
 	Datum		args[1] = {type_code};
+	CrmCommandKey now = crm_command_key_current();
+	char	   *code = TextDatumGetCString(type_code);
+
+	if (module_context == NULL)
+	{
+		module_context = AllocSetContextCreate(TopMemoryContext, "crm activity type cache",
+											   ALLOCSET_SMALL_SIZES);
+		module_key = now;
+	}
+	if (!crm_command_key_equal(module_key, now))
+	{
+		MemoryContextReset(module_context);
+		module_ncached = 0;
+		module_key = now;
+	}
+	for (int i = 0; i < module_ncached; i++)
+		if (strcmp(module_cache[i].code, code) == 0)
+		{
+			*found = true;
+			return module_cache[i].module;
+		}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -66,6 +109,16 @@ activity_type_module(Datum type_code, bool *found)
 								   false, -1);
 	}
 	SPI_finish();
+
+	if (*found && module_ncached < MODULE_CACHE_SIZE)
+	{
+		MemoryContext old = MemoryContextSwitchTo(module_context);
+
+		module_cache[module_ncached].code = pstrdup(code);
+		module_cache[module_ncached].module = datumCopy(result, false, -1);
+		module_ncached++;
+		MemoryContextSwitchTo(old);
+	}
 	return result;
 }
 

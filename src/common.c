@@ -103,7 +103,8 @@ crm_attnum(Relation rel, const char *colname, Oid typid)
 
 		if (att->attisdropped || strcmp(NameStr(att->attname), colname) != 0)
 			continue;
-		if (getBaseType(att->atttypid) != typid)
+		/* the type itself needs no catalog lookup; only a domain does */
+		if (att->atttypid != typid && getBaseType(att->atttypid) != typid)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
 					 errmsg("column \"%s\" of relation \"%s\" is of type %s, not %s",

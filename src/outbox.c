@@ -38,6 +38,7 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
@@ -60,7 +61,7 @@ typedef struct PendingEvent
 	const char *event_type;
 	bool		has_entity_id;
 	pg_uuid_t	entity_id;
-	char	   *payload;		/* JSON object text */
+	Jsonb	   *payload;		/* a JSON object */
 } PendingEvent;
 
 typedef struct EventBatch
@@ -165,7 +166,7 @@ batch_init(EventBatch *batch, const char *entity)
 
 static PendingEvent *
 batch_add(EventBatch *batch, const pg_uuid_t *tenant, const char *event_type,
-		  const pg_uuid_t *entity_id, char *payload)
+		  const pg_uuid_t *entity_id, Jsonb *payload)
 {
 	PendingEvent *ev;
 
@@ -204,11 +205,11 @@ batch_flush(EventBatch *batch)
 	if (insert_plan == NULL)
 	{
 		Oid			types[6] = {UUIDOID, INT8ARRAYOID, TEXTARRAYOID, TEXTOID,
-		UUIDARRAYOID, TEXTARRAYOID};
+		UUIDARRAYOID, JSONBARRAYOID};
 
 		insert_plan = prepare_kept(
 								   "INSERT INTO crm.event (tenant_id, position, event_type, entity, entity_id, payload)"
-								   " SELECT $1, x.p, x.t, $4, x.i, x.j::pg_catalog.jsonb"
+								   " SELECT $1, x.p, x.t, $4, x.i, x.j"
 								   " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS x(p, t, i, j)",
 								   6, types);
 	}
@@ -251,7 +252,7 @@ batch_flush(EventBatch *batch)
 				types[k] = CStringGetTextDatum(ev->event_type);
 				ids[k] = UUIDPGetDatum(&ev->entity_id);
 				idnulls[k] = !ev->has_entity_id;
-				payloads[k] = CStringGetTextDatum(ev->payload);
+				payloads[k] = JsonbPGetDatum(ev->payload);
 				k++;
 			}
 			dims[0] = k;
@@ -263,7 +264,7 @@ batch_flush(EventBatch *batch)
 			else
 				nulls[3] = 'n';
 			args[4] = PointerGetDatum(construct_md_array(ids, idnulls, 1, dims, lbs, UUIDOID, 16, false, TYPALIGN_CHAR));
-			args[5] = PointerGetDatum(construct_array(payloads, k, TEXTOID, -1, false, TYPALIGN_INT));
+			args[5] = PointerGetDatum(construct_array(payloads, k, JSONBOID, -1, false, TYPALIGN_INT));
 			if (SPI_execute_plan(insert_plan, args, nulls, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write the events");
 			done += k;
@@ -289,12 +290,11 @@ crm_outbox_emit(const pg_uuid_t *tenant, const char *event_type, const char *ent
 {
 	EventBatch	batch;
 	int64		position;
-	char	   *text = JsonbToCString(NULL, &payload->root, VARSIZE(payload));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	batch_init(&batch, entity);
-	position = batch_add(&batch, tenant, event_type, entity_id, text)->position;
+	position = batch_add(&batch, tenant, event_type, entity_id, payload)->position;
 	batch_flush(&batch);
 	SPI_finish();
 	return position;
@@ -391,77 +391,137 @@ crm_outbox_emit_event(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(position);
 }
 
-/* JSON object text, built field by field. */
-static void
-json_key(StringInfo buf, const char *key)
+/*
+ * A jsonb object, built field by field in C.  Building the value directly
+ * spares the jsonb parser, which cost more per event than writing the
+ * event row (a COPY of activities writes one per row); the result is the
+ * value the parser would have made of the same JSON text (keys sorted and
+ * unique alike, strings and numbers equal).
+ */
+typedef struct JsonBuild
 {
-	appendStringInfoChar(buf, buf->len == 1 ? ' ' : ',');
-	escape_json(buf, key);
-	appendStringInfoChar(buf, ':');
+	JsonbParseState *state;
+} JsonBuild;
+
+static void
+json_key(JsonBuild *b, const char *key)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	(void) pushJsonbValue(&b->state, WJB_KEY, &k);
 }
 
 static void
-json_text(StringInfo buf, const char *key, Datum value, bool isnull)
+json_null(JsonBuild *b)
 {
-	json_key(buf, key);
-	if (isnull)
-		appendStringInfoString(buf, "null");
-	else
-		escape_json(buf, TextDatumGetCString(value));
+	JsonbValue	v;
+
+	v.type = jbvNull;
+	(void) pushJsonbValue(&b->state, WJB_VALUE, &v);
 }
 
 static void
-json_uuid(StringInfo buf, const char *key, Datum value, bool isnull)
+json_string(JsonBuild *b, const char *key, const char *str)
 {
-	json_key(buf, key);
+	JsonbValue	v;
+
+	json_key(b, key);
+	v.type = jbvString;
+	v.val.string.val = (char *) str;
+	v.val.string.len = strlen(str);
+	(void) pushJsonbValue(&b->state, WJB_VALUE, &v);
+}
+
+static void
+json_text(JsonBuild *b, const char *key, Datum value, bool isnull)
+{
 	if (isnull)
-		appendStringInfoString(buf, "null");
-	else
 	{
-		appendStringInfoChar(buf, '"');
-		appendStringInfoString(buf, DatumGetCString(DirectFunctionCall1(uuid_out, value)));
-		appendStringInfoChar(buf, '"');
+		json_key(b, key);
+		json_null(b);
 	}
+	else
+		json_string(b, key, TextDatumGetCString(value));
 }
 
 static void
-json_time(StringInfo buf, const char *key, Datum value, bool isnull)
+json_uuid(JsonBuild *b, const char *key, Datum value, bool isnull)
+{
+	if (isnull)
+	{
+		json_key(b, key);
+		json_null(b);
+	}
+	else
+		json_string(b, key, DatumGetCString(DirectFunctionCall1(uuid_out, value)));
+}
+
+static void
+json_time(JsonBuild *b, const char *key, Datum value, bool isnull)
 {
 	char		tbuf[MAXDATELEN + 1];
 
-	json_key(buf, key);
 	if (isnull)
-		appendStringInfoString(buf, "null");
-	else
 	{
-		appendStringInfoChar(buf, '"');
-		appendStringInfoString(buf, JsonEncodeDateTime(tbuf, value, TIMESTAMPTZOID, NULL));
-		appendStringInfoChar(buf, '"');
+		json_key(b, key);
+		json_null(b);
 	}
-}
-
-static void
-json_numeric(StringInfo buf, const char *key, Datum value, bool isnull)
-{
-	json_key(buf, key);
-	if (isnull)
-		appendStringInfoString(buf, "null");
 	else
-		appendStringInfoString(buf, DatumGetCString(DirectFunctionCall1(numeric_out, value)));
+		json_string(b, key, pstrdup(JsonEncodeDateTime(tbuf, value, TIMESTAMPTZOID, NULL)));
 }
 
 static void
-json_begin(StringInfo buf)
+json_numeric(JsonBuild *b, const char *key, Datum value, bool isnull)
 {
-	initStringInfo(buf);
-	appendStringInfoChar(buf, '{');
+	JsonbValue	v;
+	Numeric		num;
+
+	json_key(b, key);
+	if (isnull)
+	{
+		json_null(b);
+		return;
+	}
+	num = DatumGetNumeric(value);
+	/* JSON has no NaN: the error the jsonb parser gives for it */
+	if (numeric_is_nan(num) || numeric_is_inf(num))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("invalid input syntax for type %s", "json"),
+				 errdetail("Token \"%s\" is invalid.",
+						   DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(num))))));
+	v.type = jbvNumeric;
+	v.val.numeric = num;
+	(void) pushJsonbValue(&b->state, WJB_VALUE, &v);
 }
 
-static char *
-json_end(StringInfo buf)
+static void
+json_begin(JsonBuild *b)
 {
-	appendStringInfoChar(buf, '}');
-	return buf->data;
+	b->state = NULL;
+	(void) pushJsonbValue(&b->state, WJB_BEGIN_OBJECT, NULL);
+}
+
+static Jsonb *
+json_end(JsonBuild *b)
+{
+	return JsonbValueToJsonb(pushJsonbValue(&b->state, WJB_END_OBJECT, NULL));
+}
+
+/* An object as the value of the key just pushed, and its end. */
+static void
+json_open_object(JsonBuild *b)
+{
+	(void) pushJsonbValue(&b->state, WJB_BEGIN_OBJECT, NULL);
+}
+
+static void
+json_close_object(JsonBuild *b)
+{
+	(void) pushJsonbValue(&b->state, WJB_END_OBJECT, NULL);
 }
 
 /* Column access for one transition row. */
@@ -525,20 +585,54 @@ typedef enum OutboxTable
 } OutboxTable;
 
 /*
+ * The attribute numbers row_events() asks for, checked by crm_attnum() on
+ * the first row of a statement and remembered for the others.  Column
+ * names are the string constants of row_events(), so a name is found by
+ * its address.
+ */
+#define ROW_ATTS_MAX 32
+
+typedef struct RowAtts
+{
+	Relation	rel;
+	int			n;
+	const char *names[ROW_ATTS_MAX];
+	int			atts[ROW_ATTS_MAX];
+} RowAtts;
+
+static int
+row_att(RowAtts *cols, const char *name, Oid typid)
+{
+	int			att;
+
+	for (int i = 0; i < cols->n; i++)
+		if (cols->names[i] == name)
+			return cols->atts[i];
+	att = crm_attnum(cols->rel, name, typid);
+	if (cols->n < ROW_ATTS_MAX)
+	{
+		cols->names[cols->n] = name;
+		cols->atts[cols->n] = att;
+		cols->n++;
+	}
+	return att;
+}
+
+/*
  * The events of one row (and its old version for an UPDATE).  Every field
- * is read by attribute number checked by crm_attnum.
+ * is read by attribute number checked by crm_attnum (once per statement).
  */
 static void
-row_events(EventBatch *batch, OutboxTable table, Relation rel,
+row_events(EventBatch *batch, OutboxTable table, RowAtts *cols,
 		   TupleTableSlot *newslot, TupleTableSlot *oldslot)
 {
 	bool		n1,
 				n2;
-	Datum		tenant = col(newslot, crm_attnum(rel, "tenant_id", UUIDOID), &n1);
-	Datum		id = col(newslot, crm_attnum(rel, "id", UUIDOID), &n2);
+	Datum		tenant = col(newslot, row_att(cols, "tenant_id", UUIDOID), &n1);
+	Datum		id = col(newslot, row_att(cols, "id", UUIDOID), &n2);
 	pg_uuid_t	t = *DatumGetUUIDP(tenant);
 	pg_uuid_t	rid = *DatumGetUUIDP(id);
-	StringInfoData buf;
+	JsonBuild	buf;
 	bool		isnull;
 
 	if (table == OUTBOX_LEAD)
@@ -548,17 +642,17 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 			json_begin(&buf);
 			json_uuid(&buf, "leadId", id, false);
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "source", TEXTOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "source", TEXTOID), &isnull);
 
 				json_text(&buf, "source", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "owner_id", UUIDOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "owner_id", UUIDOID), &isnull);
 
 				json_uuid(&buf, "ownerId", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "created_at", TIMESTAMPTZOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "created_at", TIMESTAMPTZOID), &isnull);
 
 				json_time(&buf, "createdAt", d, isnull);
 			}
@@ -566,7 +660,7 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 		}
 		else
 		{
-			int			conv_att = crm_attnum(rel, "converted_at", TIMESTAMPTZOID);
+			int			conv_att = row_att(cols, "converted_at", TIMESTAMPTZOID);
 			bool		oldnull;
 			Datum		conv = col(newslot, conv_att, &isnull);
 
@@ -581,12 +675,12 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 				opp = converted_opportunity(tenant, id, &onull);
 				json_uuid(&buf, "opportunityId", opp, onull);
 				{
-					Datum		d = col(newslot, crm_attnum(rel, "converted_account_id", UUIDOID), &onull);
+					Datum		d = col(newslot, row_att(cols, "converted_account_id", UUIDOID), &onull);
 
 					json_uuid(&buf, "customerId", d, onull);
 				}
 				{
-					Datum		d = col(newslot, crm_attnum(rel, "converted_contact_id", UUIDOID), &onull);
+					Datum		d = col(newslot, row_att(cols, "converted_contact_id", UUIDOID), &onull);
 
 					json_uuid(&buf, "contactId", d, onull);
 				}
@@ -597,8 +691,8 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 	}
 	else if (table == OUTBOX_OPPORTUNITY)
 	{
-		int			status_att = crm_attnum(rel, "status", TEXTOID);
-		int			stage_att = crm_attnum(rel, "stage_id", UUIDOID);
+		int			status_att = row_att(cols, "status", TEXTOID);
+		int			stage_att = row_att(cols, "stage_id", UUIDOID);
 		bool		snull;
 		Datum		status = col(newslot, status_att, &snull);
 		bool		closed_now;
@@ -608,27 +702,27 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 			json_begin(&buf);
 			json_uuid(&buf, "opportunityId", id, false);
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "account_id", UUIDOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "account_id", UUIDOID), &isnull);
 
 				json_uuid(&buf, "customerId", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "lead_id", UUIDOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "lead_id", UUIDOID), &isnull);
 
 				json_uuid(&buf, "leadId", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "amount", NUMERICOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "amount", NUMERICOID), &isnull);
 
 				json_numeric(&buf, "expectedValue", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "currency", TEXTOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "currency", TEXTOID), &isnull);
 
 				json_text(&buf, "currency", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "owner_id", UUIDOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "owner_id", UUIDOID), &isnull);
 
 				json_uuid(&buf, "ownerId", d, isnull);
 			}
@@ -658,20 +752,19 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 		{
 			json_begin(&buf);
 			json_uuid(&buf, "opportunityId", id, false);
-			appendStringInfoString(&buf, text_equals(status, snull, "won") ?
-								   ",\"stage\":\"closed_won\"" : ",\"stage\":\"closed_lost\"");
+			json_string(&buf, "stage", text_equals(status, snull, "won") ? "closed_won" : "closed_lost");
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "amount", NUMERICOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "amount", NUMERICOID), &isnull);
 
 				json_numeric(&buf, "actualValue", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "currency", TEXTOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "currency", TEXTOID), &isnull);
 
 				json_text(&buf, "currency", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "closed_at", TIMESTAMPTZOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "closed_at", TIMESTAMPTZOID), &isnull);
 
 				json_time(&buf, "closedAt", d, isnull);
 			}
@@ -680,8 +773,8 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 	}
 	else
 	{
-		int			status_att = crm_attnum(rel, "status", TEXTOID);
-		int			type_att = crm_attnum(rel, "activity_type", TEXTOID);
+		int			status_att = row_att(cols, "status", TEXTOID);
+		int			type_att = row_att(cols, "activity_type", TEXTOID);
 		bool		snull,
 					tnull;
 		Datum		status = col(newslot, status_att, &snull);
@@ -695,26 +788,25 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 			json_text(&buf, "type", type, tnull);
 			json_key(&buf, "relatedTo");
 			{
-				StringInfoData rel_buf;
 				static const char *const keys[4] = {"contactId", "accountId", "leadId", "opportunityId"};
-				static const char *const cols[4] = {"contact_id", "account_id", "lead_id", "opportunity_id"};
+				static const char *const link_cols[4] = {"contact_id", "account_id", "lead_id", "opportunity_id"};
 
-				json_begin(&rel_buf);
+				json_open_object(&buf);
 				for (int i = 0; i < 4; i++)
 				{
-					Datum		d = col(newslot, crm_attnum(rel, cols[i], UUIDOID), &isnull);
+					Datum		d = col(newslot, row_att(cols, link_cols[i], UUIDOID), &isnull);
 
-					json_uuid(&rel_buf, keys[i], d, isnull);
+					json_uuid(&buf, keys[i], d, isnull);
 				}
-				appendStringInfoString(&buf, json_end(&rel_buf));
+				json_close_object(&buf);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "owner_id", UUIDOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "owner_id", UUIDOID), &isnull);
 
 				json_uuid(&buf, "ownerId", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "due_at", TIMESTAMPTZOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "due_at", TIMESTAMPTZOID), &isnull);
 
 				json_time(&buf, "dueDate", d, isnull);
 			}
@@ -739,12 +831,12 @@ row_events(EventBatch *batch, OutboxTable table, Relation rel,
 				json_uuid(&buf, "completedBy", UUIDPGetDatum(&user), false);
 			else
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "owner_id", UUIDOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "owner_id", UUIDOID), &isnull);
 
 				json_uuid(&buf, "completedBy", d, isnull);
 			}
 			{
-				Datum		d = col(newslot, crm_attnum(rel, "completed_at", TIMESTAMPTZOID), &isnull);
+				Datum		d = col(newslot, row_att(cols, "completed_at", TIMESTAMPTZOID), &isnull);
 
 				json_time(&buf, "completedAt", d, isnull);
 			}
@@ -774,6 +866,7 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 	Tuplestorestate *newrows;
 	Tuplestorestate *oldrows = NULL;
 	bool		is_update;
+	RowAtts		cols;
 
 	crm_require_trigger(fcinfo, "outbox_record_events", false, false);
 	is_update = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event);
@@ -811,6 +904,8 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	cols.rel = rel;
+	cols.n = 0;
 	batch_init(&batch, table == OUTBOX_LEAD ? "lead" :
 			   table == OUTBOX_OPPORTUNITY ? "opportunity" : "activity");
 
@@ -818,7 +913,7 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 	{
 		if (oldrows && !tuplestore_gettupleslot(oldrows, true, false, oldslot))
 			elog(ERROR, "transition tables of different lengths");
-		row_events(&batch, table, rel, newslot, oldslot);
+		row_events(&batch, table, &cols, newslot, oldslot);
 	}
 
 	batch_flush(&batch);

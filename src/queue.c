@@ -64,7 +64,9 @@ typedef enum QueuePlan
 	PLAN_KEY_TAKE,
 	PLAN_KEY_FIND,
 	PLAN_JOB_INSERT,
+	PLAN_ENQUEUE,
 	PLAN_FINISH,
+	PLAN_COMPLETE,
 	PLAN_CLAIM,
 	PLAN_HELD,
 	PLAN_ARCHIVED_OUTCOME,
@@ -83,7 +85,7 @@ typedef struct QueuePlanSpec
 {
 	const char *sql;
 	int			nargs;
-	Oid			argtypes[6];
+	Oid			argtypes[11];
 } QueuePlanSpec;
 
 /*
@@ -111,14 +113,28 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		2, {UUIDOID, UUIDOID}
 	},
 	[PLAN_JOB_INSERT] = {
+		/* the optional columns are parameters that may be NULL: one plan */
 		"INSERT INTO crm.job (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,"
 		" contact_id, idempotency_key, run_at, max_attempts)"
-		" SELECT $1, $2, a.queue, a.code, $4, ($5 OPERATOR(pg_catalog.->>) 'rule')::pg_catalog.uuid,"
-		"  $5 OPERATOR(pg_catalog.->>) 'entity', ($5 OPERATOR(pg_catalog.->>) 'entity_id')::pg_catalog.uuid,"
-		"  ($5 OPERATOR(pg_catalog.->>) 'contact')::pg_catalog.uuid, ($5 OPERATOR(pg_catalog.->>) 'key')::pg_catalog.uuid,"
-		"  ($5 OPERATOR(pg_catalog.->>) 'run_at')::pg_catalog.timestamptz, $6"
+		" SELECT $1, $2, a.queue, a.code, $4, $5, $6, $7, $8, $9, $10, $11"
 		" FROM crm.job_action a WHERE a.code OPERATOR(pg_catalog.=) $3",
-		6, {UUIDOID, UUIDOID, TEXTOID, JSONBOID, JSONBOID, INT4OID}
+		11, {UUIDOID, UUIDOID, TEXTOID, JSONBOID, UUIDOID, TEXTOID, UUIDOID, UUIDOID, UUIDOID,
+		TIMESTAMPTZOID, INT4OID}
+	},
+	[PLAN_ENQUEUE] = {
+		/*
+		 * PLAN_KEY_TAKE and PLAN_JOB_INSERT in one statement, for a job whose
+		 * consent need not be checked in between: no row when the key was
+		 * taken already.
+		 */
+		"WITH k AS (INSERT INTO crm.job_key (tenant_id, idempotency_key, job_id) VALUES ($1, $9, $2)"
+		"  ON CONFLICT ON CONSTRAINT job_key_pkey DO NOTHING RETURNING job_id)"
+		" INSERT INTO crm.job (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,"
+		" contact_id, idempotency_key, run_at, max_attempts)"
+		" SELECT $1, k.job_id, a.queue, a.code, $4, $5, $6, $7, $8, $9, $10, $11"
+		" FROM k, crm.job_action a WHERE a.code OPERATOR(pg_catalog.=) $3",
+		11, {UUIDOID, UUIDOID, TEXTOID, JSONBOID, UUIDOID, TEXTOID, UUIDOID, UUIDOID, UUIDOID,
+		TIMESTAMPTZOID, INT4OID}
 	},
 	[PLAN_FINISH] = {
 		"WITH gone AS (DELETE FROM crm.job j"
@@ -129,6 +145,28 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		"  g.contact_id, g.idempotency_key, g.run_at, g.attempts, g.max_attempts, g.errors, $3, $4, $5, g.created_at"
 		" FROM gone g",
 		5, {UUIDOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID}
+	},
+	[PLAN_COMPLETE] = {
+		/*
+		 * complete_job in one statement when every check passes: the job is
+		 * claimed, by the named worker if one is named ($4), and its lease
+		 * has not run out (the checks of job_held, which runs when this
+		 * finds no row, to say what is wrong).  The DELETE locks the row and
+		 * re-checks the conditions on its latest version, as job_held's
+		 * SELECT ... FOR UPDATE does.
+		 */
+		"WITH gone AS (DELETE FROM crm.job j"
+		"  WHERE j.tenant_id OPERATOR(pg_catalog.=) $1 AND j.id OPERATOR(pg_catalog.=) $2"
+		"   AND j.locked_by IS NOT NULL"
+		"   AND ($4::pg_catalog.text IS NULL OR j.locked_by OPERATOR(pg_catalog.=) $4)"
+		"   AND j.locked_until OPERATOR(pg_catalog.>=) pg_catalog.now() RETURNING j.*)"
+		" INSERT INTO crm.job_archive (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,"
+		"  contact_id, idempotency_key, run_at, attempts, max_attempts, errors, outcome, reason, result, enqueued_at)"
+		" SELECT g.tenant_id, g.id, g.queue, g.action, g.params, g.rule_id, g.source_entity, g.source_id,"
+		"  g.contact_id, g.idempotency_key, g.run_at, g.attempts, g.max_attempts, g.errors, 'completed', NULL, $3,"
+		"  g.created_at"
+		" FROM gone g",
+		4, {UUIDOID, UUIDOID, JSONBOID, TEXTOID}
 	},
 	[PLAN_CLAIM] = {
 		/*
@@ -260,14 +298,97 @@ run(QueuePlan which, Datum *args, const char *nulls, long limit)
 	return rc;
 }
 
+/*
+ * The owner of the queue tables, looked up once per statement: a batch of
+ * a hundred enqueues in one statement asks the catalog once.
+ */
+static Oid
+queue_owner(void)
+{
+	static CrmCommandKey key;
+	static Oid	owner = InvalidOid;
+	CrmCommandKey now = crm_command_key_current();
+
+	if (!OidIsValid(owner) || !crm_command_key_equal(key, now))
+	{
+		owner = crm_table_owner("job");
+		key = now;
+	}
+	return owner;
+}
+
 static void
 queue_begin(QueueSession *session)
 {
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	GetUserIdAndSecContext(&session->save_userid, &session->save_sec_context);
-	SetUserIdAndSecContext(crm_table_owner("job"),
+	SetUserIdAndSecContext(queue_owner(),
 						   session->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+/*
+ * The queue and the consent of an action (crm.job_action), remembered for
+ * the rest of the statement: a statement that enqueues or claims many jobs
+ * of one action reads the row once, and sees what the first read saw (the
+ * statement's snapshot would give the same answer every time).  An unknown
+ * action is not remembered; the caller raises its error.  Returns false
+ * when the action does not exist.  The caller is connected to SPI.
+ */
+typedef struct ActionInfo
+{
+	char		code[NAMEDATALEN];
+	char		queue[NAMEDATALEN];
+	char		consent[NAMEDATALEN];
+	bool		has_consent;
+} ActionInfo;
+
+#define ACTION_CACHE_SIZE 8
+
+static bool
+action_lookup(const char *code, ActionInfo *out)
+{
+	static CrmCommandKey key;
+	static bool key_set = false;
+	static ActionInfo cache[ACTION_CACHE_SIZE];
+	static int	ncached = 0;
+	CrmCommandKey now = crm_command_key_current();
+	Datum		args[1];
+	char	   *queue;
+	char	   *consent;
+
+	if (!key_set || !crm_command_key_equal(key, now))
+	{
+		key = now;
+		key_set = true;
+		ncached = 0;
+	}
+	for (int i = 0; i < ncached; i++)
+		if (strcmp(cache[i].code, code) == 0)
+		{
+			*out = cache[i];
+			return true;
+		}
+
+	args[0] = CStringGetTextDatum(code);
+	run(PLAN_ACTION, args, NULL, 1);
+	if (SPI_processed == 0)
+		return false;
+	queue = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	consent = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	/* the table's checks keep code and queue short; be safe anyway */
+	if (strlen(code) >= NAMEDATALEN || strlen(queue) >= NAMEDATALEN ||
+		(consent && strlen(consent) >= NAMEDATALEN))
+		elog(ERROR, "job action \"%s\" has a name or queue too long", code);
+	memset(out, 0, sizeof(*out));
+	strlcpy(out->code, code, NAMEDATALEN);
+	strlcpy(out->queue, queue, NAMEDATALEN);
+	out->has_consent = consent != NULL;
+	if (consent)
+		strlcpy(out->consent, consent, NAMEDATALEN);
+	if (ncached < ACTION_CACHE_SIZE)
+		cache[ncached++] = *out;
+	return true;
 }
 
 /*
@@ -417,78 +538,92 @@ finish_job(const pg_uuid_t *tenant, const pg_uuid_t *job, const char *outcome,
 pg_uuid_t
 crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request)
 {
-	Datum		args[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		args[11];
+	char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	pg_uuid_t	job_id;
 	pg_uuid_t	key;
-	char	   *queue;
-	char	   *consent;
+	ActionInfo	action;
 	const char *refusal;
-	JsonbParseState *state = NULL;
-	JsonbValue	k;
-	JsonbValue	v;
-	Jsonb	   *extra;
 
-	args[0] = CStringGetTextDatum(request->action);
-	run(PLAN_ACTION, args, NULL, 1);
-	if (SPI_processed == 0)
+	if (!action_lookup(request->action, &action))
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 				 errmsg("job action \"%s\" does not exist", request->action),
 				 errhint("The known actions are listed in crm.job_action.")));
-	queue = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	consent = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 
 	crm_uuid_v7(&job_id);
 	key = request->has_key ? request->key : job_id;
 
-	args[0] = UUIDPGetDatum(tenant);
-	args[1] = UUIDPGetDatum(&key);
-	args[2] = UUIDPGetDatum(&job_id);
-	run(PLAN_KEY_TAKE, args, NULL, 0);
-	if (SPI_processed == 0)
-	{
-		run(PLAN_KEY_FIND, args, NULL, 1);
-		if (SPI_processed == 0)
-			elog(ERROR, "idempotency key vanished while it was taken");
-		return uuid_column(1);
-	}
-
-	refusal = consent_refusal(tenant, consent, request->action, request->params,
-							  request->has_contact ? &request->contact : NULL);
-
-	/*
-	 * The optional columns travel as one jsonb object, which keeps the
-	 * INSERT one prepared plan whatever the caller left out.
-	 */
-	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-#define PUSH_TEXT(name, text) \
-	do { \
-		k.type = jbvString; k.val.string.val = (name); k.val.string.len = strlen(name); \
-		pushJsonbValue(&state, WJB_KEY, &k); \
-		v.type = jbvString; v.val.string.val = (text); v.val.string.len = strlen(text); \
-		pushJsonbValue(&state, WJB_VALUE, &v); \
-	} while (0)
-	PUSH_TEXT("key", uuid_string(&key));
-	PUSH_TEXT("run_at", DatumGetCString(DirectFunctionCall1(timestamptz_out,
-															TimestampTzGetDatum(request->run_at))));
-	if (request->has_rule)
-		PUSH_TEXT("rule", uuid_string(&request->rule));
-	if (request->entity)
-		PUSH_TEXT("entity", (char *) request->entity);
-	if (request->has_entity_id)
-		PUSH_TEXT("entity_id", uuid_string(&request->entity_id));
-	if (request->has_contact)
-		PUSH_TEXT("contact", uuid_string(&request->contact));
-#undef PUSH_TEXT
-	extra = JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
-
+	/* the columns of the job row (PLAN_JOB_INSERT and PLAN_ENQUEUE) */
 	args[0] = UUIDPGetDatum(tenant);
 	args[1] = UUIDPGetDatum(&job_id);
 	args[2] = CStringGetTextDatum(request->action);
 	args[3] = JsonbPGetDatum(request->params);
-	args[4] = JsonbPGetDatum(extra);
-	args[5] = Int32GetDatum(request->max_attempts);
+	if (request->has_rule)
+		args[4] = UUIDPGetDatum(&request->rule);
+	else
+		nulls[4] = 'n';
+	if (request->entity)
+		args[5] = CStringGetTextDatum(request->entity);
+	else
+		nulls[5] = 'n';
+	if (request->has_entity_id)
+		args[6] = UUIDPGetDatum(&request->entity_id);
+	else
+		nulls[6] = 'n';
+	if (request->has_contact)
+		args[7] = UUIDPGetDatum(&request->contact);
+	else
+		nulls[7] = 'n';
+	args[8] = UUIDPGetDatum(&key);
+	args[9] = TimestampTzGetDatum(request->run_at);
+	args[10] = Int32GetDatum(request->max_attempts);
+
+	/*
+	 * No consent to check (no contact, or an action that needs none): the
+	 * key and the job in one statement.
+	 */
+	if (!request->has_contact ||
+		(!action.has_consent && strcmp(request->action, "create_task") != 0))
+	{
+		run(PLAN_ENQUEUE, args, nulls, 0);
+		if (SPI_processed == 0)
+		{
+			Datum		kargs[2] = {UUIDPGetDatum(tenant), UUIDPGetDatum(&key)};
+			pg_uuid_t	holder;
+
+			run(PLAN_KEY_FIND, kargs, NULL, 1);
+			if (SPI_processed == 0)
+				elog(ERROR, "idempotency key vanished while it was taken");
+			holder = uuid_column(1);
+			/* our own key without a job: the action went away meanwhile */
+			if (memcmp(&holder, &job_id, sizeof(pg_uuid_t)) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+						 errmsg("job action \"%s\" does not exist", request->action),
+						 errhint("The known actions are listed in crm.job_action.")));
+			return holder;
+		}
+		Async_Notify("crm_jobs", action.queue);
+		return job_id;
+	}
+
+	{
+		Datum		kargs[3] = {UUIDPGetDatum(tenant), UUIDPGetDatum(&key), UUIDPGetDatum(&job_id)};
+
+		run(PLAN_KEY_TAKE, kargs, NULL, 0);
+		if (SPI_processed == 0)
+		{
+			run(PLAN_KEY_FIND, kargs, NULL, 1);
+			if (SPI_processed == 0)
+				elog(ERROR, "idempotency key vanished while it was taken");
+			return uuid_column(1);
+		}
+	}
+
+	refusal = consent_refusal(tenant, action.has_consent ? action.consent : NULL,
+							  request->action, request->params,
+							  request->has_contact ? &request->contact : NULL);
 	run(PLAN_JOB_INSERT, args, nulls, 0);
 
 	if (refusal)
@@ -496,7 +631,7 @@ crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request)
 	else
 	{
 		/* PostgreSQL folds equal notifications of a transaction into one. */
-		Async_Notify("crm_jobs", queue);
+		Async_Notify("crm_jobs", action.queue);
 	}
 	return job_id;
 }
@@ -761,12 +896,12 @@ crm_queue_claim(PG_FUNCTION_ARGS)
 		/* Consent may have been withdrawn since the job was enqueued. */
 		if (!isnull)
 		{
-			Datum		action_arg[1] = {CStringGetTextDatum(action)};
 			pg_uuid_t	contact_id = *DatumGetUUIDP(contact);
-			char	   *consent;
+			ActionInfo	info;
+			char	   *consent = NULL;
 
-			run(PLAN_ACTION, action_arg, NULL, 1);
-			consent = SPI_processed ? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2) : NULL;
+			if (action_lookup(action, &info) && info.has_consent)
+				consent = info.consent;
 			refusal = consent_refusal(&tenant, consent, action, DatumGetJsonbP(params), &contact_id);
 		}
 		if (refusal)
@@ -859,10 +994,27 @@ crm_queue_complete(PG_FUNCTION_ARGS)
 	QueueSession session;
 	int			attempts;
 	int			max_attempts;
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
 
 	queue_begin(&session);
-	job_held(&tenant, &job, worker, &attempts, &max_attempts);
-	finish_job(&tenant, &job, "completed", NULL, PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1));
+	args[0] = UUIDPGetDatum(&tenant);
+	args[1] = UUIDPGetDatum(&job);
+	if (PG_ARGISNULL(1))
+		nulls[2] = 'n';
+	else
+		args[2] = PG_GETARG_DATUM(1);
+	if (worker)
+		args[3] = CStringGetTextDatum(worker);
+	else
+		nulls[3] = 'n';
+	run(PLAN_COMPLETE, args, nulls, 0);
+	if (SPI_processed == 0)
+	{
+		/* something is wrong: job_held says what, or it was a race */
+		job_held(&tenant, &job, worker, &attempts, &max_attempts);
+		finish_job(&tenant, &job, "completed", NULL, PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1));
+	}
 	queue_end(&session);
 	PG_RETURN_VOID();
 }

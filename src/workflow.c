@@ -854,9 +854,51 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 	att_entity_id = crm_attnum(trigdata->tg_relation, "entity_id", UUIDOID);
 	att_payload = crm_attnum(trigdata->tg_relation, "payload", JSONBOID);
 
-	/* Read the statement's events in C first: no plan sees the tuplestore. */
 	store = trigdata->tg_newtable;
 	slot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	/* jobs are the server's: written as the owner of the event table */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(trigdata->tg_relation->rd_rel->relowner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+
+	/*
+	 * The tenants alone first: most statements write the events of tenants
+	 * without an active rule (an import of activities), and then no event
+	 * needs to be read whole.  Only the tenant is taken from each row.
+	 */
+	{
+		bool		any_rules = false;
+
+		crm_transition_rewind(store);
+		while (tuplestore_gettupleslot(store, true, false, slot))
+		{
+			bool		isnull;
+			pg_uuid_t	tenant = *DatumGetUUIDP(slot_getattr(slot, att_tenant, &isnull));
+
+			if (have_tenant && memcmp(&rules_tenant, &tenant, sizeof(pg_uuid_t)) == 0)
+				continue;
+			rules_tenant = tenant;
+			have_tenant = true;
+			if (tenant_rules(&tenant) != NIL)
+			{
+				any_rules = true;
+				break;
+			}
+		}
+		have_tenant = false;
+		if (!any_rules)
+		{
+			ExecDropSingleTupleTableSlot(slot);
+			SetUserIdAndSecContext(save_userid, save_sec_context);
+			SPI_finish();
+			return PointerGetDatum(NULL);
+		}
+	}
+
+	/* Read the statement's events in C: no plan sees the tuplestore. */
 	crm_transition_rewind(store);
 	while (tuplestore_gettupleslot(store, true, false, slot))
 	{
@@ -891,15 +933,6 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 		events = lappend(events, ev);
 	}
 	ExecDropSingleTupleTableSlot(slot);
-	if (events == NIL)
-		return PointerGetDatum(NULL);
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	/* jobs are the server's: written as the owner of the event table */
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(trigdata->tg_relation->rd_rel->relowner,
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 
 	foreach(lc, events)
 	{
