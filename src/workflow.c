@@ -876,8 +876,12 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 		while (tuplestore_gettupleslot(store, true, false, slot))
 		{
 			bool		isnull;
-			pg_uuid_t	tenant = *DatumGetUUIDP(slot_getattr(slot, att_tenant, &isnull));
+			Datum		d = slot_getattr(slot, att_tenant, &isnull);
+			pg_uuid_t	tenant;
 
+			if (isnull)
+				match_null_column(trigdata->tg_relation, "tenant_id");
+			tenant = *DatumGetUUIDP(d);
 			if (have_tenant && memcmp(&rules_tenant, &tenant, sizeof(pg_uuid_t)) == 0)
 				continue;
 			rules_tenant = tenant;
