@@ -74,6 +74,7 @@ typedef struct EventBatch
 static FullTransactionId position_xid;
 static uint32 position_next = 0;
 
+static SPIPlanPtr inbound_plan = NULL;
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr tenant_plan = NULL;
 static SPIPlanPtr converted_opportunity_plan = NULL;
@@ -381,6 +382,28 @@ crm_outbox_emit_event(PG_FUNCTION_ARGS)
 				 errmsg("no tenant to emit the event for"),
 				 errhint("Act for a tenant (crm.tenant_id or a mapping made with crm.grant_tenant_access).")));
 	tenant = *DatumGetUUIDP(d);
+
+	/*
+	 * Inbound event types come only through crm.consume_event, which
+	 * records their external id; emitted here they would run the rules of
+	 * an event no other system sent.
+	 */
+	if (inbound_plan == NULL)
+	{
+		Oid			types[1] = {TEXTOID};
+
+		inbound_plan = prepare_kept("SELECT 1 FROM crm.workflow_event e"
+									" WHERE e.code OPERATOR(pg_catalog.=) $1"
+									" AND e.kind OPERATOR(pg_catalog.=) 'inbound'", 1, types);
+	}
+	d = PG_GETARG_DATUM(0);
+	if (SPI_execute_plan(inbound_plan, &d, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the event types");
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event type \"%s\" is an inbound event", event_type),
+				 errhint("Inbound events come from other systems through crm.consume_event().")));
 	SPI_finish();
 
 	/* rules copy the event's ids into jobs: only records the caller sees */
@@ -916,3 +939,4 @@ crm_outbox_purge_events(PG_FUNCTION_ARGS)
 	SPI_finish();
 	PG_RETURN_INT64((int64) n);
 }
+

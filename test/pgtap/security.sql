@@ -44,8 +44,6 @@ SELECT t, 3 FROM unnest(ARRAY['engagement_setting', 'activity_weight']) t
 UNION ALL
 SELECT t, 3 FROM unnest(ARRAY['scoring_model', 'pls_config']) t
 UNION ALL
-SELECT t, 2 FROM unnest(ARRAY['revenue_forecast', 'forecast_deal']) t
-UNION ALL
 SELECT 'quota', 3
 -- job queue and workflow rules (issue 12): jobs are written by the queue's
 -- functions only; inbound events by crm.consume_event() as the writer
@@ -192,6 +190,7 @@ INSERT INTO func_level VALUES
     ('crm.forecast_changes(uuid,uuid)', 1),
     ('crm.forecast_accuracy(uuid,timestamp with time zone)', 1),
     ('crm.snapshot_forecast(text,text,date,date,uuid,uuid,timestamp with time zone)', 2),
+    ('crm.forecast_snapshot_store(uuid,uuid,text,text,text,date,date,uuid,uuid,timestamp with time zone,jsonb)', NULL),
     ('crm.revenue_distribution_accum(internal,numeric,numeric)', NULL),
     ('crm.revenue_distribution_combine(internal,internal)', NULL),
     ('crm.revenue_distribution_serialize(internal)', NULL),

@@ -1,0 +1,69 @@
+-- Forged server data (issue 8 item 4, attacker's review): tables the server
+-- writes (forecast snapshots, the inbound-event ledger, event consumers) are
+-- written by the CRM's functions as the tables' owner; a writer may only
+-- read them.  Each attack below is refused, and nothing stored changes.
+
+SET TimeZone = 'UTC';
+SELECT crm.create_tenant('Forge A') AS ta \gset
+SELECT crm.create_tenant('Forge B') AS tb \gset
+SET crm.tenant_id = :'ta';
+INSERT INTO crm.app_user (name) VALUES ('Wes A') RETURNING id AS wes \gset
+INSERT INTO crm.app_user (name) VALUES ('Val A') RETURNING id AS val \gset
+INSERT INTO crm.app_user (name) VALUES ('Ann A') RETURNING id AS ann \gset
+INSERT INTO crm.opportunity (name, amount, owner_id, expected_close_date)
+VALUES ('Real deal', 1000, :'wes', '2026-03-20') RETURNING id AS deal \gset
+SET crm.tenant_id = :'tb';
+INSERT INTO crm.app_user (name) VALUES ('Bob B') RETURNING id AS bob \gset
+RESET crm.tenant_id;
+
+SET client_min_messages = warning;
+DROP ROLE IF EXISTS regress_forge_writer, regress_forge_writer2, regress_forge_admin;
+RESET client_min_messages;
+CREATE ROLE regress_forge_writer LOGIN IN ROLE crm_writer;
+CREATE ROLE regress_forge_writer2 LOGIN IN ROLE crm_writer;
+CREATE ROLE regress_forge_admin LOGIN IN ROLE crm_admin;
+SELECT crm.grant_tenant_access('regress_forge_writer', :'ta', :'wes');
+SELECT crm.grant_tenant_access('regress_forge_writer2', :'ta', :'val');
+SELECT crm.grant_tenant_access('regress_forge_admin', :'ta', :'ann');
+
+-- 1. Forecast snapshots -------------------------------------------------------
+-- A writer held INSERT/UPDATE/DELETE on crm.revenue_forecast and
+-- crm.forecast_deal: a snapshot with open_pipeline 1e300, another tenant's
+-- user and to_date 'infinity' was stored and crm.forecast_accuracy reported
+-- on it.  Now only crm.snapshot_forecast writes them.
+SET ROLE regress_forge_writer;
+SELECT crm.snapshot_forecast('March', 'month', '2026-03-01', '2026-03-31', as_of => '2026-03-15 12:00+00') AS snap \gset
+SELECT name, user_id = :'wes' AS taken_by_wes, open_deals, open_pipeline, to_date FROM crm.revenue_forecast;
+SELECT count(*) AS snapshot_deals FROM crm.forecast_deal;
+SELECT regexp_replace(s, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g') AS statement,
+       try(s) AS result FROM unnest(ARRAY[
+    format($$INSERT INTO crm.revenue_forecast (name, user_id, forecast_date, as_of, period_type, from_date, to_date,
+             currency, open_deals, open_pipeline, best_case, commit, closed_won, weighted, expected, confidence_interval)
+             VALUES ('Forged', %L, '2026-03-01', '2026-03-01', 'month', '2026-03-01', 'infinity', 'USD',
+                     1, 1e300, 1e300, 1e300, 1e300, 1e300, 1e300, '{}')$$, :'bob'),
+    $$UPDATE crm.revenue_forecast SET open_pipeline = 1e300, expected = 1e300$$,
+    $$UPDATE crm.revenue_forecast SET to_date = 'infinity'$$,
+    $$DELETE FROM crm.revenue_forecast$$,
+    format($$INSERT INTO crm.forecast_deal (forecast_id, opportunity_id, stage_id, status, category, amount, currency,
+             probability, in_period, used_stage_value, expected_value)
+             VALUES (%L, %L, %L, 'won', 'closed', 1e300, 'USD', 100, true, false, 1e300)$$, :'snap', :'deal', :'deal'),
+    $$UPDATE crm.forecast_deal SET amount = 1e300, converted_amount = 1e300, expected_value = 1e300$$,
+    $$DELETE FROM crm.forecast_deal$$,
+    -- the internal writer is nobody's to call
+    format($$SELECT crm.forecast_snapshot_store(%L, %L, 'USD', 'Forged', 'month', '2026-03-01', 'infinity',
+             NULL, NULL, now(), '[]')$$, :'ta', :'bob')]) s;
+-- nothing changed
+SELECT name, user_id = :'wes' AS taken_by_wes, open_deals, open_pipeline, to_date FROM crm.revenue_forecast;
+SELECT count(*) AS snapshot_deals FROM crm.forecast_deal;
+-- and the snapshot still measures up against what happened
+SELECT count(*) > 0 AS accuracy_rows FROM crm.forecast_accuracy(:'snap', '2026-04-02 00:00+00');
+RESET ROLE;
+-- even the owner's internal writer refuses a tenant the session does not act for
+SET crm.tenant_id = :'ta';
+SELECT try(format($$SELECT crm.forecast_snapshot_store(%L, NULL, 'USD', 'Forged', 'month', '2026-03-01',
+                  '2026-03-31', NULL, NULL, now(), '[]')$$, :'tb'));
+RESET crm.tenant_id;
+SELECT count(*) AS snapshots_of_b FROM crm.revenue_forecast WHERE tenant_id = :'tb';
+
+DELETE FROM crm.tenant_access WHERE login_role LIKE 'regress\_forge\_%';
+DROP ROLE regress_forge_writer, regress_forge_writer2, regress_forge_admin;
