@@ -65,5 +65,33 @@ SELECT try(format($$SELECT crm.forecast_snapshot_store(%L, NULL, 'USD', 'Forged'
 RESET crm.tenant_id;
 SELECT count(*) AS snapshots_of_b FROM crm.revenue_forecast WHERE tenant_id = :'tb';
 
+-- 2. The inbound-event ledger -------------------------------------------------
+-- A writer pre-claimed an external id (INSERT ('order-7', 'Bogus', -1)) so
+-- that the real event was ignored, or emitted an inbound event type itself
+-- with crm.emit_event, running the rules of an order nobody placed.
+SET ROLE regress_forge_writer;
+SELECT max(position) AS last_event FROM crm.event \gset
+SELECT regexp_replace(s, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g') AS statement,
+       try(s) AS result FROM unnest(ARRAY[
+    $$INSERT INTO crm.inbound_event (external_id, event_type, position) VALUES ('order-7', 'Bogus', -1)$$,
+    $$UPDATE crm.inbound_event SET external_id = 'order-7'$$,
+    $$DELETE FROM crm.inbound_event$$,
+    format($$SELECT crm.emit_event('OrderCreated', '{"opportunityId": "%s", "orderId": "O-7"}')$$, :'deal'),
+    $$SELECT crm.emit_event('OfferApproved', '{}')$$,
+    $$SELECT crm.emit_event('OfferRejected', '{}', 'opportunity', '00000000-0000-7000-8000-000000000000')$$]) s;
+SELECT count(*) AS ledger_rows FROM crm.inbound_event;
+SELECT count(*) AS events_written FROM crm.event WHERE position > coalesce(:'last_event'::bigint, 0);
+-- the real event is taken, once
+SELECT crm.consume_event('OrderCreated', jsonb_build_object('opportunityId', :'deal', 'orderId', 'O-7'), 'order-7')
+       > 0 AS taken;
+SELECT crm.consume_event('OrderCreated', jsonb_build_object('opportunityId', :'deal', 'orderId', 'O-7'), 'order-7')
+       IS NULL AS taken_again;
+SELECT external_id, event_type, position > 0 AS positioned FROM crm.inbound_event;
+SELECT event_type, entity, payload->>'orderId' AS order_id FROM crm.event
+ WHERE position > coalesce(:'last_event'::bigint, 0) AND event_type = 'OrderCreated';
+-- application events of other types still go through
+SELECT crm.emit_event('InvoiceSent', '{"invoiceId": "I-1"}') > 0 AS plain_event;
+RESET ROLE;
+
 DELETE FROM crm.tenant_access WHERE login_role LIKE 'regress\_forge\_%';
 DROP ROLE regress_forge_writer, regress_forge_writer2, regress_forge_admin;

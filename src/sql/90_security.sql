@@ -518,7 +518,6 @@ BEGIN
     -- in-database jobs of their tenant.
     GRANT INSERT, UPDATE, DELETE ON crm.workflow_rule TO crm_admin;
     GRANT EXECUTE ON FUNCTION crm.validate_rule(jsonb), crm.idempotency_key(text[]) TO crm_reader;
-    GRANT INSERT ON crm.inbound_event TO crm_writer;
     GRANT EXECUTE ON FUNCTION
         crm.consume_event(text, jsonb, text), crm.run_jobs(integer)
         TO crm_writer;
@@ -606,6 +605,8 @@ BEGIN
     -- snapshots are written by crm.snapshot_forecast as the tables' owner;
     -- roles read them only.  REVOKE for databases set up before.
     REVOKE INSERT, UPDATE, DELETE ON crm.revenue_forecast, crm.forecast_deal FROM crm_writer;
+    -- the inbound-event ledger is written by crm.consume_event as its owner
+    REVOKE INSERT ON crm.inbound_event FROM crm_writer;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

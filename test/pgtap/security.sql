@@ -55,7 +55,7 @@ SELECT t, 3 FROM unnest(ARRAY['workflow_rule']) t;
 -- ledger, so that a writer cannot delete or rename a taken event and have
 -- it consumed twice.
 CREATE TEMP TABLE table_insert_only (tbl name PRIMARY KEY, level int NOT NULL);
-INSERT INTO table_insert_only VALUES ('inbound_event', 2);
+-- (none since issue 8 item 4: the inbound-event ledger is written by the server only)
 
 -- Every function of crm and the lowest level that may execute it; NULL:
 -- no crm role (trigger functions, and what a superuser runs).
