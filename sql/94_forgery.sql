@@ -93,5 +93,43 @@ SELECT event_type, entity, payload->>'orderId' AS order_id FROM crm.event
 SELECT crm.emit_event('InvoiceSent', '{"invoiceId": "I-1"}') > 0 AS plain_event;
 RESET ROLE;
 
+-- 3. Event consumers ----------------------------------------------------------
+-- A writer moved another consumer's position (it then skipped events) or
+-- deleted it (crm.purge_events then dropped events it never acknowledged).
+-- A consumer now belongs to the role that subscribed it: only that role or
+-- an admin of the tenant polls, acknowledges or drops it.
+SET ROLE regress_forge_writer;
+SELECT crm.subscribe('billing', 0) = 0 AS subscribed_at_zero;
+RESET ROLE;
+SET ROLE regress_forge_writer2;
+SELECT regexp_replace(s, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g') AS statement,
+       try(s) AS result FROM unnest(ARRAY[
+    $$UPDATE crm.event_consumer SET position = 9000000000000000000 WHERE name = 'billing'$$,
+    $$DELETE FROM crm.event_consumer WHERE name = 'billing'$$,
+    $$INSERT INTO crm.event_consumer (name, position, role_oid) VALUES ('mine', 0, 0)$$,
+    $$SELECT crm.ack('billing', crm.event_head() - 1)$$,
+    $$SELECT count(*) FROM crm.poll('billing')$$,
+    $$SELECT crm.unsubscribe('billing')$$,
+    $$SELECT crm.subscribe('billing')$$]) s;
+-- its own consumer works
+SELECT crm.subscribe('audit') >= 0 AS own_consumer;
+SELECT crm.ack('audit', crm.event_head() - 1) > 0 AS own_ack;
+SELECT crm.unsubscribe('audit') AS own_unsubscribe;
+RESET ROLE;
+-- nothing changed
+SELECT c.name, c.position, r.rolname AS subscribed_by FROM crm.event_consumer c
+  JOIN pg_roles r ON r.oid = c.role_oid WHERE c.tenant_id = :'ta' ORDER BY 1;
+-- the subscriber polls and acknowledges
+SET ROLE regress_forge_writer;
+SELECT count(*) > 0 AS events_to_poll FROM crm.poll('billing');
+SELECT crm.ack('billing', (SELECT min(position) FROM crm.poll('billing'))) > 0 AS acked;
+RESET ROLE;
+-- an admin of the tenant may act for it
+SET ROLE regress_forge_admin;
+SELECT count(*) >= 0 AS admin_polls FROM crm.poll('billing');
+SELECT crm.unsubscribe('billing') AS admin_unsubscribes;
+RESET ROLE;
+SELECT count(*) AS consumers_left FROM crm.event_consumer WHERE tenant_id = :'ta';
+
 DELETE FROM crm.tenant_access WHERE login_role LIKE 'regress\_forge\_%';
 DROP ROLE regress_forge_writer, regress_forge_writer2, regress_forge_admin;

@@ -554,7 +554,6 @@ BEGIN
         crm.rotting_deals(timestamptz, uuid),
         crm.owner_dashboard(timestamptz, timestamptz, timestamptz)
         TO crm_reader;
-    GRANT INSERT, UPDATE, DELETE ON crm.event_consumer TO crm_writer;
     GRANT EXECUTE ON FUNCTION
         crm.track_activity(uuid, text, jsonb, timestamptz, text, text),
         crm.emit_event(text, jsonb, text, uuid), crm.subscribe(text, bigint), crm.unsubscribe(text),
@@ -607,6 +606,8 @@ BEGIN
     REVOKE INSERT, UPDATE, DELETE ON crm.revenue_forecast, crm.forecast_deal FROM crm_writer;
     -- the inbound-event ledger is written by crm.consume_event as its owner
     REVOKE INSERT ON crm.inbound_event FROM crm_writer;
+    -- event consumers are written by subscribe/unsubscribe/ack as the owner
+    REVOKE INSERT, UPDATE, DELETE ON crm.event_consumer FROM crm_writer;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

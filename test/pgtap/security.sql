@@ -37,8 +37,6 @@ SELECT t, 3 FROM unnest(ARRAY['pipeline', 'stage', 'app_user', 'team', 'team_mem
                               'tenant_access']) t
 -- activity aggregation and the event outbox (issue 7)
 UNION ALL
-SELECT t, 2 FROM unnest(ARRAY['event_consumer']) t
-UNION ALL
 SELECT t, 3 FROM unnest(ARRAY['engagement_setting', 'activity_weight']) t
 -- lead scoring (issue 10)
 UNION ALL
