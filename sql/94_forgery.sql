@@ -131,5 +131,39 @@ SELECT crm.unsubscribe('billing') AS admin_unsubscribes;
 RESET ROLE;
 SELECT count(*) AS consumers_left FROM crm.event_consumer WHERE tenant_id = :'ta';
 
+-- 4. Tenant arguments and out-of-range times ------------------------------------
+-- The readers that take a tenant answered for any tenant id (the defaults,
+-- or another tenant's settings and rates); now 42501 for one that is not
+-- the caller's.  The queue turned a lease of a million years into 22008 in
+-- its own statement, and took a job to run at infinity (never run).
+SET crm.tenant_id = :'tb';
+INSERT INTO crm.currency_rate (from_currency, to_currency, rate, valid_from) VALUES ('EUR', 'USD', 1.5, '2026-01-01');
+RESET crm.tenant_id;
+SET ROLE regress_forge_writer;
+SELECT regexp_replace(s, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g') AS statement,
+       try(s) AS result FROM unnest(ARRAY[
+    format($$SELECT crm.engagement_half_life(%L)$$, :'tb'),
+    format($$SELECT crm.exchange_rate('EUR', 'USD', '2026-02-01', %L)$$, :'tb'),
+    format($$SELECT crm.analytics_amount(100, 'EUR', '2026-02-01', %L)$$, :'tb'),
+    format($$SELECT crm.convert_amount(100, 'EUR', 'USD', '2026-02-01', %L)$$, :'tb'),
+    $$SELECT crm.engagement_half_life(NULL)$$,
+    $$SELECT count(*) FROM crm.claim_jobs('crm', 'w1', 1, '1000000 years')$$,
+    $$SELECT count(*) FROM crm.claim_jobs('crm', 'w1', 1, '178000000 years')$$,
+    $$SELECT crm.extend_lease('00000000-0000-7000-8000-000000000000', '1000000 years', 'w1')$$,
+    $$SELECT crm.enqueue_job('create_task', '{}', run_at => 'infinity')$$,
+    $$SELECT crm.enqueue_job('create_task', '{}', run_at => '-infinity')$$]) s;
+-- its own tenant, and the defaults, still answer
+SELECT crm.engagement_half_life(:'ta') AS own_half_life, crm.exchange_rate('USD', 'USD') AS own_rate,
+       crm.analytics_amount(100, 'USD', '2026-02-01', :'ta') AS own_amount;
+SELECT count(*) AS jobs_claimed FROM crm.claim_jobs('crm', 'w1', 1, '1 hour');
+RESET ROLE;
+SET ROLE regress_forge_admin;
+SELECT try($$SELECT crm.purge_jobs('178000000 years')$$) AS purge_far_back;
+SELECT crm.purge_jobs('1000 years') AS purged;
+RESET ROLE;
+-- the operator may ask about any tenant
+SELECT crm.exchange_rate('EUR', 'USD', '2026-02-01', :'tb') AS operator_rate_b;
+SELECT count(*) AS jobs_of_a FROM crm.job WHERE tenant_id = :'ta';
+
 DELETE FROM crm.tenant_access WHERE login_role LIKE 'regress\_forge\_%';
 DROP ROLE regress_forge_writer, regress_forge_writer2, regress_forge_admin;
