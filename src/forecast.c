@@ -56,6 +56,8 @@
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/datetime.h"
+
+#include "utils/datum.h"
 #include "utils/fmgrprotos.h"
 #include "utils/numeric.h"
 
@@ -1565,4 +1567,176 @@ crm_forecast_totals(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	return (Datum) 0;
+}
+
+/*
+ * crm.snapshot_forecast(name, period_type, from_date, to_date, pipeline,
+ * owner, as_of): stores a forecast snapshot.
+ *
+ * No role may write crm.revenue_forecast or crm.forecast_deal (issue 8 item
+ * 4: a writer could otherwise store a snapshot with any totals, user or
+ * window, and crm.forecast_accuracy would report on it).  So the deals are
+ * read here with the caller's rights (row-level security and private
+ * visibility apply), and the rows are written by the internal
+ * crm.forecast_snapshot_store running as the tables' owner, with the
+ * caller's tenant, user and currency as parameters.
+ */
+PG_FUNCTION_INFO_V1(crm_forecast_snapshot);
+
+static SPIPlanPtr snapshot_who_plan = NULL;
+static SPIPlanPtr snapshot_deals_plan = NULL;
+static SPIPlanPtr snapshot_store_plan = NULL;
+
+static SPIPlanPtr
+snapshot_prepare(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+	if (plan == NULL || SPI_keepplan(plan) != 0)
+		elog(ERROR, "could not prepare a forecast snapshot statement: %s",
+			 SPI_result_code_string(SPI_result));
+	return plan;
+}
+
+Datum
+crm_forecast_snapshot(PG_FUNCTION_ARGS)
+{
+	bool		isnull;
+	Datum		tenant;
+	Datum		user_id;
+	bool		user_null;
+	Datum		currency;
+	Datum		deals;
+	Datum		snap;
+	char	   *period = NULL;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (snapshot_who_plan == NULL)
+		snapshot_who_plan = snapshot_prepare(
+											 "SELECT crm.current_tenant(), crm.current_user_id(), crm.tenant_default_currency()",
+											 0, NULL);
+	if (SPI_execute_plan(snapshot_who_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the current tenant");
+	tenant = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("no tenant to take a forecast snapshot for")));
+	tenant = datumCopy(tenant, false, 16);
+	user_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &user_null);
+	if (!user_null)
+		user_id = datumCopy(user_id, false, 16);
+	currency = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	if (isnull)
+		elog(ERROR, "the tenant has no default currency");
+	currency = SPI_datumTransfer(currency, false, -1);
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(2) || PG_ARGISNULL(3) || PG_ARGISNULL(6))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("name, from_date, to_date and as_of must not be null or empty")));
+	{
+		char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+		bool		blank = true;
+
+		for (char *c = name; *c; c++)
+			if (*c != ' ')
+				blank = false;
+		if (blank)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("name, from_date, to_date and as_of must not be null or empty")));
+	}
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("period_type must not be null")));
+	period = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (strcmp(period, "day") != 0 && strcmp(period, "week") != 0 && strcmp(period, "month") != 0 &&
+		strcmp(period, "quarter") != 0 && strcmp(period, "year") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown period \"%s\"", period),
+				 errhint("Use day, week, month, quarter or year.")));
+	if (PG_GETARG_DATEADT(2) > PG_GETARG_DATEADT(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_date %s is after to_date %s",
+						DatumGetCString(DirectFunctionCall1(date_out, PG_GETARG_DATUM(2))),
+						DatumGetCString(DirectFunctionCall1(date_out, PG_GETARG_DATUM(3))))));
+
+	/* the deals, as the caller sees them */
+	if (snapshot_deals_plan == NULL)
+	{
+		Oid			types[6] = {DATEOID, DATEOID, UUIDOID, UUIDOID, TEXTOID, TIMESTAMPTZOID};
+
+		snapshot_deals_plan = snapshot_prepare(
+											   "SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(f)), '[]'::pg_catalog.jsonb)"
+											   " FROM crm.forecast_deals($1, $2, $3, $4, NULL, $5, $6, NULL) f"
+											   " WHERE f.in_period OR f.status OPERATOR(pg_catalog.=) 'open'"
+											   " OR f.close_date OPERATOR(pg_catalog.>=)"
+											   " ($6 OPERATOR(pg_catalog.-) '1 year'::pg_catalog.interval)::pg_catalog.date",
+											   6, types);
+	}
+	{
+		Datum		args[6];
+		char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+
+		args[0] = PG_GETARG_DATUM(2);
+		args[1] = PG_GETARG_DATUM(3);
+		args[2] = PG_ARGISNULL(4) ? (Datum) 0 : PG_GETARG_DATUM(4);
+		nulls[2] = PG_ARGISNULL(4) ? 'n' : ' ';
+		args[3] = PG_ARGISNULL(5) ? (Datum) 0 : PG_GETARG_DATUM(5);
+		nulls[3] = PG_ARGISNULL(5) ? 'n' : ' ';
+		args[4] = currency;
+		args[5] = PG_GETARG_DATUM(6);
+		if (SPI_execute_plan(snapshot_deals_plan, args, nulls, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "could not read the deals of the forecast");
+		deals = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		deals = SPI_datumTransfer(deals, false, -1);
+	}
+
+	/* the rows, written as the owner with the caller's tenant */
+	if (snapshot_store_plan == NULL)
+	{
+		Oid			types[11] = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, TEXTOID, DATEOID, DATEOID,
+		UUIDOID, UUIDOID, TIMESTAMPTZOID, JSONBOID};
+
+		snapshot_store_plan = snapshot_prepare(
+											   "SELECT crm.forecast_snapshot_store($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+											   11, types);
+	}
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(crm_table_owner("revenue_forecast"),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	{
+		Datum		args[11];
+		char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+
+		args[0] = tenant;
+		args[1] = user_id;
+		nulls[1] = user_null ? 'n' : ' ';
+		args[2] = currency;
+		args[3] = PG_GETARG_DATUM(0);
+		args[4] = PG_GETARG_DATUM(1);
+		args[5] = PG_GETARG_DATUM(2);
+		args[6] = PG_GETARG_DATUM(3);
+		args[7] = PG_ARGISNULL(4) ? (Datum) 0 : PG_GETARG_DATUM(4);
+		nulls[7] = PG_ARGISNULL(4) ? 'n' : ' ';
+		args[8] = PG_ARGISNULL(5) ? (Datum) 0 : PG_GETARG_DATUM(5);
+		nulls[8] = PG_ARGISNULL(5) ? 'n' : ' ';
+		args[9] = PG_GETARG_DATUM(6);
+		args[10] = deals;
+		/* an error aborts the (sub)transaction, which restores the user id */
+		if (SPI_execute_plan(snapshot_store_plan, args, nulls, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "could not store the forecast snapshot");
+		snap = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		snap = SPI_datumTransfer(snap, false, 16);
+	}
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	SPI_finish();
+	PG_RETURN_DATUM(snap);
 }

@@ -75,6 +75,7 @@ typedef struct EventBatch
 static FullTransactionId position_xid;
 static uint32 position_next = 0;
 
+static SPIPlanPtr inbound_plan = NULL;
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr tenant_plan = NULL;
 static SPIPlanPtr converted_opportunity_plan = NULL;
@@ -381,6 +382,28 @@ crm_outbox_emit_event(PG_FUNCTION_ARGS)
 				 errmsg("no tenant to emit the event for"),
 				 errhint("Act for a tenant (crm.tenant_id or a mapping made with crm.grant_tenant_access).")));
 	tenant = *DatumGetUUIDP(d);
+
+	/*
+	 * Inbound event types come only through crm.consume_event, which
+	 * records their external id; emitted here they would run the rules of
+	 * an event no other system sent.
+	 */
+	if (inbound_plan == NULL)
+	{
+		Oid			types[1] = {TEXTOID};
+
+		inbound_plan = prepare_kept("SELECT 1 FROM crm.workflow_event e"
+									" WHERE e.code OPERATOR(pg_catalog.=) $1"
+									" AND e.kind OPERATOR(pg_catalog.=) 'inbound'", 1, types);
+	}
+	d = PG_GETARG_DATUM(0);
+	if (SPI_execute_plan(inbound_plan, &d, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the event types");
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event type \"%s\" is an inbound event", event_type),
+				 errhint("Inbound events come from other systems through crm.consume_event().")));
 	SPI_finish();
 
 	/* rules copy the event's ids into jobs: only records the caller sees */
@@ -1010,4 +1033,254 @@ crm_outbox_purge_events(PG_FUNCTION_ARGS)
 	n = SPI_processed;
 	SPI_finish();
 	PG_RETURN_INT64((int64) n);
+}
+
+/*
+ * Event consumers (crm.subscribe, crm.unsubscribe, crm.ack).
+ *
+ * crm.event_consumer is the server's (issue 8 item 4): a writer who could
+ * write it would move another consumer's position (it then skips events) or
+ * drop it (crm.purge_events then deletes events it never acknowledged).  So
+ * these functions write it as its owner with the caller's tenant as a
+ * parameter, and a consumer belongs to the role that subscribed it (by OID,
+ * the role the session acts as): only that role or an admin of the tenant
+ * may use it, 42501 otherwise.
+ */
+PG_FUNCTION_INFO_V1(crm_outbox_subscribe);
+PG_FUNCTION_INFO_V1(crm_outbox_unsubscribe);
+PG_FUNCTION_INFO_V1(crm_outbox_ack);
+
+static SPIPlanPtr consumer_who_plan = NULL;
+static SPIPlanPtr consumer_find_plan = NULL;
+static SPIPlanPtr consumer_insert_plan = NULL;
+static SPIPlanPtr consumer_delete_plan = NULL;
+static SPIPlanPtr consumer_ack_plan = NULL;
+
+typedef struct ConsumerCall
+{
+	pg_uuid_t	tenant;
+	bool		has_tenant;
+	bool		is_admin;
+	int64		head;
+	int64		limit;
+	Oid			save_userid;
+	int			save_sec_context;
+} ConsumerCall;
+
+/* Connects to SPI and reads, as the caller, who and where the caller is. */
+static void
+consumer_begin(ConsumerCall *call)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (consumer_who_plan == NULL)
+		consumer_who_plan = prepare_kept("SELECT crm.current_tenant(), crm.is_admin(), crm.event_head(), crm.event_limit()",
+										 0, NULL);
+	if (SPI_execute_plan(consumer_who_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the current tenant");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	call->has_tenant = !isnull;
+	if (!isnull)
+		call->tenant = *DatumGetUUIDP(d);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	call->is_admin = !isnull && DatumGetBool(d);
+	call->head = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	call->limit = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+	GetUserIdAndSecContext(&call->save_userid, &call->save_sec_context);
+}
+
+/*
+ * As the owner of crm.event_consumer: the consumer's position and role,
+ * locked; false when the tenant has no such consumer.
+ */
+static bool
+consumer_find(ConsumerCall *call, Datum name, int64 *position, Oid *role)
+{
+	Datum		args[2];
+	bool		isnull;
+
+	if (consumer_find_plan == NULL)
+	{
+		Oid			types[2] = {UUIDOID, TEXTOID};
+
+		consumer_find_plan = prepare_kept("SELECT c.position, c.role_oid FROM crm.event_consumer c"
+										  " WHERE c.tenant_id OPERATOR(pg_catalog.=) $1"
+										  " AND c.name OPERATOR(pg_catalog.=) $2 FOR UPDATE", 2, types);
+	}
+	if (!call->has_tenant)
+		return false;
+	args[0] = UUIDPGetDatum(&call->tenant);
+	args[1] = name;
+	SetUserIdAndSecContext(crm_table_owner("event_consumer"),
+						   call->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	/* an error aborts the (sub)transaction, which restores the user id */
+	if (SPI_execute_plan(consumer_find_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the event consumers");
+	SetUserIdAndSecContext(call->save_userid, call->save_sec_context);
+	if (SPI_processed == 0)
+		return false;
+	*position = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	*role = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	return true;
+}
+
+/* 42501 unless the acting role subscribed the consumer or is an admin. */
+static void
+consumer_require_owner(ConsumerCall *call, Datum name, Oid role)
+{
+	if (role == GetOuterUserId() || call->is_admin)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("event consumer \"%s\" belongs to another role", TextDatumGetCString(name)),
+			 errdetail("Only the role that subscribed it and the tenant's admins may poll, acknowledge or drop a consumer.")));
+}
+
+/* Runs a writing statement as the owner of crm.event_consumer. */
+static void
+consumer_write(ConsumerCall *call, SPIPlanPtr plan, Datum *args, int expected)
+{
+	SetUserIdAndSecContext(crm_table_owner("event_consumer"),
+						   call->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != expected)
+		elog(ERROR, "could not write the event consumers");
+	SetUserIdAndSecContext(call->save_userid, call->save_sec_context);
+}
+
+/*
+ * crm.subscribe(name, after): makes a consumer of the caller's tenant,
+ * owned by the acting role, starting after position after (default: the
+ * events from now on); an existing one is kept and its position returned.
+ */
+Datum
+crm_outbox_subscribe(PG_FUNCTION_ARGS)
+{
+	ConsumerCall call;
+	int64		position;
+	Oid			role;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("consumer name must not be null")));
+	consumer_begin(&call);
+	if (!call.has_tenant)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("no tenant to subscribe for"),
+				 errhint("Act for a tenant (crm.tenant_id or a mapping made with crm.grant_tenant_access).")));
+	if (!PG_ARGISNULL(1) && (PG_GETARG_INT64(1) < 0 || PG_GETARG_INT64(1) >= call.limit))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event position " INT64_FORMAT " is not a cursor of this database", PG_GETARG_INT64(1))));
+	if (!consumer_find(&call, PG_GETARG_DATUM(0), &position, &role))
+	{
+		Datum		args[4];
+
+		if (consumer_insert_plan == NULL)
+		{
+			Oid			types[4] = {UUIDOID, TEXTOID, INT8OID, OIDOID};
+
+			consumer_insert_plan = prepare_kept("INSERT INTO crm.event_consumer (tenant_id, name, position, role_oid)"
+												" VALUES ($1, $2, $3, $4)"
+												" ON CONFLICT ON CONSTRAINT event_consumer_pkey DO NOTHING", 4, types);
+		}
+		args[0] = UUIDPGetDatum(&call.tenant);
+		args[1] = PG_GETARG_DATUM(0);
+		args[2] = Int64GetDatum(PG_ARGISNULL(1) ? call.head - 1 : PG_GETARG_INT64(1));
+		args[3] = ObjectIdGetDatum(GetOuterUserId());
+		consumer_write(&call, consumer_insert_plan, args, SPI_OK_INSERT);
+		if (!consumer_find(&call, PG_GETARG_DATUM(0), &position, &role))
+			elog(ERROR, "event consumer vanished");
+	}
+	consumer_require_owner(&call, PG_GETARG_DATUM(0), role);
+	SPI_finish();
+	PG_RETURN_INT64(position);
+}
+
+/* crm.unsubscribe(name): drops the consumer; true when it existed. */
+Datum
+crm_outbox_unsubscribe(PG_FUNCTION_ARGS)
+{
+	ConsumerCall call;
+	int64		position;
+	Oid			role;
+	Datum		args[2];
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("consumer name must not be null")));
+	consumer_begin(&call);
+	if (!consumer_find(&call, PG_GETARG_DATUM(0), &position, &role))
+	{
+		SPI_finish();
+		PG_RETURN_BOOL(false);
+	}
+	consumer_require_owner(&call, PG_GETARG_DATUM(0), role);
+	if (consumer_delete_plan == NULL)
+	{
+		Oid			types[2] = {UUIDOID, TEXTOID};
+
+		consumer_delete_plan = prepare_kept("DELETE FROM crm.event_consumer c"
+											" WHERE c.tenant_id OPERATOR(pg_catalog.=) $1"
+											" AND c.name OPERATOR(pg_catalog.=) $2", 2, types);
+	}
+	args[0] = UUIDPGetDatum(&call.tenant);
+	args[1] = PG_GETARG_DATUM(0);
+	consumer_write(&call, consumer_delete_plan, args, SPI_OK_DELETE);
+	SPI_finish();
+	PG_RETURN_BOOL(true);
+}
+
+/*
+ * crm.ack(name, position): acknowledges the consumer's events up to
+ * position (never moving back); returns the stored position.
+ */
+Datum
+crm_outbox_ack(PG_FUNCTION_ARGS)
+{
+	ConsumerCall call;
+	int64		position;
+	int64		acked;
+	Oid			role;
+	Datum		args[3];
+	bool		isnull;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("consumer name and position must not be null")));
+	acked = PG_GETARG_INT64(1);
+	consumer_begin(&call);
+	if (acked < 0 || acked >= call.head)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event position " INT64_FORMAT " has not been handed out", acked),
+				 errdetail("A consumer acknowledges the position of an event crm.poll returned.")));
+	if (!consumer_find(&call, PG_GETARG_DATUM(0), &position, &role))
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("event consumer \"%s\" does not exist", text_to_cstring(PG_GETARG_TEXT_PP(0))),
+				 errhint("Make it with crm.subscribe().")));
+	consumer_require_owner(&call, PG_GETARG_DATUM(0), role);
+	if (consumer_ack_plan == NULL)
+	{
+		Oid			types[3] = {UUIDOID, TEXTOID, INT8OID};
+
+		consumer_ack_plan = prepare_kept("UPDATE crm.event_consumer c"
+										 " SET position = GREATEST(c.position, $3), acked_at = pg_catalog.now()"
+										 " WHERE c.tenant_id OPERATOR(pg_catalog.=) $1"
+										 " AND c.name OPERATOR(pg_catalog.=) $2 RETURNING c.position", 3, types);
+	}
+	args[0] = UUIDPGetDatum(&call.tenant);
+	args[1] = PG_GETARG_DATUM(0);
+	args[2] = Int64GetDatum(acked);
+	consumer_write(&call, consumer_ack_plan, args, SPI_OK_UPDATE_RETURNING);
+	position = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	PG_RETURN_INT64(position);
 }

@@ -432,6 +432,29 @@ interval_sign(Datum interval)
 	return DatumGetInt32(DirectFunctionCall2(interval_cmp, interval, IntervalPGetDatum(&zero)));
 }
 
+/*
+ * 22023 unless now() plus (sign 1) or minus (sign -1) the interval is a
+ * time PostgreSQL can hold: the statements compute it, and an interval of a
+ * million years would otherwise fail there with 22008.  Months are counted
+ * generously, so a value within a year or so of the limits is refused too.
+ */
+static void
+require_time_reachable(Datum interval, int sign, const char *what)
+{
+	Interval   *span = DatumGetIntervalP(interval);
+	double		now = (double) GetCurrentTransactionStartTimestamp();
+	double		days = (double) span->month * 30.436875 + (double) span->day;
+	double		usecs = days * (double) USECS_PER_DAY + (double) span->time;
+	double		margin = (fabs((double) span->month) * 2.0 + 366.0) * (double) USECS_PER_DAY;
+	double		end = now + sign * usecs;
+
+	if (end - margin < (double) MIN_TIMESTAMP || end + margin >= (double) END_TIMESTAMP)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is out of range", what),
+				 errdetail("now() %s it is beyond the times PostgreSQL can hold.", sign > 0 ? "plus" : "minus")));
+}
+
 static bool
 interval_is_positive(Datum interval)
 {
@@ -792,6 +815,11 @@ crm_queue_enqueue(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("run_at must not be null")));
 	request.run_at = PG_GETARG_TIMESTAMPTZ(3);
+	if (TIMESTAMP_NOT_FINITE(request.run_at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("run_at must be a finite time"),
+				 errdetail("A job that runs at infinity never runs, and one at -infinity cannot be ordered.")));
 	if (!PG_ARGISNULL(4))
 	{
 		request.has_key = true;
@@ -869,6 +897,7 @@ crm_queue_claim(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("lease must be a positive interval")));
+	require_time_reachable(PG_GETARG_DATUM(3), 1, "lease");
 
 	InitMaterializedSRF(fcinfo, 0);
 
@@ -1088,6 +1117,7 @@ crm_queue_extend_lease(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("lease must be a positive interval")));
+	require_time_reachable(PG_GETARG_DATUM(1), 1, "lease");
 
 	queue_begin(&session);
 	job_held(&tenant, &job, worker, &attempts, &max_attempts);
@@ -1212,6 +1242,7 @@ crm_queue_purge(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("older_than must be a non-negative interval")));
+	require_time_reachable(PG_GETARG_DATUM(0), -1, "older_than");
 
 	queue_begin(&session);
 	if (has_tenant)

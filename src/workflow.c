@@ -1008,3 +1008,229 @@ crm_workflow_idempotency_key(PG_FUNCTION_ARGS)
 	memcpy(result->data, key, 16);
 	PG_RETURN_UUID_P(result);
 }
+
+/*
+ * crm.consume_event(type, payload, external_id): takes an event from
+ * another system into the outbox, once per external id.
+ *
+ * The ledger crm.inbound_event is the server's (issue 8 item 4): a writer
+ * who could insert into it would pre-claim an external id so that the real
+ * event is ignored.  So the checks and the opportunity lookup run with the
+ * caller's rights (row-level security and private visibility apply), and
+ * the ledger is read and written as its owner with the caller's tenant as
+ * a parameter.  The event itself goes to the outbox through
+ * crm_outbox_emit: crm.emit_event refuses inbound event types, which come
+ * only through here.
+ */
+PG_FUNCTION_INFO_V1(crm_workflow_consume_event);
+
+static SPIPlanPtr consume_tenant_plan = NULL;
+static SPIPlanPtr consume_kind_plan = NULL;
+static SPIPlanPtr consume_opp_plan = NULL;
+static SPIPlanPtr consume_seen_plan = NULL;
+static SPIPlanPtr consume_ledger_plan = NULL;
+
+static SPIPlanPtr
+consume_prepare(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+	if (plan == NULL || SPI_keepplan(plan) != 0)
+		elog(ERROR, "could not prepare an inbound event statement: %s",
+			 SPI_result_code_string(SPI_result));
+	return plan;
+}
+
+/* Text uuid_in accepts: 32 hex digits, a hyphen after any group of four, optional braces. */
+static bool
+consume_uuid_text(const char *s)
+{
+	int			digits = 0;
+	bool		braces = (*s == '{');
+	const char *c = braces ? s + 1 : s;
+
+	for (; *c && !(braces && *c == '}'); c++)
+	{
+		if (isxdigit((unsigned char) *c))
+			digits++;
+		else if (*c == '-' && digits > 0 && digits < 32 && digits % 4 == 0 && c[-1] != '-')
+			continue;
+		else
+			return false;
+	}
+	if (braces && (*c != '}' || c[1] != '\0'))
+		return false;
+	return digits == 32 && c[-1] != '-';
+}
+
+Datum
+crm_workflow_consume_event(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t	tenant;
+	char	   *type;
+	Jsonb	   *payload;
+	pg_uuid_t	opp;
+	bool		has_opp = false;
+	bool		isnull;
+	Datum		d;
+	Datum		args[4];
+	int64		position;
+	Oid			save_userid;
+	int			save_sec_context;
+	bool		seen;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (consume_tenant_plan == NULL)
+		consume_tenant_plan = consume_prepare("SELECT crm.current_tenant()", 0, NULL);
+	if (SPI_execute_plan(consume_tenant_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the current tenant");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("consuming an event needs a tenant, and this session acts for none")));
+	tenant = *DatumGetUUIDP(d);
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("type, payload and external_id must not be null")));
+	type = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	payload = PG_GETARG_JSONB_P(1);
+
+	if (consume_kind_plan == NULL)
+	{
+		Oid			types[1] = {TEXTOID};
+
+		consume_kind_plan = consume_prepare(
+											"SELECT e.kind OPERATOR(pg_catalog.=) 'inbound' FROM crm.workflow_event e"
+											" WHERE e.code OPERATOR(pg_catalog.=) $1", 1, types);
+	}
+	args[0] = PG_GETARG_DATUM(0);
+	if (SPI_execute_plan(consume_kind_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the event types");
+	if (SPI_processed != 1 ||
+		!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event type \"%s\" is not an inbound event", type),
+				 errhint("The inbound events are the rows of crm.workflow_event of kind inbound.")));
+	if (!JB_ROOT_IS_OBJECT(payload) || JB_ROOT_IS_SCALAR(payload))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event payload must be a JSON object")));
+
+	{
+		JsonbValue	key;
+		JsonbValue *v;
+
+		key.type = jbvString;
+		key.val.string.val = "opportunityId";
+		key.val.string.len = strlen("opportunityId");
+		v = findJsonbValueFromContainer(&payload->root, JB_FOBJECT, &key);
+		if (v != NULL)
+		{
+			char	   *s = NULL;
+
+			if (v->type == jbvString)
+				s = pnstrdup(v->val.string.val, v->val.string.len);
+			else if (v->type == jbvNumeric)
+				s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+			else if (v->type == jbvBool)
+				s = v->val.boolean ? "true" : "false";
+			else if (v->type != jbvNull)
+				s = JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+			if (s == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+						 errmsg("opportunity <NULL> does not exist")));
+			if (!consume_uuid_text(s))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("opportunityId must be a uuid, not \"%s\"", s)));
+			opp = *DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(s)));
+			has_opp = true;
+
+			/* as the caller: a hidden deal is no deal */
+			if (consume_opp_plan == NULL)
+			{
+				Oid			types[2] = {UUIDOID, UUIDOID};
+
+				consume_opp_plan = consume_prepare(
+												   "SELECT 1 FROM crm.opportunity o"
+												   " WHERE o.tenant_id OPERATOR(pg_catalog.=) $1 AND o.id OPERATOR(pg_catalog.=) $2",
+												   2, types);
+			}
+			args[0] = UUIDPGetDatum(&tenant);
+			args[1] = UUIDPGetDatum(&opp);
+			if (SPI_execute_plan(consume_opp_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not read the opportunity");
+			if (SPI_processed != 1)
+				ereport(ERROR,
+						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+						 errmsg("opportunity %s does not exist",
+								DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&opp))))));
+		}
+	}
+
+	/*
+	 * Taken before?  No row lock: a concurrent delivery is caught by the
+	 * INSERT below.
+	 */
+	if (consume_seen_plan == NULL)
+	{
+		Oid			types[2] = {UUIDOID, TEXTOID};
+
+		consume_seen_plan = consume_prepare(
+											"SELECT 1 FROM crm.inbound_event i"
+											" WHERE i.tenant_id OPERATOR(pg_catalog.=) $1"
+											" AND i.external_id OPERATOR(pg_catalog.=) $2", 2, types);
+	}
+	args[0] = UUIDPGetDatum(&tenant);
+	args[1] = PG_GETARG_DATUM(2);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(crm_table_owner("inbound_event"),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	if (SPI_execute_plan(consume_seen_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the inbound event ledger");
+	seen = (SPI_processed > 0);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	if (seen)
+	{
+		SPI_finish();
+		PG_RETURN_NULL();
+	}
+
+	/* rules copy the event's ids into jobs: only records the caller sees */
+	crm_queue_require_visible(&tenant, NULL, has_opp ? "opportunity" : NULL,
+							  has_opp ? &opp : NULL, payload);
+	position = crm_outbox_emit(&tenant, type, has_opp ? "opportunity" : NULL,
+							   has_opp ? &opp : NULL, payload);
+
+	if (consume_ledger_plan == NULL)
+	{
+		Oid			types[4] = {UUIDOID, TEXTOID, TEXTOID, INT8OID};
+
+		consume_ledger_plan = consume_prepare(
+											  "INSERT INTO crm.inbound_event (tenant_id, external_id, event_type, position)"
+											  " VALUES ($1, $2, $3, $4)"
+											  " ON CONFLICT ON CONSTRAINT inbound_event_pkey DO NOTHING", 4, types);
+	}
+	args[0] = UUIDPGetDatum(&tenant);
+	args[1] = PG_GETARG_DATUM(2);
+	args[2] = PG_GETARG_DATUM(0);
+	args[3] = Int64GetDatum(position);
+	SetUserIdAndSecContext(crm_table_owner("inbound_event"),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	/* an error aborts the (sub)transaction, which restores the user id */
+	if (SPI_execute_plan(consume_ledger_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write the inbound event ledger");
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("event %s was consumed concurrently", text_to_cstring(PG_GETARG_TEXT_PP(2))),
+				 errhint("Retry: the retry finds it consumed and takes nothing.")));
+	SPI_finish();
+	PG_RETURN_INT64(position);
+}

@@ -155,10 +155,17 @@ COMMENT ON COLUMN crm.currency_rate.updated_at IS 'When the row last changed';
 CREATE FUNCTION crm.exchange_rate(from_currency text, to_currency text, as_of date DEFAULT current_date,
                                   tenant uuid DEFAULT crm.current_tenant())
     RETURNS numeric
-    LANGUAGE sql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        SELECT CASE WHEN $1 = $2 THEN 1::numeric ELSE coalesce(
+BEGIN
+    IF tenant IS DISTINCT FROM crm.current_tenant()
+       AND NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
+        RAISE EXCEPTION 'tenant % is not the tenant this session acts for', tenant
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'A tenant argument may name only the caller''s own tenant (issue 8 item 4).';
+    END IF;
+    RETURN CASE WHEN $1 = $2 THEN 1::numeric ELSE coalesce(
             (SELECT r.rate FROM crm.currency_rate r
               WHERE r.tenant_id = $4 AND r.from_currency = $1 AND r.to_currency = $2
                 AND r.valid_from <= $3
@@ -166,10 +173,12 @@ CREATE FUNCTION crm.exchange_rate(from_currency text, to_currency text, as_of da
             (SELECT 1 / r.rate FROM crm.currency_rate r
               WHERE r.tenant_id = $4 AND r.from_currency = $2 AND r.to_currency = $1
                 AND r.valid_from <= $3
-              ORDER BY r.valid_from DESC LIMIT 1)) END
-    $$;
+              ORDER BY r.valid_from DESC LIMIT 1)) END;
+END
+$$;
 COMMENT ON FUNCTION crm.exchange_rate(text, text, date, uuid) IS
-    'Units of to_currency for one from_currency on as_of, from the tenant''s latest rate (direct or inverse); NULL when the tenant has none';
+    'Units of to_currency for one from_currency on as_of, from the tenant''s latest rate (direct or inverse); NULL when the tenant has none. '
+    'tenant must be the caller''s own (42501 otherwise; superusers excepted)';
 
 -- The active ISO 4217 currencies, as Debian's iso-codes package lists them
 -- (/usr/share/iso-codes/json/iso_4217.json), less precious metals, fund and

@@ -46,15 +46,17 @@ CREATE TABLE crm.event_consumer (
     name        text NOT NULL CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$'),
     position    bigint NOT NULL DEFAULT 0 CHECK (position >= 0),
     acked_at    timestamptz,
+    role_oid    oid NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, name)
 );
-COMMENT ON TABLE crm.event_consumer IS 'Named readers of the outbox with the position they acknowledged (crm.subscribe, crm.poll, crm.ack)';
+COMMENT ON TABLE crm.event_consumer IS 'Named readers of the outbox with the position they acknowledged (crm.subscribe, crm.poll, crm.ack); written by those functions as the owner only, roles may read it';
 COMMENT ON COLUMN crm.event_consumer.tenant_id IS 'Owning tenant';
 COMMENT ON COLUMN crm.event_consumer.name IS 'Consumer name, unique within the tenant';
 COMMENT ON COLUMN crm.event_consumer.position IS 'Last acknowledged event position: crm.poll returns the events after it; moved on by crm.ack';
 COMMENT ON COLUMN crm.event_consumer.acked_at IS 'When crm.ack last moved the position';
+COMMENT ON COLUMN crm.event_consumer.role_oid IS 'The role that subscribed (its OID, so the consumer is nobody''s once the role is dropped): only it or an admin of the tenant may poll, ack or unsubscribe (set by the server)';
 COMMENT ON COLUMN crm.event_consumer.created_at IS 'When the row was made';
 COMMENT ON COLUMN crm.event_consumer.updated_at IS 'When the row last changed';
 
@@ -124,53 +126,25 @@ $$;
 COMMENT ON FUNCTION crm.read_events(bigint, integer) IS
     'Up to max events of the current tenant after position after, in position order; an event of a transaction that commits later always comes after those already handed out, so a cursor never skips one';
 
+-- Event consumers belong to the role that subscribed (issue 8 item 4): a
+-- writer could move another consumer's position (it then skips events) or
+-- drop it (crm.purge_events then deletes events it never acknowledged).
+-- No role writes crm.event_consumer: subscribe, unsubscribe and ack are C
+-- (src/outbox.c) writing it as its owner with the caller's tenant as a
+-- parameter; they and poll let only the subscribing role or an admin of the
+-- tenant use a consumer (42501 otherwise).
+
 CREATE FUNCTION crm.subscribe(name text, after bigint DEFAULT NULL) RETURNS bigint
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    tenant uuid := crm.current_tenant();
-    pos bigint;
-BEGIN
-    IF $1 IS NULL THEN
-        RAISE EXCEPTION 'consumer name must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF tenant IS NULL THEN
-        RAISE EXCEPTION 'no tenant to subscribe for' USING ERRCODE = 'insufficient_privilege',
-            HINT = 'Act for a tenant (crm.tenant_id or a mapping made with crm.grant_tenant_access).';
-    END IF;
-    IF $2 IS NOT NULL AND ($2 < 0 OR $2 >= crm.event_limit()) THEN
-        RAISE EXCEPTION 'event position % is not a cursor of this database', $2
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT c.position INTO pos FROM crm.event_consumer c WHERE c.tenant_id = tenant AND c.name = $1;
-    IF FOUND THEN
-        RETURN pos;
-    END IF;
-    INSERT INTO crm.event_consumer AS c (tenant_id, name, position)
-    VALUES (tenant, $1, coalesce($2, crm.event_head() - 1))
-    ON CONFLICT ON CONSTRAINT event_consumer_pkey DO NOTHING;
-    SELECT c.position INTO pos FROM crm.event_consumer c WHERE c.tenant_id = tenant AND c.name = $1;
-    RETURN pos;
-END
-$$;
+    AS 'MODULE_PATHNAME', 'crm_outbox_subscribe'
+    LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.subscribe(text, bigint) IS
-    'Makes a named consumer of the current tenant''s events starting after position after (default: only events from now on); returns its position; an existing consumer is kept as it is';
+    'Makes a named consumer of the current tenant''s events starting after position after (default: only events from now on), owned by the acting role; returns its position; an existing consumer is kept as it is (42501 when another role owns it and the caller is no admin)';
 
 CREATE FUNCTION crm.unsubscribe(name text) RETURNS boolean
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    IF $1 IS NULL THEN
-        RAISE EXCEPTION 'consumer name must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    DELETE FROM crm.event_consumer c WHERE c.tenant_id = crm.current_tenant() AND c.name = $1;
-    RETURN FOUND;
-END
-$$;
+    AS 'MODULE_PATHNAME', 'crm_outbox_unsubscribe'
+    LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.unsubscribe(text) IS
-    'Drops a named consumer (its unacknowledged events no longer hold back crm.purge_events); true when it existed';
+    'Drops a named consumer (its unacknowledged events no longer hold back crm.purge_events); true when it existed. Only the role that subscribed it or an admin of the tenant (42501 otherwise)';
 
 CREATE FUNCTION crm.poll(name text, max integer DEFAULT 1000)
     RETURNS TABLE ("position" bigint, event_id uuid, event_type text, entity text, entity_id uuid,
@@ -180,50 +154,34 @@ CREATE FUNCTION crm.poll(name text, max integer DEFAULT 1000)
     AS $$
 DECLARE
     pos bigint;
+    owner_role oid;
 BEGIN
     IF $1 IS NULL THEN
         RAISE EXCEPTION 'consumer name must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT c.position INTO pos FROM crm.event_consumer c
+    SELECT c.position, c.role_oid INTO pos, owner_role FROM crm.event_consumer c
      WHERE c.tenant_id = crm.current_tenant() AND c.name = $1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'event consumer "%" does not exist', $1 USING ERRCODE = 'no_data_found',
             HINT = 'Make it with crm.subscribe().';
     END IF;
+    -- current_user is the acting role here (the function is not SECURITY DEFINER)
+    IF owner_role IS DISTINCT FROM (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+       AND NOT crm.is_admin() THEN
+        RAISE EXCEPTION 'event consumer "%" belongs to another role', $1 USING ERRCODE = 'insufficient_privilege',
+            DETAIL = 'Only the role that subscribed it and the tenant''s admins may poll, acknowledge or drop a consumer.';
+    END IF;
     RETURN QUERY SELECT * FROM crm.read_events(pos, $2);
 END
 $$;
 COMMENT ON FUNCTION crm.poll(text, integer) IS
-    'Up to max events after the consumer''s acknowledged position (the same again until crm.ack moves it on)';
+    'Up to max events after the consumer''s acknowledged position (the same again until crm.ack moves it on). Only the role that subscribed it or an admin of the tenant (42501 otherwise)';
 
 CREATE FUNCTION crm.ack(name text, "position" bigint) RETURNS bigint
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    pos bigint;
-BEGIN
-    IF $1 IS NULL OR $2 IS NULL THEN
-        RAISE EXCEPTION 'consumer name and position must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF $2 < 0 OR $2 >= crm.event_head() THEN
-        RAISE EXCEPTION 'event position % has not been handed out', $2
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'A consumer acknowledges the position of an event crm.poll returned.';
-    END IF;
-    UPDATE crm.event_consumer c
-       SET position = GREATEST(c.position, $2), acked_at = pg_catalog.now()
-     WHERE c.tenant_id = crm.current_tenant() AND c.name = $1
-    RETURNING c.position INTO pos;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'event consumer "%" does not exist', $1 USING ERRCODE = 'no_data_found',
-            HINT = 'Make it with crm.subscribe().';
-    END IF;
-    RETURN pos;
-END
-$$;
+    AS 'MODULE_PATHNAME', 'crm_outbox_ack'
+    LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.ack(text, bigint) IS
-    'Acknowledges every event of the consumer up to position (never moves back); returns the stored position';
+    'Acknowledges every event of the consumer up to position (never moves back); returns the stored position. Only the role that subscribed it or an admin of the tenant (42501 otherwise)';
 
 CREATE FUNCTION crm.purge_events(older_than interval) RETURNS bigint
     AS 'MODULE_PATHNAME', 'crm_outbox_purge_events'

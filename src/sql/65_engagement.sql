@@ -179,14 +179,22 @@ COMMENT ON FUNCTION crm.engagement_combine(float8, timestamptz, float8, timestam
 -- Weights and half-life -----------------------------------------------------
 
 CREATE FUNCTION crm.engagement_half_life(tenant uuid) RETURNS interval
-    LANGUAGE sql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        SELECT coalesce((SELECT s.half_life FROM crm.engagement_setting s WHERE s.tenant_id = $1),
-                        interval '30 days')
-    $$;
+BEGIN
+    IF tenant IS DISTINCT FROM crm.current_tenant()
+       AND NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
+        RAISE EXCEPTION 'tenant % is not the tenant this session acts for', tenant
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'A tenant argument may name only the caller''s own tenant (issue 8 item 4).';
+    END IF;
+    RETURN coalesce((SELECT s.half_life FROM crm.engagement_setting s WHERE s.tenant_id = $1),
+                    interval '30 days');
+END
+$$;
 COMMENT ON FUNCTION crm.engagement_half_life(uuid) IS
-    'The engagement half-life of a tenant (30 days unless crm.engagement_setting says otherwise)';
+    'The engagement half-life of a tenant (30 days unless crm.engagement_setting says otherwise); tenant must be the caller''s own (42501 otherwise; superusers excepted)';
 
 -- Recomputation from the rows (repair, tests, check) ---------------------
 

@@ -11,13 +11,21 @@
 
 -- Amount of a record in the tenant's currency, NULL when there is no rate.
 CREATE FUNCTION crm.analytics_amount(amount numeric, currency text, as_of date, tenant uuid) RETURNS numeric
-    LANGUAGE sql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        SELECT $1 * crm.exchange_rate($2, t.default_currency, $3, $4) FROM crm.tenant t WHERE t.tenant_id = $4
-    $$;
+BEGIN
+    IF tenant IS DISTINCT FROM crm.current_tenant()
+       AND NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
+        RAISE EXCEPTION 'tenant % is not the tenant this session acts for', tenant
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'A tenant argument may name only the caller''s own tenant (issue 8 item 4).';
+    END IF;
+    RETURN (SELECT $1 * crm.exchange_rate($2, t.default_currency, $3, $4) FROM crm.tenant t WHERE t.tenant_id = $4);
+END
+$$;
 COMMENT ON FUNCTION crm.analytics_amount(numeric, text, date, uuid) IS
-    'An amount converted into the tenant''s default currency at the rate in force on as_of; NULL when there is no rate';
+    'An amount converted into the tenant''s default currency at the rate in force on as_of; NULL when there is no rate; tenant must be the caller''s own (42501 otherwise; superusers excepted)';
 
 CREATE FUNCTION crm.pipeline_funnel(pipeline uuid DEFAULT NULL, period_start timestamptz DEFAULT NULL,
                                     period_end timestamptz DEFAULT NULL)

@@ -602,41 +602,37 @@ CREATE FUNCTION crm.snapshot_forecast(name text, period_type text, from_date dat
                                       pipeline uuid DEFAULT NULL, owner uuid DEFAULT NULL,
                                       as_of timestamptz DEFAULT now())
     RETURNS uuid
+    AS 'MODULE_PATHNAME', 'crm_forecast_snapshot'
+    LANGUAGE C VOLATILE;
+
+-- The write half of crm.snapshot_forecast, run as the owner of the snapshot
+-- tables (issue 8 item 4: no role writes them, so a snapshot cannot be
+-- forged): the C function reads the deals with the caller's rights and
+-- visibility, then calls this with the caller's tenant, user and currency.
+CREATE FUNCTION crm.forecast_snapshot_store(tenant uuid, taken_by uuid, snapshot_currency text, name text, period_type text,
+                                            from_date date, to_date date, pipeline uuid, owner uuid,
+                                            as_of timestamptz, deals jsonb)
+    RETURNS uuid
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
 #variable_conflict use_column
 DECLARE
-    t uuid := crm.current_tenant();
-    cur text;
+    t uuid := forecast_snapshot_store.tenant;
+    cur text := forecast_snapshot_store.snapshot_currency;
     snap uuid := crm.uuid_generate_v7();
     r record;
 BEGIN
-    IF t IS NULL THEN
-        RAISE EXCEPTION 'no tenant to take a forecast snapshot for' USING ERRCODE = 'insufficient_privilege';
+    IF t IS NULL OR t IS DISTINCT FROM crm.current_tenant() THEN
+        RAISE EXCEPTION 'a forecast snapshot is stored for the tenant the session acts for only'
+            USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF name IS NULL OR btrim(name) = '' OR from_date IS NULL OR to_date IS NULL OR as_of IS NULL THEN
-        RAISE EXCEPTION 'name, from_date, to_date and as_of must not be null or empty'
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF period_type IS NULL THEN
-        RAISE EXCEPTION 'period_type must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF period_type NOT IN ('day', 'week', 'month', 'quarter', 'year') THEN
-        RAISE EXCEPTION 'unknown period "%"', period_type USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Use day, week, month, quarter or year.';
-    END IF;
-    IF from_date > to_date THEN
-        RAISE EXCEPTION 'from_date % is after to_date %', from_date, to_date USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    cur := crm.tenant_default_currency();
-
     INSERT INTO crm.revenue_forecast (tenant_id, id, name, user_id, forecast_date, as_of, period_type, from_date,
                                       to_date, pipeline_id, owner_id, currency, open_deals, open_pipeline, best_case,
                                       commit, closed_won, weighted, expected, confidence_interval)
-    VALUES (t, snap, btrim(snapshot_forecast.name), crm.current_user_id(), (snapshot_forecast.as_of)::date,
-            snapshot_forecast.as_of, snapshot_forecast.period_type, snapshot_forecast.from_date,
-            snapshot_forecast.to_date, snapshot_forecast.pipeline, snapshot_forecast.owner, cur,
+    VALUES (t, snap, btrim(forecast_snapshot_store.name), forecast_snapshot_store.taken_by, (forecast_snapshot_store.as_of)::date,
+            forecast_snapshot_store.as_of, forecast_snapshot_store.period_type, forecast_snapshot_store.from_date,
+            forecast_snapshot_store.to_date, forecast_snapshot_store.pipeline, forecast_snapshot_store.owner, cur,
             0, 0, 0, 0, 0, 0, 0, '{}');
 
     INSERT INTO crm.forecast_deal (tenant_id, forecast_id, opportunity_id, owner_id, stage_id, status, category,
@@ -648,10 +644,10 @@ BEGIN
                 WHEN f.status = 'won' THEN f.converted
                 WHEN f.status = 'open' AND f.category <> 'omitted' THEN f.converted * f.probability * 0.01
                 ELSE 0 END
-      FROM crm.forecast_deals(snapshot_forecast.from_date, snapshot_forecast.to_date,
-                              snapshot_forecast.pipeline, snapshot_forecast.owner, NULL,
-                              cur, snapshot_forecast.as_of, NULL) f
-     WHERE f.in_period OR f.status = 'open' OR f.close_date >= (snapshot_forecast.as_of - interval '1 year')::date;
+      FROM pg_catalog.jsonb_to_recordset(forecast_snapshot_store.deals)
+           AS f(opportunity_id uuid, owner_id uuid, stage_id uuid, status text, category text, amount numeric,
+                amount_currency text, converted numeric, probability numeric, close_date date,
+                in_period boolean, used_stage_value boolean);
 
     SELECT count(*) FILTER (WHERE d.status = 'open' AND d.category <> 'omitted')::integer AS open_deals,
            coalesce(sum(d.converted_amount) FILTER (WHERE d.status = 'open' AND d.category <> 'omitted'), 0) AS pipeline,
@@ -679,19 +675,21 @@ BEGIN
 
     -- the outbox (issue 7), in the same transaction
     PERFORM crm.emit_event('ForecastCreated',
-        jsonb_build_object('forecastId', snap, 'name', btrim(snapshot_forecast.name),
-                           'periodType', snapshot_forecast.period_type,
-                           'fromDate', snapshot_forecast.from_date, 'toDate', snapshot_forecast.to_date,
-                           'pipelineId', snapshot_forecast.pipeline, 'ownerId', snapshot_forecast.owner,
+        jsonb_build_object('forecastId', snap, 'name', btrim(forecast_snapshot_store.name),
+                           'periodType', forecast_snapshot_store.period_type,
+                           'fromDate', forecast_snapshot_store.from_date, 'toDate', forecast_snapshot_store.to_date,
+                           'pipelineId', forecast_snapshot_store.pipeline, 'ownerId', forecast_snapshot_store.owner,
                            'currency', cur, 'openDeals', r.open_deals,
                            'closedWon', round(r.closed_won, 2), 'weighted', round(r.weighted, 2),
                            'expected', round(r.closed_won + r.weighted, 2),
                            'p10', round((r.dist).p10, 2), 'p50', round((r.dist).p50, 2),
-                           'p90', round((r.dist).p90, 2), 'createdBy', crm.current_user_id()),
+                           'p90', round((r.dist).p90, 2), 'createdBy', forecast_snapshot_store.taken_by),
         'revenue_forecast', snap);
     RETURN snap;
 END
 $$;
+COMMENT ON FUNCTION crm.forecast_snapshot_store(uuid, uuid, text, text, text, date, date, uuid, uuid, timestamptz, jsonb) IS
+    'Internal: the write half of crm.snapshot_forecast, run as the owner of crm.revenue_forecast (from C, with the caller''s tenant): stores the header, the deals (read by the caller) and the totals, emits ForecastCreated; returns the id';
 COMMENT ON FUNCTION crm.snapshot_forecast(text, text, date, date, uuid, uuid, timestamptz) IS
     'Stores the forecast of from_date..to_date (pipeline and owner filters optional) in the tenant''s currency as it is at as_of: '
     'totals and revenue range in crm.revenue_forecast, the deals behind it in crm.forecast_deal (every open deal of the filters, '

@@ -518,7 +518,6 @@ BEGIN
     -- in-database jobs of their tenant.
     GRANT INSERT, UPDATE, DELETE ON crm.workflow_rule TO crm_admin;
     GRANT EXECUTE ON FUNCTION crm.validate_rule(jsonb), crm.idempotency_key(text[]) TO crm_reader;
-    GRANT INSERT ON crm.inbound_event TO crm_writer;
     GRANT EXECUTE ON FUNCTION
         crm.consume_event(text, jsonb, text), crm.run_jobs(integer)
         TO crm_writer;
@@ -555,7 +554,6 @@ BEGIN
         crm.rotting_deals(timestamptz, uuid),
         crm.owner_dashboard(timestamptz, timestamptz, timestamptz)
         TO crm_reader;
-    GRANT INSERT, UPDATE, DELETE ON crm.event_consumer TO crm_writer;
     GRANT EXECUTE ON FUNCTION
         crm.track_activity(uuid, text, jsonb, timestamptz, text, text),
         crm.emit_event(text, jsonb, text, uuid), crm.subscribe(text, bigint), crm.unsubscribe(text),
@@ -589,7 +587,6 @@ BEGIN
         crm.forecast_what_if(jsonb, text, date, date, uuid, uuid, uuid, text, timestamptz, text),
         crm.forecast_changes(uuid, uuid), crm.forecast_accuracy(uuid, timestamptz)
         TO crm_reader;
-    GRANT INSERT, UPDATE, DELETE ON crm.revenue_forecast, crm.forecast_deal TO crm_writer;
     GRANT EXECUTE ON FUNCTION crm.snapshot_forecast(text, text, date, date, uuid, uuid, timestamptz) TO crm_writer;
     GRANT INSERT, UPDATE, DELETE ON crm.quota TO crm_admin;
 
@@ -606,6 +603,15 @@ BEGIN
     -- Forecasting speed (issue 11 goal): the one-pass totals crm.forecast uses
     GRANT EXECUTE ON FUNCTION crm.forecast_totals(text, date, date, uuid, uuid, text, timestamptz, boolean)
         TO crm_reader;
+
+    -- Server-written tables (issue 8 item 4, attacker's review): forecast
+    -- snapshots are written by crm.snapshot_forecast as the tables' owner;
+    -- roles read them only.  REVOKE for databases set up before.
+    REVOKE INSERT, UPDATE, DELETE ON crm.revenue_forecast, crm.forecast_deal FROM crm_writer;
+    -- the inbound-event ledger is written by crm.consume_event as its owner
+    REVOKE INSERT ON crm.inbound_event FROM crm_writer;
+    -- event consumers are written by subscribe/unsubscribe/ack as the owner
+    REVOKE INSERT, UPDATE, DELETE ON crm.event_consumer FROM crm_writer;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

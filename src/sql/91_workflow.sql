@@ -160,7 +160,7 @@ CREATE TABLE crm.inbound_event (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, external_id)
 );
-COMMENT ON TABLE crm.inbound_event IS 'Events taken from other systems by crm.consume_event(), by their external id: one delivered twice is taken once';
+COMMENT ON TABLE crm.inbound_event IS 'Events taken from other systems by crm.consume_event(), by their external id: one delivered twice is taken once (written by the server only: roles may read it)';
 COMMENT ON COLUMN crm.inbound_event.tenant_id IS 'Owning tenant';
 COMMENT ON COLUMN crm.inbound_event.external_id IS 'The sending system''s id of the event';
 COMMENT ON COLUMN crm.inbound_event.event_type IS 'The event''s type';
@@ -168,65 +168,15 @@ COMMENT ON COLUMN crm.inbound_event.position IS 'Its position in crm.event';
 COMMENT ON COLUMN crm.inbound_event.created_at IS 'When it was taken';
 COMMENT ON COLUMN crm.inbound_event.updated_at IS 'When the row last changed';
 
+-- C (src/workflow.c): the checks run with the caller's rights, the ledger
+-- is read and written as its owner (no role writes it: issue 8 item 4, a
+-- writer could pre-claim an external id so that the real event is ignored).
 CREATE FUNCTION crm.consume_event(type text, payload jsonb, external_id text) RETURNS bigint
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    tenant uuid := crm.current_tenant();
-    kind text;
-    opp uuid;
-    pos bigint;
-BEGIN
-    IF tenant IS NULL THEN
-        RAISE EXCEPTION 'consuming an event needs a tenant, and this session acts for none'
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    IF $1 IS NULL OR $2 IS NULL OR $3 IS NULL THEN
-        RAISE EXCEPTION 'type, payload and external_id must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    SELECT e.kind INTO kind FROM crm.workflow_event e WHERE e.code = $1;
-    IF kind IS DISTINCT FROM 'inbound' THEN
-        RAISE EXCEPTION 'event type "%" is not an inbound event', $1
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'The inbound events are the rows of crm.workflow_event of kind inbound.';
-    END IF;
-    IF jsonb_typeof($2) <> 'object' THEN
-        RAISE EXCEPTION 'event payload must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF $2 ? 'opportunityId' THEN
-        BEGIN
-            opp := ($2->>'opportunityId')::uuid;
-        EXCEPTION WHEN invalid_text_representation THEN
-            RAISE EXCEPTION 'opportunityId must be a uuid, not "%"', $2->>'opportunityId'
-                USING ERRCODE = 'invalid_parameter_value';
-        END;
-        PERFORM 1 FROM crm.opportunity o WHERE o.tenant_id = tenant AND o.id = opp;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'opportunity % does not exist', opp USING ERRCODE = 'foreign_key_violation';
-        END IF;
-    END IF;
-
-    -- no row lock (it would need UPDATE on the ledger, which writers must not
-    -- have): a concurrent delivery is caught by the INSERT below
-    PERFORM 1 FROM crm.inbound_event i WHERE i.tenant_id = tenant AND i.external_id = $3;
-    IF FOUND THEN
-        RETURN NULL;
-    END IF;
-    pos := crm.emit_event($1, $2, CASE WHEN opp IS NOT NULL THEN 'opportunity' END, opp);
-    INSERT INTO crm.inbound_event AS i (tenant_id, external_id, event_type, position)
-    VALUES (tenant, $3, $1, pos)
-    ON CONFLICT ON CONSTRAINT inbound_event_pkey DO NOTHING;
-    IF NOT FOUND THEN
-        -- a concurrent delivery of the same event won: take nothing
-        RAISE EXCEPTION 'event % was consumed concurrently', $3
-            USING ERRCODE = 'serialization_failure', HINT = 'Retry: the retry finds it consumed and takes nothing.';
-    END IF;
-    RETURN pos;
-END
-$$;
+    AS 'MODULE_PATHNAME', 'crm_workflow_consume_event'
+    LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.consume_event(text, jsonb, text) IS
-    'Takes an event from another system (OfferApproved, OfferRejected, OrderCreated) into the outbox, where rules match it; returns its position, or NULL when an event with the same external_id was already taken';
+    'Takes an event from another system (OfferApproved, OfferRejected, OrderCreated) into the outbox, where rules match it; returns its position, or NULL when an event with the same external_id was already taken. '
+    'The only way in for inbound event types (crm.emit_event refuses them); the ledger crm.inbound_event is written by the server only';
 
 -- Idempotency keys ---------------------------------------------------------
 

@@ -37,14 +37,10 @@ SELECT t, 3 FROM unnest(ARRAY['pipeline', 'stage', 'app_user', 'team', 'team_mem
                               'tenant_access']) t
 -- activity aggregation and the event outbox (issue 7)
 UNION ALL
-SELECT t, 2 FROM unnest(ARRAY['event_consumer']) t
-UNION ALL
 SELECT t, 3 FROM unnest(ARRAY['engagement_setting', 'activity_weight']) t
 -- lead scoring (issue 10)
 UNION ALL
 SELECT t, 3 FROM unnest(ARRAY['scoring_model', 'pls_config']) t
-UNION ALL
-SELECT t, 2 FROM unnest(ARRAY['revenue_forecast', 'forecast_deal']) t
 UNION ALL
 SELECT 'quota', 3
 -- job queue and workflow rules (issue 12): jobs are written by the queue's
@@ -57,7 +53,7 @@ SELECT t, 3 FROM unnest(ARRAY['workflow_rule']) t;
 -- ledger, so that a writer cannot delete or rename a taken event and have
 -- it consumed twice.
 CREATE TEMP TABLE table_insert_only (tbl name PRIMARY KEY, level int NOT NULL);
-INSERT INTO table_insert_only VALUES ('inbound_event', 2);
+-- (none since issue 8 item 4: the inbound-event ledger is written by the server only)
 
 -- Every function of crm and the lowest level that may execute it; NULL:
 -- no crm role (trigger functions, and what a superuser runs).
@@ -193,6 +189,8 @@ INSERT INTO func_level VALUES
     ('crm.forecast_accuracy(uuid,timestamp with time zone)', 1),
     ('crm.snapshot_forecast(text,text,date,date,uuid,uuid,timestamp with time zone)', 2),
     ('crm.forecast_totals(text,date,date,uuid,uuid,text,timestamp with time zone,boolean)', 1),
+
+    ('crm.forecast_snapshot_store(uuid,uuid,text,text,text,date,date,uuid,uuid,timestamp with time zone,jsonb)', NULL),
     ('crm.revenue_distribution_accum(internal,numeric,numeric)', NULL),
     ('crm.revenue_distribution_combine(internal,internal)', NULL),
     ('crm.revenue_distribution_serialize(internal)', NULL),
