@@ -602,6 +602,11 @@ BEGIN
     REVOKE UPDATE, DELETE ON crm.inbound_event FROM crm_writer;
     REVOKE EXECUTE ON FUNCTION crm.purge_jobs(interval) FROM crm_writer;
     GRANT EXECUTE ON FUNCTION crm.purge_jobs(interval) TO crm_admin;
+
+    -- Private visibility of derived tables (issue 8 item 3, second pass,
+    -- src/sql/93_private_derived.sql): the policies of events and jobs call
+    -- crm.is_service() with the reader's rights.
+    GRANT EXECUTE ON FUNCTION crm.is_service() TO crm_reader;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS
