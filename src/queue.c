@@ -130,6 +130,16 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		" FROM gone g",
 		5, {UUIDOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID}
 	},
+	/*
+	 * The plans run as the table owner, whom row-level security does not
+	 * fence when a superuser installed the extension: a job about a record
+	 * the caller cannot see (visible_to, src/sql/93_private_derived.sql) is
+	 * neither claimed nor found by id, as the policy would have it.
+	 */
+#define JOB_VISIBLE(alias) \
+		" AND (" alias "visible_to IS NULL" \
+		" OR crm.current_user_id() OPERATOR(pg_catalog.=) ANY (" alias "visible_to)" \
+		" OR crm.is_admin() OR crm.is_service())"
 	[PLAN_CLAIM] = {
 		/*
 		 * The ids come from an array sub-query so that, whatever plan the
@@ -144,6 +154,7 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		"   SELECT q.id FROM crm.job q"
 		"    WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.queue OPERATOR(pg_catalog.=) $2"
 		"     AND q.locked_by IS NULL AND q.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+		JOB_VISIBLE("q.")
 		"    ORDER BY q.run_at, q.id LIMIT $3 FOR UPDATE SKIP LOCKED))"
 		" RETURNING r.*",
 		5, {UUIDOID, TEXTOID, INT4OID, TEXTOID, INTERVALOID}
@@ -151,12 +162,15 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 	[PLAN_HELD] = {
 		"SELECT locked_by, locked_until OPERATOR(pg_catalog.<) pg_catalog.now(), attempts, max_attempts, queue,"
 		" locked_until"
-		" FROM crm.job WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2 FOR UPDATE",
+		" FROM crm.job WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2"
+		JOB_VISIBLE("")
+		" FOR UPDATE",
 		2, {UUIDOID, UUIDOID}
 	},
 	[PLAN_ARCHIVED_OUTCOME] = {
 		"SELECT outcome FROM crm.job_archive"
-		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2",
+		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2"
+		JOB_VISIBLE(""),
 		2, {UUIDOID, UUIDOID}
 	},
 	[PLAN_RETRY_LATER] = {
@@ -194,7 +208,9 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 	[PLAN_RETRY_DEAD] = {
 		"WITH back AS (DELETE FROM crm.job_archive a"
 		"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.id OPERATOR(pg_catalog.=) $2"
-		"   AND a.outcome OPERATOR(pg_catalog.=) 'dead' RETURNING a.*)"
+		"   AND a.outcome OPERATOR(pg_catalog.=) 'dead'"
+		JOB_VISIBLE("a.")
+		"  RETURNING a.*)"
 		" INSERT INTO crm.job (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,"
 		"  contact_id, idempotency_key, run_at, attempts, max_attempts, errors, created_at)"
 		" SELECT b.tenant_id, b.id, b.queue, b.action, b.params, b.rule_id, b.source_entity, b.source_id,"
