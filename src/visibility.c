@@ -332,6 +332,7 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 			bool		link_null;
 			bool		found;
 			bool		changed;
+			bool		by_kind_column = false;
 
 			if (eq == NULL || eq - arg >= NAMEDATALEN)
 				ereport(ERROR,
@@ -345,6 +346,7 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 				Datum		kind_value = heap_getattr(newtup, crm_attnum(rel, eq + 2, TEXTOID), desc,
 													  &kind_null);
 
+				by_kind_column = true;
 				if (kind_null)
 					continue;
 				kind = kind_lookup(TextDatumGetCString(kind_value));
@@ -371,6 +373,25 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 				continue;
 
 			link_scope = record_scope(kind, tenant, link, &link_null, &found);
+
+			/*
+			 * No foreign key holds an event or a job to its record: one
+			 * about a record that is gone (or never was) is not everyone's
+			 * to read in a private tenant, but crm_admin's (and a
+			 * service's) only.
+			 */
+			if (!found && by_kind_column)
+			{
+				bool		public_tenant;
+
+				/* owner_scope() is NULL exactly when the tenant is public */
+				(void) owner_scope(tenant, link, &public_tenant);
+				if (!public_tenant)
+				{
+					link_scope = PointerGetDatum(construct_empty_array(UUIDOID));
+					link_null = false;
+				}
+			}
 			/* a record that does not exist is the foreign key's to refuse */
 			if (found && changed && !is_history && !crm_current_user_sees(link_scope, link_null))
 				ereport(ERROR,
