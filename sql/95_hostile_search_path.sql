@@ -332,7 +332,8 @@ $$;
 
 -- Configuration, as a tenant's crm_admin --------------------------------------------
 SET ROLE regress_hostile_admin;
-SELECT crm.current_tenant() OPERATOR(pg_catalog.=) :'tb' AS acts_for_b, crm.is_admin() AS is_admin;
+SELECT crm.current_tenant() OPERATOR(pg_catalog.=) :'tb' AS acts_for_b, crm.is_admin() AS is_admin,
+       crm.is_service() AS is_service;
 UPDATE crm.tenant SET visibility = 'private';
 INSERT INTO crm.pipeline (name) VALUES ('Bare') RETURNING id AS bare \gset
 UPDATE crm.pipeline SET sequence = 9 WHERE id OPERATOR(pg_catalog.=) :'bare';

@@ -146,6 +146,16 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		" FROM gone g",
 		5, {UUIDOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID}
 	},
+	/*
+	 * The plans run as the table owner, whom row-level security does not
+	 * fence when a superuser installed the extension: a job about a record
+	 * the caller cannot see (visible_to, src/sql/93_private_derived.sql) is
+	 * neither claimed nor found by id, as the policy would have it.
+	 */
+#define JOB_VISIBLE(alias) \
+		" AND (" alias "visible_to IS NULL" \
+		" OR crm.current_user_id() OPERATOR(pg_catalog.=) ANY (" alias "visible_to)" \
+		" OR crm.is_admin() OR crm.is_service())"
 	[PLAN_COMPLETE] = {
 		/*
 		 * complete_job in one statement when every check passes: the job is
@@ -159,7 +169,9 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		"  WHERE j.tenant_id OPERATOR(pg_catalog.=) $1 AND j.id OPERATOR(pg_catalog.=) $2"
 		"   AND j.locked_by IS NOT NULL"
 		"   AND ($4::pg_catalog.text IS NULL OR j.locked_by OPERATOR(pg_catalog.=) $4)"
-		"   AND j.locked_until OPERATOR(pg_catalog.>=) pg_catalog.now() RETURNING j.*)"
+		"   AND j.locked_until OPERATOR(pg_catalog.>=) pg_catalog.now()"
+		JOB_VISIBLE("j.")
+		"  RETURNING j.*)"
 		" INSERT INTO crm.job_archive (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,"
 		"  contact_id, idempotency_key, run_at, attempts, max_attempts, errors, outcome, reason, result, enqueued_at)"
 		" SELECT g.tenant_id, g.id, g.queue, g.action, g.params, g.rule_id, g.source_entity, g.source_id,"
@@ -182,6 +194,7 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		"   SELECT q.id FROM crm.job q"
 		"    WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.queue OPERATOR(pg_catalog.=) $2"
 		"     AND q.locked_by IS NULL AND q.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+		JOB_VISIBLE("q.")
 		"    ORDER BY q.run_at, q.id LIMIT $3 FOR UPDATE SKIP LOCKED))"
 		" RETURNING r.*",
 		5, {UUIDOID, TEXTOID, INT4OID, TEXTOID, INTERVALOID}
@@ -189,12 +202,15 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 	[PLAN_HELD] = {
 		"SELECT locked_by, locked_until OPERATOR(pg_catalog.<) pg_catalog.now(), attempts, max_attempts, queue,"
 		" locked_until"
-		" FROM crm.job WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2 FOR UPDATE",
+		" FROM crm.job WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2"
+		JOB_VISIBLE("")
+		" FOR UPDATE",
 		2, {UUIDOID, UUIDOID}
 	},
 	[PLAN_ARCHIVED_OUTCOME] = {
 		"SELECT outcome FROM crm.job_archive"
-		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2",
+		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2"
+		JOB_VISIBLE(""),
 		2, {UUIDOID, UUIDOID}
 	},
 	[PLAN_RETRY_LATER] = {
@@ -232,7 +248,9 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 	[PLAN_RETRY_DEAD] = {
 		"WITH back AS (DELETE FROM crm.job_archive a"
 		"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.id OPERATOR(pg_catalog.=) $2"
-		"   AND a.outcome OPERATOR(pg_catalog.=) 'dead' RETURNING a.*)"
+		"   AND a.outcome OPERATOR(pg_catalog.=) 'dead'"
+		JOB_VISIBLE("a.")
+		"  RETURNING a.*)"
 		" INSERT INTO crm.job (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,"
 		"  contact_id, idempotency_key, run_at, attempts, max_attempts, errors, created_at)"
 		" SELECT b.tenant_id, b.id, b.queue, b.action, b.params, b.rule_id, b.source_entity, b.source_id,"

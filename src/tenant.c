@@ -107,6 +107,7 @@
 PG_FUNCTION_INFO_V1(crm_current_tenant);
 PG_FUNCTION_INFO_V1(crm_current_user_id);
 PG_FUNCTION_INFO_V1(crm_tenant_is_admin);
+PG_FUNCTION_INFO_V1(crm_tenant_is_service);
 PG_FUNCTION_INFO_V1(crm_tenant_access_check);
 PG_FUNCTION_INFO_V1(crm_tenant_require);
 
@@ -783,6 +784,20 @@ crm_tenant_is_admin(PG_FUNCTION_ARGS)
 {
 	resolve_context();
 	PG_RETURN_BOOL(context.is_admin);
+}
+
+/*
+ * crm.is_service() returns boolean: the role (outside any SECURITY DEFINER
+ * function) is an application role (crm_app member or superuser) acting for
+ * its tenant as no CRM user: a worker serving the whole tenant.  Such a role
+ * chooses its tenant and its CRM user by setting, so seeing a private
+ * tenant's jobs gives it nothing it could not take by naming a manager.
+ */
+Datum
+crm_tenant_is_service(PG_FUNCTION_ARGS)
+{
+	resolve_context();
+	PG_RETURN_BOOL(context.path == PATH_SETTING && context.has_tenant && !context.has_user);
 }
 
 /*

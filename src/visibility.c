@@ -58,8 +58,20 @@
 PG_FUNCTION_INFO_V1(crm_visibility_row);
 PG_FUNCTION_INFO_V1(crm_visibility_propagate);
 
-#define NKINDS 4
-static const char *const kinds[NKINDS] = {"account", "contact", "lead", "opportunity"};
+#define NKINDS 6
+static const char *const kinds[NKINDS] = {"account", "contact", "lead", "opportunity", "activity",
+"revenue_forecast"};
+
+/*
+ * Tables that name the record they are about by a kind column and an id
+ * column (crm.event: entity, entity_id; crm.job and crm.job_archive:
+ * source_entity, source_id) rather than by <kind>_id.
+ */
+#define NENTITY_PAIRS 2
+static const char *const entity_pairs[NENTITY_PAIRS][2] = {
+	{"entity", "entity_id"},
+	{"source_entity", "source_id"}
+};
 
 static SPIPlanPtr owner_plan = NULL;
 static SPIPlanPtr link_plans[NKINDS];
@@ -171,7 +183,7 @@ kind_index(const char *kind)
 			return i;
 	ereport(ERROR,
 			(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-			 errmsg("function \"visibility_row\" links only account, contact, lead or opportunity, not \"%s\"",
+			 errmsg("function \"visibility_row\" links only account, contact, lead, opportunity, activity or revenue_forecast, not \"%s\"",
 					kind)));
 	return -1;					/* keep compiler quiet */
 }
@@ -325,8 +337,21 @@ has_column(Relation rel, const char *name)
 	return false;
 }
 
+/* The kind of a record by name, or -1 when it names none of ours. */
+static int
+kind_lookup(const char *kind)
+{
+	for (int i = 0; i < NKINDS; i++)
+		if (strcmp(kinds[i], kind) == 0)
+			return i;
+	return -1;
+}
+
 /*
  * crm.visibility_row(table, mode, column=kind ...): see the file header.
+ * A pair column=@kindcolumn takes the kind from the row's text column
+ * kindcolumn (crm.event's entity); a kind that names no record kind
+ * (an application's own entity) links nothing.
  */
 Datum
 crm_visibility_row(PG_FUNCTION_ARGS)
@@ -414,6 +439,7 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 			bool		link_null;
 			bool		found;
 			bool		changed;
+			bool		by_kind_column = false;
 
 			if (eq == NULL || eq - arg >= NAMEDATALEN)
 				ereport(ERROR,
@@ -421,16 +447,58 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 						 errmsg("argument \"%s\" of function \"visibility_row\" is not column=kind", arg)));
 			memcpy(column, arg, eq - arg);
 			column[eq - arg] = '\0';
-			kind = kind_index(eq + 1);
-			att = crm_attnum(rel, column, UUIDOID);
-			link = heap_getattr(newtup, att, desc, &isnull);
-			if (isnull)
-				continue;
-			changed = oldtup == NULL || column_changed(rel, oldtup, newtup, att);
+			if (eq[1] == '@')
+			{
+				bool		kind_null;
+				Datum		kind_value = heap_getattr(newtup, crm_attnum(rel, eq + 2, TEXTOID), desc,
+													  &kind_null);
+
+				by_kind_column = true;
+				if (kind_null)
+					continue;
+				kind = kind_lookup(TextDatumGetCString(kind_value));
+				if (kind < 0)
+					continue;
+				/* the kind column changing is a change of the link too */
+				att = crm_attnum(rel, column, UUIDOID);
+				link = heap_getattr(newtup, att, desc, &isnull);
+				if (isnull)
+					continue;
+				changed = oldtup == NULL || column_changed(rel, oldtup, newtup, att) ||
+					column_changed(rel, oldtup, newtup, crm_attnum(rel, eq + 2, TEXTOID));
+			}
+			else
+			{
+				kind = kind_index(eq + 1);
+				att = crm_attnum(rel, column, UUIDOID);
+				link = heap_getattr(newtup, att, desc, &isnull);
+				if (isnull)
+					continue;
+				changed = oldtup == NULL || column_changed(rel, oldtup, newtup, att);
+			}
 			if (is_record && !changed)
 				continue;
 
 			link_scope = record_scope(kind, tenant, link, &link_null, &found);
+
+			/*
+			 * No foreign key holds an event or a job to its record: one
+			 * about a record that is gone (or never was) is not everyone's
+			 * to read in a private tenant, but crm_admin's (and a
+			 * service's) only.
+			 */
+			if (!found && by_kind_column)
+			{
+				bool		public_tenant;
+
+				/* owner_scope() is NULL exactly when the tenant is public */
+				(void) owner_scope(tenant, link, &public_tenant);
+				if (!public_tenant)
+				{
+					link_scope = PointerGetDatum(construct_empty_array(UUIDOID));
+					link_null = false;
+				}
+			}
 			/* a record that does not exist is the foreign key's to refuse */
 			if (found && changed && !is_history && !crm_current_user_sees(link_scope, link_null))
 				ereport(ERROR,
@@ -548,6 +616,49 @@ dependents_build(int kind)
 					 "UPDATE crm.%s x SET visible_to = x.visible_to"
 					 " WHERE x.tenant_id OPERATOR(pg_catalog.=) $1 AND x.%s OPERATOR(pg_catalog.=) $2",
 					 quote_identifier(names[i]), quote_identifier(column));
+			d->plans[d->n++] = keep_plan(sql, 2, argtypes);
+		}
+	}
+
+	/* tables about a record by kind and id columns (events, jobs) */
+	for (int p = 0; p < NENTITY_PAIRS; p++)
+	{
+		Datum		pair_args[2];
+		Oid			pair_types[2] = {TEXTOID, TEXTOID};
+		char	  **names;
+
+		pair_args[0] = CStringGetTextDatum(entity_pairs[p][0]);
+		pair_args[1] = CStringGetTextDatum(entity_pairs[p][1]);
+		if (SPI_execute_with_args("SELECT c.relname::text FROM pg_catalog.pg_class c"
+								  " WHERE c.relnamespace OPERATOR(pg_catalog.=) 'crm'::pg_catalog.regnamespace"
+								  " AND c.relkind OPERATOR(pg_catalog.=) 'r'"
+								  " AND c.relname OPERATOR(pg_catalog.!~) '_[0-9]+$'"
+								  " AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a"
+								  "  WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND NOT a.attisdropped"
+								  "  AND a.attname OPERATOR(pg_catalog.=) ANY (ARRAY['visible_to'::pg_catalog.name,"
+								  "  $1::pg_catalog.name, $2::pg_catalog.name])) OPERATOR(pg_catalog.=) 3"
+								  " ORDER BY c.relname",
+								  2, pair_types, pair_args, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not list the tables about crm.%s", kinds[kind]);
+		n = SPI_processed;
+		if (d->n + n > MAX_DEPENDENTS)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("more than %d tables hang off crm.%s", MAX_DEPENDENTS, kinds[kind])));
+		names = palloc(sizeof(char *) * Max(n, 1));
+		for (uint64 i = 0; i < n; i++)
+			names[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		for (uint64 i = 0; i < n; i++)
+		{
+			char		sql[640];
+			Oid			argtypes[2] = {UUIDOID, UUIDOID};
+
+			snprintf(sql, sizeof(sql),
+					 "UPDATE crm.%s x SET visible_to = x.visible_to"
+					 " WHERE x.tenant_id OPERATOR(pg_catalog.=) $1 AND x.%s OPERATOR(pg_catalog.=) $2"
+					 " AND x.%s OPERATOR(pg_catalog.=) '%s'",
+					 quote_identifier(names[i]), quote_identifier(entity_pairs[p][1]),
+					 quote_identifier(entity_pairs[p][0]), kinds[kind]);
 			d->plans[d->n++] = keep_plan(sql, 2, argtypes);
 		}
 	}

@@ -243,6 +243,9 @@ SELECT t.tenant_id, t.kind, t.id, t.activity_count, bt.counts AS counts_by_type,
   FROM totals t
   JOIN by_type bt USING (tenant_id, kind, id)
   JOIN by_module bm USING (tenant_id, kind, id)
+ -- only the records the caller sees, as the stored rows (private tenants)
+ WHERE CASE t.kind WHEN 'contact' THEN EXISTS (SELECT 1 FROM crm.contact c WHERE c.tenant_id = t.tenant_id AND c.id = t.id)
+                   ELSE EXISTS (SELECT 1 FROM crm.lead l WHERE l.tenant_id = t.tenant_id AND l.id = t.id) END
     $$;
 COMMENT ON FUNCTION crm.engagement_recomputed() IS
     'The contact and lead aggregates (kind contact or lead) computed afresh from the activity rows the caller sees, as crm.check_aggregates() and crm.refresh_aggregates() compare and rebuild them';
@@ -260,6 +263,10 @@ WITH keys AS (
     SELECT tenant_id, account_id FROM crm.activity WHERE account_id IS NOT NULL AND status = 'completed'
     UNION
     SELECT tenant_id, account_id FROM crm.opportunity WHERE account_id IS NOT NULL AND status IN ('open', 'won')
+), keys_seen AS (
+    -- only the accounts the caller sees, as the stored rows (private tenants)
+    SELECT k.tenant_id, k.account_id FROM keys k
+     WHERE EXISTS (SELECT 1 FROM crm.account a WHERE a.tenant_id = k.tenant_id AND a.id = k.account_id)
 )
 SELECT k.tenant_id, k.account_id,
        (SELECT count(*) FROM crm.contact c WHERE c.tenant_id = k.tenant_id AND c.account_id = k.account_id)
@@ -276,7 +283,7 @@ SELECT k.tenant_id, k.account_id,
             SELECT o.currency, sum(o.amount) AS amount FROM crm.opportunity o
              WHERE o.tenant_id = k.tenant_id AND o.account_id = k.account_id AND o.status = 'won'
              GROUP BY o.currency HAVING sum(o.amount) <> 0) x) AS won_amounts
-  FROM keys k
+  FROM keys_seen k
  CROSS JOIN LATERAL (SELECT count(*) AS n, max(x.occurred_at) AS last_at FROM crm.activity x
                       WHERE x.tenant_id = k.tenant_id AND x.account_id = k.account_id
                         AND x.status = 'completed') a

@@ -612,6 +612,11 @@ BEGIN
     REVOKE INSERT ON crm.inbound_event FROM crm_writer;
     -- event consumers are written by subscribe/unsubscribe/ack as the owner
     REVOKE INSERT, UPDATE, DELETE ON crm.event_consumer FROM crm_writer;
+
+    -- Private visibility of derived tables (issue 8 item 3, second pass,
+    -- src/sql/93_private_derived.sql): the policies of events and jobs call
+    -- crm.is_service() with the reader's rights.
+    GRANT EXECUTE ON FUNCTION crm.is_service() TO crm_reader;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

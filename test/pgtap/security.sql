@@ -62,6 +62,8 @@ INSERT INTO func_level VALUES
     ('crm.current_tenant()', 1),
     ('crm.current_user_id()', 1),
     ('crm.is_admin()', 1),
+    ('crm.is_service()', 1),
+    ('crm.visibility_snapshot()', NULL),
     ('crm.sees_all_records()', 1),
     ('crm.visible_owner_ids()', 1),
     ('crm.tenant_default_currency()', 1),
@@ -339,6 +341,10 @@ SELECT is_empty(
          AND NOT (p.polpermissive AND p.polcmd = '*' AND p.polroles = '{0}'
                   AND pg_get_expr(p.polqual, p.polrelid)
                       = CASE WHEN EXISTS (SELECT 1 FROM pg_attribute a
+                                           WHERE a.attrelid = p.polrelid AND a.attname = 'visible_to')
+                              AND p.polrelid::regclass::text IN ('crm.event', 'crm.job', 'crm.job_archive')
+                             THEN '((tenant_id = crm.current_tenant()) AND ((visible_to IS NULL) OR (crm.current_user_id() = ANY (visible_to)) OR crm.is_admin() OR crm.is_service()))'
+                             WHEN EXISTS (SELECT 1 FROM pg_attribute a
                                            WHERE a.attrelid = p.polrelid AND a.attname = 'visible_to')
                              THEN '((tenant_id = crm.current_tenant()) AND ((visible_to IS NULL) OR (crm.current_user_id() = ANY (visible_to)) OR crm.is_admin()))'
                              ELSE '(tenant_id = crm.current_tenant())' END

@@ -42,9 +42,9 @@ SELECT is_empty(
 SELECT is_empty(
     $$SELECT DISTINCT tbl, policy, m[1] AS function
         FROM policy_expr, regexp_matches(expr, '([a-z_]+\.?[a-z_]+)\(', 'g') m
-       WHERE m[1] NOT IN ('crm.current_tenant', 'crm.current_user_id', 'crm.is_admin')
+       WHERE m[1] NOT IN ('crm.current_tenant', 'crm.current_user_id', 'crm.is_admin', 'crm.is_service')
        ORDER BY 1, 2$$,
-    'crm policies call no function but crm.current_tenant(), crm.current_user_id() and crm.is_admin()');
+    'crm policies call no function but crm.current_tenant(), crm.current_user_id(), crm.is_admin() and crm.is_service()');
 
 SELECT set_eq(
     $$SELECT p.oid::regprocedure::text, (SELECT l.lanname::text FROM pg_language l WHERE l.oid = p.prolang), p.provolatile::text
