@@ -102,7 +102,7 @@ CREATE TABLE crm.quota (
     period_type  text NOT NULL CHECK (period_type IN ('day', 'week', 'month', 'quarter', 'year')),
     period_start date NOT NULL,
     amount       numeric(18,2) NOT NULL CHECK (amount > 0),
-    currency     text NOT NULL DEFAULT crm.tenant_default_currency() REFERENCES crm.currency (code),
+    currency     text NOT NULL REFERENCES crm.currency (code),
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
@@ -123,7 +123,10 @@ COMMENT ON COLUMN crm.quota.team_id IS 'The team whose quota it is';
 COMMENT ON COLUMN crm.quota.period_type IS 'day, week, month, quarter or year';
 COMMENT ON COLUMN crm.quota.period_start IS 'First day of the period (a week starts on Monday)';
 COMMENT ON COLUMN crm.quota.amount IS 'Target closed-won amount, in currency';
-COMMENT ON COLUMN crm.quota.currency IS 'Currency of amount (ISO 4217)';
+COMMENT ON COLUMN crm.quota.currency IS 'Currency of amount (ISO 4217); NULL or omitted: the tenant''s default currency (set by crm.currency_default())';
+CREATE TRIGGER currency_default BEFORE INSERT ON crm.quota
+    FOR EACH ROW EXECUTE FUNCTION crm.currency_default();
+COMMENT ON TRIGGER currency_default ON crm.quota IS 'Fills a NULL currency with the tenant''s default currency';
 COMMENT ON COLUMN crm.quota.created_at IS 'When the row was made';
 COMMENT ON COLUMN crm.quota.updated_at IS 'When the row last changed';
 
