@@ -417,10 +417,12 @@ BEGIN
        OR pg_catalog.current_setting('row_security') = 'off' THEN
         RETURN NULL;
     END IF;
+    -- per row, with the tenant as a parameter: on Citus the trigger fires
+    -- on a shard of crm.tenant, where a transition table cannot be read
+    -- by a statement Citus plans again
     INSERT INTO crm.scoring_model (tenant_id, name, description, weights, threshold, is_default)
-    SELECT n.tenant_id, 'Default', 'Fit per seeds/002 plus engagement; qualifies at 70',
-           crm.default_scoring_weights(), 70, true
-      FROM crm_new_tenants n;
+    VALUES (NEW.tenant_id, 'Default', 'Fit per seeds/002 plus engagement; qualifies at 70',
+            crm.default_scoring_weights(), 70, true);
     RETURN NULL;
 END
 $$;
@@ -428,8 +430,7 @@ COMMENT ON FUNCTION crm.tenant_default_scoring_model() IS
     'Trigger: every new tenant gets the default lead scoring model';
 
 CREATE TRIGGER default_scoring_model AFTER INSERT ON crm.tenant
-    REFERENCING NEW TABLE AS crm_new_tenants
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.tenant_default_scoring_model();
+    FOR EACH ROW EXECUTE FUNCTION crm.tenant_default_scoring_model();
 COMMENT ON TRIGGER default_scoring_model ON crm.tenant IS 'Makes the default scoring model of each new tenant';
 
 -- Live scores (src/scoring.c) ----------------------------------------------
