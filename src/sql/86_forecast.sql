@@ -539,11 +539,15 @@ CREATE FUNCTION crm.forecast(period text DEFAULT 'month', from_date date DEFAULT
                    closed_won numeric, weighted numeric, expected numeric, quota numeric,
                    attainment numeric, p10 numeric, p50 numeric, p90 numeric, error_bound numeric,
                    stage_value_deals integer)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        SELECT * FROM crm.forecast_what_if('[]'::jsonb, $1, $2, $3, $4, $5, $6, $7, $8, $9)
-    $$;
+BEGIN
+    -- PL/pgSQL, not SQL: Citus refuses a parameterised SQL function whose
+    -- query reaches distributed tables
+    RETURN QUERY SELECT * FROM crm.forecast_what_if('[]'::jsonb, $1, $2, $3, $4, $5, $6, $7, $8, $9);
+END
+$$;
 COMMENT ON FUNCTION crm.forecast(text, date, date, uuid, uuid, uuid, text, timestamptz, text) IS
     'The sales forecast of the current tenant, one row per period (day, week (ISO, from Monday), month, quarter, year: open deals by expected close date, won deals by close date) '
     'within from_date..to_date (NULL: unbounded), and per owner or team when by is ''owner'' or ''team''; filters: pipeline, owner, team (its members'' deals). '

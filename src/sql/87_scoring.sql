@@ -575,20 +575,27 @@ CREATE FUNCTION crm.top_leads(n integer, pipeline uuid DEFAULT NULL, owner uuid 
                               min_score integer DEFAULT 0)
     RETURNS TABLE (lead_id uuid, name text, company_name text, score smallint, fit_score smallint,
                    engagement_score smallint, qualification text, owner_id uuid, pipeline_id uuid)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
+DECLARE
+    -- a variable, so that Citus routes the query to the tenant's shard
+    -- (PL/pgSQL: Citus refuses a parameterised SQL function's query)
+    acting_tenant uuid := crm.current_tenant();
+BEGIN
+    RETURN QUERY
         SELECT l.id, l.name, l.company_name, l.score, l.fit_score, l.engagement_score, l.qualification,
                l.owner_id, l.pipeline_id
           FROM crm.lead l
-         WHERE l.tenant_id = crm.current_tenant()
+         WHERE l.tenant_id = acting_tenant
            AND l.status = 'open' AND l.archived_at IS NULL AND l.converted_at IS NULL
            AND l.score IS NOT NULL AND l.score >= coalesce(top_leads.min_score, 0)
            AND (top_leads.pipeline IS NULL OR l.pipeline_id = top_leads.pipeline)
            AND (top_leads.owner IS NULL OR l.owner_id = top_leads.owner)
          ORDER BY l.score DESC, l.id
-         LIMIT greatest(coalesce(top_leads.n, 0), 0)
-    $$;
+         LIMIT greatest(coalesce(top_leads.n, 0), 0);
+END
+$$;
 COMMENT ON FUNCTION crm.top_leads(integer, uuid, uuid, integer) IS
     'The n highest-scoring open, active, unconverted leads of the tenant, optionally of one pipeline or owner and from a minimum score (seeds/003 get_top_leads); served by lead_top_score_idx';
 

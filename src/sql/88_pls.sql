@@ -114,13 +114,19 @@ CREATE FUNCTION crm.pls_all_variables() RETURNS text[]
 COMMENT ON FUNCTION crm.pls_all_variables() IS
     'The variables the predictive model may learn from besides the stage';
 
+-- PL/pgSQL, not SQL: Citus cannot plan a parameterised SQL function's
+-- query on a distributed table (pls_config), a PL/pgSQL one routes it.
 CREATE FUNCTION crm.pls_variables(tenant uuid) RETURNS text[]
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        SELECT coalesce((SELECT c.variables FROM crm.pls_config c WHERE c.tenant_id = tenant),
-                        ARRAY['source', 'country', 'email_state', 'phone_state', 'tags'])
-    $$;
+DECLARE
+    vars text[];
+BEGIN
+    SELECT c.variables INTO vars FROM crm.pls_config c WHERE c.tenant_id = tenant;
+    RETURN coalesce(vars, ARRAY['source', 'country', 'email_state', 'phone_state', 'tags']);
+END
+$$;
 COMMENT ON FUNCTION crm.pls_variables(uuid) IS
     'The variables a tenant''s predictive model learns from besides the stage (default: source, country, email_state, phone_state, tags)';
 
