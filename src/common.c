@@ -9,10 +9,12 @@
 #include "crm.h"
 
 #include "catalog/namespace.h"
+#include "commands/async.h"
 #include "catalog/pg_class.h"
 #include "executor/executor.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
@@ -50,6 +52,44 @@ crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 						funcname,
 						before ? "BEFORE" : "AFTER",
 						row_level ? "FOR EACH ROW" : "FOR EACH STATEMENT")));
+}
+
+/*
+ * The name of the extension's table a trigger fires on, as the code knows
+ * it.  On a Citus worker the trigger fires on a shard, named after its
+ * table with "_<shard id>" appended (crm.activity_102008); no table of the
+ * extension ends in "_<digits>", so such a suffix is dropped.  Returns a
+ * palloc'd string.
+ */
+char *
+crm_table_name(Relation rel)
+{
+	const char *name = RelationGetRelationName(rel);
+	int			len = strlen(name);
+	int			i = len;
+
+	while (i > 0 && name[i - 1] >= '0' && name[i - 1] <= '9')
+		i--;
+	if (i < len && i > 1 && name[i - 1] == '_')
+		return pnstrdup(name, i - 1);
+	return pstrdup(name);
+}
+
+/*
+ * NOTIFY, except in a statement Citus runs on a worker for the coordinator
+ * (its internal connections are named "citus_internal ..."): listeners
+ * connect to the coordinator, a worker's notification would reach none of
+ * them, and Citus cannot PREPARE (two-phase commit) a transaction that
+ * notified.
+ */
+void
+crm_notify(const char *channel, const char *payload)
+{
+	const char *app = GetConfigOption("application_name", true, false);
+
+	if (app != NULL && strncmp(app, "citus_internal", strlen("citus_internal")) == 0)
+		return;
+	Async_Notify(channel, payload);
 }
 
 /*

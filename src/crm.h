@@ -60,6 +60,8 @@ crm_command_key_equal(CrmCommandKey a, CrmCommandKey b)
 /* common.c */
 extern void crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 								bool row_level, bool before);
+extern char *crm_table_name(Relation rel);
+extern void crm_notify(const char *channel, const char *payload);
 extern void crm_require_trigger_nargs(FunctionCallInfo fcinfo,
 									  const char *funcname, int nargs);
 extern bool crm_replica_skips_work(void);

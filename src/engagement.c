@@ -580,6 +580,13 @@ simple_array(Datum *values, int n, Oid type)
 	return PointerGetDatum(construct_array(values, n, type, typlen, typbyval, typalign));
 }
 
+/*
+ * The half-life, used by the ON CONFLICT clause only, is a literal of the
+ * statement, not a parameter: Citus runs this INSERT ... SELECT by
+ * inserting the SELECT's rows into the shard with a statement of its own,
+ * which carries no parameters ("there is no parameter $14").  The plan is
+ * made again when the half-life changes.
+ */
 static const char *const engagement_upsert_sql =
 "INSERT INTO crm.%s AS e (tenant_id, %s, activity_count, counts_by_type, counts_by_module,"
 " first_activity_at, last_activity_at, last_inbound_at, last_outbound_at, last_meeting_at,"
@@ -602,7 +609,7 @@ static const char *const engagement_upsert_sql =
 " last_outbound_at = GREATEST(e.last_outbound_at, excluded.last_outbound_at),"
 " last_meeting_at = GREATEST(e.last_meeting_at, excluded.last_meeting_at),"
 " score_value = CASE WHEN e.activity_count OPERATOR(pg_catalog.+) excluded.activity_count OPERATOR(pg_catalog.=) 0"
-"  THEN 0 ELSE crm.engagement_combine(e.score_value, e.score_ref, excluded.score_value, excluded.score_ref, $14) END,"
+"  THEN 0 ELSE crm.engagement_combine(e.score_value, e.score_ref, excluded.score_value, excluded.score_ref, %s::pg_catalog.float8) END,"
 " score_ref = CASE WHEN e.activity_count OPERATOR(pg_catalog.+) excluded.activity_count OPERATOR(pg_catalog.=) 0"
 "  THEN NULL ELSE GREATEST(e.score_ref, excluded.score_ref) END";
 
@@ -626,19 +633,28 @@ static const char *const engagement_fix_sql =
 " WHERE e.tenant_id OPERATOR(pg_catalog.=) $1 AND e.%s OPERATOR(pg_catalog.=) ANY ($2)";
 
 static SPIPlanPtr
-engagement_upsert_plan(bool lead)
+engagement_upsert_plan(bool lead, double half_life)
 {
 	SPIPlanPtr *slot = lead ? &lead_upsert_plan : &contact_upsert_plan;
+	static double planned_half_life[2];
 
+	if (*slot != NULL && planned_half_life[lead ? 1 : 0] != half_life)
+	{
+		SPI_freeplan(*slot);
+		*slot = NULL;
+	}
 	if (*slot == NULL)
 	{
 		const char *table = lead ? "lead_engagement" : "contact_engagement";
 		const char *key = lead ? "lead_id" : "contact_id";
-		Oid			types[14] = {UUIDOID, UUIDARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		Oid			types[13] = {UUIDOID, UUIDARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 			FLOAT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
-			TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, BOOLARRAYOID, FLOAT8OID};
+		TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, BOOLARRAYOID};
+		char		literal[64];
 
-		*slot = prepare_kept(psprintf(engagement_upsert_sql, table, key, table, key, key), 14, types);
+		snprintf(literal, sizeof(literal), "'%.17g'", half_life);
+		*slot = prepare_kept(psprintf(engagement_upsert_sql, table, key, table, key, key, literal), 13, types);
+		planned_half_life[lead ? 1 : 0] = half_life;
 	}
 	return *slot;
 }
@@ -723,7 +739,7 @@ engagement_write(TrackState *st, bool lead, AggDelta **deltas, int n)
 	args[12] = simple_array(adds, n, BOOLOID);
 	args[13] = Float8GetDatum(tenant_half_life(st, &tenant));
 
-	if (SPI_execute_plan(engagement_upsert_plan(lead), args, NULL, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_plan(engagement_upsert_plan(lead, DatumGetFloat8(args[13])), args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not update the engagement aggregates");
 	if (nfix > 0)
 	{
@@ -879,12 +895,17 @@ crm_engagement_track(PG_FUNCTION_ARGS)
 	int			contact_att[2];
 
 	crm_require_trigger(fcinfo, "engagement_track", false, false);
+	crm_require_trigger_nargs(fcinfo, "engagement_track", 1);
 	if (crm_loading_dump())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;
 	tupdesc = RelationGetDescr(rel);
-	relname = RelationGetRelationName(rel);
+	/*
+	 * The table kind is the trigger's argument, not the relation's name: on
+	 * a Citus worker the trigger fires on a shard (crm.activity_102008).
+	 */
+	relname = trigdata->tg_trigger->tgargs[0];
 	oldrows = trigdata->tg_oldtable;
 	newrows = trigdata->tg_newtable;
 	if ((TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) && newrows == NULL) ||
@@ -932,7 +953,7 @@ crm_engagement_track(PG_FUNCTION_ARGS)
 	else
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("function \"engagement_track\" works on crm.activity, crm.contact and crm.opportunity only")));
+				 errmsg("function \"engagement_track\" takes \"activity\", \"contact\" or \"opportunity\" as its trigger argument, not \"%s\"", relname)));
 
 	st.cxt = CurrentMemoryContext;
 	st.contacts = make_hash("crm contact deltas", sizeof(AggKey), sizeof(AggDelta), st.cxt);

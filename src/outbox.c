@@ -277,7 +277,7 @@ batch_flush(EventBatch *batch)
 	}
 	PG_END_TRY();
 
-	Async_Notify("crm_events", NULL);
+	crm_notify("crm_events", NULL);
 }
 
 /*
@@ -903,7 +903,7 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;
-	relname = RelationGetRelationName(rel);
+	relname = crm_table_name(rel);
 	if (strcmp(relname, "lead") == 0)
 		table = OUTBOX_LEAD;
 	else if (strcmp(relname, "opportunity") == 0)

@@ -101,7 +101,7 @@ static const char *const stage_watch[] = {
 static const char *const *
 watched_columns(Relation rel)
 {
-	const char *name = RelationGetRelationName(rel);
+	const char *name = crm_table_name(rel);
 
 	if (strcmp(name, "lead") == 0)
 		return lead_watch;
@@ -285,7 +285,7 @@ crm_pls_sync(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 
 	dims[0] = n;
-	args[0] = CStringGetTextDatum(RelationGetRelationName(rel));
+	args[0] = CStringGetTextDatum(crm_table_name(rel));
 	args[1] = PointerGetDatum(construct_md_array(tenants, NULL, 1, dims, lbs, UUIDOID,
 												 UUID_LEN, false, TYPALIGN_CHAR));
 	args[2] = PointerGetDatum(construct_md_array(keys, NULL, 1, dims, lbs, UUIDOID,

@@ -645,7 +645,7 @@ crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request)
 						 errhint("The known actions are listed in crm.job_action.")));
 			return holder;
 		}
-		Async_Notify("crm_jobs", action.queue);
+		crm_notify("crm_jobs", action.queue);
 		return job_id;
 	}
 
@@ -672,7 +672,7 @@ crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request)
 	else
 	{
 		/* PostgreSQL folds equal notifications of a transaction into one. */
-		Async_Notify("crm_jobs", action.queue);
+		crm_notify("crm_jobs", action.queue);
 	}
 	return job_id;
 }
@@ -1196,7 +1196,7 @@ crm_queue_reap(PG_FUNCTION_ARGS)
 			CStringGetTextDatum("lease expired")};
 
 			run(PLAN_RETRY_LATER, retry_args, NULL, 0);
-			Async_Notify("crm_jobs", queue);
+			crm_notify("crm_jobs", queue);
 		}
 	}
 	queue_end(&session);
@@ -1234,7 +1234,7 @@ crm_queue_retry(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("job %s does not exist", uuid_string(&job))));
 	}
-	Async_Notify("crm_jobs", SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	crm_notify("crm_jobs", SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	queue_end(&session);
 	return UUIDPGetDatum(uuid_copy(&job));
 }

@@ -1053,25 +1053,44 @@ crm_scoring_lead_history(PG_FUNCTION_ARGS)
 		{
 			static const Oid htypes[10] = {UUIDOID, UUIDOID, UUIDOID, INT2OID, INT2OID,
 			INT2OID, INT2OID, INT2OID, INT2OID, TEXTOID};
-			Datum		args[10];
-			Oid			argtypes[10];
+			Datum		args[11];
+			Oid			argtypes[11];
 
 			for (int c = 0; c < 10; c++)
 			{
 				args[c] = PointerGetDatum(build_array(h[c], hn[c], nh, htypes[c]));
 				argtypes[c] = get_array_type(htypes[c]);
 			}
+			argtypes[10] = UUIDOID;
+			/*
+			 * One INSERT per tenant, the tenant a scalar parameter: Citus
+			 * routes it to the tenant's shard (from a trigger on a shard
+			 * it could not run an INSERT ... SELECT across shards).
+			 */
 			if (history_plan == NULL)
 				history_plan = prepare_kept(
 											"INSERT INTO crm.lead_score_history"
 											" (tenant_id, lead_id, model_id, old_score, new_score, old_fit_score,"
 											"  new_fit_score, old_engagement_score, new_engagement_score, reason)"
-											" SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+											" SELECT $11, u.c2, u.c3, u.c4, u.c5, u.c6, u.c7, u.c8, u.c9, u.c10"
+											" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
 											" pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7),"
-											" pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10))",
-											10, argtypes);
-			if (SPI_execute_plan(history_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not record the score history");
+											" pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10))"
+											" u(c1, c2, c3, c4, c5, c6, c7, c8, c9, c10)"
+											" WHERE u.c1 OPERATOR(pg_catalog.=) $11",
+											11, argtypes);
+			for (int i = 0; i < nh; i++)
+			{
+				bool		seen = false;
+
+				for (int j = 0; j < i && !seen; j++)
+					seen = uuid_equal(DatumGetUUIDP(h[0][j]), DatumGetUUIDP(h[0][i]));
+				if (seen)
+					continue;
+				args[10] = h[0][i];
+				if (SPI_execute_plan(history_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+					elog(ERROR, "could not record the score history");
+			}
 		}
 	}
 	PG_FINALLY();
@@ -1192,7 +1211,7 @@ crm_scoring_refresh(PG_FUNCTION_ARGS)
 
 	rel = trigdata->tg_relation;
 	tupdesc = RelationGetDescr(rel);
-	on_contact = strcmp(RelationGetRelationName(rel), "contact") == 0;
+	on_contact = strcmp(crm_table_name(rel), "contact") == 0;
 	tenant_att = crm_attnum(rel, "tenant_id", UUIDOID);
 	if (on_contact)
 	{
@@ -1257,39 +1276,55 @@ crm_scoring_refresh(PG_FUNCTION_ARGS)
 	{
 		if (ncontacts > 0)
 		{
-			Datum		args[3];
-			char		nulls[3] = {' ', ' ', ' '};
+			Datum		args[4];
+			char		nulls[4] = {' ', ' ', ' ', ' '};
 
 			if (contact_leads_plan == NULL)
 			{
-				Oid			types[3] = {UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID};
+				Oid			types[4] = {UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, UUIDOID};
 
 				contact_leads_plan = prepare_kept(
 												  "SELECT l.tenant_id, l.id FROM crm.lead l"
 												  " JOIN ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) c(tenant_id, id, email)"
 												  "  ON l.tenant_id OPERATOR(pg_catalog.=) c.tenant_id"
 												  " AND l.converted_contact_id OPERATOR(pg_catalog.=) c.id"
+												  " WHERE l.tenant_id OPERATOR(pg_catalog.=) $4"
 												  " UNION"
 												  " SELECT l.tenant_id, l.id FROM crm.lead l"
 												  " JOIN ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) c(tenant_id, id, email)"
 												  "  ON l.tenant_id OPERATOR(pg_catalog.=) c.tenant_id"
-												  " AND crm.casefold(l.email) OPERATOR(pg_catalog.=) crm.casefold(c.email)",
-												  3, types);
+												  " AND crm.casefold(l.email) OPERATOR(pg_catalog.=) crm.casefold(c.email)"
+												  " WHERE l.tenant_id OPERATOR(pg_catalog.=) $4",
+												  4, types);
 			}
 			args[0] = PointerGetDatum(build_array(c_tenants, NULL, ncontacts, UUIDOID));
 			args[1] = PointerGetDatum(build_array(c_ids, NULL, ncontacts, UUIDOID));
 			args[2] = PointerGetDatum(build_array(c_emails, c_email_nulls, ncontacts, TEXTOID));
-			if (SPI_execute_plan(contact_leads_plan, args, nulls, true, 0) != SPI_OK_SELECT)
-				elog(ERROR, "could not find the leads of contacts");
-			if (SPI_processed > 0)
+			/*
+			 * One query per tenant, the tenant a scalar parameter, so that
+			 * Citus routes it to the tenant's shard.
+			 */
+			for (int t = 0; t < ncontacts; t++)
 			{
-				leads = repalloc(leads, sizeof(TenantLead) * (nleads + SPI_processed));
-				for (uint64 i = 0; i < SPI_processed; i++)
-				{
-					bool		isnull;
+				bool		seen = false;
 
-					leads[nleads].tenant = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-					leads[nleads++].lead = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+				for (int u = 0; u < t && !seen; u++)
+					seen = uuid_equal(DatumGetUUIDP(c_tenants[u]), DatumGetUUIDP(c_tenants[t]));
+				if (seen)
+					continue;
+				args[3] = c_tenants[t];
+				if (SPI_execute_plan(contact_leads_plan, args, nulls, true, 0) != SPI_OK_SELECT)
+					elog(ERROR, "could not find the leads of contacts");
+				if (SPI_processed > 0)
+				{
+					leads = repalloc(leads, sizeof(TenantLead) * (nleads + SPI_processed));
+					for (uint64 i = 0; i < SPI_processed; i++)
+					{
+						bool		isnull;
+
+						leads[nleads].tenant = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+						leads[nleads++].lead = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+					}
 				}
 			}
 		}

@@ -502,7 +502,7 @@ refuse_identity_change(Relation rel, const char *colname)
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("column \"%s\" of relation \"%s\" cannot be changed",
-					colname, RelationGetRelationName(rel)),
+					colname, crm_table_name(rel)),
 			 errdetail("A row keeps the tenant and the id it was created with.")));
 }
 
@@ -510,7 +510,7 @@ refuse_identity_change(Relation rel, const char *colname)
 static const char *
 record_noun(Relation rel)
 {
-	return RelationGetRelationName(rel);
+	return crm_table_name(rel);
 }
 
 /* The edits that stage_sync collects and applies at once. */

@@ -163,6 +163,7 @@ typedef struct LocalRelations
 static TenantContext context;
 static LocalRelations access_rels = {"tenant_access"};
 static LocalRelations app_rels = {"app_access"};
+static LocalRelations user_rels = {"app_user"};
 static bool callback_registered = false;
 static char *noticed_guc = NULL;
 static SPIPlanPtr user_plan = NULL;
@@ -176,6 +177,7 @@ local_relations_invalidate(Datum arg, Oid relid)
 {
 	access_rels.valid = false;
 	app_rels.valid = false;
+	user_rels.valid = false;
 }
 
 /*
@@ -659,6 +661,19 @@ crm_current_app_user_id(pg_uuid_t *user)
 	resolve_context();
 	if (!context.has_user)
 		return false;
+	/*
+	 * On a Citus worker (a node holding placements of crm.app_user) the
+	 * check is the coordinator's: the statement that reaches a shard was
+	 * checked there, and a query of crm.app_user from a shard query (a
+	 * multi-shard UPDATE) is refused.
+	 */
+	if (!context.user_checked)
+	{
+		if (!user_rels.valid)
+			local_relations_find(&user_rels);
+		if (user_rels.distributed && user_rels.n > 1)
+			context.user_checked = true;
+	}
 	if (!context.user_checked)
 	{
 		Datum		args[2];
@@ -851,7 +866,7 @@ crm_tenant_require(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("role \"%s\" acts for no tenant; no row of \"%s\" can be written",
 						GetUserNameFromId(GetOuterUserId(), false),
-						RelationGetRelationName(trigdata->tg_relation)),
+						crm_table_name(trigdata->tg_relation)),
 				 no_tenant_detail(),
 				 errhint("An application role (a member of crm_app) sets crm.tenant_id with SET LOCAL in each transaction; a person's login role is mapped to its tenant by crm.grant_tenant_access().")));
 	return PointerGetDatum(tuple);
@@ -885,7 +900,7 @@ refuse_identity_change(Relation rel, HeapTuple oldtup, HeapTuple newtup,
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("column \"%s\" of relation \"%s\" cannot be changed",
-						colname, RelationGetRelationName(rel)),
+						colname, crm_table_name(rel)),
 				 errdetail("A row keeps the tenant and the id it was created with.")));
 }
 

@@ -34,6 +34,8 @@
  */
 #include "crm.h"
 
+#include "catalog/namespace.h"
+#include "catalog/pg_constraint.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
@@ -95,6 +97,7 @@ unlink_plans_for(Trigger *trigger)
 	bool		found;
 	Oid			types[2] = {UUIDOID, UUIDARRAYOID};
 	StringInfoData defer;
+	int			ndefer = 0;
 	MemoryContext old;
 
 	if (unlink_plans == NULL)
@@ -126,8 +129,17 @@ unlink_plans_for(Trigger *trigger)
 		const char *links = trigger->tgargs[3 * i + 2];
 		StringInfoData sql;
 
-		appendStringInfo(&defer, "%scrm.%s", i > 0 ? ", " : "",
-						 quote_identifier(psprintf("%s_tenant_id_%s_fkey", table, column)));
+		/*
+		 * A link without a foreign key (crm.tenant_access.user_id: a Citus
+		 * reference table, checked by a trigger) has nothing to defer.
+		 */
+		if (OidIsValid(get_relation_constraint_oid(get_relname_relid(table, get_namespace_oid("crm", false)),
+												   psprintf("%s_tenant_id_%s_fkey", table, column), true)))
+		{
+			appendStringInfo(&defer, "%scrm.%s", ndefer > 0 ? ", " : "",
+							 quote_identifier(psprintf("%s_tenant_id_%s_fkey", table, column)));
+			ndefer++;
+		}
 
 		initStringInfo(&sql);
 		appendStringInfo(&sql,
@@ -176,7 +188,7 @@ unlink_plans_for(Trigger *trigger)
 		pfree(sql.data);
 	}
 	appendStringInfoString(&defer, " DEFERRED");
-	entry->defer = prepare_kept(defer.data, 0, NULL);
+	entry->defer = prepare_kept(ndefer > 0 ? defer.data : "SELECT", 0, NULL);
 	pfree(defer.data);
 	return entry;
 }
@@ -264,7 +276,9 @@ crm_unlink_clear(PG_FUNCTION_ARGS)
 
 	if (before)
 	{
-		if (SPI_execute_plan(plans->defer, NULL, NULL, false, 0) != SPI_OK_UTILITY)
+		int			rc = SPI_execute_plan(plans->defer, NULL, NULL, false, 0);
+
+		if (rc != SPI_OK_UTILITY && rc != SPI_OK_SELECT)
 			elog(ERROR, "could not defer the foreign keys to a deleted record");
 	}
 	else

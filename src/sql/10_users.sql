@@ -83,17 +83,21 @@ CREATE FUNCTION crm.tenant_access_check() RETURNS trigger
 COMMENT ON FUNCTION crm.tenant_access_check() IS
     'Internal: trigger of crm.tenant_access (''mapping'') and crm.app_access (''app''): only an existing role, by OID; never a superuser, BYPASSRLS role or crm_app member; a second tenant only by the operator; the server sets role_oid, the role name, granted_by and created_at';
 
+-- No foreign keys: crm.distribute() makes the mappings a reference table
+-- (every Citus node reads them locally to know the tenant), which may not
+-- reference a distributed table.  Triggers do what the keys did: a mapping
+-- names a user of its tenant (tenant_access_user_check), a deleted tenant
+-- takes its mappings along (tenant_access_cascade on crm.tenant), and a
+-- deleted user is cleared from them by crm.clear_links() (65_unlink.sql).
 CREATE TABLE crm.tenant_access (
-    tenant_id   uuid NOT NULL REFERENCES crm.tenant ON DELETE CASCADE,
+    tenant_id   uuid NOT NULL,
     role_oid    oid NOT NULL,
     login_role  name NOT NULL,
     user_id     uuid,
     granted_by  name NOT NULL DEFAULT CURRENT_USER,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant_id, role_oid),
-    CONSTRAINT tenant_access_tenant_id_user_id_fkey FOREIGN KEY (tenant_id, user_id)
-        REFERENCES crm.app_user (tenant_id, id) DEFERRABLE
+    PRIMARY KEY (tenant_id, role_oid)
 );
 CREATE INDEX tenant_access_role_idx ON crm.tenant_access (role_oid);
 CREATE INDEX tenant_access_user_idx ON crm.tenant_access (tenant_id, user_id);
@@ -101,6 +105,50 @@ CREATE TRIGGER access_check BEFORE INSERT OR UPDATE ON crm.tenant_access
     FOR EACH ROW EXECUTE FUNCTION crm.tenant_access_check('mapping');
 COMMENT ON TRIGGER access_check ON crm.tenant_access IS
     'Refuses mappings that would capture a role the tenant does not own; sets the server''s columns';
+CREATE FUNCTION crm.tenant_access_user_check() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- On a Citus node the trigger fires on a placement (tenant_access_<shard>),
+    -- where crm.app_user, distributed, cannot be read: crm.grant_tenant_access()
+    -- checks on the coordinator instead.
+    IF TG_TABLE_NAME = 'tenant_access' AND NEW.user_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM crm.app_user u WHERE u.tenant_id = NEW.tenant_id AND u.id = NEW.user_id) THEN
+        RAISE EXCEPTION 'insert or update on table "tenant_access" violates foreign key constraint "tenant_access_tenant_id_user_id_fkey"'
+            USING ERRCODE = 'foreign_key_violation',
+                  DETAIL = format('Key (tenant_id, user_id)=(%s, %s) is not present in table "app_user".', NEW.tenant_id, NEW.user_id);
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION crm.tenant_access_user_check() IS
+    'Internal: trigger of crm.tenant_access: the user a mapping acts as is a user of its tenant (what a foreign key would check; the table is a Citus reference table)';
+CREATE TRIGGER user_check BEFORE INSERT OR UPDATE OF tenant_id, user_id ON crm.tenant_access
+    FOR EACH ROW EXECUTE FUNCTION crm.tenant_access_user_check();
+COMMENT ON TRIGGER user_check ON crm.tenant_access IS
+    'Refuses a mapping to a user of another tenant or to no user (23503)';
+
+CREATE FUNCTION crm.tenant_access_cascade() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- not on a Citus placement (tenant_<shard>): a shard query may not write
+    -- a reference table; a mapping to a tenant that is gone acts for nothing
+    IF TG_TABLE_NAME = 'tenant' THEN
+        DELETE FROM crm.tenant_access a WHERE a.tenant_id = OLD.tenant_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm.tenant_access_cascade() IS
+    'Internal: trigger of crm.tenant: a deleted tenant''s login-role mappings go with it (what ON DELETE CASCADE did)';
+CREATE TRIGGER tenant_access_cascade AFTER DELETE ON crm.tenant
+    FOR EACH ROW EXECUTE FUNCTION crm.tenant_access_cascade();
+COMMENT ON TRIGGER tenant_access_cascade ON crm.tenant IS
+    'Deletes the login-role mappings of the deleted tenants';
+
 COMMENT ON TABLE crm.tenant_access IS 'Login roles (people, BI tools) that act for a tenant, and as which CRM user; kept by crm.grant_tenant_access()';
 COMMENT ON COLUMN crm.tenant_access.tenant_id IS 'The tenant the role acts for';
 COMMENT ON COLUMN crm.tenant_access.role_oid IS 'OID of the mapped role: the mapping ends with the role, and a role re-created under the same name does not inherit it (set by the server; a client value is ignored)';

@@ -4,6 +4,15 @@
 -- fit fields are those the lead-scoring model of shared/seeds/002 scores on
 -- (company size, industry, budget, purchase timeline, decision maker).
 
+-- The currency of a new amount: the tenant's default when the row names
+-- none.  A trigger, not a column default: a default that reads crm.tenant
+-- cannot run inside a Citus shard query (src/currency.c).
+CREATE FUNCTION crm.currency_default() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_currency_default'
+    LANGUAGE C;
+COMMENT ON FUNCTION crm.currency_default() IS
+    'Internal: BEFORE INSERT trigger: a NULL currency becomes the default currency of the row''s tenant (USD when there is none)';
+
 CREATE TABLE crm.account (
     tenant_id         uuid NOT NULL DEFAULT crm.current_tenant() REFERENCES crm.tenant ON DELETE CASCADE,
     id                uuid NOT NULL DEFAULT crm.uuid_generate_v7(),
@@ -19,7 +28,7 @@ CREATE TABLE crm.account (
     rating            text CHECK (rating IN ('cold', 'warm', 'hot')),
     employees         integer CHECK (employees >= 0),
     annual_revenue    numeric(18,2) CHECK (annual_revenue >= 0),
-    currency          text NOT NULL DEFAULT crm.tenant_default_currency() REFERENCES crm.currency (code),
+    currency          text NOT NULL REFERENCES crm.currency (code),
     billing_street    text,
     billing_city      text,
     billing_state     text,
@@ -54,7 +63,10 @@ COMMENT ON COLUMN crm.account.industry IS 'Industry';
 COMMENT ON COLUMN crm.account.rating IS 'cold, warm, hot';
 COMMENT ON COLUMN crm.account.employees IS 'Number of employees';
 COMMENT ON COLUMN crm.account.annual_revenue IS 'Annual revenue, in currency';
-COMMENT ON COLUMN crm.account.currency IS 'Currency of annual_revenue (ISO 4217)';
+COMMENT ON COLUMN crm.account.currency IS 'Currency of annual_revenue (ISO 4217); NULL or omitted: the tenant''s default currency (set by crm.currency_default())';
+CREATE TRIGGER currency_default BEFORE INSERT ON crm.account
+    FOR EACH ROW EXECUTE FUNCTION crm.currency_default();
+COMMENT ON TRIGGER currency_default ON crm.account IS 'Fills a NULL currency with the tenant''s default currency';
 COMMENT ON COLUMN crm.account.billing_street IS 'Billing address: street';
 COMMENT ON COLUMN crm.account.billing_city IS 'Billing address: city';
 COMMENT ON COLUMN crm.account.billing_state IS 'Billing address: state or province';
@@ -144,7 +156,7 @@ CREATE TABLE crm.lead (
     source               text CHECK (source IN ('website', 'referral', 'cold_call', 'email_campaign', 'social_media',
                                                 'trade_show', 'partner', 'advertisement', 'event', 'other')),
     expected_revenue     numeric(18,2) CHECK (expected_revenue >= 0),
-    currency             text NOT NULL DEFAULT crm.tenant_default_currency() REFERENCES crm.currency (code),
+    currency             text NOT NULL REFERENCES crm.currency (code),
     probability          numeric(5,2) NOT NULL CHECK (probability BETWEEN 0 AND 100),
     company_size         integer CHECK (company_size >= 0),
     industry             text CHECK (industry IN ('technology', 'finance', 'healthcare', 'education', 'manufacturing',
@@ -196,7 +208,10 @@ COMMENT ON COLUMN crm.lead.priority IS 'low, medium, high, urgent';
 COMMENT ON COLUMN crm.lead.rating IS 'cold, warm, hot';
 COMMENT ON COLUMN crm.lead.source IS 'Where the lead came from';
 COMMENT ON COLUMN crm.lead.expected_revenue IS 'Expected deal value, in currency';
-COMMENT ON COLUMN crm.lead.currency IS 'Currency of expected_revenue and budget (ISO 4217)';
+COMMENT ON COLUMN crm.lead.currency IS 'Currency of expected_revenue and budget (ISO 4217); NULL or omitted: the tenant''s default currency (set by crm.currency_default())';
+CREATE TRIGGER currency_default BEFORE INSERT ON crm.lead
+    FOR EACH ROW EXECUTE FUNCTION crm.currency_default();
+COMMENT ON TRIGGER currency_default ON crm.lead IS 'Fills a NULL currency with the tenant''s default currency';
 COMMENT ON COLUMN crm.lead.probability IS 'Win probability 0-100: while open, the stage''s unless set by hand (a stage move resets it, NULL asks for the stage''s); 100 when won and 0 when lost (set by the server; a client value is ignored)';
 COMMENT ON COLUMN crm.lead.company_size IS 'Fit: number of employees of the company';
 COMMENT ON COLUMN crm.lead.industry IS 'Fit: industry of the company';
@@ -226,7 +241,7 @@ CREATE TABLE crm.opportunity (
     stage_id            uuid NOT NULL,
     status              text NOT NULL CHECK (status IN ('open', 'won', 'lost')),
     amount              numeric(18,2) NOT NULL DEFAULT 0 CHECK (amount >= 0),
-    currency            text NOT NULL DEFAULT crm.tenant_default_currency() REFERENCES crm.currency (code),
+    currency            text NOT NULL REFERENCES crm.currency (code),
     probability         numeric(5,2) NOT NULL CHECK (probability BETWEEN 0 AND 100),
     expected_close_date date,
     opportunity_type    text NOT NULL DEFAULT 'new_business'
@@ -272,7 +287,10 @@ COMMENT ON COLUMN crm.opportunity.pipeline_id IS 'Pipeline (the tenant''s defaul
 COMMENT ON COLUMN crm.opportunity.stage_id IS 'Stage (the pipeline''s first when omitted)';
 COMMENT ON COLUMN crm.opportunity.status IS 'open, won or lost: the kind of the stage (set by the server; a client value is ignored)';
 COMMENT ON COLUMN crm.opportunity.amount IS 'Deal value, in currency';
-COMMENT ON COLUMN crm.opportunity.currency IS 'Currency of amount (ISO 4217)';
+COMMENT ON COLUMN crm.opportunity.currency IS 'Currency of amount (ISO 4217); NULL or omitted: the tenant''s default currency (set by crm.currency_default())';
+CREATE TRIGGER currency_default BEFORE INSERT ON crm.opportunity
+    FOR EACH ROW EXECUTE FUNCTION crm.currency_default();
+COMMENT ON TRIGGER currency_default ON crm.opportunity IS 'Fills a NULL currency with the tenant''s default currency';
 COMMENT ON COLUMN crm.opportunity.probability IS 'Win probability 0-100: while open, the stage''s unless set by hand (a stage move resets it, NULL asks for the stage''s); 100 when won and 0 when lost (set by the server; a client value is ignored)';
 COMMENT ON COLUMN crm.opportunity.expected_close_date IS 'When the deal is expected to close';
 COMMENT ON COLUMN crm.opportunity.opportunity_type IS 'new_business, renewal, upsell, cross_sell, other';

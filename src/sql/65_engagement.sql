@@ -542,31 +542,31 @@ COMMENT ON FUNCTION crm.engagement_track() IS
 
 CREATE TRIGGER engagement_insert AFTER INSERT ON crm.activity
     REFERENCING NEW TABLE AS crm_new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track();
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track('activity');
 CREATE TRIGGER engagement_update AFTER UPDATE ON crm.activity
     REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track();
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track('activity');
 CREATE TRIGGER engagement_delete AFTER DELETE ON crm.activity
     REFERENCING OLD TABLE AS crm_old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track();
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track('activity');
 CREATE TRIGGER engagement_insert AFTER INSERT ON crm.contact
     REFERENCING NEW TABLE AS crm_new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track();
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track('contact');
 CREATE TRIGGER engagement_update AFTER UPDATE ON crm.contact
     REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track();
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track('contact');
 CREATE TRIGGER engagement_delete AFTER DELETE ON crm.contact
     REFERENCING OLD TABLE AS crm_old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track();
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track('contact');
 CREATE TRIGGER engagement_insert AFTER INSERT ON crm.opportunity
     REFERENCING NEW TABLE AS crm_new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track();
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track('opportunity');
 CREATE TRIGGER engagement_update AFTER UPDATE ON crm.opportunity
     REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track();
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track('opportunity');
 CREATE TRIGGER engagement_delete AFTER DELETE ON crm.opportunity
     REFERENCING OLD TABLE AS crm_old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track();
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_track('opportunity');
 COMMENT ON TRIGGER engagement_insert ON crm.activity IS 'Contact, lead and account aggregates of the new activities';
 COMMENT ON TRIGGER engagement_update ON crm.activity IS 'Contact, lead and account aggregates of the changed activities (old rows out, new rows in)';
 COMMENT ON TRIGGER engagement_delete ON crm.activity IS 'Contact, lead and account aggregates of the deleted activities';

@@ -65,13 +65,21 @@ CREATE FUNCTION crm.lead_move_stage(lead uuid, stage uuid) RETURNS crm.lead
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
+    acting_tenant uuid;
     r crm.lead;
 BEGIN
     IF $1 IS NULL OR $2 IS NULL THEN
         RAISE EXCEPTION '% must not be null', CASE WHEN $1 IS NULL THEN 'lead' ELSE 'stage' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
+    -- by tenant_id too, so that Citus routes the row lock to one shard;
+    -- a superuser acting for no tenant finds the row by id alone
+    acting_tenant := crm.current_tenant();
+    IF acting_tenant IS NULL THEN
+        SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
+    ELSE
+        SELECT * INTO r FROM crm.lead l WHERE l.tenant_id = acting_tenant AND l.id = $1 FOR UPDATE;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'lead % does not exist', $1 USING ERRCODE = 'no_data_found';
     END IF;
@@ -88,13 +96,21 @@ CREATE FUNCTION crm.opportunity_move_stage(opportunity uuid, stage uuid) RETURNS
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
+    acting_tenant uuid;
     r crm.opportunity;
 BEGIN
     IF $1 IS NULL OR $2 IS NULL THEN
         RAISE EXCEPTION '% must not be null', CASE WHEN $1 IS NULL THEN 'opportunity' ELSE 'stage' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
+    -- by tenant_id too, so that Citus routes the row lock to one shard;
+    -- a superuser acting for no tenant finds the row by id alone
+    acting_tenant := crm.current_tenant();
+    IF acting_tenant IS NULL THEN
+        SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
+    ELSE
+        SELECT * INTO r FROM crm.opportunity o WHERE o.tenant_id = acting_tenant AND o.id = $1 FOR UPDATE;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'opportunity % does not exist', $1 USING ERRCODE = 'no_data_found';
     END IF;
@@ -111,6 +127,7 @@ CREATE FUNCTION crm.opportunity_reopen(opportunity uuid, stage uuid) RETURNS crm
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
+    acting_tenant uuid;
     r crm.opportunity;
     stage_kind text;
 BEGIN
@@ -118,7 +135,14 @@ BEGIN
         RAISE EXCEPTION '% must not be null', CASE WHEN $1 IS NULL THEN 'opportunity' ELSE 'stage' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
+    -- by tenant_id too, so that Citus routes the row lock to one shard;
+    -- a superuser acting for no tenant finds the row by id alone
+    acting_tenant := crm.current_tenant();
+    IF acting_tenant IS NULL THEN
+        SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
+    ELSE
+        SELECT * INTO r FROM crm.opportunity o WHERE o.tenant_id = acting_tenant AND o.id = $1 FOR UPDATE;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'opportunity % does not exist', $1 USING ERRCODE = 'no_data_found';
     END IF;
@@ -146,6 +170,7 @@ CREATE FUNCTION crm.lead_reopen(lead uuid, stage uuid) RETURNS crm.lead
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
+    acting_tenant uuid;
     r crm.lead;
     stage_kind text;
 BEGIN
@@ -153,7 +178,14 @@ BEGIN
         RAISE EXCEPTION '% must not be null', CASE WHEN $1 IS NULL THEN 'lead' ELSE 'stage' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
+    -- by tenant_id too, so that Citus routes the row lock to one shard;
+    -- a superuser acting for no tenant finds the row by id alone
+    acting_tenant := crm.current_tenant();
+    IF acting_tenant IS NULL THEN
+        SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
+    ELSE
+        SELECT * INTO r FROM crm.lead l WHERE l.tenant_id = acting_tenant AND l.id = $1 FOR UPDATE;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'lead % does not exist', $1 USING ERRCODE = 'no_data_found';
     END IF;
@@ -182,13 +214,21 @@ CREATE FUNCTION crm.opportunity_mark_won(opportunity uuid) RETURNS crm.opportuni
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
+    acting_tenant uuid;
     r crm.opportunity;
     target uuid;
 BEGIN
     IF $1 IS NULL THEN
         RAISE EXCEPTION 'opportunity must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
+    -- by tenant_id too, so that Citus routes the row lock to one shard;
+    -- a superuser acting for no tenant finds the row by id alone
+    acting_tenant := crm.current_tenant();
+    IF acting_tenant IS NULL THEN
+        SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
+    ELSE
+        SELECT * INTO r FROM crm.opportunity o WHERE o.tenant_id = acting_tenant AND o.id = $1 FOR UPDATE;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'opportunity % does not exist', $1 USING ERRCODE = 'no_data_found';
     END IF;
@@ -212,13 +252,21 @@ CREATE FUNCTION crm.opportunity_mark_lost(opportunity uuid, reason text DEFAULT 
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
+    acting_tenant uuid;
     r crm.opportunity;
     target uuid;
 BEGIN
     IF $1 IS NULL THEN
         RAISE EXCEPTION 'opportunity must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
+    -- by tenant_id too, so that Citus routes the row lock to one shard;
+    -- a superuser acting for no tenant finds the row by id alone
+    acting_tenant := crm.current_tenant();
+    IF acting_tenant IS NULL THEN
+        SELECT * INTO r FROM crm.opportunity o WHERE o.id = $1 FOR UPDATE;
+    ELSE
+        SELECT * INTO r FROM crm.opportunity o WHERE o.tenant_id = acting_tenant AND o.id = $1 FOR UPDATE;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'opportunity % does not exist', $1 USING ERRCODE = 'no_data_found';
     END IF;
@@ -242,13 +290,21 @@ CREATE FUNCTION crm.lead_mark_lost(lead uuid, reason text DEFAULT NULL) RETURNS 
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
+    acting_tenant uuid;
     r crm.lead;
     target uuid;
 BEGIN
     IF $1 IS NULL THEN
         RAISE EXCEPTION 'lead must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
+    -- by tenant_id too, so that Citus routes the row lock to one shard;
+    -- a superuser acting for no tenant finds the row by id alone
+    acting_tenant := crm.current_tenant();
+    IF acting_tenant IS NULL THEN
+        SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
+    ELSE
+        SELECT * INTO r FROM crm.lead l WHERE l.tenant_id = acting_tenant AND l.id = $1 FOR UPDATE;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'lead % does not exist', $1 USING ERRCODE = 'no_data_found';
     END IF;
@@ -276,6 +332,7 @@ CREATE FUNCTION crm.lead_convert(lead uuid, account uuid DEFAULT NULL, contact u
     AS $$
 #variable_conflict use_column
 DECLARE
+    acting_tenant uuid;
     r crm.lead;
     new_account uuid := $2;
     new_contact uuid := $3;
@@ -288,7 +345,14 @@ BEGIN
         RAISE EXCEPTION '% must not be null', CASE WHEN $1 IS NULL THEN 'lead' ELSE 'create_opportunity' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
+    -- by tenant_id too, so that Citus routes the row lock to one shard;
+    -- a superuser acting for no tenant finds the row by id alone
+    acting_tenant := crm.current_tenant();
+    IF acting_tenant IS NULL THEN
+        SELECT * INTO r FROM crm.lead l WHERE l.id = $1 FOR UPDATE;
+    ELSE
+        SELECT * INTO r FROM crm.lead l WHERE l.tenant_id = acting_tenant AND l.id = $1 FOR UPDATE;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'lead % does not exist', $1 USING ERRCODE = 'no_data_found';
     END IF;

@@ -102,7 +102,7 @@ CREATE TABLE crm.quota (
     period_type  text NOT NULL CHECK (period_type IN ('day', 'week', 'month', 'quarter', 'year')),
     period_start date NOT NULL,
     amount       numeric(18,2) NOT NULL CHECK (amount > 0),
-    currency     text NOT NULL DEFAULT crm.tenant_default_currency() REFERENCES crm.currency (code),
+    currency     text NOT NULL REFERENCES crm.currency (code),
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
@@ -123,7 +123,10 @@ COMMENT ON COLUMN crm.quota.team_id IS 'The team whose quota it is';
 COMMENT ON COLUMN crm.quota.period_type IS 'day, week, month, quarter or year';
 COMMENT ON COLUMN crm.quota.period_start IS 'First day of the period (a week starts on Monday)';
 COMMENT ON COLUMN crm.quota.amount IS 'Target closed-won amount, in currency';
-COMMENT ON COLUMN crm.quota.currency IS 'Currency of amount (ISO 4217)';
+COMMENT ON COLUMN crm.quota.currency IS 'Currency of amount (ISO 4217); NULL or omitted: the tenant''s default currency (set by crm.currency_default())';
+CREATE TRIGGER currency_default BEFORE INSERT ON crm.quota
+    FOR EACH ROW EXECUTE FUNCTION crm.currency_default();
+COMMENT ON TRIGGER currency_default ON crm.quota IS 'Fills a NULL currency with the tenant''s default currency';
 COMMENT ON COLUMN crm.quota.created_at IS 'When the row was made';
 COMMENT ON COLUMN crm.quota.updated_at IS 'When the row last changed';
 
@@ -580,11 +583,15 @@ CREATE FUNCTION crm.forecast(period text DEFAULT 'month', from_date date DEFAULT
                    closed_won numeric, weighted numeric, expected numeric, quota numeric,
                    attainment numeric, p10 numeric, p50 numeric, p90 numeric, error_bound numeric,
                    stage_value_deals integer)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        SELECT * FROM crm.forecast_what_if('[]'::jsonb, $1, $2, $3, $4, $5, $6, $7, $8, $9)
-    $$;
+BEGIN
+    -- PL/pgSQL, not SQL: Citus refuses a parameterised SQL function whose
+    -- query reaches distributed tables
+    RETURN QUERY SELECT * FROM crm.forecast_what_if('[]'::jsonb, $1, $2, $3, $4, $5, $6, $7, $8, $9);
+END
+$$;
 COMMENT ON FUNCTION crm.forecast(text, date, date, uuid, uuid, uuid, text, timestamptz, text) IS
     'The sales forecast of the current tenant, one row per period (day, week (ISO, from Monday), month, quarter, year: open deals by expected close date, won deals by close date) '
     'within from_date..to_date (NULL: unbounded), and per owner or team when by is ''owner'' or ''team''; filters: pipeline, owner, team (its members'' deals). '

@@ -417,10 +417,12 @@ BEGIN
        OR pg_catalog.current_setting('row_security') = 'off' THEN
         RETURN NULL;
     END IF;
+    -- per row, with the tenant as a parameter: on Citus the trigger fires
+    -- on a shard of crm.tenant, where a transition table cannot be read
+    -- by a statement Citus plans again
     INSERT INTO crm.scoring_model (tenant_id, name, description, weights, threshold, is_default)
-    SELECT n.tenant_id, 'Default', 'Fit per seeds/002 plus engagement; qualifies at 70',
-           crm.default_scoring_weights(), 70, true
-      FROM crm_new_tenants n;
+    VALUES (NEW.tenant_id, 'Default', 'Fit per seeds/002 plus engagement; qualifies at 70',
+            crm.default_scoring_weights(), 70, true);
     RETURN NULL;
 END
 $$;
@@ -428,8 +430,7 @@ COMMENT ON FUNCTION crm.tenant_default_scoring_model() IS
     'Trigger: every new tenant gets the default lead scoring model';
 
 CREATE TRIGGER default_scoring_model AFTER INSERT ON crm.tenant
-    REFERENCING NEW TABLE AS crm_new_tenants
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.tenant_default_scoring_model();
+    FOR EACH ROW EXECUTE FUNCTION crm.tenant_default_scoring_model();
 COMMENT ON TRIGGER default_scoring_model ON crm.tenant IS 'Makes the default scoring model of each new tenant';
 
 -- Live scores (src/scoring.c) ----------------------------------------------
@@ -574,20 +575,27 @@ CREATE FUNCTION crm.top_leads(n integer, pipeline uuid DEFAULT NULL, owner uuid 
                               min_score integer DEFAULT 0)
     RETURNS TABLE (lead_id uuid, name text, company_name text, score smallint, fit_score smallint,
                    engagement_score smallint, qualification text, owner_id uuid, pipeline_id uuid)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
+DECLARE
+    -- a variable, so that Citus routes the query to the tenant's shard
+    -- (PL/pgSQL: Citus refuses a parameterised SQL function's query)
+    acting_tenant uuid := crm.current_tenant();
+BEGIN
+    RETURN QUERY
         SELECT l.id, l.name, l.company_name, l.score, l.fit_score, l.engagement_score, l.qualification,
                l.owner_id, l.pipeline_id
           FROM crm.lead l
-         WHERE l.tenant_id = crm.current_tenant()
+         WHERE l.tenant_id = acting_tenant
            AND l.status = 'open' AND l.archived_at IS NULL AND l.converted_at IS NULL
            AND l.score IS NOT NULL AND l.score >= coalesce(top_leads.min_score, 0)
            AND (top_leads.pipeline IS NULL OR l.pipeline_id = top_leads.pipeline)
            AND (top_leads.owner IS NULL OR l.owner_id = top_leads.owner)
          ORDER BY l.score DESC, l.id
-         LIMIT greatest(coalesce(top_leads.n, 0), 0)
-    $$;
+         LIMIT greatest(coalesce(top_leads.n, 0), 0);
+END
+$$;
 COMMENT ON FUNCTION crm.top_leads(integer, uuid, uuid, integer) IS
     'The n highest-scoring open, active, unconverted leads of the tenant, optionally of one pipeline or owner and from a minimum score (seeds/003 get_top_leads); served by lead_top_score_idx';
 

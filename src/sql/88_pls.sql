@@ -114,13 +114,19 @@ CREATE FUNCTION crm.pls_all_variables() RETURNS text[]
 COMMENT ON FUNCTION crm.pls_all_variables() IS
     'The variables the predictive model may learn from besides the stage';
 
+-- PL/pgSQL, not SQL: Citus cannot plan a parameterised SQL function's
+-- query on a distributed table (pls_config), a PL/pgSQL one routes it.
 CREATE FUNCTION crm.pls_variables(tenant uuid) RETURNS text[]
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        SELECT coalesce((SELECT c.variables FROM crm.pls_config c WHERE c.tenant_id = tenant),
-                        ARRAY['source', 'country', 'email_state', 'phone_state', 'tags'])
-    $$;
+DECLARE
+    vars text[];
+BEGIN
+    SELECT c.variables INTO vars FROM crm.pls_config c WHERE c.tenant_id = tenant;
+    RETURN coalesce(vars, ARRAY['source', 'country', 'email_state', 'phone_state', 'tags']);
+END
+$$;
 COMMENT ON FUNCTION crm.pls_variables(uuid) IS
     'The variables a tenant''s predictive model learns from besides the stage (default: source, country, email_state, phone_state, tags)';
 
@@ -788,39 +794,45 @@ CREATE FUNCTION crm.pls_sync(source text, tenants uuid[], keys uuid[], emails te
 DECLARE
     g record;
     changed boolean;
+    tnt uuid;
 BEGIN
+    -- one tenant at a time, named by a parameter in every join: on Citus each
+    -- query then goes to that tenant's shards (no query across shards from
+    -- a trigger on a shard)
+    FOR tnt IN SELECT DISTINCT x.t FROM unnest(tenants) x(t) WHERE x.t IS NOT NULL ORDER BY 1 LOOP
     FOR g IN
         WITH k AS (
             SELECT DISTINCT u.tenant_id, u.key, u.email FROM unnest(tenants, keys, emails) u(tenant_id, key, email)
+             WHERE u.tenant_id = tnt
         ), touched AS (
             SELECT k.tenant_id, pls_sync.source AS kind, k.key AS id FROM k WHERE pls_sync.source IN ('lead', 'opportunity')
             UNION ALL
             SELECT k.tenant_id, replace(pls_sync.source, '_tag', ''), k.key FROM k WHERE pls_sync.source IN ('lead_tag', 'opportunity_tag')
             UNION ALL
             SELECT l.tenant_id, 'lead', l.id FROM k JOIN crm.lead l
-                ON l.tenant_id = k.tenant_id AND l.converted_contact_id = k.key
+                ON l.tenant_id = tnt AND l.tenant_id = k.tenant_id AND l.converted_contact_id = k.key
              WHERE pls_sync.source = 'contact'
             UNION ALL
             SELECT l.tenant_id, 'lead', l.id FROM k JOIN crm.lead l
-                ON l.tenant_id = k.tenant_id AND crm.casefold(l.email) = crm.casefold(k.email)
+                ON l.tenant_id = tnt AND l.tenant_id = k.tenant_id AND crm.casefold(l.email) = crm.casefold(k.email)
              WHERE pls_sync.source = 'contact'
             UNION ALL
             SELECT o.tenant_id, 'opportunity', o.id FROM k JOIN crm.opportunity o
-                ON o.tenant_id = k.tenant_id AND o.contact_id = k.key
+                ON o.tenant_id = tnt AND o.tenant_id = k.tenant_id AND o.contact_id = k.key
              WHERE pls_sync.source = 'contact'
             UNION ALL
             SELECT o.tenant_id, 'opportunity', o.id FROM k JOIN crm.opportunity o
-                ON o.tenant_id = k.tenant_id AND o.account_id = k.key
+                ON o.tenant_id = tnt AND o.tenant_id = k.tenant_id AND o.account_id = k.key
              WHERE pls_sync.source = 'account'
             UNION ALL
             -- a stage added, moved or removed changes what the closed records of its pipeline count
             SELECT l.tenant_id, 'lead', l.id FROM k JOIN crm.lead l
-                ON l.tenant_id = k.tenant_id AND l.pipeline_id = k.key
+                ON l.tenant_id = tnt AND l.tenant_id = k.tenant_id AND l.pipeline_id = k.key
                AND (l.status <> 'open' OR l.converted_at IS NOT NULL)
              WHERE pls_sync.source = 'stage'
             UNION ALL
             SELECT o.tenant_id, 'opportunity', o.id FROM k JOIN crm.opportunity o
-                ON o.tenant_id = k.tenant_id AND o.pipeline_id = k.key AND o.status <> 'open'
+                ON o.tenant_id = tnt AND o.tenant_id = k.tenant_id AND o.pipeline_id = k.key AND o.status <> 'open'
              WHERE pls_sync.source = 'stage'
         )
         SELECT t.tenant_id, t.kind, array_agg(DISTINCT t.id) AS ids
@@ -831,6 +843,7 @@ BEGIN
             -- a changed table moves every prediction; otherwise only those of the records touched
             PERFORM crm.pls_apply(g.tenant_id, g.kind, CASE WHEN changed THEN NULL ELSE g.ids END);
         END IF;
+    END LOOP;
     END LOOP;
 END
 $$;

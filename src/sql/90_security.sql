@@ -56,31 +56,6 @@ BEGIN
 END
 $$;
 
--- PL/pgSQL rather than SQL: Citus cannot plan a parameterised SQL
--- function's query inside a shard's trigger, while a PL/pgSQL statement
--- filtered by tenant_id routes to the same shard group.
-CREATE FUNCTION crm.owner_scope(tenant uuid, owner uuid) RETURNS uuid[]
-    LANGUAGE plpgsql STABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    private boolean;
-    chain uuid[];
-BEGIN
-    IF owner IS NULL THEN
-        RETURN NULL;
-    END IF;
-    SELECT t.visibility = 'private' INTO private FROM crm.tenant t WHERE t.tenant_id = tenant;
-    IF private IS NOT TRUE THEN
-        RETURN NULL;
-    END IF;
-    SELECT u.owner_chain INTO chain FROM crm.app_user u WHERE u.tenant_id = tenant AND u.id = owner;
-    RETURN coalesce(NULLIF(chain, '{}'), ARRAY[owner]);
-END
-$$;
-COMMENT ON FUNCTION crm.owner_scope(uuid, uuid) IS
-    'Internal: visible_to of a row of the tenant owned by owner';
-
 -- visible_to of records and of what hangs off them, and the refusal to link
 -- a record the writer cannot see (foreign keys are checked without
 -- row-level security): src/visibility.c.  The triggers pass the table's
@@ -200,18 +175,48 @@ CREATE FUNCTION crm.visibility_refresh_records(tenant uuid, owners uuid[]) RETUR
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    UPDATE crm.account r SET visible_to = crm.owner_scope(tenant, r.owner_id)
-     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners))
-       AND r.visible_to IS DISTINCT FROM crm.owner_scope(tenant, r.owner_id);
-    UPDATE crm.contact r SET visible_to = crm.owner_scope(tenant, r.owner_id)
-     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners))
-       AND r.visible_to IS DISTINCT FROM crm.owner_scope(tenant, r.owner_id);
-    UPDATE crm.lead r SET visible_to = crm.owner_scope(tenant, r.owner_id)
-     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners))
-       AND r.visible_to IS DISTINCT FROM crm.owner_scope(tenant, r.owner_id);
-    UPDATE crm.opportunity r SET visible_to = crm.owner_scope(tenant, r.owner_id)
-     WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners))
-       AND r.visible_to IS DISTINCT FROM crm.owner_scope(tenant, r.owner_id);
+    -- the owner's scope (NULL in a public tenant; else the owner's chain,
+    -- or the owner alone) as a join: Citus routes a join on tenant_id, it
+    -- refuses a per-row function that reads tables
+    UPDATE crm.account r SET visible_to = s.scope
+      FROM (SELECT u.tenant_id, u.id,
+                   CASE WHEN t.visibility = 'private' THEN coalesce(NULLIF(u.owner_chain, '{}'), ARRAY[u.id]) END AS scope
+              FROM crm.app_user u JOIN crm.tenant t ON t.tenant_id = u.tenant_id
+             WHERE u.tenant_id = tenant AND t.tenant_id = tenant) s
+     WHERE r.tenant_id = tenant AND s.tenant_id = r.tenant_id AND s.id = r.owner_id
+       AND (owners IS NULL OR r.owner_id = ANY (owners)) AND r.visible_to IS DISTINCT FROM s.scope;
+    UPDATE crm.contact r SET visible_to = s.scope
+      FROM (SELECT u.tenant_id, u.id,
+                   CASE WHEN t.visibility = 'private' THEN coalesce(NULLIF(u.owner_chain, '{}'), ARRAY[u.id]) END AS scope
+              FROM crm.app_user u JOIN crm.tenant t ON t.tenant_id = u.tenant_id
+             WHERE u.tenant_id = tenant AND t.tenant_id = tenant) s
+     WHERE r.tenant_id = tenant AND s.tenant_id = r.tenant_id AND s.id = r.owner_id
+       AND (owners IS NULL OR r.owner_id = ANY (owners)) AND r.visible_to IS DISTINCT FROM s.scope;
+    UPDATE crm.lead r SET visible_to = s.scope
+      FROM (SELECT u.tenant_id, u.id,
+                   CASE WHEN t.visibility = 'private' THEN coalesce(NULLIF(u.owner_chain, '{}'), ARRAY[u.id]) END AS scope
+              FROM crm.app_user u JOIN crm.tenant t ON t.tenant_id = u.tenant_id
+             WHERE u.tenant_id = tenant AND t.tenant_id = tenant) s
+     WHERE r.tenant_id = tenant AND s.tenant_id = r.tenant_id AND s.id = r.owner_id
+       AND (owners IS NULL OR r.owner_id = ANY (owners)) AND r.visible_to IS DISTINCT FROM s.scope;
+    UPDATE crm.opportunity r SET visible_to = s.scope
+      FROM (SELECT u.tenant_id, u.id,
+                   CASE WHEN t.visibility = 'private' THEN coalesce(NULLIF(u.owner_chain, '{}'), ARRAY[u.id]) END AS scope
+              FROM crm.app_user u JOIN crm.tenant t ON t.tenant_id = u.tenant_id
+             WHERE u.tenant_id = tenant AND t.tenant_id = tenant) s
+     WHERE r.tenant_id = tenant AND s.tenant_id = r.tenant_id AND s.id = r.owner_id
+       AND (owners IS NULL OR r.owner_id = ANY (owners)) AND r.visible_to IS DISTINCT FROM s.scope;
+    IF owners IS NULL THEN
+        -- no owner: everyone's
+        UPDATE crm.account r SET visible_to = NULL
+         WHERE r.tenant_id = tenant AND r.owner_id IS NULL AND r.visible_to IS NOT NULL;
+        UPDATE crm.contact r SET visible_to = NULL
+         WHERE r.tenant_id = tenant AND r.owner_id IS NULL AND r.visible_to IS NOT NULL;
+        UPDATE crm.lead r SET visible_to = NULL
+         WHERE r.tenant_id = tenant AND r.owner_id IS NULL AND r.visible_to IS NOT NULL;
+        UPDATE crm.opportunity r SET visible_to = NULL
+         WHERE r.tenant_id = tenant AND r.owner_id IS NULL AND r.visible_to IS NOT NULL;
+    END IF;
     -- activities owned by them whose records did not change
     UPDATE crm.activity r SET visible_to = r.visible_to
      WHERE r.tenant_id = tenant AND (owners IS NULL OR r.owner_id = ANY (owners));
@@ -374,6 +379,13 @@ BEGIN
                       DETAIL = 'A tenant''s admin maps roles into the tenant it acts for only.';
         END IF;
         RAISE EXCEPTION 'tenant % does not exist', $2 USING ERRCODE = 'no_data_found';
+    END IF;
+    -- what the trigger checks on one node, here for Citus too (where the
+    -- mappings are a reference table and the trigger cannot read app_user)
+    IF $3 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM crm.app_user u WHERE u.tenant_id = $2 AND u.id = $3) THEN
+        RAISE EXCEPTION 'insert or update on table "tenant_access" violates foreign key constraint "tenant_access_tenant_id_user_id_fkey"'
+            USING ERRCODE = 'foreign_key_violation',
+                  DETAIL = format('Key (tenant_id, user_id)=(%s, %s) is not present in table "app_user".', $2, $3);
     END IF;
     -- mappings of dropped roles are dead; clear them away
     DELETE FROM crm.tenant_access a

@@ -145,7 +145,9 @@ BEGIN
             SELECT c.oid, c.relname,
                    NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                                 WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
-                       AS global
+                       -- the login-role mappings and the app allow-list:
+                       -- every node reads them locally (tenant.c)
+                       OR c.relname IN ('tenant_access', 'app_access') AS global
               FROM pg_catalog.pg_class c
              WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
         ), depth (oid, d) AS (

@@ -308,6 +308,53 @@ SELECT to_jsonb(k) - ARRAY['tenant_id', 'pipeline_id', 'stage_id'] AS opportunit
   FROM crm.opportunity_kanban k WHERE k.count > 0 ORDER BY k.pipeline_name, k.stage_sequence;
 SELECT jsonb_pretty(to_jsonb(d) - 'tenant_id') AS dashboard FROM crm.dashboard d;
 
+-- Workflow and scoring (South, as the application) --------------------------
+\c - crm_citus_app
+SET client_min_messages = warning;
+SET citus.propagate_set_commands = 'local';
+
+\echo '## app: workflow: a quote_created activity fires the tenant''s rules (jobs in the same transaction)'
+BEGIN;
+SET LOCAL crm.tenant_id = :'ts';
+SET LOCAL crm.user_id = :'sam';
+INSERT INTO crm.account (name, industry, employees, owner_id) VALUES ('Globex', 'technology', 120, :'sam') RETURNING id AS globex \gset
+INSERT INTO crm.contact (first_name, last_name, email, account_id, owner_id)
+VALUES ('Hank', 'Scorpio', 'hank@globex.example', :'globex', :'sam') RETURNING id AS hank \gset
+INSERT INTO crm.opportunity (name, account_id, contact_id, amount, expected_close_date, probability, owner_id)
+VALUES ('Globex deal', :'globex', :'hank', 5000, '2026-03-15', 40, :'sam') RETURNING id AS globex_deal \gset
+INSERT INTO crm.opportunity (name, account_id, amount, expected_close_date, probability, owner_id)
+VALUES ('Globex extension', :'globex', 2000, '2026-04-10', 70, :'sam');
+INSERT INTO crm.activity (activity_type, subject, contact_id, account_id, opportunity_id, status, owner_id)
+VALUES ('quote_created', 'Quote Q-1', :'hank', :'globex', :'globex_deal', 'completed', :'sam');
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'ts';
+SELECT j.queue, j.action, j.source_entity, j.attempts, j.locked_by, r.builtin_key AS rule
+  FROM crm.job j LEFT JOIN crm.workflow_rule r ON r.tenant_id = j.tenant_id AND r.id = j.rule_id
+ ORDER BY 1, 2, 6;
+SELECT a.action, a.outcome, a.reason FROM crm.job_archive a ORDER BY 1, 2, 3;
+COMMIT;
+
+\echo '## app: scoring: leads scored by the trigger, score_lead, top_leads'
+BEGIN;
+SET LOCAL crm.tenant_id = :'ts';
+SET LOCAL crm.user_id = :'sam';
+INSERT INTO crm.lead (name, company_name, email, expected_revenue, owner_id)
+VALUES ('Big lead', 'Bigco', 'big@bigco.example', 50000, :'sam') RETURNING id AS big \gset
+INSERT INTO crm.lead (name, company_name, expected_revenue) VALUES ('Small lead', 'Smallco', 100);
+INSERT INTO crm.activity (activity_type, subject, lead_id, status, owner_id)
+VALUES ('call', 'Call Bigco', :'big', 'completed', :'sam'),
+       ('meeting', 'Meet Bigco', :'big', 'completed', :'sam');
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'ts';
+SELECT name, score, fit_score, engagement_score, qualification FROM crm.lead ORDER BY name;
+SELECT crm.score_lead(:'big') AS computed_score \gset
+SELECT l.score = :computed_score AS same_score FROM crm.lead l WHERE l.id = :'big';
+SELECT t.name, t.score, t.qualification FROM crm.top_leads(5) t ORDER BY 2 DESC, 1;
+SELECT count(*) AS history_rows FROM crm.lead_score_history;
+COMMIT;
+
 -- Owner visibility in a private tenant --------------------------------------
 \c - postgres
 SET client_min_messages = warning;

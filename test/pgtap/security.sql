@@ -96,8 +96,10 @@ INSERT INTO func_level VALUES
     -- tenancy and owner visibility (issue 8 items 1 and 3): triggers and
     -- internal helpers, granted to no crm role
     ('crm.tenant_access_check()', NULL),
+    ('crm.tenant_access_user_check()', NULL),
+    ('crm.tenant_access_cascade()', NULL),
+    ('crm.currency_default()', NULL),
     ('crm.tenant_require()', NULL),
-    ('crm.owner_scope(uuid,uuid)', NULL),
     ('crm.visibility_row()', NULL),
     ('crm.visibility_propagate()', NULL),
     ('crm.visibility_delete_guard()', NULL),
