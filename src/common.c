@@ -12,6 +12,7 @@
 #include "commands/async.h"
 #include "catalog/pg_class.h"
 #include "executor/executor.h"
+#include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/guc.h"
@@ -277,4 +278,20 @@ crm_table_owner(const char *relname)
 	if (!OidIsValid(relid))
 		elog(ERROR, "table crm.%s is missing", relname);
 	return crm_relation_owner(relid);
+}
+
+/*
+ * A plan prepared once and kept for the life of the backend, or an error
+ * naming the statement.
+ */
+SPIPlanPtr
+crm_prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
 }

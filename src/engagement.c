@@ -152,17 +152,6 @@ static SPIPlanPtr convert_plan = NULL;
 static SPIPlanPtr tenant_plan = NULL;
 static SPIPlanPtr rebuild_plan = NULL;
 
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 static HTAB *
 make_hash(const char *name, Size keysize, Size entrysize, MemoryContext cxt)
 {
@@ -202,7 +191,7 @@ type_weight(TrackState *st, const pg_uuid_t *tenant, const char *type)
 		{
 			Oid			types[2] = {UUIDOID, TEXTOID};
 
-			weight_plan = prepare_kept(
+			weight_plan = crm_prepare_kept(
 									   "SELECT pg_catalog.float8(coalesce("
 									   " (SELECT w.weight FROM crm.activity_weight w"
 									   "   WHERE w.tenant_id OPERATOR(pg_catalog.=) $1"
@@ -248,7 +237,7 @@ tenant_half_life(TrackState *st, const pg_uuid_t *tenant)
 		{
 			Oid			types[1] = {UUIDOID};
 
-			half_life_plan = prepare_kept(
+			half_life_plan = crm_prepare_kept(
 										  "SELECT pg_catalog.float8(pg_catalog.date_part('epoch', s.half_life))"
 										  " FROM crm.engagement_setting s WHERE s.tenant_id OPERATOR(pg_catalog.=) $1",
 										  1, types);
@@ -653,7 +642,7 @@ engagement_upsert_plan(bool lead, double half_life)
 		char		literal[64];
 
 		snprintf(literal, sizeof(literal), "'%.17g'", half_life);
-		*slot = prepare_kept(psprintf(engagement_upsert_sql, table, key, table, key, key, literal), 13, types);
+		*slot = crm_prepare_kept(psprintf(engagement_upsert_sql, table, key, table, key, key, literal), 13, types);
 		planned_half_life[lead ? 1 : 0] = half_life;
 	}
 	return *slot;
@@ -670,7 +659,7 @@ engagement_fix_plan(bool lead)
 		const char *key = lead ? "lead_id" : "contact_id";
 		Oid			types[2] = {UUIDOID, UUIDARRAYOID};
 
-		*slot = prepare_kept(psprintf(engagement_fix_sql, table, key, key, key, key, key, key,
+		*slot = crm_prepare_kept(psprintf(engagement_fix_sql, table, key, key, key, key, key, key,
 									  key, key, key, key, key), 2, types);
 	}
 	return *slot;
@@ -772,7 +761,7 @@ account_write(AggDelta **deltas, int n)
 		Oid			types[9] = {UUIDOID, UUIDARRAYOID, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
 		INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID};
 
-		account_upsert_plan = prepare_kept(
+		account_upsert_plan = crm_prepare_kept(
 										   "INSERT INTO crm.account_summary AS e (tenant_id, account_id, contact_count, activity_count,"
 										   " last_activity_at, open_opportunity_count, open_amounts, won_amounts)"
 										   " SELECT $1, x.k, x.c, x.n, x.l, x.o, x.oa::pg_catalog.jsonb, x.wa::pg_catalog.jsonb"
@@ -795,7 +784,7 @@ account_write(AggDelta **deltas, int n)
 	{
 		Oid			types[2] = {UUIDOID, UUIDARRAYOID};
 
-		account_fix_plan = prepare_kept(
+		account_fix_plan = crm_prepare_kept(
 										"UPDATE crm.account_summary e SET"
 										" last_activity_at = (SELECT pg_catalog.max(a.occurred_at) FROM crm.activity a"
 										"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.account_id OPERATOR(pg_catalog.=) e.account_id"
@@ -1140,7 +1129,7 @@ crm_engagement_lead_converted(PG_FUNCTION_ARGS)
 		{
 			Oid			types[4] = {UUIDOID, UUIDOID, UUIDOID, UUIDOID};
 
-			convert_plan = prepare_kept(
+			convert_plan = crm_prepare_kept(
 										"UPDATE crm.activity a SET contact_id = $3,"
 										" account_id = coalesce(a.account_id, $4)"
 										" WHERE a.tenant_id OPERATOR(pg_catalog.=) $1"
@@ -1188,7 +1177,7 @@ crm_engagement_refresh(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (tenant_plan == NULL)
-		tenant_plan = prepare_kept("SELECT crm.current_tenant()", 0, NULL);
+		tenant_plan = crm_prepare_kept("SELECT crm.current_tenant()", 0, NULL);
 	if (SPI_execute_plan(tenant_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read the current tenant");
 	current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -1223,7 +1212,7 @@ crm_engagement_refresh(PG_FUNCTION_ARGS)
 	{
 		Oid			types[1] = {UUIDOID};
 
-		rebuild_plan = prepare_kept("SELECT crm.aggregates_rebuild($1)", 1, types);
+		rebuild_plan = crm_prepare_kept("SELECT crm.aggregates_rebuild($1)", 1, types);
 	}
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(crm_table_owner("contact_engagement"),

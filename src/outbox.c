@@ -145,17 +145,6 @@ crm_outbox_event_limit(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64((int64) (U64FromFullTransactionId(next) << POSITION_SHIFT));
 }
 
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 static void
 batch_init(EventBatch *batch, const char *entity)
 {
@@ -208,7 +197,7 @@ batch_flush(EventBatch *batch)
 		Oid			types[6] = {UUIDOID, INT8ARRAYOID, TEXTARRAYOID, TEXTOID,
 		UUIDARRAYOID, JSONBARRAYOID};
 
-		insert_plan = prepare_kept(
+		insert_plan = crm_prepare_kept(
 								   "INSERT INTO crm.event (tenant_id, position, event_type, entity, entity_id, payload)"
 								   " SELECT $1, x.p, x.t, $4, x.i, x.j"
 								   " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS x(p, t, i, j)",
@@ -372,7 +361,7 @@ crm_outbox_emit_event(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (tenant_plan == NULL)
-		tenant_plan = prepare_kept("SELECT crm.current_tenant()", 0, NULL);
+		tenant_plan = crm_prepare_kept("SELECT crm.current_tenant()", 0, NULL);
 	if (SPI_execute_plan(tenant_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read the current tenant");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -392,7 +381,7 @@ crm_outbox_emit_event(PG_FUNCTION_ARGS)
 	{
 		Oid			types[1] = {TEXTOID};
 
-		inbound_plan = prepare_kept("SELECT 1 FROM crm.workflow_event e"
+		inbound_plan = crm_prepare_kept("SELECT 1 FROM crm.workflow_event e"
 									" WHERE e.code OPERATOR(pg_catalog.=) $1"
 									" AND e.kind OPERATOR(pg_catalog.=) 'inbound'", 1, types);
 	}
@@ -584,7 +573,7 @@ converted_opportunity(Datum tenant, Datum lead, bool *isnull)
 	{
 		Oid			types[2] = {UUIDOID, UUIDOID};
 
-		converted_opportunity_plan = prepare_kept(
+		converted_opportunity_plan = crm_prepare_kept(
 												  "SELECT o.id FROM crm.opportunity o"
 												  " WHERE o.tenant_id OPERATOR(pg_catalog.=) $1"
 												  " AND o.lead_id OPERATOR(pg_catalog.=) $2"
@@ -991,7 +980,7 @@ crm_outbox_purge_events(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (tenant_plan == NULL)
-		tenant_plan = prepare_kept("SELECT crm.current_tenant()", 0, NULL);
+		tenant_plan = crm_prepare_kept("SELECT crm.current_tenant()", 0, NULL);
 	if (SPI_execute_plan(tenant_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read the current tenant");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -1006,7 +995,7 @@ crm_outbox_purge_events(PG_FUNCTION_ARGS)
 	{
 		Oid			types[2] = {UUIDOID, INTERVALOID};
 
-		purge_plan = prepare_kept(
+		purge_plan = crm_prepare_kept(
 								  "DELETE FROM crm.event e"
 								  " WHERE e.tenant_id OPERATOR(pg_catalog.=) $1"
 								  " AND e.occurred_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $2)"
@@ -1077,7 +1066,7 @@ consumer_begin(ConsumerCall *call)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (consumer_who_plan == NULL)
-		consumer_who_plan = prepare_kept("SELECT crm.current_tenant(), crm.is_admin(), crm.event_head(), crm.event_limit()",
+		consumer_who_plan = crm_prepare_kept("SELECT crm.current_tenant(), crm.is_admin(), crm.event_head(), crm.event_limit()",
 										 0, NULL);
 	if (SPI_execute_plan(consumer_who_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read the current tenant");
@@ -1106,7 +1095,7 @@ consumer_find(ConsumerCall *call, Datum name, int64 *position, Oid *role)
 	{
 		Oid			types[2] = {UUIDOID, TEXTOID};
 
-		consumer_find_plan = prepare_kept("SELECT c.position, c.role_oid FROM crm.event_consumer c"
+		consumer_find_plan = crm_prepare_kept("SELECT c.position, c.role_oid FROM crm.event_consumer c"
 										  " WHERE c.tenant_id OPERATOR(pg_catalog.=) $1"
 										  " AND c.name OPERATOR(pg_catalog.=) $2 FOR UPDATE", 2, types);
 	}
@@ -1184,7 +1173,7 @@ crm_outbox_subscribe(PG_FUNCTION_ARGS)
 		{
 			Oid			types[4] = {UUIDOID, TEXTOID, INT8OID, OIDOID};
 
-			consumer_insert_plan = prepare_kept("INSERT INTO crm.event_consumer (tenant_id, name, position, role_oid)"
+			consumer_insert_plan = crm_prepare_kept("INSERT INTO crm.event_consumer (tenant_id, name, position, role_oid)"
 												" VALUES ($1, $2, $3, $4)"
 												" ON CONFLICT ON CONSTRAINT event_consumer_pkey DO NOTHING", 4, types);
 		}
@@ -1225,7 +1214,7 @@ crm_outbox_unsubscribe(PG_FUNCTION_ARGS)
 	{
 		Oid			types[2] = {UUIDOID, TEXTOID};
 
-		consumer_delete_plan = prepare_kept("DELETE FROM crm.event_consumer c"
+		consumer_delete_plan = crm_prepare_kept("DELETE FROM crm.event_consumer c"
 											" WHERE c.tenant_id OPERATOR(pg_catalog.=) $1"
 											" AND c.name OPERATOR(pg_catalog.=) $2", 2, types);
 	}
@@ -1271,7 +1260,7 @@ crm_outbox_ack(PG_FUNCTION_ARGS)
 	{
 		Oid			types[3] = {UUIDOID, TEXTOID, INT8OID};
 
-		consumer_ack_plan = prepare_kept("UPDATE crm.event_consumer c"
+		consumer_ack_plan = crm_prepare_kept("UPDATE crm.event_consumer c"
 										 " SET position = GREATEST(c.position, $3), acked_at = pg_catalog.now()"
 										 " WHERE c.tenant_id OPERATOR(pg_catalog.=) $1"
 										 " AND c.name OPERATOR(pg_catalog.=) $2 RETURNING c.position", 3, types);

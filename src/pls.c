@@ -51,30 +51,6 @@ static SPIPlanPtr sync_plan = NULL;
 static SPIPlanPtr rebuild_plan = NULL;
 
 /*
- * A session writing crm rows with row_security = off can only be a
- * superuser or BYPASSRLS role loading a dump (pg_restore, or psql running a
- * pg_dump script, sets it): the dump brings the derived rows with it, so
- * deriving them again would double them.  Like replica mode, leave it alone.
- */
-static bool
-loading_dump(void)
-{
-	return !row_security || crm_replica_skips_work();
-}
-
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-			 sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
-/*
  * The columns of each table whose change can move what a closed record
  * contributes, or a prediction: an UPDATE that touches none of them (a
  * rescored lead, a note on a deal) costs the model nothing.
@@ -257,7 +233,7 @@ crm_pls_sync(PG_FUNCTION_ARGS)
 	int			lbs[1] = {1};
 
 	crm_require_trigger(fcinfo, "win_model_sync", false, false);
-	if (loading_dump())
+	if (crm_loading_dump())
 		return PointerGetDatum(NULL);
 
 	trigger = trigdata->tg_trigger;
@@ -299,7 +275,7 @@ crm_pls_sync(PG_FUNCTION_ARGS)
 	{
 		Oid			types[4] = {TEXTOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID};
 
-		sync_plan = prepare_kept("SELECT crm.pls_sync($1, $2, $3, $4)", 4, types);
+		sync_plan = crm_prepare_kept("SELECT crm.pls_sync($1, $2, $3, $4)", 4, types);
 	}
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(rel->rd_rel->relowner,
@@ -378,7 +354,7 @@ crm_pls_rebuild(PG_FUNCTION_ARGS)
 	{
 		Oid			types[1] = {UUIDOID};
 
-		rebuild_plan = prepare_kept("SELECT crm.pls_rebuild_tables($1)", 1, types);
+		rebuild_plan = crm_prepare_kept("SELECT crm.pls_rebuild_tables($1)", 1, types);
 	}
 	args[0] = UUIDPGetDatum(tenant);
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);

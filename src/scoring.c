@@ -193,18 +193,6 @@ static SPIPlanPtr contact_leads_plan = NULL;
 static SPIPlanPtr rescore_plan = NULL;
 static SPIPlanPtr rescore_assign_plan = NULL;
 
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-			 sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 static char *
 uuid_text(const pg_uuid_t *id)
 {
@@ -235,18 +223,6 @@ scoring_owner(void)
 	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
 	ReleaseSysCache(tuple);
 	return owner;
-}
-
-/*
- * A session writing crm rows with row_security = off can only be a
- * superuser or BYPASSRLS role loading a dump (pg_restore, or psql running a
- * pg_dump script, sets it): the dump brings the derived rows with it, so
- * deriving them again would double them.  Like replica mode, leave it alone.
- */
-static bool
-loading_dump(void)
-{
-	return !row_security || crm_replica_skips_work();
 }
 
 /* Models -------------------------------------------------------------- */
@@ -317,7 +293,7 @@ model_load(const pg_uuid_t *tenant, const pg_uuid_t *id)
 	{
 		Oid			types[2] = {UUIDOID, UUIDOID};
 
-		model_plan = prepare_kept(
+		model_plan = crm_prepare_kept(
 								  "SELECT m.id, m.threshold, m.active, r.factor, r.item,"
 								  " r.min_value::pg_catalog.float8, r.points::pg_catalog.float8, r.cap"
 								  " FROM crm.scoring_model m"
@@ -482,7 +458,7 @@ check_opt_out(const LeadInput *in, ScoreResult *r)
 	{
 		Oid			types[3] = {UUIDOID, TEXTOID, UUIDOID};
 
-		optout_plan = prepare_kept(
+		optout_plan = crm_prepare_kept(
 								   "SELECT c.email::pg_catalog.text FROM crm.contact c"
 								   " WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.profiling_opt_out"
 								   " AND (crm.casefold(c.email) OPERATOR(pg_catalog.=) crm.casefold($2)"
@@ -525,7 +501,7 @@ engagement_counts(const LeadInput *in, const Model *m, TimestampTz as_of, ScoreR
 	{
 		Oid			types[4] = {UUIDOID, UUIDOID, TIMESTAMPTZOID, UUIDOID};
 
-		activity_plan = prepare_kept(
+		activity_plan = crm_prepare_kept(
 									 "SELECT x.activity_type, x.occurred_at FROM ("
 									 " SELECT a.id, a.activity_type, a.occurred_at FROM crm.activity a"
 									 "  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1"
@@ -758,7 +734,7 @@ crm_scoring_lead_sync(PG_FUNCTION_ARGS)
 		oldtuple = trigdata->tg_trigtuple;
 		newtuple = trigdata->tg_newtuple;
 	}
-	if (loading_dump())
+	if (crm_loading_dump())
 		return PointerGetDatum(newtuple);
 
 	rel = trigdata->tg_relation;
@@ -947,7 +923,7 @@ crm_scoring_lead_history(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("function \"scoring_lead_history\" must be fired AFTER INSERT or UPDATE with transition tables")));
-	if (loading_dump())
+	if (crm_loading_dump())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;
@@ -1068,7 +1044,7 @@ crm_scoring_lead_history(PG_FUNCTION_ARGS)
 			 * it could not run an INSERT ... SELECT across shards).
 			 */
 			if (history_plan == NULL)
-				history_plan = prepare_kept(
+				history_plan = crm_prepare_kept(
 											"INSERT INTO crm.lead_score_history"
 											" (tenant_id, lead_id, model_id, old_score, new_score, old_fit_score,"
 											"  new_fit_score, old_engagement_score, new_engagement_score, reason)"
@@ -1136,7 +1112,7 @@ rescore_leads(TenantLead *leads, int n, RescoreContext context)
 	{
 		Oid			types[2] = {UUIDOID, UUIDARRAYOID};
 
-		refresh_plan = prepare_kept(
+		refresh_plan = crm_prepare_kept(
 									"UPDATE crm.lead l SET scored_at = l.scored_at"
 									" WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
 									" AND l.id OPERATOR(pg_catalog.=) ANY ($2)",
@@ -1206,7 +1182,7 @@ crm_scoring_refresh(PG_FUNCTION_ARGS)
 	int			save_sec_context;
 
 	crm_require_trigger(fcinfo, "scoring_refresh", false, false);
-	if (loading_dump())
+	if (crm_loading_dump())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;
@@ -1283,7 +1259,7 @@ crm_scoring_refresh(PG_FUNCTION_ARGS)
 			{
 				Oid			types[4] = {UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, UUIDOID};
 
-				contact_leads_plan = prepare_kept(
+				contact_leads_plan = crm_prepare_kept(
 												  "SELECT l.tenant_id, l.id FROM crm.lead l"
 												  " JOIN ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) c(tenant_id, id, email)"
 												  "  ON l.tenant_id OPERATOR(pg_catalog.=) c.tenant_id"
@@ -1374,12 +1350,12 @@ crm_scoring_rescore(PG_FUNCTION_ARGS)
 	{
 		Oid			types[2] = {UUIDOID, UUIDOID};
 
-		rescore_plan = prepare_kept(
+		rescore_plan = crm_prepare_kept(
 									"UPDATE crm.lead l SET scored_at = l.scored_at"
 									" WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
 									" AND ($2 IS NULL OR l.scoring_model_id OPERATOR(pg_catalog.=) $2)",
 									2, types);
-		rescore_assign_plan = prepare_kept(
+		rescore_assign_plan = crm_prepare_kept(
 										   "UPDATE crm.lead l SET scoring_model_id = $2"
 										   " WHERE l.tenant_id OPERATOR(pg_catalog.=) $1",
 										   2, types);
@@ -1436,7 +1412,7 @@ score_one(FunctionCallInfo fcinfo, bool want_values, ScoreResult *r)
 	{
 		Oid			types[1] = {UUIDOID};
 
-		lead_plan = prepare_kept(
+		lead_plan = crm_prepare_kept(
 								 "SELECT * FROM crm.lead l"
 								 " WHERE l.tenant_id OPERATOR(pg_catalog.=) crm.current_tenant()"
 								 " AND l.id OPERATOR(pg_catalog.=) $1",

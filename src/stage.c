@@ -150,18 +150,6 @@ lookup_cache_prepare(void)
 	lookup_cache_key = now;
 }
 
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-			 sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 static StageKind
 parse_stage_kind(const char *kind)
 {
@@ -193,7 +181,7 @@ refuse_foreign_tenant(Relation rel, const pg_uuid_t *tenant)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (current_tenant_plan == NULL)
-		current_tenant_plan = prepare_kept("SELECT crm.current_tenant()", 0, NULL);
+		current_tenant_plan = crm_prepare_kept("SELECT crm.current_tenant()", 0, NULL);
 	if (SPI_execute_plan(current_tenant_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the current tenant");
 	if (SPI_processed == 1)
@@ -270,7 +258,7 @@ lookup(Relation rel, LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *
 			{
 				Oid			types[2] = {UUIDOID, UUIDOID};
 
-				stage_plan = prepare_kept(
+				stage_plan = crm_prepare_kept(
 										  "SELECT pipeline_id, kind, probability FROM crm.stage"
 										  " WHERE tenant_id OPERATOR(pg_catalog.=) $1"
 										  " AND id OPERATOR(pg_catalog.=) $2 FOR SHARE",
@@ -283,7 +271,7 @@ lookup(Relation rel, LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *
 			{
 				Oid			types[1] = {UUIDOID};
 
-				default_pipeline_plan = prepare_kept(
+				default_pipeline_plan = crm_prepare_kept(
 													 "SELECT id FROM crm.pipeline"
 													 " WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND is_default",
 													 1, types);
@@ -296,7 +284,7 @@ lookup(Relation rel, LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *
 			{
 				Oid			types[2] = {UUIDOID, UUIDOID};
 
-				first_stage_plan = prepare_kept(
+				first_stage_plan = crm_prepare_kept(
 												"SELECT id FROM crm.stage"
 												" WHERE tenant_id OPERATOR(pg_catalog.=) $1"
 												" AND pipeline_id OPERATOR(pg_catalog.=) $2"
@@ -1039,7 +1027,7 @@ history_plan(Trigger *trigger)
 			UUIDARRAYOID, NUMERICARRAYOID, TEXTARRAYOID, NUMERICARRAYOID,
 		UUIDOID, NAMEOID};
 
-		entry->plan = prepare_kept(sql.data, 10, argtypes);
+		entry->plan = crm_prepare_kept(sql.data, 10, argtypes);
 	}
 	pfree(sql.data);
 	return entry->plan;
@@ -1332,7 +1320,7 @@ crm_stage_follow(PG_FUNCTION_ARGS)
 			{
 				Oid			types[2] = {UUIDOID, UUIDOID};
 
-				in_use_plan = prepare_kept(
+				in_use_plan = crm_prepare_kept(
 										   "SELECT (SELECT pg_catalog.count(*) FROM crm.opportunity o"
 										   "         WHERE o.tenant_id OPERATOR(pg_catalog.=) $1"
 										   "           AND o.stage_id OPERATOR(pg_catalog.=) $2),"
@@ -1369,13 +1357,13 @@ crm_stage_follow(PG_FUNCTION_ARGS)
 			{
 				Oid			types[4] = {UUIDOID, UUIDOID, NUMERICOID, NUMERICOID};
 
-				follow_opportunity_plan = prepare_kept(
+				follow_opportunity_plan = crm_prepare_kept(
 													   "UPDATE crm.opportunity SET probability = $4"
 													   " WHERE tenant_id OPERATOR(pg_catalog.=) $1"
 													   " AND stage_id OPERATOR(pg_catalog.=) $2"
 													   " AND probability OPERATOR(pg_catalog.=) $3",
 													   4, types);
-				follow_lead_plan = prepare_kept(
+				follow_lead_plan = crm_prepare_kept(
 												"UPDATE crm.lead SET probability = $4"
 												" WHERE tenant_id OPERATOR(pg_catalog.=) $1"
 												" AND stage_id OPERATOR(pg_catalog.=) $2"

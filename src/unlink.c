@@ -73,18 +73,6 @@ typedef struct DeletedIds
 	struct DeletedIds *next;
 } DeletedIds;
 
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-			 sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 /*
  * The statements of a trigger, prepared on its first use.  Table and column
  * names come from the trigger's arguments and are quoted; the tables are
@@ -148,7 +136,7 @@ unlink_plans_for(Trigger *trigger)
 						 " AND %s OPERATOR(pg_catalog.=) ANY ($2)",
 						 quote_identifier(table), quote_identifier(column),
 						 quote_identifier(column));
-		entry->clear[i] = prepare_kept(sql.data, 2, types);
+		entry->clear[i] = crm_prepare_kept(sql.data, 2, types);
 
 		if (links[0] != '\0')
 		{
@@ -183,12 +171,12 @@ unlink_plans_for(Trigger *trigger)
 								 " AND %s OPERATOR(pg_catalog.=) ANY ($2)",
 								 quote_identifier(table), quote_identifier(column));
 			}
-			entry->orphans[i] = prepare_kept(sql.data, 2, types);
+			entry->orphans[i] = crm_prepare_kept(sql.data, 2, types);
 		}
 		pfree(sql.data);
 	}
 	appendStringInfoString(&defer, " DEFERRED");
-	entry->defer = prepare_kept(ndefer > 0 ? defer.data : "SELECT", 0, NULL);
+	entry->defer = crm_prepare_kept(ndefer > 0 ? defer.data : "SELECT", 0, NULL);
 	pfree(defer.data);
 	return entry;
 }
