@@ -53,8 +53,8 @@ SET session_replication_role = replica;
 INSERT INTO crm.lead (tenant_id, name, email, pipeline_id, stage_id, status, probability, company_size, industry,
                       budget, purchase_timeline, is_decision_maker, source, country, currency)
 SELECT :'t', 'Lead ' || g, 'lead' || g || '@bench.example', p.id, s.id, 'open', 10,
-       (g * 7919) % 3000, (ARRAY['technology', 'finance', 'healthcare', 'education', 'retail', 'other'])[1 + g % 6],
-       (g * 104729) % 800000, (ARRAY['immediate', 'within_month', 'within_quarter', 'within_year', 'no_timeline'])[1 + g % 5],
+       (g::bigint * 7919) % 3000, (ARRAY['technology', 'finance', 'healthcare', 'education', 'retail', 'other'])[1 + g % 6],
+       (g::bigint * 104729) % 800000, (ARRAY['immediate', 'within_month', 'within_quarter', 'within_year', 'no_timeline'])[1 + g % 5],
        g % 3 = 0, (ARRAY['website', 'referral', 'partner'])[1 + g % 3], CASE WHEN g % 2 = 0 THEN 'US' ELSE 'DE' END, 'USD'
   FROM generate_series(1, $LEADS) g,
        (SELECT id FROM crm.pipeline WHERE is_default) p,
