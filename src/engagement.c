@@ -149,7 +149,6 @@ static SPIPlanPtr contact_fix_plan = NULL;
 static SPIPlanPtr lead_fix_plan = NULL;
 static SPIPlanPtr account_fix_plan = NULL;
 static SPIPlanPtr convert_plan = NULL;
-static SPIPlanPtr tenant_plan = NULL;
 static SPIPlanPtr rebuild_plan = NULL;
 
 static HTAB *
@@ -1165,8 +1164,6 @@ crm_engagement_lead_converted(PG_FUNCTION_ARGS)
 Datum
 crm_engagement_refresh(PG_FUNCTION_ARGS)
 {
-	bool		isnull;
-	Datum		current;
 	pg_uuid_t	current_tenant;
 	bool		has_current;
 	Datum		args[1];
@@ -1176,14 +1173,7 @@ crm_engagement_refresh(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (tenant_plan == NULL)
-		tenant_plan = crm_prepare_kept("SELECT crm.current_tenant()", 0, NULL);
-	if (SPI_execute_plan(tenant_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read the current tenant");
-	current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	has_current = !isnull;
-	if (has_current)
-		current_tenant = *DatumGetUUIDP(current);
+	has_current = crm_current_tenant_id(&current_tenant);
 
 	if (!PG_ARGISNULL(0))
 	{

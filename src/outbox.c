@@ -77,7 +77,6 @@ static uint32 position_next = 0;
 
 static SPIPlanPtr inbound_plan = NULL;
 static SPIPlanPtr insert_plan = NULL;
-static SPIPlanPtr tenant_plan = NULL;
 static SPIPlanPtr converted_opportunity_plan = NULL;
 
 /*
@@ -323,7 +322,6 @@ crm_outbox_emit_event(PG_FUNCTION_ARGS)
 	char	   *entity = NULL;
 	pg_uuid_t	entity_id;
 	pg_uuid_t	tenant;
-	bool		isnull;
 	Datum		d;
 	int64		position;
 
@@ -360,17 +358,11 @@ crm_outbox_emit_event(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (tenant_plan == NULL)
-		tenant_plan = crm_prepare_kept("SELECT crm.current_tenant()", 0, NULL);
-	if (SPI_execute_plan(tenant_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read the current tenant");
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (isnull)
+	if (!crm_current_tenant_id(&tenant))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("no tenant to emit the event for"),
 				 errhint("Act for a tenant (crm.tenant_id or a mapping made with crm.grant_tenant_access).")));
-	tenant = *DatumGetUUIDP(d);
 
 	/*
 	 * Inbound event types come only through crm.consume_event, which
@@ -957,8 +949,6 @@ crm_outbox_purge_events(PG_FUNCTION_ARGS)
 	static SPIPlanPtr purge_plan = NULL;
 	Interval   *older_than;
 	Interval	zero;
-	Datum		d;
-	bool		isnull;
 	pg_uuid_t	tenant;
 	Datum		args[2];
 	Oid			save_userid;
@@ -979,17 +969,11 @@ crm_outbox_purge_events(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (tenant_plan == NULL)
-		tenant_plan = crm_prepare_kept("SELECT crm.current_tenant()", 0, NULL);
-	if (SPI_execute_plan(tenant_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read the current tenant");
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (isnull)
+	if (!crm_current_tenant_id(&tenant))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("no tenant to purge the events of"),
 				 errhint("Act for a tenant (crm.tenant_id or a mapping made with crm.grant_tenant_access).")));
-	tenant = *DatumGetUUIDP(d);
 
 	if (purge_plan == NULL)
 	{

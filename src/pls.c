@@ -303,7 +303,6 @@ Datum
 crm_pls_rebuild(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *tenant;
-	Datum		current;
 	bool		operator_role;
 	Datum		args[1];
 	Oid			owner;
@@ -320,33 +319,18 @@ crm_pls_rebuild(PG_FUNCTION_ARGS)
 	operator_role = superuser() || has_bypassrls_privilege(GetUserId());
 	if (!operator_role)
 	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute("SELECT crm.current_tenant()", true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read the current tenant");
-		{
-			bool		isnull;
+		pg_uuid_t	current;
+		bool		has_current = crm_current_tenant_id(&current);
 
-			current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-			if (isnull || memcmp(DatumGetUUIDP(current), tenant, UUID_LEN) != 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-						 errmsg("cannot rebuild the predictive model of another tenant"),
-						 errdetail("The session acts for %s.",
-								   isnull ? "no tenant" : "another tenant")));
-		}
-		SPI_finish();
+		if (!has_current || memcmp(&current, tenant, UUID_LEN) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("cannot rebuild the predictive model of another tenant"),
+					 errdetail("The session acts for %s.",
+							   has_current ? "another tenant" : "no tenant")));
 	}
 
-	{
-		Oid			relid = get_relname_relid("pls_frequency", get_namespace_oid("crm", false));
-		HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-
-		if (!HeapTupleIsValid(tuple))
-			elog(ERROR, "cache lookup failed for relation crm.pls_frequency");
-		owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-		ReleaseSysCache(tuple);
-	}
+	owner = crm_table_owner("pls_frequency");
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

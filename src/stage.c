@@ -108,7 +108,6 @@ static CrmCommandKey lookup_cache_key;
 static SPIPlanPtr stage_plan = NULL;
 static SPIPlanPtr default_pipeline_plan = NULL;
 static SPIPlanPtr first_stage_plan = NULL;
-static SPIPlanPtr current_tenant_plan = NULL;
 
 /* Cached INSERT of the history trigger, one per trigger. */
 typedef struct HistoryPlanEntry
@@ -178,20 +177,12 @@ refuse_foreign_tenant(Relation rel, const pg_uuid_t *tenant)
 	if (superuser_arg(userid) || has_bypassrls_privilege(userid))
 		return;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (current_tenant_plan == NULL)
-		current_tenant_plan = crm_prepare_kept("SELECT crm.current_tenant()", 0, NULL);
-	if (SPI_execute_plan(current_tenant_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the current tenant");
-	if (SPI_processed == 1)
 	{
-		bool		isnull;
-		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		pg_uuid_t	current;
 
-		same = !isnull && memcmp(DatumGetUUIDP(value), tenant, sizeof(pg_uuid_t)) == 0;
+		same = crm_current_tenant_id(&current) &&
+			memcmp(&current, tenant, sizeof(pg_uuid_t)) == 0;
 	}
-	SPI_finish();
 
 	if (!same)
 		ereport(ERROR,

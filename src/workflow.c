@@ -1024,7 +1024,6 @@ crm_workflow_idempotency_key(PG_FUNCTION_ARGS)
  */
 PG_FUNCTION_INFO_V1(crm_workflow_consume_event);
 
-static SPIPlanPtr consume_tenant_plan = NULL;
 static SPIPlanPtr consume_kind_plan = NULL;
 static SPIPlanPtr consume_opp_plan = NULL;
 static SPIPlanPtr consume_seen_plan = NULL;
@@ -1072,7 +1071,6 @@ crm_workflow_consume_event(PG_FUNCTION_ARGS)
 	pg_uuid_t	opp;
 	bool		has_opp = false;
 	bool		isnull;
-	Datum		d;
 	Datum		args[4];
 	int64		position;
 	Oid			save_userid;
@@ -1081,16 +1079,10 @@ crm_workflow_consume_event(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (consume_tenant_plan == NULL)
-		consume_tenant_plan = consume_prepare("SELECT crm.current_tenant()", 0, NULL);
-	if (SPI_execute_plan(consume_tenant_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read the current tenant");
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (isnull)
+	if (!crm_current_tenant_id(&tenant))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("consuming an event needs a tenant, and this session acts for none")));
-	tenant = *DatumGetUUIDP(d);
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
