@@ -295,3 +295,10 @@ crm_prepare_kept(const char *sql, int nargs, Oid *argtypes)
 	SPI_keepplan(plan);
 	return plan;
 }
+
+/* A uuid in its text form, for messages. */
+char *
+crm_uuid_text(const pg_uuid_t *id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum((pg_uuid_t *) id)));
+}

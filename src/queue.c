@@ -435,12 +435,6 @@ queue_tenant(void)
 	return tenant;
 }
 
-static char *
-uuid_string(const pg_uuid_t *id)
-{
-	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum((pg_uuid_t *) id)));
-}
-
 static int
 interval_sign(Datum interval)
 {
@@ -539,7 +533,7 @@ consent_refusal(const pg_uuid_t *tenant, const char *consent, const char *action
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-				 errmsg("contact %s does not exist", uuid_string(contact))));
+				 errmsg("contact %s does not exist", crm_uuid_text(contact))));
 	email_opt_out = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	do_not_call = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	if (strcmp(consent, "email") == 0 && email_opt_out)
@@ -736,14 +730,14 @@ crm_queue_require_visible(const pg_uuid_t *tenant, const pg_uuid_t *contact,
 	if (contact != NULL)
 	{
 		kinds[n] = CStringGetTextDatum("contact");
-		ids[n++] = CStringGetTextDatum(uuid_string(contact));
+		ids[n++] = CStringGetTextDatum(crm_uuid_text(contact));
 	}
 	if (entity != NULL && entity_id != NULL &&
 		(strcmp(entity, "contact") == 0 || strcmp(entity, "opportunity") == 0 ||
 		 strcmp(entity, "lead") == 0 || strcmp(entity, "account") == 0))
 	{
 		kinds[n] = CStringGetTextDatum(entity);
-		ids[n++] = CStringGetTextDatum(uuid_string(entity_id));
+		ids[n++] = CStringGetTextDatum(crm_uuid_text(entity_id));
 	}
 	if (n == 0 && (payload == NULL || !JB_ROOT_IS_OBJECT(payload) || JB_ROOT_COUNT(payload) == 0))
 		return;
@@ -985,11 +979,11 @@ job_held(const pg_uuid_t *tenant, const pg_uuid_t *job, const char *worker,
 		if (SPI_processed > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("job %s is already finished (%s)", uuid_string(job),
+					 errmsg("job %s is already finished (%s)", crm_uuid_text(job),
 							SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1))));
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("job %s does not exist", uuid_string(job))));
+				 errmsg("job %s does not exist", crm_uuid_text(job))));
 	}
 	tuple = SPI_tuptable->vals[0];
 	tupdesc = SPI_tuptable->tupdesc;
@@ -997,16 +991,16 @@ job_held(const pg_uuid_t *tenant, const pg_uuid_t *job, const char *worker,
 	if (holder == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("job %s is not claimed", uuid_string(job)),
+				 errmsg("job %s is not claimed", crm_uuid_text(job)),
 				 errhint("Claim it with crm.claim_jobs() first.")));
 	if (worker != NULL && strcmp(holder, worker) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("job %s is held by worker \"%s\", not \"%s\"", uuid_string(job), holder, worker)));
+				 errmsg("job %s is held by worker \"%s\", not \"%s\"", crm_uuid_text(job), holder, worker)));
 	if (DatumGetBool(SPI_getbinval(tuple, tupdesc, 2, &isnull)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the lease of job %s has expired", uuid_string(job)),
+				 errmsg("the lease of job %s has expired", crm_uuid_text(job)),
 				 errdetail("The lease ended at %s.", SPI_getvalue(tuple, tupdesc, 6)),
 				 errhint("Another worker may hold it now; extend leases with crm.extend_lease() before they run out.")));
 	*attempts = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 3, &isnull));
@@ -1223,16 +1217,16 @@ crm_queue_retry(PG_FUNCTION_ARGS)
 		if (SPI_processed > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("job %s is %s and only a dead job can be retried", uuid_string(&job),
+					 errmsg("job %s is %s and only a dead job can be retried", crm_uuid_text(&job),
 							SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1))));
 		run(PLAN_HELD, args, NULL, 1);
 		if (SPI_processed > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("job %s is not dead: it is still in the queue", uuid_string(&job))));
+					 errmsg("job %s is not dead: it is still in the queue", crm_uuid_text(&job))));
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("job %s does not exist", uuid_string(&job))));
+				 errmsg("job %s does not exist", crm_uuid_text(&job))));
 	}
 	crm_notify("crm_jobs", SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	queue_end(&session);

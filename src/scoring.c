@@ -193,12 +193,6 @@ static SPIPlanPtr contact_leads_plan = NULL;
 static SPIPlanPtr rescore_plan = NULL;
 static SPIPlanPtr rescore_assign_plan = NULL;
 
-static char *
-uuid_text(const pg_uuid_t *id)
-{
-	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum((pg_uuid_t *) id)));
-}
-
 static bool
 uuid_equal(const pg_uuid_t *a, const pg_uuid_t *b)
 {
@@ -262,7 +256,7 @@ model_invalid(const Model *m, const char *what)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("scoring model %s cannot be used: %s", uuid_text(&m->id), what),
+			 errmsg("scoring model %s cannot be used: %s", crm_uuid_text(&m->id), what),
 			 errhint("Call crm.validate_scoring_model(weights) to see every problem.")));
 }
 
@@ -415,7 +409,7 @@ model_for(const LeadInput *in, const pg_uuid_t *requested)
 		if (!m->found)
 			ereport(ERROR,
 					(errcode(ERRCODE_NO_DATA_FOUND),
-					 errmsg("scoring model %s does not exist", uuid_text(requested))));
+					 errmsg("scoring model %s does not exist", crm_uuid_text(requested))));
 		return m;
 	}
 	if (in->has_model)
@@ -428,7 +422,7 @@ model_for(const LeadInput *in, const pg_uuid_t *requested)
 	if (!m->found)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("tenant %s has no default scoring model", uuid_text(&in->tenant)),
+				 errmsg("tenant %s has no default scoring model", crm_uuid_text(&in->tenant)),
 				 errhint("Mark one scoring model of the tenant as default.")));
 	return m;
 }
@@ -784,7 +778,7 @@ crm_scoring_lead_sync(PG_FUNCTION_ARGS)
 				!model_load(&in.tenant, &in.model)->found)
 				ereport(ERROR,
 						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-						 errmsg("scoring model %s does not exist", uuid_text(&in.model))));
+						 errmsg("scoring model %s does not exist", crm_uuid_text(&in.model))));
 			m = model_for(&in, NULL);
 			compute_score(&in, m, as_of, false, &r);
 		}
@@ -1004,8 +998,8 @@ crm_scoring_lead_history(PG_FUNCTION_ARGS)
 	/* LeadQualified: the workflow's follow-up task hangs off it */
 	for (int i = 0; i < ne; i++)
 	{
-		char	   *lead = uuid_text(DatumGetUUIDP(ev[1][i]));
-		char	   *model = ev_model_null[i] ? NULL : uuid_text(DatumGetUUIDP(ev[3][i]));
+		char	   *lead = crm_uuid_text(DatumGetUUIDP(ev[1][i]));
+		char	   *model = ev_model_null[i] ? NULL : crm_uuid_text(DatumGetUUIDP(ev[3][i]));
 		char	   *json = psprintf("{\"leadId\": \"%s\", \"score\": %d, \"modelId\": %s%s%s, \"qualifiedAt\": \"%s\"}",
 									lead, (int) DatumGetInt16(ev[2][i]),
 									model ? "\"" : "", model ? model : "null", model ? "\"" : "",
@@ -1424,7 +1418,7 @@ score_one(FunctionCallInfo fcinfo, bool want_values, ScoreResult *r)
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("lead %s does not exist", uuid_text(lead))));
+				 errmsg("lead %s does not exist", crm_uuid_text(lead))));
 	{
 		int			attnums[NUM_LEAD_COLUMNS];
 		TupleDesc	tupdesc = SPI_tuptable->tupdesc;

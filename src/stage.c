@@ -339,12 +339,6 @@ lookup(Relation rel, LookupKind kind, const pg_uuid_t *tenant, const pg_uuid_t *
 	return entry;
 }
 
-static char *
-uuid_text(const pg_uuid_t *id)
-{
-	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum((pg_uuid_t *) id)));
-}
-
 /* Did the UPDATE change this column?  Compared as stored bytes. */
 static bool
 column_changed(HeapTuple oldtuple, HeapTuple newtuple, TupleDesc tupdesc, int attnum)
@@ -671,20 +665,20 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("lead %s is converted and cannot change stage",
-								uuid_text(DatumGetUUIDP(values[COL_ID]))),
+								crm_uuid_text(DatumGetUUIDP(values[COL_ID]))),
 						 errdetail("A converted lead is final; its opportunity carries on.")));
 			if (changed[COL_LOST_REASON])
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("lead %s is converted and cannot be marked lost",
-								uuid_text(DatumGetUUIDP(values[COL_ID]))),
+								crm_uuid_text(DatumGetUUIDP(values[COL_ID]))),
 						 errdetail("A converted lead is final; its opportunity carries on.")));
 			for (int i = COL_CONVERTED_ACCOUNT; i <= COL_CONVERTED_CONTACT; i++)
 				if (changed[i] && !(crm_stage_unlinking && nulls[i]))
 					ereport(ERROR,
 							(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 							 errmsg("the conversion of lead %s cannot be changed",
-									uuid_text(DatumGetUUIDP(values[COL_ID]))),
+									crm_uuid_text(DatumGetUUIDP(values[COL_ID]))),
 							 errdetail("Column \"%s\" records what the lead was converted into.",
 									   stage_column_names[i])));
 			edit_keep_old(&edit, attnums, changed, old_values, old_nulls, COL_STATUS);
@@ -707,7 +701,7 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 			{
 				ereport(ERROR,
 						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-						 errmsg("stage %s does not exist", uuid_text(&stage))));
+						 errmsg("stage %s does not exist", crm_uuid_text(&stage))));
 			}
 			pipeline = info->result;
 		}
@@ -718,7 +712,7 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 			{
 				ereport(ERROR,
 						(errcode(ERRCODE_NO_DATA_FOUND),
-						 errmsg("tenant %s has no default pipeline", uuid_text(&tenant)),
+						 errmsg("tenant %s has no default pipeline", crm_uuid_text(&tenant)),
 						 errhint("Give a pipeline_id, or mark one pipeline of the tenant as default.")));
 			}
 			pipeline = info->result;
@@ -735,7 +729,7 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 		{
 			ereport(ERROR,
 					(errcode(ERRCODE_NO_DATA_FOUND),
-					 errmsg("pipeline %s has no stages", uuid_text(&pipeline)),
+					 errmsg("pipeline %s has no stages", crm_uuid_text(&pipeline)),
 					 errhint("Add a stage to the pipeline, or give a stage_id.")));
 		}
 		stage = info->result;
@@ -747,14 +741,14 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 	{
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-				 errmsg("stage %s does not exist", uuid_text(&stage))));
+				 errmsg("stage %s does not exist", crm_uuid_text(&stage))));
 	}
 	if (memcmp(&info->result, &pipeline, sizeof(pg_uuid_t)) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 				 errmsg("stage %s does not belong to pipeline %s",
-						uuid_text(&stage), uuid_text(&pipeline)),
-				 errdetail("The stage belongs to pipeline %s.", uuid_text(&info->result)),
+						crm_uuid_text(&stage), crm_uuid_text(&pipeline)),
+				 errdetail("The stage belongs to pipeline %s.", crm_uuid_text(&info->result)),
 				 errhint("Move the record to a stage of its own pipeline, or change pipeline_id and stage_id together.")));
 	kind = info->stage_kind;
 
@@ -763,7 +757,7 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%s %s is archived and cannot change stage",
-						record_noun(rel), uuid_text(DatumGetUUIDP(values[COL_ID]))),
+						record_noun(rel), crm_uuid_text(DatumGetUUIDP(values[COL_ID]))),
 				 errhint("Unarchive it first: UPDATE crm.%s SET archived_at = NULL.",
 						 record_noun(rel))));
 
@@ -790,13 +784,13 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("lead %s is lost and cannot be converted",
-								uuid_text(DatumGetUUIDP(values[COL_ID]))),
+								crm_uuid_text(DatumGetUUIDP(values[COL_ID]))),
 						 errhint("Reopen the lead first with crm.lead_reopen().")));
 			if (!nulls[COL_ARCHIVED_AT])
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("lead %s is archived and cannot be converted",
-								uuid_text(DatumGetUUIDP(values[COL_ID]))),
+								crm_uuid_text(DatumGetUUIDP(values[COL_ID]))),
 						 errhint("Unarchive it first: UPDATE crm.lead SET archived_at = NULL.")));
 			edit_set(&edit, attnums[COL_CONVERTED_AT],
 					 TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()), false);

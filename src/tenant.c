@@ -511,12 +511,6 @@ remember_setting(char *old, const char *value)
 	return value ? MemoryContextStrdup(TopMemoryContext, value) : NULL;
 }
 
-static char *
-uuid_text(const pg_uuid_t *value)
-{
-	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(value)));
-}
-
 /* Does the role have the rights of the named group role? */
 static bool
 has_group(Oid userid, const char *group)
@@ -579,7 +573,7 @@ resolve_context(void)
 				ereport(ERROR,
 						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 						 errmsg("role \"%s\" may not act for tenant %s",
-								GetUserNameFromId(userid, false), uuid_text(&guc_tenant)),
+								GetUserNameFromId(userid, false), crm_uuid_text(&guc_tenant)),
 						 errdetail("crm.app_access lists the tenants this application role may serve, and this one is not among them.")));
 		}
 		context.has_tenant = has_guc_tenant;
@@ -722,7 +716,7 @@ crm_current_app_user_id(pg_uuid_t *user)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("crm.user_id %s is not a user of tenant %s",
-							uuid_text(&context.user), uuid_text(&context.tenant)),
+							crm_uuid_text(&context.user), crm_uuid_text(&context.tenant)),
 					 errhint("Set crm.user_id to the id of a row of crm.app_user of the tenant, or leave it empty.")));
 		context.user_checked = true;
 	}
