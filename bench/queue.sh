@@ -10,8 +10,13 @@
 #    through enqueue + claim + complete (counted in the tables afterwards),
 #    for three implementations of the same workload:
 #
-#    crm       crm.enqueue_job / crm.claim_jobs / crm.complete_job (src/queue.c)
-#    plpgsql   the same queue written as idiomatic PL/pgSQL in schema ref:
+#    crm       crm.enqueue_job / crm.claim_jobs / crm.complete_job (src/queue.c);
+#              in the batch runs (batch > 1) the batch forms: a producer's
+#              batch is one crm.enqueue_jobs() call, a worker completes its
+#              claim with one crm.complete_jobs() call
+#    plpgsql   the same queue written as idiomatic PL/pgSQL in schema ref,
+#              with the same batch forms (ref.enqueue_jobs, ref.complete_jobs,
+#              set-based statements):
 #              the same tables (ready set, archive, idempotency keys, the
 #              same columns, constraints, indexes, foreign keys and touch
 #              trigger), the same checks and errors, FOR UPDATE SKIP LOCKED
@@ -207,6 +212,78 @@ BEGIN
 END
 $$;
 
+-- The batch forms: one statement of arrays enqueues a producer's batch,
+-- one statement completes a worker's; a job that fails the checks is
+-- reported by ref.complete_job's own error, all or nothing.
+CREATE FUNCTION ref.enqueue_jobs(p_action text, p_params jsonb[], p_contacts uuid[] DEFAULT NULL,
+                                 p_run_at timestamptz DEFAULT now(), p_keys uuid[] DEFAULT NULL,
+                                 p_max_attempts integer DEFAULT 5)
+    RETURNS uuid[] LANGUAGE plpgsql AS $$
+DECLARE
+    t uuid := crm.current_tenant();
+    a record;
+    ids uuid[];
+    missing uuid;
+BEGIN
+    IF t IS NULL THEN
+        RAISE EXCEPTION 'the job queue needs a tenant, and this session acts for none'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF p_action IS NULL OR p_params IS NULL OR p_run_at IS NULL THEN
+        RAISE EXCEPTION 'action, params and run_at must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_max_attempts IS NULL OR p_max_attempts NOT BETWEEN 1 AND 100 THEN
+        RAISE EXCEPTION 'max_attempts must be between 1 and 100' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.unnest(p_params) p WHERE p IS NULL OR pg_catalog.jsonb_typeof(p) <> 'object') THEN
+        RAISE EXCEPTION 'job parameters must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF pg_catalog.cardinality(p_contacts) <> pg_catalog.cardinality(p_params)
+       OR pg_catalog.cardinality(p_keys) <> pg_catalog.cardinality(p_params) THEN
+        RAISE EXCEPTION 'every array must have one element per job' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT x.queue, x.consent INTO a FROM crm.job_action x WHERE x.code OPERATOR(pg_catalog.=) p_action;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job action "%" does not exist', p_action USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    WITH r AS MATERIALIZED (
+        SELECT crm.uuid_generate_v7() AS id, u.params, u.contact, u.k, u.n
+          FROM ROWS FROM (pg_catalog.unnest(p_params), pg_catalog.unnest(p_contacts), pg_catalog.unnest(p_keys))
+               WITH ORDINALITY AS u(params, contact, k, n)),
+    taken AS (
+        INSERT INTO ref.job_key (tenant_id, idempotency_key, job_id)
+        SELECT t, coalesce(r.k, r.id), r.id FROM r ORDER BY r.n
+        ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING idempotency_key, job_id),
+    checked AS MATERIALIZED (
+        SELECT r.*, c.id AS found,
+               CASE WHEN a.consent = 'email' AND c.email_opt_out THEN 'the contact opted out of e-mail (email_opt_out)'
+                    WHEN (a.consent = 'phone' OR (p_action = 'create_task' AND r.params->>'activity_type' IN ('call', 'call_made')))
+                         AND c.do_not_call THEN 'the contact asked not to be called (do_not_call)' END AS refusal
+          FROM r JOIN taken ON taken.job_id OPERATOR(pg_catalog.=) r.id
+          LEFT JOIN crm.contact c ON c.tenant_id OPERATOR(pg_catalog.=) t AND c.id OPERATOR(pg_catalog.=) r.contact),
+    ready AS (
+        INSERT INTO ref.job (tenant_id, id, queue, action, params, contact_id, idempotency_key, run_at, max_attempts)
+        SELECT t, c.id, a.queue, p_action, c.params, c.contact, coalesce(c.k, c.id), p_run_at, p_max_attempts
+          FROM checked c WHERE c.refusal IS NULL),
+    skipped AS (
+        INSERT INTO ref.job_archive (tenant_id, id, queue, action, params, contact_id, idempotency_key, run_at,
+                                     attempts, max_attempts, errors, outcome, reason, enqueued_at)
+        SELECT t, c.id, a.queue, p_action, c.params, c.contact, coalesce(c.k, c.id), p_run_at, 0, p_max_attempts,
+               '[]', 'skipped', c.refusal, pg_catalog.now()
+          FROM checked c WHERE c.refusal IS NOT NULL)
+    SELECT pg_catalog.array_agg(coalesce(taken.job_id, k.job_id) ORDER BY r.n),
+           (SELECT c.contact FROM checked c WHERE c.contact IS NOT NULL AND c.found IS NULL LIMIT 1)
+      INTO ids, missing
+      FROM r LEFT JOIN taken ON taken.job_id OPERATOR(pg_catalog.=) r.id
+      LEFT JOIN ref.job_key k ON k.tenant_id OPERATOR(pg_catalog.=) t AND k.idempotency_key OPERATOR(pg_catalog.=) r.k;
+    IF missing IS NOT NULL AND a.consent IS NOT NULL THEN
+        RAISE EXCEPTION 'contact % does not exist', missing USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    PERFORM pg_catalog.pg_notify('crm_jobs', a.queue);
+    RETURN ids;
+END
+$$;
+
 CREATE FUNCTION ref.claim_jobs(p_queue text, p_worker text, p_max integer DEFAULT 10,
                                p_lease interval DEFAULT '5 minutes')
     RETURNS SETOF ref.job LANGUAGE plpgsql AS $$
@@ -294,6 +371,45 @@ BEGIN
     PERFORM ref.finish_job(t, p_id, 'completed', NULL, p_result);
 END
 $$;
+
+CREATE FUNCTION ref.complete_jobs(p_ids uuid[], p_worker text, p_result jsonb DEFAULT NULL)
+    RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    t uuid := crm.current_tenant();
+    done uuid[];
+    x uuid;
+BEGIN
+    IF t IS NULL THEN
+        RAISE EXCEPTION 'the job queue needs a tenant, and this session acts for none'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF p_ids IS NULL OR pg_catalog.array_position(p_ids, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'job ids must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF (SELECT pg_catalog.count(DISTINCT u) FROM pg_catalog.unnest(p_ids) u) <> pg_catalog.cardinality(p_ids) THEN
+        RAISE EXCEPTION 'a job is named twice' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    WITH gone AS (DELETE FROM ref.job j
+                   WHERE j.tenant_id OPERATOR(pg_catalog.=) t AND j.id OPERATOR(pg_catalog.=) ANY (p_ids)
+                     AND j.locked_by IS NOT NULL AND (p_worker IS NULL OR j.locked_by OPERATOR(pg_catalog.=) p_worker)
+                     AND j.locked_until OPERATOR(pg_catalog.>=) pg_catalog.now()
+                  RETURNING j.*),
+    archived AS (
+        INSERT INTO ref.job_archive (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,
+                                     contact_id, idempotency_key, run_at, attempts, max_attempts, errors, outcome,
+                                     reason, result, enqueued_at)
+        SELECT g.tenant_id, g.id, g.queue, g.action, g.params, g.rule_id, g.source_entity, g.source_id,
+               g.contact_id, g.idempotency_key, g.run_at, g.attempts, g.max_attempts, g.errors, 'completed',
+               NULL, p_result, g.created_at
+          FROM gone g RETURNING id)
+    SELECT pg_catalog.array_agg(id) INTO done FROM archived;
+    -- the jobs left out: ref.complete_job says what is wrong with the first
+    FOR x IN SELECT u FROM pg_catalog.unnest(p_ids) u WHERE u <> ALL (coalesce(done, '{}')) LOOP
+        PERFORM ref.complete_job(x, p_result, p_worker);
+    END LOOP;
+    RETURN pg_catalog.cardinality(p_ids);
+END
+$$;
 SQL
 
 if [[ $have_pgq == 1 ]]; then
@@ -338,13 +454,15 @@ write_scripts() { # BATCH
 		[[ $v == plpgsql ]] && schema=ref
 		if ((b == 1)); then
 			enq="SELECT $schema.enqueue_job('webhook', '{\"n\": 1}');"
+			done_sql="SELECT count(*) FROM pg_catalog.unnest(:ids::uuid[]) j, $schema.complete_job(j, NULL, 'w' || :client_id::text);"
 		else
-			enq="SELECT count($schema.enqueue_job('webhook', pg_catalog.jsonb_build_object('n', g))) FROM pg_catalog.generate_series(1, $b) g;"
+			enq="SELECT pg_catalog.cardinality($schema.enqueue_jobs('webhook', ARRAY(SELECT pg_catalog.jsonb_build_object('n', g) FROM pg_catalog.generate_series(1, $b) g)));"
+			done_sql="SELECT $schema.complete_jobs(:ids::uuid[], 'w' || :client_id::text);"
 		fi
 		printf '%s\n' "$enq" >"$WORK/$v-producer-$b.sql"
 		cat >"$WORK/$v-worker-$b.sql" <<EOF
 SELECT coalesce(array_agg(id), '{}') AS ids FROM $schema.claim_jobs('webhook', 'w' || :client_id::text, $b) \gset
-SELECT count(*) FROM pg_catalog.unnest(:ids::uuid[]) j, $schema.complete_job(j, NULL, 'w' || :client_id::text);
+$done_sql
 EOF
 	done
 	if ((b == 1)); then

@@ -45,7 +45,10 @@
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(crm_queue_enqueue);
+PG_FUNCTION_INFO_V1(crm_queue_enqueue_many);
 PG_FUNCTION_INFO_V1(crm_queue_claim);
+PG_FUNCTION_INFO_V1(crm_queue_complete_many);
+PG_FUNCTION_INFO_V1(crm_queue_fail_many);
 PG_FUNCTION_INFO_V1(crm_queue_complete);
 PG_FUNCTION_INFO_V1(crm_queue_fail);
 PG_FUNCTION_INFO_V1(crm_queue_extend_lease);
@@ -67,6 +70,7 @@ typedef enum QueuePlan
 	PLAN_ENQUEUE,
 	PLAN_FINISH,
 	PLAN_COMPLETE,
+	PLAN_COMPLETE_MANY,
 	PLAN_CLAIM,
 	PLAN_HELD,
 	PLAN_ARCHIVED_OUTCOME,
@@ -226,6 +230,23 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		"  g.created_at"
 		" FROM gone g",
 		4, {UUIDOID, UUIDOID, JSONBOID, TEXTOID}
+	},
+	[PLAN_COMPLETE_MANY] = {
+		/* PLAN_COMPLETE for an array of jobs ($2): the ids completed */
+		"WITH gone AS (DELETE FROM crm.job j"
+		"  WHERE j.tenant_id OPERATOR(pg_catalog.=) $1 AND j.id OPERATOR(pg_catalog.=) ANY ($2)"
+		"   AND j.locked_by IS NOT NULL"
+		"   AND ($4::pg_catalog.text IS NULL OR j.locked_by OPERATOR(pg_catalog.=) $4)"
+		"   AND j.locked_until OPERATOR(pg_catalog.>=) pg_catalog.now()"
+		JOB_VISIBLE("j.")
+		"  RETURNING j.*)"
+		" INSERT INTO crm.job_archive (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,"
+		"  contact_id, idempotency_key, run_at, attempts, max_attempts, errors, outcome, reason, result, enqueued_at)"
+		" SELECT g.tenant_id, g.id, g.queue, g.action, g.params, g.rule_id, g.source_entity, g.source_id,"
+		"  g.contact_id, g.idempotency_key, g.run_at, g.attempts, g.max_attempts, g.errors, 'completed', NULL, $3,"
+		"  g.created_at"
+		" FROM gone g RETURNING id",
+		4, {UUIDOID, UUIDARRAYOID, JSONBOID, TEXTOID}
 	},
 	[PLAN_CLAIM] = {
 		/*
@@ -1115,6 +1136,161 @@ crm_queue_enqueue(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The elements of an optional uuid[] argument with one element per job
+ * (NULL elements allowed), or NULL when the argument is NULL.
+ */
+static Datum *
+per_job_uuids(FunctionCallInfo fcinfo, int argno, const char *name, int njobs, bool **nulls)
+{
+	Datum	   *elems;
+	int			n;
+
+	*nulls = NULL;
+	if (PG_ARGISNULL(argno))
+		return NULL;
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(argno), UUIDOID, UUID_LEN, false, TYPALIGN_CHAR,
+					  &elems, nulls, &n);
+	if (n != njobs)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must have one element per job", name),
+				 errdetail("params has %d elements and %s %d.", njobs, name, n)));
+	return elems;
+}
+
+/*
+ * crm.enqueue_jobs(action, params[], contacts[], run_at, idempotency_keys[],
+ *					source_entity, source_ids[], rule, max_attempts)
+ *	returns uuid[]
+ *
+ * crm.enqueue_job() for many jobs of one action: the same checks per job,
+ * then crm_queue_enqueue_jobs(), one statement for the batch.
+ */
+Datum
+crm_queue_enqueue_many(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t	tenant = queue_tenant();
+	QueueSession session;
+	CrmJobRequest *jobs;
+	pg_uuid_t  *ids;
+	Datum	   *params;
+	bool	   *params_nulls;
+	int			njobs;
+	Datum	   *contacts;
+	bool	   *contact_nulls;
+	Datum	   *keys;
+	bool	   *key_nulls;
+	Datum	   *sources;
+	bool	   *source_nulls;
+	char	   *action;
+	char	   *entity = NULL;
+	TimestampTz run_at;
+	int			max_attempts;
+	Datum	   *out;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("action must not be null")));
+	action = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("params must not be null"),
+				 errhint("Pass one JSON object per job.")));
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), JSONBOID, -1, false, TYPALIGN_INT,
+					  &params, &params_nulls, &njobs);
+	if (PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("run_at must not be null")));
+	run_at = PG_GETARG_TIMESTAMPTZ(3);
+	if (TIMESTAMP_NOT_FINITE(run_at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("run_at must be a finite time"),
+				 errdetail("A job that runs at infinity never runs, and one at -infinity cannot be ordered.")));
+	if (PG_ARGISNULL(8) || PG_GETARG_INT32(8) < 1 || PG_GETARG_INT32(8) > 100)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_attempts must be between 1 and 100")));
+	max_attempts = PG_GETARG_INT32(8);
+	if (!PG_ARGISNULL(5))
+		entity = text_to_cstring(PG_GETARG_TEXT_PP(5));
+	contacts = per_job_uuids(fcinfo, 2, "contacts", njobs, &contact_nulls);
+	keys = per_job_uuids(fcinfo, 4, "idempotency_keys", njobs, &key_nulls);
+	sources = per_job_uuids(fcinfo, 6, "source_ids", njobs, &source_nulls);
+
+	jobs = palloc0(sizeof(CrmJobRequest) * Max(njobs, 1));
+	for (int i = 0; i < njobs; i++)
+	{
+		CrmJobRequest *job = &jobs[i];
+		Jsonb	   *payload = NULL;
+
+		if (params_nulls[i] || !JB_ROOT_IS_OBJECT(DatumGetJsonbP(params[i])) ||
+			JB_ROOT_IS_SCALAR(DatumGetJsonbP(params[i])))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("job parameters must be a JSON object"),
+					 errdetail("Element %d of params is not.", i + 1)));
+		job->action = action;
+		job->params = DatumGetJsonbP(params[i]);
+		job->run_at = run_at;
+		job->max_attempts = max_attempts;
+		job->entity = entity;
+		if (contacts && !contact_nulls[i])
+		{
+			job->has_contact = true;
+			job->contact = *DatumGetUUIDP(contacts[i]);
+		}
+		if (keys && !key_nulls[i])
+		{
+			job->has_key = true;
+			job->key = *DatumGetUUIDP(keys[i]);
+		}
+		if (sources && !source_nulls[i])
+		{
+			job->has_entity_id = true;
+			job->entity_id = *DatumGetUUIDP(sources[i]);
+		}
+		if (!PG_ARGISNULL(7))
+		{
+			job->has_rule = true;
+			job->rule = *PG_GETARG_UUID_P(7);
+		}
+
+		/* as crm.enqueue_job(): the records a job names must be visible */
+		{
+			JsonbValue	key;
+			JsonbValue *inner;
+
+			key.type = jbvString;
+			key.val.string.val = "payload";
+			key.val.string.len = strlen("payload");
+			inner = findJsonbValueFromContainer(&job->params->root, JB_FOBJECT, &key);
+			if (inner != NULL && inner->type == jbvBinary)
+				payload = JsonbValueToJsonb(inner);
+		}
+		if (job->has_contact || (entity && job->has_entity_id) || payload)
+			crm_queue_require_visible(&tenant, job->has_contact ? &job->contact : NULL,
+									  entity, job->has_entity_id ? &job->entity_id : NULL,
+									  payload);
+	}
+
+	ids = palloc(sizeof(pg_uuid_t) * Max(njobs, 1));
+	if (njobs > 0)
+	{
+		queue_begin(&session);
+		(void) crm_queue_enqueue_jobs(&tenant, jobs, njobs, ids);
+		queue_end(&session);
+	}
+	out = palloc(sizeof(Datum) * Max(njobs, 1));
+	for (int i = 0; i < njobs; i++)
+		out[i] = UUIDPGetDatum(&ids[i]);
+	PG_RETURN_ARRAYTYPE_P(construct_array(out, njobs, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+}
+
+/*
  * crm.claim_jobs(queue, worker, max, lease) returns setof crm.job
  */
 Datum
@@ -1298,6 +1474,42 @@ crm_queue_complete(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Fails one held job (job_held() checks it): retried later with backoff
+ * (returns true and the time in *next_run) or, after its last attempt,
+ * archived as dead (returns false).  The caller is in queue_begin().
+ */
+static bool
+fail_one(const pg_uuid_t *tenant, const pg_uuid_t *job, const char *worker, Datum error,
+		 TimestampTz *next_run)
+{
+	int			attempts;
+	int			max_attempts;
+	double		backoff;
+	Datum		args[4];
+
+	job_held(tenant, job, worker, &attempts, &max_attempts);
+	args[0] = UUIDPGetDatum(tenant);
+	args[1] = UUIDPGetDatum(job);
+	if (attempts >= max_attempts)
+	{
+		args[2] = error;
+		run(PLAN_ADD_ERROR, args, NULL, 0);
+		finish_job(tenant, job, "dead",
+				   psprintf("failed %d of %d attempts", attempts, max_attempts), NULL);
+		return false;
+	}
+	backoff = BACKOFF_BASE_SECONDS * pow(2.0, attempts);
+	if (backoff > BACKOFF_CAP_SECONDS)
+		backoff = BACKOFF_CAP_SECONDS;
+	backoff *= 1.0 + BACKOFF_JITTER * pg_prng_double(&pg_global_prng_state);
+	*next_run = GetCurrentTransactionStartTimestamp() + (TimestampTz) (backoff * USECS_PER_SEC);
+	args[2] = TimestampTzGetDatum(*next_run);
+	args[3] = error;
+	run(PLAN_RETRY_LATER, args, NULL, 0);
+	return true;
+}
+
+/*
  * crm.fail_job(id, error, worker) returns timestamptz: when the job runs
  * again, or NULL when it died.
  */
@@ -1309,39 +1521,173 @@ crm_queue_fail(PG_FUNCTION_ARGS)
 	char	   *worker = worker_argument(fcinfo, 2);
 	Datum		error = PG_ARGISNULL(1) ? CStringGetTextDatum("unknown error") : PG_GETARG_DATUM(1);
 	QueueSession session;
-	int			attempts;
-	int			max_attempts;
 	TimestampTz next_run;
+	bool		again;
 
 	queue_begin(&session);
-	job_held(&tenant, &job, worker, &attempts, &max_attempts);
-	if (attempts >= max_attempts)
-	{
-		Datum		args[3] = {UUIDPGetDatum(&tenant), UUIDPGetDatum(&job), error};
-
-		run(PLAN_ADD_ERROR, args, NULL, 0);
-		finish_job(&tenant, &job, "dead",
-				   psprintf("failed %d of %d attempts", attempts, max_attempts), NULL);
-		queue_end(&session);
+	again = fail_one(&tenant, &job, worker, error, &next_run);
+	queue_end(&session);
+	if (!again)
 		PG_RETURN_NULL();
-	}
-	else
-	{
-		double		backoff = BACKOFF_BASE_SECONDS * pow(2.0, attempts);
-		Datum		args[4];
+	PG_RETURN_TIMESTAMPTZ(next_run);
+}
 
-		if (backoff > BACKOFF_CAP_SECONDS)
-			backoff = BACKOFF_CAP_SECONDS;
-		backoff *= 1.0 + BACKOFF_JITTER * pg_prng_double(&pg_global_prng_state);
-		next_run = GetCurrentTransactionStartTimestamp() + (TimestampTz) (backoff * USECS_PER_SEC);
-		args[0] = UUIDPGetDatum(&tenant);
-		args[1] = UUIDPGetDatum(&job);
-		args[2] = TimestampTzGetDatum(next_run);
-		args[3] = error;
-		run(PLAN_RETRY_LATER, args, NULL, 0);
+/*
+ * The job ids of a batch function's first argument: 22004 for a NULL
+ * array or element, 22023 for an id named twice (a batch reports each job
+ * once).  Sets *n.
+ */
+static pg_uuid_t *
+job_ids_argument(FunctionCallInfo fcinfo, int *n)
+{
+	ArrayType  *array;
+	Datum	   *elems;
+	bool	   *nulls;
+	pg_uuid_t  *ids;
+	HTAB	   *seen;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("job ids must not be null")));
+	array = PG_GETARG_ARRAYTYPE_P(0);
+	deconstruct_array(array, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR, &elems, &nulls, n);
+	ids = palloc(sizeof(pg_uuid_t) * Max(*n, 1));
+	seen = *n > 1 ? batch_table(*n, "crm job ids") : NULL;
+	for (int i = 0; i < *n; i++)
+	{
+		pg_uuid_t	slot_key[2];
+		bool		found;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("job ids must not be null"),
+					 errdetail("Element %d is null.", i + 1)));
+		ids[i] = *DatumGetUUIDP(elems[i]);
+		if (seen == NULL)
+			continue;
+		slot_key[0] = ids[i];
+		memset(&slot_key[1], 0, sizeof(pg_uuid_t));
+		(void) hash_search(seen, slot_key, HASH_ENTER, &found);
+		if (found)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("job %s is named twice", crm_uuid_text(&ids[i])),
+					 errdetail("A batch reports each job once.")));
+	}
+	return ids;
+}
+
+/*
+ * crm.complete_jobs(ids, worker, result) returns integer
+ *
+ * One statement completes every job that is held as it should be; when
+ * that is not all of them, the first job left out (in the order given)
+ * gets job_held()'s error, which undoes the statement: all or nothing.
+ * A job left out only by a race (job_held() finds nothing wrong) is
+ * completed by itself, as crm.complete_job() does.
+ */
+Datum
+crm_queue_complete_many(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t	tenant = queue_tenant();
+	char	   *worker = worker_argument(fcinfo, 1);
+	int			n;
+	pg_uuid_t  *ids = job_ids_argument(fcinfo, &n);
+	Jsonb	   *result = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+	QueueSession session;
+	Datum	   *elems;
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	uint64		done;
+
+	if (n == 0)
+		PG_RETURN_INT32(0);
+	elems = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+		elems[i] = UUIDPGetDatum(&ids[i]);
+
+	queue_begin(&session);
+	args[0] = UUIDPGetDatum(&tenant);
+	args[1] = datum_array(elems, NULL, n, UUIDOID);
+	if (result)
+		args[2] = JsonbPGetDatum(result);
+	else
+		nulls[2] = 'n';
+	if (worker)
+		args[3] = CStringGetTextDatum(worker);
+	else
+		nulls[3] = 'n';
+	run(PLAN_COMPLETE_MANY, args, nulls, 0);
+	done = SPI_processed;
+	if (done < (uint64) n)
+	{
+		HTAB	   *completed = batch_table(n, "crm completed jobs");
+		SPITupleTable *tuptable = SPI_tuptable;
+
+		for (uint64 row = 0; row < done; row++)
+		{
+			pg_uuid_t	slot_key[2];
+			bool		isnull;
+
+			slot_key[0] = *DatumGetUUIDP(SPI_getbinval(tuptable->vals[row], tuptable->tupdesc, 1, &isnull));
+			memset(&slot_key[1], 0, sizeof(pg_uuid_t));
+			(void) hash_search(completed, slot_key, HASH_ENTER, NULL);
+		}
+		for (int i = 0; i < n; i++)
+		{
+			pg_uuid_t	slot_key[2];
+			int			attempts;
+			int			max_attempts;
+
+			slot_key[0] = ids[i];
+			memset(&slot_key[1], 0, sizeof(pg_uuid_t));
+			if (hash_search(completed, slot_key, HASH_FIND, NULL) != NULL)
+				continue;
+			job_held(&tenant, &ids[i], worker, &attempts, &max_attempts);
+			finish_job(&tenant, &ids[i], "completed", NULL, result);
+		}
 	}
 	queue_end(&session);
-	PG_RETURN_TIMESTAMPTZ(next_run);
+	PG_RETURN_INT32(n);
+}
+
+/*
+ * crm.fail_jobs(ids, worker, error) returns table (id, next_run)
+ *
+ * Failures are the exception, so each job goes through crm.fail_job()'s
+ * statements; one call still reports the batch, all or nothing (the first
+ * error undoes the jobs failed before it).
+ */
+Datum
+crm_queue_fail_many(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	pg_uuid_t	tenant = queue_tenant();
+	char	   *worker = worker_argument(fcinfo, 1);
+	int			n;
+	pg_uuid_t  *ids = job_ids_argument(fcinfo, &n);
+	Datum		error = PG_ARGISNULL(2) ? CStringGetTextDatum("unknown error") : PG_GETARG_DATUM(2);
+	QueueSession session;
+
+	InitMaterializedSRF(fcinfo, 0);
+	queue_begin(&session);
+	for (int i = 0; i < n; i++)
+	{
+		TimestampTz next_run;
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		if (fail_one(&tenant, &ids[i], worker, error, &next_run))
+			values[1] = TimestampTzGetDatum(next_run);
+		else
+			nulls[1] = true;
+		values[0] = UUIDPGetDatum(uuid_copy(&ids[i]));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	queue_end(&session);
+	return (Datum) 0;
 }
 
 /*

@@ -37,7 +37,10 @@ CREATE TABLE crm.job (
     CHECK ((locked_by IS NULL) = (locked_until IS NULL))
 );
 CREATE INDEX job_ready_idx ON crm.job (tenant_id, queue, run_at, id) WHERE locked_by IS NULL;
-CREATE INDEX job_lease_idx ON crm.job (tenant_id, locked_until) WHERE locked_by IS NOT NULL;
+-- No index on the leases: the reaper, which runs once a minute, scans the
+-- ready set (small by design), while an index would cost every claim an
+-- entry and gave crm.complete_job a plan that walked every lease of the
+-- tenant when the plan was made on an empty table.
 COMMENT ON TABLE crm.job IS 'Jobs ready to run or running (the ready set); finished, dead and skipped jobs move to crm.job_archive';
 COMMENT ON COLUMN crm.job.tenant_id IS 'Owning tenant';
 COMMENT ON COLUMN crm.job.id IS 'Row id (UUIDv7)';
@@ -177,6 +180,16 @@ CREATE FUNCTION crm.enqueue_job(action text, params jsonb DEFAULT '{}', contact 
 COMMENT ON FUNCTION crm.enqueue_job(text, jsonb, uuid, timestamptz, uuid, text, uuid, uuid, integer) IS
     'Enqueues a job in its action''s queue and returns its id; with an idempotency key already taken, returns that job''s id and makes none; a job whose contact withholds the consent its action needs is archived as skipped at once; NOTIFY crm_jobs with the queue name, once per queue and transaction';
 
+CREATE FUNCTION crm.enqueue_jobs(action text, params jsonb[], contacts uuid[] DEFAULT NULL,
+                                 run_at timestamptz DEFAULT now(), idempotency_keys uuid[] DEFAULT NULL,
+                                 source_entity text DEFAULT NULL, source_ids uuid[] DEFAULT NULL,
+                                 rule uuid DEFAULT NULL, max_attempts integer DEFAULT 5)
+    RETURNS uuid[]
+    AS 'MODULE_PATHNAME', 'crm_queue_enqueue_many'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION crm.enqueue_jobs(text, jsonb[], uuid[], timestamptz, uuid[], text, uuid[], uuid, integer) IS
+    'Enqueues one job of an action per element of params in one statement and returns their ids in order: crm.enqueue_job() for many jobs. contacts, idempotency_keys and source_ids, when given, have one element per job (NULL elements allowed); a key already taken, or taken by an earlier job of the same call, gives that job''s id and makes none';
+
 CREATE FUNCTION crm.claim_jobs(queue text, worker text, max integer DEFAULT 10,
                                lease interval DEFAULT '5 minutes')
     RETURNS SETOF crm.job
@@ -192,12 +205,26 @@ CREATE FUNCTION crm.complete_job(id uuid, result jsonb DEFAULT NULL, worker text
 COMMENT ON FUNCTION crm.complete_job(uuid, jsonb, text) IS
     'Reports a claimed job done: it moves to crm.job_archive with the result. Refused (55000) when the job is not claimed, is held by another worker than the one named, or its lease expired';
 
+CREATE FUNCTION crm.complete_jobs(ids uuid[], worker text, result jsonb DEFAULT NULL)
+    RETURNS integer
+    AS 'MODULE_PATHNAME', 'crm_queue_complete_many'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION crm.complete_jobs(uuid[], text, jsonb) IS
+    'Reports a batch of claimed jobs done in one statement (each moves to crm.job_archive with the result); returns how many. All or nothing: when one job is not claimed, is held by another worker than the one named (NULL: any), its lease expired, or it is named twice, nothing is completed and the error names that job (55000, P0002, 22023)';
+
 CREATE FUNCTION crm.fail_job(id uuid, error text, worker text DEFAULT NULL)
     RETURNS timestamptz
     AS 'MODULE_PATHNAME', 'crm_queue_fail'
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.fail_job(uuid, text, text) IS
     'Reports a claimed job failed: the error is kept and the job retried after least(1 hour, 10 s x 2^attempts) plus up to 10 % jitter (returns when); after max_attempts it is dead (archived; returns NULL). Refused (55000) like crm.complete_job()';
+
+CREATE FUNCTION crm.fail_jobs(ids uuid[], worker text, error text)
+    RETURNS TABLE (id uuid, next_run timestamptz)
+    AS 'MODULE_PATHNAME', 'crm_queue_fail_many'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION crm.fail_jobs(uuid[], text, text) IS
+    'Reports a batch of claimed jobs failed with one error, as crm.fail_job() does for each: returns each job with when it runs again (NULL: it died). All or nothing, as crm.complete_jobs()';
 
 CREATE FUNCTION crm.extend_lease(id uuid, lease interval, worker text DEFAULT NULL)
     RETURNS timestamptz
