@@ -256,7 +256,7 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		 */
 		"UPDATE crm.job r SET locked_by = $4,"
 		"  locked_until = pg_catalog.now() OPERATOR(pg_catalog.+) $5,"
-		"  attempts = r.attempts OPERATOR(pg_catalog.+) 1"
+		"  attempts = r.attempts OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now()"
 		" WHERE r.tenant_id OPERATOR(pg_catalog.=) $1"
 		"  AND r.id OPERATOR(pg_catalog.=) ANY (ARRAY("
 		"   SELECT q.id FROM crm.job q"
@@ -357,9 +357,30 @@ typedef struct QueueSession
 	int			save_sec_context;
 } QueueSession;
 
+/*
+ * The planner learns how big crm.job is only when it plans, and a queue's
+ * ready set swings from empty to a backlog of thousands and back faster
+ * than autovacuum analyzes it: a plan made on the empty table reads the
+ * tenant's whole ready set to find the hundred ids of "id = ANY (...)".
+ * So the plans whose shape depends on that size are made afresh every
+ * REPLAN_EVERY uses (a prepare and a few custom plans, next to a thousand
+ * executions).
+ */
+#define REPLAN_EVERY 1000
+
+static int	plan_uses[NUM_QUEUE_PLANS];
+
 static SPIPlanPtr
 queue_plan(QueuePlan which)
 {
+	if (plans[which] != NULL &&
+		(which == PLAN_CLAIM || which == PLAN_COMPLETE_MANY) &&
+		++plan_uses[which] >= REPLAN_EVERY)
+	{
+		SPI_freeplan(plans[which]);
+		plans[which] = NULL;
+		plan_uses[which] = 0;
+	}
 	if (plans[which] == NULL)
 	{
 		const QueuePlanSpec *spec = &plan_specs[which];
