@@ -491,6 +491,10 @@ SELECT crm.retry_job(:'hdead') OPERATOR(pg_catalog.=) :'hdead' AS retried_dead;
 SELECT crm.enqueue_job('webhook', '{}') AS hjob2 \gset
 SELECT pg_catalog.count(*) AS claimed FROM crm.claim_jobs('webhook', 'hostile-worker', 5, '1 minute');
 SELECT crm.complete_job(:'hjob2', '{"ok": true}', 'hostile-worker');
+SELECT crm.enqueue_jobs('webhook', '{"{}", "{}"}') AS hbatch \gset
+SELECT pg_catalog.count(*) AS claimed FROM crm.claim_jobs('webhook', 'hostile-worker', 5, '1 minute');
+SELECT crm.complete_jobs((:'hbatch'::pg_catalog.uuid[])[1:1], 'hostile-worker') AS completed;
+SELECT pg_catalog.count(*) AS failed FROM crm.fail_jobs((:'hbatch'::pg_catalog.uuid[])[2:2], 'hostile-worker', 'boom');
 SELECT pg_catalog.count(*) AS problems FROM crm.validate_rule('{"all": [{"field": "a", "op": ">=", "value": 1}]}');
 SELECT crm.idempotency_key('hostile', 'key') IS NOT NULL AS keyed;
 SELECT crm.consume_event('OfferRejected', pg_catalog.jsonb_build_object('opportunityId', :'hopp'), 'hostile-1')

@@ -629,6 +629,13 @@ BEGIN
     -- src/sql/93_private_derived.sql): the policies of events and jobs call
     -- crm.is_service() with the reader's rights.
     GRANT EXECUTE ON FUNCTION crm.is_service() TO crm_reader;
+
+    -- Job queue batch forms (issue 12 throughput, src/queue.c): a
+    -- producer's batch in one call, a worker's batch reported in one call.
+    GRANT EXECUTE ON FUNCTION
+        crm.enqueue_jobs(text, jsonb[], uuid[], timestamptz, uuid[], text, uuid[], uuid, integer),
+        crm.complete_jobs(uuid[], text, jsonb), crm.fail_jobs(uuid[], text, text)
+        TO crm_writer;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS
