@@ -41,6 +41,7 @@
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/acl.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -960,14 +961,31 @@ crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request)
  * marked won, moved or linked to a task.  So, as foreign keys and the
  * visibility triggers do for a plain write: an id of a record the caller
  * cannot see is 42501, an id of no record 23503.  Ids that are not uuids
- * are left alone (run_jobs ignores them too).  Runs as the caller, inside
- * its own SPI connection; nothing to do (and no statement run) when no id
- * is named.
+ * are left alone (run_jobs ignores them too).  Nothing to do (and no
+ * statement run) when no id is named.
+ *
+ * The statement runs as the owner of the queue tables, like every other
+ * statement of the queue, and applies the records' policy itself: the
+ * session's tenant as a parameter, and what the caller sees of a private
+ * tenant (visible_to; crm.current_user_id() and crm.is_admin() answer for
+ * the caller, not for the owner).  On Citus a transaction may not touch a
+ * tenant's shards as two different users, so a check made as the caller
+ * after a queue write of the same transaction was refused.  A caller who
+ * bypasses row-level security sees every record of its tenant, as before.
  */
 static SPIPlanPtr visible_plan = NULL;
 
+#define VISIBLE_SEES(alias) \
+	" AND ($5 OR " alias ".visible_to IS NULL" \
+	" OR crm.current_user_id() OPERATOR(pg_catalog.=) ANY (" alias ".visible_to) OR crm.is_admin())"
+
 #define VISIBLE_PLAN_SQL \
-	"SELECT v.k, v.i FROM (" \
+	"SELECT v.k, v.i, v.state FROM (SELECT n.k, n.i, CASE" \
+	"  WHEN n.k OPERATOR(pg_catalog.=) 'contact' THEN " VISIBLE_STATE_N("contact") \
+	"  WHEN n.k OPERATOR(pg_catalog.=) 'opportunity' THEN " VISIBLE_STATE_N("opportunity") \
+	"  WHEN n.k OPERATOR(pg_catalog.=) 'lead' THEN " VISIBLE_STATE_N("lead") \
+	"  WHEN n.k OPERATOR(pg_catalog.=) 'account' THEN " VISIBLE_STATE_N("account") \
+	"  ELSE 2 END AS state FROM (" \
 	" SELECT x.k, CASE WHEN x.t OPERATOR(pg_catalog.~) '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'" \
 	"   THEN x.t::pg_catalog.uuid END" \
 	" FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[])) AS x(k, t)" \
@@ -979,18 +997,13 @@ static SPIPlanPtr visible_plan = NULL;
 	"   ('lead', '{leadId}'), ('contact', '{contactId}'), ('account', '{accountId}')," \
 	"   ('opportunity', '{relatedTo,opportunityId}'), ('lead', '{relatedTo,leadId}')," \
 	"   ('contact', '{relatedTo,contactId}'), ('account', '{relatedTo,accountId}')) AS p(k, path)" \
-	") AS v(k, i)" \
-	" WHERE v.i IS NOT NULL AND NOT CASE" \
-	"  WHEN v.k OPERATOR(pg_catalog.=) 'contact' THEN EXISTS (SELECT 1 FROM crm.contact r" \
-	"   WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 AND r.id OPERATOR(pg_catalog.=) v.i)" \
-	"  WHEN v.k OPERATOR(pg_catalog.=) 'opportunity' THEN EXISTS (SELECT 1 FROM crm.opportunity r" \
-	"   WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 AND r.id OPERATOR(pg_catalog.=) v.i)" \
-	"  WHEN v.k OPERATOR(pg_catalog.=) 'lead' THEN EXISTS (SELECT 1 FROM crm.lead r" \
-	"   WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 AND r.id OPERATOR(pg_catalog.=) v.i)" \
-	"  WHEN v.k OPERATOR(pg_catalog.=) 'account' THEN EXISTS (SELECT 1 FROM crm.account r" \
-	"   WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 AND r.id OPERATOR(pg_catalog.=) v.i)" \
-	"  ELSE true END" \
+	" ) AS n(k, i) WHERE n.i IS NOT NULL) AS v" \
+	" WHERE v.state IS NULL OR v.state OPERATOR(pg_catalog.<) 2" \
 	" LIMIT 1"
+
+#define VISIBLE_STATE_N(table) \
+	"(SELECT CASE WHEN TRUE" VISIBLE_SEES("r") " THEN 2 ELSE 1 END FROM crm." table " r" \
+	" WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 AND r.id OPERATOR(pg_catalog.=) n.i)"
 
 void
 crm_queue_require_visible(const pg_uuid_t *tenant, const pg_uuid_t *contact,
@@ -1000,11 +1013,13 @@ crm_queue_require_visible(const pg_uuid_t *tenant, const pg_uuid_t *contact,
 	Datum		kinds[2];
 	Datum		ids[2];
 	int			n = 0;
-	Datum		args[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	char	   *kind;
 	char	   *id;
 	bool		hidden;
+	bool		isnull;
+	QueueSession session;
 
 	if (contact != NULL)
 	{
@@ -1021,16 +1036,14 @@ crm_queue_require_visible(const pg_uuid_t *tenant, const pg_uuid_t *contact,
 	if (n == 0 && (payload == NULL || !JB_ROOT_IS_OBJECT(payload) || JB_ROOT_COUNT(payload) == 0))
 		return;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	/* the caller's rights, before the switch to the owner */
+	args[4] = BoolGetDatum(superuser() || has_bypassrls_privilege(GetUserId()));
+	queue_begin(&session);
 	if (visible_plan == NULL)
 	{
-		Oid			types[4] = {UUIDOID, TEXTARRAYOID, TEXTARRAYOID, JSONBOID};
-		SPIPlanPtr	plan = SPI_prepare(VISIBLE_PLAN_SQL, 4, types);
+		Oid			types[5] = {UUIDOID, TEXTARRAYOID, TEXTARRAYOID, JSONBOID, BOOLOID};
 
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "could not prepare the visibility check of the queue");
-		visible_plan = plan;
+		visible_plan = crm_prepare_kept(VISIBLE_PLAN_SQL, 5, types);
 	}
 	args[0] = UUIDPGetDatum(tenant);
 	args[1] = PointerGetDatum(construct_array(kinds, n, TEXTOID, -1, false, TYPALIGN_INT));
@@ -1043,25 +1056,13 @@ crm_queue_require_visible(const pg_uuid_t *tenant, const pg_uuid_t *contact,
 		elog(ERROR, "could not check the records a job names");
 	if (SPI_processed == 0)
 	{
-		SPI_finish();
+		queue_end(&session);
 		return;
 	}
 	kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	id = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-
-	/* not visible: hidden (exists for the owner) or absent? */
-	{
-		Oid			save_userid;
-		int			save_sec_context;
-
-		GetUserIdAndSecContext(&save_userid, &save_sec_context);
-		SetUserIdAndSecContext(crm_table_owner(kind),
-							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-		if (SPI_execute_plan(visible_plan, args, nulls, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not check the records a job names");
-		hidden = (SPI_processed == 0);
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-	}
+	(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	hidden = !isnull;			/* state 1: exists, not visible */
 	if (hidden)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),

@@ -395,3 +395,88 @@ SELECT (SELECT count(*) FROM crm.account) AS accounts, (SELECT count(*) FROM crm
 COMMIT;
 
 \echo '## end'
+
+-- The job queue (issue 12) on Citus: every call of a transaction --------------
+-- under one identity (the queue tables' owner), the tenant fence kept.
+\c - crm_citus_app
+SET client_min_messages = warning;
+SET citus.propagate_set_commands = 'local';
+
+\echo '## queue: enqueue twice (and a batch) in one transaction'
+BEGIN;
+SET LOCAL crm.tenant_id = :'ts';
+SELECT crm.enqueue_job('webhook', '{"n": 1}') IS NOT NULL AS first;
+SELECT crm.enqueue_job('webhook', '{"n": 2}', idempotency_key => '00000000-0000-5000-8000-0000000000c1') AS keyed \gset
+SELECT crm.enqueue_job('webhook', '{"n": 2}', idempotency_key => '00000000-0000-5000-8000-0000000000c1') = :'keyed' AS same_key;
+SELECT cardinality(crm.enqueue_jobs('webhook', ARRAY['{"n": 3}', '{"n": 4}', '{"n": 5}']::jsonb[])) AS batch;
+SELECT crm.enqueue_job('webhook', '{"n": 6}', max_attempts => 1) IS NOT NULL AS last_chance;
+SELECT crm.enqueue_job('send_email', '{"template": "hello"}', :'hank') IS NOT NULL AS mail;
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'ts';
+SELECT queue, params->>'n' AS n, attempts, max_attempts, locked_by FROM crm.job
+ WHERE queue IN ('webhook', 'email') ORDER BY 1, 2;
+COMMIT;
+
+\echo '## queue: claim, complete, complete a batch, fail, retry in one transaction'
+BEGIN;
+SET LOCAL crm.tenant_id = :'ts';
+SELECT array_agg(id ORDER BY (params->>'n')::int) AS claimed, count(*) AS nclaimed
+  FROM crm.claim_jobs('webhook', 'citus-worker', 10, '5 minutes') \gset
+SELECT :nclaimed AS claimed;
+SELECT crm.complete_job((:'claimed'::uuid[])[1], '{"ok": 1}', 'citus-worker');
+SELECT crm.complete_jobs((:'claimed'::uuid[])[2:3], 'citus-worker', '{"ok": 2}') AS completed;
+SELECT crm.fail_job((:'claimed'::uuid[])[4], 'HTTP 500', 'citus-worker') > now() AS retried_later;
+SELECT f.next_run IS NULL AS dead FROM crm.fail_jobs((:'claimed'::uuid[])[6:6], 'citus-worker', 'HTTP 502') f;
+SELECT crm.extend_lease((:'claimed'::uuid[])[5], '10 minutes', 'citus-worker') > now() AS extended;
+SELECT crm.retry_job((:'claimed'::uuid[])[6]) = (:'claimed'::uuid[])[6] AS retried;
+SELECT crm.reap_expired_leases() AS reaped;
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'ts';
+SELECT params->>'n' AS n, attempts, locked_by, jsonb_array_length(errors) AS errors FROM crm.job
+ WHERE queue = 'webhook' ORDER BY 1;
+SELECT params->>'n' AS n, outcome, result, reason FROM crm.job_archive WHERE queue = 'webhook' ORDER BY 1;
+COMMIT;
+
+\echo '## queue: errors are the same, and the transaction goes on after none'
+BEGIN;
+SET LOCAL crm.tenant_id = :'ts';
+SELECT crm.complete_jobs((:'claimed'::uuid[])[5:6], 'citus-worker');
+ROLLBACK;
+BEGIN;
+SET LOCAL crm.tenant_id = :'ts';
+SELECT crm.complete_job((:'claimed'::uuid[])[1], NULL, 'citus-worker');
+ROLLBACK;
+
+\echo '## queue: run_jobs runs the in-database jobs of the rules, twice in one transaction'
+BEGIN;
+SET LOCAL crm.tenant_id = :'ts';
+SET LOCAL crm.user_id = :'sam';
+SELECT crm.run_jobs(1) AS ran_first, crm.run_jobs(100) AS ran_then;
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'ts';
+SELECT a.action, a.outcome, count(*) FROM crm.job_archive a WHERE a.queue = 'crm' GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT count(*) AS crm_jobs_left FROM crm.job WHERE queue = 'crm' AND run_at <= now();
+SELECT subject, status FROM crm.activity WHERE activity_type <> 'quote_created' AND subject NOT LIKE 'Bulk%'
+   AND account_id = :'globex' ORDER BY 1, 2;
+COMMIT;
+
+\echo '## queue: another tenant sees, claims and completes none of these jobs'
+BEGIN;
+SET LOCAL crm.tenant_id = :'tn';
+SELECT count(*) AS jobs FROM crm.job;
+SELECT count(*) AS claimed FROM crm.claim_jobs('webhook', 'north-worker', 10);
+SELECT crm.complete_jobs((:'claimed'::uuid[])[5:5], 'citus-worker');
+ROLLBACK;
+
+\c - crm_citus_alice
+SET client_min_messages = warning;
+SET citus.propagate_set_commands = 'local';
+\echo '## queue: the mapped login role enqueues and claims in its own tenant only'
+BEGIN;
+SELECT crm.enqueue_job('webhook', '{"n": 7}') IS NOT NULL AS enqueued;
+SELECT crm.enqueue_job('webhook', '{"n": 8}') IS NOT NULL AS again;
+SELECT params->>'n' AS n FROM crm.claim_jobs('webhook', 'alice-worker', 10) ORDER BY 1;
+COMMIT;
