@@ -282,34 +282,44 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		JOB_VISIBLE(""),
 		2, {UUIDOID, UUIDOID}
 	},
+	/*
+	 * The error entry is built from parameters (the attempt and the worker
+	 * read under the row lock), not from the row's columns: Citus refuses a
+	 * stable function such as jsonb_build_object() over columns in an
+	 * UPDATE.
+	 */
+#define ERROR_ENTRY(err, attempt, worker) \
+		" pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(" \
+		"  'at', pg_catalog.now(), 'attempt', " attempt "::pg_catalog.int4, 'worker', " worker "::pg_catalog.text," \
+		"  'error', " err "::pg_catalog.text))"
 	[PLAN_RETRY_LATER] = {
-		"UPDATE crm.job SET locked_by = NULL, locked_until = NULL, run_at = $3,"
-		" errors = errors OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object("
-		"  'at', pg_catalog.now(), 'attempt', attempts, 'worker', locked_by, 'error', $4))"
+		"UPDATE crm.job SET locked_by = NULL, locked_until = NULL, run_at = $3, updated_at = pg_catalog.now(),"
+		" errors = errors OPERATOR(pg_catalog.||)" ERROR_ENTRY("$4", "$5", "$6")
 		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2",
-		4, {UUIDOID, UUIDOID, TIMESTAMPTZOID, TEXTOID}
+		6, {UUIDOID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT4OID, TEXTOID}
 	},
 	[PLAN_ADD_ERROR] = {
-		"UPDATE crm.job SET"
-		" errors = errors OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object("
-		"  'at', pg_catalog.now(), 'attempt', attempts, 'worker', locked_by, 'error', $3))"
+		"UPDATE crm.job SET updated_at = pg_catalog.now(),"
+		" errors = errors OPERATOR(pg_catalog.||)" ERROR_ENTRY("$3", "$4", "$5")
 		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2",
-		3, {UUIDOID, UUIDOID, TEXTOID}
+		5, {UUIDOID, UUIDOID, TEXTOID, INT4OID, TEXTOID}
 	},
 	[PLAN_EXTEND] = {
-		"UPDATE crm.job SET locked_until = pg_catalog.now() OPERATOR(pg_catalog.+) $3"
+		"UPDATE crm.job SET locked_until = pg_catalog.now() OPERATOR(pg_catalog.+) $3, updated_at = pg_catalog.now()"
 		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2 RETURNING locked_until",
 		3, {UUIDOID, UUIDOID, INTERVALOID}
 	},
 	[PLAN_EXPIRED] = {
-		"SELECT tenant_id, id, attempts OPERATOR(pg_catalog.>=) max_attempts, queue, max_attempts FROM crm.job"
+		"SELECT tenant_id, id, attempts OPERATOR(pg_catalog.>=) max_attempts, queue, max_attempts,"
+		" attempts, locked_by FROM crm.job"
 		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND locked_by IS NOT NULL"
 		"  AND locked_until OPERATOR(pg_catalog.<) pg_catalog.now()"
 		" ORDER BY tenant_id, id FOR UPDATE SKIP LOCKED",
 		1, {UUIDOID}
 	},
 	[PLAN_EXPIRED_ALL] = {
-		"SELECT tenant_id, id, attempts OPERATOR(pg_catalog.>=) max_attempts, queue, max_attempts FROM crm.job"
+		"SELECT tenant_id, id, attempts OPERATOR(pg_catalog.>=) max_attempts, queue, max_attempts,"
+		" attempts, locked_by FROM crm.job"
 		" WHERE locked_by IS NOT NULL AND locked_until OPERATOR(pg_catalog.<) pg_catalog.now()"
 		" ORDER BY tenant_id, id FOR UPDATE SKIP LOCKED",
 		0, {0}
@@ -1392,10 +1402,10 @@ crm_queue_claim(PG_FUNCTION_ARGS)
 /*
  * Locks a running job and checks that the caller may report on it: it is
  * in the ready set and claimed, held by the named worker (when one is
- * named), and its lease has not run out.  Fills attempts, max_attempts and
- * the queue.
+ * named), and its lease has not run out.  Fills attempts and max_attempts;
+ * returns the worker holding it.
  */
-static void
+static char *
 job_held(const pg_uuid_t *tenant, const pg_uuid_t *job, const char *worker,
 		 int *attempts, int *max_attempts)
 {
@@ -1440,6 +1450,7 @@ job_held(const pg_uuid_t *tenant, const pg_uuid_t *job, const char *worker,
 				 errhint("Another worker may hold it now; extend leases with crm.extend_lease() before they run out.")));
 	*attempts = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 3, &isnull));
 	*max_attempts = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 4, &isnull));
+	return holder;
 }
 
 static pg_uuid_t
@@ -1507,14 +1518,17 @@ fail_one(const pg_uuid_t *tenant, const pg_uuid_t *job, const char *worker, Datu
 	int			attempts;
 	int			max_attempts;
 	double		backoff;
-	Datum		args[4];
+	Datum		args[6];
+	char	   *holder;
 
-	job_held(tenant, job, worker, &attempts, &max_attempts);
+	holder = job_held(tenant, job, worker, &attempts, &max_attempts);
 	args[0] = UUIDPGetDatum(tenant);
 	args[1] = UUIDPGetDatum(job);
 	if (attempts >= max_attempts)
 	{
 		args[2] = error;
+		args[3] = Int32GetDatum(attempts);
+		args[4] = CStringGetTextDatum(holder);
 		run(PLAN_ADD_ERROR, args, NULL, 0);
 		finish_job(tenant, job, "dead",
 				   psprintf("failed %d of %d attempts", attempts, max_attempts), NULL);
@@ -1527,6 +1541,8 @@ fail_one(const pg_uuid_t *tenant, const pg_uuid_t *job, const char *worker, Datu
 	*next_run = GetCurrentTransactionStartTimestamp() + (TimestampTz) (backoff * USECS_PER_SEC);
 	args[2] = TimestampTzGetDatum(*next_run);
 	args[3] = error;
+	args[4] = Int32GetDatum(attempts);
+	args[5] = CStringGetTextDatum(holder);
 	run(PLAN_RETRY_LATER, args, NULL, 0);
 	return true;
 }
@@ -1778,11 +1794,13 @@ crm_queue_reap(PG_FUNCTION_ARGS)
 		bool		last = DatumGetBool(SPI_getbinval(tuple, tupdesc, 3, &isnull));
 		char	   *queue = SPI_getvalue(tuple, tupdesc, 4);
 		int			max_attempts = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 5, &isnull));
+		Datum		attempts = SPI_getbinval(tuple, tupdesc, 6, &isnull);
+		Datum		holder = SPI_getbinval(tuple, tupdesc, 7, &isnull);
 
 		if (last)
 		{
-			Datum		err_args[3] = {UUIDPGetDatum(&job_tenant), UUIDPGetDatum(&job),
-			CStringGetTextDatum("lease expired")};
+			Datum		err_args[5] = {UUIDPGetDatum(&job_tenant), UUIDPGetDatum(&job),
+			CStringGetTextDatum("lease expired"), attempts, holder};
 
 			run(PLAN_ADD_ERROR, err_args, NULL, 0);
 			finish_job(&job_tenant, &job, "dead",
@@ -1790,9 +1808,9 @@ crm_queue_reap(PG_FUNCTION_ARGS)
 		}
 		else
 		{
-			Datum		retry_args[4] = {UUIDPGetDatum(&job_tenant), UUIDPGetDatum(&job),
+			Datum		retry_args[6] = {UUIDPGetDatum(&job_tenant), UUIDPGetDatum(&job),
 				TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
-			CStringGetTextDatum("lease expired")};
+			CStringGetTextDatum("lease expired"), attempts, holder};
 
 			run(PLAN_RETRY_LATER, retry_args, NULL, 0);
 			crm_notify("crm_jobs", queue);
