@@ -34,6 +34,10 @@ SELECT crm.enqueue_jobs('webhook', ARRAY['{"k": "replay"}', '{"k": "c"}']::jsonb
                         idempotency_keys => ARRAY['00000000-0000-5000-8000-00000000000b', NULL]::uuid[]) AS replay \gset
 SELECT (:'replay'::uuid[])[1] = (:'keyed'::uuid[])[2] AS replay_gives_first_job,
        (SELECT count(*) FROM crm.job WHERE params ? 'k') AS keyed_jobs;
+SELECT crm.enqueue_job('webhook', '{"k": "single replay"}',
+                       idempotency_key => '00000000-0000-5000-8000-00000000000b') = (:'keyed'::uuid[])[2]
+       AS single_replay_gives_first_job,
+       (SELECT count(*) FROM crm.job WHERE params ? 'k') AS keyed_jobs;
 
 -- Consent at enqueue, per job: Bo opted out of e-mail, Ada did not.
 SELECT crm.enqueue_jobs('send_email', ARRAY['{"template": "hi"}', '{"template": "hi"}']::jsonb[],

@@ -69,6 +69,7 @@ typedef enum QueuePlan
 	PLAN_KEY_HOLDERS,
 	PLAN_DEBOUNCE,
 	PLAN_ENQUEUE,
+	PLAN_ENQUEUE_ONE,
 	PLAN_FINISH,
 	PLAN_COMPLETE,
 	PLAN_COMPLETE_MANY,
@@ -187,6 +188,22 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		13, {UUIDOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, UUIDARRAYOID,
 			TEXTARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TIMESTAMPTZARRAYOID,
 		INT4ARRAYOID, TEXTARRAYOID}
+	},
+	[PLAN_ENQUEUE_ONE] = {
+		/*
+		 * PLAN_ENQUEUE for one job without a contact (so no consent to
+		 * read), the usual single enqueue: the key and the job in one
+		 * statement that also reads the action, so nothing else runs.  No
+		 * row when the key was taken, or the action does not exist.
+		 */
+		"WITH k AS (INSERT INTO crm.job_key (tenant_id, idempotency_key, job_id) VALUES ($1, $9, $2)"
+		"  ON CONFLICT ON CONSTRAINT job_key_pkey DO NOTHING RETURNING job_id)"
+		" INSERT INTO crm.job (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,"
+		" contact_id, idempotency_key, run_at, max_attempts)"
+		" SELECT $1, k.job_id, a.queue, a.code, $4, $5, $6, $7, $8, $9, $10, $11"
+		" FROM k, crm.job_action a WHERE a.code OPERATOR(pg_catalog.=) $3 RETURNING queue",
+		11, {UUIDOID, UUIDOID, TEXTOID, JSONBOID, UUIDOID, TEXTOID, UUIDOID, UUIDOID, UUIDOID,
+		TIMESTAMPTZOID, INT4OID}
 	},
 	[PLAN_FINISH] = {
 		"WITH gone AS (DELETE FROM crm.job j"
@@ -764,6 +781,81 @@ debounce_batch(const pg_uuid_t *tenant, const CrmJobRequest *jobs, int njobs, bo
 }
 
 /*
+ * One job without a contact, in PLAN_ENQUEUE_ONE: crm_queue_enqueue_jobs()
+ * for the usual single enqueue, one statement instead of an action lookup
+ * and the batch statement.  Returns the job's id, or that of the job
+ * holding its key; *made says which.
+ */
+static pg_uuid_t
+enqueue_one(const pg_uuid_t *tenant, const CrmJobRequest *job, bool *made)
+{
+	Datum		args[11];
+	char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	pg_uuid_t	id;
+	pg_uuid_t	key;
+	ActionInfo	action;
+
+	crm_uuid_v7(&id);
+	key = job->has_key ? job->key : id;
+	args[0] = UUIDPGetDatum(tenant);
+	args[1] = UUIDPGetDatum(&id);
+	args[2] = CStringGetTextDatum(job->action);
+	args[3] = JsonbPGetDatum(job->params);
+	if (job->has_rule)
+		args[4] = UUIDPGetDatum(&job->rule);
+	else
+		nulls[4] = 'n';
+	if (job->entity)
+		args[5] = CStringGetTextDatum(job->entity);
+	else
+		nulls[5] = 'n';
+	if (job->has_entity_id)
+		args[6] = UUIDPGetDatum(&job->entity_id);
+	else
+		nulls[6] = 'n';
+	nulls[7] = 'n';				/* no contact */
+	args[8] = UUIDPGetDatum(&key);
+	args[9] = TimestampTzGetDatum(job->run_at);
+	args[10] = Int32GetDatum(job->max_attempts);
+	run(PLAN_ENQUEUE_ONE, args, nulls, 0);
+	if (SPI_processed == 1)
+	{
+		/* PostgreSQL folds equal notifications of a transaction into one. */
+		crm_notify("crm_jobs", SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		*made = true;
+		return id;
+	}
+
+	/* no job: an unknown action, or a key taken before */
+	*made = false;
+	if (!action_lookup(job->action, &action))
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("job action \"%s\" does not exist", job->action),
+				 errhint("The known actions are listed in crm.job_action.")));
+	{
+		Datum		kargs[2];
+		Datum		keyd = UUIDPGetDatum(&key);
+		bool		isnull;
+		pg_uuid_t	holder;
+
+		kargs[0] = UUIDPGetDatum(tenant);
+		kargs[1] = datum_array(&keyd, NULL, 1, UUIDOID);
+		run(PLAN_KEY_HOLDERS, kargs, NULL, 1);
+		if (SPI_processed == 0)
+			elog(ERROR, "idempotency key vanished while it was taken");
+		holder = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		/* our own key without a job: the action went away meanwhile */
+		if (memcmp(&holder, &id, sizeof(pg_uuid_t)) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+					 errmsg("job action \"%s\" does not exist", job->action),
+					 errhint("The known actions are listed in crm.job_action.")));
+		return holder;
+	}
+}
+
+/*
  * Enqueues a batch of jobs for a tenant (crm.h says what it promises); the
  * caller is connected to SPI as the owner of the queue tables.  The jobs
  * go in by one statement of arrays, so a batch costs one plan execution
@@ -795,6 +887,15 @@ crm_queue_enqueue_jobs(const pg_uuid_t *tenant, const CrmJobRequest *jobs, int n
 
 	if (njobs <= 0)
 		return 0;
+	if (njobs == 1 && !jobs[0].has_contact && jobs[0].debounce == NULL)
+	{
+		bool		made_one;
+		pg_uuid_t	id = enqueue_one(tenant, &jobs[0], &made_one);
+
+		if (ids != NULL)
+			ids[0] = id;
+		return made_one ? 1 : 0;
+	}
 	made_ids = palloc(sizeof(pg_uuid_t) * njobs);
 	held = palloc(sizeof(bool) * njobs);
 	dup_of = palloc(sizeof(int) * njobs);
