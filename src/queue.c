@@ -280,10 +280,11 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		"   SELECT q.id FROM crm.job q"
 		"    WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.queue OPERATOR(pg_catalog.=) $2"
 		"     AND q.locked_by IS NULL AND q.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+		"     AND q.run_at OPERATOR(pg_catalog.>=) $6 AND q.run_at OPERATOR(pg_catalog.<) $7"
 		JOB_VISIBLE("q.")
 		"    ORDER BY q.run_at, q.id LIMIT $3 FOR UPDATE SKIP LOCKED))"
 		" RETURNING r.*",
-		5, {UUIDOID, TEXTOID, INT4OID, TEXTOID, INTERVALOID}
+		7, {UUIDOID, TEXTOID, INT4OID, TEXTOID, INTERVALOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
 	[PLAN_HELD] = {
 		"SELECT locked_by, locked_until OPERATOR(pg_catalog.<) pg_catalog.now(), attempts, max_attempts, queue,"
@@ -1424,6 +1425,119 @@ crm_queue_enqueue_many(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Where a worker's claims start.  The ready index is ordered by run_at, and
+ * every job claimed leaves a dead entry at its front until VACUUM removes
+ * it: a queue that moves ten thousand jobs a second between two autovacuum
+ * runs makes each claim walk pages of them before the first ready job.  So
+ * a backend remembers, per tenant and queue, the oldest run_at its last
+ * claim took, and the next claim starts there; the jobs below that point
+ * (one a concurrent claim skipped and then gave back, one enqueued with an
+ * earlier run_at) are taken when the range above runs short, and every
+ * CLAIM_FULL_EVERY claims a claim looks from the start, so "oldest due
+ * first" holds within that many claims of one worker.
+ */
+#define CLAIM_FULL_EVERY	100
+#define CLAIM_FLOORS		8
+
+typedef struct ClaimFloor
+{
+	bool		used;
+	pg_uuid_t	tenant;
+	char		queue[NAMEDATALEN];
+	TimestampTz floor;
+	int			uses;
+} ClaimFloor;
+
+static ClaimFloor claim_floors[CLAIM_FLOORS];
+static int	claim_floor_next = 0;
+
+static ClaimFloor *
+claim_floor(const pg_uuid_t *tenant, const char *queue, bool create)
+{
+	ClaimFloor *f;
+
+	if (strlen(queue) >= NAMEDATALEN)
+		return NULL;
+	for (int i = 0; i < CLAIM_FLOORS; i++)
+		if (claim_floors[i].used && strcmp(claim_floors[i].queue, queue) == 0 &&
+			memcmp(&claim_floors[i].tenant, tenant, sizeof(pg_uuid_t)) == 0)
+			return &claim_floors[i];
+	if (!create)
+		return NULL;
+	f = &claim_floors[claim_floor_next];
+	claim_floor_next = (claim_floor_next + 1) % CLAIM_FLOORS;
+	memset(f, 0, sizeof(*f));
+	f->used = true;
+	f->tenant = *tenant;
+	strlcpy(f->queue, queue, NAMEDATALEN);
+	return f;
+}
+
+/*
+ * Claims up to limit due jobs with lo <= run_at < hi, re-checks their
+ * consent and puts those a worker may have into the result.  Returns how
+ * many rows the claim took (skipped ones included) and their oldest run_at.
+ */
+static int
+claim_range(const pg_uuid_t *tenant, Datum *args, int limit, TimestampTz lo, TimestampTz hi,
+			ReturnSetInfo *rsinfo, TimestampTz *oldest)
+{
+	SPITupleTable *claimed;
+	uint64		nclaimed;
+	int			att_id;
+	int			att_action;
+	int			att_params;
+	int			att_contact;
+	int			att_run_at;
+
+	args[2] = Int32GetDatum(limit);
+	args[5] = TimestampTzGetDatum(lo);
+	args[6] = TimestampTzGetDatum(hi);
+	run(PLAN_CLAIM, args, NULL, 0);
+	claimed = SPI_tuptable;
+	nclaimed = SPI_processed;
+	if (nclaimed == 0)
+		return 0;
+	att_id = SPI_fnumber(claimed->tupdesc, "id");
+	att_action = SPI_fnumber(claimed->tupdesc, "action");
+	att_params = SPI_fnumber(claimed->tupdesc, "params");
+	att_contact = SPI_fnumber(claimed->tupdesc, "contact_id");
+	att_run_at = SPI_fnumber(claimed->tupdesc, "run_at");
+
+	for (uint64 i = 0; i < nclaimed; i++)
+	{
+		HeapTuple	tuple = claimed->vals[i];
+		TupleDesc	tupdesc = claimed->tupdesc;
+		bool		isnull;
+		pg_uuid_t	job = *DatumGetUUIDP(SPI_getbinval(tuple, tupdesc, att_id, &isnull));
+		TimestampTz run_at = DatumGetTimestampTz(SPI_getbinval(tuple, tupdesc, att_run_at, &isnull));
+		Datum		contact = SPI_getbinval(tuple, tupdesc, att_contact, &isnull);
+		const char *refusal = NULL;
+
+		if (run_at < *oldest)
+			*oldest = run_at;
+		/* Consent may have been withdrawn since the job was enqueued. */
+		if (!isnull)
+		{
+			pg_uuid_t	contact_id = *DatumGetUUIDP(contact);
+			char	   *action = SPI_getvalue(tuple, tupdesc, att_action);
+			Datum		params = SPI_getbinval(tuple, tupdesc, att_params, &isnull);
+			ActionInfo	info;
+			const char *consent = NULL;
+
+			if (action_lookup(action, &info))
+				consent = consent_needed(&info, action, DatumGetJsonbP(params));
+			refusal = consent_refusal(tenant, consent, &contact_id);
+		}
+		if (refusal)
+			finish_job(tenant, &job, "skipped", refusal, NULL);
+		else
+			tuplestore_puttuple(rsinfo->setResult, tuple);
+	}
+	return (int) nclaimed;
+}
+
+/*
  * crm.claim_jobs(queue, worker, max, lease) returns setof crm.job
  */
 Datum
@@ -1432,10 +1546,13 @@ crm_queue_claim(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	pg_uuid_t	tenant = queue_tenant();
 	QueueSession session;
-	Datum		args[5];
-	SPITupleTable *claimed;
-	uint64		nclaimed;
+	Datum		args[7];
 	char	   *worker;
+	char	   *queue;
+	int			max;
+	int			taken;
+	TimestampTz oldest = DT_NOEND;
+	ClaimFloor *f;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -1456,45 +1573,40 @@ crm_queue_claim(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("lease must be a positive interval")));
 	require_time_reachable(PG_GETARG_DATUM(3), 1, "lease");
+	queue = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	max = PG_GETARG_INT32(2);
 
 	InitMaterializedSRF(fcinfo, 0);
 
 	queue_begin(&session);
 	args[0] = UUIDPGetDatum(&tenant);
 	args[1] = PG_GETARG_DATUM(0);
-	args[2] = PG_GETARG_DATUM(2);
 	args[3] = PG_GETARG_DATUM(1);
 	args[4] = PG_GETARG_DATUM(3);
-	run(PLAN_CLAIM, args, NULL, 0);
-	claimed = SPI_tuptable;
-	nclaimed = SPI_processed;
-
-	for (uint64 i = 0; i < nclaimed; i++)
+	f = claim_floor(&tenant, queue, false);
+	if (f != NULL && f->uses < CLAIM_FULL_EVERY)
 	{
-		HeapTuple	tuple = claimed->vals[i];
-		TupleDesc	tupdesc = claimed->tupdesc;
-		bool		isnull;
-		pg_uuid_t	job = *DatumGetUUIDP(SPI_getbinval(tuple, tupdesc, SPI_fnumber(tupdesc, "id"), &isnull));
-		char	   *action = SPI_getvalue(tuple, tupdesc, SPI_fnumber(tupdesc, "action"));
-		Datum		params = SPI_getbinval(tuple, tupdesc, SPI_fnumber(tupdesc, "params"), &isnull);
-		Datum		contact = SPI_getbinval(tuple, tupdesc, SPI_fnumber(tupdesc, "contact_id"), &isnull);
-		const char *refusal = NULL;
+		TimestampTz floor = f->floor;
 
-		/* Consent may have been withdrawn since the job was enqueued. */
-		if (!isnull)
-		{
-			pg_uuid_t	contact_id = *DatumGetUUIDP(contact);
-			ActionInfo	info;
-			const char *consent = NULL;
-
-			if (action_lookup(action, &info))
-				consent = consent_needed(&info, action, DatumGetJsonbP(params));
-			refusal = consent_refusal(&tenant, consent, &contact_id);
-		}
-		if (refusal)
-			finish_job(&tenant, &job, "skipped", refusal, NULL);
+		f->uses++;
+		taken = claim_range(&tenant, args, max, floor, DT_NOEND, rsinfo, &oldest);
+		if (taken < max)
+			taken += claim_range(&tenant, args, max - taken, DT_NOBEGIN, floor, rsinfo, &oldest);
+	}
+	else
+	{
+		taken = claim_range(&tenant, args, max, DT_NOBEGIN, DT_NOEND, rsinfo, &oldest);
+		f = claim_floor(&tenant, queue, true);
+		if (f != NULL)
+			f->uses = 0;
+	}
+	if (f != NULL)
+	{
+		/* nothing due: the next claim looks from the start */
+		if (taken == 0)
+			f->used = false;
 		else
-			tuplestore_puttuple(rsinfo->setResult, tuple);
+			f->floor = oldest;
 	}
 	queue_end(&session);
 	return (Datum) 0;
