@@ -163,28 +163,34 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		" k AS (INSERT INTO crm.job_key (tenant_id, idempotency_key, job_id)"
 		"  SELECT $1, r.idempotency_key, r.id FROM r"
 		"  ON CONFLICT ON CONSTRAINT job_key_pkey DO NOTHING RETURNING job_id),"
-		" c AS MATERIALIZED (SELECT r.*, CASE WHEN r.consent IS NULL THEN NULL"
-		"   WHEN t.id IS NULL THEN ''"
-		"   WHEN r.consent OPERATOR(pg_catalog.=) 'email' AND t.email_opt_out"
-		"    THEN 'the contact opted out of e-mail (email_opt_out)'"
-		"   WHEN r.consent OPERATOR(pg_catalog.=) 'phone' AND t.do_not_call"
-		"    THEN 'the contact asked not to be called (do_not_call)' END AS refusal"
-		"  FROM r JOIN k ON k.job_id OPERATOR(pg_catalog.=) r.id"
-		"  LEFT JOIN crm.contact t ON r.consent IS NOT NULL AND t.tenant_id OPERATOR(pg_catalog.=) $1"
-		"   AND t.id OPERATOR(pg_catalog.=) r.contact_id),"
+		/*
+		 * The contact is read by id, one index probe per job that needs
+		 * consent ('' when it does not exist): a join would read every
+		 * contact of the tenant.
+		 */
+		" c AS MATERIALIZED (SELECT r.*, CASE WHEN r.consent IS NULL THEN NULL ELSE coalesce(("
+		"   SELECT CASE WHEN r.consent OPERATOR(pg_catalog.=) 'email' AND t.email_opt_out"
+		"     THEN 'the contact opted out of e-mail (email_opt_out)'"
+		"    WHEN r.consent OPERATOR(pg_catalog.=) 'phone' AND t.do_not_call"
+		"     THEN 'the contact asked not to be called (do_not_call)' ELSE 'ok' END"
+		"   FROM crm.contact t WHERE t.tenant_id OPERATOR(pg_catalog.=) $1"
+		"    AND t.id OPERATOR(pg_catalog.=) r.contact_id), '') END AS verdict"
+		"  FROM r JOIN k ON k.job_id OPERATOR(pg_catalog.=) r.id),"
 		" ready AS (INSERT INTO crm.job (tenant_id, id, queue, action, params, rule_id, source_entity,"
 		"   source_id, contact_id, idempotency_key, run_at, max_attempts)"
 		"  SELECT $1, c.id, c.queue, c.action, c.params, c.rule_id, c.source_entity, c.source_id,"
-		"   c.contact_id, c.idempotency_key, c.run_at, c.max_attempts FROM c WHERE c.refusal IS NULL"
+		"   c.contact_id, c.idempotency_key, c.run_at, c.max_attempts FROM c"
+		"  WHERE c.verdict IS NULL OR c.verdict OPERATOR(pg_catalog.=) 'ok'"
 		"  RETURNING queue),"
 		" skipped AS (INSERT INTO crm.job_archive (tenant_id, id, queue, action, params, rule_id,"
 		"   source_entity, source_id, contact_id, idempotency_key, run_at, attempts, max_attempts, errors,"
 		"   outcome, reason, result, enqueued_at)"
 		"  SELECT $1, c.id, c.queue, c.action, c.params, c.rule_id, c.source_entity, c.source_id,"
-		"   c.contact_id, c.idempotency_key, c.run_at, 0, c.max_attempts, '[]', 'skipped', c.refusal, NULL,"
-		"   pg_catalog.now() FROM c WHERE c.refusal OPERATOR(pg_catalog.<>) '')"
+		"   c.contact_id, c.idempotency_key, c.run_at, 0, c.max_attempts, '[]', 'skipped', c.verdict, NULL,"
+		"   pg_catalog.now() FROM c"
+		"  WHERE c.verdict OPERATOR(pg_catalog.<>) '' AND c.verdict OPERATOR(pg_catalog.<>) 'ok')"
 		" SELECT ARRAY(SELECT c.n FROM c), ARRAY(SELECT DISTINCT ready.queue FROM ready),"
-		"  (SELECT c.contact_id FROM c WHERE c.refusal OPERATOR(pg_catalog.=) '' LIMIT 1)",
+		"  (SELECT c.contact_id FROM c WHERE c.verdict OPERATOR(pg_catalog.=) '' LIMIT 1)",
 		13, {UUIDOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, UUIDARRAYOID,
 			TEXTARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TIMESTAMPTZARRAYOID,
 		INT4ARRAYOID, TEXTARRAYOID}
