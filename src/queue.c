@@ -419,7 +419,13 @@ queue_plan(QueuePlan which)
 	if (plans[which] == NULL)
 	{
 		const QueuePlanSpec *spec = &plan_specs[which];
-		SPIPlanPtr	plan = SPI_prepare(spec->sql, spec->nargs, (Oid *) spec->argtypes);
+		/*
+		 * Generic plans: each statement is written for its indexes, and a
+		 * custom plan would cost a planning per call (the claim's LIMIT $3
+		 * made the planner prefer one every time).
+		 */
+		SPIPlanPtr	plan = SPI_prepare_cursor(spec->sql, spec->nargs, (Oid *) spec->argtypes,
+											  CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
@@ -1436,13 +1442,15 @@ crm_queue_enqueue_many(PG_FUNCTION_ARGS)
  * it: a queue that moves ten thousand jobs a second between two autovacuum
  * runs makes each claim walk pages of them before the first ready job.  So
  * a backend remembers, per tenant and queue, the oldest run_at its last
- * claim took, and the next claim starts there; the jobs below that point
+ * claim took, and the next claim starts there.  A job due before that point
  * (one a concurrent claim skipped and then gave back, one enqueued with an
- * earlier run_at) are taken when the range above runs short, and every
- * CLAIM_FULL_EVERY claims a claim looks from the start, so "oldest due
- * first" holds within that many claims of one worker.
+ * earlier run_at) is taken by the next claim that looks from the start,
+ * which one in CLAIM_FULL_EVERY claims does, and any claim in a transaction
+ * that began a second or more after the last such look: "oldest due first"
+ * holds within that.
  */
 #define CLAIM_FULL_EVERY	100
+#define CLAIM_FULL_USECS	USECS_PER_SEC
 #define CLAIM_FLOORS		8
 
 typedef struct ClaimFloor
@@ -1451,6 +1459,7 @@ typedef struct ClaimFloor
 	pg_uuid_t	tenant;
 	char		queue[NAMEDATALEN];
 	TimestampTz floor;
+	TimestampTz full_at;		/* when a claim last looked from the start */
 	int			uses;
 } ClaimFloor;
 
@@ -1590,29 +1599,28 @@ crm_queue_claim(PG_FUNCTION_ARGS)
 	args[3] = PG_GETARG_DATUM(1);
 	args[4] = PG_GETARG_DATUM(3);
 	f = claim_floor(&tenant, queue, false);
-	if (f != NULL && f->uses < CLAIM_FULL_EVERY)
+	if (f != NULL && f->uses < CLAIM_FULL_EVERY &&
+		GetCurrentTransactionStartTimestamp() - f->full_at < CLAIM_FULL_USECS)
 	{
-		TimestampTz floor = f->floor;
-
 		f->uses++;
-		taken = claim_range(&tenant, args, max, floor, DT_NOEND, rsinfo, &oldest);
-		if (taken < max)
-			taken += claim_range(&tenant, args, max - taken, DT_NOBEGIN, floor, rsinfo, &oldest);
+		taken = claim_range(&tenant, args, max, f->floor, DT_NOEND, rsinfo, &oldest);
+		if (taken > 0)
+			f->floor = oldest;
 	}
 	else
 	{
 		taken = claim_range(&tenant, args, max, DT_NOBEGIN, DT_NOEND, rsinfo, &oldest);
 		f = claim_floor(&tenant, queue, true);
 		if (f != NULL)
+		{
 			f->uses = 0;
-	}
-	if (f != NULL)
-	{
-		/* nothing due: the next claim looks from the start */
-		if (taken == 0)
-			f->used = false;
-		else
-			f->floor = oldest;
+			f->full_at = GetCurrentTransactionStartTimestamp();
+			/* nothing due: the next claims look from the start too */
+			if (taken == 0)
+				f->used = false;
+			else
+				f->floor = oldest;
+		}
 	}
 	queue_end(&session);
 	return (Datum) 0;

@@ -199,7 +199,7 @@ CREATE FUNCTION crm.claim_jobs(queue text, worker text, max integer DEFAULT 10,
     AS 'MODULE_PATHNAME', 'crm_queue_claim'
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.claim_jobs(text, text, integer, interval) IS
-    'Takes up to max due jobs of a queue for a worker (FOR UPDATE SKIP LOCKED: two workers never hold the same job) with a lease, oldest due first from where the session''s last claim of the queue began (below that when that range runs short, and from the start every hundredth claim); a job whose contact has since withdrawn consent is archived as skipped instead of returned';
+    'Takes up to max due jobs of a queue for a worker (FOR UPDATE SKIP LOCKED: two workers never hold the same job) with a lease, oldest due first from where the session''s last claim of the queue began (a job due before that is taken by the next claim that looks from the start: every hundredth, or one a second later); a job whose contact has since withdrawn consent is archived as skipped instead of returned';
 
 CREATE FUNCTION crm.complete_job(id uuid, result jsonb DEFAULT NULL, worker text DEFAULT NULL)
     RETURNS void
