@@ -420,12 +420,14 @@ queue_plan(QueuePlan which)
 	{
 		const QueuePlanSpec *spec = &plan_specs[which];
 		/*
-		 * Generic plans: each statement is written for its indexes, and a
-		 * custom plan would cost a planning per call (the claim's LIMIT $3
-		 * made the planner prefer one every time).
+		 * Generic plans for the statements that find their rows by key: a
+		 * custom plan would only cost a planning per call.  The claim and
+		 * complete_jobs() keep PostgreSQL's choice: their best plan depends
+		 * on how big the ready set is now (see REPLAN_EVERY).
 		 */
 		SPIPlanPtr	plan = SPI_prepare_cursor(spec->sql, spec->nargs, (Oid *) spec->argtypes,
-											  CURSOR_OPT_GENERIC_PLAN);
+											  (which == PLAN_CLAIM || which == PLAN_COMPLETE_MANY) ?
+											  0 : CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
