@@ -22,6 +22,16 @@
  * contact may opt out in between; a refused job is archived as skipped with
  * the reason and never handed to a worker.
  *
+ * Batches: crm_queue_enqueue_jobs() (crm.h) enqueues many jobs in one
+ * statement of arrays, for C callers such as the workflow rules and for
+ * crm.enqueue_jobs(); crm.complete_jobs() and crm.fail_jobs() report a
+ * worker's batch in one call, all or nothing.
+ *
+ * One identity: the reads run as the owner too (the records a job names,
+ * the contact's consent), with the caller's tenant and visibility applied
+ * in the statements, because Citus refuses a transaction that touches a
+ * tenant's shards as two different users.
+ *
  *-------------------------------------------------------------------------
  */
 #include "crm.h"
@@ -1443,8 +1453,9 @@ crm_queue_enqueue_many(PG_FUNCTION_ARGS)
  * every job claimed leaves a dead entry at its front until VACUUM removes
  * it: a queue that moves ten thousand jobs a second between two autovacuum
  * runs makes each claim walk pages of them before the first ready job.  So
- * a backend remembers, per tenant and queue, the oldest run_at its last
- * claim took, and the next claim starts there.  A job due before that point
+ * a backend remembers, per tenant and queue (and role and CRM user, who may
+ * see different jobs), the oldest run_at its last claim took, and the next
+ * claim starts there.  A job due before that point
  * (one a concurrent claim skipped and then gave back, one enqueued with an
  * earlier run_at) is taken by the next claim that looks from the start,
  * which one in CLAIM_FULL_EVERY claims does, and any claim in a transaction
@@ -1460,6 +1471,9 @@ typedef struct ClaimFloor
 	bool		used;
 	pg_uuid_t	tenant;
 	char		queue[NAMEDATALEN];
+	Oid			role;			/* who claimed: the jobs one sees differ */
+	bool		has_user;
+	pg_uuid_t	user;
 	TimestampTz floor;
 	TimestampTz full_at;		/* when a claim last looked from the start */
 	int			uses;
@@ -1472,13 +1486,23 @@ static ClaimFloor *
 claim_floor(const pg_uuid_t *tenant, const char *queue, bool create)
 {
 	ClaimFloor *f;
+	Oid			role = GetOuterUserId();
+	pg_uuid_t	user;
+	bool		has_user = crm_current_app_user_id(&user);
 
 	if (strlen(queue) >= NAMEDATALEN)
 		return NULL;
+	if (!has_user)
+		memset(&user, 0, sizeof(user));
 	for (int i = 0; i < CLAIM_FLOORS; i++)
-		if (claim_floors[i].used && strcmp(claim_floors[i].queue, queue) == 0 &&
-			memcmp(&claim_floors[i].tenant, tenant, sizeof(pg_uuid_t)) == 0)
-			return &claim_floors[i];
+	{
+		f = &claim_floors[i];
+		if (f->used && strcmp(f->queue, queue) == 0 && f->role == role &&
+			f->has_user == has_user &&
+			memcmp(&f->tenant, tenant, sizeof(pg_uuid_t)) == 0 &&
+			memcmp(&f->user, &user, sizeof(pg_uuid_t)) == 0)
+			return f;
+	}
 	if (!create)
 		return NULL;
 	f = &claim_floors[claim_floor_next];
@@ -1487,6 +1511,9 @@ claim_floor(const pg_uuid_t *tenant, const char *queue, bool create)
 	f->used = true;
 	f->tenant = *tenant;
 	strlcpy(f->queue, queue, NAMEDATALEN);
+	f->role = role;
+	f->has_user = has_user;
+	f->user = user;
 	return f;
 }
 
