@@ -268,3 +268,11 @@ RESET ROLE;
 SELECT 'LOCK TABLE crm.account' AS "crm_demo tries", current_setting('demo.lock') AS "and gets"
 UNION ALL
 SELECT 'SELECT FROM pg_stat_user_tables', current_setting('demo.stats');
+
+\echo
+\echo '== Job queue batches: a producer''s batch in one call, a worker''s batch reported in one call'
+SELECT cardinality(crm.enqueue_jobs('webhook', ARRAY['{"url": "https://hooks.example/a"}',
+                                                     '{"url": "https://hooks.example/b"}']::jsonb[])) AS enqueued;
+SELECT array_agg(id) AS demo_claimed FROM crm.claim_jobs('webhook', 'demo-worker', 10, '1 minute') \gset
+SELECT crm.complete_jobs(:'demo_claimed', 'demo-worker', '{"status": 200}') AS completed;
+SELECT outcome, count(*) AS jobs FROM crm.job_archive WHERE queue = 'webhook' GROUP BY outcome;
