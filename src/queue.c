@@ -430,14 +430,12 @@ queue_plan(QueuePlan which)
 	{
 		const QueuePlanSpec *spec = &plan_specs[which];
 		/*
-		 * Generic plans for the statements that find their rows by key: a
-		 * custom plan would only cost a planning per call.  The claim and
-		 * complete_jobs() keep PostgreSQL's choice: their best plan depends
-		 * on how big the ready set is now (see REPLAN_EVERY).
+		 * PostgreSQL chooses custom or generic plans: forcing generic ones
+		 * saved a planning per call on one node, but Citus cannot plan the
+		 * batch statements generically when a trigger on a shard runs them
+		 * ("could not create distributed plan").
 		 */
-		SPIPlanPtr	plan = SPI_prepare_cursor(spec->sql, spec->nargs, (Oid *) spec->argtypes,
-											  (which == PLAN_CLAIM || which == PLAN_COMPLETE_MANY) ?
-											  0 : CURSOR_OPT_GENERIC_PLAN);
+		SPIPlanPtr	plan = SPI_prepare(spec->sql, spec->nargs, (Oid *) spec->argtypes);
 
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
