@@ -51,6 +51,9 @@
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "access/relation.h"
+#include "storage/bufmgr.h"
 #include "utils/acl.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -405,27 +408,43 @@ typedef struct QueueSession
 /*
  * The planner learns how big crm.job is only when it plans, and a queue's
  * ready set swings from empty to a backlog of thousands and back faster
- * than autovacuum analyzes it: a plan made on the empty table reads the
- * tenant's whole ready set to find the hundred ids of "id = ANY (...)".
- * So the plans whose shape depends on that size are made afresh every
- * REPLAN_EVERY uses (a prepare and a few custom plans, next to a thousand
- * executions).
+ * than autovacuum analyzes it: a plan made on the nearly empty table reads
+ * the tenant's whole ready set to find the hundred ids of "id = ANY (...)"
+ * once the backlog has grown.  So the plans whose shape depends on that
+ * size are made afresh whenever the table has doubled or halved (in pages)
+ * since they were made: a prepare and a few custom plans, a handful of
+ * times as a backlog grows.
  */
-#define REPLAN_EVERY 1000
+static BlockNumber plan_blocks[NUM_QUEUE_PLANS];
 
-static int	plan_uses[NUM_QUEUE_PLANS];
+static BlockNumber
+job_table_blocks(void)
+{
+	Oid			relid = get_relname_relid("job", get_namespace_oid("crm", false));
+	Relation	rel;
+	BlockNumber blocks;
+
+	if (!OidIsValid(relid))
+		return 0;
+	rel = relation_open(relid, AccessShareLock);
+	blocks = RelationGetNumberOfBlocks(rel);
+	relation_close(rel, AccessShareLock);
+	return blocks;
+}
 
 static SPIPlanPtr
 queue_plan(QueuePlan which)
 {
-	if (plans[which] != NULL &&
-		(which == PLAN_CLAIM || which == PLAN_COMPLETE_MANY) &&
-		++plan_uses[which] >= REPLAN_EVERY)
+	bool		size_matters = (which == PLAN_CLAIM || which == PLAN_COMPLETE_MANY);
+	BlockNumber blocks = size_matters ? job_table_blocks() : 0;
+
+	if (plans[which] != NULL && size_matters &&
+		(blocks >= 2 * plan_blocks[which] + 16 || plan_blocks[which] >= 2 * blocks + 16))
 	{
 		SPI_freeplan(plans[which]);
 		plans[which] = NULL;
-		plan_uses[which] = 0;
 	}
+	plan_blocks[which] = plans[which] == NULL ? blocks : plan_blocks[which];
 	if (plans[which] == NULL)
 	{
 		const QueuePlanSpec *spec = &plan_specs[which];
