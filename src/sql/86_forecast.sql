@@ -832,8 +832,11 @@ BEGIN
                WHERE p.kind = 'amount'
           ) s
          WHERE s.value <> 0
-    ), ordered(n, step, deals, value) AS (
-        VALUES (1, 'start', (SELECT count(*)::integer FROM x WHERE x.f_value <> 0), (SELECT sum(x.f_value) FROM x))
+    ), ordered AS (
+        -- column names in the select list, not in a list after the CTE's
+        -- name: Citus 13.0.5 loses that list when it routes the query
+        SELECT 1 AS n, 'start' AS step, (SELECT count(*)::integer FROM x WHERE x.f_value <> 0) AS deals,
+               (SELECT sum(x.f_value) FROM x) AS value
         UNION ALL
         SELECT k.n, k.step, coalesce(c.deals, 0), coalesce(c.value, 0)
           FROM (VALUES (2, 'new deals'), (3, 'deals won'), (4, 'deals lost'), (5, 'deals removed'),
