@@ -462,6 +462,7 @@ SELECT closed FROM crm.sales_cycle();
 SELECT open_deals FROM crm.sales_velocity();
 SELECT pg_catalog.count(*) AS source_rows FROM crm.lead_source_analytics();
 SELECT pg_catalog.count(*) AS owner_rows FROM crm.owner_dashboard();
+SELECT crm.analytics_amount(100, crm.tenant_default_currency(), CURRENT_DATE, crm.current_tenant()) AS analytics_amount;
 SELECT pg_catalog.count(*) AS engagement_rows FROM crm.engagement_recomputed();
 SELECT pg_catalog.count(*) AS account_rows FROM crm.account_summary_recomputed();
 -- lead scoring and the predictive win probability (issue 10)
