@@ -23,6 +23,8 @@ CREATE FUNCTION crm.analytics_amount(amount numeric, currency text, as_of date, 
     LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
     AS $$
+DECLARE
+    cur text;
 BEGIN
     IF tenant IS DISTINCT FROM crm.current_tenant()
        AND NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
@@ -32,7 +34,11 @@ BEGIN
     END IF;
     -- the currency first, then the rate: one statement calling
     -- crm.exchange_rate() on crm.tenant would run it on a Citus worker
-    RETURN $1 * crm.exchange_rate($2, (SELECT t.default_currency FROM crm.tenant t WHERE t.tenant_id = $4), $3, $4);
+    SELECT t.default_currency INTO cur FROM crm.tenant t WHERE t.tenant_id = $4;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN $1 * crm.exchange_rate($2, cur, $3, $4);
 END
 $$;
 COMMENT ON FUNCTION crm.analytics_amount(numeric, text, date, uuid) IS
