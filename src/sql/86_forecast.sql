@@ -267,17 +267,34 @@ $$;
 COMMENT ON FUNCTION crm.convert_amount(numeric, text, text, date, uuid) IS
     'amount of from_currency in to_currency at the tenant''s rate in force on on_date (crm.exchange_rate); no rate is an error (P0002) naming both currencies and the day';
 
+-- The error of a missing rate, raised inside a query: crm.convert_amount's
+-- message without its table read, so that a query Citus routes to a
+-- worker can raise it there.
+CREATE FUNCTION crm.forecast_no_rate(from_currency text, to_currency text, on_date date) RETURNS numeric
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'no exchange rate from % to % on %', from_currency, to_currency, on_date
+        USING ERRCODE = 'no_data_found',
+              DETAIL = 'Amounts are converted, never summed across currencies unconverted.',
+              HINT = 'Add a row to crm.currency_rate valid from that day or earlier.';
+END
+$$;
+COMMENT ON FUNCTION crm.forecast_no_rate(text, text, date) IS
+    'Raises crm.convert_amount''s error for a missing rate (P0002) without reading a table; called by crm.forecast_deals inside its query (on Citus, on the worker that holds the tenant''s rows)';
+
 -- The deals behind a forecast, in one query that Citus routes to the
 -- tenant's shard group: every table is filtered by tenant_id = t, a
 -- PL/pgSQL variable (a parameter Citus prunes shards with), and the query
 -- calls no function that reads a table (on a worker that would be a
 -- distributed query from a query on a shard): the tenant's default currency
--- is read before it, and a missing rate is raised after it, row by row,
--- by crm.convert_amount() on the coordinator.  (The SQL function it was,
--- inlined with crm.current_tenant() in its filters, could not be pushed
--- down: a lateral outer join with local rows, and a parameterised SQL
--- function where it was not inlined.)  A missing rate is found on the
--- distinct (currency, day) pairs' joins, not per deal.
+-- is read before it, and a missing rate is raised by
+-- crm.forecast_no_rate().  (The SQL function it was, inlined with
+-- crm.current_tenant() in its filters, could not be pushed down: a lateral
+-- outer join with local rows, and a parameterised SQL function where it
+-- was not inlined.)  A missing rate is found on the distinct (currency,
+-- day) pairs' joins, not per deal.
 CREATE FUNCTION crm.forecast_deals(from_date date DEFAULT NULL, to_date date DEFAULT NULL, pipeline uuid DEFAULT NULL,
                                    owner uuid DEFAULT NULL, team uuid DEFAULT NULL, currency text DEFAULT NULL,
                                    as_of timestamptz DEFAULT now(), changes jsonb DEFAULT NULL)
@@ -291,9 +308,8 @@ CREATE FUNCTION crm.forecast_deals(from_date date DEFAULT NULL, to_date date DEF
 DECLARE
     t uuid := crm.current_tenant();
     target text := coalesce(forecast_deals.currency, crm.tenant_default_currency());
-    r record;
 BEGIN
-    FOR r IN
+    RETURN QUERY
     WITH change AS (
         -- with the stage a deal moves to, so that the deals join one row each
         SELECT x.opportunity, x.stage, x.probability, x.amount, x.expected_close_date, x.forecast_category,
@@ -362,29 +378,13 @@ BEGIN
     )
     SELECT v.id, v.owner_id, v.stage_id, v.status,
            CASE v.status WHEN 'won' THEN 'closed' WHEN 'lost' THEN 'omitted' ELSE v.category END AS category,
-           v.value, v.value_currency, v.value * v.rate AS converted,
+           v.value, v.value_currency,
+           CASE WHEN v.rate IS NOT NULL THEN v.value * v.rate
+                WHEN v.in_period AND v.value IS NOT NULL
+                     THEN crm.forecast_no_rate(v.value_currency, target, v.rate_date) END AS converted,
            CASE v.status WHEN 'won' THEN 100 WHEN 'lost' THEN 0 ELSE v.probability END AS probability,
-           v.close_date, v.in_period, v.used_stage_value, v.rate_date
-      FROM rated v
-    LOOP
-        IF r.converted IS NULL AND r.in_period THEN
-            -- no rate for a deal in the window: crm.convert_amount's error (P0002)
-            PERFORM crm.convert_amount(r.value, r.value_currency, target, r.rate_date, t);
-        END IF;
-        opportunity_id := r.id;
-        owner_id := r.owner_id;
-        stage_id := r.stage_id;
-        status := r.status;
-        category := r.category;
-        amount := r.value;
-        amount_currency := r.value_currency;
-        converted := r.converted;
-        probability := r.probability;
-        close_date := r.close_date;
-        in_period := r.in_period;
-        used_stage_value := r.used_stage_value;
-        RETURN NEXT;
-    END LOOP;
+           v.close_date, v.in_period, v.used_stage_value
+      FROM rated v;
 END
 $$;
 COMMENT ON FUNCTION crm.forecast_deals(date, date, uuid, uuid, uuid, text, timestamptz, jsonb) IS

@@ -652,6 +652,10 @@ BEGIN
     -- src/sql/93_private_derived.sql): the policies of events and jobs call
     -- crm.is_service() with the reader's rights.
     GRANT EXECUTE ON FUNCTION crm.is_service() TO crm_reader;
+
+    -- Forecasting on Citus (issue 9): crm.forecast_deals raises a missing
+    -- rate inside its query, with the reader's rights
+    GRANT EXECUTE ON FUNCTION crm.forecast_no_rate(text, text, date) TO crm_reader;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS
