@@ -24,6 +24,16 @@
  *		with the tenant as a parameter.  When links names the table's link
  *		columns (comma-separated), a row whose only link was the deleted
  *		record is deleted instead (an activity about nothing that remains).
+ *		When links is "!", nothing is cleared: a row that still names a
+ *		deleted record refuses the delete (23503, as a foreign key would).
+ *		That is for crm.tenant_access, a Citus reference table: a trigger
+ *		firing on a worker's shard cannot write it (a distributed query
+ *		from a query on a shard), so a login role mapped as a user is
+ *		revoked or remapped before the user is deleted.
+ *
+ * On a Citus worker the trigger fires on a shard, and the foreign keys to
+ * defer are those of the co-located shards (<name>_<shard id>), found in
+ * the catalog by what they reference.
  *
  * The statements run with the rights of the user who deleted, so row-level
  * security applies: a row the user cannot see is left alone, and then the
@@ -59,6 +69,8 @@ typedef struct UnlinkPlans
 	SPIPlanPtr	defer;
 	SPIPlanPtr *clear;
 	SPIPlanPtr *orphans;		/* NULL where the target keeps its rows */
+	SPIPlanPtr *restrict_;		/* non-NULL: refuse instead of clearing */
+	char	  **targets;		/* the target tables' names, for messages */
 } UnlinkPlans;
 
 static HTAB *unlink_plans = NULL;
@@ -74,12 +86,50 @@ typedef struct DeletedIds
 } DeletedIds;
 
 /*
+ * Appends to a SET CONSTRAINTS list every foreign key named name (or, on a
+ * Citus worker, name_<shard id>) that references the table rel, schema
+ * qualified; returns how many.  On one node that is the constraint itself;
+ * on a worker the trigger fires on a shard (crm.app_user_102029), whose
+ * co-located referencing shards carry the constraint as
+ * crm.account_tenant_id_owner_id_fkey_102093: deferring the plain name
+ * there would defer the shell table's constraint, which checks nothing, and
+ * the shard's check would refuse the delete before the links are cleared.
+ * A link without a foreign key (crm.tenant_access.user_id: a Citus
+ * reference table, checked by a trigger) has nothing to defer.
+ */
+static int
+append_link_constraints(StringInfo defer, Oid rel, const char *name, int before)
+{
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		args[2] = {ObjectIdGetDatum(rel), CStringGetTextDatum(name)};
+	int			n;
+
+	if (SPI_execute_with_args("SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.'"
+							  " OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.conname)"
+							  " FROM pg_catalog.pg_constraint c"
+							  " JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.connamespace"
+							  " WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
+							  " AND c.confrelid OPERATOR(pg_catalog.=) $1"
+							  " AND (c.conname OPERATOR(pg_catalog.=) $2::pg_catalog.name"
+							  " OR c.conname::pg_catalog.text OPERATOR(pg_catalog.~)"
+							  " ('^' OPERATOR(pg_catalog.||) $2 OPERATOR(pg_catalog.||) '_[0-9]+$'))"
+							  " ORDER BY 1",
+							  2, types, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not find the foreign keys to defer");
+	n = (int) SPI_processed;
+	for (int i = 0; i < n; i++)
+		appendStringInfo(defer, "%s%s", before + i > 0 ? ", " : "",
+						 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+	return n;
+}
+
+/*
  * The statements of a trigger, prepared on its first use.  Table and column
  * names come from the trigger's arguments and are quoted; the tables are
  * always crm's.
  */
 static UnlinkPlans *
-unlink_plans_for(Trigger *trigger)
+unlink_plans_for(Trigger *trigger, Relation rel)
 {
 	UnlinkPlans *entry;
 	bool		found;
@@ -106,6 +156,10 @@ unlink_plans_for(Trigger *trigger)
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	entry->clear = palloc0(entry->ntargets * sizeof(SPIPlanPtr));
 	entry->orphans = palloc0(entry->ntargets * sizeof(SPIPlanPtr));
+	entry->restrict_ = palloc0(entry->ntargets * sizeof(SPIPlanPtr));
+	entry->targets = palloc0(entry->ntargets * sizeof(char *));
+	for (int i = 0; i < entry->ntargets; i++)
+		entry->targets[i] = pstrdup(trigger->tgargs[3 * i]);
 	MemoryContextSwitchTo(old);
 
 	initStringInfo(&defer);
@@ -117,19 +171,31 @@ unlink_plans_for(Trigger *trigger)
 		const char *links = trigger->tgargs[3 * i + 2];
 		StringInfoData sql;
 
-		/*
-		 * A link without a foreign key (crm.tenant_access.user_id: a Citus
-		 * reference table, checked by a trigger) has nothing to defer.
-		 */
-		if (OidIsValid(get_relation_constraint_oid(get_relname_relid(table, get_namespace_oid("crm", false)),
-												   psprintf("%s_tenant_id_%s_fkey", table, column), true)))
+		initStringInfo(&sql);
+		if (strcmp(links, "!") == 0)
 		{
-			appendStringInfo(&defer, "%scrm.%s", ndefer > 0 ? ", " : "",
-							 quote_identifier(psprintf("%s_tenant_id_%s_fkey", table, column)));
-			ndefer++;
+			/*
+			 * A link that is not cleared but refuses the delete: the target
+			 * is a Citus reference table (crm.tenant_access), which a
+			 * trigger firing on a worker's shard cannot write (Citus
+			 * refuses a distributed query from a query on a shard), so
+			 * clearing it would work on one node only.
+			 */
+			appendStringInfo(&sql,
+							 "SELECT %s::pg_catalog.text FROM crm.%s"
+							 " WHERE tenant_id OPERATOR(pg_catalog.=) $1"
+							 " AND %s OPERATOR(pg_catalog.=) ANY ($2) LIMIT 1",
+							 quote_identifier(column), quote_identifier(table),
+							 quote_identifier(column));
+			entry->restrict_[i] = crm_prepare_kept(sql.data, 2, types);
+			pfree(sql.data);
+			continue;
 		}
 
-		initStringInfo(&sql);
+		ndefer += append_link_constraints(&defer, RelationGetRelid(rel),
+										  psprintf("%s_tenant_id_%s_fkey", table, column),
+										  ndefer);
+
 		appendStringInfo(&sql,
 						 "UPDATE crm.%s SET %s = NULL"
 						 " WHERE tenant_id OPERATOR(pg_catalog.=) $1"
@@ -260,7 +326,7 @@ crm_unlink_clear(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plans = unlink_plans_for(trigger);
+	plans = unlink_plans_for(trigger, trigdata->tg_relation);
 
 	if (before)
 	{
@@ -288,6 +354,27 @@ crm_unlink_clear(PG_FUNCTION_ARGS)
 															 TYPALIGN_CHAR));
 				for (int i = 0; i < plans->ntargets; i++)
 				{
+					if (plans->restrict_[i] != NULL)
+					{
+						if (SPI_execute_plan(plans->restrict_[i], args, NULL, true, 1) != SPI_OK_SELECT)
+							elog(ERROR, "could not look for the rows that still name a deleted record");
+						if (SPI_processed > 0)
+						{
+							const char *table = crm_table_name(trigdata->tg_relation);
+							const char *column = trigger->tgargs[3 * i + 1];
+
+							ereport(ERROR,
+									(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+									 errmsg("update or delete on table \"%s\" violates foreign key constraint \"%s_tenant_id_%s_fkey\" on table \"%s\"",
+											table, plans->targets[i], column, plans->targets[i]),
+									 errdetail("Key (tenant_id, %s)=(%s, %s) is still referenced from table \"%s\".",
+											   column, crm_uuid_text(&g->tenant),
+											   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+											   plans->targets[i]),
+									 errhint("Revoke the login role's mapping (crm.revoke_tenant_access) or map it to another user first.")));
+						}
+						continue;
+					}
 					if (plans->orphans[i] != NULL &&
 						SPI_execute_plan(plans->orphans[i], args, NULL, false, 0) != SPI_OK_DELETE)
 						elog(ERROR, "could not delete the rows left without a link");

@@ -267,17 +267,49 @@ $$;
 COMMENT ON FUNCTION crm.convert_amount(numeric, text, text, date, uuid) IS
     'amount of from_currency in to_currency at the tenant''s rate in force on on_date (crm.exchange_rate); no rate is an error (P0002) naming both currencies and the day';
 
--- The deals behind a forecast. A set-returning SQL function with a standard
--- body, so the planner inlines it into the query that calls it; a missing
--- rate is found on the distinct (currency, day) pairs, not per deal.
+-- The error of a missing rate, raised inside a query: crm.convert_amount's
+-- message without its table read, so that a query Citus routes to a
+-- worker can raise it there.
+CREATE FUNCTION crm.forecast_no_rate(from_currency text, to_currency text, on_date date) RETURNS numeric
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'no exchange rate from % to % on %', from_currency, to_currency, on_date
+        USING ERRCODE = 'no_data_found',
+              DETAIL = 'Amounts are converted, never summed across currencies unconverted.',
+              HINT = 'Add a row to crm.currency_rate valid from that day or earlier.';
+END
+$$;
+COMMENT ON FUNCTION crm.forecast_no_rate(text, text, date) IS
+    'Raises crm.convert_amount''s error for a missing rate (P0002) without reading a table; called by crm.forecast_deals inside its query (on Citus, on the worker that holds the tenant''s rows)';
+
+-- The deals behind a forecast, in one query that Citus routes to the
+-- tenant's shard group: every table is filtered by tenant_id = t, a
+-- PL/pgSQL variable (a parameter Citus prunes shards with), and the query
+-- calls no function that reads a table (on a worker that would be a
+-- distributed query from a query on a shard): the tenant's default currency
+-- is read before it, and a missing rate is raised by
+-- crm.forecast_no_rate().  (The SQL function it was, inlined with
+-- crm.current_tenant() in its filters, could not be pushed down: a lateral
+-- outer join with local rows, and a parameterised SQL function where it
+-- was not inlined.)  A missing rate is found on the distinct (currency,
+-- day) pairs' joins, not per deal.
 CREATE FUNCTION crm.forecast_deals(from_date date DEFAULT NULL, to_date date DEFAULT NULL, pipeline uuid DEFAULT NULL,
                                    owner uuid DEFAULT NULL, team uuid DEFAULT NULL, currency text DEFAULT NULL,
                                    as_of timestamptz DEFAULT now(), changes jsonb DEFAULT NULL)
     RETURNS TABLE (opportunity_id uuid, owner_id uuid, stage_id uuid, status text, category text,
                    amount numeric, amount_currency text, converted numeric, probability numeric,
                    close_date date, in_period boolean, used_stage_value boolean)
-    LANGUAGE sql STABLE
-BEGIN ATOMIC
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid := crm.current_tenant();
+    target text := coalesce(forecast_deals.currency, crm.tenant_default_currency());
+BEGIN
+    RETURN QUERY
     WITH change AS (
         -- with the stage a deal moves to, so that the deals join one row each
         SELECT x.opportunity, x.stage, x.probability, x.amount, x.expected_close_date, x.forecast_category,
@@ -287,7 +319,7 @@ BEGIN ATOMIC
           FROM pg_catalog.jsonb_to_recordset(coalesce(forecast_deals.changes, '[]'::jsonb))
                AS x(opportunity uuid, stage uuid, probability numeric, amount numeric,
                     expected_close_date date, forecast_category text)
-          LEFT JOIN crm.stage ns ON ns.tenant_id = crm.current_tenant() AND ns.id = x.stage
+          LEFT JOIN crm.stage ns ON ns.tenant_id = t AND ns.id = x.stage
     ), deal AS (
         SELECT o.id, o.owner_id, coalesce(dc.ns_id, os.id) AS stage_id,
                CASE WHEN dc.stage IS NULL THEN o.status ELSE dc.ns_kind END AS status,
@@ -310,13 +342,13 @@ BEGIN ATOMIC
           JOIN crm.stage os ON os.tenant_id = o.tenant_id AND os.id = o.stage_id
           LEFT JOIN change dc ON dc.opportunity = o.id
           LEFT JOIN change sc ON sc.opportunity IS NULL AND sc.stage = coalesce(dc.ns_id, os.id)
-         WHERE o.tenant_id = crm.current_tenant()
+         WHERE o.tenant_id = t AND os.tenant_id = t
            AND o.archived_at IS NULL
            AND (forecast_deals.pipeline IS NULL OR o.pipeline_id = forecast_deals.pipeline)
            AND (forecast_deals.owner IS NULL OR o.owner_id = forecast_deals.owner)
            AND (forecast_deals.team IS NULL OR o.owner_id IN (
                     SELECT tm.user_id FROM crm.team_member tm
-                     WHERE tm.tenant_id = crm.current_tenant() AND tm.team_id = forecast_deals.team))
+                     WHERE tm.tenant_id = t AND tm.team_id = forecast_deals.team))
     ), valued AS (
         SELECT d.*,
                (d.own_amount = 0 AND d.expected_value IS NOT NULL) AS used_stage_value,
@@ -326,35 +358,35 @@ BEGIN ATOMIC
                     THEN d.expected_value_currency ELSE d.own_currency END AS value_currency,
                CASE WHEN d.status = 'won' THEN d.close_date ELSE (forecast_deals.as_of)::date END AS rate_date,
                coalesce(d.close_date BETWEEN coalesce(forecast_deals.from_date, '-infinity'::date)
-                                         AND coalesce(forecast_deals.to_date, 'infinity'::date), false) AS in_period,
-               (SELECT coalesce(forecast_deals.currency, crm.tenant_default_currency())) AS target
+                                         AND coalesce(forecast_deals.to_date, 'infinity'::date), false) AS in_period
           FROM deal d
     ), rated AS (
         -- as crm.exchange_rate(), written out so that a deal in the target
         -- currency reads no rate and the others join rather than call
         SELECT v.*,
-               CASE WHEN v.value_currency = v.target THEN 1::numeric
+               CASE WHEN v.value_currency = target THEN 1::numeric
                     ELSE coalesce(
-                        (SELECT r.rate FROM crm.currency_rate r
-                          WHERE r.tenant_id = crm.current_tenant() AND r.from_currency = v.value_currency
-                            AND r.to_currency = v.target AND r.valid_from <= v.rate_date
-                          ORDER BY r.valid_from DESC LIMIT 1),
-                        (SELECT 1 / r.rate FROM crm.currency_rate r
-                          WHERE r.tenant_id = crm.current_tenant() AND r.from_currency = v.target
-                            AND r.to_currency = v.value_currency AND r.valid_from <= v.rate_date
-                          ORDER BY r.valid_from DESC LIMIT 1)) END AS rate
+                        (SELECT cr.rate FROM crm.currency_rate cr
+                          WHERE cr.tenant_id = t AND cr.from_currency = v.value_currency
+                            AND cr.to_currency = target AND cr.valid_from <= v.rate_date
+                          ORDER BY cr.valid_from DESC LIMIT 1),
+                        (SELECT 1 / cr.rate FROM crm.currency_rate cr
+                          WHERE cr.tenant_id = t AND cr.from_currency = target
+                            AND cr.to_currency = v.value_currency AND cr.valid_from <= v.rate_date
+                          ORDER BY cr.valid_from DESC LIMIT 1)) END AS rate
           FROM valued v
     )
     SELECT v.id, v.owner_id, v.stage_id, v.status,
-           CASE v.status WHEN 'won' THEN 'closed' WHEN 'lost' THEN 'omitted' ELSE v.category END,
+           CASE v.status WHEN 'won' THEN 'closed' WHEN 'lost' THEN 'omitted' ELSE v.category END AS category,
            v.value, v.value_currency,
            CASE WHEN v.rate IS NOT NULL THEN v.value * v.rate
-                WHEN v.in_period THEN crm.convert_amount(v.value, v.value_currency, v.target,
-                                                         v.rate_date, crm.current_tenant()) END,
-           CASE v.status WHEN 'won' THEN 100 WHEN 'lost' THEN 0 ELSE v.probability END,
+                WHEN v.in_period AND v.value IS NOT NULL
+                     THEN crm.forecast_no_rate(v.value_currency, target, v.rate_date) END AS converted,
+           CASE v.status WHEN 'won' THEN 100 WHEN 'lost' THEN 0 ELSE v.probability END AS probability,
            v.close_date, v.in_period, v.used_stage_value
       FROM rated v;
-END;
+END
+$$;
 COMMENT ON FUNCTION crm.forecast_deals(date, date, uuid, uuid, uuid, text, timestamptz, jsonb) IS
     'The deals behind crm.forecast() (seeds/001: the deals behind each forecast), with the what-if changes of crm.forecast_what_if applied: '
     'every active opportunity of the current tenant under the filters, its category (the deal''s, else the stage''s; closed when won, omitted when lost), '
@@ -410,8 +442,20 @@ DECLARE
     cur text := coalesce($8, crm.tenant_default_currency());
     p_as_of timestamptz := $9;
     p_by text := $10;
+    t uuid := crm.current_tenant();
     step interval;
     c jsonb;
+    -- the tenant's quotas of the period type and team memberships, read
+    -- first by queries Citus routes to the tenant's shards, so that the
+    -- queries that join them to the totals or deals (functions that read
+    -- tables themselves) read no distributed table
+    q_start date[];
+    q_owner uuid[];
+    q_team uuid[];
+    q_amount numeric[];
+    q_currency text[];
+    tm_user uuid[];
+    tm_team uuid[];
     k text;
     deal_pipeline uuid;
     stage_pipeline uuid;
@@ -478,14 +522,14 @@ BEGIN
         END IF;
         IF c ? 'opportunity' THEN
             SELECT o.pipeline_id INTO deal_pipeline FROM crm.opportunity o
-             WHERE o.tenant_id = crm.current_tenant() AND o.id = (c ->> 'opportunity')::uuid;
+             WHERE o.tenant_id = t AND o.id = (c ->> 'opportunity')::uuid;
             IF NOT FOUND THEN
                 RAISE EXCEPTION 'opportunity % does not exist', c ->> 'opportunity' USING ERRCODE = 'no_data_found';
             END IF;
         END IF;
         IF c ? 'stage' THEN
             SELECT s.pipeline_id INTO stage_pipeline FROM crm.stage s
-             WHERE s.tenant_id = crm.current_tenant() AND s.id = (c ->> 'stage')::uuid;
+             WHERE s.tenant_id = t AND s.id = (c ->> 'stage')::uuid;
             IF NOT FOUND THEN
                 RAISE EXCEPTION 'stage % does not exist', c ->> 'stage' USING ERRCODE = 'no_data_found';
             END IF;
@@ -497,6 +541,11 @@ BEGIN
     END LOOP;
 
     step := CASE p_period WHEN 'quarter' THEN interval '3 months' ELSE ('1 ' || p_period)::interval END;
+    SELECT array_agg(qq.period_start), array_agg(qq.owner_id), array_agg(qq.team_id), array_agg(qq.amount),
+           array_agg(qq.currency)
+      INTO q_start, q_owner, q_team, q_amount, q_currency
+      FROM crm.quota qq
+     WHERE qq.tenant_id = t AND qq.period_type = p_period;
     IF p_changes = '[]'::jsonb AND p_team IS NULL AND p_by IS DISTINCT FROM 'team' THEN
         -- no changes and no teams: the totals in one pass (crm.forecast_totals, in C)
         RETURN QUERY
@@ -508,16 +557,20 @@ BEGIN
                round(a.p10, 2), round(a.p50, 2), round(a.p90, 2), a.error_bound, a.stage_value_deals
           FROM crm.forecast_totals(p_period, p_from, p_to, p_pipeline, p_owner, cur, p_as_of, p_by IS NOT DISTINCT FROM 'owner') a
           LEFT JOIN LATERAL (
-              SELECT crm.convert_amount(qq.amount, qq.currency, cur, (p_as_of)::date, crm.current_tenant()) AS amount
-                FROM crm.quota qq
-               WHERE qq.tenant_id = crm.current_tenant() AND qq.period_type = p_period
-                 AND qq.period_start = a.period_start
+              SELECT crm.convert_amount(qq.amount, qq.currency, cur, (p_as_of)::date, t) AS amount
+                FROM unnest(q_start, q_owner, q_team, q_amount, q_currency)
+                     AS qq(period_start, owner_id, team_id, amount, currency)
+               WHERE qq.period_start = a.period_start
                  AND qq.owner_id IS NOT DISTINCT FROM CASE p_by WHEN 'owner' THEN a.owner_id ELSE p_owner END
                  AND qq.team_id IS NULL
                  AND (p_by IS DISTINCT FROM 'owner' OR a.owner_id IS NOT NULL)
           ) q ON true
          ORDER BY a.period_start, a.owner_id;
         RETURN;
+    END IF;
+    IF p_by = 'team' THEN
+        SELECT array_agg(tm.user_id), array_agg(tm.team_id) INTO tm_user, tm_team
+          FROM crm.team_member tm WHERE tm.tenant_id = t;
     END IF;
     RETURN QUERY
     WITH d AS (
@@ -530,7 +583,7 @@ BEGIN
           FROM d WHERE p_by IS DISTINCT FROM 'team'
         UNION ALL
         SELECT d.*, NULL::uuid, tm.team_id
-          FROM d JOIN crm.team_member tm ON tm.tenant_id = crm.current_tenant() AND tm.user_id = d.owner_id
+          FROM d JOIN unnest(tm_user, tm_team) AS tm(user_id, team_id) ON tm.user_id = d.owner_id
          WHERE p_by = 'team'
     ), agg AS (
         SELECT g.ps, g.g_owner, g.g_team,
@@ -555,10 +608,10 @@ BEGIN
            (a.dist).error_bound, a.stage_value_deals
       FROM agg a
       LEFT JOIN LATERAL (
-          SELECT crm.convert_amount(qq.amount, qq.currency, cur, (p_as_of)::date, crm.current_tenant()) AS amount
-            FROM crm.quota qq
-           WHERE qq.tenant_id = crm.current_tenant() AND qq.period_type = p_period
-             AND qq.period_start = a.ps
+          SELECT crm.convert_amount(qq.amount, qq.currency, cur, (p_as_of)::date, t) AS amount
+            FROM unnest(q_start, q_owner, q_team, q_amount, q_currency)
+                 AS qq(period_start, owner_id, team_id, amount, currency)
+           WHERE qq.period_start = a.ps
              AND qq.owner_id IS NOT DISTINCT FROM
                  CASE p_by WHEN 'owner' THEN a.g_owner WHEN 'team' THEN NULL ELSE p_owner END
              AND qq.team_id IS NOT DISTINCT FROM
@@ -779,8 +832,11 @@ BEGIN
                WHERE p.kind = 'amount'
           ) s
          WHERE s.value <> 0
-    ), ordered(n, step, deals, value) AS (
-        VALUES (1, 'start', (SELECT count(*)::integer FROM x WHERE x.f_value <> 0), (SELECT sum(x.f_value) FROM x))
+    ), ordered AS (
+        -- column names in the select list, not in a list after the CTE's
+        -- name: Citus 13.0.5 loses that list when it routes the query
+        SELECT 1 AS n, 'start' AS step, (SELECT count(*)::integer FROM x WHERE x.f_value <> 0) AS deals,
+               (SELECT sum(x.f_value) FROM x) AS value
         UNION ALL
         SELECT k.n, k.step, coalesce(c.deals, 0), coalesce(c.value, 0)
           FROM (VALUES (2, 'new deals'), (3, 'deals won'), (4, 'deals lost'), (5, 'deals removed'),
@@ -819,6 +875,16 @@ CREATE FUNCTION crm.forecast_accuracy(snapshot uuid, as_of timestamptz DEFAULT n
 #variable_conflict use_column
 DECLARE
     s crm.revenue_forecast;
+    -- the snapshots and their forecast per owner, read first by queries
+    -- Citus routes to the tenant's shards, so that the query that calls
+    -- crm.forecast_deals() for the actuals reads no distributed table
+    snap_rows crm.revenue_forecast[];
+    snap_ids uuid[];
+    fc_forecast uuid[];
+    fc_owner uuid[];
+    fc_weighted numeric[];
+    fc_commit numeric[];
+    fc_best_case numeric[];
 BEGIN
     IF snapshot IS NULL OR as_of IS NULL THEN
         RAISE EXCEPTION 'snapshot and as_of must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -834,21 +900,29 @@ BEGIN
                   DETAIL = format('It runs to %s.', s.to_date),
                   HINT = 'Ask again after the last day of the window.';
     END IF;
+    -- the snapshot itself and every ended one like it (for the MAPE)
+    SELECT array_agg(r), array_agg(r.id) INTO snap_rows, snap_ids
+      FROM crm.revenue_forecast r
+     WHERE r.tenant_id = s.tenant_id AND r.period_type = s.period_type AND r.currency = s.currency
+       AND r.pipeline_id IS NOT DISTINCT FROM s.pipeline_id
+       AND r.to_date < (forecast_accuracy.as_of)::date;
+    SELECT array_agg(x.forecast_id), array_agg(x.owner_id), array_agg(x.weighted), array_agg(x.commit),
+           array_agg(x.best_case)
+      INTO fc_forecast, fc_owner, fc_weighted, fc_commit, fc_best_case
+      FROM (SELECT d.forecast_id, d.owner_id,
+                   sum(d.expected_value) AS weighted,
+                   sum(d.converted_amount) FILTER (WHERE d.status = 'won' OR (d.status = 'open' AND d.category IN ('commit', 'closed'))) AS commit,
+                   sum(d.converted_amount) FILTER (WHERE d.status = 'won' OR (d.status = 'open' AND d.category IN ('best_case', 'commit', 'closed'))) AS best_case
+              FROM crm.forecast_deal d
+             WHERE d.tenant_id = s.tenant_id AND d.in_period
+               AND d.forecast_id = ANY (snap_ids)
+             GROUP BY d.forecast_id, d.owner_id) x;
     RETURN QUERY
     WITH snaps AS (
-        -- the snapshot itself and every ended one like it (for the MAPE)
-        SELECT r.* FROM crm.revenue_forecast r
-         WHERE r.tenant_id = s.tenant_id AND r.period_type = s.period_type AND r.currency = s.currency
-           AND r.pipeline_id IS NOT DISTINCT FROM s.pipeline_id
-           AND r.to_date < (forecast_accuracy.as_of)::date
+        SELECT * FROM pg_catalog.unnest(snap_rows)
     ), fc AS (
-        SELECT d.forecast_id, d.owner_id,
-               sum(d.expected_value) AS weighted,
-               sum(d.converted_amount) FILTER (WHERE d.status = 'won' OR (d.status = 'open' AND d.category IN ('commit', 'closed'))) AS commit,
-               sum(d.converted_amount) FILTER (WHERE d.status = 'won' OR (d.status = 'open' AND d.category IN ('best_case', 'commit', 'closed'))) AS best_case
-          FROM crm.forecast_deal d JOIN snaps sn ON sn.tenant_id = d.tenant_id AND sn.id = d.forecast_id
-         WHERE d.tenant_id = s.tenant_id AND d.in_period
-         GROUP BY d.forecast_id, d.owner_id
+        SELECT * FROM unnest(fc_forecast, fc_owner, fc_weighted, fc_commit, fc_best_case)
+                      AS x(forecast_id, owner_id, weighted, commit, best_case)
     ), act AS (
         SELECT sn.id AS forecast_id, w.owner_id, sum(w.converted) AS actual
           FROM snaps sn

@@ -363,6 +363,8 @@ CREATE FUNCTION crm.grant_tenant_access(login_role name, tenant uuid, as_user uu
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
+DECLARE
+    live name[];
 BEGIN
     IF $1 IS NULL OR $2 IS NULL THEN
         RAISE EXCEPTION 'login_role and tenant must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -388,8 +390,20 @@ BEGIN
                   DETAIL = format('Key (tenant_id, user_id)=(%s, %s) is not present in table "app_user".', $2, $3);
     END IF;
     -- mappings of dropped roles are dead; clear them away
-    DELETE FROM crm.tenant_access a
-     WHERE a.tenant_id = $2 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = a.role_oid);
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
+        -- On Citus the mappings are a reference table, this statement runs
+        -- on every node, and role_oid holds each node's own OID of the role:
+        -- matched against the coordinator's pg_roles it deleted the other
+        -- roles' mappings on the workers (measured: mapping a second role
+        -- into a tenant unmapped the first).  By the role's name there.
+        -- (the names read first: a DELETE of a reference table may not
+        -- read pg_catalog's tables: relation pg_authid is not distributed)
+        live := ARRAY(SELECT r.rolname FROM pg_catalog.pg_roles r);
+        DELETE FROM crm.tenant_access a WHERE a.tenant_id = $2 AND NOT (a.login_role = ANY (live));
+    ELSE
+        DELETE FROM crm.tenant_access a
+         WHERE a.tenant_id = $2 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = a.role_oid);
+    END IF;
     -- the trigger checks the role and sets role_oid from the name
     INSERT INTO crm.tenant_access AS a (tenant_id, login_role, user_id)
     VALUES ($2, $1, $3)
@@ -406,6 +420,15 @@ CREATE FUNCTION crm.revoke_tenant_access(login_role name, tenant uuid) RETURNS b
 BEGIN
     IF $1 IS NULL OR $2 IS NULL THEN
         RAISE EXCEPTION 'login_role and tenant must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
+        -- On Citus crm.tenant_access is a reference table, this statement
+        -- runs on every node, and role_oid holds each node's own OID of the
+        -- role (OIDs differ between nodes): the mapping goes by the role's
+        -- name, as the coordinator matches it (src/tenant.c).  (A sub-select
+        -- of pg_roles here is refused: relation pg_authid is not distributed.)
+        DELETE FROM crm.tenant_access a WHERE a.tenant_id = $2 AND a.login_role = $1;
+        RETURN FOUND;
     END IF;
     DELETE FROM crm.tenant_access a
      WHERE a.tenant_id = $2
@@ -636,6 +659,10 @@ BEGIN
         crm.enqueue_jobs(text, jsonb[], uuid[], timestamptz, uuid[], text, uuid[], uuid, integer),
         crm.complete_jobs(uuid[], text, jsonb), crm.fail_jobs(uuid[], text, text)
         TO crm_writer;
+
+    -- Forecasting on Citus (issue 9): crm.forecast_deals raises a missing
+    -- rate inside its query, with the reader's rights
+    GRANT EXECUTE ON FUNCTION crm.forecast_no_rate(text, text, date) TO crm_reader;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

@@ -16,3 +16,11 @@ GRANT crm_writer TO crm_citus_alice;
 -- a role of no tenant
 CREATE ROLE crm_citus_nobody LOGIN;
 GRANT crm_reader TO crm_citus_nobody;
+-- deletes of users, teams, pipelines and stages need crm_admin
+-- (test/citus/compare.sql, the delete blocks): an administrating
+-- application, and an administrator's login role mapped to one tenant
+DROP ROLE IF EXISTS crm_citus_admin, crm_citus_boss;
+CREATE ROLE crm_citus_admin LOGIN;
+GRANT crm_app, crm_admin TO crm_citus_admin;
+CREATE ROLE crm_citus_boss LOGIN;
+GRANT crm_admin TO crm_citus_boss;

@@ -193,6 +193,7 @@ INSERT INTO func_level VALUES
     ('crm.forecast_accuracy(uuid,timestamp with time zone)', 1),
     ('crm.snapshot_forecast(text,text,date,date,uuid,uuid,timestamp with time zone)', 2),
     ('crm.forecast_totals(text,date,date,uuid,uuid,text,timestamp with time zone,boolean)', 1),
+    ('crm.forecast_no_rate(text,text,date)', 1),
 
     ('crm.forecast_snapshot_store(uuid,uuid,text,text,text,date,date,uuid,uuid,timestamp with time zone,jsonb)', NULL),
     ('crm.revenue_distribution_accum(internal,numeric,numeric)', NULL),
