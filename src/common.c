@@ -302,3 +302,23 @@ crm_uuid_text(const pg_uuid_t *id)
 {
 	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum((pg_uuid_t *) id)));
 }
+
+/*
+ * crm_prepare_kept() for a statement whose best plan does not depend on
+ * its parameter values (an upsert from arrays, an insert of rows, a lookup
+ * by primary key): the plan cache would otherwise plan it again on every
+ * call, because a generic plan over unnest() of an array parameter is
+ * estimated at 100 rows and never looks cheaper than a custom plan for
+ * one.  Planning was a sixth of a single-row activity insert.
+ */
+SPIPlanPtr
+crm_prepare_kept_generic(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}

@@ -190,7 +190,7 @@ type_weight(TrackState *st, const pg_uuid_t *tenant, const char *type)
 		{
 			Oid			types[2] = {UUIDOID, TEXTOID};
 
-			weight_plan = crm_prepare_kept(
+			weight_plan = crm_prepare_kept_generic(
 									   "SELECT pg_catalog.float8(coalesce("
 									   " (SELECT w.weight FROM crm.activity_weight w"
 									   "   WHERE w.tenant_id OPERATOR(pg_catalog.=) $1"
@@ -236,7 +236,7 @@ tenant_half_life(TrackState *st, const pg_uuid_t *tenant)
 		{
 			Oid			types[1] = {UUIDOID};
 
-			half_life_plan = crm_prepare_kept(
+			half_life_plan = crm_prepare_kept_generic(
 										  "SELECT pg_catalog.float8(pg_catalog.date_part('epoch', s.half_life))"
 										  " FROM crm.engagement_setting s WHERE s.tenant_id OPERATOR(pg_catalog.=) $1",
 										  1, types);
@@ -641,7 +641,7 @@ engagement_upsert_plan(bool lead, double half_life)
 		char		literal[64];
 
 		snprintf(literal, sizeof(literal), "'%.17g'", half_life);
-		*slot = crm_prepare_kept(psprintf(engagement_upsert_sql, table, key, table, key, key, literal), 13, types);
+		*slot = crm_prepare_kept_generic(psprintf(engagement_upsert_sql, table, key, table, key, key, literal), 13, types);
 		planned_half_life[lead ? 1 : 0] = half_life;
 	}
 	return *slot;
@@ -658,7 +658,7 @@ engagement_fix_plan(bool lead)
 		const char *key = lead ? "lead_id" : "contact_id";
 		Oid			types[2] = {UUIDOID, UUIDARRAYOID};
 
-		*slot = crm_prepare_kept(psprintf(engagement_fix_sql, table, key, key, key, key, key, key,
+		*slot = crm_prepare_kept_generic(psprintf(engagement_fix_sql, table, key, key, key, key, key, key,
 									  key, key, key, key, key), 2, types);
 	}
 	return *slot;
@@ -760,7 +760,7 @@ account_write(AggDelta **deltas, int n)
 		Oid			types[9] = {UUIDOID, UUIDARRAYOID, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
 		INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID};
 
-		account_upsert_plan = crm_prepare_kept(
+		account_upsert_plan = crm_prepare_kept_generic(
 										   "INSERT INTO crm.account_summary AS e (tenant_id, account_id, contact_count, activity_count,"
 										   " last_activity_at, open_opportunity_count, open_amounts, won_amounts)"
 										   " SELECT $1, x.k, x.c, x.n, x.l, x.o, x.oa::pg_catalog.jsonb, x.wa::pg_catalog.jsonb"
@@ -783,7 +783,7 @@ account_write(AggDelta **deltas, int n)
 	{
 		Oid			types[2] = {UUIDOID, UUIDARRAYOID};
 
-		account_fix_plan = crm_prepare_kept(
+		account_fix_plan = crm_prepare_kept_generic(
 										"UPDATE crm.account_summary e SET"
 										" last_activity_at = (SELECT pg_catalog.max(a.occurred_at) FROM crm.activity a"
 										"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.account_id OPERATOR(pg_catalog.=) e.account_id"

@@ -196,7 +196,7 @@ batch_flush(EventBatch *batch)
 		Oid			types[6] = {UUIDOID, INT8ARRAYOID, TEXTARRAYOID, TEXTOID,
 		UUIDARRAYOID, JSONBARRAYOID};
 
-		insert_plan = crm_prepare_kept(
+		insert_plan = crm_prepare_kept_generic(
 								   "INSERT INTO crm.event (tenant_id, position, event_type, entity, entity_id, payload)"
 								   " SELECT $1, x.p, x.t, $4, x.i, x.j"
 								   " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS x(p, t, i, j)",

@@ -246,6 +246,44 @@ owner_scope(Datum tenant, Datum owner, bool *isnull)
 	return result;
 }
 
+/*
+ * Is the tenant public?  Then every record's visible_to is NULL (owner
+ * chains apply in a private tenant only, and crm.visibility_refresh_records
+ * clears them when a tenant turns public), and so is that of every row that
+ * hangs off a record: the lookups of the records can be left out.  A
+ * forecast snapshot keeps the visibility it was taken with (a record of a
+ * moment), so a link to one is still looked up.  Cached per statement like
+ * the other lookups (kind NKINDS + 1, the tenant as the id).
+ */
+static SPIPlanPtr public_plan = NULL;
+
+static bool
+tenant_public(Datum tenant)
+{
+	Datum		args[1] = {tenant};
+	bool		found;
+	bool		isnull;
+	Datum		value;
+	bool		is_public;
+
+	if (scope_cache_lookup(NKINDS + 1, tenant, tenant, &found, &isnull, &value))
+		return found;
+	if (public_plan == NULL)
+	{
+		Oid			argtypes[1] = {UUIDOID};
+
+		public_plan = keep_plan("SELECT 1 FROM crm.tenant t"
+								" WHERE t.tenant_id OPERATOR(pg_catalog.=) $1"
+								" AND t.visibility OPERATOR(pg_catalog.=) 'public'",
+								1, argtypes);
+	}
+	if (SPI_execute_plan(public_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crm.tenant");
+	is_public = SPI_processed == 1;
+	scope_cache_store(NKINDS + 1, tenant, tenant, is_public, true, (Datum) 0);
+	return is_public;
+}
+
 /* visible_to of a record; *found says whether it exists. */
 static Datum
 record_scope(int kind, Datum tenant, Datum id, bool *isnull, bool *found)
@@ -417,12 +455,14 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		bool		first = true;
+		bool		public_tenant = tenant_public(tenant);
 
 		if (is_record || has_column(rel, "owner_id"))
 		{
 			Datum		owner = heap_getattr(newtup, crm_attnum(rel, "owner_id", UUIDOID), desc, &isnull);
 
-			if (!isnull)
+			/* owner_scope() is NULL in a public tenant */
+			if (!isnull && !public_tenant)
 				scope = owner_scope(tenant, owner, &scope_null);
 			first = scope_null;
 		}
@@ -479,7 +519,15 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 			if (is_record && !changed)
 				continue;
 
-			link_scope = record_scope(kind, tenant, link, &link_null, &found);
+			if (public_tenant && strcmp(kinds[kind], "revenue_forecast") != 0)
+			{
+				/* see tenant_public(): everyone's, and no refusal */
+				link_scope = (Datum) 0;
+				link_null = true;
+				found = true;
+			}
+			else
+				link_scope = record_scope(kind, tenant, link, &link_null, &found);
 
 			/*
 			 * No foreign key holds an event or a job to its record: one
