@@ -91,8 +91,11 @@ extern void crm_guard_require_schema(void);
 extern void crm_uuid_v7(pg_uuid_t *out);
 
 /*
- * queue.c: one job to enqueue.  crm_queue_enqueue_job() must be called
- * inside an SPI connection, as the owner of the queue tables.
+ * queue.c: one job to enqueue.  Optional parts have a has_ flag (or are
+ * NULL); run_at and max_attempts (1..100) are required.  debounce, when
+ * not NULL, is a positive window: the job is made only if the same rule
+ * (has_rule) made none for the same subject (the contact when there is
+ * one, else entity_id) within it (crm.job_debounce), as workflow rules do.
  */
 typedef struct CrmJobRequest
 {
@@ -109,8 +112,26 @@ typedef struct CrmJobRequest
 	pg_uuid_t	entity_id;
 	bool		has_rule;
 	pg_uuid_t	rule;
+	const Interval *debounce;
 } CrmJobRequest;
 
+/*
+ * crm_queue_enqueue_jobs(tenant, jobs, njobs, ids): enqueues njobs jobs of
+ * one tenant in one statement (plus one for the debounce windows when a
+ * request has one).  Call it inside an SPI connection, as the owner of the
+ * queue tables (a trigger switches to its table's owner; crm.enqueue_job
+ * does the same).  Per job, as crm.enqueue_job() does: an unknown action
+ * is 23503; an idempotency key already taken (before, or by an earlier job
+ * of the same batch) makes no job and gives the id of the job holding it;
+ * a job whose contact withholds the consent its action needs is archived
+ * as skipped at once (23503 when that contact does not exist); one NOTIFY
+ * crm_jobs per queue that got a ready job.  ids (may be NULL) receives
+ * each job's id in order, the nil uuid for a job the debounce window held
+ * back.  Returns how many jobs were made (skipped ones included).
+ * crm_queue_enqueue_job() is the same for one job and returns its id.
+ */
+extern int	crm_queue_enqueue_jobs(const pg_uuid_t *tenant, const CrmJobRequest *jobs,
+								   int njobs, pg_uuid_t *ids);
 extern pg_uuid_t crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request);
 extern void crm_queue_require_visible(const pg_uuid_t *tenant, const pg_uuid_t *contact,
 									  const char *entity, const pg_uuid_t *entity_id,

@@ -38,6 +38,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
@@ -61,9 +62,8 @@ typedef enum QueuePlan
 {
 	PLAN_ACTION,
 	PLAN_CONTACT_CONSENT,
-	PLAN_KEY_TAKE,
-	PLAN_KEY_FIND,
-	PLAN_JOB_INSERT,
+	PLAN_KEY_HOLDERS,
+	PLAN_DEBOUNCE,
 	PLAN_ENQUEUE,
 	PLAN_FINISH,
 	PLAN_COMPLETE,
@@ -85,7 +85,7 @@ typedef struct QueuePlanSpec
 {
 	const char *sql;
 	int			nargs;
-	Oid			argtypes[11];
+	Oid			argtypes[13];
 } QueuePlanSpec;
 
 /*
@@ -102,39 +102,86 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2",
 		2, {UUIDOID, UUIDOID}
 	},
-	[PLAN_KEY_TAKE] = {
-		"INSERT INTO crm.job_key (tenant_id, idempotency_key, job_id) VALUES ($1, $2, $3)"
-		" ON CONFLICT ON CONSTRAINT job_key_pkey DO NOTHING",
-		3, {UUIDOID, UUIDOID, UUIDOID}
+	[PLAN_KEY_HOLDERS] = {
+		"SELECT idempotency_key, job_id FROM crm.job_key"
+		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND idempotency_key OPERATOR(pg_catalog.=) ANY ($2)",
+		2, {UUIDOID, UUIDARRAYOID}
 	},
-	[PLAN_KEY_FIND] = {
-		"SELECT job_id FROM crm.job_key"
-		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND idempotency_key OPERATOR(pg_catalog.=) $2",
-		2, {UUIDOID, UUIDOID}
-	},
-	[PLAN_JOB_INSERT] = {
-		/* the optional columns are parameters that may be NULL: one plan */
-		"INSERT INTO crm.job (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,"
-		" contact_id, idempotency_key, run_at, max_attempts)"
-		" SELECT $1, $2, a.queue, a.code, $4, $5, $6, $7, $8, $9, $10, $11"
-		" FROM crm.job_action a WHERE a.code OPERATOR(pg_catalog.=) $3",
-		11, {UUIDOID, UUIDOID, TEXTOID, JSONBOID, UUIDOID, TEXTOID, UUIDOID, UUIDOID, UUIDOID,
-		TIMESTAMPTZOID, INT4OID}
+	[PLAN_DEBOUNCE] = {
+		/*
+		 * The debounce windows of a batch (one row per rule and subject):
+		 * which of them fire, by their position in the arrays.  A row that
+		 * exists fires when its window has passed; the UPDATE re-checks that
+		 * on the latest version after waiting for a concurrent firing, so
+		 * two transactions never both fire inside one window.  A row that
+		 * does not exist fires when this statement makes it; one made
+		 * meanwhile by another transaction has just fired (DO NOTHING).
+		 */
+		"WITH x AS MATERIALIZED (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.uuid[]),"
+		"   pg_catalog.unnest($3::pg_catalog.uuid[]), pg_catalog.unnest($4::pg_catalog.interval[]))"
+		"  WITH ORDINALITY AS x(rule_id, subject_id, span, n)),"
+		" u AS (UPDATE crm.job_debounce d SET last_at = pg_catalog.now() FROM x"
+		"  WHERE d.tenant_id OPERATOR(pg_catalog.=) $1 AND d.rule_id OPERATOR(pg_catalog.=) x.rule_id"
+		"   AND d.subject_id OPERATOR(pg_catalog.=) x.subject_id"
+		"   AND d.last_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) x.span)"
+		"  RETURNING x.n),"
+		" i AS (INSERT INTO crm.job_debounce (tenant_id, rule_id, subject_id, last_at)"
+		"  SELECT $1, x.rule_id, x.subject_id, pg_catalog.now() FROM x"
+		"  WHERE NOT EXISTS (SELECT FROM crm.job_debounce d WHERE d.tenant_id OPERATOR(pg_catalog.=) $1"
+		"   AND d.rule_id OPERATOR(pg_catalog.=) x.rule_id AND d.subject_id OPERATOR(pg_catalog.=) x.subject_id)"
+		"  ON CONFLICT ON CONSTRAINT job_debounce_pkey DO NOTHING RETURNING rule_id, subject_id)"
+		" SELECT u.n FROM u UNION ALL"
+		" SELECT x.n FROM x JOIN i ON i.rule_id OPERATOR(pg_catalog.=) x.rule_id"
+		"  AND i.subject_id OPERATOR(pg_catalog.=) x.subject_id",
+		4, {UUIDOID, UUIDARRAYOID, UUIDARRAYOID, INTERVALARRAYOID}
 	},
 	[PLAN_ENQUEUE] = {
 		/*
-		 * PLAN_KEY_TAKE and PLAN_JOB_INSERT in one statement, for a job whose
-		 * consent need not be checked in between: no row when the key was
-		 * taken already.
+		 * A batch of jobs, one array per column ($13: the consent each job's
+		 * action needs of its contact, NULL for none).  A job is made only
+		 * when it takes its idempotency key; its contact's consent is read
+		 * then, and a refused job goes straight to the archive as skipped.
+		 * Returns the positions of the jobs made, the queues that got a
+		 * ready job, and a contact whose consent was needed but that does
+		 * not exist (the caller's error).
 		 */
-		"WITH k AS (INSERT INTO crm.job_key (tenant_id, idempotency_key, job_id) VALUES ($1, $9, $2)"
-		"  ON CONFLICT ON CONSTRAINT job_key_pkey DO NOTHING RETURNING job_id)"
-		" INSERT INTO crm.job (tenant_id, id, queue, action, params, rule_id, source_entity, source_id,"
-		" contact_id, idempotency_key, run_at, max_attempts)"
-		" SELECT $1, k.job_id, a.queue, a.code, $4, $5, $6, $7, $8, $9, $10, $11"
-		" FROM k, crm.job_action a WHERE a.code OPERATOR(pg_catalog.=) $3",
-		11, {UUIDOID, UUIDOID, TEXTOID, JSONBOID, UUIDOID, TEXTOID, UUIDOID, UUIDOID, UUIDOID,
-		TIMESTAMPTZOID, INT4OID}
+		"WITH r AS MATERIALIZED (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.uuid[]),"
+		"   pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]),"
+		"   pg_catalog.unnest($5::pg_catalog.jsonb[]), pg_catalog.unnest($6::pg_catalog.uuid[]),"
+		"   pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.uuid[]),"
+		"   pg_catalog.unnest($9::pg_catalog.uuid[]), pg_catalog.unnest($10::pg_catalog.uuid[]),"
+		"   pg_catalog.unnest($11::pg_catalog.timestamptz[]), pg_catalog.unnest($12::pg_catalog.int4[]),"
+		"   pg_catalog.unnest($13::pg_catalog.text[]))"
+		"  WITH ORDINALITY AS r(id, action, queue, params, rule_id, source_entity, source_id, contact_id,"
+		"   idempotency_key, run_at, max_attempts, consent, n)),"
+		" k AS (INSERT INTO crm.job_key (tenant_id, idempotency_key, job_id)"
+		"  SELECT $1, r.idempotency_key, r.id FROM r"
+		"  ON CONFLICT ON CONSTRAINT job_key_pkey DO NOTHING RETURNING job_id),"
+		" c AS MATERIALIZED (SELECT r.*, CASE WHEN r.consent IS NULL THEN NULL"
+		"   WHEN t.id IS NULL THEN ''"
+		"   WHEN r.consent OPERATOR(pg_catalog.=) 'email' AND t.email_opt_out"
+		"    THEN 'the contact opted out of e-mail (email_opt_out)'"
+		"   WHEN r.consent OPERATOR(pg_catalog.=) 'phone' AND t.do_not_call"
+		"    THEN 'the contact asked not to be called (do_not_call)' END AS refusal"
+		"  FROM r JOIN k ON k.job_id OPERATOR(pg_catalog.=) r.id"
+		"  LEFT JOIN crm.contact t ON r.consent IS NOT NULL AND t.tenant_id OPERATOR(pg_catalog.=) $1"
+		"   AND t.id OPERATOR(pg_catalog.=) r.contact_id),"
+		" ready AS (INSERT INTO crm.job (tenant_id, id, queue, action, params, rule_id, source_entity,"
+		"   source_id, contact_id, idempotency_key, run_at, max_attempts)"
+		"  SELECT $1, c.id, c.queue, c.action, c.params, c.rule_id, c.source_entity, c.source_id,"
+		"   c.contact_id, c.idempotency_key, c.run_at, c.max_attempts FROM c WHERE c.refusal IS NULL"
+		"  RETURNING queue),"
+		" skipped AS (INSERT INTO crm.job_archive (tenant_id, id, queue, action, params, rule_id,"
+		"   source_entity, source_id, contact_id, idempotency_key, run_at, attempts, max_attempts, errors,"
+		"   outcome, reason, result, enqueued_at)"
+		"  SELECT $1, c.id, c.queue, c.action, c.params, c.rule_id, c.source_entity, c.source_id,"
+		"   c.contact_id, c.idempotency_key, c.run_at, 0, c.max_attempts, '[]', 'skipped', c.refusal, NULL,"
+		"   pg_catalog.now() FROM c WHERE c.refusal OPERATOR(pg_catalog.<>) '')"
+		" SELECT ARRAY(SELECT c.n FROM c), ARRAY(SELECT DISTINCT ready.queue FROM ready),"
+		"  (SELECT c.contact_id FROM c WHERE c.refusal OPERATOR(pg_catalog.=) '' LIMIT 1)",
+		13, {UUIDOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, UUIDARRAYOID,
+			TEXTARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TIMESTAMPTZARRAYOID,
+		INT4ARRAYOID, TEXTARRAYOID}
 	},
 	[PLAN_FINISH] = {
 		"WITH gone AS (DELETE FROM crm.job j"
@@ -488,29 +535,17 @@ uuid_copy(const pg_uuid_t *id)
 	return copy;
 }
 
-static pg_uuid_t
-uuid_column(int column)
-{
-	bool		isnull;
-	Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, column, &isnull);
-
-	return *DatumGetUUIDP(d);
-}
-
 /*
- * Why the job's contact withholds the consent its action needs, or NULL.
- * A call task needs phone consent as an e-mail needs e-mail consent.
+ * The consent an action needs of the job's contact ("email", "phone") or
+ * NULL: the action's own (crm.job_action.consent), and phone consent for a
+ * call task.
  */
 static const char *
-consent_refusal(const pg_uuid_t *tenant, const char *consent, const char *action,
-				Jsonb *params, const pg_uuid_t *contact)
+consent_needed(const ActionInfo *info, const char *action, Jsonb *params)
 {
-	Datum		args[2];
-	bool		isnull;
-	bool		email_opt_out;
-	bool		do_not_call;
-
-	if (consent == NULL && strcmp(action, "create_task") == 0 && params != NULL)
+	if (info->has_consent)
+		return info->consent;
+	if (strcmp(action, "create_task") == 0 && params != NULL)
 	{
 		JsonbValue	key;
 		JsonbValue *type;
@@ -522,8 +557,23 @@ consent_refusal(const pg_uuid_t *tenant, const char *consent, const char *action
 		if (type != NULL && type->type == jbvString &&
 			((type->val.string.len == 4 && strncmp(type->val.string.val, "call", 4) == 0) ||
 			 (type->val.string.len == 9 && strncmp(type->val.string.val, "call_made", 9) == 0)))
-			consent = "phone";
+			return "phone";
 	}
+	return NULL;
+}
+
+/*
+ * Why the job's contact withholds the consent its action needs (as
+ * consent_needed() says), or NULL.
+ */
+static const char *
+consent_refusal(const pg_uuid_t *tenant, const char *consent, const pg_uuid_t *contact)
+{
+	Datum		args[2];
+	bool		isnull;
+	bool		email_opt_out;
+	bool		do_not_call;
+
 	if (consent == NULL || contact == NULL)
 		return NULL;
 
@@ -565,110 +615,297 @@ finish_job(const pg_uuid_t *tenant, const pg_uuid_t *job, const char *outcome,
 	run(PLAN_FINISH, args, nulls, 0);
 }
 
+/* An array of n Datums of a type, NULL where nulls[i] (nulls may be NULL). */
+static Datum
+datum_array(Datum *values, bool *nulls, int n, Oid type)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs, type,
+											  typlen, typbyval, typalign));
+}
+
+/* A hash table from 32 bytes (two uuids) to a position in a batch. */
+typedef struct BatchSlot
+{
+	pg_uuid_t	key[2];
+	int			index;
+	pg_uuid_t	holder;
+} BatchSlot;
+
+static HTAB *
+batch_table(int n, const char *name)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = 2 * sizeof(pg_uuid_t);
+	ctl.entrysize = sizeof(BatchSlot);
+	ctl.hcxt = CurrentMemoryContext;
+	return hash_create(name, n, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
 /*
- * Enqueues one job for a tenant; the caller has done queue_begin().
- * Returns the job's id, or the id of the job that already holds the key.
- * Shared by crm.enqueue_job() and the workflow rules (workflow.c).
+ * Which requests of a batch the debounce windows hold back (held[i]):
+ * one statement for the requests that have a window.  A rule firing twice
+ * for one subject in one batch fires at most once (the first).
+ */
+static void
+debounce_batch(const pg_uuid_t *tenant, const CrmJobRequest *jobs, int njobs, bool *held)
+{
+	Datum	   *rules = palloc(sizeof(Datum) * njobs);
+	Datum	   *subjects = palloc(sizeof(Datum) * njobs);
+	Datum	   *spans = palloc(sizeof(Datum) * njobs);
+	int		   *which = palloc(sizeof(int) * njobs);
+	int			n = 0;
+	HTAB	   *seen = NULL;
+	Datum		args[4];
+
+	for (int i = 0; i < njobs; i++)
+	{
+		const CrmJobRequest *job = &jobs[i];
+		const pg_uuid_t *subject;
+		pg_uuid_t	slot_key[2];
+		bool		found;
+
+		held[i] = false;
+		if (job->debounce == NULL)
+			continue;
+		if (!job->has_rule || !(job->has_contact || job->has_entity_id))
+			continue;
+		subject = job->has_contact ? &job->contact : &job->entity_id;
+		held[i] = true;			/* until the statement says it fires */
+		if (njobs > 1)
+		{
+			if (seen == NULL)
+				seen = batch_table(njobs, "crm debounce batch");
+			slot_key[0] = job->rule;
+			slot_key[1] = *subject;
+			(void) hash_search(seen, slot_key, HASH_ENTER, &found);
+			if (found)
+				continue;
+		}
+		rules[n] = UUIDPGetDatum(&job->rule);
+		subjects[n] = UUIDPGetDatum(subject);
+		spans[n] = IntervalPGetDatum(job->debounce);
+		which[n++] = i;
+	}
+	if (n == 0)
+		return;
+	args[0] = UUIDPGetDatum(tenant);
+	args[1] = datum_array(rules, NULL, n, UUIDOID);
+	args[2] = datum_array(subjects, NULL, n, UUIDOID);
+	args[3] = datum_array(spans, NULL, n, INTERVALOID);
+	run(PLAN_DEBOUNCE, args, NULL, 0);
+	for (uint64 row = 0; row < SPI_processed; row++)
+	{
+		bool		isnull;
+		int64		pos = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 1, &isnull));
+
+		held[which[pos - 1]] = false;
+	}
+}
+
+/*
+ * Enqueues a batch of jobs for a tenant (crm.h says what it promises); the
+ * caller is connected to SPI as the owner of the queue tables.  The jobs
+ * go in by one statement of arrays, so a batch costs one plan execution
+ * whatever its size.
+ */
+int
+crm_queue_enqueue_jobs(const pg_uuid_t *tenant, const CrmJobRequest *jobs, int njobs,
+					   pg_uuid_t *ids)
+{
+	pg_uuid_t  *made_ids;
+	bool	   *held;
+	int		   *dup_of;
+	int		   *which;
+	Datum	   *cols[12];
+	bool	   *colnulls[12];
+	Oid			coltypes[12] = {UUIDOID, TEXTOID, TEXTOID, JSONBOID, UUIDOID, TEXTOID, UUIDOID,
+	UUIDOID, UUIDOID, TIMESTAMPTZOID, INT4OID, TEXTOID};
+	pg_uuid_t  *keys;
+	bool	   *made;
+	int			n = 0;
+	int			nmade = 0;
+	int			nholders = 0;
+	HTAB	   *seen = NULL;
+	Datum		args[13];
+	bool		isnull;
+	HeapTuple	tuple;
+	TupleDesc	tupdesc;
+	Datum		d;
+
+	if (njobs <= 0)
+		return 0;
+	made_ids = palloc(sizeof(pg_uuid_t) * njobs);
+	held = palloc(sizeof(bool) * njobs);
+	dup_of = palloc(sizeof(int) * njobs);
+	which = palloc(sizeof(int) * njobs);
+	keys = palloc(sizeof(pg_uuid_t) * njobs);
+	made = palloc0(sizeof(bool) * njobs);
+	for (int c = 0; c < 12; c++)
+	{
+		cols[c] = palloc(sizeof(Datum) * njobs);
+		colnulls[c] = palloc0(sizeof(bool) * njobs);
+	}
+
+	debounce_batch(tenant, jobs, njobs, held);
+
+	for (int i = 0; i < njobs; i++)
+	{
+		const CrmJobRequest *job = &jobs[i];
+		ActionInfo	action;
+		const char *consent;
+
+		dup_of[i] = -1;
+		memset(&made_ids[i], 0, sizeof(pg_uuid_t));
+		if (!action_lookup(job->action, &action))
+			ereport(ERROR,
+					(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+					 errmsg("job action \"%s\" does not exist", job->action),
+					 errhint("The known actions are listed in crm.job_action.")));
+		if (held[i])
+			continue;
+		crm_uuid_v7(&made_ids[i]);
+		keys[i] = job->has_key ? job->key : made_ids[i];
+
+		/* a key given twice in the batch: the later jobs are the first's */
+		if (job->has_key && njobs > 1)
+		{
+			pg_uuid_t	slot_key[2];
+			bool		found;
+			BatchSlot  *slot;
+
+			if (seen == NULL)
+				seen = batch_table(njobs, "crm enqueue batch");
+			slot_key[0] = job->key;
+			memset(&slot_key[1], 0, sizeof(pg_uuid_t));
+			slot = hash_search(seen, slot_key, HASH_ENTER, &found);
+			if (found)
+			{
+				dup_of[i] = slot->index;
+				continue;
+			}
+			slot->index = i;
+		}
+
+		consent = job->has_contact ? consent_needed(&action, job->action, job->params) : NULL;
+		cols[0][n] = UUIDPGetDatum(&made_ids[i]);
+		cols[1][n] = CStringGetTextDatum(job->action);
+		cols[2][n] = CStringGetTextDatum(action.queue);
+		cols[3][n] = JsonbPGetDatum(job->params);
+		cols[4][n] = job->has_rule ? UUIDPGetDatum(&job->rule) : (Datum) 0;
+		colnulls[4][n] = !job->has_rule;
+		cols[5][n] = job->entity ? CStringGetTextDatum(job->entity) : (Datum) 0;
+		colnulls[5][n] = job->entity == NULL;
+		cols[6][n] = job->has_entity_id ? UUIDPGetDatum(&job->entity_id) : (Datum) 0;
+		colnulls[6][n] = !job->has_entity_id;
+		cols[7][n] = job->has_contact ? UUIDPGetDatum(&job->contact) : (Datum) 0;
+		colnulls[7][n] = !job->has_contact;
+		cols[8][n] = UUIDPGetDatum(&keys[i]);
+		cols[9][n] = TimestampTzGetDatum(job->run_at);
+		cols[10][n] = Int32GetDatum(job->max_attempts);
+		cols[11][n] = consent ? CStringGetTextDatum(consent) : (Datum) 0;
+		colnulls[11][n] = consent == NULL;
+		which[n++] = i;
+	}
+
+	if (n > 0)
+	{
+		ArrayType  *positions;
+		ArrayType  *queues;
+		Datum	   *elems;
+		bool	   *elemnulls;
+		int			nelems;
+
+		args[0] = UUIDPGetDatum(tenant);
+		for (int c = 0; c < 12; c++)
+			args[c + 1] = datum_array(cols[c], colnulls[c], n, coltypes[c]);
+		run(PLAN_ENQUEUE, args, NULL, 1);
+		tuple = SPI_tuptable->vals[0];
+		tupdesc = SPI_tuptable->tupdesc;
+
+		d = SPI_getbinval(tuple, tupdesc, 3, &isnull);
+		if (!isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+					 errmsg("contact %s does not exist", crm_uuid_text(DatumGetUUIDP(d)))));
+
+		positions = DatumGetArrayTypeP(SPI_getbinval(tuple, tupdesc, 1, &isnull));
+		deconstruct_array(positions, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+						  &elems, &elemnulls, &nelems);
+		for (int e = 0; e < nelems; e++)
+			made[which[DatumGetInt64(elems[e]) - 1]] = true;
+		nmade = nelems;
+
+		/* PostgreSQL folds equal notifications of a transaction into one. */
+		queues = DatumGetArrayTypeP(SPI_getbinval(tuple, tupdesc, 2, &isnull));
+		deconstruct_array(queues, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elemnulls, &nelems);
+		for (int e = 0; e < nelems; e++)
+			crm_notify("crm_jobs", TextDatumGetCString(elems[e]));
+	}
+
+	/* keys taken before: the jobs that hold them, read afresh */
+	for (int p = 0; p < n; p++)
+		if (!made[which[p]])
+			cols[0][nholders++] = UUIDPGetDatum(&keys[which[p]]);
+	if (nholders > 0)
+	{
+		HTAB	   *holders = batch_table(nholders, "crm enqueue holders");
+
+		args[0] = UUIDPGetDatum(tenant);
+		args[1] = datum_array(cols[0], NULL, nholders, UUIDOID);
+		run(PLAN_KEY_HOLDERS, args, NULL, 0);
+		for (uint64 row = 0; row < SPI_processed; row++)
+		{
+			pg_uuid_t	slot_key[2];
+			BatchSlot  *slot;
+
+			slot_key[0] = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 1, &isnull));
+			memset(&slot_key[1], 0, sizeof(pg_uuid_t));
+			slot = hash_search(holders, slot_key, HASH_ENTER, NULL);
+			slot->holder = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 2, &isnull));
+		}
+		for (int p = 0; p < n; p++)
+		{
+			int			i = which[p];
+			pg_uuid_t	slot_key[2];
+			BatchSlot  *slot;
+
+			if (made[i])
+				continue;
+			slot_key[0] = keys[i];
+			memset(&slot_key[1], 0, sizeof(pg_uuid_t));
+			slot = hash_search(holders, slot_key, HASH_FIND, NULL);
+			if (slot == NULL)
+				elog(ERROR, "idempotency key vanished while it was taken");
+			made_ids[i] = slot->holder;
+		}
+	}
+
+	if (ids != NULL)
+		for (int i = 0; i < njobs; i++)
+			ids[i] = dup_of[i] >= 0 ? made_ids[dup_of[i]] : made_ids[i];
+	return nmade;
+}
+
+/*
+ * Enqueues one job for a tenant: crm_queue_enqueue_jobs() with one job.
+ * Returns the job's id, or the id of the job that already holds the key
+ * (the nil uuid when the debounce window held it back).
  */
 pg_uuid_t
 crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request)
 {
-	Datum		args[11];
-	char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	pg_uuid_t	job_id;
-	pg_uuid_t	key;
-	ActionInfo	action;
-	const char *refusal;
+	pg_uuid_t	id;
 
-	if (!action_lookup(request->action, &action))
-		ereport(ERROR,
-				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-				 errmsg("job action \"%s\" does not exist", request->action),
-				 errhint("The known actions are listed in crm.job_action.")));
-
-	crm_uuid_v7(&job_id);
-	key = request->has_key ? request->key : job_id;
-
-	/* the columns of the job row (PLAN_JOB_INSERT and PLAN_ENQUEUE) */
-	args[0] = UUIDPGetDatum(tenant);
-	args[1] = UUIDPGetDatum(&job_id);
-	args[2] = CStringGetTextDatum(request->action);
-	args[3] = JsonbPGetDatum(request->params);
-	if (request->has_rule)
-		args[4] = UUIDPGetDatum(&request->rule);
-	else
-		nulls[4] = 'n';
-	if (request->entity)
-		args[5] = CStringGetTextDatum(request->entity);
-	else
-		nulls[5] = 'n';
-	if (request->has_entity_id)
-		args[6] = UUIDPGetDatum(&request->entity_id);
-	else
-		nulls[6] = 'n';
-	if (request->has_contact)
-		args[7] = UUIDPGetDatum(&request->contact);
-	else
-		nulls[7] = 'n';
-	args[8] = UUIDPGetDatum(&key);
-	args[9] = TimestampTzGetDatum(request->run_at);
-	args[10] = Int32GetDatum(request->max_attempts);
-
-	/*
-	 * No consent to check (no contact, or an action that needs none): the
-	 * key and the job in one statement.
-	 */
-	if (!request->has_contact ||
-		(!action.has_consent && strcmp(request->action, "create_task") != 0))
-	{
-		run(PLAN_ENQUEUE, args, nulls, 0);
-		if (SPI_processed == 0)
-		{
-			Datum		kargs[2] = {UUIDPGetDatum(tenant), UUIDPGetDatum(&key)};
-			pg_uuid_t	holder;
-
-			run(PLAN_KEY_FIND, kargs, NULL, 1);
-			if (SPI_processed == 0)
-				elog(ERROR, "idempotency key vanished while it was taken");
-			holder = uuid_column(1);
-			/* our own key without a job: the action went away meanwhile */
-			if (memcmp(&holder, &job_id, sizeof(pg_uuid_t)) == 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-						 errmsg("job action \"%s\" does not exist", request->action),
-						 errhint("The known actions are listed in crm.job_action.")));
-			return holder;
-		}
-		crm_notify("crm_jobs", action.queue);
-		return job_id;
-	}
-
-	{
-		Datum		kargs[3] = {UUIDPGetDatum(tenant), UUIDPGetDatum(&key), UUIDPGetDatum(&job_id)};
-
-		run(PLAN_KEY_TAKE, kargs, NULL, 0);
-		if (SPI_processed == 0)
-		{
-			run(PLAN_KEY_FIND, kargs, NULL, 1);
-			if (SPI_processed == 0)
-				elog(ERROR, "idempotency key vanished while it was taken");
-			return uuid_column(1);
-		}
-	}
-
-	refusal = consent_refusal(tenant, action.has_consent ? action.consent : NULL,
-							  request->action, request->params,
-							  request->has_contact ? &request->contact : NULL);
-	run(PLAN_JOB_INSERT, args, nulls, 0);
-
-	if (refusal)
-		finish_job(tenant, &job_id, "skipped", refusal, NULL);
-	else
-	{
-		/* PostgreSQL folds equal notifications of a transaction into one. */
-		crm_notify("crm_jobs", action.queue);
-	}
-	return job_id;
+	(void) crm_queue_enqueue_jobs(tenant, request, 1, &id);
+	return id;
 }
 
 /*
@@ -939,11 +1176,11 @@ crm_queue_claim(PG_FUNCTION_ARGS)
 		{
 			pg_uuid_t	contact_id = *DatumGetUUIDP(contact);
 			ActionInfo	info;
-			char	   *consent = NULL;
+			const char *consent = NULL;
 
-			if (action_lookup(action, &info) && info.has_consent)
-				consent = info.consent;
-			refusal = consent_refusal(&tenant, consent, action, DatumGetJsonbP(params), &contact_id);
+			if (action_lookup(action, &info))
+				consent = consent_needed(&info, action, DatumGetJsonbP(params));
+			refusal = consent_refusal(&tenant, consent, &contact_id);
 		}
 		if (refusal)
 			finish_job(&tenant, &job, "skipped", refusal, NULL);
