@@ -149,9 +149,58 @@ gather_row(TupleTableSlot *slot, int tenant_att, int key_att, int email_att,
 }
 
 /*
+ * Attribute numbers that say whether a lead or opportunity row matters to
+ * the model (see row_involved); status_att is InvalidAttrNumber for the
+ * other tables, whose rows always count.
+ */
+typedef struct InvolvedCols
+{
+	int			status_att;
+	int			converted_att;	/* leads only */
+	int			mode_att;
+} InvolvedCols;
+
+static bool
+text_is(TupleTableSlot *slot, int att, const char *value)
+{
+	bool		isnull;
+	Datum		d = slot_getattr(slot, att, &isnull);
+
+	return !isnull && strcmp(TextDatumGetCString(d), value) == 0;
+}
+
+/*
+ * Does this version of a lead or opportunity reach the model?  Only closed
+ * records (won or lost, or a converted lead) have observations
+ * (crm.pls_observations), and only records in predicted mode have a
+ * prediction to keep; an open record in stage or manual mode has neither,
+ * so a bulk move of open deals between open stages costs the model
+ * nothing.  An UPDATE counts when either version is involved.
+ */
+static bool
+row_involved(TupleTableSlot *slot, const InvolvedCols *cols)
+{
+	bool		isnull;
+
+	if (cols->status_att == InvalidAttrNumber)
+		return true;
+	if (!text_is(slot, cols->status_att, "open"))
+		return true;
+	if (cols->converted_att != InvalidAttrNumber)
+	{
+		(void) slot_getattr(slot, cols->converted_att, &isnull);
+		if (!isnull)
+			return true;
+	}
+	return text_is(slot, cols->mode_att, "predicted");
+}
+
+/*
  * Append the rows of the statement: every row of an INSERT or DELETE; of an
  * UPDATE, the old and new versions of the rows whose watched columns
- * changed (the two transition tables hold them in the same order).
+ * changed (the two transition tables hold them in the same order).  Leads
+ * and opportunities that neither are nor were closed or predicted are left
+ * out (row_involved).
  */
 static void
 gather(TriggerData *trigdata, TupleDesc tupdesc, int tenant_att, int key_att, int email_att,
@@ -162,6 +211,17 @@ gather(TriggerData *trigdata, TupleDesc tupdesc, int tenant_att, int key_att, in
 	Tuplestorestate *oldstore = trigdata->tg_oldtable;
 	Tuplestorestate *newstore = trigdata->tg_newtable;
 	const char *const *watch = watched_columns(trigdata->tg_relation);
+	const char *table = crm_table_name(trigdata->tg_relation);
+	InvolvedCols involved;
+
+	involved.status_att = involved.converted_att = involved.mode_att = InvalidAttrNumber;
+	if (strcmp(table, "lead") == 0 || strcmp(table, "opportunity") == 0)
+	{
+		involved.status_att = crm_attnum(trigdata->tg_relation, "status", TEXTOID);
+		involved.mode_att = crm_attnum(trigdata->tg_relation, "probability_mode", TEXTOID);
+		if (strcmp(table, "lead") == 0)
+			involved.converted_att = crm_attnum(trigdata->tg_relation, "converted_at", TIMESTAMPTZOID);
+	}
 
 	/*
 	 * Read pointers of our own that may rewind: other triggers read the same
@@ -181,6 +241,8 @@ gather(TriggerData *trigdata, TupleDesc tupdesc, int tenant_att, int key_att, in
 		{
 			if (!watched_changed(oldslot, newslot, tupdesc, watch))
 				continue;
+			if (!row_involved(oldslot, &involved) && !row_involved(newslot, &involved))
+				continue;
 			gather_row(oldslot, tenant_att, key_att, email_att, tenants, keys, emails, email_nulls, n);
 			gather_row(newslot, tenant_att, key_att, email_att, tenants, keys, emails, email_nulls, n);
 		}
@@ -191,7 +253,8 @@ gather(TriggerData *trigdata, TupleDesc tupdesc, int tenant_att, int key_att, in
 
 		tuplestore_rescan(store);
 		while (tuplestore_gettupleslot(store, true, false, newslot))
-			gather_row(newslot, tenant_att, key_att, email_att, tenants, keys, emails, email_nulls, n);
+			if (row_involved(newslot, &involved))
+				gather_row(newslot, tenant_att, key_att, email_att, tenants, keys, emails, email_nulls, n);
 	}
 	ExecDropSingleTupleTableSlot(oldslot);
 	ExecDropSingleTupleTableSlot(newslot);

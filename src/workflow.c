@@ -24,8 +24,9 @@
  * Matching is an AFTER INSERT statement trigger on crm.event: the new
  * events are read from the transition table in C (Citus cannot replan a
  * statement over it), each tenant's active rules are read once per
- * statement, and each match becomes a job through crm_queue_enqueue_job()
- * with an idempotency key that is a name-based UUID (v5) of the rule and
+ * statement, and the matches of a statement become jobs through one call of
+ * crm_queue_enqueue_jobs() per tenant (one statement of arrays, however
+ * many deals a bulk UPDATE moved), each with an idempotency key that is a name-based UUID (v5) of the rule and
  * the event, so a replayed event never makes a second job.  A debounce
  * window makes at most one job per rule and record within it.
  *
@@ -534,8 +535,15 @@ typedef struct EventRow
 	Jsonb	   *payload;
 } EventRow;
 
+/* The jobs one statement's events made for one tenant, before enqueueing. */
+typedef struct JobBatch
+{
+	int			n;
+	int			cap;
+	CrmJobRequest *jobs;
+} JobBatch;
+
 static SPIPlanPtr rules_plan = NULL;
-static SPIPlanPtr debounce_plan = NULL;
 
 static SPIPlanPtr
 kept_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
@@ -674,47 +682,6 @@ uuid_from_payload(Jsonb *payload, const char *path, pg_uuid_t *out)
 	return parse_uuid_text(v->val.string.val, v->val.string.len, out);
 }
 
-/*
- * Does the debounce window hold this firing back?  The record is the job's
- * contact when it has one (an activity rule debounces per person, not per
- * activity), else the event's record.  One row per rule and record in
- * crm.job_debounce says when it last fired: the upsert takes it only when
- * the window has passed, and a concurrent firing of the same rule for the
- * same record waits for it and then sees the new time (READ COMMITTED) or
- * fails with a serialization error (REPEATABLE READ), so two transactions
- * never both fire inside one window.
- */
-static bool
-debounced(const pg_uuid_t *tenant, RuleInfo *rule, const CrmJobRequest *request)
-{
-	Oid			types[4] = {UUIDOID, UUIDOID, UUIDOID, INTERVALOID};
-	Datum		args[4];
-	const pg_uuid_t *subject;
-
-	if (!rule->has_debounce)
-		return false;
-	if (request->has_contact)
-		subject = &request->contact;
-	else if (request->has_entity_id)
-		subject = &request->entity_id;
-	else
-		return false;
-	kept_plan(&debounce_plan,
-			  "INSERT INTO crm.job_debounce AS d (tenant_id, rule_id, subject_id, last_at)"
-			  " VALUES ($1, $2, $3, pg_catalog.now())"
-			  " ON CONFLICT ON CONSTRAINT job_debounce_pkey DO UPDATE SET last_at = pg_catalog.now()"
-			  " WHERE d.last_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) $4)"
-			  " RETURNING 1",
-			  4, types);
-	args[0] = UUIDPGetDatum(tenant);
-	args[1] = UUIDPGetDatum(&rule->id);
-	args[2] = UUIDPGetDatum(subject);
-	args[3] = IntervalPGetDatum(rule->debounce);
-	if (SPI_execute_plan(debounce_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not check the rule's debounce window");
-	return SPI_processed == 0;
-}
-
 /* The rule's params with the event that fired it, for the job. */
 static Jsonb *
 job_params(RuleInfo *rule, EventRow *ev)
@@ -746,48 +713,68 @@ job_params(RuleInfo *rule, EventRow *ev)
 	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, event_obj, JsonbPGetDatum(rule->params)));
 }
 
+/*
+ * The job a rule makes of an event, added to the statement's batch.  The
+ * debounce window (at most one job per rule and record within it: the
+ * job's contact when it has one, so that an activity rule debounces per
+ * person, else the event's record) is applied by the queue when the batch
+ * is enqueued, in the order the jobs were matched.
+ */
 static void
-fire(const pg_uuid_t *tenant, RuleInfo *rule, EventRow *ev)
+fire(JobBatch *batch, RuleInfo *rule, EventRow *ev)
 {
-	CrmJobRequest request;
+	CrmJobRequest *request;
 	unsigned char name[32];
 	uuid_t		key;
 
-	memset(&request, 0, sizeof(request));
-	request.action = rule->action;
-	request.params = job_params(rule, ev);
-	request.run_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-															 TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
-															 IntervalPGetDatum(rule->delay)));
-	request.max_attempts = rule->max_attempts;
+	if (batch->n == batch->cap)
+	{
+		batch->cap = batch->cap == 0 ? 16 : batch->cap * 2;
+		batch->jobs = batch->jobs == NULL ? palloc(sizeof(CrmJobRequest) * batch->cap) :
+			repalloc_huge(batch->jobs, sizeof(CrmJobRequest) * batch->cap);
+	}
+	request = &batch->jobs[batch->n++];
+	memset(request, 0, sizeof(CrmJobRequest));
+	request->action = rule->action;
+	request->params = job_params(rule, ev);
+	request->run_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+															  TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
+															  IntervalPGetDatum(rule->delay)));
+	request->max_attempts = rule->max_attempts;
 
 	/* key = uuid v5 (rule id || event id): a replayed event finds its job */
 	memcpy(name, rule->id.data, 16);
 	memcpy(name + 16, ev->id.data, 16);
 	uuid_generate_sha1(key, (unsigned char *) rule_key_namespace, (const char *) name, sizeof(name));
-	request.has_key = true;
-	memcpy(request.key.data, key, 16);
+	request->has_key = true;
+	memcpy(request->key.data, key, 16);
 
-	request.has_rule = true;
-	request.rule = rule->id;
-	request.entity = ev->entity;
+	request->has_rule = true;
+	request->rule = rule->id;
+	request->entity = ev->entity;
 	if (ev->has_entity_id)
 	{
-		request.has_entity_id = true;
-		request.entity_id = ev->entity_id;
+		request->has_entity_id = true;
+		request->entity_id = ev->entity_id;
 	}
 	if (ev->entity && strcmp(ev->entity, "contact") == 0 && ev->has_entity_id)
 	{
-		request.has_contact = true;
-		request.contact = ev->entity_id;
+		request->has_contact = true;
+		request->contact = ev->entity_id;
 	}
 	else
-		request.has_contact = uuid_from_payload(ev->payload, "contactId", &request.contact) ||
-			uuid_from_payload(ev->payload, "relatedTo.contactId", &request.contact);
+		request->has_contact = uuid_from_payload(ev->payload, "contactId", &request->contact) ||
+			uuid_from_payload(ev->payload, "relatedTo.contactId", &request->contact);
+	request->debounce = rule->has_debounce ? rule->debounce : NULL;
+}
 
-	if (debounced(tenant, rule, &request))
-		return;
-	(void) crm_queue_enqueue_job(tenant, &request);
+/* Enqueue the jobs matched for one tenant, in one call, and empty the batch. */
+static void
+flush_jobs(const pg_uuid_t *tenant, JobBatch *batch)
+{
+	if (batch->n > 0)
+		(void) crm_queue_enqueue_jobs(tenant, batch->jobs, batch->n, NULL);
+	batch->n = 0;
 }
 
 /*
@@ -830,6 +817,7 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 	bool		have_tenant = false;
 	pg_uuid_t	rules_tenant;
 	List	   *rules = NIL;
+	JobBatch	jobs = {0};
 
 	crm_require_trigger(fcinfo, "workflow_match", false, false);
 	crm_require_trigger_nargs(fcinfo, "workflow_match", 0);
@@ -940,6 +928,8 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 
 		if (!have_tenant || memcmp(&rules_tenant, &ev->tenant, sizeof(pg_uuid_t)) != 0)
 		{
+			if (have_tenant)
+				flush_jobs(&rules_tenant, &jobs);
 			rules = tenant_rules(&ev->tenant);
 			rules_tenant = ev->tenant;
 			have_tenant = true;
@@ -950,9 +940,11 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 
 			if (rule_names_event(rule, ev) && rule_stage_reached(rule, ev) &&
 				evaluate(&rule->condition->root, ev->payload))
-				fire(&ev->tenant, rule, ev);
+				fire(&jobs, rule, ev);
 		}
 	}
+	if (have_tenant)
+		flush_jobs(&rules_tenant, &jobs);
 
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	SPI_finish();
