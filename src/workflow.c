@@ -555,21 +555,60 @@ kept_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
 	return *slot;
 }
 
-/* The active rules of a tenant, read once per statement. */
-static List *
-tenant_rules(const pg_uuid_t *tenant)
+/*
+ * The names a statement's events can be matched by, per tenant: their
+ * event types and, for ActivityCreated, their activity types.
+ */
+typedef struct TenantNames
 {
-	Oid			types[1] = {UUIDOID};
-	Datum		args[1] = {UUIDPGetDatum(tenant)};
-	List	   *rules = NIL;
+	pg_uuid_t	tenant;
+	List	   *names;			/* of char *, distinct */
+	List	   *rules;			/* of RuleInfo *, read once */
+} TenantNames;
 
+static void
+add_name(TenantNames *tn, const char *name, int len)
+{
+	ListCell   *lc;
+
+	foreach(lc, tn->names)
+	{
+		const char *have = lfirst(lc);
+
+		if ((int) strlen(have) == len && strncmp(have, name, len) == 0)
+			return;
+	}
+	tn->names = lappend(tn->names, pnstrdup(name, len));
+}
+
+/*
+ * The active rules of a tenant that name one of the statement's events,
+ * read once per statement through the index on (tenant_id, event) of the
+ * active rules: a statement whose events no rule names (an import of
+ * calls and e-mails) reads nothing more.
+ */
+static List *
+tenant_rules(TenantNames *tn)
+{
+	Oid			types[2] = {UUIDOID, TEXTARRAYOID};
+	Datum		args[2];
+	List	   *rules = NIL;
+	Datum	   *names = palloc(sizeof(Datum) * list_length(tn->names));
+	int			n = 0;
+	ListCell   *lc;
+
+	foreach(lc, tn->names)
+		names[n++] = CStringGetTextDatum((char *) lfirst(lc));
+	args[0] = UUIDPGetDatum(&tn->tenant);
+	args[1] = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
 	kept_plan(&rules_plan,
 			  "SELECT id, event, stage_id, condition, action, params, delay, debounce, max_attempts"
 			  " FROM crm.workflow_rule"
 			  " WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND active"
+			  " AND event OPERATOR(pg_catalog.=) ANY ($2)"
 			  " AND event !~ '^(NoActivityFor|BeforeExpectedClose)$'"
 			  " ORDER BY id",
-			  1, types);
+			  2, types);
 	if (SPI_execute_plan(rules_plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.workflow_rule");
 
@@ -818,6 +857,7 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 	pg_uuid_t	rules_tenant;
 	List	   *rules = NIL;
 	JobBatch	jobs = {0};
+	List	   *tenants = NIL;
 
 	crm_require_trigger(fcinfo, "workflow_match", false, false);
 	crm_require_trigger_nargs(fcinfo, "workflow_match", 0);
@@ -848,12 +888,14 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 
 	/*
-	 * The tenants alone first: most statements write the events of tenants
-	 * without an active rule (an import of activities), and then no event
-	 * needs to be read whole.  Only the tenant is taken from each row.
+	 * The tenants and the names their events go by first: most statements
+	 * write events that no active rule names (an import of activities),
+	 * and then no event needs to be read whole.
 	 */
 	{
 		bool		any_rules = false;
+		TenantNames *last = NULL;
+		char	   *last_type = NULL;
 
 		crm_transition_rewind(store);
 		while (tuplestore_gettupleslot(store, true, false, slot))
@@ -861,21 +903,54 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 			bool		isnull;
 			Datum		d = slot_getattr(slot, att_tenant, &isnull);
 			pg_uuid_t	tenant;
+			char	   *type;
 
 			if (isnull)
 				match_null_column(trigdata->tg_relation, "tenant_id");
 			tenant = *DatumGetUUIDP(d);
-			if (have_tenant && memcmp(&rules_tenant, &tenant, sizeof(pg_uuid_t)) == 0)
-				continue;
-			rules_tenant = tenant;
-			have_tenant = true;
-			if (tenant_rules(&tenant) != NIL)
+			if (last == NULL || memcmp(&last->tenant, &tenant, sizeof(pg_uuid_t)) != 0)
 			{
-				any_rules = true;
-				break;
+				last = NULL;
+				foreach(lc, tenants)
+					if (memcmp(&((TenantNames *) lfirst(lc))->tenant, &tenant, sizeof(pg_uuid_t)) == 0)
+						last = lfirst(lc);
+				if (last == NULL)
+				{
+					last = palloc0(sizeof(TenantNames));
+					last->tenant = tenant;
+					tenants = lappend(tenants, last);
+				}
+				last_type = NULL;
+			}
+			d = slot_getattr(slot, att_type, &isnull);
+			if (isnull)
+				match_null_column(trigdata->tg_relation, "event_type");
+			type = TextDatumGetCString(d);
+			if (last_type == NULL || strcmp(last_type, type) != 0)
+			{
+				add_name(last, type, strlen(type));
+				last_type = type;
+			}
+			if (strcmp(type, "ActivityCreated") == 0)
+			{
+				JsonbValue *atype;
+
+				d = slot_getattr(slot, att_payload, &isnull);
+				if (isnull)
+					match_null_column(trigdata->tg_relation, "payload");
+				atype = payload_path(DatumGetJsonbP(d), "type");
+				if (atype != NULL && atype->type == jbvString)
+					add_name(last, atype->val.string.val, atype->val.string.len);
 			}
 		}
-		have_tenant = false;
+		foreach(lc, tenants)
+		{
+			TenantNames *tn = lfirst(lc);
+
+			tn->rules = tenant_rules(tn);
+			if (tn->rules != NIL)
+				any_rules = true;
+		}
 		if (!any_rules)
 		{
 			ExecDropSingleTupleTableSlot(slot);
@@ -928,9 +1003,14 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 
 		if (!have_tenant || memcmp(&rules_tenant, &ev->tenant, sizeof(pg_uuid_t)) != 0)
 		{
+			ListCell   *tc;
+
 			if (have_tenant)
 				flush_jobs(&rules_tenant, &jobs);
-			rules = tenant_rules(&ev->tenant);
+			rules = NIL;
+			foreach(tc, tenants)
+				if (memcmp(&((TenantNames *) lfirst(tc))->tenant, &ev->tenant, sizeof(pg_uuid_t)) == 0)
+					rules = ((TenantNames *) lfirst(tc))->rules;
 			rules_tenant = ev->tenant;
 			have_tenant = true;
 		}
