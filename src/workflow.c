@@ -24,10 +24,11 @@
  * Matching is an AFTER INSERT statement trigger on crm.event: the new
  * events are read from the transition table in C (Citus cannot replan a
  * statement over it), each tenant's active rules are read once per
- * statement, and the matches of a statement become jobs through one call of
- * crm_queue_enqueue_jobs() per tenant (one statement of arrays, however
- * many deals a bulk UPDATE moved), each with an idempotency key that is a name-based UUID (v5) of the rule and
- * the event, so a replayed event never makes a second job.  A debounce
+ * statement (those that name one of its events), and the matches of a
+ * statement become jobs through one call of crm_queue_enqueue_jobs() per
+ * tenant (one statement of arrays, however many deals a bulk UPDATE
+ * moved), each with an idempotency key that is a name-based UUID (v5) of
+ * the rule and the event, so a replayed event never makes a second job.  A debounce
  * window makes at most one job per rule and record within it.
  *
  *-------------------------------------------------------------------------
@@ -908,6 +909,16 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 			if (isnull)
 				match_null_column(trigdata->tg_relation, "tenant_id");
 			tenant = *DatumGetUUIDP(d);
+			/* crm.event's are NOT NULL: another table is refused whatever its rules */
+			(void) slot_getattr(slot, att_id, &isnull);
+			if (isnull)
+				match_null_column(trigdata->tg_relation, "id");
+			(void) slot_getattr(slot, att_type, &isnull);
+			if (isnull)
+				match_null_column(trigdata->tg_relation, "event_type");
+			(void) slot_getattr(slot, att_payload, &isnull);
+			if (isnull)
+				match_null_column(trigdata->tg_relation, "payload");
 			if (last == NULL || memcmp(&last->tenant, &tenant, sizeof(pg_uuid_t)) != 0)
 			{
 				last = NULL;
@@ -922,10 +933,7 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 				}
 				last_type = NULL;
 			}
-			d = slot_getattr(slot, att_type, &isnull);
-			if (isnull)
-				match_null_column(trigdata->tg_relation, "event_type");
-			type = TextDatumGetCString(d);
+			type = TextDatumGetCString(slot_getattr(slot, att_type, &isnull));
 			if (last_type == NULL || strcmp(last_type, type) != 0)
 			{
 				add_name(last, type, strlen(type));
@@ -935,10 +943,7 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 			{
 				JsonbValue *atype;
 
-				d = slot_getattr(slot, att_payload, &isnull);
-				if (isnull)
-					match_null_column(trigdata->tg_relation, "payload");
-				atype = payload_path(DatumGetJsonbP(d), "type");
+				atype = payload_path(DatumGetJsonbP(slot_getattr(slot, att_payload, &isnull)), "type");
 				if (atype != NULL && atype->type == jbvString)
 					add_name(last, atype->val.string.val, atype->val.string.len);
 			}
