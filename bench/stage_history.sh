@@ -2,8 +2,8 @@
 # bench/stage_history.sh: what the stage triggers cost on a bulk UPDATE.
 #
 # ROWS (default 100,000) opportunities of one tenant change stage in ONE
-# UPDATE (each row toggles between two open stages), timed three ways on the
-# same data (RUNS, default 3, runs of each):
+# UPDATE (each row toggles between two open stages), timed on the same data
+# (RUNS, default 3, runs of each):
 #
 #   floor     crm.opportunity with no trigger at all
 #             (session_replication_role = replica: no user or FK trigger fires)
@@ -32,7 +32,7 @@
 #   crm       everything, with the tenant's default rules: "Entered
 #             Proposal" makes one job for every deal that enters Proposal
 #
-# Each is run three times, interleaved, with a VACUUM before every run; the
+# Each is run RUNS times, interleaved, with a VACUUM before every run; the
 # median is printed.  Each crm and plpgsql run must have written exactly
 # 100,000 history rows, and afterwards every row of both tables and of both
 # histories must agree with its stage, or the benchmark fails.

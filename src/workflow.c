@@ -28,8 +28,8 @@
  * statement become jobs through one call of crm_queue_enqueue_jobs() per
  * tenant (one statement of arrays, however many deals a bulk UPDATE
  * moved), each with an idempotency key that is a name-based UUID (v5) of
- * the rule and the event, so a replayed event never makes a second job.  A debounce
- * window makes at most one job per rule and record within it.
+ * the rule and the event, so a replayed event never makes a second job.
+ * A debounce window makes at most one job per rule and record within it.
  *
  *-------------------------------------------------------------------------
  */
