@@ -722,35 +722,55 @@ uuid_from_payload(Jsonb *payload, const char *path, pg_uuid_t *out)
 	return parse_uuid_text(v->val.string.val, v->val.string.len, out);
 }
 
-/* The rule's params with the event that fired it, for the job. */
+/*
+ * The rule's params with the event that fired it, for the job:
+ * {"event_type", "event_id", "payload"} || params (params win), built in
+ * one pass, as jsonb_concat would build it (a later key replaces an
+ * earlier one): a bulk move makes one job per deal.
+ */
 static Jsonb *
 job_params(RuleInfo *rule, EventRow *ev)
 {
-	Datum		event_obj;
+	JsonbParseState *state = NULL;
+	JsonbValue	k;
+	JsonbValue	v;
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
 
-	event_obj = DirectFunctionCall1(jsonb_in, CStringGetDatum(
-		psprintf("{\"event_type\": \"%s\", \"event_id\": \"%s\"}", ev->event_type,
-				 DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&ev->id))))));
-	/* {"event_type", "event_id", "payload"} || rule params (params win) */
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	k.type = jbvString;
+	k.val.string.val = "event_type";
+	k.val.string.len = strlen("event_type");
+	pushJsonbValue(&state, WJB_KEY, &k);
+	v.type = jbvString;
+	v.val.string.val = ev->event_type;
+	v.val.string.len = strlen(ev->event_type);
+	pushJsonbValue(&state, WJB_VALUE, &v);
+	k.val.string.val = "event_id";
+	k.val.string.len = strlen("event_id");
+	pushJsonbValue(&state, WJB_KEY, &k);
+	v.val.string.val = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&ev->id)));
+	v.val.string.len = strlen(v.val.string.val);
+	pushJsonbValue(&state, WJB_VALUE, &v);
+	k.val.string.val = "payload";
+	k.val.string.len = strlen("payload");
+	pushJsonbValue(&state, WJB_KEY, &k);
+	v.type = jbvBinary;
+	v.val.binary.data = &ev->payload->root;
+	v.val.binary.len = VARSIZE(ev->payload) - VARHDRSZ;
+	pushJsonbValue(&state, WJB_VALUE, &v);
+
+	/* the rule's params, key by key (their values whole) */
+	if (JB_ROOT_IS_OBJECT(rule->params) && !JB_ROOT_IS_SCALAR(rule->params))
 	{
-		JsonbParseState *state = NULL;
-		JsonbValue	k;
-		JsonbValue	v;
-		Jsonb	   *payload_wrap;
-
-		pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-		k.type = jbvString;
-		k.val.string.val = "payload";
-		k.val.string.len = strlen("payload");
-		pushJsonbValue(&state, WJB_KEY, &k);
-		v.type = jbvBinary;
-		v.val.binary.data = &ev->payload->root;
-		v.val.binary.len = VARSIZE(ev->payload) - VARHDRSZ;
-		pushJsonbValue(&state, WJB_VALUE, &v);
-		payload_wrap = JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
-		event_obj = DirectFunctionCall2(jsonb_concat, event_obj, JsonbPGetDatum(payload_wrap));
+		it = JsonbIteratorInit(&rule->params->root);
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY || tok == WJB_VALUE)
+				pushJsonbValue(&state, tok, &v);
+		}
 	}
-	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, event_obj, JsonbPGetDatum(rule->params)));
+	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
 }
 
 /*
