@@ -310,11 +310,19 @@ crm_uuid_text(const pg_uuid_t *id)
  * call, because a generic plan over unnest() of an array parameter is
  * estimated at 100 rows and never looks cheaper than a custom plan for
  * one.  Planning was a sixth of a single-row activity insert.
+ *
+ * Not where Citus is loaded: Citus plans an INSERT ... SELECT on a
+ * distributed table only when its parameters are constants ("could not
+ * create distributed plan"), which a custom plan makes them.
  */
 SPIPlanPtr
 crm_prepare_kept_generic(const char *sql, int nargs, Oid *argtypes)
 {
-	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+	SPIPlanPtr	plan;
+
+	if (GetConfigOption("citus.shard_count", true, false) != NULL)
+		return crm_prepare_kept(sql, nargs, argtypes);
+	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s",

@@ -516,6 +516,7 @@ typedef struct RuleInfo
 	char	   *event;
 	bool		has_stage;
 	pg_uuid_t	stage;
+	char	   *stage_text;		/* its text form, for the payload's toStage */
 	Jsonb	   *condition;
 	char	   *action;
 	Jsonb	   *params;
@@ -628,6 +629,7 @@ tenant_rules(TenantNames *tn)
 		{
 			r->has_stage = true;
 			r->stage = *DatumGetUUIDP(d);
+			r->stage_text = crm_uuid_text(&r->stage);
 		}
 		r->condition = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 4, &isnull));
 		r->action = SPI_getvalue(tuple, tupdesc, 5);
@@ -675,7 +677,7 @@ rule_stage_reached(RuleInfo *rule, EventRow *ev)
 	to = payload_path(ev->payload, "toStage");
 	if (to == NULL || to->type != jbvString)
 		return false;
-	stage = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&rule->stage)));
+	stage = rule->stage_text;
 	return strlen(stage) == to->val.string.len &&
 		strncmp(stage, to->val.string.val, to->val.string.len) == 0;
 }
