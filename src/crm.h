@@ -145,6 +145,9 @@ extern int64 crm_outbox_emit(const pg_uuid_t *tenant, const char *event_type,
 							 const char *entity, const pg_uuid_t *entity_id,
 							 Jsonb *payload);
 
+/* currency.c */
+extern text *crm_tenant_text(Datum tenant, const char *column);
+
 /* tenant.c */
 extern bool crm_current_tenant_id(pg_uuid_t *tenant);
 extern bool crm_current_app_user_id(pg_uuid_t *user);

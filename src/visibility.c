@@ -255,31 +255,20 @@ owner_scope(Datum tenant, Datum owner, bool *isnull)
  * moment), so a link to one is still looked up.  Cached per statement like
  * the other lookups (kind NKINDS + 1, the tenant as the id).
  */
-static SPIPlanPtr public_plan = NULL;
-
 static bool
 tenant_public(Datum tenant)
 {
-	Datum		args[1] = {tenant};
 	bool		found;
 	bool		isnull;
 	Datum		value;
+	text	   *visibility;
 	bool		is_public;
 
 	if (scope_cache_lookup(NKINDS + 1, tenant, tenant, &found, &isnull, &value))
 		return found;
-	if (public_plan == NULL)
-	{
-		Oid			argtypes[1] = {UUIDOID};
-
-		public_plan = keep_plan("SELECT 1 FROM crm.tenant t"
-								" WHERE t.tenant_id OPERATOR(pg_catalog.=) $1"
-								" AND t.visibility OPERATOR(pg_catalog.=) 'public'",
-								1, argtypes);
-	}
-	if (SPI_execute_plan(public_plan, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crm.tenant");
-	is_public = SPI_processed == 1;
+	/* the tenant's own row, read without SPI (currency.c) */
+	visibility = crm_tenant_text(tenant, "visibility");
+	is_public = visibility != NULL && strcmp(text_to_cstring(visibility), "public") == 0;
 	scope_cache_store(NKINDS + 1, tenant, tenant, is_public, true, (Datum) 0);
 	return is_public;
 }
@@ -486,17 +475,11 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 		return PointerGetDatum(newtup);
 
 	/*
-	 * A tenant this statement already found public, and no link to a
-	 * forecast snapshot: everyone's, with no lookup at all (the rows of a
-	 * COPY or of a bulk UPDATE after the first).
+	 * A public tenant (read without SPI, once per statement), and no link to
+	 * a forecast snapshot: everyone's, with no other lookup.
 	 */
 	{
-		bool		found;
-		bool		cached_null;
-		Datum		cached;
-
-		if (scope_cache_lookup(NKINDS + 1, tenant, tenant, &found, &cached_null, &cached) &&
-			found && short_cut_allowed(trigger, rel, newtup, is_record))
+		if (tenant_public(tenant) && short_cut_allowed(trigger, rel, newtup, is_record))
 		{
 			int			cols[1] = {vis_att};
 			Datum		values[1] = {(Datum) 0};
