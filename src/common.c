@@ -302,3 +302,31 @@ crm_uuid_text(const pg_uuid_t *id)
 {
 	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum((pg_uuid_t *) id)));
 }
+
+/*
+ * crm_prepare_kept() for a statement whose best plan does not depend on
+ * its parameter values (an upsert from arrays, an insert of rows, a lookup
+ * by primary key): the plan cache would otherwise plan it again on every
+ * call, because a generic plan over unnest() of an array parameter is
+ * estimated at 100 rows and never looks cheaper than a custom plan for
+ * one.  Planning was a sixth of a single-row activity insert.
+ *
+ * Not where Citus is loaded: Citus plans an INSERT ... SELECT on a
+ * distributed table only when its parameters are constants ("could not
+ * create distributed plan"), which a custom plan makes them.
+ */
+SPIPlanPtr
+crm_prepare_kept_generic(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan;
+
+	if (GetConfigOption("citus.shard_count", true, false) != NULL)
+		return crm_prepare_kept(sql, nargs, argtypes);
+	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}

@@ -71,6 +71,7 @@ extern Oid	crm_relation_owner(Oid relid);
 extern Oid	crm_table_owner(const char *relname);
 extern char *crm_uuid_text(const pg_uuid_t *id);
 extern struct _SPI_plan *crm_prepare_kept(const char *sql, int nargs, Oid *argtypes);
+extern struct _SPI_plan *crm_prepare_kept_generic(const char *sql, int nargs, Oid *argtypes);
 extern int	crm_attnum(Relation rel, const char *colname, Oid typid);
 extern int	crm_optional_attnum(Relation rel, const char *colname);
 extern void crm_refuse_identity_change(Relation rel, HeapTuple oldtuple,
@@ -143,6 +144,9 @@ extern bool crm_stage_unlinking;
 extern int64 crm_outbox_emit(const pg_uuid_t *tenant, const char *event_type,
 							 const char *entity, const pg_uuid_t *entity_id,
 							 Jsonb *payload);
+
+/* currency.c */
+extern text *crm_tenant_text(Datum tenant, const char *column);
 
 /* tenant.c */
 extern bool crm_current_tenant_id(pg_uuid_t *tenant);

@@ -112,22 +112,25 @@ tenant_rels_find(void)
 }
 
 /*
- * The default currency of the tenant, read from the local relations that
- * hold crm.tenant's rows through their primary key; NULL when not found.
+ * A text column of the tenant's row of crm.tenant, read from the local
+ * relations that hold crm.tenant's rows through their primary key; NULL
+ * when the tenant is not found or the value is NULL.  For other files too
+ * (visibility.c asks whether a tenant is public): a lookup without SPI.
  */
-static text *
-tenant_default_currency(Datum tenant)
+text *
+crm_tenant_text(Datum tenant, const char *column)
 {
 	Snapshot	snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
 	text	   *result = NULL;
+	bool		found = false;
 
 	if (!tenant_rels_valid)
 		tenant_rels_find();
-	for (int r = 0; r < tenant_nrels && result == NULL; r++)
+	for (int r = 0; r < tenant_nrels && !found; r++)
 	{
 		Relation	rel = table_open(tenant_rels[r], AccessShareLock);
 		AttrNumber	tenant_att = crm_attnum(rel, "tenant_id", UUIDOID);
-		AttrNumber	currency_att = crm_attnum(rel, "default_currency", TEXTOID);
+		AttrNumber	value_att = crm_attnum(rel, column, TEXTOID);
 		Oid			indexoid = RelationGetPrimaryKeyIndex(rel);
 		ScanKeyData key;
 		SysScanDesc scan;
@@ -138,8 +141,9 @@ tenant_default_currency(Datum tenant)
 		if ((tuple = systable_getnext(scan)) != NULL)
 		{
 			bool		isnull;
-			Datum		d = heap_getattr(tuple, currency_att, RelationGetDescr(rel), &isnull);
+			Datum		d = heap_getattr(tuple, value_att, RelationGetDescr(rel), &isnull);
 
+			found = true;
 			if (!isnull)
 				result = DatumGetTextPCopy(d);
 		}
@@ -189,7 +193,7 @@ crm_currency_default(PG_FUNCTION_ARGS)
 
 	tenant = heap_getattr(tuple, tenant_att, desc, &isnull);
 	if (!isnull)
-		currency = tenant_default_currency(tenant);
+		currency = crm_tenant_text(tenant, "default_currency");
 	if (currency == NULL)
 		currency = cstring_to_text("USD");
 	value = PointerGetDatum(currency);

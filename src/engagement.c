@@ -142,9 +142,8 @@ typedef struct ActivityCols
 
 static SPIPlanPtr weight_plan = NULL;
 static SPIPlanPtr half_life_plan = NULL;
-static SPIPlanPtr contact_upsert_plan = NULL;
-static SPIPlanPtr lead_upsert_plan = NULL;
 static SPIPlanPtr account_upsert_plan = NULL;
+static SPIPlanPtr account_upsert_one_plan = NULL;
 static SPIPlanPtr contact_fix_plan = NULL;
 static SPIPlanPtr lead_fix_plan = NULL;
 static SPIPlanPtr account_fix_plan = NULL;
@@ -190,7 +189,7 @@ type_weight(TrackState *st, const pg_uuid_t *tenant, const char *type)
 		{
 			Oid			types[2] = {UUIDOID, TEXTOID};
 
-			weight_plan = crm_prepare_kept(
+			weight_plan = crm_prepare_kept_generic(
 									   "SELECT pg_catalog.float8(coalesce("
 									   " (SELECT w.weight FROM crm.activity_weight w"
 									   "   WHERE w.tenant_id OPERATOR(pg_catalog.=) $1"
@@ -236,7 +235,7 @@ tenant_half_life(TrackState *st, const pg_uuid_t *tenant)
 		{
 			Oid			types[1] = {UUIDOID};
 
-			half_life_plan = crm_prepare_kept(
+			half_life_plan = crm_prepare_kept_generic(
 										  "SELECT pg_catalog.float8(pg_catalog.date_part('epoch', s.half_life))"
 										  " FROM crm.engagement_setting s WHERE s.tenant_id OPERATOR(pg_catalog.=) $1",
 										  1, types);
@@ -584,7 +583,21 @@ static const char *const engagement_upsert_sql =
 "  AS x(k, n, bt, bm, s, r, f, l, li, lo, lm, a)"
 " WHERE x.a OR EXISTS (SELECT 1 FROM crm.%s e2"
 "  WHERE e2.tenant_id OPERATOR(pg_catalog.=) $1 AND e2.%s OPERATOR(pg_catalog.=) x.k)"
-" ORDER BY x.k"
+" ORDER BY x.k";
+
+/*
+ * The same for one key that something was put in (a single-row INSERT, the
+ * common case): the values as scalar parameters, numbered as the arrays
+ * above, so that the executor starts a plan of one VALUES row instead of
+ * a function scan, a sort and a sub-plan.
+ */
+static const char *const engagement_upsert_one_sql =
+"INSERT INTO crm.%s AS e (tenant_id, %s, activity_count, counts_by_type, counts_by_module,"
+" first_activity_at, last_activity_at, last_inbound_at, last_outbound_at, last_meeting_at,"
+" score_value, score_ref)"
+" VALUES ($1, $2, $3, $4::pg_catalog.jsonb, $5::pg_catalog.jsonb, $8, $9, $10, $11, $12, $6, $7)";
+
+static const char *const engagement_conflict_sql =
 " ON CONFLICT (tenant_id, %s) DO UPDATE SET"
 " activity_count = e.activity_count OPERATOR(pg_catalog.+) excluded.activity_count,"
 " counts_by_type = CASE WHEN excluded.counts_by_type OPERATOR(pg_catalog.=) '{}' THEN e.counts_by_type"
@@ -621,12 +634,14 @@ static const char *const engagement_fix_sql =
 " WHERE e.tenant_id OPERATOR(pg_catalog.=) $1 AND e.%s OPERATOR(pg_catalog.=) ANY ($2)";
 
 static SPIPlanPtr
-engagement_upsert_plan(bool lead, double half_life)
+engagement_upsert_plan(bool lead, bool one, double half_life)
 {
-	SPIPlanPtr *slot = lead ? &lead_upsert_plan : &contact_upsert_plan;
-	static double planned_half_life[2];
+	static SPIPlanPtr plans[2][2];
+	static double planned_half_life[2][2];
+	SPIPlanPtr *slot = &plans[lead ? 1 : 0][one ? 1 : 0];
+	double	   *planned = &planned_half_life[lead ? 1 : 0][one ? 1 : 0];
 
-	if (*slot != NULL && planned_half_life[lead ? 1 : 0] != half_life)
+	if (*slot != NULL && *planned != half_life)
 	{
 		SPI_freeplan(*slot);
 		*slot = NULL;
@@ -635,14 +650,24 @@ engagement_upsert_plan(bool lead, double half_life)
 	{
 		const char *table = lead ? "lead_engagement" : "contact_engagement";
 		const char *key = lead ? "lead_id" : "contact_id";
-		Oid			types[13] = {UUIDOID, UUIDARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		Oid			array_types[13] = {UUIDOID, UUIDARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 			FLOAT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
 		TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, BOOLARRAYOID};
+		Oid			one_types[12] = {UUIDOID, UUIDOID, INT8OID, TEXTOID, TEXTOID,
+			FLOAT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
 		char		literal[64];
+		char	   *head;
 
 		snprintf(literal, sizeof(literal), "'%.17g'", half_life);
-		*slot = crm_prepare_kept(psprintf(engagement_upsert_sql, table, key, table, key, key, literal), 13, types);
-		planned_half_life[lead ? 1 : 0] = half_life;
+		if (one)
+			head = psprintf(engagement_upsert_one_sql, table, key);
+		else
+			head = psprintf(engagement_upsert_sql, table, key, table, key);
+		*slot = crm_prepare_kept_generic(psprintf("%s%s", head,
+												  psprintf(engagement_conflict_sql, key, literal)),
+										 one ? 12 : 13, one ? one_types : array_types);
+		*planned = half_life;
 	}
 	return *slot;
 }
@@ -658,7 +683,7 @@ engagement_fix_plan(bool lead)
 		const char *key = lead ? "lead_id" : "contact_id";
 		Oid			types[2] = {UUIDOID, UUIDARRAYOID};
 
-		*slot = crm_prepare_kept(psprintf(engagement_fix_sql, table, key, key, key, key, key, key,
+		*slot = crm_prepare_kept_generic(psprintf(engagement_fix_sql, table, key, key, key, key, key, key,
 									  key, key, key, key, key), 2, types);
 	}
 	return *slot;
@@ -688,7 +713,8 @@ engagement_write(TrackState *st, bool lead, AggDelta **deltas, int n)
 	Datum	   *adds = palloc(sizeof(Datum) * n);
 	Datum	   *fix = palloc(sizeof(Datum) * n);
 	int			nfix = 0;
-	Datum		args[14];
+	Datum		args[13];
+	double		half_life;
 	pg_uuid_t	tenant = deltas[0]->key.tenant;
 
 	for (int j = 0; j < 6; j++)
@@ -725,9 +751,30 @@ engagement_write(TrackState *st, bool lead, AggDelta **deltas, int n)
 	for (int j = 0; j < 6; j++)
 		args[6 + j] = ts_array(times[j], tnulls[j], n);
 	args[12] = simple_array(adds, n, BOOLOID);
-	args[13] = Float8GetDatum(tenant_half_life(st, &tenant));
+	half_life = tenant_half_life(st, &tenant);
 
-	if (SPI_execute_plan(engagement_upsert_plan(lead, DatumGetFloat8(args[13])), args, NULL, false, 0) != SPI_OK_INSERT)
+	if (n == 1 && deltas[0]->has_add)
+	{
+		Datum		one[12];
+		char		nulls[12];
+
+		memset(nulls, ' ', sizeof(nulls));
+		one[0] = UUIDPGetDatum(&tenant);
+		one[1] = keys[0];
+		one[2] = counts[0];
+		one[3] = bt[0];
+		one[4] = bm[0];
+		one[5] = score[0];
+		for (int j = 0; j < 6; j++)
+		{
+			one[6 + j] = times[j][0];
+			if (tnulls[j][0])
+				nulls[6 + j] = 'n';
+		}
+		if (SPI_execute_plan(engagement_upsert_plan(lead, true, half_life), one, nulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not update the engagement aggregates");
+	}
+	else if (SPI_execute_plan(engagement_upsert_plan(lead, false, half_life), args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not update the engagement aggregates");
 	if (nfix > 0)
 	{
@@ -737,6 +784,17 @@ engagement_write(TrackState *st, bool lead, AggDelta **deltas, int n)
 			elog(ERROR, "could not update the engagement aggregates");
 	}
 }
+
+static const char *const account_conflict_sql =
+" ON CONFLICT (tenant_id, account_id) DO UPDATE SET"
+" contact_count = e.contact_count OPERATOR(pg_catalog.+) excluded.contact_count,"
+" activity_count = e.activity_count OPERATOR(pg_catalog.+) excluded.activity_count,"
+" last_activity_at = GREATEST(e.last_activity_at, excluded.last_activity_at),"
+" open_opportunity_count = e.open_opportunity_count OPERATOR(pg_catalog.+) excluded.open_opportunity_count,"
+" open_amounts = CASE WHEN excluded.open_amounts OPERATOR(pg_catalog.=) '{}' THEN e.open_amounts"
+"  ELSE crm.engagement_add_amounts(e.open_amounts, excluded.open_amounts) END,"
+" won_amounts = CASE WHEN excluded.won_amounts OPERATOR(pg_catalog.=) '{}' THEN e.won_amounts"
+"  ELSE crm.engagement_add_amounts(e.won_amounts, excluded.won_amounts) END";
 
 static void
 account_write(AggDelta **deltas, int n)
@@ -759,31 +817,32 @@ account_write(AggDelta **deltas, int n)
 	{
 		Oid			types[9] = {UUIDOID, UUIDARRAYOID, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
 		INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID};
+		Oid			one_types[8] = {UUIDOID, UUIDOID, INT8OID, INT8OID, TIMESTAMPTZOID,
+		INT8OID, TEXTOID, TEXTOID};
 
-		account_upsert_plan = crm_prepare_kept(
-										   "INSERT INTO crm.account_summary AS e (tenant_id, account_id, contact_count, activity_count,"
-										   " last_activity_at, open_opportunity_count, open_amounts, won_amounts)"
-										   " SELECT $1, x.k, x.c, x.n, x.l, x.o, x.oa::pg_catalog.jsonb, x.wa::pg_catalog.jsonb"
-										   " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS x(k, c, n, l, o, oa, wa, a)"
-										   " WHERE x.a OR EXISTS (SELECT 1 FROM crm.account_summary e2"
-										   "  WHERE e2.tenant_id OPERATOR(pg_catalog.=) $1 AND e2.account_id OPERATOR(pg_catalog.=) x.k)"
-										   " ORDER BY x.k"
-										   " ON CONFLICT (tenant_id, account_id) DO UPDATE SET"
-										   " contact_count = e.contact_count OPERATOR(pg_catalog.+) excluded.contact_count,"
-										   " activity_count = e.activity_count OPERATOR(pg_catalog.+) excluded.activity_count,"
-										   " last_activity_at = GREATEST(e.last_activity_at, excluded.last_activity_at),"
-										   " open_opportunity_count = e.open_opportunity_count OPERATOR(pg_catalog.+) excluded.open_opportunity_count,"
-										   " open_amounts = CASE WHEN excluded.open_amounts OPERATOR(pg_catalog.=) '{}' THEN e.open_amounts"
-										   "  ELSE crm.engagement_add_amounts(e.open_amounts, excluded.open_amounts) END,"
-										   " won_amounts = CASE WHEN excluded.won_amounts OPERATOR(pg_catalog.=) '{}' THEN e.won_amounts"
-										   "  ELSE crm.engagement_add_amounts(e.won_amounts, excluded.won_amounts) END",
-										   9, types);
+		account_upsert_plan = crm_prepare_kept_generic(psprintf("%s%s",
+																 "INSERT INTO crm.account_summary AS e (tenant_id, account_id, contact_count, activity_count,"
+																 " last_activity_at, open_opportunity_count, open_amounts, won_amounts)"
+																 " SELECT $1, x.k, x.c, x.n, x.l, x.o, x.oa::pg_catalog.jsonb, x.wa::pg_catalog.jsonb"
+																 " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS x(k, c, n, l, o, oa, wa, a)"
+																 " WHERE x.a OR EXISTS (SELECT 1 FROM crm.account_summary e2"
+																 "  WHERE e2.tenant_id OPERATOR(pg_catalog.=) $1 AND e2.account_id OPERATOR(pg_catalog.=) x.k)"
+																 " ORDER BY x.k",
+																 account_conflict_sql),
+													   9, types);
+		/* one account something was put in: scalar parameters, one VALUES row */
+		account_upsert_one_plan = crm_prepare_kept_generic(psprintf("%s%s",
+																	 "INSERT INTO crm.account_summary AS e (tenant_id, account_id, contact_count, activity_count,"
+																	 " last_activity_at, open_opportunity_count, open_amounts, won_amounts)"
+																	 " VALUES ($1, $2, $3, $4, $5, $6, $7::pg_catalog.jsonb, $8::pg_catalog.jsonb)",
+																	 account_conflict_sql),
+														   8, one_types);
 	}
 	if (account_fix_plan == NULL)
 	{
 		Oid			types[2] = {UUIDOID, UUIDARRAYOID};
 
-		account_fix_plan = crm_prepare_kept(
+		account_fix_plan = crm_prepare_kept_generic(
 										"UPDATE crm.account_summary e SET"
 										" last_activity_at = (SELECT pg_catalog.max(a.occurred_at) FROM crm.activity a"
 										"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.account_id OPERATOR(pg_catalog.=) e.account_id"
@@ -816,7 +875,16 @@ account_write(AggDelta **deltas, int n)
 	args[6] = simple_array(open_amt, n, TEXTOID);
 	args[7] = simple_array(won_amt, n, TEXTOID);
 	args[8] = simple_array(adds, n, BOOLOID);
-	if (SPI_execute_plan(account_upsert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+	if (n == 1 && deltas[0]->has_add)
+	{
+		Datum		one[8] = {args[0], keys[0], contacts[0], counts[0], last[0], open[0],
+		open_amt[0], won_amt[0]};
+		char		nulls[8] = {' ', ' ', ' ', ' ', lastnull[0] ? 'n' : ' ', ' ', ' ', ' '};
+
+		if (SPI_execute_plan(account_upsert_one_plan, one, nulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not update the account summaries");
+	}
+	else if (SPI_execute_plan(account_upsert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not update the account summaries");
 	if (nfix > 0)
 	{

@@ -77,6 +77,7 @@ static uint32 position_next = 0;
 
 static SPIPlanPtr inbound_plan = NULL;
 static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr insert_one_plan = NULL;
 static SPIPlanPtr converted_opportunity_plan = NULL;
 
 /*
@@ -196,11 +197,22 @@ batch_flush(EventBatch *batch)
 		Oid			types[6] = {UUIDOID, INT8ARRAYOID, TEXTARRAYOID, TEXTOID,
 		UUIDARRAYOID, JSONBARRAYOID};
 
-		insert_plan = crm_prepare_kept(
+		insert_plan = crm_prepare_kept_generic(
 								   "INSERT INTO crm.event (tenant_id, position, event_type, entity, entity_id, payload)"
 								   " SELECT $1, x.p, x.t, $4, x.i, x.j"
 								   " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS x(p, t, i, j)",
 								   6, types);
+	}
+
+	if (insert_one_plan == NULL)
+	{
+		Oid			types[6] = {UUIDOID, INT8OID, TEXTOID, TEXTOID, UUIDOID, JSONBOID};
+
+		/* the event of a single-row statement: one VALUES row, no unnest */
+		insert_one_plan = crm_prepare_kept_generic(
+												   "INSERT INTO crm.event (tenant_id, position, event_type, entity, entity_id, payload)"
+												   " VALUES ($1, $2, $3, $4, $5, $6)",
+												   6, types);
 	}
 
 	taken = palloc0(sizeof(bool) * batch->n);
@@ -244,6 +256,24 @@ batch_flush(EventBatch *batch)
 				payloads[k] = JsonbPGetDatum(ev->payload);
 				k++;
 			}
+			done += k;
+			if (k == 1)
+			{
+				args[0] = UUIDPGetDatum(&tenant);
+				args[1] = pos[0];
+				args[2] = types[0];
+				if (batch->entity)
+					args[3] = CStringGetTextDatum(batch->entity);
+				else
+					nulls[3] = 'n';
+				args[4] = ids[0];
+				if (idnulls[0])
+					nulls[4] = 'n';
+				args[5] = payloads[0];
+				if (SPI_execute_plan(insert_one_plan, args, nulls, false, 0) != SPI_OK_INSERT)
+					elog(ERROR, "could not write the events");
+				continue;
+			}
 			dims[0] = k;
 			args[0] = UUIDPGetDatum(&tenant);
 			args[1] = PointerGetDatum(construct_array(pos, k, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
@@ -256,7 +286,6 @@ batch_flush(EventBatch *batch)
 			args[5] = PointerGetDatum(construct_array(payloads, k, JSONBOID, -1, false, TYPALIGN_INT));
 			if (SPI_execute_plan(insert_plan, args, nulls, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write the events");
-			done += k;
 		}
 	}
 	PG_FINALLY();

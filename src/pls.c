@@ -38,6 +38,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
@@ -149,9 +150,58 @@ gather_row(TupleTableSlot *slot, int tenant_att, int key_att, int email_att,
 }
 
 /*
+ * Attribute numbers that say whether a lead or opportunity row matters to
+ * the model (see row_involved); status_att is InvalidAttrNumber for the
+ * other tables, whose rows always count.
+ */
+typedef struct InvolvedCols
+{
+	int			status_att;
+	int			converted_att;	/* leads only */
+	int			mode_att;
+} InvolvedCols;
+
+static bool
+text_is(TupleTableSlot *slot, int att, const char *value)
+{
+	bool		isnull;
+	Datum		d = slot_getattr(slot, att, &isnull);
+
+	return !isnull && strcmp(TextDatumGetCString(d), value) == 0;
+}
+
+/*
+ * Does this version of a lead or opportunity reach the model?  Only closed
+ * records (won or lost, or a converted lead) have observations
+ * (crm.pls_observations), and only records in predicted mode have a
+ * prediction to keep; an open record in stage or manual mode has neither,
+ * so a bulk move of open deals between open stages costs the model
+ * nothing.  An UPDATE counts when either version is involved.
+ */
+static bool
+row_involved(TupleTableSlot *slot, const InvolvedCols *cols)
+{
+	bool		isnull;
+
+	if (cols->status_att == InvalidAttrNumber)
+		return true;
+	if (!text_is(slot, cols->status_att, "open"))
+		return true;
+	if (cols->converted_att != InvalidAttrNumber)
+	{
+		(void) slot_getattr(slot, cols->converted_att, &isnull);
+		if (!isnull)
+			return true;
+	}
+	return text_is(slot, cols->mode_att, "predicted");
+}
+
+/*
  * Append the rows of the statement: every row of an INSERT or DELETE; of an
  * UPDATE, the old and new versions of the rows whose watched columns
- * changed (the two transition tables hold them in the same order).
+ * changed (the two transition tables hold them in the same order).  Leads
+ * and opportunities that neither are nor were closed or predicted are left
+ * out (row_involved).
  */
 static void
 gather(TriggerData *trigdata, TupleDesc tupdesc, int tenant_att, int key_att, int email_att,
@@ -162,6 +212,17 @@ gather(TriggerData *trigdata, TupleDesc tupdesc, int tenant_att, int key_att, in
 	Tuplestorestate *oldstore = trigdata->tg_oldtable;
 	Tuplestorestate *newstore = trigdata->tg_newtable;
 	const char *const *watch = watched_columns(trigdata->tg_relation);
+	const char *table = crm_table_name(trigdata->tg_relation);
+	InvolvedCols involved;
+
+	involved.status_att = involved.converted_att = involved.mode_att = InvalidAttrNumber;
+	if (strcmp(table, "lead") == 0 || strcmp(table, "opportunity") == 0)
+	{
+		involved.status_att = crm_attnum(trigdata->tg_relation, "status", TEXTOID);
+		involved.mode_att = crm_attnum(trigdata->tg_relation, "probability_mode", TEXTOID);
+		if (strcmp(table, "lead") == 0)
+			involved.converted_att = crm_attnum(trigdata->tg_relation, "converted_at", TIMESTAMPTZOID);
+	}
 
 	/*
 	 * Read pointers of our own that may rewind: other triggers read the same
@@ -181,6 +242,8 @@ gather(TriggerData *trigdata, TupleDesc tupdesc, int tenant_att, int key_att, in
 		{
 			if (!watched_changed(oldslot, newslot, tupdesc, watch))
 				continue;
+			if (!row_involved(oldslot, &involved) && !row_involved(newslot, &involved))
+				continue;
 			gather_row(oldslot, tenant_att, key_att, email_att, tenants, keys, emails, email_nulls, n);
 			gather_row(newslot, tenant_att, key_att, email_att, tenants, keys, emails, email_nulls, n);
 		}
@@ -191,7 +254,8 @@ gather(TriggerData *trigdata, TupleDesc tupdesc, int tenant_att, int key_att, in
 
 		tuplestore_rescan(store);
 		while (tuplestore_gettupleslot(store, true, false, newslot))
-			gather_row(newslot, tenant_att, key_att, email_att, tenants, keys, emails, email_nulls, n);
+			if (row_involved(newslot, &involved))
+				gather_row(newslot, tenant_att, key_att, email_att, tenants, keys, emails, email_nulls, n);
 	}
 	ExecDropSingleTupleTableSlot(oldslot);
 	ExecDropSingleTupleTableSlot(newslot);
@@ -358,4 +422,261 @@ crm_pls_rebuild(PG_FUNCTION_ARGS)
 	PG_END_TRY();
 	SPI_finish();
 	PG_RETURN_INT64(result);
+}
+
+/*
+ * crm.win_probability(): BEFORE INSERT OR UPDATE FOR EACH ROW on crm.lead
+ * and crm.opportunity, after stage_sync (trigger names fire in order).
+ *	- team_id, when omitted and the owner is set (or changed): the owner's
+ *	  first team;
+ *	- probability_mode, when omitted: the pipeline's, else 'stage';
+ *	- an UPDATE of an open record that stays open: a manual probability
+ *	  survives a stage move (stage_sync set the stage's), a predicted one
+ *	  is the server's (the statement's end sets the new one, through
+ *	  crm.pls_apply(), which sets crm.pls_applying).
+ * In C because it runs for every row of a bulk stage change, where the
+ * PL/pgSQL version cost more than the stage history; the lookups run as
+ * the caller, under row-level security, as the PL/pgSQL version did, and
+ * only when a column they fill is missing or a manual record moved.
+ */
+PG_FUNCTION_INFO_V1(crm_pls_win_probability);
+
+static SPIPlanPtr team_plan = NULL;
+static SPIPlanPtr pipeline_mode_plan = NULL;
+static SPIPlanPtr stage_probability_plan = NULL;
+
+/*
+ * The first column (of length typlen, by reference) of the only row of a
+ * kept plan's result, or NULL.
+ */
+static Datum
+lookup_one(SPIPlanPtr plan, Datum *args, int typlen, bool *isnull)
+{
+	Datum		d;
+
+	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up the defaults of a record");
+	if (SPI_processed == 0)
+	{
+		*isnull = true;
+		return (Datum) 0;
+	}
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, isnull);
+	return *isnull ? d : SPI_datumTransfer(d, false, typlen);
+}
+
+static bool
+datum_text_is(Datum d, bool isnull, const char *value)
+{
+	return !isnull && strcmp(TextDatumGetCString(d), value) == 0;
+}
+
+Datum
+crm_pls_win_probability(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	desc;
+	HeapTuple	newtup;
+	HeapTuple	oldtup = NULL;
+	bool		is_update;
+	int			tenant_att,
+				owner_att,
+				team_att,
+				mode_att,
+				pipeline_att,
+				status_att,
+				stage_att,
+				prob_att;
+	int			cols[3];
+	Datum		values[3];
+	bool		nulls[3];
+	int			ncols = 0;
+	bool		connected = false;
+	bool		isnull;
+	bool		tenant_null;
+	Datum		tenant;
+	Datum		mode;
+	bool		mode_null;
+
+	crm_require_trigger(fcinfo, "win_probability", true, true);
+	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event) || TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"win_probability\" must be fired BEFORE INSERT OR UPDATE")));
+	is_update = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event);
+	newtup = is_update ? trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	if (is_update)
+		oldtup = trigdata->tg_trigtuple;
+	/* a dump being loaded (replica mode, or row_security off) brings its own values */
+	if (crm_loading_dump())
+		return PointerGetDatum(newtup);
+
+	rel = trigdata->tg_relation;
+	desc = RelationGetDescr(rel);
+	tenant_att = crm_attnum(rel, "tenant_id", UUIDOID);
+	owner_att = crm_attnum(rel, "owner_id", UUIDOID);
+	team_att = crm_attnum(rel, "team_id", UUIDOID);
+	mode_att = crm_attnum(rel, "probability_mode", TEXTOID);
+	pipeline_att = crm_attnum(rel, "pipeline_id", UUIDOID);
+	status_att = crm_attnum(rel, "status", TEXTOID);
+	stage_att = crm_attnum(rel, "stage_id", UUIDOID);
+	prob_att = crm_attnum(rel, "probability", NUMERICOID);
+	tenant = heap_getattr(newtup, tenant_att, desc, &tenant_null);
+
+	/* the owner's team when omitted */
+	(void) heap_getattr(newtup, team_att, desc, &isnull);
+	if (isnull)
+	{
+		bool		owner_null;
+		Datum		owner = heap_getattr(newtup, owner_att, desc, &owner_null);
+		bool		owner_changed = !is_update;
+
+		if (is_update && !owner_null)
+		{
+			bool		old_null;
+			Datum		old_owner = heap_getattr(oldtup, owner_att, desc, &old_null);
+
+			owner_changed = old_null ||
+				memcmp(DatumGetUUIDP(owner), DatumGetUUIDP(old_owner), UUID_LEN) != 0;
+		}
+		if (!owner_null && owner_changed)
+		{
+			Datum		args[2] = {tenant, owner};
+
+			if (SPI_connect() != SPI_OK_CONNECT)
+				elog(ERROR, "SPI_connect failed");
+			connected = true;
+			if (team_plan == NULL)
+			{
+				Oid			types[2] = {UUIDOID, UUIDOID};
+
+				team_plan = crm_prepare_kept("SELECT tm.team_id FROM crm.team_member tm"
+											 " WHERE tm.tenant_id OPERATOR(pg_catalog.=) $1"
+											 " AND tm.user_id OPERATOR(pg_catalog.=) $2"
+											 " ORDER BY tm.created_at, tm.team_id LIMIT 1", 2, types);
+			}
+			if (tenant_null)
+				nulls[ncols] = true;
+			else
+				values[ncols] = lookup_one(team_plan, args, UUID_LEN, &nulls[ncols]);
+			cols[ncols++] = team_att;
+		}
+	}
+
+	/* the pipeline's probability mode when omitted */
+	mode = heap_getattr(newtup, mode_att, desc, &mode_null);
+	if (mode_null)
+	{
+		bool		pipeline_null;
+		Datum		args[2] = {tenant, heap_getattr(newtup, pipeline_att, desc, &pipeline_null)};
+
+		mode_null = true;
+		if (!tenant_null && !pipeline_null)
+		{
+			if (!connected && SPI_connect() != SPI_OK_CONNECT)
+				elog(ERROR, "SPI_connect failed");
+			connected = true;
+			if (pipeline_mode_plan == NULL)
+			{
+				Oid			types[2] = {UUIDOID, UUIDOID};
+
+				pipeline_mode_plan = crm_prepare_kept("SELECT p.probability_mode FROM crm.pipeline p"
+													  " WHERE p.tenant_id OPERATOR(pg_catalog.=) $1"
+													  " AND p.id OPERATOR(pg_catalog.=) $2", 2, types);
+			}
+			mode = lookup_one(pipeline_mode_plan, args, -1, &mode_null);
+		}
+		if (mode_null)
+		{
+			mode = CStringGetTextDatum("stage");
+			mode_null = false;
+		}
+		values[ncols] = mode;
+		nulls[ncols] = false;
+		cols[ncols++] = mode_att;
+	}
+
+	/* an open record that stays open: manual and predicted probabilities */
+	if (is_update)
+	{
+		bool		snull;
+		bool		osnull;
+		Datum		status = heap_getattr(newtup, status_att, desc, &snull);
+		Datum		old_status = heap_getattr(oldtup, status_att, desc, &osnull);
+
+		if (datum_text_is(status, snull, "open") && datum_text_is(old_status, osnull, "open"))
+		{
+			bool		pnull;
+			bool		opnull;
+			Datum		prob = heap_getattr(newtup, prob_att, desc, &pnull);
+			Datum		old_prob = heap_getattr(oldtup, prob_att, desc, &opnull);
+
+			if (datum_text_is(mode, mode_null, "manual"))
+			{
+				bool		stnull;
+				bool		ostnull;
+				Datum		stage = heap_getattr(newtup, stage_att, desc, &stnull);
+				Datum		old_stage = heap_getattr(oldtup, stage_att, desc, &ostnull);
+
+				if (!stnull && !ostnull &&
+					memcmp(DatumGetUUIDP(stage), DatumGetUUIDP(old_stage), UUID_LEN) != 0)
+				{
+					/* a move resets a stage-mode probability; a manual one stays */
+					Datum		args[2] = {tenant, stage};
+					Datum		stage_prob;
+					bool		stage_prob_null = true;
+
+					if (!tenant_null)
+					{
+						if (!connected && SPI_connect() != SPI_OK_CONNECT)
+							elog(ERROR, "SPI_connect failed");
+						connected = true;
+						if (stage_probability_plan == NULL)
+						{
+							Oid			types[2] = {UUIDOID, UUIDOID};
+
+							stage_probability_plan = crm_prepare_kept("SELECT s.probability FROM crm.stage s"
+																	  " WHERE s.tenant_id OPERATOR(pg_catalog.=) $1"
+																	  " AND s.id OPERATOR(pg_catalog.=) $2", 2, types);
+						}
+						stage_prob = lookup_one(stage_probability_plan, args, -1, &stage_prob_null);
+					}
+					if (!pnull && !stage_prob_null &&
+						DatumGetBool(DirectFunctionCall2(numeric_eq, prob, stage_prob)))
+					{
+						values[ncols] = old_prob;
+						nulls[ncols] = opnull;
+						cols[ncols++] = prob_att;
+					}
+				}
+			}
+			else if (datum_text_is(mode, mode_null, "predicted"))
+			{
+				const char *applying = GetConfigOption("crm.pls_applying", true, false);
+
+				/* the server's prediction; the statement's end sets the new one */
+				if (applying == NULL || strcmp(applying, "on") != 0)
+				{
+					values[ncols] = old_prob;
+					nulls[ncols] = opnull;
+					cols[ncols++] = prob_att;
+				}
+			}
+		}
+	}
+
+	if (connected)
+	{
+		HeapTuple	result = ncols > 0 ? heap_modify_tuple_by_cols(newtup, desc, ncols, cols, values, nulls) : newtup;
+
+		/* out of SPI's memory, which SPI_finish() frees */
+		if (result != newtup)
+			result = SPI_copytuple(result);
+		SPI_finish();
+		return PointerGetDatum(result);
+	}
+	if (ncols == 0)
+		return PointerGetDatum(newtup);
+	return PointerGetDatum(heap_modify_tuple_by_cols(newtup, desc, ncols, cols, values, nulls));
 }

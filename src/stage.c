@@ -1012,7 +1012,7 @@ history_plan(Trigger *trigger)
 			UUIDARRAYOID, NUMERICARRAYOID, TEXTARRAYOID, NUMERICARRAYOID,
 		UUIDOID, NAMEOID};
 
-		entry->plan = crm_prepare_kept(sql.data, 10, argtypes);
+		entry->plan = crm_prepare_kept_generic(sql.data, 10, argtypes);
 	}
 	pfree(sql.data);
 	return entry->plan;

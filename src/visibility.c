@@ -246,6 +246,33 @@ owner_scope(Datum tenant, Datum owner, bool *isnull)
 	return result;
 }
 
+/*
+ * Is the tenant public?  Then every record's visible_to is NULL (owner
+ * chains apply in a private tenant only, and crm.visibility_refresh_records
+ * clears them when a tenant turns public), and so is that of every row that
+ * hangs off a record: the lookups of the records can be left out.  A
+ * forecast snapshot keeps the visibility it was taken with (a record of a
+ * moment), so a link to one is still looked up.  Cached per statement like
+ * the other lookups (kind NKINDS + 1, the tenant as the id).
+ */
+static bool
+tenant_public(Datum tenant)
+{
+	bool		found;
+	bool		isnull;
+	Datum		value;
+	text	   *visibility;
+	bool		is_public;
+
+	if (scope_cache_lookup(NKINDS + 1, tenant, tenant, &found, &isnull, &value))
+		return found;
+	/* the tenant's own row, read without SPI (currency.c) */
+	visibility = crm_tenant_text(tenant, "visibility");
+	is_public = visibility != NULL && strcmp(text_to_cstring(visibility), "public") == 0;
+	scope_cache_store(NKINDS + 1, tenant, tenant, is_public, true, (Datum) 0);
+	return is_public;
+}
+
 /* visible_to of a record; *found says whether it exists. */
 static Datum
 record_scope(int kind, Datum tenant, Datum id, bool *isnull, bool *found)
@@ -348,6 +375,43 @@ kind_lookup(const char *kind)
 }
 
 /*
+ * May visibility_row() take its short cut for this row: are the trigger's
+ * arguments and columns what the full path would accept (it reports
+ * anything else), and does the row link no forecast snapshot (whose
+ * visibility is kept as taken, even in a public tenant)?
+ */
+static bool
+short_cut_allowed(Trigger *trigger, Relation rel, HeapTuple newtup, bool is_record)
+{
+	if (is_record || has_column(rel, "owner_id"))
+		(void) crm_attnum(rel, "owner_id", UUIDOID);
+	for (int i = 2; i < trigger->tgnargs; i++)
+	{
+		const char *arg = trigger->tgargs[i];
+		const char *eq = strchr(arg, '=');
+		char		column[NAMEDATALEN];
+		bool		isnull;
+		Datum		kind;
+
+		if (eq == NULL || eq - arg >= NAMEDATALEN)
+			return false;
+		memcpy(column, arg, eq - arg);
+		column[eq - arg] = '\0';
+		(void) crm_attnum(rel, column, UUIDOID);
+		if (eq[1] != '@')
+		{
+			if (kind_lookup(eq + 1) < 0 || strcmp(eq + 1, "revenue_forecast") == 0)
+				return false;
+			continue;
+		}
+		kind = heap_getattr(newtup, crm_attnum(rel, eq + 2, TEXTOID), RelationGetDescr(rel), &isnull);
+		if (!isnull && strcmp(TextDatumGetCString(kind), "revenue_forecast") == 0)
+			return false;
+	}
+	return true;
+}
+
+/*
  * crm.visibility_row(table, mode, column=kind ...): see the file header.
  * A pair column=@kindcolumn takes the kind from the row's text column
  * kindcolumn (crm.event's entity); a kind that names no record kind
@@ -410,6 +474,24 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 	if (isnull)
 		return PointerGetDatum(newtup);
 
+	/*
+	 * A public tenant (read without SPI, once per statement), and no link to
+	 * a forecast snapshot: everyone's, with no other lookup.
+	 */
+	{
+		if (tenant_public(tenant) && short_cut_allowed(trigger, rel, newtup, is_record))
+		{
+			int			cols[1] = {vis_att};
+			Datum		values[1] = {(Datum) 0};
+			bool		nulls[1] = {true};
+
+			(void) heap_getattr(newtup, vis_att, desc, &isnull);
+			if (isnull)
+				return PointerGetDatum(newtup);
+			return PointerGetDatum(heap_modify_tuple_by_cols(newtup, desc, 1, cols, values, nulls));
+		}
+	}
+
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
@@ -417,12 +499,14 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		bool		first = true;
+		bool		public_tenant = tenant_public(tenant);
 
 		if (is_record || has_column(rel, "owner_id"))
 		{
 			Datum		owner = heap_getattr(newtup, crm_attnum(rel, "owner_id", UUIDOID), desc, &isnull);
 
-			if (!isnull)
+			/* owner_scope() is NULL in a public tenant */
+			if (!isnull && !public_tenant)
 				scope = owner_scope(tenant, owner, &scope_null);
 			first = scope_null;
 		}
@@ -479,7 +563,15 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 			if (is_record && !changed)
 				continue;
 
-			link_scope = record_scope(kind, tenant, link, &link_null, &found);
+			if (public_tenant && strcmp(kinds[kind], "revenue_forecast") != 0)
+			{
+				/* see tenant_public(): everyone's, and no refusal */
+				link_scope = (Datum) 0;
+				link_null = true;
+				found = true;
+			}
+			else
+				link_scope = record_scope(kind, tenant, link, &link_null, &found);
 
 			/*
 			 * No foreign key holds an event or a job to its record: one

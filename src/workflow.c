@@ -24,10 +24,12 @@
  * Matching is an AFTER INSERT statement trigger on crm.event: the new
  * events are read from the transition table in C (Citus cannot replan a
  * statement over it), each tenant's active rules are read once per
- * statement, and each match becomes a job through crm_queue_enqueue_job()
- * with an idempotency key that is a name-based UUID (v5) of the rule and
- * the event, so a replayed event never makes a second job.  A debounce
- * window makes at most one job per rule and record within it.
+ * statement (those that name one of its events), and the matches of a
+ * statement become jobs through one call of crm_queue_enqueue_jobs() per
+ * tenant (one statement of arrays, however many deals a bulk UPDATE
+ * moved), each with an idempotency key that is a name-based UUID (v5) of
+ * the rule and the event, so a replayed event never makes a second job.
+ * A debounce window makes at most one job per rule and record within it.
  *
  *-------------------------------------------------------------------------
  */
@@ -514,6 +516,7 @@ typedef struct RuleInfo
 	char	   *event;
 	bool		has_stage;
 	pg_uuid_t	stage;
+	char	   *stage_text;		/* its text form, for the payload's toStage */
 	Jsonb	   *condition;
 	char	   *action;
 	Jsonb	   *params;
@@ -534,39 +537,80 @@ typedef struct EventRow
 	Jsonb	   *payload;
 } EventRow;
 
+/* The jobs one statement's events made for one tenant, before enqueueing. */
+typedef struct JobBatch
+{
+	int			n;
+	int			cap;
+	CrmJobRequest *jobs;
+} JobBatch;
+
 static SPIPlanPtr rules_plan = NULL;
-static SPIPlanPtr debounce_plan = NULL;
 
 static SPIPlanPtr
 kept_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
 {
 	if (*slot == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		*slot = plan;
+		*slot = crm_prepare_kept_generic(sql, nargs, types);
 	}
 	return *slot;
 }
 
-/* The active rules of a tenant, read once per statement. */
-static List *
-tenant_rules(const pg_uuid_t *tenant)
+/*
+ * The names a statement's events can be matched by, per tenant: their
+ * event types and, for ActivityCreated, their activity types.
+ */
+typedef struct TenantNames
 {
-	Oid			types[1] = {UUIDOID};
-	Datum		args[1] = {UUIDPGetDatum(tenant)};
-	List	   *rules = NIL;
+	pg_uuid_t	tenant;
+	List	   *names;			/* of char *, distinct */
+	List	   *rules;			/* of RuleInfo *, read once */
+} TenantNames;
 
+static void
+add_name(TenantNames *tn, const char *name, int len)
+{
+	ListCell   *lc;
+
+	foreach(lc, tn->names)
+	{
+		const char *have = lfirst(lc);
+
+		if ((int) strlen(have) == len && strncmp(have, name, len) == 0)
+			return;
+	}
+	tn->names = lappend(tn->names, pnstrdup(name, len));
+}
+
+/*
+ * The active rules of a tenant that name one of the statement's events,
+ * read once per statement through the index on (tenant_id, event) of the
+ * active rules: a statement whose events no rule names (an import of
+ * calls and e-mails) reads nothing more.
+ */
+static List *
+tenant_rules(TenantNames *tn)
+{
+	Oid			types[2] = {UUIDOID, TEXTARRAYOID};
+	Datum		args[2];
+	List	   *rules = NIL;
+	Datum	   *names = palloc(sizeof(Datum) * list_length(tn->names));
+	int			n = 0;
+	ListCell   *lc;
+
+	foreach(lc, tn->names)
+		names[n++] = CStringGetTextDatum((char *) lfirst(lc));
+	args[0] = UUIDPGetDatum(&tn->tenant);
+	args[1] = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
 	kept_plan(&rules_plan,
 			  "SELECT id, event, stage_id, condition, action, params, delay, debounce, max_attempts"
 			  " FROM crm.workflow_rule"
 			  " WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND active"
+			  " AND event OPERATOR(pg_catalog.=) ANY ($2)"
 			  " AND event !~ '^(NoActivityFor|BeforeExpectedClose)$'"
 			  " ORDER BY id",
-			  1, types);
+			  2, types);
 	if (SPI_execute_plan(rules_plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.workflow_rule");
 
@@ -585,6 +629,7 @@ tenant_rules(const pg_uuid_t *tenant)
 		{
 			r->has_stage = true;
 			r->stage = *DatumGetUUIDP(d);
+			r->stage_text = crm_uuid_text(&r->stage);
 		}
 		r->condition = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 4, &isnull));
 		r->action = SPI_getvalue(tuple, tupdesc, 5);
@@ -632,7 +677,7 @@ rule_stage_reached(RuleInfo *rule, EventRow *ev)
 	to = payload_path(ev->payload, "toStage");
 	if (to == NULL || to->type != jbvString)
 		return false;
-	stage = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&rule->stage)));
+	stage = rule->stage_text;
 	return strlen(stage) == to->val.string.len &&
 		strncmp(stage, to->val.string.val, to->val.string.len) == 0;
 }
@@ -680,119 +725,118 @@ uuid_from_payload(Jsonb *payload, const char *path, pg_uuid_t *out)
 }
 
 /*
- * Does the debounce window hold this firing back?  The record is the job's
- * contact when it has one (an activity rule debounces per person, not per
- * activity), else the event's record.  One row per rule and record in
- * crm.job_debounce says when it last fired: the upsert takes it only when
- * the window has passed, and a concurrent firing of the same rule for the
- * same record waits for it and then sees the new time (READ COMMITTED) or
- * fails with a serialization error (REPEATABLE READ), so two transactions
- * never both fire inside one window.
+ * The rule's params with the event that fired it, for the job:
+ * {"event_type", "event_id", "payload"} || params (params win), built in
+ * one pass, as jsonb_concat would build it (a later key replaces an
+ * earlier one): a bulk move makes one job per deal.
  */
-static bool
-debounced(const pg_uuid_t *tenant, RuleInfo *rule, const CrmJobRequest *request)
-{
-	Oid			types[4] = {UUIDOID, UUIDOID, UUIDOID, INTERVALOID};
-	Datum		args[4];
-	const pg_uuid_t *subject;
-
-	if (!rule->has_debounce)
-		return false;
-	if (request->has_contact)
-		subject = &request->contact;
-	else if (request->has_entity_id)
-		subject = &request->entity_id;
-	else
-		return false;
-	kept_plan(&debounce_plan,
-			  "INSERT INTO crm.job_debounce AS d (tenant_id, rule_id, subject_id, last_at)"
-			  " VALUES ($1, $2, $3, pg_catalog.now())"
-			  " ON CONFLICT ON CONSTRAINT job_debounce_pkey DO UPDATE SET last_at = pg_catalog.now()"
-			  " WHERE d.last_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) $4)"
-			  " RETURNING 1",
-			  4, types);
-	args[0] = UUIDPGetDatum(tenant);
-	args[1] = UUIDPGetDatum(&rule->id);
-	args[2] = UUIDPGetDatum(subject);
-	args[3] = IntervalPGetDatum(rule->debounce);
-	if (SPI_execute_plan(debounce_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not check the rule's debounce window");
-	return SPI_processed == 0;
-}
-
-/* The rule's params with the event that fired it, for the job. */
 static Jsonb *
 job_params(RuleInfo *rule, EventRow *ev)
 {
-	Datum		event_obj;
+	JsonbParseState *state = NULL;
+	JsonbValue	k;
+	JsonbValue	v;
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
 
-	event_obj = DirectFunctionCall1(jsonb_in, CStringGetDatum(
-		psprintf("{\"event_type\": \"%s\", \"event_id\": \"%s\"}", ev->event_type,
-				 DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&ev->id))))));
-	/* {"event_type", "event_id", "payload"} || rule params (params win) */
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	k.type = jbvString;
+	k.val.string.val = "event_type";
+	k.val.string.len = strlen("event_type");
+	pushJsonbValue(&state, WJB_KEY, &k);
+	v.type = jbvString;
+	v.val.string.val = ev->event_type;
+	v.val.string.len = strlen(ev->event_type);
+	pushJsonbValue(&state, WJB_VALUE, &v);
+	k.val.string.val = "event_id";
+	k.val.string.len = strlen("event_id");
+	pushJsonbValue(&state, WJB_KEY, &k);
+	v.val.string.val = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&ev->id)));
+	v.val.string.len = strlen(v.val.string.val);
+	pushJsonbValue(&state, WJB_VALUE, &v);
+	k.val.string.val = "payload";
+	k.val.string.len = strlen("payload");
+	pushJsonbValue(&state, WJB_KEY, &k);
+	v.type = jbvBinary;
+	v.val.binary.data = &ev->payload->root;
+	v.val.binary.len = VARSIZE(ev->payload) - VARHDRSZ;
+	pushJsonbValue(&state, WJB_VALUE, &v);
+
+	/* the rule's params, key by key (their values whole) */
+	if (JB_ROOT_IS_OBJECT(rule->params) && !JB_ROOT_IS_SCALAR(rule->params))
 	{
-		JsonbParseState *state = NULL;
-		JsonbValue	k;
-		JsonbValue	v;
-		Jsonb	   *payload_wrap;
-
-		pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-		k.type = jbvString;
-		k.val.string.val = "payload";
-		k.val.string.len = strlen("payload");
-		pushJsonbValue(&state, WJB_KEY, &k);
-		v.type = jbvBinary;
-		v.val.binary.data = &ev->payload->root;
-		v.val.binary.len = VARSIZE(ev->payload) - VARHDRSZ;
-		pushJsonbValue(&state, WJB_VALUE, &v);
-		payload_wrap = JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
-		event_obj = DirectFunctionCall2(jsonb_concat, event_obj, JsonbPGetDatum(payload_wrap));
+		it = JsonbIteratorInit(&rule->params->root);
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY || tok == WJB_VALUE)
+				pushJsonbValue(&state, tok, &v);
+		}
 	}
-	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, event_obj, JsonbPGetDatum(rule->params)));
+	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
 }
 
+/*
+ * The job a rule makes of an event, added to the statement's batch.  The
+ * debounce window (at most one job per rule and record within it: the
+ * job's contact when it has one, so that an activity rule debounces per
+ * person, else the event's record) is applied by the queue when the batch
+ * is enqueued, in the order the jobs were matched.
+ */
 static void
-fire(const pg_uuid_t *tenant, RuleInfo *rule, EventRow *ev)
+fire(JobBatch *batch, RuleInfo *rule, EventRow *ev)
 {
-	CrmJobRequest request;
+	CrmJobRequest *request;
 	unsigned char name[32];
 	uuid_t		key;
 
-	memset(&request, 0, sizeof(request));
-	request.action = rule->action;
-	request.params = job_params(rule, ev);
-	request.run_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-															 TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
-															 IntervalPGetDatum(rule->delay)));
-	request.max_attempts = rule->max_attempts;
+	if (batch->n == batch->cap)
+	{
+		batch->cap = batch->cap == 0 ? 16 : batch->cap * 2;
+		batch->jobs = batch->jobs == NULL ? palloc(sizeof(CrmJobRequest) * batch->cap) :
+			repalloc_huge(batch->jobs, sizeof(CrmJobRequest) * batch->cap);
+	}
+	request = &batch->jobs[batch->n++];
+	memset(request, 0, sizeof(CrmJobRequest));
+	request->action = rule->action;
+	request->params = job_params(rule, ev);
+	request->run_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+															  TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
+															  IntervalPGetDatum(rule->delay)));
+	request->max_attempts = rule->max_attempts;
 
 	/* key = uuid v5 (rule id || event id): a replayed event finds its job */
 	memcpy(name, rule->id.data, 16);
 	memcpy(name + 16, ev->id.data, 16);
 	uuid_generate_sha1(key, (unsigned char *) rule_key_namespace, (const char *) name, sizeof(name));
-	request.has_key = true;
-	memcpy(request.key.data, key, 16);
+	request->has_key = true;
+	memcpy(request->key.data, key, 16);
 
-	request.has_rule = true;
-	request.rule = rule->id;
-	request.entity = ev->entity;
+	request->has_rule = true;
+	request->rule = rule->id;
+	request->entity = ev->entity;
 	if (ev->has_entity_id)
 	{
-		request.has_entity_id = true;
-		request.entity_id = ev->entity_id;
+		request->has_entity_id = true;
+		request->entity_id = ev->entity_id;
 	}
 	if (ev->entity && strcmp(ev->entity, "contact") == 0 && ev->has_entity_id)
 	{
-		request.has_contact = true;
-		request.contact = ev->entity_id;
+		request->has_contact = true;
+		request->contact = ev->entity_id;
 	}
 	else
-		request.has_contact = uuid_from_payload(ev->payload, "contactId", &request.contact) ||
-			uuid_from_payload(ev->payload, "relatedTo.contactId", &request.contact);
+		request->has_contact = uuid_from_payload(ev->payload, "contactId", &request->contact) ||
+			uuid_from_payload(ev->payload, "relatedTo.contactId", &request->contact);
+	request->debounce = rule->has_debounce ? rule->debounce : NULL;
+}
 
-	if (debounced(tenant, rule, &request))
-		return;
-	(void) crm_queue_enqueue_job(tenant, &request);
+/* Enqueue the jobs matched for one tenant, in one call, and empty the batch. */
+static void
+flush_jobs(const pg_uuid_t *tenant, JobBatch *batch)
+{
+	if (batch->n > 0)
+		(void) crm_queue_enqueue_jobs(tenant, batch->jobs, batch->n, NULL);
+	batch->n = 0;
 }
 
 /*
@@ -835,6 +879,8 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 	bool		have_tenant = false;
 	pg_uuid_t	rules_tenant;
 	List	   *rules = NIL;
+	JobBatch	jobs = {0};
+	List	   *tenants = NIL;
 
 	crm_require_trigger(fcinfo, "workflow_match", false, false);
 	crm_require_trigger_nargs(fcinfo, "workflow_match", 0);
@@ -865,12 +911,14 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 
 	/*
-	 * The tenants alone first: most statements write the events of tenants
-	 * without an active rule (an import of activities), and then no event
-	 * needs to be read whole.  Only the tenant is taken from each row.
+	 * The tenants and the names their events go by first: most statements
+	 * write events that no active rule names (an import of activities),
+	 * and then no event needs to be read whole.
 	 */
 	{
 		bool		any_rules = false;
+		TenantNames *last = NULL;
+		char	   *last_type = NULL;
 
 		crm_transition_rewind(store);
 		while (tuplestore_gettupleslot(store, true, false, slot))
@@ -878,21 +926,58 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 			bool		isnull;
 			Datum		d = slot_getattr(slot, att_tenant, &isnull);
 			pg_uuid_t	tenant;
+			char	   *type;
 
 			if (isnull)
 				match_null_column(trigdata->tg_relation, "tenant_id");
 			tenant = *DatumGetUUIDP(d);
-			if (have_tenant && memcmp(&rules_tenant, &tenant, sizeof(pg_uuid_t)) == 0)
-				continue;
-			rules_tenant = tenant;
-			have_tenant = true;
-			if (tenant_rules(&tenant) != NIL)
+			/* crm.event's are NOT NULL: another table is refused whatever its rules */
+			(void) slot_getattr(slot, att_id, &isnull);
+			if (isnull)
+				match_null_column(trigdata->tg_relation, "id");
+			(void) slot_getattr(slot, att_type, &isnull);
+			if (isnull)
+				match_null_column(trigdata->tg_relation, "event_type");
+			(void) slot_getattr(slot, att_payload, &isnull);
+			if (isnull)
+				match_null_column(trigdata->tg_relation, "payload");
+			if (last == NULL || memcmp(&last->tenant, &tenant, sizeof(pg_uuid_t)) != 0)
 			{
-				any_rules = true;
-				break;
+				last = NULL;
+				foreach(lc, tenants)
+					if (memcmp(&((TenantNames *) lfirst(lc))->tenant, &tenant, sizeof(pg_uuid_t)) == 0)
+						last = lfirst(lc);
+				if (last == NULL)
+				{
+					last = palloc0(sizeof(TenantNames));
+					last->tenant = tenant;
+					tenants = lappend(tenants, last);
+				}
+				last_type = NULL;
+			}
+			type = TextDatumGetCString(slot_getattr(slot, att_type, &isnull));
+			if (last_type == NULL || strcmp(last_type, type) != 0)
+			{
+				add_name(last, type, strlen(type));
+				last_type = type;
+			}
+			if (strcmp(type, "ActivityCreated") == 0)
+			{
+				JsonbValue *atype;
+
+				atype = payload_path(DatumGetJsonbP(slot_getattr(slot, att_payload, &isnull)), "type");
+				if (atype != NULL && atype->type == jbvString)
+					add_name(last, atype->val.string.val, atype->val.string.len);
 			}
 		}
-		have_tenant = false;
+		foreach(lc, tenants)
+		{
+			TenantNames *tn = lfirst(lc);
+
+			tn->rules = tenant_rules(tn);
+			if (tn->rules != NIL)
+				any_rules = true;
+		}
 		if (!any_rules)
 		{
 			ExecDropSingleTupleTableSlot(slot);
@@ -945,7 +1030,14 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 
 		if (!have_tenant || memcmp(&rules_tenant, &ev->tenant, sizeof(pg_uuid_t)) != 0)
 		{
-			rules = tenant_rules(&ev->tenant);
+			ListCell   *tc;
+
+			if (have_tenant)
+				flush_jobs(&rules_tenant, &jobs);
+			rules = NIL;
+			foreach(tc, tenants)
+				if (memcmp(&((TenantNames *) lfirst(tc))->tenant, &ev->tenant, sizeof(pg_uuid_t)) == 0)
+					rules = ((TenantNames *) lfirst(tc))->rules;
 			rules_tenant = ev->tenant;
 			have_tenant = true;
 		}
@@ -955,9 +1047,11 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 
 			if (rule_names_event(rule, ev) && rule_stage_reached(rule, ev) &&
 				evaluate(&rule->condition->root, ev->payload))
-				fire(&ev->tenant, rule, ev);
+				fire(&jobs, rule, ev);
 		}
 	}
+	if (have_tenant)
+		flush_jobs(&rules_tenant, &jobs);
 
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	SPI_finish();

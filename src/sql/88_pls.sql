@@ -731,46 +731,10 @@ COMMENT ON FUNCTION crm.pls_apply(uuid, text, uuid[]) IS
 -- BEFORE INSERT OR UPDATE, after stage_sync (trigger names fire in order):
 -- the team and the probability mode when omitted, and the probability of
 -- manual and predicted records.
+-- In C (src/pls.c): it runs for every row of a bulk stage change.
 CREATE FUNCTION crm.win_probability() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    stage_probability numeric;
-BEGIN
-    -- a dump being loaded (replica mode, or row_security off) brings its own values
-    IF pg_catalog.current_setting('session_replication_role') = 'replica'
-       OR pg_catalog.current_setting('row_security') = 'off' THEN
-        RETURN NEW;
-    END IF;
-    IF NEW.team_id IS NULL AND NEW.owner_id IS NOT NULL
-       AND (TG_OP = 'INSERT' OR NEW.owner_id IS DISTINCT FROM OLD.owner_id) THEN
-        SELECT tm.team_id INTO NEW.team_id FROM crm.team_member tm
-         WHERE tm.tenant_id = NEW.tenant_id AND tm.user_id = NEW.owner_id
-         ORDER BY tm.created_at, tm.team_id LIMIT 1;
-    END IF;
-    IF NEW.probability_mode IS NULL THEN
-        SELECT p.probability_mode INTO NEW.probability_mode FROM crm.pipeline p
-         WHERE p.tenant_id = NEW.tenant_id AND p.id = NEW.pipeline_id;
-        NEW.probability_mode := coalesce(NEW.probability_mode, 'stage');
-    END IF;
-    IF TG_OP = 'UPDATE' AND NEW.status = 'open' AND OLD.status = 'open' THEN
-        IF NEW.probability_mode = 'manual' AND NEW.stage_id <> OLD.stage_id THEN
-            -- a move resets a stage-mode probability; a manual one stays
-            SELECT s.probability INTO stage_probability FROM crm.stage s
-             WHERE s.tenant_id = NEW.tenant_id AND s.id = NEW.stage_id;
-            IF NEW.probability = stage_probability THEN
-                NEW.probability := OLD.probability;
-            END IF;
-        ELSIF NEW.probability_mode = 'predicted'
-              AND coalesce(pg_catalog.current_setting('crm.pls_applying', true), '') <> 'on' THEN
-            -- the server's prediction; the statement's end sets the new one
-            NEW.probability := OLD.probability;
-        END IF;
-    END IF;
-    RETURN NEW;
-END
-$$;
+    AS 'MODULE_PATHNAME', 'crm_pls_win_probability'
+    LANGUAGE C;
 COMMENT ON FUNCTION crm.win_probability() IS
     'Trigger: team (the owner''s) and probability mode (the pipeline''s) when omitted; keeps a manual probability across stage moves and a predicted one the server''s';
 
