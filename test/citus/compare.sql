@@ -1054,4 +1054,28 @@ SELECT e.activity_count, e.counts_by_type FROM crm.contact_engagement e;
 SELECT s.contact_count, s.activity_count, s.open_amounts FROM crm.account_summary s;
 COMMIT;
 
+\c - crm_citus_app
+SET client_min_messages = warning;
+SET citus.propagate_set_commands = 'local';
+\echo '## pls: predictions from won and lost history (Outbox Co)'
+BEGIN;
+SET LOCAL crm.tenant_id = :'tob';
+SET LOCAL crm.user_id = :'otto';
+INSERT INTO crm.opportunity (name, amount, source, country, owner_id) VALUES ('Ob w1', 10, 'website', 'DE', :'otto') RETURNING id AS obw1 \gset
+INSERT INTO crm.opportunity (name, amount, source, country, owner_id) VALUES ('Ob w2', 10, 'website', 'FR', :'otto') RETURNING id AS obw2 \gset
+INSERT INTO crm.opportunity (name, amount, source, country, owner_id) VALUES ('Ob l1', 10, 'referral', 'DE', :'otto') RETURNING id AS obl1 \gset
+INSERT INTO crm.opportunity (name, amount, source, country, owner_id) VALUES ('Ob open web', 10, 'website', 'DE', :'otto');
+INSERT INTO crm.opportunity (name, amount, source, country, owner_id) VALUES ('Ob open fair', 10, 'referral', 'FR', :'otto') RETURNING id AS obof \gset
+SELECT o.status FROM crm.opportunity_mark_won(:'obw1') o;
+SELECT o.status FROM crm.opportunity_mark_won(:'obw2') o;
+SELECT o.status FROM crm.opportunity_mark_lost(:'obl1', 'Too small') o;
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'tob';
+WITH o AS MATERIALIZED (SELECT id, name FROM crm.opportunity)
+SELECT o.name, crm.predict_win(o.id) AS predicted FROM o ORDER BY 1;
+SELECT w.variable, w.value, w.won_count, w.lost_count, w.factor, w.used FROM crm.explain_win(:'obof') w;
+SELECT * FROM crm.pls_check();
+COMMIT;
+
 \echo '## end'
