@@ -216,12 +216,14 @@ CREATE FUNCTION crm.poll(name text, max integer DEFAULT 1000)
 DECLARE
     pos bigint;
     owner_role oid;
+    -- the tenant in a variable: Citus routes the lookup to its shard
+    t uuid := crm.current_tenant();
 BEGIN
     IF $1 IS NULL THEN
         RAISE EXCEPTION 'consumer name must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     SELECT c.position, c.role_oid INTO pos, owner_role FROM crm.event_consumer c
-     WHERE c.tenant_id = crm.current_tenant() AND c.name = $1;
+     WHERE c.tenant_id = t AND c.name = $1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'event consumer "%" does not exist', $1 USING ERRCODE = 'no_data_found',
             HINT = 'Make it with crm.subscribe().';
