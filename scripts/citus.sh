@@ -182,6 +182,13 @@ test_citus() {
 		die "second crm.distribute(): $placed tables (expected $tables), accounts $before -> $after"
 	fi
 	echo "=== second crm.distribute(): $placed tables, $after accounts kept"
+	echo "=== outbox: an event behind a running transaction is held back, not skipped"
+	if ! outbox_hold >"$out/outbox_hold.out" 2>&1; then
+		cat "$out/outbox_hold.out"
+		echo "citus.sh: the outbox skipped or lost an event (above)"
+		status=1
+	fi
+	cat "$out/outbox_hold.out"
 	if ! cmp -s <(grep -c '^## ' "$out/citus.out") <(echo "$n"); then
 		echo "citus.sh: the two runs have different sections"
 	fi
@@ -193,6 +200,35 @@ test_citus() {
 	fi
 	echo "test-citus: $n comparisons, $diffs differences"
 	((status == 0 && diffs == 0))
+}
+
+# The outbox's promise on Citus: a transaction that wrote a tenant's event
+# and is still running on the tenant's worker holds back crm.poll (the
+# worker's head stays below its transaction id), so an event emitted and
+# committed after it is handed out only once it committed, after its event.
+outbox_hold() {
+	local app=("$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$COORD" -U crm_citus_app -d crm_citus)
+	local t u pid before after
+	t=$("${PSQL[@]}" -p "$COORD" -d crm_citus -At -c "SELECT crm.create_tenant('Held Co')")
+	u=$("${PSQL[@]}" -p "$COORD" -d crm_citus -At \
+		-c "BEGIN" -c "SET LOCAL crm.tenant_id = '$t'" \
+		-c "INSERT INTO crm.app_user (tenant_id, name, email) VALUES ('$t', 'Hal', 'hal@held.example') RETURNING id" \
+		-c "COMMIT")
+	export PGOPTIONS='-c citus.propagate_set_commands=local'
+	"${app[@]}" -c "BEGIN" -c "SET LOCAL crm.tenant_id = '$t'" -c "SELECT crm.subscribe('held') >= 0" -c "COMMIT" >/dev/null
+	"${app[@]}" -c "BEGIN" -c "SET LOCAL crm.tenant_id = '$t'" -c "SET LOCAL crm.user_id = '$u'" \
+		-c "INSERT INTO crm.lead (name, owner_id) VALUES ('Held lead', '$u')" -c "SELECT pg_sleep(6)" -c "COMMIT" >/dev/null &
+	pid=$!
+	sleep 2
+	"${app[@]}" -c "BEGIN" -c "SET LOCAL crm.tenant_id = '$t'" -c "SELECT crm.emit_event('AfterHeld', '{}') > 0" -c "COMMIT" >/dev/null
+	before=$("${app[@]}" -c "BEGIN" -c "SET LOCAL crm.tenant_id = '$t'" \
+		-c "SELECT coalesce(string_agg(event_type, ' ' ORDER BY position), '') FROM crm.poll('held')" -c "COMMIT")
+	wait "$pid"
+	after=$("${app[@]}" -c "BEGIN" -c "SET LOCAL crm.tenant_id = '$t'" \
+		-c "SELECT coalesce(string_agg(event_type, ' ' ORDER BY position), '') FROM crm.poll('held')" -c "COMMIT")
+	unset PGOPTIONS
+	echo "while held: [$before]; after its commit: [$after]"
+	[[ $before == "" && $after == "LeadCreated AfterHeld" ]]
 }
 
 # The policies of the crm tables on the coordinator, then each worker's

@@ -549,6 +549,10 @@ DELETE FROM crm.tenant WHERE tenant_id OPERATOR(pg_catalog.=) :'tc';
 DELETE FROM crm.activity_type WHERE code OPERATOR(pg_catalog.=) 'trojan_check';
 DELETE FROM crm.currency WHERE code OPERATOR(pg_catalog.=) 'XHO';
 SELECT crm.revoke_tenant_access('regress_hostile_admin', :'tb') AS revoked;
+-- an event written with position 0 (crm_outbox_emit on Citus) is given its
+-- position by the row trigger outbox_assign_position
+INSERT INTO crm.event (tenant_id, position, event_type) VALUES (:'tb', 0, 'HostileCheck')
+RETURNING position OPERATOR(pg_catalog.>) 0 AS positioned;
 
 -- the revenue range in a parallel plan: partial states serialized, combined
 CREATE TABLE public.hostile_deals AS

@@ -29,6 +29,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
+#include "commands/extension.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -297,6 +298,72 @@ batch_flush(EventBatch *batch)
 	crm_notify("crm_events", NULL);
 }
 
+static SPIPlanPtr shard_insert_plan = NULL;
+
+/*
+ * Whether events get their positions on the node that holds the tenant's
+ * shard (Citus is in the database): a position is (transaction id << 24 | n)
+ * of the node that computes it, and crm.event_head() is computed on the
+ * tenant's node, so the coordinator's transaction id must not be used.
+ */
+static bool
+positions_on_shards(void)
+{
+	return OidIsValid(get_extension_oid("citus", true));
+}
+
+/*
+ * crm_outbox_emit with Citus in the database: the event is inserted with
+ * position 0, which the row trigger crm.outbox_assign_position() replaces
+ * on the shard (in the transaction of the node that holds the tenant's
+ * rows) by a position of that node; RETURNING brings it back.
+ */
+static int64
+emit_on_shard(const pg_uuid_t *tenant, const char *event_type, const char *entity,
+			  const pg_uuid_t *entity_id, Jsonb *payload)
+{
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Oid			save_userid;
+	int			save_sec_context;
+	int64		position;
+	bool		isnull;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (shard_insert_plan == NULL)
+	{
+		Oid			types[5] = {UUIDOID, TEXTOID, TEXTOID, UUIDOID, JSONBOID};
+
+		shard_insert_plan = crm_prepare_kept(
+										 "INSERT INTO crm.event (tenant_id, position, event_type, entity, entity_id, payload)"
+										 " VALUES ($1, 0, $2, $3, $4, $5) RETURNING \"position\"",
+										 5, types);
+	}
+	args[0] = UUIDPGetDatum(tenant);
+	args[1] = CStringGetTextDatum(event_type);
+	if (entity)
+		args[2] = CStringGetTextDatum(entity);
+	else
+		nulls[2] = 'n';
+	if (entity_id)
+		args[3] = UUIDPGetDatum(entity_id);
+	else
+		nulls[3] = 'n';
+	args[4] = JsonbPGetDatum(payload);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(crm_table_owner("event"), save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	/* an error aborts the (sub)transaction, which restores the user id */
+	if (SPI_execute_plan(shard_insert_plan, args, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != 1)
+		elog(ERROR, "could not write the event");
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	position = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	crm_notify("crm_events", NULL);
+	SPI_finish();
+	return position;
+}
+
 /*
  * Write one event of the given tenant in the current transaction; returns
  * its position.  For other C files (lead scoring, forecasting): connects to
@@ -309,6 +376,8 @@ crm_outbox_emit(const pg_uuid_t *tenant, const char *event_type, const char *ent
 	EventBatch	batch;
 	int64		position;
 
+	if (positions_on_shards())
+		return emit_on_shard(tenant, event_type, entity, entity_id, payload);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	batch_init(&batch, entity);
@@ -1285,4 +1354,43 @@ crm_outbox_ack(PG_FUNCTION_ARGS)
 	position = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
 	PG_RETURN_INT64(position);
+}
+
+/*
+ * crm.outbox_assign_position(): BEFORE INSERT row trigger on crm.event,
+ * fired only for a row whose position is 0 (WHEN clause), which
+ * crm_outbox_emit writes when Citus is in the database.  It gives the row
+ * the next position of the transaction of the node the row is stored on
+ * (on Citus the worker holding the tenant's shard, whose snapshots
+ * crm.event_head() reads), from the same counter as the statement
+ * triggers' events, so positions stay unique and in commit-safe order.
+ * The C statement triggers set positions themselves and never fire it.
+ */
+PG_FUNCTION_INFO_V1(crm_outbox_assign_position);
+
+Datum
+crm_outbox_assign_position(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	HeapTuple	tuple;
+	int			attnum;
+	Datum		value;
+	bool		isnull = false;
+
+	crm_require_trigger(fcinfo, "outbox_assign_position", true, true);
+	if (!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"outbox_assign_position\" must be fired for INSERT")));
+	rel = trigdata->tg_relation;
+	tuple = trigdata->tg_trigtuple;
+	attnum = crm_attnum(rel, "position", INT8OID);
+	value = heap_getattr(tuple, attnum, RelationGetDescr(rel), &isnull);
+	if (!isnull && DatumGetInt64(value) != 0)
+		return PointerGetDatum(tuple);
+	value = Int64GetDatum(next_position());
+	isnull = false;
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, RelationGetDescr(rel), 1,
+													 &attnum, &value, &isnull));
 }

@@ -86,17 +86,73 @@ CREATE FUNCTION crm.emit_event(event_type text, payload jsonb, entity text DEFAU
 COMMENT ON FUNCTION crm.emit_event(text, jsonb, text, uuid) IS
     'Writes an application event to the outbox of the current tenant, in the current transaction; returns its position';
 
-CREATE FUNCTION crm.event_head() RETURNS bigint
+-- The bounds of the outbox come from the node that holds the tenant's
+-- events: on Citus (issue 9) a position is (transaction id << 24 | n) of
+-- the worker holding the tenant's shard, so crm.event_head() and
+-- crm.event_limit() route a query to that shard and compute it there
+-- (Citus evaluates a routed SELECT's functions on the worker).  A
+-- transaction of the coordinator writing through two-phase commit keeps
+-- its worker transaction id running until COMMIT PREPARED, so the head of
+-- that worker stays below its events until they are readable.
+CREATE FUNCTION crm.node_event_head() RETURNS bigint
     AS 'MODULE_PATHNAME', 'crm_outbox_event_head'
     LANGUAGE C STABLE PARALLEL SAFE;
-COMMENT ON FUNCTION crm.event_head() IS
-    'The position below which every event that will ever exist is already committed and readable (from the snapshot''s xmin); crm.read_events hands out only events below it';
+COMMENT ON FUNCTION crm.node_event_head() IS
+    'The position below which every event of this node is already committed and readable (from the xmin of the snapshot of the calling query, on the node that runs it); crm.read_events filters by it in its query, routed to the tenant''s node on Citus';
 
-CREATE FUNCTION crm.event_limit() RETURNS bigint
+CREATE FUNCTION crm.node_event_limit() RETURNS bigint
     AS 'MODULE_PATHNAME', 'crm_outbox_event_limit'
     LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION crm.node_event_limit() IS
+    'The position above every event written so far on this node (from its next transaction id)';
+
+-- The tenant's node: on Citus a SELECT of the tenant's row of crm.tenant,
+-- routed to its shard; on one node (or for no tenant) this node.
+CREATE FUNCTION crm.event_head() RETURNS bigint
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    t uuid;
+    h bigint;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension x WHERE x.extname = 'citus') THEN
+        t := crm.current_tenant();
+        IF t IS NOT NULL THEN
+            SELECT crm.node_event_head() INTO h FROM crm.tenant x WHERE x.tenant_id = t;
+            IF FOUND THEN
+                RETURN h;
+            END IF;
+        END IF;
+    END IF;
+    RETURN crm.node_event_head();
+END
+$$;
+COMMENT ON FUNCTION crm.event_head() IS
+    'The position below which every event of the current tenant that will ever exist is already committed and readable (from the snapshot''s xmin on the node holding the tenant''s events); crm.read_events hands out only events below it';
+
+CREATE FUNCTION crm.event_limit() RETURNS bigint
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    t uuid;
+    h bigint;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension x WHERE x.extname = 'citus') THEN
+        t := crm.current_tenant();
+        IF t IS NOT NULL THEN
+            SELECT crm.node_event_limit() INTO h FROM crm.tenant x WHERE x.tenant_id = t;
+            IF FOUND THEN
+                RETURN h;
+            END IF;
+        END IF;
+    END IF;
+    RETURN crm.node_event_limit();
+END
+$$;
 COMMENT ON FUNCTION crm.event_limit() IS
-    'The position above every event written so far (from the next transaction id); a cursor at or beyond it is from the future';
+    'The position above every event of the current tenant written so far (from the next transaction id of the node holding its events); a cursor at or beyond it is from the future';
 
 CREATE FUNCTION crm.read_events(after bigint, max integer DEFAULT 1000)
     RETURNS TABLE ("position" bigint, event_id uuid, event_type text, entity text, entity_id uuid,
@@ -104,6 +160,8 @@ CREATE FUNCTION crm.read_events(after bigint, max integer DEFAULT 1000)
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
+DECLARE
+    t uuid;
 BEGIN
     IF $1 IS NULL OR $2 IS NULL THEN
         RAISE EXCEPTION 'after and max must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -116,12 +174,15 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'A cursor is 0 or the position of an event handed out before; this one is beyond every event written so far.';
     END IF;
+    -- the tenant in a variable: Citus routes the query to the tenant's
+    -- shard, where crm.node_event_head() reads the snapshot of the scan
+    t := crm.current_tenant();
     RETURN QUERY
         SELECT e.position, e.id, e.event_type, e.entity, e.entity_id, e.payload, e.occurred_at
           FROM crm.event e
-         WHERE e.tenant_id = crm.current_tenant()
+         WHERE e.tenant_id = t
            AND e.position > $1
-           AND e.position < crm.event_head()
+           AND e.position < crm.node_event_head()
          ORDER BY e.position
          LIMIT $2;
 END
@@ -158,12 +219,14 @@ CREATE FUNCTION crm.poll(name text, max integer DEFAULT 1000)
 DECLARE
     pos bigint;
     owner_role oid;
+    -- the tenant in a variable: Citus routes the lookup to its shard
+    t uuid := crm.current_tenant();
 BEGIN
     IF $1 IS NULL THEN
         RAISE EXCEPTION 'consumer name must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     SELECT c.position, c.role_oid INTO pos, owner_role FROM crm.event_consumer c
-     WHERE c.tenant_id = crm.current_tenant() AND c.name = $1;
+     WHERE c.tenant_id = t AND c.name = $1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'event consumer "%" does not exist', $1 USING ERRCODE = 'no_data_found',
             HINT = 'Make it with crm.subscribe().';
@@ -224,3 +287,18 @@ COMMENT ON TRIGGER outbox_insert ON crm.opportunity IS 'OpportunityCreated per n
 COMMENT ON TRIGGER outbox_update ON crm.opportunity IS 'OpportunityStageChanged per stage change, OpportunityClosed per opportunity that became won or lost';
 COMMENT ON TRIGGER outbox_insert ON crm.activity IS 'ActivityCreated per new activity (and TaskCompleted for a task created completed)';
 COMMENT ON TRIGGER outbox_update ON crm.activity IS 'TaskCompleted per task the statement completed';
+
+-- Positions given on the tenant's node (issue 9): crm_outbox_emit (behind
+-- crm.emit_event, crm.consume_event, the forecast snapshot's event) writes
+-- position 0 when Citus is in the database, and this trigger, fired on the
+-- shard, gives the row a position of that node's transaction.  The C
+-- statement triggers set positions themselves: the WHEN clause skips them.
+CREATE FUNCTION crm.outbox_assign_position() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'crm_outbox_assign_position'
+    LANGUAGE C;
+COMMENT ON FUNCTION crm.outbox_assign_position() IS
+    'Internal: row trigger on crm.event giving a row written with position 0 the next position of the transaction of the node that stores it';
+CREATE TRIGGER outbox_assign_position BEFORE INSERT ON crm.event
+    FOR EACH ROW WHEN (NEW.position = 0) EXECUTE FUNCTION crm.outbox_assign_position();
+COMMENT ON TRIGGER outbox_assign_position ON crm.event IS
+    'A position left 0 (an event written from the coordinator on Citus) is given on the node that stores the row';

@@ -198,22 +198,27 @@ COMMENT ON FUNCTION crm.engagement_half_life(uuid) IS
 
 -- Recomputation from the rows (repair, tests, check) ---------------------
 
-CREATE FUNCTION crm.engagement_recomputed()
+CREATE FUNCTION crm.engagement_recomputed_one(tenant uuid)
     RETURNS TABLE (tenant_id uuid, kind text, id uuid, activity_count bigint, counts_by_type jsonb,
                    counts_by_module jsonb, first_activity_at timestamptz, last_activity_at timestamptz,
                    last_inbound_at timestamptz, last_outbound_at timestamptz, last_meeting_at timestamptz,
                    score_value float8, score_ref timestamptz)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
+#variable_conflict use_column
+DECLARE
+    h float8 := extract(epoch FROM crm.engagement_half_life(tenant))::float8;
+BEGIN
+RETURN QUERY
 WITH counted AS (
     SELECT a.tenant_id, k.kind, k.id, a.activity_type, a.module, a.direction, a.occurred_at,
            coalesce(w.weight, ty.default_weight)::float8 AS weight
       FROM crm.activity a
       JOIN crm.activity_type ty ON ty.code = a.activity_type
-      LEFT JOIN crm.activity_weight w ON w.tenant_id = a.tenant_id AND w.activity_type = a.activity_type
+      LEFT JOIN crm.activity_weight w ON w.tenant_id = tenant AND w.activity_type = a.activity_type
      CROSS JOIN LATERAL (VALUES ('contact', a.contact_id), ('lead', a.lead_id)) k(kind, id)
-     WHERE a.status = 'completed' AND k.id IS NOT NULL
+     WHERE a.tenant_id = tenant AND a.status = 'completed' AND k.id IS NOT NULL
 ), totals AS (
     SELECT c.tenant_id, c.kind, c.id, count(*) AS activity_count,
            min(c.occurred_at) AS first_activity_at, max(c.occurred_at) AS last_activity_at,
@@ -223,7 +228,7 @@ WITH counted AS (
            sum(c.weight * pow(2::float8, -extract(epoch FROM c.ref - c.occurred_at)::float8 / c.h)) AS score_value,
            max(c.ref) AS score_ref
       FROM (SELECT x.*, max(x.occurred_at) OVER (PARTITION BY x.tenant_id, x.kind, x.id) AS ref,
-                   extract(epoch FROM crm.engagement_half_life(x.tenant_id))::float8 AS h
+                   h AS h
               FROM counted x) c
      GROUP BY c.tenant_id, c.kind, c.id
 ), by_type AS (
@@ -244,50 +249,130 @@ SELECT t.tenant_id, t.kind, t.id, t.activity_count, bt.counts AS counts_by_type,
   JOIN by_type bt USING (tenant_id, kind, id)
   JOIN by_module bm USING (tenant_id, kind, id)
  -- only the records the caller sees, as the stored rows (private tenants)
- WHERE CASE t.kind WHEN 'contact' THEN EXISTS (SELECT 1 FROM crm.contact c WHERE c.tenant_id = t.tenant_id AND c.id = t.id)
-                   ELSE EXISTS (SELECT 1 FROM crm.lead l WHERE l.tenant_id = t.tenant_id AND l.id = t.id) END
-    $$;
+ WHERE CASE t.kind WHEN 'contact' THEN EXISTS (SELECT 1 FROM crm.contact c WHERE c.tenant_id = tenant AND c.id = t.id)
+                   ELSE EXISTS (SELECT 1 FROM crm.lead l WHERE l.tenant_id = tenant AND l.id = t.id) END;
+END
+$$;
+COMMENT ON FUNCTION crm.engagement_recomputed_one(uuid) IS
+    'Internal: crm.engagement_recomputed() of one tenant: one query filtered by the tenant (routed whole to its shard on Citus), the half-life read first';
+
+-- The tenants whose rows the caller sees: its own, or every tenant for a
+-- role that row-level security does not apply to (as the plain query over
+-- all rows gave); on Citus each tenant's query is routed to its shard.
+CREATE FUNCTION crm.engagement_recomputed_for(tenant uuid)
+    RETURNS TABLE (tenant_id uuid, kind text, id uuid, activity_count bigint, counts_by_type jsonb,
+                   counts_by_module jsonb, first_activity_at timestamptz, last_activity_at timestamptz,
+                   last_inbound_at timestamptz, last_outbound_at timestamptz, last_meeting_at timestamptz,
+                   score_value float8, score_ref timestamptz)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    t uuid;
+BEGIN
+    FOR t IN SELECT x.tenant_id FROM crm.tenant x WHERE tenant IS NULL OR x.tenant_id = tenant ORDER BY 1 LOOP
+        RETURN QUERY SELECT * FROM crm.engagement_recomputed_one(t);
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.engagement_recomputed_for(uuid) IS
+    'Internal: the contact and lead aggregates computed afresh of one tenant (NULL: of every tenant the caller sees), one tenant a query (each routed to its shard on Citus)';
+
+-- The caller's tenant, or every tenant for a role that row-level security
+-- does not apply to (as the plain query over all rows gave).
+CREATE FUNCTION crm.engagement_recomputed()
+    RETURNS TABLE (tenant_id uuid, kind text, id uuid, activity_count bigint, counts_by_type jsonb,
+                   counts_by_module jsonb, first_activity_at timestamptz, last_activity_at timestamptz,
+                   last_inbound_at timestamptz, last_outbound_at timestamptz, last_meeting_at timestamptz,
+                   score_value float8, score_ref timestamptz)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM crm.engagement_recomputed_for(
+        CASE WHEN pg_catalog.row_security_active('crm.activity'::regclass) THEN crm.current_tenant() END);
+END
+$$;
 COMMENT ON FUNCTION crm.engagement_recomputed() IS
     'The contact and lead aggregates (kind contact or lead) computed afresh from the activity rows the caller sees, as crm.check_aggregates() and crm.refresh_aggregates() compare and rebuild them';
 
+CREATE FUNCTION crm.account_summary_recomputed_one(tenant uuid)
+    RETURNS TABLE (tenant_id uuid, account_id uuid, contact_count bigint, activity_count bigint,
+                   last_activity_at timestamptz, open_opportunity_count bigint, open_amounts jsonb,
+                   won_amounts jsonb)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+BEGIN
+RETURN QUERY
+WITH keys AS (
+    SELECT c.tenant_id, c.account_id FROM crm.contact c WHERE c.tenant_id = tenant AND c.account_id IS NOT NULL
+    UNION
+    SELECT a.tenant_id, a.account_id FROM crm.activity a WHERE a.tenant_id = tenant AND a.account_id IS NOT NULL AND a.status = 'completed'
+    UNION
+    SELECT o.tenant_id, o.account_id FROM crm.opportunity o WHERE o.tenant_id = tenant AND o.account_id IS NOT NULL AND o.status IN ('open', 'won')
+), keys_seen AS (
+    -- only the accounts the caller sees, as the stored rows (private tenants)
+    SELECT k.tenant_id, k.account_id FROM keys k
+     WHERE EXISTS (SELECT 1 FROM crm.account a WHERE a.tenant_id = tenant AND a.id = k.account_id)
+)
+SELECT k.tenant_id, k.account_id,
+       (SELECT count(*) FROM crm.contact c WHERE c.tenant_id = tenant AND c.account_id = k.account_id)
+           AS contact_count,
+       a.n AS activity_count, a.last_at AS last_activity_at,
+       (SELECT count(*) FROM crm.opportunity o
+         WHERE o.tenant_id = tenant AND o.account_id = k.account_id AND o.status = 'open')
+           AS open_opportunity_count,
+       (SELECT coalesce(jsonb_object_agg(x.currency, x.amount), '{}') FROM (
+            SELECT o.currency, sum(o.amount) AS amount FROM crm.opportunity o
+             WHERE o.tenant_id = tenant AND o.account_id = k.account_id AND o.status = 'open'
+             GROUP BY o.currency HAVING sum(o.amount) <> 0) x) AS open_amounts,
+       (SELECT coalesce(jsonb_object_agg(x.currency, x.amount), '{}') FROM (
+            SELECT o.currency, sum(o.amount) AS amount FROM crm.opportunity o
+             WHERE o.tenant_id = tenant AND o.account_id = k.account_id AND o.status = 'won'
+             GROUP BY o.currency HAVING sum(o.amount) <> 0) x) AS won_amounts
+  FROM keys_seen k
+ CROSS JOIN LATERAL (SELECT count(*) AS n, max(x.occurred_at) AS last_at FROM crm.activity x
+                      WHERE x.tenant_id = tenant AND x.account_id = k.account_id
+                        AND x.status = 'completed') a;
+END
+$$;
+COMMENT ON FUNCTION crm.account_summary_recomputed_one(uuid) IS
+    'Internal: crm.account_summary_recomputed() of one tenant: one query filtered by the tenant (routed whole to its shard on Citus)';
+
+CREATE FUNCTION crm.account_summary_recomputed_for(tenant uuid)
+    RETURNS TABLE (tenant_id uuid, account_id uuid, contact_count bigint, activity_count bigint,
+                   last_activity_at timestamptz, open_opportunity_count bigint, open_amounts jsonb,
+                   won_amounts jsonb)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    t uuid;
+BEGIN
+    FOR t IN SELECT x.tenant_id FROM crm.tenant x WHERE tenant IS NULL OR x.tenant_id = tenant ORDER BY 1 LOOP
+        RETURN QUERY SELECT * FROM crm.account_summary_recomputed_one(t);
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.account_summary_recomputed_for(uuid) IS
+    'Internal: the account roll-ups computed afresh of one tenant (NULL: of every tenant the caller sees), one tenant a query (each routed to its shard on Citus)';
+
+-- The caller's tenant, or every tenant for a role that row-level security
+-- does not apply to (as the plain query over all rows gave).
 CREATE FUNCTION crm.account_summary_recomputed()
     RETURNS TABLE (tenant_id uuid, account_id uuid, contact_count bigint, activity_count bigint,
                    last_activity_at timestamptz, open_opportunity_count bigint, open_amounts jsonb,
                    won_amounts jsonb)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
-WITH keys AS (
-    SELECT tenant_id, account_id FROM crm.contact WHERE account_id IS NOT NULL
-    UNION
-    SELECT tenant_id, account_id FROM crm.activity WHERE account_id IS NOT NULL AND status = 'completed'
-    UNION
-    SELECT tenant_id, account_id FROM crm.opportunity WHERE account_id IS NOT NULL AND status IN ('open', 'won')
-), keys_seen AS (
-    -- only the accounts the caller sees, as the stored rows (private tenants)
-    SELECT k.tenant_id, k.account_id FROM keys k
-     WHERE EXISTS (SELECT 1 FROM crm.account a WHERE a.tenant_id = k.tenant_id AND a.id = k.account_id)
-)
-SELECT k.tenant_id, k.account_id,
-       (SELECT count(*) FROM crm.contact c WHERE c.tenant_id = k.tenant_id AND c.account_id = k.account_id)
-           AS contact_count,
-       a.n AS activity_count, a.last_at AS last_activity_at,
-       (SELECT count(*) FROM crm.opportunity o
-         WHERE o.tenant_id = k.tenant_id AND o.account_id = k.account_id AND o.status = 'open')
-           AS open_opportunity_count,
-       (SELECT coalesce(jsonb_object_agg(x.currency, x.amount), '{}') FROM (
-            SELECT o.currency, sum(o.amount) AS amount FROM crm.opportunity o
-             WHERE o.tenant_id = k.tenant_id AND o.account_id = k.account_id AND o.status = 'open'
-             GROUP BY o.currency HAVING sum(o.amount) <> 0) x) AS open_amounts,
-       (SELECT coalesce(jsonb_object_agg(x.currency, x.amount), '{}') FROM (
-            SELECT o.currency, sum(o.amount) AS amount FROM crm.opportunity o
-             WHERE o.tenant_id = k.tenant_id AND o.account_id = k.account_id AND o.status = 'won'
-             GROUP BY o.currency HAVING sum(o.amount) <> 0) x) AS won_amounts
-  FROM keys_seen k
- CROSS JOIN LATERAL (SELECT count(*) AS n, max(x.occurred_at) AS last_at FROM crm.activity x
-                      WHERE x.tenant_id = k.tenant_id AND x.account_id = k.account_id
-                        AND x.status = 'completed') a
-    $$;
+BEGIN
+    RETURN QUERY SELECT * FROM crm.account_summary_recomputed_for(
+        CASE WHEN pg_catalog.row_security_active('crm.account'::regclass) THEN crm.current_tenant() END);
+END
+$$;
 COMMENT ON FUNCTION crm.account_summary_recomputed() IS
     'The account roll-ups computed afresh from the rows the caller sees, as crm.check_aggregates() and crm.refresh_aggregates() compare and rebuild them';
 
@@ -307,7 +392,7 @@ BEGIN
                                         last_meeting_at, score_value, score_ref)
     SELECT r.tenant_id, r.id, r.activity_count, r.counts_by_type, r.counts_by_module, r.first_activity_at,
            r.last_activity_at, r.last_inbound_at, r.last_outbound_at, r.last_meeting_at, r.score_value, r.score_ref
-      FROM crm.engagement_recomputed() r
+      FROM crm.engagement_recomputed_for(target) r
      WHERE r.kind = 'contact' AND (target IS NULL OR r.tenant_id = target)
      ORDER BY r.tenant_id, r.id;
     INSERT INTO crm.lead_engagement (tenant_id, lead_id, activity_count, counts_by_type, counts_by_module,
@@ -315,14 +400,14 @@ BEGIN
                                      last_meeting_at, score_value, score_ref)
     SELECT r.tenant_id, r.id, r.activity_count, r.counts_by_type, r.counts_by_module, r.first_activity_at,
            r.last_activity_at, r.last_inbound_at, r.last_outbound_at, r.last_meeting_at, r.score_value, r.score_ref
-      FROM crm.engagement_recomputed() r
+      FROM crm.engagement_recomputed_for(target) r
      WHERE r.kind = 'lead' AND (target IS NULL OR r.tenant_id = target)
      ORDER BY r.tenant_id, r.id;
     INSERT INTO crm.account_summary (tenant_id, account_id, contact_count, activity_count, last_activity_at,
                                      open_opportunity_count, open_amounts, won_amounts)
     SELECT r.tenant_id, r.account_id, r.contact_count, r.activity_count, r.last_activity_at,
            r.open_opportunity_count, r.open_amounts, r.won_amounts
-      FROM crm.account_summary_recomputed() r
+      FROM crm.account_summary_recomputed_for(target) r
      WHERE target IS NULL OR r.tenant_id = target
      ORDER BY r.tenant_id, r.account_id;
 END
@@ -338,19 +423,41 @@ COMMENT ON FUNCTION crm.refresh_aggregates(uuid) IS
 
 CREATE FUNCTION crm.check_aggregates()
     RETURNS TABLE (kind text, tenant_id uuid, id uuid, stored jsonb, recomputed jsonb)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
+#variable_conflict use_column
+DECLARE
+    t uuid;
+    ce crm.contact_engagement[];
+    le crm.lead_engagement[];
+    acs crm.account_summary[];
+BEGIN
+    -- The stored rows read first (on Citus one query each, routed to the
+    -- tenant's shard), then compared with the recomputation in a query
+    -- that reads no table: the caller's tenant, or every tenant for a role
+    -- that row-level security does not apply to.
+    IF pg_catalog.row_security_active('crm.contact_engagement'::regclass) THEN
+        t := crm.current_tenant();
+        SELECT array_agg(e) INTO ce FROM crm.contact_engagement e WHERE e.tenant_id = t;
+        SELECT array_agg(e) INTO le FROM crm.lead_engagement e WHERE e.tenant_id = t;
+        SELECT array_agg(e) INTO acs FROM crm.account_summary e WHERE e.tenant_id = t;
+    ELSE
+        SELECT array_agg(e) INTO ce FROM crm.contact_engagement e;
+        SELECT array_agg(e) INTO le FROM crm.lead_engagement e;
+        SELECT array_agg(e) INTO acs FROM crm.account_summary e;
+    END IF;
+    RETURN QUERY
     WITH eng AS (
         SELECT 'contact' AS kind, e.tenant_id, e.contact_id AS id, e.activity_count, e.counts_by_type,
                e.counts_by_module, e.first_activity_at, e.last_activity_at, e.last_inbound_at,
                e.last_outbound_at, e.last_meeting_at, e.score_value, e.score_ref
-          FROM crm.contact_engagement e
+          FROM unnest(ce) e
         UNION ALL
         SELECT 'lead', e.tenant_id, e.lead_id, e.activity_count, e.counts_by_type,
                e.counts_by_module, e.first_activity_at, e.last_activity_at, e.last_inbound_at,
                e.last_outbound_at, e.last_meeting_at, e.score_value, e.score_ref
-          FROM crm.lead_engagement e
+          FROM unnest(le) e
     ), cmp AS (
         SELECT coalesce(s.kind, r.kind) AS kind, coalesce(s.tenant_id, r.tenant_id) AS tenant_id,
                coalesce(s.id, r.id) AS id,
@@ -398,7 +505,7 @@ CREATE FUNCTION crm.check_aggregates()
     UNION ALL
     SELECT 'account', coalesce(s.tenant_id, r.tenant_id), coalesce(s.account_id, r.account_id),
            to_jsonb(s) - 'created_at' - 'updated_at', to_jsonb(r)
-      FROM crm.account_summary s
+      FROM unnest(acs) s
       FULL JOIN crm.account_summary_recomputed() r
         ON r.tenant_id = s.tenant_id AND r.account_id = s.account_id
      WHERE coalesce(s.contact_count, 0) <> coalesce(r.contact_count, 0)
@@ -407,8 +514,9 @@ CREATE FUNCTION crm.check_aggregates()
         OR coalesce(s.open_opportunity_count, 0) <> coalesce(r.open_opportunity_count, 0)
         OR coalesce(s.open_amounts, '{}') <> coalesce(r.open_amounts, '{}')
         OR coalesce(s.won_amounts, '{}') <> coalesce(r.won_amounts, '{}')
-    ORDER BY 1, 2, 3
-    $$;
+    ORDER BY 1, 2, 3;
+END
+$$;
 COMMENT ON FUNCTION crm.check_aggregates() IS
     'The aggregates (kind contact, lead or account) whose stored values differ from a recomputation from the rows, with both; scores compared at the same time to 1e-9 relative. Empty when all is exact';
 

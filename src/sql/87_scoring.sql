@@ -599,16 +599,24 @@ $$;
 COMMENT ON FUNCTION crm.top_leads(integer, uuid, uuid, integer) IS
     'The n highest-scoring open, active, unconverted leads of the tenant, optionally of one pipeline or owner and from a minimum score (seeds/003 get_top_leads); served by lead_top_score_idx';
 
+-- PL/pgSQL with the tenant in a variable: Citus cannot plan a
+-- parameterised SQL function's query on a distributed table; this one is
+-- routed to the tenant's shard.
 CREATE FUNCTION crm.lead_score_trend(lead uuid)
     RETURNS TABLE (changed_at timestamptz, old_score smallint, new_score smallint, reason text, model_id uuid)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
+DECLARE
+    t uuid := crm.current_tenant();
+BEGIN
+    RETURN QUERY
         SELECT h.changed_at, h.old_score, h.new_score, h.reason, h.model_id
           FROM crm.lead_score_history h
-         WHERE h.tenant_id = crm.current_tenant() AND h.lead_id = lead_score_trend.lead
-         ORDER BY h.changed_at, h.id
-    $$;
+         WHERE h.tenant_id = t AND h.lead_id = lead_score_trend.lead
+         ORDER BY h.changed_at, h.id;
+END
+$$;
 COMMENT ON FUNCTION crm.lead_score_trend(uuid) IS
     'The score changes of a lead in time order (seeds/003 get_scoring_history)';
 

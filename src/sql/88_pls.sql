@@ -212,7 +212,35 @@ CREATE FUNCTION crm.pls_observations(tenant uuid, kind text, ids uuid[])
     SET search_path = pg_catalog, pg_temp
     AS $$
 #variable_conflict use_variable
+DECLARE
+    closed_ids uuid[];
+    v_id uuid[];
+    v_var text[];
+    v_val text[];
 BEGIN
+    -- The closed records' variables read first (on Citus the query below is
+    -- routed to the tenant's shard, where a function reading tables is
+    -- refused): the records of the CTE closed below.
+    IF kind = 'lead' THEN
+        SELECT array_agg(l.id) INTO closed_ids
+          FROM crm.lead l
+         WHERE l.tenant_id = tenant AND (ids IS NULL OR l.id = ANY (ids))
+           AND (l.converted_at IS NOT NULL OR l.status <> 'open')
+           AND NOT EXISTS (SELECT 1 FROM crm.contact c
+                            WHERE c.tenant_id = tenant AND c.profiling_opt_out
+                              AND (crm.casefold(c.email) = crm.casefold(l.email) OR c.id = l.converted_contact_id));
+    ELSE
+        SELECT array_agg(o.id) INTO closed_ids
+          FROM crm.opportunity o
+         WHERE o.tenant_id = tenant AND (ids IS NULL OR o.id = ANY (ids))
+           AND o.status <> 'open'
+           AND NOT EXISTS (SELECT 1 FROM crm.contact c
+                            WHERE c.tenant_id = tenant AND c.id = o.contact_id AND c.profiling_opt_out);
+    END IF;
+    SELECT array_agg(v.record_id), array_agg(v.variable), array_agg(v.value)
+      INTO v_id, v_var, v_val
+      FROM crm.pls_record_values(tenant, kind, coalesce(closed_ids, '{}')) v
+     WHERE v.variable = ANY (crm.pls_variables(tenant));
     -- plpgsql keeps the plan of this query for the session
     RETURN QUERY
         WITH closed AS (
@@ -259,8 +287,7 @@ BEGIN
         UNION ALL
         SELECT c.id, c.team_key, v.variable, v.value, c.is_won::integer, (NOT c.is_won)::integer
           FROM closed c
-          JOIN crm.pls_record_values(tenant, kind, ARRAY(SELECT x.id FROM closed x)) v ON v.record_id = c.id
-         WHERE v.variable = ANY ((SELECT crm.pls_variables(tenant))::text[]);
+          JOIN unnest(v_id, v_var, v_val) v(record_id, variable, value) ON v.record_id = c.id;
 END
 $$;
 COMMENT ON FUNCTION crm.pls_observations(uuid, text, uuid[]) IS
@@ -355,28 +382,55 @@ $$;
 COMMENT ON FUNCTION crm.pls_refresh(uuid, text, uuid[]) IS
     'Internal: replaces the stored observations of some records by what they contribute now, and applies the difference to crm.pls_frequency; true when it changed';
 
+-- PL/pgSQL reading both sides into arrays first: on Citus the fresh side
+-- (functions reading tables) runs where it is called, the stored side is
+-- one query routed to the tenant's shard, and the comparison reads no table.
 CREATE FUNCTION crm.pls_check(tenant uuid DEFAULT crm.current_tenant())
     RETURNS TABLE (record_kind text, team_key uuid, variable text, value text,
                    stored_won bigint, stored_lost bigint, fresh_won bigint, fresh_lost bigint)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        WITH fresh AS (
-            SELECT k.kind, o.team_key, o.variable, o.value, sum(o.won)::bigint AS won, sum(o.lost)::bigint AS lost
+#variable_conflict use_column
+DECLARE
+    n_kind text[];
+    n_team uuid[];
+    n_var text[];
+    n_val text[];
+    n_won bigint[];
+    n_lost bigint[];
+    s_kind text[];
+    s_team uuid[];
+    s_var text[];
+    s_val text[];
+    s_won bigint[];
+    s_lost bigint[];
+BEGIN
+    SELECT array_agg(x.kind), array_agg(x.team_key), array_agg(x.variable), array_agg(x.value),
+           array_agg(x.won), array_agg(x.lost)
+      INTO n_kind, n_team, n_var, n_val, n_won, n_lost
+      FROM (SELECT k.kind, o.team_key, o.variable, o.value, sum(o.won)::bigint AS won, sum(o.lost)::bigint AS lost
               FROM unnest(ARRAY['lead', 'opportunity']) k(kind),
                    crm.pls_observations(tenant, k.kind, NULL) o
-             GROUP BY 1, 2, 3, 4
+             GROUP BY 1, 2, 3, 4) x;
+    SELECT array_agg(f.record_kind), array_agg(f.team_key), array_agg(f.variable), array_agg(f.value),
+           array_agg(f.won_count), array_agg(f.lost_count)
+      INTO s_kind, s_team, s_var, s_val, s_won, s_lost
+      FROM crm.pls_frequency f WHERE f.tenant_id = tenant;
+    RETURN QUERY
+        WITH fresh AS (
+            SELECT * FROM unnest(n_kind, n_team, n_var, n_val, n_won, n_lost) x(kind, team_key, variable, value, won, lost)
         ), stored AS (
-            SELECT f.record_kind AS kind, f.team_key, f.variable, f.value, f.won_count AS won, f.lost_count AS lost
-              FROM crm.pls_frequency f WHERE f.tenant_id = tenant
+            SELECT * FROM unnest(s_kind, s_team, s_var, s_val, s_won, s_lost) x(kind, team_key, variable, value, won, lost)
         )
         SELECT coalesce(s.kind, n.kind), coalesce(s.team_key, n.team_key), coalesce(s.variable, n.variable),
                coalesce(s.value, n.value), s.won, s.lost, n.won, n.lost
           FROM stored s FULL JOIN fresh n
             ON n.kind = s.kind AND n.team_key = s.team_key AND n.variable = s.variable AND n.value = s.value
          WHERE (s.won, s.lost) IS DISTINCT FROM (n.won, n.lost)
-         ORDER BY 1, 2, 3, 4
-    $$;
+         ORDER BY 1, 2, 3, 4;
+END
+$$;
 COMMENT ON FUNCTION crm.pls_check(uuid) IS
     'The rows where the live frequency table differs from one built from scratch (none, ever)';
 
@@ -466,6 +520,9 @@ DECLARE
     first_stage uuid;
     use_team boolean;
     prior record;
+    v_ord integer[];
+    v_var text[];
+    v_val text[];
 BEGIN
     IF kind = 'lead' THEN
         SELECT l.team_id, l.pipeline_id, l.stage_id,
@@ -490,6 +547,12 @@ BEGIN
     use_team := r.team_id IS NOT NULL AND EXISTS (
         SELECT 1 FROM crm.pls_frequency f
          WHERE f.tenant_id = tenant AND f.record_kind = kind AND f.team_key = r.team_id);
+    -- the record's values read first: on Citus the query below is routed
+    -- to the tenant's shard, where a function reading tables is refused
+    SELECT array_agg(array_position(crm.pls_all_variables(), v.variable)), array_agg(v.variable), array_agg(v.value)
+      INTO v_ord, v_var, v_val
+      FROM crm.pls_record_values(tenant, kind, ARRAY[record]) v
+     WHERE v.variable = ANY (crm.pls_variables(tenant));
 
     RETURN QUERY
     WITH freq AS (
@@ -504,9 +567,8 @@ BEGIN
     ), vals AS (
         SELECT 0 AS ord, 'stage'::text AS variable, r.stage_id::text AS value
         UNION ALL
-        SELECT array_position(crm.pls_all_variables(), v.variable), v.variable, v.value
-          FROM crm.pls_record_values(tenant, kind, ARRAY[record]) v
-         WHERE v.variable = ANY ((SELECT crm.pls_variables(tenant))::text[])
+        SELECT v.ord, v.variable, v.value
+          FROM unnest(v_ord, v_var, v_val) v(ord, variable, value)
     )
     SELECT q.variable, q.value, q.won, q.lost, q.won_total, q.lost_total, q.used, q.status
       FROM (
@@ -547,7 +609,27 @@ CREATE FUNCTION crm.pls_predict_many(tenant uuid, kind text, ids uuid[])
     SET enable_nestloop = on
     AS $$
 #variable_conflict use_variable
+DECLARE
+    open_ids uuid[];
+    v_id uuid[];
+    v_var text[];
+    v_val text[];
 BEGIN
+    -- The open records' variables read first (on Citus the query below is
+    -- routed to the tenant's shard, where a function reading tables is
+    -- refused): the same rows the query's own call made.
+    IF kind = 'lead' THEN
+        SELECT array_agg(l.id) INTO open_ids FROM crm.lead l
+         WHERE l.tenant_id = tenant AND (ids IS NULL OR l.id = ANY (ids))
+           AND l.converted_at IS NULL AND l.status = 'open';
+    ELSE
+        SELECT array_agg(o.id) INTO open_ids FROM crm.opportunity o
+         WHERE o.tenant_id = tenant AND (ids IS NULL OR o.id = ANY (ids)) AND o.status = 'open';
+    END IF;
+    SELECT array_agg(v.record_id), array_agg(v.variable), array_agg(v.value)
+      INTO v_id, v_var, v_val
+      FROM crm.pls_record_values(tenant, kind, coalesce(open_ids, '{}')) v
+     WHERE v.variable = ANY (crm.pls_variables(tenant));
     -- Many records: the CTEs' row counts are guesses, and nested loops over
     -- them go quadratic; one record: index lookups are what it needs.  The
     -- query is planned each call, under the setting chosen (the function's
@@ -604,8 +686,7 @@ BEGIN
             SELECT r.id, ''stage''::text AS variable, r.stage_id::text AS value FROM scoped r WHERE r.status = ''open''
             UNION ALL
             SELECT v.record_id, v.variable, v.value
-              FROM crm.pls_record_values($1, $2, ARRAY(SELECT r.id FROM scoped r WHERE r.status = ''open'')) v
-             WHERE v.variable = ANY ((SELECT crm.pls_variables($1))::text[])
+              FROM unnest($4::uuid[], $5::text[], $6::text[]) v(record_id, variable, value)
         ), keyed AS (
             SELECT x.id, x.variable, x.value, r.scope, p.won AS prior_won, p.lost AS prior_lost
               FROM vals x
@@ -634,7 +715,7 @@ BEGIN
           FROM scoped r
           LEFT JOIN prior p ON p.id = r.id
           LEFT JOIN factors fa ON fa.id = r.id'
-    USING tenant, kind, ids;
+    USING tenant, kind, ids, v_id, v_var, v_val;
 END
 $$;
 COMMENT ON FUNCTION crm.pls_predict_many(uuid, text, uuid[]) IS

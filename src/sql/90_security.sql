@@ -663,6 +663,17 @@ BEGIN
     -- Forecasting on Citus (issue 9): crm.forecast_deals raises a missing
     -- rate inside its query, with the reader's rights
     GRANT EXECUTE ON FUNCTION crm.forecast_no_rate(text, text, date) TO crm_reader;
+
+    -- The outbox on Citus (issue 9): crm.read_events bounds its query, run
+    -- on the tenant's node, by that node's head, with the reader's rights
+    GRANT EXECUTE ON FUNCTION crm.node_event_head(), crm.node_event_limit() TO crm_reader;
+    -- and the aggregates' recomputation, one tenant a query (routed to its
+    -- shard), run with the caller's rights by crm.engagement_recomputed()
+    -- and crm.account_summary_recomputed()
+    GRANT EXECUTE ON FUNCTION
+        crm.engagement_recomputed_one(uuid), crm.engagement_recomputed_for(uuid),
+        crm.account_summary_recomputed_one(uuid), crm.account_summary_recomputed_for(uuid)
+        TO crm_reader;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

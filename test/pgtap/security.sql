@@ -194,6 +194,14 @@ INSERT INTO func_level VALUES
     ('crm.snapshot_forecast(text,text,date,date,uuid,uuid,timestamp with time zone)', 2),
     ('crm.forecast_totals(text,date,date,uuid,uuid,text,timestamp with time zone,boolean)', 1),
     ('crm.forecast_no_rate(text,text,date)', 1),
+    -- the outbox on Citus (issue 9)
+    ('crm.node_event_head()', 1),
+    ('crm.node_event_limit()', 1),
+    ('crm.outbox_assign_position()', NULL),
+    ('crm.engagement_recomputed_one(uuid)', 1),
+    ('crm.engagement_recomputed_for(uuid)', 1),
+    ('crm.account_summary_recomputed_one(uuid)', 1),
+    ('crm.account_summary_recomputed_for(uuid)', 1),
 
     ('crm.forecast_snapshot_store(uuid,uuid,text,text,text,date,date,uuid,uuid,timestamp with time zone,jsonb)', NULL),
     ('crm.revenue_distribution_accum(internal,numeric,numeric)', NULL),
