@@ -1390,7 +1390,6 @@ batch_prepare(void)
 											 " pg_catalog.unnest($8), pg_catalog.unnest($9)) WITH ORDINALITY"
 											 " u(id, tid, xmin, score, fit, eng, q, model, ord)"
 											 " WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
-											 " AND l.ctid OPERATOR(pg_catalog.=) ANY ($3)"
 											 " AND l.ctid OPERATOR(pg_catalog.=) u.tid"
 											 " AND l.id OPERATOR(pg_catalog.=) u.id"
 											 " AND l.xmin OPERATOR(pg_catalog.=) u.xmin"
