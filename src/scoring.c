@@ -1408,6 +1408,23 @@ batch_prepare(void)
 }
 
 /*
+ * SPI_execute_plan() for the batch scorer, read-write (a fresh snapshot per
+ * query), that comes back in the caller's memory context: SPI returns in
+ * its procedure context, which lives until SPI_finish(), so the arrays and
+ * strings of every batch would pile up there (400 MB over a million leads)
+ * instead of going with the batch's context.
+ */
+static int
+batch_execute(SPIPlanPtr plan, Datum *args, const char *nulls)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	int			rc = SPI_execute_plan(plan, args, nulls, false, 0);
+
+	MemoryContextSwitchTo(cxt);
+	return rc;
+}
+
+/*
  * Score the leads of one tenant that the read query left in lt (nl rows,
  * id order) and write them; assign: give them that model.  Runs the reads
  * of activities and consent as the owner of crm.lead (like the row
@@ -1483,11 +1500,14 @@ batch_score(SPITupleTable *lt, uint64 nl, const pg_uuid_t *tenant, const pg_uuid
 	SetUserIdAndSecContext(scoring_owner(), save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	PG_TRY();
 	{
+		MemoryContext cxt = CurrentMemoryContext;
+
 		for (int i = 0; i < n; i++)
 		{
 			models[i] = model_for(&in[i], NULL);
 			any_types |= models[i]->ntypes > 0;
 		}
+		MemoryContextSwitchTo(cxt);	/* model_for() may have run SPI */
 		if (any_consent)
 		{
 			Datum		args[3];
@@ -1495,7 +1515,7 @@ batch_score(SPITupleTable *lt, uint64 nl, const pg_uuid_t *tenant, const pg_uuid
 			args[0] = UUIDPGetDatum((pg_uuid_t *) tenant);
 			args[1] = PointerGetDatum(build_array(emails, email_nulls, n, TEXTOID));
 			args[2] = PointerGetDatum(build_array(contacts, contact_nulls, n, UUIDOID));
-			if (SPI_execute_plan(batch_optout_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+			if (batch_execute(batch_optout_plan, args, NULL) != SPI_OK_SELECT)
 				elog(ERROR, "profiling consent lookup failed");
 			for (uint64 k = 0; k < SPI_processed; k++)
 			{
@@ -1516,7 +1536,7 @@ batch_score(SPITupleTable *lt, uint64 nl, const pg_uuid_t *tenant, const pg_uuid
 			args[3] = PointerGetDatum(build_array(c_ords, NULL, nc, INT8OID));
 			args[4] = PointerGetDatum(build_array(c_leads, NULL, nc, UUIDOID));
 			args[5] = PointerGetDatum(build_array(c_contacts, NULL, nc, UUIDOID));
-			if (SPI_execute_plan(batch_activity_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+			if (batch_execute(batch_activity_plan, args, NULL) != SPI_OK_SELECT)
 				elog(ERROR, "activity lookup failed");
 			at = SPI_tuptable;
 			nat = SPI_processed;
@@ -1579,7 +1599,7 @@ batch_score(SPITupleTable *lt, uint64 nl, const pg_uuid_t *tenant, const pg_uuid
 		rescore_trusted_as_of = as_of;
 		PG_TRY();
 		{
-			if (SPI_execute_plan(batch_update_plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+			if (batch_execute(batch_update_plan, args, NULL) != SPI_OK_UPDATE_RETURNING)
 				elog(ERROR, "could not rescore leads");
 		}
 		PG_FINALLY();
@@ -1613,7 +1633,7 @@ batch_score(SPITupleTable *lt, uint64 nl, const pg_uuid_t *tenant, const pg_uuid
 			args[2] = UUIDPGetDatum((pg_uuid_t *) assign);
 		else
 			nulls[2] = 'n';
-		if (SPI_execute_plan(batch_retry_plan, args, nulls, false, 0) != SPI_OK_UPDATE)
+		if (batch_execute(batch_retry_plan, args, nulls) != SPI_OK_UPDATE)
 			elog(ERROR, "could not rescore leads");
 		total += SPI_processed;
 	}
@@ -1665,7 +1685,7 @@ rescore_leads(TenantLead *leads, int n, RescoreContext context)
 			}
 			args[0] = UUIDPGetDatum(&leads[start].tenant);
 			args[1] = PointerGetDatum(build_array(ids, NULL, m, UUIDOID));
-			if (SPI_execute_plan(batch_read_ids_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+			if (batch_execute(batch_read_ids_plan, args, NULL) != SPI_OK_SELECT)
 				elog(ERROR, "could not read leads");
 			{
 				SPITupleTable *lt = SPI_tuptable;
@@ -1908,7 +1928,7 @@ crm_scoring_rescore(PG_FUNCTION_ARGS)
 			if (!has_after)
 				nulls[2] = 'n';
 			args[3] = Int32GetDatum(SCORING_BATCH);
-			if (SPI_execute_plan(batch_read_plans[one_model][has_after], args, nulls, false, 0) != SPI_OK_SELECT)
+			if (batch_execute(batch_read_plans[one_model][has_after], args, nulls) != SPI_OK_SELECT)
 				elog(ERROR, "could not read leads");
 			lt = SPI_tuptable;
 			nl = SPI_processed;
