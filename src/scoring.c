@@ -40,6 +40,8 @@
 #include <math.h>
 
 #include "access/htup_details.h"
+#include "access/transam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -51,12 +53,14 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 
@@ -113,6 +117,10 @@ typedef struct ModelKey
 typedef struct Model
 {
 	ModelKey	key;
+	bool		loaded;			/* completely read (an error leaves it false) */
+	CrmCommandKey checked;		/* the command that last found it current */
+	TransactionId row_xmin;		/* the version of the model row read */
+	ItemPointerData row_tid;
 	bool		found;
 	bool		active;
 	pg_uuid_t	id;
@@ -179,19 +187,24 @@ typedef enum RescoreContext
 
 static RescoreContext rescore_context = RESCORE_NONE;
 
+/*
+ * Set while batch_update() runs its UPDATE: the row trigger keeps the
+ * values that UPDATE brings (computed for scored_at = rescore_trusted_as_of).
+ */
+static bool rescore_trusted = false;
+static TimestampTz rescore_trusted_as_of = 0;
+
 static HTAB *model_cache = NULL;
 static MemoryContext model_context = NULL;
 static CrmCommandKey model_cache_key;
 
 static SPIPlanPtr model_plan = NULL;
+static SPIPlanPtr model_check_plan = NULL;
 static SPIPlanPtr activity_plan = NULL;
 static SPIPlanPtr optout_plan = NULL;
 static SPIPlanPtr lead_plan = NULL;
 static SPIPlanPtr history_plan = NULL;
-static SPIPlanPtr refresh_plan = NULL;
 static SPIPlanPtr contact_leads_plan = NULL;
-static SPIPlanPtr rescore_plan = NULL;
-static SPIPlanPtr rescore_assign_plan = NULL;
 
 static bool
 uuid_equal(const pg_uuid_t *a, const pg_uuid_t *b)
@@ -221,14 +234,27 @@ scoring_owner(void)
 
 /* Models -------------------------------------------------------------- */
 
+/*
+ * The model cache lives as long as the backend: loading a model expands
+ * its JSON weights with a query, which a single-row activity INSERT would
+ * otherwise pay every time.  An entry is checked once per command against
+ * the model row's version (xmin and ctid, read by a one-row index probe)
+ * and loaded again when the row changed.  A backend that met very many
+ * tenants starts the cache afresh, between commands only, so that no
+ * Model pointer a caller holds goes stale.
+ */
 static void
 model_cache_prepare(void)
 {
 	CrmCommandKey now = crm_command_key_current();
 	HASHCTL		ctl;
 
-	if (model_cache != NULL && crm_command_key_equal(model_cache_key, now))
+	if (model_cache != NULL &&
+		(crm_command_key_equal(model_cache_key, now) || hash_get_num_entries(model_cache) < 1000))
+	{
+		model_cache_key = now;
 		return;
+	}
 	if (model_context == NULL)
 		model_context = AllocSetContextCreate(TopMemoryContext, "crm scoring models",
 											  ALLOCSET_SMALL_SIZES);
@@ -262,7 +288,7 @@ model_invalid(const Model *m, const char *what)
 
 /*
  * Load a model (id given) or the tenant's default (id NULL), through the
- * per-command cache.  Needs SPI connected.
+ * cache (see model_cache_prepare()).  Needs SPI connected.
  */
 static Model *
 model_load(const pg_uuid_t *tenant, const pg_uuid_t *id)
@@ -279,8 +305,49 @@ model_load(const pg_uuid_t *tenant, const pg_uuid_t *id)
 	if (id)
 		key.id = *id;
 	m = hash_search(model_cache, &key, HASH_ENTER, &hit);
-	if (hit)
-		return m;
+	if (hit && m->loaded)
+	{
+		CrmCommandKey now = crm_command_key_current();
+		bool		same;
+
+		if (crm_command_key_equal(m->checked, now))
+			return m;
+		if (model_check_plan == NULL)
+		{
+			Oid			types[2] = {UUIDOID, UUIDOID};
+
+			model_check_plan = crm_prepare_kept(
+												"SELECT m.xmin, m.ctid FROM crm.scoring_model m"
+												" WHERE m.tenant_id OPERATOR(pg_catalog.=) $1"
+												" AND CASE WHEN $2 IS NULL THEN m.is_default"
+												" ELSE m.id OPERATOR(pg_catalog.=) $2 END",
+												2, types);
+		}
+		args[0] = UUIDPGetDatum(&key.tenant);
+		args[1] = UUIDPGetDatum(&key.id);
+		if (!id)
+			nulls[1] = 'n';
+		if (SPI_execute_plan(model_check_plan, args, nulls, true, 2) != SPI_OK_SELECT)
+			elog(ERROR, "scoring model lookup failed");
+		if (SPI_processed == 0)
+			same = !m->found;
+		else
+		{
+			bool		isnull;
+			HeapTuple	tuple = SPI_tuptable->vals[0];
+
+			same = m->found && SPI_processed == 1 &&
+				DatumGetTransactionId(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 1, &isnull)) == m->row_xmin &&
+				ItemPointerEquals((ItemPointer) DatumGetPointer(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 2, &isnull)),
+								  &m->row_tid);
+		}
+		SPI_freetuptable(SPI_tuptable);
+		if (same)
+		{
+			m->checked = now;
+			return m;
+		}
+	}
 	memset(((char *) m) + sizeof(ModelKey), 0, sizeof(Model) - sizeof(ModelKey));
 
 	if (model_plan == NULL)
@@ -289,7 +356,8 @@ model_load(const pg_uuid_t *tenant, const pg_uuid_t *id)
 
 		model_plan = crm_prepare_kept(
 								  "SELECT m.id, m.threshold, m.active, r.factor, r.item,"
-								  " r.min_value::pg_catalog.float8, r.points::pg_catalog.float8, r.cap"
+								  " r.min_value::pg_catalog.float8, r.points::pg_catalog.float8, r.cap,"
+								  " m.xmin, m.ctid"
 								  " FROM crm.scoring_model m"
 								  " LEFT JOIN LATERAL crm.scoring_model_rows(m.weights) r ON true"
 								  " WHERE m.tenant_id OPERATOR(pg_catalog.=) $1"
@@ -323,6 +391,8 @@ model_load(const pg_uuid_t *tenant, const pg_uuid_t *id)
 			memcpy(&m->id, DatumGetUUIDP(SPI_getbinval(tuple, tupdesc, 1, &isnull)), sizeof(pg_uuid_t));
 			m->threshold = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 2, &isnull));
 			m->active = DatumGetBool(SPI_getbinval(tuple, tupdesc, 3, &isnull));
+			m->row_xmin = DatumGetTransactionId(SPI_getbinval(tuple, tupdesc, 9, &isnull));
+			ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tuple, tupdesc, 10, &isnull)), &m->row_tid);
 		}
 		factor = SPI_getvalue(tuple, tupdesc, 4);
 		if (factor == NULL)
@@ -390,6 +460,8 @@ model_load(const pg_uuid_t *tenant, const pg_uuid_t *id)
 	}
 	if (m->found && m->ntypes > 0 && !(m->half_life_days > 0))
 		model_invalid(m, "the engagement half-life must be greater than 0");
+	m->checked = crm_command_key_current();
+	m->loaded = true;
 	return m;
 }
 
@@ -479,6 +551,27 @@ check_opt_out(const LeadInput *in, ScoreResult *r)
 }
 
 /*
+ * Count one completed activity of a lead (of type type, at time at) into
+ * its decayed engagement.  Every scorer adds a lead's activities in id
+ * order through here, so the floating-point sums are the same bits.
+ */
+static void
+engagement_add(const Model *m, text *type, TimestampTz at, TimestampTz as_of, ScoreResult *r)
+{
+	const char *name = VARDATA_ANY(type);
+	int			len = VARSIZE_ANY_EXHDR(type);
+	double		age_days = (double) (as_of - at) / (double) USECS_PER_DAY;
+
+	for (int t = 0; t < m->ntypes; t++)
+		if (strncmp(m->types[t], name, len) == 0 && m->types[t][len] == '\0')
+		{
+			r->eng_count[t]++;
+			r->eng_decayed[t] += pow(2.0, -age_days / m->half_life_days);
+			break;
+		}
+}
+
+/*
  * Per model activity type: the number of the lead's completed activities
  * up to as_of and their sum of 2^(-age / half-life).  Summed in id order,
  * so every caller adds the same numbers in the same order.
@@ -526,35 +619,17 @@ engagement_counts(const LeadInput *in, const Model *m, TimestampTz as_of, ScoreR
 	{
 		HeapTuple	tuple = SPI_tuptable->vals[i];
 		bool		isnull;
-		char	   *type = TextDatumGetCString(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 1, &isnull));
+		text	   *type = DatumGetTextPP(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 1, &isnull));
 		TimestampTz at = DatumGetTimestampTz(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 2, &isnull));
-		double		age_days = (double) (as_of - at) / (double) USECS_PER_DAY;
 
-		for (int t = 0; t < m->ntypes; t++)
-			if (strcmp(m->types[t], type) == 0)
-			{
-				r->eng_count[t]++;
-				r->eng_decayed[t] += pow(2.0, -age_days / m->half_life_days);
-				break;
-			}
+		engagement_add(m, type, at, as_of, r);
 	}
 }
 
-/*
- * The score of one lead.  Needs SPI connected; reads activities and
- * consent as the caller of this function is (see scoring_owner()).
- */
+/* The fit points of a lead (the first part of every score). */
 static void
-compute_score(const LeadInput *in, Model *m, TimestampTz as_of, bool want_values,
-			  ScoreResult *r)
+score_fit(const LeadInput *in, const Model *m, ScoreResult *r)
 {
-	memset(r, 0, sizeof(*r));
-	r->model = m;
-
-	check_opt_out(in, r);
-	if (r->opted_out)
-		return;
-
 	r->fit_points[F_SIZE] = in->size_null ? 0 : band_points(m, 0, (double) in->size);
 	r->fit_points[F_BUDGET] = in->budget_null ? 0 : band_points(m, 1, in->budget);
 	if (in->industry)
@@ -573,8 +648,12 @@ compute_score(const LeadInput *in, Model *m, TimestampTz as_of, bool want_values
 		: in->decision == 0 ? m->decision_no : 0;
 	for (int f = 0; f < NUM_FIT; f++)
 		r->fit += r->fit_points[f];
+}
 
-	engagement_counts(in, m, as_of, r);
+/* Engagement points from the decayed counts, and the total (the last part). */
+static void
+score_finish(const Model *m, ScoreResult *r)
+{
 	for (int t = 0; t < m->ntypes; t++)
 	{
 		double		p = Min((double) m->type_cap[t], m->type_points[t] * r->eng_decayed[t]);
@@ -586,6 +665,27 @@ compute_score(const LeadInput *in, Model *m, TimestampTz as_of, bool want_values
 	r->fit = Min(r->fit, 100);
 	r->eng = Min(r->eng, 100);
 	r->total = (m->w_fit * r->fit + m->w_eng * r->eng + 50) / 100;
+}
+
+/*
+ * The score of one lead.  Needs SPI connected; reads activities and
+ * consent as the caller of this function is (see scoring_owner()).  The
+ * batch scorer (batch_score()) does the same steps for many leads with one
+ * query each.
+ */
+static void
+compute_score(const LeadInput *in, Model *m, TimestampTz as_of, bool want_values,
+			  ScoreResult *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->model = m;
+
+	check_opt_out(in, r);
+	if (r->opted_out)
+		return;
+	score_fit(in, m, r);
+	engagement_counts(in, m, as_of, r);
+	score_finish(m, r);
 
 	if (want_values)
 	{
@@ -633,11 +733,39 @@ static const Oid lead_column_types[NUM_LEAD_COLUMNS] = {
 	INT2OID, INT2OID, INT2OID, TEXTOID, TIMESTAMPTZOID
 };
 
+/*
+ * The attribute numbers of the lead columns in rel, looked up (and their
+ * types checked) once per relation: the triggers run per row, and the
+ * lookup compares names.  A relcache invalidation of the relation (ALTER
+ * TABLE) forgets them.
+ */
+static Oid	lead_attnums_relid = InvalidOid;
+static int	lead_attnums_cached[NUM_LEAD_COLUMNS];
+static bool lead_attnums_callback = false;
+
+static void
+lead_attnums_invalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == lead_attnums_relid)
+		lead_attnums_relid = InvalidOid;
+}
+
 static void
 lead_attnums(Relation rel, int *attnums)
 {
-	for (int i = 0; i < NUM_LEAD_COLUMNS; i++)
-		attnums[i] = crm_attnum(rel, lead_column_names[i], lead_column_types[i]);
+	if (!lead_attnums_callback)
+	{
+		CacheRegisterRelcacheCallback(lead_attnums_invalidate, (Datum) 0);
+		lead_attnums_callback = true;
+	}
+	if (lead_attnums_relid != RelationGetRelid(rel))
+	{
+		lead_attnums_relid = InvalidOid;
+		for (int i = 0; i < NUM_LEAD_COLUMNS; i++)
+			lead_attnums_cached[i] = crm_attnum(rel, lead_column_names[i], lead_column_types[i]);
+		lead_attnums_relid = RelationGetRelid(rel);
+	}
+	memcpy(attnums, lead_attnums_cached, sizeof(lead_attnums_cached));
 }
 
 /* The scoring inputs of a lead row. */
@@ -735,6 +863,25 @@ crm_scoring_lead_sync(PG_FUNCTION_ARGS)
 	tupdesc = RelationGetDescr(rel);
 	lead_attnums(rel, attnums);
 
+	/*
+	 * The batch scorer's own UPDATE (batch_update()) brings the values it
+	 * computed from this very row version: keep them.  Its WHERE clause
+	 * took only the version it read, and it changes no input.
+	 */
+	if (rescore_trusted && !is_insert)
+	{
+		bool		same = true;
+		bool		isnull;
+		Datum		at = heap_getattr(newtuple, attnums[C_SCORED_AT], tupdesc, &isnull);
+
+		same = !isnull && DatumGetTimestampTz(at) == rescore_trusted_as_of;
+		for (int i = 0; same && i < FIRST_DERIVED; i++)
+			if (i != C_MODEL)
+				same = !column_changed(oldtuple, newtuple, tupdesc, attnums[i]);
+		if (same)
+			return PointerGetDatum(newtuple);
+	}
+
 	rescore = is_insert || rescore_context != RESCORE_NONE;
 	for (int i = 0; !rescore && i < FIRST_DERIVED; i++)
 		rescore = column_changed(oldtuple, newtuple, tupdesc, attnums[i]);
@@ -759,17 +906,37 @@ crm_scoring_lead_sync(PG_FUNCTION_ARGS)
 		Oid			save_userid;
 		int			save_sec_context;
 		TimestampTz as_of = GetCurrentTransactionStartTimestamp();
+		bool		fresh = false;
 
 		heap_getattr(newtuple, attnums[C_TENANT], tupdesc, &isnull);
 		if (isnull)
 			return PointerGetDatum(newtuple);	/* NOT NULL says so */
 		lead_input_from_tuple(newtuple, tupdesc, attnums, &in);
 
+		/*
+		 * The row version this UPDATE replaces may be newer than the
+		 * statement's snapshot (READ COMMITTED took it after waiting for
+		 * its lock): then another transaction changed what the score
+		 * depends on (every such change rewrites the lead) after the
+		 * snapshot, so its activities and consent are read with a snapshot
+		 * that sees that transaction.
+		 */
+		if (!is_insert && ActiveSnapshotSet())
+		{
+			TransactionId xmin = HeapTupleHeaderGetXmin(oldtuple->t_data);
+
+			fresh = TransactionIdIsNormal(xmin) &&
+				!TransactionIdIsCurrentTransactionId(xmin) &&
+				XidInMVCCSnapshot(xmin, GetActiveSnapshot());
+		}
+
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		GetUserIdAndSecContext(&save_userid, &save_sec_context);
 		SetUserIdAndSecContext(rel->rd_rel->relowner,
 							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+		if (fresh)
+			PushActiveSnapshot(GetLatestSnapshot());
 		PG_TRY();
 		{
 			/* a model the client names must be one of the tenant's */
@@ -787,6 +954,8 @@ crm_scoring_lead_sync(PG_FUNCTION_ARGS)
 			SetUserIdAndSecContext(save_userid, save_sec_context);
 		}
 		PG_END_TRY();
+		if (fresh)
+			PopActiveSnapshot();
 		SPI_finish();
 
 		cols[n] = attnums[C_SCORE];
@@ -1087,10 +1256,395 @@ tenant_lead_cmp(const void *a, const void *b)
 }
 
 /*
+ * The batch scorer.  Rescoring many leads one row trigger at a time costs
+ * two or three queries (and their executor start-up) per lead; instead a
+ * batch of up to SCORING_BATCH leads is read by one query, the profiling
+ * consent and the activities of the whole batch by one query each, the
+ * points computed here in C (the same functions as compute_score(), adding
+ * each lead's activities in the same id order), and the results written
+ * by one UPDATE from arrays.
+ *
+ * That UPDATE takes a lead only in the row version the batch read (ctid and
+ * xmin): one that another transaction changed in between is left out by
+ * its WHERE clause (READ COMMITTED re-checks it on the new version), and
+ * rescored again by the row trigger with a snapshot that sees the change
+ * (batch_retry()).  Every change of what a score depends on rewrites the
+ * lead, so a lead whose version is unchanged has unchanged inputs.
+ */
+#define SCORING_BATCH 10000
+
+static SPIPlanPtr batch_read_plans[2][2];	/* [of one model][after an id] */
+static SPIPlanPtr batch_read_ids_plan = NULL;
+static SPIPlanPtr batch_optout_plan = NULL;
+static SPIPlanPtr batch_activity_plan = NULL;
+static SPIPlanPtr batch_update_plan = NULL;
+static SPIPlanPtr batch_retry_plan = NULL;
+
+/* Columns 1-10 in the order of lead_column_names, then ctid and xmin. */
+#define BATCH_LEAD_SELECT \
+	"SELECT l.tenant_id, l.id, l.company_size, l.industry, l.budget, l.purchase_timeline," \
+	" l.is_decision_maker, l.email, l.converted_contact_id, l.scoring_model_id, l.ctid, l.xmin" \
+	" FROM crm.lead l WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
+
+/*
+ * Prepare and keep a plan that always runs generic.  The batch queries take
+ * arrays; with an array parameter known the planner's custom plans look
+ * cheaper than the generic one, so the plan cache would plan them anew at
+ * every execution (a third of a single-row activity INSERT's time went to
+ * planning).  Their generic plans (index probes per array element, a TID
+ * scan for the UPDATE) suit one lead and 10,000 alike.
+ */
+static SPIPlanPtr
+prepare_generic(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+static void
+batch_prepare(void)
+{
+	if (batch_retry_plan != NULL)	/* the last one prepared */
+		return;
+	for (int f = 0; f < 2; f++)
+		for (int a = 0; a < 2; a++)
+		{
+			Oid			types[4] = {UUIDOID, UUIDOID, UUIDOID, INT4OID};
+
+			batch_read_plans[f][a] = prepare_generic(
+													  psprintf("%s%s%s ORDER BY l.id LIMIT $4", BATCH_LEAD_SELECT,
+															   f ? " AND l.scoring_model_id OPERATOR(pg_catalog.=) $2" : "",
+															   a ? " AND l.id OPERATOR(pg_catalog.>) $3" : ""),
+													  4, types);
+		}
+	{
+		Oid			types[2] = {UUIDOID, UUIDARRAYOID};
+
+		batch_read_ids_plan = prepare_generic(
+											   BATCH_LEAD_SELECT
+											   " AND l.id OPERATOR(pg_catalog.=) ANY ($2) ORDER BY l.id",
+											   2, types);
+	}
+	{
+		Oid			types[3] = {UUIDOID, TEXTARRAYOID, UUIDARRAYOID};
+
+		batch_optout_plan = prepare_generic(
+											 "SELECT u.ord FROM pg_catalog.unnest($2) WITH ORDINALITY u(email, ord)"
+											 " JOIN crm.contact c ON c.tenant_id OPERATOR(pg_catalog.=) $1"
+											 " AND crm.casefold(c.email) OPERATOR(pg_catalog.=) crm.casefold(u.email)"
+											 " WHERE c.profiling_opt_out"
+											 " UNION ALL"
+											 " SELECT u.ord FROM pg_catalog.unnest($3) WITH ORDINALITY u(contact, ord)"
+											 " JOIN crm.contact c ON c.tenant_id OPERATOR(pg_catalog.=) $1"
+											 " AND c.id OPERATOR(pg_catalog.=) u.contact"
+											 " WHERE c.profiling_opt_out",
+											 3, types);
+	}
+	{
+		Oid			types[6] = {UUIDOID, UUIDARRAYOID, TIMESTAMPTZOID, INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID};
+
+		batch_activity_plan = prepare_generic(
+											   "SELECT x.ord, x.activity_type, x.occurred_at FROM ("
+											   " SELECT u.ord, a.id, a.activity_type, a.occurred_at"
+											   "  FROM pg_catalog.unnest($2) WITH ORDINALITY u(lead, ord)"
+											   "  JOIN crm.activity a ON a.tenant_id OPERATOR(pg_catalog.=) $1"
+											   "  AND a.lead_id OPERATOR(pg_catalog.=) u.lead"
+											   "  WHERE a.status OPERATOR(pg_catalog.=) 'completed'"
+											   "  AND a.occurred_at OPERATOR(pg_catalog.<=) $3"
+											   " UNION ALL"
+											   " SELECT u.ord, a.id, a.activity_type, a.occurred_at"
+											   "  FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))"
+											   "  u(ord, lead, contact)"
+											   "  JOIN crm.activity a ON a.tenant_id OPERATOR(pg_catalog.=) $1"
+											   "  AND a.contact_id OPERATOR(pg_catalog.=) u.contact"
+											   "  WHERE (a.lead_id IS NULL OR a.lead_id OPERATOR(pg_catalog.<>) u.lead)"
+											   "  AND a.status OPERATOR(pg_catalog.=) 'completed'"
+											   "  AND a.occurred_at OPERATOR(pg_catalog.<=) $3"
+											   ") x ORDER BY x.ord, x.id",
+											   6, types);
+	}
+	{
+		Oid			types[10];
+
+		types[0] = UUIDOID;
+		types[1] = UUIDARRAYOID;
+		types[2] = get_array_type(TIDOID);
+		types[3] = get_array_type(XIDOID);
+		types[4] = INT2ARRAYOID;
+		types[5] = INT2ARRAYOID;
+		types[6] = INT2ARRAYOID;
+		types[7] = TEXTARRAYOID;
+		types[8] = UUIDARRAYOID;
+		types[9] = TIMESTAMPTZOID;
+		batch_update_plan = prepare_generic(
+											 "UPDATE crm.lead l SET score = u.score, fit_score = u.fit,"
+											 " engagement_score = u.eng, qualification = u.q,"
+											 " scoring_model_id = u.model, scored_at = $10"
+											 " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
+											 " pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7),"
+											 " pg_catalog.unnest($8), pg_catalog.unnest($9)) WITH ORDINALITY"
+											 " u(id, tid, xmin, score, fit, eng, q, model, ord)"
+											 " WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
+											 " AND l.ctid OPERATOR(pg_catalog.=) u.tid"
+											 " AND l.id OPERATOR(pg_catalog.=) u.id"
+											 " AND l.xmin OPERATOR(pg_catalog.=) u.xmin"
+											 " RETURNING u.ord",
+											 10, types);
+	}
+	{
+		Oid			types[3] = {UUIDOID, UUIDARRAYOID, UUIDOID};
+
+		batch_retry_plan = prepare_generic(
+											"UPDATE crm.lead l SET scoring_model_id = COALESCE($3, l.scoring_model_id)"
+											" WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
+											" AND l.id OPERATOR(pg_catalog.=) ANY ($2)",
+											3, types);
+	}
+}
+
+/*
+ * SPI_execute_plan() for the batch scorer, read-write (a fresh snapshot per
+ * query), that comes back in the caller's memory context: SPI returns in
+ * its procedure context, which lives until SPI_finish(), so the arrays and
+ * strings of every batch would pile up there (400 MB over a million leads)
+ * instead of going with the batch's context.
+ */
+static int
+batch_execute(SPIPlanPtr plan, Datum *args, const char *nulls)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	int			rc = SPI_execute_plan(plan, args, nulls, false, 0);
+
+	MemoryContextSwitchTo(cxt);
+	return rc;
+}
+
+/*
+ * Score the leads of one tenant that the read query left in lt (nl rows,
+ * id order) and write them; assign: give them that model.  Runs the reads
+ * of activities and consent as the owner of crm.lead (like the row
+ * trigger), the UPDATE as the current user.  Returns the leads rescored.
+ */
+static uint64
+batch_score(SPITupleTable *lt, uint64 nl, const pg_uuid_t *tenant, const pg_uuid_t *assign,
+			TimestampTz as_of)
+{
+	static const int attnums[NUM_LEAD_COLUMNS] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+	int			n = (int) nl;
+	LeadInput  *in = palloc(sizeof(LeadInput) * n);
+	Model	  **models = palloc(sizeof(Model *) * n);
+	bool	   *opted = palloc0(sizeof(bool) * n);
+	bool	   *done = palloc0(sizeof(bool) * n);
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum	   *tids = palloc(sizeof(Datum) * n);
+	Datum	   *xmins = palloc(sizeof(Datum) * n);
+	Datum	   *emails = palloc(sizeof(Datum) * n);
+	bool	   *email_nulls = palloc(sizeof(bool) * n);
+	Datum	   *contacts = palloc(sizeof(Datum) * n);
+	bool	   *contact_nulls = palloc(sizeof(bool) * n);
+	Datum	   *c_ords = palloc(sizeof(Datum) * n);
+	Datum	   *c_leads = palloc(sizeof(Datum) * n);
+	Datum	   *c_contacts = palloc(sizeof(Datum) * n);
+	Datum	   *scores = palloc(sizeof(Datum) * n);
+	Datum	   *fits = palloc(sizeof(Datum) * n);
+	Datum	   *engs = palloc(sizeof(Datum) * n);
+	Datum	   *quals = palloc(sizeof(Datum) * n);
+	bool	   *score_nulls = palloc(sizeof(bool) * n);
+	Datum	   *model_ids = palloc(sizeof(Datum) * n);
+	Datum		qualified = CStringGetTextDatum("qualified");
+	Datum		unqualified = CStringGetTextDatum("unqualified");
+	int			nc = 0;
+	bool		any_types = false;
+	bool		any_consent = false;
+	SPITupleTable *at = NULL;
+	uint64		nat = 0;
+	uint64		next = 0;
+	uint64		total = 0;
+	int			nretry = 0;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tuple = lt->vals[i];
+		bool		isnull;
+
+		lead_input_from_tuple(tuple, lt->tupdesc, attnums, &in[i]);
+		if (assign)
+		{
+			in[i].has_model = true;
+			in[i].model = *assign;
+		}
+		ids[i] = UUIDPGetDatum(&in[i].lead);
+		tids[i] = datumCopy(SPI_getbinval(tuple, lt->tupdesc, 11, &isnull), false, sizeof(ItemPointerData));
+		xmins[i] = SPI_getbinval(tuple, lt->tupdesc, 12, &isnull);
+		email_nulls[i] = in[i].email == NULL;
+		emails[i] = email_nulls[i] ? (Datum) 0 : CStringGetTextDatum(in[i].email);
+		contact_nulls[i] = !in[i].has_contact;
+		contacts[i] = in[i].has_contact ? UUIDPGetDatum(&in[i].contact) : (Datum) 0;
+		any_consent |= !email_nulls[i] || !contact_nulls[i];
+		if (in[i].has_contact)
+		{
+			c_ords[nc] = Int64GetDatum(i + 1);
+			c_leads[nc] = ids[i];
+			c_contacts[nc++] = contacts[i];
+		}
+	}
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(scoring_owner(), save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+
+		for (int i = 0; i < n; i++)
+		{
+			models[i] = model_for(&in[i], NULL);
+			any_types |= models[i]->ntypes > 0;
+		}
+		MemoryContextSwitchTo(cxt);	/* model_for() may have run SPI */
+		if (any_consent)
+		{
+			Datum		args[3];
+
+			args[0] = UUIDPGetDatum((pg_uuid_t *) tenant);
+			args[1] = PointerGetDatum(build_array(emails, email_nulls, n, TEXTOID));
+			args[2] = PointerGetDatum(build_array(contacts, contact_nulls, n, UUIDOID));
+			if (batch_execute(batch_optout_plan, args, NULL) != SPI_OK_SELECT)
+				elog(ERROR, "profiling consent lookup failed");
+			for (uint64 k = 0; k < SPI_processed; k++)
+			{
+				bool		isnull;
+				int64		ord = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k], SPI_tuptable->tupdesc, 1, &isnull));
+
+				opted[ord - 1] = true;
+			}
+			SPI_freetuptable(SPI_tuptable);
+		}
+		if (any_types)
+		{
+			Datum		args[6];
+
+			args[0] = UUIDPGetDatum((pg_uuid_t *) tenant);
+			args[1] = PointerGetDatum(build_array(ids, NULL, n, UUIDOID));
+			args[2] = TimestampTzGetDatum(as_of);
+			args[3] = PointerGetDatum(build_array(c_ords, NULL, nc, INT8OID));
+			args[4] = PointerGetDatum(build_array(c_leads, NULL, nc, UUIDOID));
+			args[5] = PointerGetDatum(build_array(c_contacts, NULL, nc, UUIDOID));
+			if (batch_execute(batch_activity_plan, args, NULL) != SPI_OK_SELECT)
+				elog(ERROR, "activity lookup failed");
+			at = SPI_tuptable;
+			nat = SPI_processed;
+		}
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+
+	for (int i = 0; i < n; i++)
+	{
+		ScoreResult r;
+		Model	   *m = models[i];
+
+		memset(&r, 0, sizeof(r));
+		r.model = m;
+		if (!opted[i])
+			score_fit(&in[i], m, &r);
+		for (; next < nat; next++)
+		{
+			HeapTuple	tuple = at->vals[next];
+			bool		isnull;
+			int64		ord = DatumGetInt64(SPI_getbinval(tuple, at->tupdesc, 1, &isnull));
+
+			if (ord != i + 1)
+				break;
+			if (!opted[i])
+				engagement_add(m, DatumGetTextPP(SPI_getbinval(tuple, at->tupdesc, 2, &isnull)),
+							   DatumGetTimestampTz(SPI_getbinval(tuple, at->tupdesc, 3, &isnull)),
+							   as_of, &r);
+		}
+		if (!opted[i])
+			score_finish(m, &r);
+		score_nulls[i] = opted[i];
+		scores[i] = Int16GetDatum((int16) r.total);
+		fits[i] = Int16GetDatum((int16) r.fit);
+		engs[i] = Int16GetDatum((int16) r.eng);
+		quals[i] = r.total >= m->threshold ? qualified : unqualified;
+		model_ids[i] = UUIDPGetDatum(&m->id);
+	}
+	if (at)
+		SPI_freetuptable(at);
+
+	{
+		Datum		args[10];
+
+		args[0] = UUIDPGetDatum((pg_uuid_t *) tenant);
+		args[1] = PointerGetDatum(build_array(ids, NULL, n, UUIDOID));
+		args[2] = PointerGetDatum(build_array(tids, NULL, n, TIDOID));
+		args[3] = PointerGetDatum(build_array(xmins, NULL, n, XIDOID));
+		args[4] = PointerGetDatum(build_array(scores, score_nulls, n, INT2OID));
+		args[5] = PointerGetDatum(build_array(fits, score_nulls, n, INT2OID));
+		args[6] = PointerGetDatum(build_array(engs, score_nulls, n, INT2OID));
+		args[7] = PointerGetDatum(build_array(quals, score_nulls, n, TEXTOID));
+		args[8] = PointerGetDatum(build_array(model_ids, NULL, n, UUIDOID));
+		args[9] = TimestampTzGetDatum(as_of);
+		rescore_trusted = true;
+		rescore_trusted_as_of = as_of;
+		PG_TRY();
+		{
+			if (batch_execute(batch_update_plan, args, NULL) != SPI_OK_UPDATE_RETURNING)
+				elog(ERROR, "could not rescore leads");
+		}
+		PG_FINALLY();
+		{
+			rescore_trusted = false;
+		}
+		PG_END_TRY();
+		total = SPI_processed;
+		for (uint64 k = 0; k < SPI_processed; k++)
+		{
+			bool		isnull;
+			int64		ord = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k], SPI_tuptable->tupdesc, 1, &isnull));
+
+			done[ord - 1] = true;
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+
+	/* leads another transaction changed since the read: the row trigger rescores them */
+	for (int i = 0; i < n; i++)
+		if (!done[i])
+			ids[nretry++] = ids[i];
+	if (nretry > 0)
+	{
+		Datum		args[3];
+		char		nulls[3] = {' ', ' ', ' '};
+
+		args[0] = UUIDPGetDatum((pg_uuid_t *) tenant);
+		args[1] = PointerGetDatum(build_array(ids, NULL, nretry, UUIDOID));
+		if (assign)
+			args[2] = UUIDPGetDatum((pg_uuid_t *) assign);
+		else
+			nulls[2] = 'n';
+		if (batch_execute(batch_retry_plan, args, nulls) != SPI_OK_UPDATE)
+			elog(ERROR, "could not rescore leads");
+		total += SPI_processed;
+	}
+	return total;
+}
+
+/*
  * Rescore the given leads (sorted, so that two sessions lock them in the
- * same order), one UPDATE per tenant, under a rescore context that the
- * triggers of that UPDATE read.  Needs SPI connected and runs as the
- * owner of crm.lead.
+ * same order) with the batch scorer, per tenant, under a rescore context
+ * that the triggers of its UPDATE read.  Needs SPI connected and runs as
+ * the owner of crm.lead.
  */
 static uint64
 rescore_leads(TenantLead *leads, int n, RescoreContext context)
@@ -1098,20 +1652,15 @@ rescore_leads(TenantLead *leads, int n, RescoreContext context)
 	RescoreContext save = rescore_context;
 	uint64		total = 0;
 	int			start = 0;
+	MemoryContext batch_cxt;
+	MemoryContext old;
+	TimestampTz as_of = GetCurrentTransactionStartTimestamp();
 
 	if (n == 0)
 		return 0;
 	qsort(leads, n, sizeof(TenantLead), tenant_lead_cmp);
-	if (refresh_plan == NULL)
-	{
-		Oid			types[2] = {UUIDOID, UUIDARRAYOID};
-
-		refresh_plan = crm_prepare_kept(
-									"UPDATE crm.lead l SET scored_at = l.scored_at"
-									" WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
-									" AND l.id OPERATOR(pg_catalog.=) ANY ($2)",
-									2, types);
-	}
+	batch_prepare();
+	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "crm scoring batch", ALLOCSET_DEFAULT_SIZES);
 	rescore_context = context;
 	PG_TRY();
 	{
@@ -1119,20 +1668,35 @@ rescore_leads(TenantLead *leads, int n, RescoreContext context)
 		{
 			int			end = start;
 			int			m = 0;
-			Datum	   *ids = palloc(sizeof(Datum) * (n - start));
+			Datum	   *ids;
 			Datum		args[2];
 
+			old = MemoryContextSwitchTo(batch_cxt);
+			ids = palloc(sizeof(Datum) * Min(n - start, SCORING_BATCH));
 			while (end < n && uuid_equal(&leads[end].tenant, &leads[start].tenant))
 			{
 				if (end == start || !uuid_equal(&leads[end].lead, &leads[end - 1].lead))
+				{
+					if (m == SCORING_BATCH)
+						break;
 					ids[m++] = UUIDPGetDatum(&leads[end].lead);
+				}
 				end++;
 			}
 			args[0] = UUIDPGetDatum(&leads[start].tenant);
 			args[1] = PointerGetDatum(build_array(ids, NULL, m, UUIDOID));
-			if (SPI_execute_plan(refresh_plan, args, NULL, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "could not rescore leads");
-			total += SPI_processed;
+			if (batch_execute(batch_read_ids_plan, args, NULL) != SPI_OK_SELECT)
+				elog(ERROR, "could not read leads");
+			{
+				SPITupleTable *lt = SPI_tuptable;
+				uint64		nl = SPI_processed;
+
+				if (nl > 0)
+					total += batch_score(lt, nl, &leads[start].tenant, NULL, as_of);
+				SPI_freetuptable(lt);
+			}
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(batch_cxt);
 			start = end;
 		}
 	}
@@ -1141,6 +1705,7 @@ rescore_leads(TenantLead *leads, int n, RescoreContext context)
 		rescore_context = save;
 	}
 	PG_END_TRY();
+	MemoryContextDelete(batch_cxt);
 	return total;
 }
 
@@ -1311,61 +1876,83 @@ crm_scoring_refresh(PG_FUNCTION_ARGS)
 
 /*
  * crm.scoring_rescore(tenant, model, assign): the leads of a tenant (of one
- * model, or all when model is NULL) rescored now by one UPDATE; with
- * assign, every lead of the tenant is given the model.  Runs as the caller:
- * crm.rescore_leads() checks the tenant and the model first.
+ * model, or all when model is NULL) rescored now by the batch scorer, in
+ * id order, SCORING_BATCH leads per UPDATE (a million leads stay within
+ * bounded memory, in the caller's transaction); with assign, every lead of
+ * the tenant is given the model.  Runs as the caller: crm.rescore_leads()
+ * checks the tenant and the model first.
  */
 Datum
 crm_scoring_rescore(PG_FUNCTION_ARGS)
 {
-	Datum		args[2];
-	char		nulls[2] = {' ', ' '};
+	pg_uuid_t	tenant;
+	pg_uuid_t	model;
+	pg_uuid_t	after;
+	bool		has_model = !PG_ARGISNULL(1);
+	bool		assign = has_model && !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
+	bool		has_after = false;
 	RescoreContext save = rescore_context;
-	bool		assign = !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
+	TimestampTz as_of = GetCurrentTransactionStartTimestamp();
+	MemoryContext batch_cxt;
 	uint64		n = 0;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("tenant must not be null")));
-	args[0] = PG_GETARG_DATUM(0);
-	if (PG_ARGISNULL(1))
-	{
-		nulls[1] = 'n';
-		args[1] = (Datum) 0;
-		assign = false;
-	}
-	else
-		args[1] = PG_GETARG_DATUM(1);
+	tenant = *PG_GETARG_UUID_P(0);
+	if (has_model)
+		model = *PG_GETARG_UUID_P(1);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (rescore_plan == NULL)
-	{
-		Oid			types[2] = {UUIDOID, UUIDOID};
-
-		rescore_plan = crm_prepare_kept(
-									"UPDATE crm.lead l SET scored_at = l.scored_at"
-									" WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
-									" AND ($2 IS NULL OR l.scoring_model_id OPERATOR(pg_catalog.=) $2)",
-									2, types);
-		rescore_assign_plan = crm_prepare_kept(
-										   "UPDATE crm.lead l SET scoring_model_id = $2"
-										   " WHERE l.tenant_id OPERATOR(pg_catalog.=) $1",
-										   2, types);
-	}
-	rescore_context = nulls[1] == 'n' ? RESCORE_REFRESH : RESCORE_MODEL;
+	batch_prepare();
+	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "crm scoring batch", ALLOCSET_DEFAULT_SIZES);
+	rescore_context = has_model ? RESCORE_MODEL : RESCORE_REFRESH;
 	PG_TRY();
 	{
-		if (SPI_execute_plan(assign ? rescore_assign_plan : rescore_plan, args, nulls, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not rescore leads");
-		n = SPI_processed;
+		for (;;)
+		{
+			Datum		args[4];
+			char		nulls[4] = {' ', ' ', ' ', ' '};
+			bool		one_model = has_model && !assign;
+			SPITupleTable *lt;
+			uint64		nl;
+			MemoryContext old = MemoryContextSwitchTo(batch_cxt);
+
+			args[0] = UUIDPGetDatum(&tenant);
+			args[1] = UUIDPGetDatum(&model);
+			if (!one_model)
+				nulls[1] = 'n';
+			args[2] = UUIDPGetDatum(&after);
+			if (!has_after)
+				nulls[2] = 'n';
+			args[3] = Int32GetDatum(SCORING_BATCH);
+			if (batch_execute(batch_read_plans[one_model][has_after], args, nulls) != SPI_OK_SELECT)
+				elog(ERROR, "could not read leads");
+			lt = SPI_tuptable;
+			nl = SPI_processed;
+			if (nl > 0)
+			{
+				bool		isnull;
+
+				after = *DatumGetUUIDP(SPI_getbinval(lt->vals[nl - 1], lt->tupdesc, 2, &isnull));
+				has_after = true;
+				n += batch_score(lt, nl, &tenant, assign ? &model : NULL, as_of);
+			}
+			SPI_freetuptable(lt);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(batch_cxt);
+			if (nl < SCORING_BATCH)
+				break;
+		}
 	}
 	PG_FINALLY();
 	{
 		rescore_context = save;
 	}
 	PG_END_TRY();
+	MemoryContextDelete(batch_cxt);
 	SPI_finish();
 	PG_RETURN_INT64((int64) n);
 }

@@ -465,18 +465,24 @@ CREATE TRIGGER scoring_history_update AFTER UPDATE ON crm.lead
     FOR EACH STATEMENT EXECUTE FUNCTION crm.scoring_lead_history();
 COMMENT ON TRIGGER scoring_history_update ON crm.lead IS 'Score history and LeadQualified events of changed leads';
 
-CREATE TRIGGER scoring_refresh_insert AFTER INSERT ON crm.activity
+-- On crm.activity the triggers are named to sort (and so fire) before the
+-- engagement_* statement triggers: a statement that logs activities then
+-- locks the leads before the engagement aggregates, in the order a change
+-- of a lead's fit fields does (the lead, then, through its own activity
+-- statements, the aggregates), so the two cannot deadlock
+-- (specs/scoring_concurrency.spec).
+CREATE TRIGGER activity_scoring_insert AFTER INSERT ON crm.activity
     REFERENCING NEW TABLE AS crm_new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION crm.scoring_refresh();
-CREATE TRIGGER scoring_refresh_update AFTER UPDATE ON crm.activity
+CREATE TRIGGER activity_scoring_update AFTER UPDATE ON crm.activity
     REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION crm.scoring_refresh();
-CREATE TRIGGER scoring_refresh_delete AFTER DELETE ON crm.activity
+CREATE TRIGGER activity_scoring_delete AFTER DELETE ON crm.activity
     REFERENCING OLD TABLE AS crm_old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION crm.scoring_refresh();
-COMMENT ON TRIGGER scoring_refresh_insert ON crm.activity IS 'Rescores the leads (and converted leads of the contacts) of new activities';
-COMMENT ON TRIGGER scoring_refresh_update ON crm.activity IS 'Rescores the leads (and converted leads of the contacts) of changed activities, before and after';
-COMMENT ON TRIGGER scoring_refresh_delete ON crm.activity IS 'Rescores the leads (and converted leads of the contacts) of deleted activities';
+COMMENT ON TRIGGER activity_scoring_insert ON crm.activity IS 'Rescores the leads (and converted leads of the contacts) of new activities';
+COMMENT ON TRIGGER activity_scoring_update ON crm.activity IS 'Rescores the leads (and converted leads of the contacts) of changed activities, before and after';
+COMMENT ON TRIGGER activity_scoring_delete ON crm.activity IS 'Rescores the leads (and converted leads of the contacts) of deleted activities';
 
 CREATE TRIGGER scoring_refresh_insert AFTER INSERT ON crm.contact
     REFERENCING NEW TABLE AS crm_new_rows
