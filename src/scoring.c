@@ -1286,26 +1286,6 @@ static SPIPlanPtr batch_retry_plan = NULL;
 	" l.is_decision_maker, l.email, l.converted_contact_id, l.scoring_model_id, l.ctid, l.xmin" \
 	" FROM crm.lead l WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
 
-/*
- * Prepare and keep a plan that always runs generic.  The batch queries take
- * arrays; with an array parameter known the planner's custom plans look
- * cheaper than the generic one, so the plan cache would plan them anew at
- * every execution (a third of a single-row activity INSERT's time went to
- * planning).  Their generic plans (index probes per array element, a TID
- * scan for the UPDATE) suit one lead and 10,000 alike.
- */
-static SPIPlanPtr
-prepare_generic(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-			 sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 static void
 batch_prepare(void)
 {
@@ -1316,7 +1296,7 @@ batch_prepare(void)
 		{
 			Oid			types[4] = {UUIDOID, UUIDOID, UUIDOID, INT4OID};
 
-			batch_read_plans[f][a] = prepare_generic(
+			batch_read_plans[f][a] = crm_prepare_kept_generic(
 													  psprintf("%s%s%s ORDER BY l.id LIMIT $4", BATCH_LEAD_SELECT,
 															   f ? " AND l.scoring_model_id OPERATOR(pg_catalog.=) $2" : "",
 															   a ? " AND l.id OPERATOR(pg_catalog.>) $3" : ""),
@@ -1325,7 +1305,7 @@ batch_prepare(void)
 	{
 		Oid			types[2] = {UUIDOID, UUIDARRAYOID};
 
-		batch_read_ids_plan = prepare_generic(
+		batch_read_ids_plan = crm_prepare_kept_generic(
 											   BATCH_LEAD_SELECT
 											   " AND l.id OPERATOR(pg_catalog.=) ANY ($2) ORDER BY l.id",
 											   2, types);
@@ -1333,7 +1313,7 @@ batch_prepare(void)
 	{
 		Oid			types[3] = {UUIDOID, TEXTARRAYOID, UUIDARRAYOID};
 
-		batch_optout_plan = prepare_generic(
+		batch_optout_plan = crm_prepare_kept_generic(
 											 "SELECT u.ord FROM pg_catalog.unnest($2) WITH ORDINALITY u(email, ord)"
 											 " JOIN crm.contact c ON c.tenant_id OPERATOR(pg_catalog.=) $1"
 											 " AND crm.casefold(c.email) OPERATOR(pg_catalog.=) crm.casefold(u.email)"
@@ -1348,7 +1328,7 @@ batch_prepare(void)
 	{
 		Oid			types[6] = {UUIDOID, UUIDARRAYOID, TIMESTAMPTZOID, INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID};
 
-		batch_activity_plan = prepare_generic(
+		batch_activity_plan = crm_prepare_kept_generic(
 											   "SELECT x.ord, x.activity_type, x.occurred_at FROM ("
 											   " SELECT u.ord, a.id, a.activity_type, a.occurred_at"
 											   "  FROM pg_catalog.unnest($2) WITH ORDINALITY u(lead, ord)"
@@ -1381,7 +1361,7 @@ batch_prepare(void)
 		types[7] = TEXTARRAYOID;
 		types[8] = UUIDARRAYOID;
 		types[9] = TIMESTAMPTZOID;
-		batch_update_plan = prepare_generic(
+		batch_update_plan = crm_prepare_kept_generic(
 											 "UPDATE crm.lead l SET score = u.score, fit_score = u.fit,"
 											 " engagement_score = u.eng, qualification = u.q,"
 											 " scoring_model_id = u.model, scored_at = $10"
@@ -1399,7 +1379,7 @@ batch_prepare(void)
 	{
 		Oid			types[3] = {UUIDOID, UUIDARRAYOID, UUIDOID};
 
-		batch_retry_plan = prepare_generic(
+		batch_retry_plan = crm_prepare_kept_generic(
 											"UPDATE crm.lead l SET scoring_model_id = COALESCE($3, l.scoring_model_id)"
 											" WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
 											" AND l.id OPERATOR(pg_catalog.=) ANY ($2)",

@@ -1078,6 +1078,41 @@ SELECT w.variable, w.value, w.won_count, w.lost_count, w.factor, w.used FROM crm
 SELECT * FROM crm.pls_check();
 COMMIT;
 
+\c - crm_citus_admin
+SET client_min_messages = warning;
+SET citus.propagate_set_commands = 'local';
+\echo '## scoring: a model change rescores the leads; rescore_leads keeps them exact'
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+INSERT INTO crm.lead (name, email, company_size, industry, budget, purchase_timeline, is_decision_maker)
+VALUES ('Fit lead', 'fit@lead.example', 250, 'technology', 120000, 'within_month', true),
+       ('Half fit lead', 'half@lead.example', 20, 'retail', 6000, 'within_year', false);
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+SELECT l.name, l.score, l.fit_score, l.engagement_score, l.qualification FROM crm.lead l ORDER BY l.name;
+UPDATE crm.scoring_model SET weights = pg_catalog.jsonb_set(weights, '{combine}', '{"fit": 50, "engagement": 50}'),
+       threshold = 30 WHERE is_default;
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+WITH l AS MATERIALIZED (SELECT name, id, score, fit_score, engagement_score, qualification FROM crm.lead)
+SELECT l.name, l.score, l.fit_score, l.engagement_score, l.qualification,
+       l.score IS NOT DISTINCT FROM crm.score_lead(l.id) AS exact FROM l ORDER BY l.name;
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+SELECT crm.rescore_leads() AS rescored;
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+WITH l AS MATERIALIZED (SELECT name, id, score, qualification FROM crm.lead)
+SELECT l.name, l.score, l.qualification, l.score IS NOT DISTINCT FROM crm.score_lead(l.id) AS exact
+  FROM l ORDER BY l.name;
+SELECT h.old_score, h.new_score, h.reason FROM crm.lead_score_history h JOIN crm.lead l
+    ON l.tenant_id = h.tenant_id AND l.id = h.lead_id ORDER BY l.name, h.changed_at, h.new_score;
+COMMIT;
+
 \echo '## end'
 
 -- The job queue (issue 12) on Citus: every call of a transaction --------------
