@@ -77,3 +77,22 @@ SELECT (SELECT count(*) FROM crm.tenant WHERE tenant_id = :'lt') AS tenants,
        (SELECT count(*) FROM crm.app_user WHERE tenant_id = :'lt') AS users,
        (SELECT count(*) FROM crm.tenant_access WHERE tenant_id = :'lt') AS mappings;
 DROP ROLE regress_sa_login;
+
+-- A job whose contact was deleted after it was enqueued: the claim checks
+-- the contact's consent again and found no contact, an error (23503) that
+-- undid the claim.  Being the oldest job of its queue, it was met by every
+-- claim of every worker: the queue was stuck for good.  It is skipped
+-- instead (archived with the reason), as a contact that withdrew consent is.
+SELECT crm.create_tenant('Poisoned queue') AS pq \gset
+SET ROLE regress_sa_app;
+SET crm.tenant_id = :'pq';
+INSERT INTO crm.contact (first_name, email) VALUES ('Gone', 'gone@poison.example') RETURNING id AS gone \gset
+INSERT INTO crm.contact (first_name, email) VALUES ('Stays', 'stays@poison.example') RETURNING id AS stays \gset
+SELECT crm.enqueue_job('send_email', '{"template": "first"}', :'gone') AS gone_job \gset
+SELECT crm.enqueue_job('send_email', '{"template": "second"}', :'stays') AS stays_job \gset
+DELETE FROM crm.contact WHERE id = :'gone';
+SELECT params->>'template' AS claimed, contact_id = :'stays' AS stays_contact
+  FROM crm.claim_jobs('email', 'w', 10);
+SELECT outcome, reason, params->>'template' AS template FROM crm.job_archive WHERE id = :'gone_job';
+SELECT count(*) AS still_ready FROM crm.job WHERE id = :'gone_job';
+RESET ROLE;
