@@ -676,7 +676,10 @@ consent_needed(const ActionInfo *info, const char *action, Jsonb *params)
 
 /*
  * Why the job's contact withholds the consent its action needs (as
- * consent_needed() says), or NULL.
+ * consent_needed() says), or NULL.  Runs when a job is claimed: a contact
+ * that no longer exists (deleted after the job was enqueued, which checked
+ * it) gives no consent either, so the job is skipped; an error here would
+ * undo every claim that meets the job, and it is the oldest of its queue.
  */
 static const char *
 consent_refusal(const pg_uuid_t *tenant, const char *consent, const pg_uuid_t *contact)
@@ -693,9 +696,7 @@ consent_refusal(const pg_uuid_t *tenant, const char *consent, const pg_uuid_t *c
 	args[1] = UUIDPGetDatum(contact);
 	run(PLAN_CONTACT_CONSENT, args, NULL, 1);
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-				 errmsg("contact %s does not exist", crm_uuid_text(contact))));
+		return "the contact no longer exists";
 	email_opt_out = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	do_not_call = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	if (strcmp(consent, "email") == 0 && email_opt_out)
