@@ -96,3 +96,24 @@ SELECT params->>'template' AS claimed, contact_id = :'stays' AS stays_contact
 SELECT outcome, reason, params->>'template' AS template FROM crm.job_archive WHERE id = :'gone_job';
 SELECT count(*) AS still_ready FROM crm.job WHERE id = :'gone_job';
 RESET ROLE;
+
+-- crm.purge_jobs() and crm.reap_expired_leases() without a tenant work on
+-- every tenant: the operator's scheduled maintenance.  An application role
+-- that simply sets no crm.tenant_id (one crm.app_access may even fence to
+-- other tenants) purged every tenant's job archive and idempotency keys
+-- (a replayed event then makes a second job) and reaped their leases.
+-- Without a tenant they are the operator's only (42501, as
+-- crm.purge_events gives).
+SELECT crm.create_tenant('Purge victim') AS pv \gset
+SET crm.tenant_id = :'pv';
+SELECT crm.enqueue_job('webhook', '{}', idempotency_key => '00000000-0000-5000-8000-0000000000c1') AS pv_job \gset
+SELECT count(*) AS claimed FROM crm.claim_jobs('webhook', 'w');
+SELECT crm.complete_job(:'pv_job', NULL, 'w');
+RESET crm.tenant_id;
+SET ROLE regress_crm_app;
+RESET crm.tenant_id;
+SELECT try($$SELECT crm.purge_jobs('0 seconds')$$) AS app_purges_all;
+SELECT try($$SELECT crm.reap_expired_leases()$$) AS app_reaps_all;
+RESET ROLE;
+SELECT (SELECT count(*) FROM crm.job_archive WHERE tenant_id = :'pv') AS victim_archive,
+       (SELECT count(*) FROM crm.job_key WHERE tenant_id = :'pv') AS victim_keys;
