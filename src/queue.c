@@ -2041,7 +2041,9 @@ crm_queue_extend_lease(PG_FUNCTION_ARGS)
  * crm.reap_expired_leases() returns integer
  *
  * Without a tenant (the operator's scheduled maintenance) every tenant's
- * expired leases are reaped.
+ * expired leases are reaped; only a superuser or BYPASSRLS role may: an
+ * application role that sets no tenant would act on tenants it does not
+ * serve.
  */
 Datum
 crm_queue_reap(PG_FUNCTION_ARGS)
@@ -2052,6 +2054,10 @@ crm_queue_reap(PG_FUNCTION_ARGS)
 	SPITupleTable *expired;
 	uint64		nexpired;
 	Datum		args[1];
+
+	/* every tenant: the operator's maintenance only */
+	if (!has_tenant && !superuser() && !has_bypassrls_privilege(GetUserId()))
+		(void) queue_tenant();
 
 	queue_begin(&session);
 	args[0] = UUIDPGetDatum(&tenant);
@@ -2132,6 +2138,9 @@ crm_queue_retry(PG_FUNCTION_ARGS)
 
 /*
  * crm.purge_jobs(older_than) returns bigint
+ *
+ * Without a tenant every tenant's archive is purged, by the operator only
+ * (as crm.reap_expired_leases()).
  */
 Datum
 crm_queue_purge(PG_FUNCTION_ARGS)
@@ -2143,6 +2152,9 @@ crm_queue_purge(PG_FUNCTION_ARGS)
 	bool		isnull;
 	int64		purged;
 
+	/* every tenant: the operator's maintenance only */
+	if (!has_tenant && !superuser() && !has_bypassrls_privilege(GetUserId()))
+		(void) queue_tenant();
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
