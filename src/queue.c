@@ -676,7 +676,10 @@ consent_needed(const ActionInfo *info, const char *action, Jsonb *params)
 
 /*
  * Why the job's contact withholds the consent its action needs (as
- * consent_needed() says), or NULL.
+ * consent_needed() says), or NULL.  Runs when a job is claimed: a contact
+ * that no longer exists (deleted after the job was enqueued, which checked
+ * it) gives no consent either, so the job is skipped; an error here would
+ * undo every claim that meets the job, and it is the oldest of its queue.
  */
 static const char *
 consent_refusal(const pg_uuid_t *tenant, const char *consent, const pg_uuid_t *contact)
@@ -693,9 +696,7 @@ consent_refusal(const pg_uuid_t *tenant, const char *consent, const pg_uuid_t *c
 	args[1] = UUIDPGetDatum(contact);
 	run(PLAN_CONTACT_CONSENT, args, NULL, 1);
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-				 errmsg("contact %s does not exist", crm_uuid_text(contact))));
+		return "the contact no longer exists";
 	email_opt_out = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	do_not_call = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	if (strcmp(consent, "email") == 0 && email_opt_out)
@@ -2040,7 +2041,9 @@ crm_queue_extend_lease(PG_FUNCTION_ARGS)
  * crm.reap_expired_leases() returns integer
  *
  * Without a tenant (the operator's scheduled maintenance) every tenant's
- * expired leases are reaped.
+ * expired leases are reaped; only a superuser or BYPASSRLS role may: an
+ * application role that sets no tenant would act on tenants it does not
+ * serve.
  */
 Datum
 crm_queue_reap(PG_FUNCTION_ARGS)
@@ -2051,6 +2054,10 @@ crm_queue_reap(PG_FUNCTION_ARGS)
 	SPITupleTable *expired;
 	uint64		nexpired;
 	Datum		args[1];
+
+	/* every tenant: the operator's maintenance only */
+	if (!has_tenant && !superuser() && !has_bypassrls_privilege(GetUserId()))
+		(void) queue_tenant();
 
 	queue_begin(&session);
 	args[0] = UUIDPGetDatum(&tenant);
@@ -2131,6 +2138,9 @@ crm_queue_retry(PG_FUNCTION_ARGS)
 
 /*
  * crm.purge_jobs(older_than) returns bigint
+ *
+ * Without a tenant every tenant's archive is purged, by the operator only
+ * (as crm.reap_expired_leases()).
  */
 Datum
 crm_queue_purge(PG_FUNCTION_ARGS)
@@ -2142,6 +2152,9 @@ crm_queue_purge(PG_FUNCTION_ARGS)
 	bool		isnull;
 	int64		purged;
 
+	/* every tenant: the operator's maintenance only */
+	if (!has_tenant && !superuser() && !has_bypassrls_privilege(GetUserId()))
+		(void) queue_tenant();
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

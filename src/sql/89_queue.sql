@@ -240,7 +240,7 @@ CREATE FUNCTION crm.reap_expired_leases() RETURNS integer
     AS 'MODULE_PATHNAME', 'crm_queue_reap'
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.reap_expired_leases() IS
-    'Makes running jobs whose lease expired ready again (dead after their last attempt); returns how many. Without a tenant (scheduled maintenance) it reaps every tenant';
+    'Makes running jobs whose lease expired ready again (dead after their last attempt); returns how many. Without a tenant it reaps every tenant: the operator''s scheduled maintenance (a superuser or BYPASSRLS role); any other role needs a tenant (42501)';
 
 CREATE FUNCTION crm.retry_job(id uuid) RETURNS uuid
     AS 'MODULE_PATHNAME', 'crm_queue_retry'
@@ -252,7 +252,7 @@ CREATE FUNCTION crm.purge_jobs(older_than interval) RETURNS bigint
     AS 'MODULE_PATHNAME', 'crm_queue_purge'
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.purge_jobs(interval) IS
-    'Deletes archived jobs finished longer ago than older_than, with their idempotency keys (a replay after that makes a new job); returns how many. Without a tenant (scheduled maintenance) it purges every tenant';
+    'Deletes archived jobs finished longer ago than older_than, with their idempotency keys (a replay after that makes a new job); returns how many. Without a tenant it purges every tenant: the operator''s scheduled maintenance (a superuser or BYPASSRLS role); any other role needs a tenant (42501)';
 
 DO $$
 DECLARE
