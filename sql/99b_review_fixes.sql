@@ -1,0 +1,43 @@
+-- Fixes from an attacker's review (one section per finding).
+
+SET client_min_messages = warning;
+SELECT crm.create_tenant('Review Co') AS rv \gset
+SELECT crm.create_tenant('Review Empty') AS rv_empty \gset
+-- try() with the day of a missing rate masked (it is today's)
+CREATE FUNCTION rv_try(statement text) RETURNS text LANGUAGE sql
+    AS $$ SELECT regexp_replace(try(statement), ' on [0-9]{2}-[0-9]{2}-[0-9]{4}$', ' on <today>') $$;
+SET ROLE regress_crm_app;
+SET crm.tenant_id = :'rv';
+
+-- 1. One mistake, one SQLSTATE: an unknown or malformed currency code is
+-- 22023 "unknown currency" in every forecasting and analytics function
+-- that takes one, whether or not a rate would be needed; a known currency
+-- without a rate stays P0002 "no exchange rate".
+INSERT INTO crm.opportunity (name, amount, currency, expected_close_date)
+VALUES ('Review deal', 100, 'USD', '2030-01-10');
+INSERT INTO crm.currency_rate (from_currency, to_currency, rate, valid_from)
+VALUES ('EUR', 'USD', 1.1, '2000-01-01');
+SELECT code, rv_try(format('SELECT count(*) FROM crm.forecast(currency => %L)', code)) AS forecast,
+       rv_try(format('SELECT count(*) FROM crm.forecast_deals(currency => %L)', code)) AS forecast_deals,
+       rv_try(format('SELECT count(*) FROM crm.forecast_what_if(%L, currency => %L)', '[]', code)) AS what_if,
+       rv_try(format('SELECT count(*) FROM crm.forecast_totals(%L, NULL, NULL, NULL, NULL, %L, now(), false)', 'month', code)) AS totals
+  FROM unnest(ARRAY['usd', 'XYZ', '', 'US D', 'GBP']) AS code;
+-- with no deal at all (nothing to convert) the code is still checked
+SET crm.tenant_id = :'rv_empty';
+SELECT rv_try($$SELECT count(*) FROM crm.forecast_deals(currency => 'XYZ')$$) AS empty_deals,
+       rv_try($$SELECT count(*) FROM crm.forecast_totals('month', NULL, NULL, NULL, NULL, 'XYZ', now(), false)$$) AS empty_totals;
+SET crm.tenant_id = :'rv';
+-- the known currencies still work: the deal in USD, and in EUR at 1/1.1
+SELECT converted FROM crm.forecast_deals(currency => 'USD');
+SELECT round(converted, 2) AS converted FROM crm.forecast_deals(currency => 'EUR');
+-- conversion helpers: unknown code 22023 (either side, even for a NULL
+-- amount), no rate P0002, no rate in analytics_amount NULL (its contract)
+SELECT rv_try($$SELECT crm.convert_amount(1, 'XYZ', 'USD')$$) AS from_unknown,
+       rv_try($$SELECT crm.convert_amount(1, 'USD', 'usd')$$) AS to_malformed,
+       rv_try($$SELECT crm.convert_amount(NULL, 'XYZ', 'USD')$$) AS null_amount_unknown,
+       rv_try($$SELECT crm.convert_amount(1, 'GBP', 'USD')$$) AS no_rate,
+       crm.convert_amount(10, 'EUR', 'USD') AS eur_to_usd;
+SELECT rv_try(format('SELECT crm.analytics_amount(1, %L, current_date, %L)', 'XYZ', :'rv')) AS analytics_unknown,
+       rv_try(format('SELECT crm.analytics_amount(1, %L, current_date, %L)', 'eur', :'rv')) AS analytics_malformed,
+       crm.analytics_amount(1, 'GBP', current_date, :'rv') AS analytics_no_rate,
+       crm.analytics_amount(10, 'EUR', current_date, :'rv') AS analytics_eur;
