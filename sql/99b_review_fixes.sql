@@ -41,3 +41,17 @@ SELECT rv_try(format('SELECT crm.analytics_amount(1, %L, current_date, %L)', 'XY
        rv_try(format('SELECT crm.analytics_amount(1, %L, current_date, %L)', 'eur', :'rv')) AS analytics_malformed,
        crm.analytics_amount(1, 'GBP', current_date, :'rv') AS analytics_no_rate,
        crm.analytics_amount(10, 'EUR', current_date, :'rv') AS analytics_eur;
+
+-- 2. An empty batch is checked as a one-job batch is: crm.enqueue_jobs with
+-- no params still refuses an unknown action (23503, as crm.enqueue_job)
+-- and bad scalar arguments, and makes nothing.
+SELECT try($$SELECT crm.enqueue_job('unknown_action')$$) AS one_unknown,
+       try($$SELECT crm.enqueue_jobs('unknown_action', '{}')$$) AS empty_unknown,
+       try($$SELECT crm.enqueue_jobs('unknown_action', ARRAY['{}'::jsonb])$$) AS batch_unknown;
+SELECT try($$SELECT crm.enqueue_jobs(NULL, '{}')$$) AS empty_null_action,
+       try($$SELECT crm.enqueue_jobs('send_email', '{}', run_at => 'infinity')$$) AS empty_infinite_run_at,
+       try($$SELECT crm.enqueue_jobs('send_email', '{}', max_attempts => 0)$$) AS empty_bad_attempts,
+       try($$SELECT crm.enqueue_jobs('send_email', '{}', contacts => ARRAY[NULL]::uuid[])$$) AS empty_contacts_mismatch;
+-- a known action with nothing to enqueue is an empty answer, and no job
+SELECT crm.enqueue_jobs('send_email', '{}') AS empty_known;
+SELECT count(*) AS review_jobs FROM crm.job;

@@ -1454,12 +1454,21 @@ crm_queue_enqueue_many(PG_FUNCTION_ARGS)
 	}
 
 	ids = palloc(sizeof(pg_uuid_t) * Max(njobs, 1));
+	queue_begin(&session);
 	if (njobs > 0)
-	{
-		queue_begin(&session);
 		(void) crm_queue_enqueue_jobs(&tenant, jobs, njobs, ids);
-		queue_end(&session);
+	else
+	{
+		/* nothing to enqueue, but the same mistake gets the same error */
+		ActionInfo	info;
+
+		if (!action_lookup(action, &info))
+			ereport(ERROR,
+					(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+					 errmsg("job action \"%s\" does not exist", action),
+					 errhint("The known actions are listed in crm.job_action.")));
 	}
+	queue_end(&session);
 	out = palloc(sizeof(Datum) * Max(njobs, 1));
 	for (int i = 0; i < njobs; i++)
 		out[i] = UUIDPGetDatum(&ids[i]);

@@ -191,7 +191,7 @@ CREATE FUNCTION crm.enqueue_jobs(action text, params jsonb[], contacts uuid[] DE
     AS 'MODULE_PATHNAME', 'crm_queue_enqueue_many'
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.enqueue_jobs(text, jsonb[], uuid[], timestamptz, uuid[], text, uuid[], uuid, integer) IS
-    'Enqueues one job of an action per element of params in one statement and returns their ids in order: crm.enqueue_job() for many jobs. contacts, idempotency_keys and source_ids, when given, have one element per job (NULL elements allowed); a key already taken, or taken by an earlier job of the same call, gives that job''s id and makes none';
+    'Enqueues one job of an action per element of params in one statement and returns their ids in order: crm.enqueue_job() for many jobs. contacts, idempotency_keys and source_ids, when given, have one element per job (NULL elements allowed); a key already taken, or taken by an earlier job of the same call, gives that job''s id and makes none; an empty params makes nothing and returns {}, its action and other arguments checked all the same (an unknown action is 23503)';
 
 CREATE FUNCTION crm.claim_jobs(queue text, worker text, max integer DEFAULT 10,
                                lease interval DEFAULT '5 minutes')
