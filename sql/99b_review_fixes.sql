@@ -55,3 +55,63 @@ SELECT try($$SELECT crm.enqueue_jobs(NULL, '{}')$$) AS empty_null_action,
 -- a known action with nothing to enqueue is an empty answer, and no job
 SELECT crm.enqueue_jobs('send_email', '{}') AS empty_known;
 SELECT count(*) AS review_jobs FROM crm.job;
+
+-- 3. An idempotency key held by a job the caller cannot see gives no id:
+-- in a private tenant Oscar's job is about his contact, hidden from Rex.
+-- Before, Rex replaying Oscar's key got Oscar's job id back (proof that
+-- the job exists, and its id to probe with).  Now the answer is NULL: no
+-- job made, none shown; Oscar, an admin and the tenant's worker (no CRM
+-- user) still get the job's id, whether it is ready or archived.
+RESET ROLE;
+RESET crm.tenant_id;
+SELECT crm.create_tenant('Review Private') AS rp \gset
+UPDATE crm.tenant SET visibility = 'private' WHERE tenant_id = :'rp';
+SET crm.tenant_id = :'rp';
+INSERT INTO crm.app_user (name) VALUES ('Oscar Owner') RETURNING id AS oscar \gset
+INSERT INTO crm.app_user (name) VALUES ('Rex Rep') RETURNING id AS rex \gset
+RESET crm.tenant_id;
+SET client_min_messages = warning;
+DROP ROLE IF EXISTS regress_rv_writer;
+CREATE ROLE regress_rv_writer IN ROLE crm_app, crm_writer;
+SET ROLE regress_rv_writer;
+SET crm.tenant_id = :'rp';
+SET crm.user_id = :'oscar';
+INSERT INTO crm.contact (first_name, email, owner_id) VALUES ('Hidden', 'hidden@rv.example', :'oscar')
+RETURNING id AS o_con \gset
+SELECT crm.enqueue_job('send_email', '{"template": "secret"}', :'o_con', now(),
+                       '00000000-0000-5000-8000-00000000000a') AS o_job \gset
+SELECT crm.enqueue_job('send_email', '{}', NULL, now(), '00000000-0000-5000-8000-00000000000a') = :'o_job' AS oscar_gets_his_job;
+SET crm.user_id = :'rex';
+SELECT count(*) AS rex_sees_job FROM crm.job WHERE id = :'o_job';
+SELECT crm.enqueue_job('send_email', '{}', NULL, now(), '00000000-0000-5000-8000-00000000000a') AS rex_replay;
+SELECT ids[1] AS rex_batch_hidden, ids[2] IS NOT NULL AS rex_batch_new_made, ids[3] AS rex_batch_hidden_again
+  FROM crm.enqueue_jobs('send_email', ARRAY['{}', '{}', '{}']::jsonb[],
+       idempotency_keys => ARRAY['00000000-0000-5000-8000-00000000000a', '00000000-0000-5000-8000-00000000000b',
+                                 '00000000-0000-5000-8000-00000000000a']::uuid[]) AS ids;
+-- his own key still gives his own job back
+SELECT crm.enqueue_jobs('send_email', ARRAY['{}']::jsonb[],
+       idempotency_keys => ARRAY['00000000-0000-5000-8000-00000000000b']::uuid[])
+     = (SELECT ARRAY[j.id] FROM crm.job j WHERE j.idempotency_key = '00000000-0000-5000-8000-00000000000b') AS rex_gets_his_own;
+-- the worker (no CRM user) sees every job of the tenant, so gets the id
+RESET crm.user_id;
+SELECT crm.enqueue_job('send_email', '{}', NULL, now(), '00000000-0000-5000-8000-00000000000a') = :'o_job' AS worker_gets_job;
+-- archived: still hidden from Rex
+SELECT count(*) AS claimed FROM crm.claim_jobs('email', 'rv-worker', 10, '1 minute');
+SELECT crm.complete_job(:'o_job', NULL, 'rv-worker') IS NOT NULL AS completed;
+SET crm.user_id = :'rex';
+SELECT crm.enqueue_job('send_email', '{}', NULL, now(), '00000000-0000-5000-8000-00000000000a') AS rex_replay_archived;
+RESET crm.user_id;
+RESET ROLE;
+-- an admin (crm_admin) sees every job of the tenant
+SET ROLE regress_crm_app;
+SET crm.tenant_id = :'rp';
+SET crm.user_id = :'rex';
+SELECT crm.enqueue_job('send_email', '{}', NULL, now(), '00000000-0000-5000-8000-00000000000a') = :'o_job' AS admin_gets_job;
+RESET crm.user_id;
+RESET ROLE;
+-- nothing was made by the replays: Oscar's job and Rex's one
+SELECT idempotency_key, count(*) FROM (SELECT idempotency_key FROM crm.job WHERE tenant_id = :'rp'
+       UNION ALL SELECT idempotency_key FROM crm.job_archive WHERE tenant_id = :'rp') k
+ GROUP BY 1 ORDER BY 1;
+SET ROLE regress_crm_app;
+SET crm.tenant_id = :'rv';

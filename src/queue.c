@@ -122,8 +122,20 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		2, {UUIDOID, UUIDOID}
 	},
 	[PLAN_KEY_HOLDERS] = {
-		"SELECT idempotency_key, job_id FROM crm.job_key"
-		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND idempotency_key OPERATOR(pg_catalog.=) ANY ($2)",
+		/*
+		 * The job holding each key, and whether the caller may see it (as
+		 * JOB_VISIBLE below): the id of a job hidden from the caller is not
+		 * given away.
+		 */
+		"SELECT k.idempotency_key, k.job_id,"
+		" EXISTS (SELECT FROM crm.job j WHERE j.tenant_id OPERATOR(pg_catalog.=) $1"
+		"   AND j.id OPERATOR(pg_catalog.=) k.job_id AND (j.visible_to IS NULL"
+		"   OR crm.current_user_id() OPERATOR(pg_catalog.=) ANY (j.visible_to) OR crm.is_admin() OR crm.is_service()))"
+		" OR EXISTS (SELECT FROM crm.job_archive a WHERE a.tenant_id OPERATOR(pg_catalog.=) $1"
+		"   AND a.id OPERATOR(pg_catalog.=) k.job_id AND (a.visible_to IS NULL"
+		"   OR crm.current_user_id() OPERATOR(pg_catalog.=) ANY (a.visible_to) OR crm.is_admin() OR crm.is_service()))"
+		" FROM crm.job_key k"
+		" WHERE k.tenant_id OPERATOR(pg_catalog.=) $1 AND k.idempotency_key OPERATOR(pg_catalog.=) ANY ($2)",
 		2, {UUIDOID, UUIDARRAYOID}
 	},
 	[PLAN_DEBOUNCE] = {
@@ -648,6 +660,19 @@ uuid_copy(const pg_uuid_t *id)
 }
 
 /*
+ * The nil uuid stands, in crm_queue_enqueue_jobs()'s ids, for no job the
+ * caller may be shown (held back by debounce, or its key held by a job
+ * hidden from the caller); the SQL functions answer NULL for it.
+ */
+static bool
+uuid_is_nil(const pg_uuid_t *id)
+{
+	static const pg_uuid_t nil;
+
+	return memcmp(id, &nil, sizeof(pg_uuid_t)) == 0;
+}
+
+/*
  * The consent an action needs of the job's contact ("email", "phone") or
  * NULL: the action's own (crm.job_action.consent), and phone consent for a
  * call task.
@@ -894,6 +919,9 @@ enqueue_one(const pg_uuid_t *tenant, const CrmJobRequest *job, bool *made)
 					(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 					 errmsg("job action \"%s\" does not exist", job->action),
 					 errhint("The known actions are listed in crm.job_action.")));
+		/* a job the caller cannot see: the nil uuid, not its id */
+		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
+			memset(&holder, 0, sizeof(pg_uuid_t));
 		return holder;
 	}
 }
@@ -1067,6 +1095,9 @@ crm_queue_enqueue_jobs(const pg_uuid_t *tenant, const CrmJobRequest *jobs, int n
 			memset(&slot_key[1], 0, sizeof(pg_uuid_t));
 			slot = hash_search(holders, slot_key, HASH_ENTER, NULL);
 			slot->holder = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 2, &isnull));
+			/* a job the caller cannot see: the nil uuid, not its id */
+			if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 3, &isnull)))
+				memset(&slot->holder, 0, sizeof(pg_uuid_t));
 		}
 		for (int p = 0; p < n; p++)
 		{
@@ -1308,6 +1339,9 @@ crm_queue_enqueue(PG_FUNCTION_ARGS)
 	queue_begin(&session);
 	job = crm_queue_enqueue_job(&tenant, &request);
 	queue_end(&session);
+	/* the nil uuid: the key is held by a job the caller cannot see */
+	if (uuid_is_nil(&job))
+		PG_RETURN_NULL();
 	return UUIDPGetDatum(uuid_copy(&job));
 }
 
@@ -1363,6 +1397,7 @@ crm_queue_enqueue_many(PG_FUNCTION_ARGS)
 	TimestampTz run_at;
 	int			max_attempts;
 	Datum	   *out;
+	bool	   *outnulls;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -1470,9 +1505,22 @@ crm_queue_enqueue_many(PG_FUNCTION_ARGS)
 	}
 	queue_end(&session);
 	out = palloc(sizeof(Datum) * Max(njobs, 1));
+	outnulls = palloc(sizeof(bool) * Max(njobs, 1));
 	for (int i = 0; i < njobs; i++)
+	{
 		out[i] = UUIDPGetDatum(&ids[i]);
-	PG_RETURN_ARRAYTYPE_P(construct_array(out, njobs, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+		/* the nil uuid: the key is held by a job the caller cannot see */
+		outnulls[i] = uuid_is_nil(&ids[i]);
+	}
+	{
+		int			dims[1] = {njobs};
+		int			lbs[1] = {1};
+
+		if (njobs == 0)
+			PG_RETURN_ARRAYTYPE_P(construct_empty_array(UUIDOID));
+		PG_RETURN_ARRAYTYPE_P(construct_md_array(out, outnulls, 1, dims, lbs, UUIDOID, UUID_LEN,
+												 false, TYPALIGN_CHAR));
+	}
 }
 
 /*
