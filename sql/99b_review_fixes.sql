@@ -115,3 +115,40 @@ SELECT idempotency_key, count(*) FROM (SELECT idempotency_key FROM crm.job WHERE
  GROUP BY 1 ORDER BY 1;
 SET ROLE regress_crm_app;
 SET crm.tenant_id = :'rv';
+
+-- 4. crm.reap_expired_leases() with a tenant reaps, and counts, only the
+-- jobs the caller may see: Rex's reap leaves Oscar's hidden job alone and
+-- does not count it.  The maintenance role (superuser or BYPASSRLS) reaps
+-- them all.
+SET ROLE regress_rv_writer;
+SET crm.tenant_id = :'rp';
+SET crm.user_id = :'oscar';
+SELECT crm.enqueue_job('send_email', '{"template": "secret 2"}', :'o_con') AS o_job2 \gset
+RESET crm.user_id;
+SELECT count(*) AS claimed FROM crm.claim_jobs('email', 'rv-worker', 10, '1 minute');
+RESET ROLE;
+-- both leases (Rex's job with key b, Oscar's new one) run out
+UPDATE crm.job SET locked_until = now() - interval '1 minute' WHERE tenant_id = :'rp';
+SELECT count(*) AS expired FROM crm.job WHERE tenant_id = :'rp' AND locked_until < now();
+SET ROLE regress_rv_writer;
+SET crm.tenant_id = :'rp';
+SET crm.user_id = :'rex';
+SELECT crm.reap_expired_leases() AS rex_reaped;
+RESET crm.user_id;
+RESET ROLE;
+SELECT id = :'o_job2' AS is_oscars, locked_by IS NOT NULL AS still_locked
+  FROM crm.job WHERE tenant_id = :'rp' ORDER BY 1;
+-- a maintenance role (BYPASSRLS), acting for the tenant, reaps the rest,
+-- even when it names a CRM user who does not see the job
+SET client_min_messages = warning;
+DROP ROLE IF EXISTS regress_rv_maint;
+CREATE ROLE regress_rv_maint BYPASSRLS IN ROLE crm_app, crm_writer;
+SET ROLE regress_rv_maint;
+SET crm.tenant_id = :'rp';
+SET crm.user_id = :'rex';
+SELECT crm.reap_expired_leases() AS maintenance_reaped;
+RESET crm.user_id;
+RESET crm.tenant_id;
+RESET ROLE;
+SELECT count(*) AS still_locked FROM crm.job WHERE tenant_id = :'rp' AND locked_by IS NOT NULL;
+DROP ROLE regress_rv_maint, regress_rv_writer;

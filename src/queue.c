@@ -359,12 +359,15 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		3, {UUIDOID, UUIDOID, INTERVALOID}
 	},
 	[PLAN_EXPIRED] = {
+		/* $2: the maintenance role, which reaps every job of the tenant */
 		"SELECT tenant_id, id, attempts OPERATOR(pg_catalog.>=) max_attempts, queue, max_attempts,"
 		" attempts, locked_by FROM crm.job"
 		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND locked_by IS NOT NULL"
 		"  AND locked_until OPERATOR(pg_catalog.<) pg_catalog.now()"
+		"  AND ($2 OR visible_to IS NULL"
+		"   OR crm.current_user_id() OPERATOR(pg_catalog.=) ANY (visible_to) OR crm.is_admin() OR crm.is_service())"
 		" ORDER BY tenant_id, id FOR UPDATE SKIP LOCKED",
-		1, {UUIDOID}
+		2, {UUIDOID, BOOLOID}
 	},
 	[PLAN_EXPIRED_ALL] = {
 		"SELECT tenant_id, id, attempts OPERATOR(pg_catalog.>=) max_attempts, queue, max_attempts,"
@@ -2100,7 +2103,8 @@ crm_queue_extend_lease(PG_FUNCTION_ARGS)
  * Without a tenant (the operator's scheduled maintenance) every tenant's
  * expired leases are reaped; only a superuser or BYPASSRLS role may: an
  * application role that sets no tenant would act on tenants it does not
- * serve.
+ * serve.  With a tenant, any other role reaps (and counts) only the jobs
+ * it may see in a private tenant.
  */
 Datum
 crm_queue_reap(PG_FUNCTION_ARGS)
@@ -2110,14 +2114,20 @@ crm_queue_reap(PG_FUNCTION_ARGS)
 	QueueSession session;
 	SPITupleTable *expired;
 	uint64		nexpired;
-	Datum		args[1];
+	Datum		args[2];
+	bool		maintenance = superuser() || has_bypassrls_privilege(GetUserId());
 
 	/* every tenant: the operator's maintenance only */
-	if (!has_tenant && !superuser() && !has_bypassrls_privilege(GetUserId()))
+	if (!has_tenant && !maintenance)
 		(void) queue_tenant();
 
+	/*
+	 * A tenant's: only the jobs the caller may see (visible_to), so that
+	 * the count reveals no hidden job; the maintenance role reaps them all.
+	 */
 	queue_begin(&session);
 	args[0] = UUIDPGetDatum(&tenant);
+	args[1] = BoolGetDatum(maintenance);
 	run(has_tenant ? PLAN_EXPIRED : PLAN_EXPIRED_ALL, args, NULL, 0);
 	expired = SPI_tuptable;
 	nexpired = SPI_processed;

@@ -241,7 +241,7 @@ CREATE FUNCTION crm.reap_expired_leases() RETURNS integer
     AS 'MODULE_PATHNAME', 'crm_queue_reap'
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.reap_expired_leases() IS
-    'Makes running jobs whose lease expired ready again (dead after their last attempt); returns how many. Without a tenant it reaps every tenant: the operator''s scheduled maintenance (a superuser or BYPASSRLS role); any other role needs a tenant (42501)';
+    'Makes running jobs whose lease expired ready again (dead after their last attempt); returns how many. With a tenant, only the jobs the caller may see (in a private tenant, visible_to), unless the caller is a superuser or BYPASSRLS role, which reaps them all. Without a tenant it reaps every tenant: the operator''s scheduled maintenance (a superuser or BYPASSRLS role); any other role needs a tenant (42501)';
 
 CREATE FUNCTION crm.retry_job(id uuid) RETURNS uuid
     AS 'MODULE_PATHNAME', 'crm_queue_retry'
