@@ -127,7 +127,8 @@ typedef struct CrmJobRequest
  * as skipped at once (23503 when that contact does not exist); one NOTIFY
  * crm_jobs per queue that got a ready job.  ids (may be NULL) receives
  * each job's id in order, the nil uuid for a job the debounce window held
- * back.  Returns how many jobs were made (skipped ones included).
+ * back or whose key is held by a job the caller cannot see (visible_to).
+ * Returns how many jobs were made (skipped ones included).
  * crm_queue_enqueue_job() is the same for one job and returns its id.
  */
 extern int	crm_queue_enqueue_jobs(const pg_uuid_t *tenant, const CrmJobRequest *jobs,

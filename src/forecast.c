@@ -858,6 +858,34 @@ static SPIPlanPtr totals_plan = NULL;
 static SPIPlanPtr stages_plan = NULL;
 static SPIPlanPtr rate_plan = NULL;
 static SPIPlanPtr rate_error_plan = NULL;
+static SPIPlanPtr currency_plan = NULL;
+
+/*
+ * The target currency must be one of crm.currency: a code that is none is
+ * the 22023 crm.forecast gives, checked before any deal is read (else it
+ * would surface as a missing rate, P0002, or with no deal not at all).
+ */
+static void
+totals_require_currency(Datum code)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (currency_plan == NULL)
+	{
+		Oid			types[1] = {TEXTOID};
+
+		currency_plan = crm_prepare_kept("SELECT 1 FROM crm.currency WHERE code OPERATOR(pg_catalog.=) $1",
+										 1, types);
+	}
+	if (SPI_execute_plan(currency_plan, &code, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "crm.forecast_totals: currency lookup failed");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown currency \"%s\"", TextDatumGetCString(code)),
+				 errhint("Use an ISO 4217 code listed in crm.currency.")));
+	SPI_finish();
+}
 
 /*
  * A numeric datum as whole units of 10^-2 (cents of an amount, hundredths
@@ -1397,6 +1425,8 @@ crm_forecast_totals(PG_FUNCTION_ARGS)
 				 errmsg("from_date %s is after to_date %s",
 						DatumGetCString(DirectFunctionCall1(date_out, PG_GETARG_DATUM(1))),
 						DatumGetCString(DirectFunctionCall1(date_out, PG_GETARG_DATUM(2))))));
+
+	totals_require_currency(PG_GETARG_DATUM(5));
 
 	InitMaterializedSRF(fcinfo, 0);
 	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);

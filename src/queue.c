@@ -122,8 +122,20 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		2, {UUIDOID, UUIDOID}
 	},
 	[PLAN_KEY_HOLDERS] = {
-		"SELECT idempotency_key, job_id FROM crm.job_key"
-		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND idempotency_key OPERATOR(pg_catalog.=) ANY ($2)",
+		/*
+		 * The job holding each key, and whether the caller may see it (as
+		 * JOB_VISIBLE below): the id of a job hidden from the caller is not
+		 * given away.
+		 */
+		"SELECT k.idempotency_key, k.job_id,"
+		" EXISTS (SELECT FROM crm.job j WHERE j.tenant_id OPERATOR(pg_catalog.=) $1"
+		"   AND j.id OPERATOR(pg_catalog.=) k.job_id AND (j.visible_to IS NULL"
+		"   OR crm.current_user_id() OPERATOR(pg_catalog.=) ANY (j.visible_to) OR crm.is_admin() OR crm.is_service()))"
+		" OR EXISTS (SELECT FROM crm.job_archive a WHERE a.tenant_id OPERATOR(pg_catalog.=) $1"
+		"   AND a.id OPERATOR(pg_catalog.=) k.job_id AND (a.visible_to IS NULL"
+		"   OR crm.current_user_id() OPERATOR(pg_catalog.=) ANY (a.visible_to) OR crm.is_admin() OR crm.is_service()))"
+		" FROM crm.job_key k"
+		" WHERE k.tenant_id OPERATOR(pg_catalog.=) $1 AND k.idempotency_key OPERATOR(pg_catalog.=) ANY ($2)",
 		2, {UUIDOID, UUIDARRAYOID}
 	},
 	[PLAN_DEBOUNCE] = {
@@ -347,12 +359,15 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		3, {UUIDOID, UUIDOID, INTERVALOID}
 	},
 	[PLAN_EXPIRED] = {
+		/* $2: the maintenance role, which reaps every job of the tenant */
 		"SELECT tenant_id, id, attempts OPERATOR(pg_catalog.>=) max_attempts, queue, max_attempts,"
 		" attempts, locked_by FROM crm.job"
 		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND locked_by IS NOT NULL"
 		"  AND locked_until OPERATOR(pg_catalog.<) pg_catalog.now()"
+		"  AND ($2 OR visible_to IS NULL"
+		"   OR crm.current_user_id() OPERATOR(pg_catalog.=) ANY (visible_to) OR crm.is_admin() OR crm.is_service())"
 		" ORDER BY tenant_id, id FOR UPDATE SKIP LOCKED",
-		1, {UUIDOID}
+		2, {UUIDOID, BOOLOID}
 	},
 	[PLAN_EXPIRED_ALL] = {
 		"SELECT tenant_id, id, attempts OPERATOR(pg_catalog.>=) max_attempts, queue, max_attempts,"
@@ -648,6 +663,19 @@ uuid_copy(const pg_uuid_t *id)
 }
 
 /*
+ * The nil uuid stands, in crm_queue_enqueue_jobs()'s ids, for no job the
+ * caller may be shown (held back by debounce, or its key held by a job
+ * hidden from the caller); the SQL functions answer NULL for it.
+ */
+static bool
+uuid_is_nil(const pg_uuid_t *id)
+{
+	static const pg_uuid_t nil;
+
+	return memcmp(id, &nil, sizeof(pg_uuid_t)) == 0;
+}
+
+/*
  * The consent an action needs of the job's contact ("email", "phone") or
  * NULL: the action's own (crm.job_action.consent), and phone consent for a
  * call task.
@@ -894,6 +922,9 @@ enqueue_one(const pg_uuid_t *tenant, const CrmJobRequest *job, bool *made)
 					(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 					 errmsg("job action \"%s\" does not exist", job->action),
 					 errhint("The known actions are listed in crm.job_action.")));
+		/* a job the caller cannot see: the nil uuid, not its id */
+		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
+			memset(&holder, 0, sizeof(pg_uuid_t));
 		return holder;
 	}
 }
@@ -1067,6 +1098,9 @@ crm_queue_enqueue_jobs(const pg_uuid_t *tenant, const CrmJobRequest *jobs, int n
 			memset(&slot_key[1], 0, sizeof(pg_uuid_t));
 			slot = hash_search(holders, slot_key, HASH_ENTER, NULL);
 			slot->holder = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 2, &isnull));
+			/* a job the caller cannot see: the nil uuid, not its id */
+			if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 3, &isnull)))
+				memset(&slot->holder, 0, sizeof(pg_uuid_t));
 		}
 		for (int p = 0; p < n; p++)
 		{
@@ -1308,6 +1342,9 @@ crm_queue_enqueue(PG_FUNCTION_ARGS)
 	queue_begin(&session);
 	job = crm_queue_enqueue_job(&tenant, &request);
 	queue_end(&session);
+	/* the nil uuid: the key is held by a job the caller cannot see */
+	if (uuid_is_nil(&job))
+		PG_RETURN_NULL();
 	return UUIDPGetDatum(uuid_copy(&job));
 }
 
@@ -1363,6 +1400,7 @@ crm_queue_enqueue_many(PG_FUNCTION_ARGS)
 	TimestampTz run_at;
 	int			max_attempts;
 	Datum	   *out;
+	bool	   *outnulls;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -1454,16 +1492,38 @@ crm_queue_enqueue_many(PG_FUNCTION_ARGS)
 	}
 
 	ids = palloc(sizeof(pg_uuid_t) * Max(njobs, 1));
+	queue_begin(&session);
 	if (njobs > 0)
-	{
-		queue_begin(&session);
 		(void) crm_queue_enqueue_jobs(&tenant, jobs, njobs, ids);
-		queue_end(&session);
+	else
+	{
+		/* nothing to enqueue, but the same mistake gets the same error */
+		ActionInfo	info;
+
+		if (!action_lookup(action, &info))
+			ereport(ERROR,
+					(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+					 errmsg("job action \"%s\" does not exist", action),
+					 errhint("The known actions are listed in crm.job_action.")));
 	}
+	queue_end(&session);
 	out = palloc(sizeof(Datum) * Max(njobs, 1));
+	outnulls = palloc(sizeof(bool) * Max(njobs, 1));
 	for (int i = 0; i < njobs; i++)
+	{
 		out[i] = UUIDPGetDatum(&ids[i]);
-	PG_RETURN_ARRAYTYPE_P(construct_array(out, njobs, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+		/* the nil uuid: the key is held by a job the caller cannot see */
+		outnulls[i] = uuid_is_nil(&ids[i]);
+	}
+	{
+		int			dims[1] = {njobs};
+		int			lbs[1] = {1};
+
+		if (njobs == 0)
+			PG_RETURN_ARRAYTYPE_P(construct_empty_array(UUIDOID));
+		PG_RETURN_ARRAYTYPE_P(construct_md_array(out, outnulls, 1, dims, lbs, UUIDOID, UUID_LEN,
+												 false, TYPALIGN_CHAR));
+	}
 }
 
 /*
@@ -2043,7 +2103,8 @@ crm_queue_extend_lease(PG_FUNCTION_ARGS)
  * Without a tenant (the operator's scheduled maintenance) every tenant's
  * expired leases are reaped; only a superuser or BYPASSRLS role may: an
  * application role that sets no tenant would act on tenants it does not
- * serve.
+ * serve.  With a tenant, any other role reaps (and counts) only the jobs
+ * it may see in a private tenant.
  */
 Datum
 crm_queue_reap(PG_FUNCTION_ARGS)
@@ -2053,14 +2114,20 @@ crm_queue_reap(PG_FUNCTION_ARGS)
 	QueueSession session;
 	SPITupleTable *expired;
 	uint64		nexpired;
-	Datum		args[1];
+	Datum		args[2];
+	bool		maintenance = superuser() || has_bypassrls_privilege(GetUserId());
 
 	/* every tenant: the operator's maintenance only */
-	if (!has_tenant && !superuser() && !has_bypassrls_privilege(GetUserId()))
+	if (!has_tenant && !maintenance)
 		(void) queue_tenant();
 
+	/*
+	 * A tenant's: only the jobs the caller may see (visible_to), so that
+	 * the count reveals no hidden job; the maintenance role reaps them all.
+	 */
 	queue_begin(&session);
 	args[0] = UUIDPGetDatum(&tenant);
+	args[1] = BoolGetDatum(maintenance);
 	run(has_tenant ? PLAN_EXPIRED : PLAN_EXPIRED_ALL, args, NULL, 0);
 	expired = SPI_tuptable;
 	nexpired = SPI_processed;

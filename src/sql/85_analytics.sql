@@ -25,6 +25,7 @@ CREATE FUNCTION crm.analytics_amount(amount numeric, currency text, as_of date, 
     AS $$
 DECLARE
     cur text;
+    r numeric;
 BEGIN
     IF tenant IS DISTINCT FROM crm.current_tenant()
        AND NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
@@ -38,11 +39,17 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    RETURN $1 * crm.exchange_rate($2, cur, $3, $4);
+    r := crm.exchange_rate($2, cur, $3, $4);
+    -- no rate is NULL, but a code that is no currency is a bad parameter
+    IF r IS NULL AND $2 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM crm.currency c WHERE c.code = $2) THEN
+        RAISE EXCEPTION 'unknown currency "%"', $2 USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Use an ISO 4217 code listed in crm.currency.';
+    END IF;
+    RETURN $1 * r;
 END
 $$;
 COMMENT ON FUNCTION crm.analytics_amount(numeric, text, date, uuid) IS
-    'An amount converted into the tenant''s default currency at the rate in force on as_of; NULL when there is no rate; tenant must be the caller''s own (42501 otherwise; superusers excepted)';
+    'An amount converted into the tenant''s default currency at the rate in force on as_of; NULL when there is no rate; a currency not in crm.currency is 22023 (unknown currency); tenant must be the caller''s own (42501 otherwise; superusers excepted)';
 
 CREATE FUNCTION crm.pipeline_funnel(pipeline uuid DEFAULT NULL, period_start timestamptz DEFAULT NULL,
                                     period_end timestamptz DEFAULT NULL)

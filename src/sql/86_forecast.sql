@@ -254,7 +254,17 @@ CREATE FUNCTION crm.convert_amount(amount numeric, from_currency text, to_curren
     AS $$
 DECLARE
     r numeric := crm.exchange_rate(from_currency, to_currency, on_date, tenant);
+    bad text;
 BEGIN
+    IF r IS NULL THEN
+        -- a code that is no currency is a bad parameter, as in crm.forecast
+        SELECT x.code INTO bad FROM unnest(ARRAY[from_currency, to_currency]) AS x(code)
+         WHERE x.code IS NOT NULL AND NOT EXISTS (SELECT 1 FROM crm.currency c WHERE c.code = x.code) LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'unknown currency "%"', bad USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'Use an ISO 4217 code listed in crm.currency.';
+        END IF;
+    END IF;
     IF r IS NULL AND amount IS NOT NULL THEN
         RAISE EXCEPTION 'no exchange rate from % to % on %', from_currency, to_currency, on_date
             USING ERRCODE = 'no_data_found',
@@ -265,7 +275,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.convert_amount(numeric, text, text, date, uuid) IS
-    'amount of from_currency in to_currency at the tenant''s rate in force on on_date (crm.exchange_rate); no rate is an error (P0002) naming both currencies and the day';
+    'amount of from_currency in to_currency at the tenant''s rate in force on on_date (crm.exchange_rate); no rate is an error (P0002) naming both currencies and the day; a code not in crm.currency is 22023 (unknown currency)';
 
 -- The error of a missing rate, raised inside a query: crm.convert_amount's
 -- message without its table read, so that a query Citus routes to a
@@ -309,6 +319,12 @@ DECLARE
     t uuid := crm.current_tenant();
     target text := coalesce(forecast_deals.currency, crm.tenant_default_currency());
 BEGIN
+    -- checked before the query, as crm.forecast does (else a bad code would
+    -- be a missing rate, P0002, or with no deal nothing at all)
+    IF NOT EXISTS (SELECT 1 FROM crm.currency x WHERE x.code = target) THEN
+        RAISE EXCEPTION 'unknown currency "%"', target USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Use an ISO 4217 code listed in crm.currency.';
+    END IF;
     RETURN QUERY
     WITH change AS (
         -- with the stage a deal moves to, so that the deals join one row each
@@ -392,7 +408,8 @@ COMMENT ON FUNCTION crm.forecast_deals(date, date, uuid, uuid, uuid, text, times
     'every active opportunity of the current tenant under the filters, its category (the deal''s, else the stage''s; closed when won, omitted when lost), '
     'amount and its currency (the stage''s expected_value when the deal''s amount is 0: used_stage_value), the amount converted into currency '
     '(won deals at the rate of their close date, others at as_of; NULL only outside the window when no rate exists, an error P0002 inside it), '
-    'probability (100 won, 0 lost), close date (won or lost: closed_at''s day; open: expected_close_date) and whether it falls in from_date..to_date';
+    'probability (100 won, 0 lost), close date (won or lost: closed_at''s day; open: expected_close_date) and whether it falls in from_date..to_date. '
+    'A currency not in crm.currency is 22023 (unknown currency)';
 
 -- The forecast's totals in one pass, in C: crm.forecast() without what-if
 -- changes (and without team filter or grouping) aggregates here rather than
@@ -414,7 +431,7 @@ COMMENT ON FUNCTION crm.forecast_totals(text, date, date, uuid, uuid, text, time
     'p10/p50/p90/error_bound as crm.revenue_distribution gives them for the period''s won and not omitted open deals (NULL when none), '
     'stage_value_deals. Amounts in currency: won deals at the rate of their close day, open ones at as_of''s (crm.exchange_rate, '
     'looked up once per currency and day); a missing rate is crm.convert_amount''s error (P0002). '
-    'Errors: unknown period or from_date after to_date 22023, a NULL period, currency, as_of or by_owner 22004';
+    'Errors: unknown period or currency, or from_date after to_date 22023, a NULL period, currency, as_of or by_owner 22004';
 
 -- The forecast ---------------------------------------------------------------
 

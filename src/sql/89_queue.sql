@@ -181,7 +181,8 @@ CREATE FUNCTION crm.enqueue_job(action text, params jsonb DEFAULT '{}', contact 
     AS 'MODULE_PATHNAME', 'crm_queue_enqueue'
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.enqueue_job(text, jsonb, uuid, timestamptz, uuid, text, uuid, uuid, integer) IS
-    'Enqueues a job in its action''s queue and returns its id; with an idempotency key already taken, returns that job''s id and makes none; a job whose contact withholds the consent its action needs is archived as skipped at once; NOTIFY crm_jobs with the queue name, once per queue and transaction';
+    'Enqueues a job in its action''s queue and returns its id; with an idempotency key already taken, returns that job''s id and makes none '
+    '(NULL when that job is one the caller cannot see: a private tenant''s job about a record hidden from the caller, so its id is not given away); a job whose contact withholds the consent its action needs is archived as skipped at once; NOTIFY crm_jobs with the queue name, once per queue and transaction';
 
 CREATE FUNCTION crm.enqueue_jobs(action text, params jsonb[], contacts uuid[] DEFAULT NULL,
                                  run_at timestamptz DEFAULT now(), idempotency_keys uuid[] DEFAULT NULL,
@@ -191,7 +192,7 @@ CREATE FUNCTION crm.enqueue_jobs(action text, params jsonb[], contacts uuid[] DE
     AS 'MODULE_PATHNAME', 'crm_queue_enqueue_many'
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.enqueue_jobs(text, jsonb[], uuid[], timestamptz, uuid[], text, uuid[], uuid, integer) IS
-    'Enqueues one job of an action per element of params in one statement and returns their ids in order: crm.enqueue_job() for many jobs. contacts, idempotency_keys and source_ids, when given, have one element per job (NULL elements allowed); a key already taken, or taken by an earlier job of the same call, gives that job''s id and makes none';
+    'Enqueues one job of an action per element of params in one statement and returns their ids in order: crm.enqueue_job() for many jobs. contacts, idempotency_keys and source_ids, when given, have one element per job (NULL elements allowed); a key already taken, or taken by an earlier job of the same call, gives that job''s id and makes none (NULL when the caller cannot see that job, as crm.enqueue_job); an empty params makes nothing and returns {}, its action and other arguments checked all the same (an unknown action is 23503)';
 
 CREATE FUNCTION crm.claim_jobs(queue text, worker text, max integer DEFAULT 10,
                                lease interval DEFAULT '5 minutes')
@@ -240,7 +241,7 @@ CREATE FUNCTION crm.reap_expired_leases() RETURNS integer
     AS 'MODULE_PATHNAME', 'crm_queue_reap'
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION crm.reap_expired_leases() IS
-    'Makes running jobs whose lease expired ready again (dead after their last attempt); returns how many. Without a tenant it reaps every tenant: the operator''s scheduled maintenance (a superuser or BYPASSRLS role); any other role needs a tenant (42501)';
+    'Makes running jobs whose lease expired ready again (dead after their last attempt); returns how many. With a tenant, only the jobs the caller may see (in a private tenant, visible_to), unless the caller is a superuser or BYPASSRLS role, which reaps them all. Without a tenant it reaps every tenant: the operator''s scheduled maintenance (a superuser or BYPASSRLS role); any other role needs a tenant (42501)';
 
 CREATE FUNCTION crm.retry_job(id uuid) RETURNS uuid
     AS 'MODULE_PATHNAME', 'crm_queue_retry'
