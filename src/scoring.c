@@ -12,8 +12,9 @@
  *
  *	crm.scoring_lead_sync(), BEFORE INSERT OR UPDATE ON crm.lead, FOR EACH ROW
  *		scores a new lead, or one whose fit fields, e-mail, contact or model
- *		changed, and puts back the server's values when a client wrote to
- *		the derived columns.
+ *		changed, or whose derived columns an UPDATE wrote (a client's values
+ *		are ignored: the lead is scored as of now; on Citus this is how the
+ *		coordinator's batch UPDATE gets its values on a worker).
  *
  *	crm.scoring_lead_history(), AFTER INSERT / UPDATE ON crm.lead, FOR EACH
  *	STATEMENT, transition tables read here in C
@@ -1391,8 +1392,16 @@ batch_prepare(void)
 	{
 		Oid			types[3] = {UUIDOID, UUIDARRAYOID, UUIDOID};
 
+		/*
+		 * scored_at written ('-infinity', never a stored value; the row
+		 * trigger sets it again): a write to a derived column makes the
+		 * row trigger rescore the lead even where this backend's rescore
+		 * context does not reach it (a Citus worker, for the coordinator's
+		 * crm.rescore_leads()).
+		 */
 		batch_retry_plan = crm_prepare_kept_generic(
-											"UPDATE crm.lead l SET scoring_model_id = COALESCE($3, l.scoring_model_id)"
+											"UPDATE crm.lead l SET scoring_model_id = COALESCE($3, l.scoring_model_id),"
+											" scored_at = '-infinity'::pg_catalog.timestamptz"
 											" WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
 											" AND l.id OPERATOR(pg_catalog.=) ANY ($2)",
 											3, types);
