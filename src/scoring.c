@@ -12,8 +12,9 @@
  *
  *	crm.scoring_lead_sync(), BEFORE INSERT OR UPDATE ON crm.lead, FOR EACH ROW
  *		scores a new lead, or one whose fit fields, e-mail, contact or model
- *		changed, and puts back the server's values when a client wrote to
- *		the derived columns.
+ *		changed, or whose derived columns an UPDATE wrote (a client's values
+ *		are ignored: the lead is scored as of now; on Citus this is how the
+ *		coordinator's batch UPDATE gets its values on a worker).
  *
  *	crm.scoring_lead_history(), AFTER INSERT / UPDATE ON crm.lead, FOR EACH
  *	STATEMENT, transition tables read here in C
@@ -882,22 +883,21 @@ crm_scoring_lead_sync(PG_FUNCTION_ARGS)
 			return PointerGetDatum(newtuple);
 	}
 
+	/*
+	 * Rescore a new lead, a lead rescored under a context of this backend,
+	 * one whose inputs changed, and one whose derived columns an UPDATE
+	 * wrote without changing an input.  The last is a client's write (its
+	 * values are ignored: it gets the score of now, never its own) or the
+	 * batch scorer's UPDATE run where its trusted flag is not set: on Citus
+	 * the coordinator's crm.rescore_leads() sends that UPDATE to a worker,
+	 * whose backend must compute the values again rather than put the old
+	 * ones back (which would leave a stale score and scored_at).
+	 */
 	rescore = is_insert || rescore_context != RESCORE_NONE;
-	for (int i = 0; !rescore && i < FIRST_DERIVED; i++)
+	for (int i = 0; !rescore && i < NUM_LEAD_COLUMNS; i++)
 		rescore = column_changed(oldtuple, newtuple, tupdesc, attnums[i]);
 
-	if (!rescore)
-	{
-		/* nothing the score depends on changed: keep the server's values */
-		for (int i = FIRST_DERIVED; i < NUM_LEAD_COLUMNS; i++)
-			if (column_changed(oldtuple, newtuple, tupdesc, attnums[i]))
-			{
-				cols[n] = attnums[i];
-				values[n] = heap_getattr(oldtuple, attnums[i], tupdesc, &nulls[n]);
-				n++;
-			}
-	}
-	else
+	if (rescore)
 	{
 		LeadInput	in;
 		ScoreResult r;
@@ -1049,9 +1049,22 @@ history_reason(HeapTuple oldtuple, HeapTuple newtuple, TupleDesc tupdesc, const 
 				return "model change";
 			return "decay";
 		default:
-			if (oldtuple != NULL && old_null != new_null)
-				return "profiling opt-out";
-			return "fit change";
+			if (oldtuple == NULL)
+				return "fit change";
+			if (column_changed(oldtuple, newtuple, tupdesc, attnums[C_MODEL]))
+				return "model change";
+			for (int i = 0; i < C_MODEL; i++)
+				if (column_changed(oldtuple, newtuple, tupdesc, attnums[i]))
+					return old_null != new_null ? "profiling opt-out" : "fit change";
+
+			/*
+			 * No input changed: the lead was rescored as it stands (the
+			 * batch scorer's UPDATE on a Citus worker, or a client's write
+			 * to the derived columns), as by crm.rescore_leads().
+			 */
+			if (column_changed(oldtuple, newtuple, tupdesc, attnums[C_FIT]))
+				return "model change";
+			return "decay";
 	}
 }
 
@@ -1379,8 +1392,16 @@ batch_prepare(void)
 	{
 		Oid			types[3] = {UUIDOID, UUIDARRAYOID, UUIDOID};
 
+		/*
+		 * scored_at written ('-infinity', never a stored value; the row
+		 * trigger sets it again): a write to a derived column makes the
+		 * row trigger rescore the lead even where this backend's rescore
+		 * context does not reach it (a Citus worker, for the coordinator's
+		 * crm.rescore_leads()).
+		 */
 		batch_retry_plan = crm_prepare_kept_generic(
-											"UPDATE crm.lead l SET scoring_model_id = COALESCE($3, l.scoring_model_id)"
+											"UPDATE crm.lead l SET scoring_model_id = COALESCE($3, l.scoring_model_id),"
+											" scored_at = '-infinity'::pg_catalog.timestamptz"
 											" WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
 											" AND l.id OPERATOR(pg_catalog.=) ANY ($2)",
 											3, types);

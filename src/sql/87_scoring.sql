@@ -439,7 +439,7 @@ CREATE FUNCTION crm.scoring_lead_sync() RETURNS trigger
     AS 'MODULE_PATHNAME', 'crm_scoring_lead_sync'
     LANGUAGE C;
 COMMENT ON FUNCTION crm.scoring_lead_sync() IS
-    'Trigger: score, fit_score, engagement_score, qualification and scored_at of a lead whose fit fields, e-mail, contact or model changed';
+    'Trigger: score, fit_score, engagement_score, qualification and scored_at of a lead whose fit fields, e-mail, contact or model changed, or whose derived columns an UPDATE wrote (the values written are ignored)';
 
 CREATE FUNCTION crm.scoring_lead_history() RETURNS trigger
     AS 'MODULE_PATHNAME', 'crm_scoring_lead_history'

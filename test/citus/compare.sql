@@ -1113,6 +1113,105 @@ SELECT h.old_score, h.new_score, h.reason FROM crm.lead_score_history h JOIN crm
     ON l.tenant_id = h.tenant_id AND l.id = h.lead_id ORDER BY l.name, h.changed_at, h.new_score;
 COMMIT;
 
+-- rescore_leads() computes on the coordinator and writes with one UPDATE,
+-- whose row trigger runs on a worker: the leads must get the scores of now
+-- (a meeting that has since taken place counts), not keep the old ones.
+\echo '## scoring: rescore_leads writes the scores of now, not the stored ones'
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+SELECT l.id AS fitlead FROM crm.lead l WHERE l.name = 'Fit lead' \gset
+SELECT l.id AS halflead FROM crm.lead l WHERE l.name = 'Half fit lead' \gset
+INSERT INTO crm.activity (activity_type, subject, lead_id, status, occurred_at)
+VALUES ('meeting', 'Meeting in two seconds', :'fitlead', 'completed', pg_catalog.now() + interval '2 seconds');
+COMMIT;
+SELECT pg_catalog.pg_sleep(2.5) IS NOT NULL AS waited;
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+SELECT pg_catalog.max(l.scored_at) AS scored_before FROM crm.lead l \gset
+WITH l AS MATERIALIZED (SELECT name, id, score, engagement_score FROM crm.lead)
+SELECT l.name, l.score, l.engagement_score, l.score IS NOT DISTINCT FROM crm.score_lead(l.id) AS exact FROM l ORDER BY l.name;
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+SELECT crm.rescore_leads() AS rescored;
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+WITH l AS MATERIALIZED (SELECT name, id, score, engagement_score, qualification, scored_at FROM crm.lead)
+SELECT l.name, l.score, l.engagement_score, l.qualification, l.scored_at > :'scored_before' AS scored_again,
+       l.score IS NOT DISTINCT FROM crm.score_lead(l.id) AS exact FROM l ORDER BY l.name;
+SELECT h.old_score, h.new_score, h.reason FROM crm.lead_score_history h
+ WHERE h.lead_id = :'fitlead' ORDER BY h.changed_at, h.new_score;
+COMMIT;
+
+\echo '## scoring: a write to the derived columns gets the score of the server'
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+UPDATE crm.lead SET score = 99, fit_score = 99, engagement_score = 99, qualification = 'qualified'
+ WHERE id = :'halflead';
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+WITH l AS MATERIALIZED (SELECT name, id, score, fit_score, engagement_score, qualification FROM crm.lead)
+SELECT l.name, l.score, l.fit_score, l.engagement_score, l.qualification,
+       l.score IS NOT DISTINCT FROM crm.score_lead(l.id) AS exact FROM l ORDER BY l.name;
+COMMIT;
+
+\echo '## scoring: one activity statement for many leads rescores each'
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+INSERT INTO crm.activity (activity_type, subject, lead_id, status)
+VALUES ('call', 'Call fit', :'fitlead', 'completed'), ('email', 'Mail fit', :'fitlead', 'completed'),
+       ('meeting', 'Meet half', :'halflead', 'completed'), ('call', 'Call half', :'halflead', 'completed'),
+       ('email', 'Mail half', :'halflead', 'completed');
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+WITH l AS MATERIALIZED (SELECT name, id, score, fit_score, engagement_score, qualification FROM crm.lead)
+SELECT l.name, l.score, l.fit_score, l.engagement_score, l.qualification,
+       l.score IS NOT DISTINCT FROM crm.score_lead(l.id) AS exact FROM l ORDER BY l.name;
+SELECT l.name, pg_catalog.count(*) AS activity_changes FROM crm.lead_score_history h JOIN crm.lead l
+    ON l.tenant_id = h.tenant_id AND l.id = h.lead_id WHERE h.reason = 'activity' GROUP BY l.name ORDER BY 1;
+COMMIT;
+
+\echo '## scoring: rescore_leads(model) gives the leads that model'
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+INSERT INTO crm.scoring_model (name, weights, threshold)
+VALUES ('Fit only', pg_catalog.jsonb_set(crm.default_scoring_weights(), '{combine}', '{"fit": 100, "engagement": 0}'), 60)
+RETURNING id AS fitonly \gset
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+SELECT crm.rescore_leads(:'fitonly') AS rescored;
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+WITH l AS MATERIALIZED (SELECT name, id, score, fit_score, engagement_score, qualification, scoring_model_id FROM crm.lead)
+SELECT l.name, l.score, l.fit_score, l.engagement_score, l.qualification, l.scoring_model_id = :'fitonly' AS fit_only,
+       l.score IS NOT DISTINCT FROM crm.score_lead(l.id) AS exact FROM l ORDER BY l.name;
+SELECT DISTINCT ON (l.name) l.name, h.old_score, h.new_score, h.reason FROM crm.lead_score_history h JOIN crm.lead l
+    ON l.tenant_id = h.tenant_id AND l.id = h.lead_id ORDER BY l.name, h.changed_at DESC;
+COMMIT;
+
+\echo '## scoring: a contact opting out of profiling, then back in, rescores the lead of its e-mail'
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+INSERT INTO crm.contact (first_name, last_name, email, profiling_opt_out)
+VALUES ('Half', 'Fit', 'HALF@lead.example', true) RETURNING id AS halfcontact \gset
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+SELECT l.name, l.score, l.fit_score, l.qualification FROM crm.lead l ORDER BY l.name;
+UPDATE crm.contact SET profiling_opt_out = false WHERE id = :'halfcontact';
+SELECT l.name, l.score, l.fit_score, l.qualification FROM crm.lead l ORDER BY l.name;
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'te';
+SELECT h.old_score, h.new_score, h.reason FROM crm.lead_score_history h
+ WHERE h.lead_id = :'halflead' ORDER BY h.changed_at, h.new_score NULLS FIRST;
+COMMIT;
+
 \echo '## end'
 
 -- The job queue (issue 12) on Citus: every call of a transaction --------------
