@@ -22,7 +22,7 @@
 #             + the ActivityCreated events, with the workflow rules of
 #             crm.event disabled; rules = + the workflow rules (the
 #             tenant's default rules; none names call, e-mail or meeting);
-#             crm = + live lead scoring (scoring_refresh, src/scoring.c)
+#             crm = + live lead scoring (activity_scoring_insert, src/scoring.c)
 #   plpgsql   bench_ref.activity, a copy of crm.activity (same columns,
 #             defaults, checks, indexes, foreign keys) whose triggers do the
 #             same work as idiomatic PL/pgSQL: a BEFORE ROW trigger for module
@@ -217,9 +217,9 @@ reset_tables() {
 set_triggers() { # floor|fk|agg|events|rules|crm|plpgsql
 	local off_activity="" off_event=""
 	case $1 in
-		agg) off_activity="outbox_insert, scoring_refresh_insert" ;;
-		events) off_activity="scoring_refresh_insert" off_event="workflow_match" ;;
-		rules) off_activity="scoring_refresh_insert" ;;
+		agg) off_activity="outbox_insert, activity_scoring_insert" ;;
+		events) off_activity="activity_scoring_insert" off_event="workflow_match" ;;
+		rules) off_activity="activity_scoring_insert" ;;
 	esac
 	{
 		echo "ALTER TABLE crm.activity ENABLE TRIGGER USER;"
