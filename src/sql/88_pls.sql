@@ -261,13 +261,23 @@ BEGIN
                AND NOT EXISTS (SELECT 1 FROM crm.contact c
                                 WHERE c.tenant_id = tenant AND c.id = o.contact_id AND c.profiling_opt_out)
         ), lost_at AS (
-            SELECT c.id, coalesce(
+            -- one sub-query per kind, so that each probes its index of
+            -- stage_history (a CASE over the two columns matched every row
+            -- of the tenant's history: quadratic in a bulk close)
+            SELECT c.id, c.team_key, c.pipeline_id, coalesce(
+                       CASE WHEN kind = 'lead' THEN
                        (SELECT h.from_stage_id
                           FROM crm.stage_history h
                           JOIN crm.stage f ON f.tenant_id = h.tenant_id AND f.id = h.from_stage_id AND f.kind = 'open'
-                         WHERE h.tenant_id = tenant
-                           AND CASE WHEN kind = 'lead' THEN h.lead_id ELSE h.opportunity_id END = c.id
-                         ORDER BY h.changed_at DESC, h.id DESC LIMIT 1),
+                         WHERE h.tenant_id = tenant AND h.lead_id = c.id
+                         ORDER BY h.changed_at DESC, h.id DESC LIMIT 1)
+                       ELSE
+                       (SELECT h.from_stage_id
+                          FROM crm.stage_history h
+                          JOIN crm.stage f ON f.tenant_id = h.tenant_id AND f.id = h.from_stage_id AND f.kind = 'open'
+                         WHERE h.tenant_id = tenant AND h.opportunity_id = c.id
+                         ORDER BY h.changed_at DESC, h.id DESC LIMIT 1)
+                       END,
                        (SELECT s.id FROM crm.stage s
                          WHERE s.tenant_id = tenant AND s.pipeline_id = c.pipeline_id
                          ORDER BY s.sequence, s.id LIMIT 1)) AS stage_id
@@ -279,11 +289,10 @@ BEGIN
           JOIN crm.stage s ON s.tenant_id = tenant AND s.pipeline_id = c.pipeline_id
          WHERE c.is_won
         UNION ALL
-        SELECT c.id, c.team_key, 'stage', s.id::text, 0, 1
-          FROM closed c
-          JOIN lost_at la ON la.id = c.id
+        SELECT la.id, la.team_key, 'stage', s.id::text, 0, 1
+          FROM lost_at la
           JOIN crm.stage ls ON ls.tenant_id = tenant AND ls.id = la.stage_id
-          JOIN crm.stage s ON s.tenant_id = tenant AND s.pipeline_id = c.pipeline_id AND s.sequence <= ls.sequence
+          JOIN crm.stage s ON s.tenant_id = tenant AND s.pipeline_id = la.pipeline_id AND s.sequence <= ls.sequence
         UNION ALL
         SELECT c.id, c.team_key, v.variable, v.value, c.is_won::integer, (NOT c.is_won)::integer
           FROM closed c
