@@ -152,3 +152,14 @@ RESET crm.tenant_id;
 RESET ROLE;
 SELECT count(*) AS still_locked FROM crm.job WHERE tenant_id = :'rp' AND locked_by IS NOT NULL;
 DROP ROLE regress_rv_maint, regress_rv_writer;
+
+-- 5. A NULL currency or day with an amount to convert is a missing
+-- argument (22004), not a missing rate (P0002); a NULL amount stays NULL.
+SET ROLE regress_crm_app;
+SET crm.tenant_id = :'rv';
+SELECT rv_try($$SELECT crm.convert_amount(1, NULL, 'USD')$$) AS null_from,
+       rv_try($$SELECT crm.convert_amount(1, 'EUR', NULL)$$) AS null_to,
+       rv_try($$SELECT crm.convert_amount(1, 'EUR', 'USD', NULL)$$) AS null_day,
+       crm.convert_amount(NULL, NULL, 'USD') IS NULL AS null_amount_null;
+RESET crm.tenant_id;
+RESET ROLE;

@@ -256,6 +256,12 @@ DECLARE
     r numeric := crm.exchange_rate(from_currency, to_currency, on_date, tenant);
     bad text;
 BEGIN
+    -- an amount to convert needs both codes and a day: a NULL one is a
+    -- missing argument (22004), not a missing rate
+    IF amount IS NOT NULL AND (from_currency IS NULL OR to_currency IS NULL OR on_date IS NULL) THEN
+        RAISE EXCEPTION 'from_currency, to_currency and on_date must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     IF r IS NULL THEN
         -- a code that is no currency is a bad parameter, as in crm.forecast
         SELECT x.code INTO bad FROM unnest(ARRAY[from_currency, to_currency]) AS x(code)
@@ -275,7 +281,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.convert_amount(numeric, text, text, date, uuid) IS
-    'amount of from_currency in to_currency at the tenant''s rate in force on on_date (crm.exchange_rate); no rate is an error (P0002) naming both currencies and the day; a code not in crm.currency is 22023 (unknown currency)';
+    'amount of from_currency in to_currency at the tenant''s rate in force on on_date (crm.exchange_rate); no rate is an error (P0002) naming both currencies and the day; a code not in crm.currency is 22023 (unknown currency); a NULL code or day with an amount is 22004';
 
 -- The error of a missing rate, raised inside a query: crm.convert_amount's
 -- message without its table read, so that a query Citus routes to a
