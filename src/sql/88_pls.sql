@@ -218,9 +218,10 @@ DECLARE
     v_var text[];
     v_val text[];
 BEGIN
-    -- The closed records' variables read first (on Citus the query below is
-    -- routed to the tenant's shard, where a function reading tables is
-    -- refused): the records of the CTE closed below.
+    -- The closed records (not opted out of profiling) and their variables
+    -- read first (on Citus the query below is routed to the tenant's
+    -- shard, where a function reading tables is refused); the query below
+    -- takes the records by id through the primary key.
     IF kind = 'lead' THEN
         SELECT array_agg(l.id) INTO closed_ids
           FROM crm.lead l
@@ -237,29 +238,23 @@ BEGIN
            AND NOT EXISTS (SELECT 1 FROM crm.contact c
                             WHERE c.tenant_id = tenant AND c.id = o.contact_id AND c.profiling_opt_out);
     END IF;
+    closed_ids := coalesce(closed_ids, '{}');
     SELECT array_agg(v.record_id), array_agg(v.variable), array_agg(v.value)
       INTO v_id, v_var, v_val
-      FROM crm.pls_record_values(tenant, kind, coalesce(closed_ids, '{}')) v
-     WHERE v.variable = ANY (crm.pls_variables(tenant));
+      FROM crm.pls_record_values(tenant, kind, closed_ids) v
+     WHERE v.variable = ANY ((SELECT crm.pls_variables(tenant))::text[]);
     -- plpgsql keeps the plan of this query for the session
     RETURN QUERY
         WITH closed AS (
             SELECT l.id, coalesce(l.team_id, '00000000-0000-0000-0000-000000000000') AS team_key,
                    l.pipeline_id, (l.converted_at IS NOT NULL OR l.status = 'won') AS is_won
               FROM crm.lead l
-             WHERE kind = 'lead' AND l.tenant_id = tenant AND (ids IS NULL OR l.id = ANY (ids))
-               AND (l.converted_at IS NOT NULL OR l.status <> 'open')
-               AND NOT EXISTS (SELECT 1 FROM crm.contact c
-                                WHERE c.tenant_id = tenant AND c.profiling_opt_out
-                                  AND (crm.casefold(c.email) = crm.casefold(l.email) OR c.id = l.converted_contact_id))
+             WHERE kind = 'lead' AND l.tenant_id = tenant AND l.id = ANY (closed_ids)
             UNION ALL
             SELECT o.id, coalesce(o.team_id, '00000000-0000-0000-0000-000000000000'),
                    o.pipeline_id, o.status = 'won'
               FROM crm.opportunity o
-             WHERE kind = 'opportunity' AND o.tenant_id = tenant AND (ids IS NULL OR o.id = ANY (ids))
-               AND o.status <> 'open'
-               AND NOT EXISTS (SELECT 1 FROM crm.contact c
-                                WHERE c.tenant_id = tenant AND c.id = o.contact_id AND c.profiling_opt_out)
+             WHERE kind = 'opportunity' AND o.tenant_id = tenant AND o.id = ANY (closed_ids)
         ), lost_at AS (
             -- one sub-query per kind, so that each probes its index of
             -- stage_history (a CASE over the two columns matched every row
@@ -561,7 +556,7 @@ BEGIN
     SELECT array_agg(array_position(crm.pls_all_variables(), v.variable)), array_agg(v.variable), array_agg(v.value)
       INTO v_ord, v_var, v_val
       FROM crm.pls_record_values(tenant, kind, ARRAY[record]) v
-     WHERE v.variable = ANY (crm.pls_variables(tenant));
+     WHERE v.variable = ANY ((SELECT crm.pls_variables(tenant))::text[]);
 
     RETURN QUERY
     WITH freq AS (
@@ -638,7 +633,7 @@ BEGIN
     SELECT array_agg(v.record_id), array_agg(v.variable), array_agg(v.value)
       INTO v_id, v_var, v_val
       FROM crm.pls_record_values(tenant, kind, coalesce(open_ids, '{}')) v
-     WHERE v.variable = ANY (crm.pls_variables(tenant));
+     WHERE v.variable = ANY ((SELECT crm.pls_variables(tenant))::text[]);
     -- Many records: the CTEs' row counts are guesses, and nested loops over
     -- them go quadratic; one record: index lookups are what it needs.  The
     -- query is planned each call, under the setting chosen (the function's
