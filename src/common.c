@@ -89,7 +89,12 @@ crm_notify(const char *channel, const char *payload)
 	const char *app = GetConfigOption("application_name", true, false);
 
 	if (app != NULL && strncmp(app, "citus_internal", strlen("citus_internal")) == 0)
+	{
+		/* a call handed over by the coordinator: it sends them (shard.c) */
+		if (crm_in_shard_call())
+			crm_shard_record_notification(channel, payload);
 		return;
+	}
 	Async_Notify(channel, payload);
 }
 

@@ -62,6 +62,21 @@ extern void crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 								bool row_level, bool before);
 extern char *crm_table_name(Relation rel);
 extern void crm_notify(const char *channel, const char *payload);
+extern bool crm_citus_in_database(void);
+extern bool crm_in_shard_call(void);
+extern void crm_shard_record_notification(const char *channel, const char *payload);
+extern bool crm_shard_delegate(FunctionCallInfo fcinfo, Datum *result);
+/*
+ * First in a function that writes as the tables' owner: with Citus, the
+ * call is handed to its twin crm.<name>_in_shard on the tenant's node
+ * (shard.c), and its result returned.
+ */
+#define CRM_SHARD_CALL(fcinfo) \
+	do { \
+		Datum		crm_shard_result_; \
+		if (crm_shard_delegate((fcinfo), &crm_shard_result_)) \
+			return crm_shard_result_; \
+	} while (0)
 extern void crm_require_trigger_nargs(FunctionCallInfo fcinfo,
 									  const char *funcname, int nargs);
 extern bool crm_replica_skips_work(void);

@@ -1614,6 +1614,7 @@ crm_forecast_totals(PG_FUNCTION_ARGS)
 PG_FUNCTION_INFO_V1(crm_forecast_snapshot);
 
 static SPIPlanPtr snapshot_who_plan = NULL;
+static SPIPlanPtr snapshot_currency_plan = NULL;
 static SPIPlanPtr snapshot_deals_plan = NULL;
 static SPIPlanPtr snapshot_store_plan = NULL;
 
@@ -1628,8 +1629,17 @@ snapshot_prepare(const char *sql, int nargs, Oid *types)
 	return plan;
 }
 
+static Datum crm_forecast_snapshot_here(FunctionCallInfo fcinfo);
+
 Datum
 crm_forecast_snapshot(PG_FUNCTION_ARGS)
+{
+	CRM_SHARD_CALL(fcinfo);
+	return crm_forecast_snapshot_here(fcinfo);
+}
+
+static Datum
+crm_forecast_snapshot_here(FunctionCallInfo fcinfo)
 {
 	bool		isnull;
 	Datum		tenant;
@@ -1646,7 +1656,7 @@ crm_forecast_snapshot(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	if (snapshot_who_plan == NULL)
 		snapshot_who_plan = snapshot_prepare(
-											 "SELECT crm.current_tenant(), crm.current_user_id(), crm.tenant_default_currency()",
+											 "SELECT crm.current_tenant(), crm.current_user_id()",
 											 0, NULL);
 	if (SPI_execute_plan(snapshot_who_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read the current tenant");
@@ -1659,7 +1669,25 @@ crm_forecast_snapshot(PG_FUNCTION_ARGS)
 	user_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &user_null);
 	if (!user_null)
 		user_id = datumCopy(user_id, false, 16);
-	currency = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+
+	/*
+	 * The tenant's currency by a statement that names the tenant (on Citus
+	 * routed to its shard; crm.tenant_default_currency() filters by a
+	 * function call, which a worker cannot route).
+	 */
+	if (snapshot_currency_plan == NULL)
+	{
+		Oid			uuid_type = UUIDOID;
+
+		snapshot_currency_plan = snapshot_prepare(
+												  "SELECT t.default_currency FROM crm.tenant t"
+												  " WHERE t.tenant_id OPERATOR(pg_catalog.=) $1",
+												  1, &uuid_type);
+	}
+	if (SPI_execute_plan(snapshot_currency_plan, &tenant, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read the tenant's default currency");
+	currency = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull)
 		elog(ERROR, "the tenant has no default currency");
 	currency = SPI_datumTransfer(currency, false, -1);

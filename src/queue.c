@@ -395,7 +395,7 @@ static const QueuePlanSpec plan_specs[NUM_QUEUE_PLANS] = {
 		"  RETURNING a.tenant_id, a.idempotency_key),"
 		" keys AS (DELETE FROM crm.job_key k USING gone g"
 		"  WHERE k.tenant_id OPERATOR(pg_catalog.=) g.tenant_id"
-		"   AND k.idempotency_key OPERATOR(pg_catalog.=) g.idempotency_key)"
+		"   AND k.tenant_id OPERATOR(pg_catalog.=) $1 AND k.idempotency_key OPERATOR(pg_catalog.=) g.idempotency_key)"
 		" SELECT pg_catalog.count(*) FROM gone",
 		2, {UUIDOID, INTERVALOID}
 	},
@@ -1265,8 +1265,17 @@ crm_queue_require_visible(const pg_uuid_t *tenant, const pg_uuid_t *contact,
  * crm.enqueue_job(action, params, contact, run_at, idempotency_key,
  *				   source_entity, source_id, rule, max_attempts) returns uuid
  */
+static Datum crm_queue_enqueue_here(FunctionCallInfo fcinfo);
+
 Datum
 crm_queue_enqueue(PG_FUNCTION_ARGS)
+{
+	CRM_SHARD_CALL(fcinfo);
+	return crm_queue_enqueue_here(fcinfo);
+}
+
+static Datum
+crm_queue_enqueue_here(FunctionCallInfo fcinfo)
 {
 	CrmJobRequest request;
 	pg_uuid_t	tenant = queue_tenant();
@@ -1379,8 +1388,17 @@ per_job_uuids(FunctionCallInfo fcinfo, int argno, const char *name, int njobs, b
  * crm.enqueue_job() for many jobs of one action: the same checks per job,
  * then crm_queue_enqueue_jobs(), one statement for the batch.
  */
+static Datum crm_queue_enqueue_many_here(FunctionCallInfo fcinfo);
+
 Datum
 crm_queue_enqueue_many(PG_FUNCTION_ARGS)
+{
+	CRM_SHARD_CALL(fcinfo);
+	return crm_queue_enqueue_many_here(fcinfo);
+}
+
+static Datum
+crm_queue_enqueue_many_here(FunctionCallInfo fcinfo)
 {
 	pg_uuid_t	tenant = queue_tenant();
 	QueueSession session;
@@ -1662,8 +1680,17 @@ claim_range(const pg_uuid_t *tenant, Datum *args, int limit, TimestampTz lo, Tim
 /*
  * crm.claim_jobs(queue, worker, max, lease) returns setof crm.job
  */
+static Datum crm_queue_claim_here(FunctionCallInfo fcinfo);
+
 Datum
 crm_queue_claim(PG_FUNCTION_ARGS)
+{
+	CRM_SHARD_CALL(fcinfo);
+	return crm_queue_claim_here(fcinfo);
+}
+
+static Datum
+crm_queue_claim_here(FunctionCallInfo fcinfo)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	pg_uuid_t	tenant = queue_tenant();
@@ -1806,8 +1833,17 @@ worker_argument(FunctionCallInfo fcinfo, int argno)
 /*
  * crm.complete_job(id, result, worker) returns void
  */
+static Datum crm_queue_complete_here(FunctionCallInfo fcinfo);
+
 Datum
 crm_queue_complete(PG_FUNCTION_ARGS)
+{
+	CRM_SHARD_CALL(fcinfo);
+	return crm_queue_complete_here(fcinfo);
+}
+
+static Datum
+crm_queue_complete_here(FunctionCallInfo fcinfo)
 {
 	pg_uuid_t	tenant = queue_tenant();
 	pg_uuid_t	job = job_argument(fcinfo);
@@ -1885,8 +1921,17 @@ fail_one(const pg_uuid_t *tenant, const pg_uuid_t *job, const char *worker, Datu
  * crm.fail_job(id, error, worker) returns timestamptz: when the job runs
  * again, or NULL when it died.
  */
+static Datum crm_queue_fail_here(FunctionCallInfo fcinfo);
+
 Datum
 crm_queue_fail(PG_FUNCTION_ARGS)
+{
+	CRM_SHARD_CALL(fcinfo);
+	return crm_queue_fail_here(fcinfo);
+}
+
+static Datum
+crm_queue_fail_here(FunctionCallInfo fcinfo)
 {
 	pg_uuid_t	tenant = queue_tenant();
 	pg_uuid_t	job = job_argument(fcinfo);
@@ -1960,8 +2005,17 @@ job_ids_argument(FunctionCallInfo fcinfo, int *n)
  * A job left out only by a race (job_held() finds nothing wrong) is
  * completed by itself, as crm.complete_job() does.
  */
+static Datum crm_queue_complete_many_here(FunctionCallInfo fcinfo);
+
 Datum
 crm_queue_complete_many(PG_FUNCTION_ARGS)
+{
+	CRM_SHARD_CALL(fcinfo);
+	return crm_queue_complete_many_here(fcinfo);
+}
+
+static Datum
+crm_queue_complete_many_here(FunctionCallInfo fcinfo)
 {
 	pg_uuid_t	tenant = queue_tenant();
 	char	   *worker = worker_argument(fcinfo, 1);
@@ -2032,8 +2086,17 @@ crm_queue_complete_many(PG_FUNCTION_ARGS)
  * statements; one call still reports the batch, all or nothing (the first
  * error undoes the jobs failed before it).
  */
+static Datum crm_queue_fail_many_here(FunctionCallInfo fcinfo);
+
 Datum
 crm_queue_fail_many(PG_FUNCTION_ARGS)
+{
+	CRM_SHARD_CALL(fcinfo);
+	return crm_queue_fail_many_here(fcinfo);
+}
+
+static Datum
+crm_queue_fail_many_here(FunctionCallInfo fcinfo)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	pg_uuid_t	tenant = queue_tenant();
@@ -2066,8 +2129,17 @@ crm_queue_fail_many(PG_FUNCTION_ARGS)
  * crm.extend_lease(id, lease, worker) returns timestamptz: the lease now
  * ends that long from now.
  */
+static Datum crm_queue_extend_lease_here(FunctionCallInfo fcinfo);
+
 Datum
 crm_queue_extend_lease(PG_FUNCTION_ARGS)
+{
+	CRM_SHARD_CALL(fcinfo);
+	return crm_queue_extend_lease_here(fcinfo);
+}
+
+static Datum
+crm_queue_extend_lease_here(FunctionCallInfo fcinfo)
 {
 	pg_uuid_t	tenant = queue_tenant();
 	pg_uuid_t	job = job_argument(fcinfo);
@@ -2106,8 +2178,17 @@ crm_queue_extend_lease(PG_FUNCTION_ARGS)
  * serve.  With a tenant, any other role reaps (and counts) only the jobs
  * it may see in a private tenant.
  */
+static Datum crm_queue_reap_here(FunctionCallInfo fcinfo);
+
 Datum
 crm_queue_reap(PG_FUNCTION_ARGS)
+{
+	CRM_SHARD_CALL(fcinfo);
+	return crm_queue_reap_here(fcinfo);
+}
+
+static Datum
+crm_queue_reap_here(FunctionCallInfo fcinfo)
 {
 	pg_uuid_t	tenant;
 	bool		has_tenant = crm_current_tenant_id(&tenant);
@@ -2171,8 +2252,17 @@ crm_queue_reap(PG_FUNCTION_ARGS)
  * crm.retry_job(id) returns uuid: a dead job back in its queue, due now,
  * attempts reset, errors kept.
  */
+static Datum crm_queue_retry_here(FunctionCallInfo fcinfo);
+
 Datum
 crm_queue_retry(PG_FUNCTION_ARGS)
+{
+	CRM_SHARD_CALL(fcinfo);
+	return crm_queue_retry_here(fcinfo);
+}
+
+static Datum
+crm_queue_retry_here(FunctionCallInfo fcinfo)
 {
 	pg_uuid_t	tenant = queue_tenant();
 	pg_uuid_t	job = job_argument(fcinfo);
@@ -2209,8 +2299,17 @@ crm_queue_retry(PG_FUNCTION_ARGS)
  * Without a tenant every tenant's archive is purged, by the operator only
  * (as crm.reap_expired_leases()).
  */
+static Datum crm_queue_purge_here(FunctionCallInfo fcinfo);
+
 Datum
 crm_queue_purge(PG_FUNCTION_ARGS)
+{
+	CRM_SHARD_CALL(fcinfo);
+	return crm_queue_purge_here(fcinfo);
+}
+
+static Datum
+crm_queue_purge_here(FunctionCallInfo fcinfo)
 {
 	pg_uuid_t	tenant;
 	bool		has_tenant = crm_current_tenant_id(&tenant);

@@ -1156,8 +1156,17 @@ consume_uuid_text(const char *s)
 	return digits == 32 && c[-1] != '-';
 }
 
+static Datum crm_workflow_consume_event_here(FunctionCallInfo fcinfo);
+
 Datum
 crm_workflow_consume_event(PG_FUNCTION_ARGS)
+{
+	CRM_SHARD_CALL(fcinfo);
+	return crm_workflow_consume_event_here(fcinfo);
+}
+
+static Datum
+crm_workflow_consume_event_here(FunctionCallInfo fcinfo)
 {
 	pg_uuid_t	tenant;
 	char	   *type;

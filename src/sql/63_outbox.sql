@@ -225,6 +225,13 @@ BEGIN
     IF $1 IS NULL THEN
         RAISE EXCEPTION 'consumer name must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- On Citus the consumer is kept and checked on the tenant's node, with
+    -- that node's role OIDs (crm.subscribe and crm.ack run there): so is
+    -- this (src/shard.c; the twin calls this function there).
+    IF crm.shard_call_wanted() THEN
+        RETURN QUERY EXECUTE 'SELECT * FROM crm.poll_in_shard($1, $2, $3)' USING t, $1, $2;
+        RETURN;
+    END IF;
     SELECT c.position, c.role_oid INTO pos, owner_role FROM crm.event_consumer c
      WHERE c.tenant_id = t AND c.name = $1;
     IF NOT FOUND THEN

@@ -384,9 +384,17 @@ BEGIN
     -- Concurrent trigger upserts wait until this transaction ends; they then
     -- apply their own changes on top of the recomputed rows.
     LOCK TABLE crm.contact_engagement, crm.lead_engagement, crm.account_summary IN SHARE ROW EXCLUSIVE MODE;
-    DELETE FROM crm.contact_engagement e WHERE target IS NULL OR e.tenant_id = target;
-    DELETE FROM crm.lead_engagement e WHERE target IS NULL OR e.tenant_id = target;
-    DELETE FROM crm.account_summary e WHERE target IS NULL OR e.tenant_id = target;
+    -- One tenant's rows by a statement that names it (on Citus it runs on
+    -- that tenant's node only: crm.refresh_aggregates hands it there).
+    IF target IS NULL THEN
+        DELETE FROM crm.contact_engagement e;
+        DELETE FROM crm.lead_engagement e;
+        DELETE FROM crm.account_summary e;
+    ELSE
+        DELETE FROM crm.contact_engagement e WHERE e.tenant_id = target;
+        DELETE FROM crm.lead_engagement e WHERE e.tenant_id = target;
+        DELETE FROM crm.account_summary e WHERE e.tenant_id = target;
+    END IF;
     INSERT INTO crm.contact_engagement (tenant_id, contact_id, activity_count, counts_by_type, counts_by_module,
                                         first_activity_at, last_activity_at, last_inbound_at, last_outbound_at,
                                         last_meeting_at, score_value, score_ref)

@@ -497,6 +497,8 @@ CREATE FUNCTION crm.setup_roles() RETURNS void
     AS $$
 DECLARE
     r text;
+    twin regprocedure;
+    grantee name;
 BEGIN
     FOREACH r IN ARRAY ARRAY['crm_reader', 'crm_writer', 'crm_admin', 'crm_app'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
@@ -674,6 +676,27 @@ BEGIN
         crm.engagement_recomputed_one(uuid), crm.engagement_recomputed_for(uuid),
         crm.account_summary_recomputed_one(uuid), crm.account_summary_recomputed_for(uuid)
         TO crm_reader;
+
+    -- Calls handed to the tenant's node on Citus (src/shard.c,
+    -- src/sql/98_shard_calls.sql): each twin is granted to the roles its
+    -- function is granted to, and no more.
+    FOR twin, grantee IN
+        SELECT t.oid::regprocedure, g.rolname
+          FROM pg_catalog.pg_proc t
+          JOIN pg_catalog.pg_proc f
+            ON f.pronamespace = t.pronamespace
+           AND f.proname OPERATOR(pg_catalog.||) '_in_shard' = t.proname
+           AND t.pronargs = f.pronargs + 1
+           AND pg_catalog.oidvectortypes(t.proargtypes)
+               = pg_catalog.concat_ws(', ', 'uuid', NULLIF(pg_catalog.oidvectortypes(f.proargtypes), ''))
+         CROSS JOIN LATERAL pg_catalog.aclexplode(f.proacl) a
+          JOIN pg_catalog.pg_roles g ON g.oid = a.grantee
+         WHERE t.pronamespace = 'crm'::regnamespace AND a.privilege_type = 'EXECUTE'
+           AND g.rolname IN ('crm_reader', 'crm_writer', 'crm_admin', 'crm_app')
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %I', twin, grantee);
+    END LOOP;
+    GRANT EXECUTE ON FUNCTION crm.shard_notifications(uuid), crm.shard_call_wanted() TO crm_reader;
 END
 $$;
 COMMENT ON FUNCTION crm.setup_roles() IS

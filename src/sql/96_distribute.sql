@@ -47,6 +47,7 @@ CREATE FUNCTION crm.distribute() RETURNS TABLE (table_name regclass, distributio
     AS $$
 DECLARE
     t regclass;
+    f regprocedure;
     kind text;
     done boolean;
     has_rows boolean;
@@ -179,6 +180,27 @@ BEGIN
         table_name := t;
         distribution := kind;
         RETURN NEXT;
+    END LOOP;
+    -- The functions that write as the tables' owner hand their calls to
+    -- twins (src/shard.c, src/sql/98_shard_calls.sql): each twin, and the
+    -- notifications they leave, becomes a distributed function co-located
+    -- with crm.tenant by its first argument (the tenant), force-delegated
+    -- so that Citus runs it on the tenant's node inside a transaction too.
+    FOR f IN
+        SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'crm'::regnamespace
+           AND (p.proname LIKE '%\_in\_shard' OR p.proname = 'shard_notifications')
+         ORDER BY p.proname
+    LOOP
+        EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_object o
+                                 WHERE o.classid = ''pg_catalog.pg_proc''::pg_catalog.regclass
+                                   AND o.objid = $1 AND o.distribution_argument_index IS NOT NULL)'
+            INTO done USING f;
+        IF NOT done THEN
+            EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''$1'','
+                    ' colocate_with => ''crm.tenant'', force_delegation => true)'
+                USING f;
+        END IF;
     END LOOP;
     -- The coordinator keeps its own (now unseen) copy of the lookups' shipped
     -- rows: truncate_local_data_after_distributing_table() would cascade to
