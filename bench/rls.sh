@@ -20,10 +20,12 @@
 # visible_to IS NULL OR crm.current_user_id() = ANY (visible_to) OR
 # crm.is_admin(): no sub-query per row.
 #
-# Five rounds; each round opens one session per side, runs every query once
-# to warm the caches, then once timed (clock_timestamp before and after, the
-# rows sent to /dev/null).  The median per query and side is printed with
-# the ratio rls/owner.  Both sides must return the same rows, or the
+# Five rounds (RLS_ROUNDS); each round opens one session per side, runs
+# every query once to warm the caches, then ten times timed (RLS_REPEAT;
+# clock_timestamp before and after, the rows sent to /dev/null): the
+# queries take 10 to 20 ms, so one timing per round was mostly noise.  The
+# median per query and side over every timed run is printed with the ratio
+# rls/owner; the sides take turns round by round.  Both sides must return the same rows, or the
 # benchmark fails.
 #
 # Needs PGHOST/PGPORT/PGUSER (a superuser) and psql; makes and drops the
@@ -35,6 +37,7 @@ ROLE=bench_app
 TENANTS=${RLS_TENANTS:-20}
 PER_TENANT=${RLS_PER_TENANT:-5000}
 ROUNDS=${RLS_ROUNDS:-5}
+REPEAT=${RLS_REPEAT:-10}
 QUERIES=(opportunity_kanban lead_kanban dashboard)
 
 command -v psql >/dev/null || PATH="$("$(dirname "$0")/../scripts/cluster.sh" bindir):$PATH"
@@ -136,12 +139,14 @@ SELECT format('sum $side $q %s %s', count(*), md5(string_agg(v::text, '|' ORDER 
 SELECT * FROM crm.$q $where \\g /dev/null
 SQL
 	done
-	for q in "${QUERIES[@]}"; do
-		cat <<SQL
+	for _ in $(seq 1 "$REPEAT"); do
+		for q in "${QUERIES[@]}"; do
+			cat <<SQL
 SELECT clock_timestamp() AS t0 \\gset
 SELECT * FROM crm.$q $where \\g /dev/null
 SELECT format('time $side $q %s', round(extract(epoch FROM clock_timestamp() - :'t0') * 1000, 3));
 SQL
+		done
 	done
 }
 
@@ -176,7 +181,7 @@ done
 median() { grep "^time $1 $2 " <<<"$results" | awk '{print $4}' | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
 echo
-echo "views for one tenant of $TENANTS ($PER_TENANT opportunities + $PER_TENANT leads each), median of $ROUNDS"
+echo "views for one tenant of $TENANTS ($PER_TENANT opportunities + $PER_TENANT leads each), median of $ROUNDS rounds x $REPEAT runs"
 printf "  %-20s %12s %12s %8s %14s %8s\n" query "RLS (ms)" "owner (ms)" ratio "private (ms)" ratio
 for q in "${QUERIES[@]}"; do
 	rls=$(median rls "$q")

@@ -124,7 +124,7 @@ run_compare() { # DATABASE OUTPUT
 	PGOPTIONS='-c client_min_messages=warning' \
 		"$PGBIN/psql" -X -q -h 127.0.0.1 -p "$COORD" -U postgres -d "$db" \
 		-v VERBOSITY=terse -f "$REPO/test/citus/compare.sql" 2>&1 |
-		sed -E -e 's/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/<uuid>/g' \
+		sed -E -e 's/with PID [0-9]+/with PID <pid>/' -e 's/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/<uuid>/g' \
 			-e 's/([a-z])_[0-9]{6,}\b/\1/g' >"$out"
 }
 

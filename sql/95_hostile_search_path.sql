@@ -506,6 +506,38 @@ SELECT pg_catalog.count(*) AS problems FROM crm.validate_rule('{"all": [{"field"
 SELECT crm.idempotency_key('hostile', 'key') IS NOT NULL AS keyed;
 SELECT crm.consume_event('OfferRejected', pg_catalog.jsonb_build_object('opportunityId', :'hopp'), 'hostile-1')
        IS NOT NULL AS consumed;
+-- the twins of the owner-writing calls (src/shard.c): on Citus they run
+-- the call on the tenant's node; on one node, where they are called
+SELECT crm.shard_call_wanted() AS hand_over, pg_catalog.count(*) AS notifications
+  FROM crm.shard_notifications(crm.current_tenant());
+SELECT crm.emit_event_in_shard(crm.current_tenant(), 'HorseTwin', '{}', NULL, NULL) IS NOT NULL AS twin_emitted,
+       crm.subscribe_in_shard(crm.current_tenant(), 'hostile-twin', NULL) IS NOT NULL AS twin_subscribed;
+SELECT pg_catalog.count(*) AS twin_polled FROM crm.poll_in_shard(crm.current_tenant(), 'hostile-twin', 10);
+SELECT crm.ack_in_shard(crm.current_tenant(), 'hostile-twin', 0) IS NOT NULL AS twin_acked,
+       crm.unsubscribe_in_shard(crm.current_tenant(), 'hostile-twin') AS twin_unsubscribed;
+SELECT crm.enqueue_job_in_shard(crm.current_tenant(), 'webhook', '{"twin": 1}', NULL, pg_catalog.now(),
+                                NULL, NULL, NULL, NULL, 1) AS tjob \gset
+SELECT crm.enqueue_jobs_in_shard(crm.current_tenant(), 'webhook', '{"{}", "{}"}', NULL, pg_catalog.now(),
+                                 NULL, NULL, NULL, NULL, 5) AS tbatch \gset
+SELECT pg_catalog.count(*) AS twin_claimed
+  FROM crm.claim_jobs_in_shard(crm.current_tenant(), 'webhook', 'hostile-twin', 10, '1 minute');
+SELECT crm.extend_lease_in_shard(crm.current_tenant(), :'tjob', '2 minutes', 'hostile-twin') IS NOT NULL AS twin_extended;
+SELECT crm.fail_job_in_shard(crm.current_tenant(), :'tjob', 'boom', 'hostile-twin') IS NULL AS twin_dead;
+SELECT crm.retry_job_in_shard(crm.current_tenant(), :'tjob') OPERATOR(pg_catalog.=) :'tjob' AS twin_retried;
+SELECT crm.complete_jobs_in_shard(crm.current_tenant(), (:'tbatch'::pg_catalog.uuid[])[1:1], 'hostile-twin', NULL)
+       AS twin_completed;
+SELECT pg_catalog.count(*) AS twin_failed
+  FROM crm.fail_jobs_in_shard(crm.current_tenant(), (:'tbatch'::pg_catalog.uuid[])[2:2], 'hostile-twin', 'boom');
+SELECT pg_catalog.count(*) AS twin_claimed
+  FROM crm.claim_jobs_in_shard(crm.current_tenant(), 'webhook', 'hostile-twin', 10, '1 minute');
+SELECT crm.complete_job_in_shard(crm.current_tenant(), :'tjob', NULL, 'hostile-twin');
+SELECT crm.reap_expired_leases_in_shard(crm.current_tenant()) AS twin_reaped;
+SELECT crm.consume_event_in_shard(crm.current_tenant(), 'OfferRejected',
+                                  pg_catalog.jsonb_build_object('opportunityId', :'hopp'), 'hostile-twin-1')
+       IS NOT NULL AS twin_consumed;
+SELECT crm.snapshot_forecast_in_shard(crm.current_tenant(), 'Hostile twin', 'month', '2020-01-01', '2020-01-31',
+                                      NULL, NULL, pg_catalog.now()) IS NOT NULL AS twin_snapshot;
+SELECT crm.scoring_rescore_in_shard(crm.current_tenant(), crm.current_tenant(), NULL, false) IS NOT NULL AS twin_rescored;
 DELETE FROM crm.account_tag WHERE account_id OPERATOR(pg_catalog.=) :'hacc';
 DELETE FROM crm.contact_tag WHERE contact_id OPERATOR(pg_catalog.=) :'hcon';
 DELETE FROM crm.lead_tag WHERE lead_id OPERATOR(pg_catalog.=) :'hlead';
@@ -538,6 +570,9 @@ SELECT crm.pls_configure(ARRAY['tags', 'source', 'industry', 'company_size', 'em
 
 -- purging the job archive is an admin's task (sql/99_attacks.sql)
 SELECT crm.purge_jobs('1 day') AS purged;
+SELECT crm.purge_jobs_in_shard(crm.current_tenant(), '1 day') AS twin_purged,
+       crm.purge_events_in_shard(crm.current_tenant(), '1 day') IS NOT NULL AS twin_purged_events,
+       crm.pls_rebuild_in_shard(crm.current_tenant(), crm.current_tenant()) IS NOT NULL AS twin_rebuilt;
 INSERT INTO crm.workflow_rule (name, event, days, action, params)
 VALUES ('Hostile quiet deals', 'NoActivityFor', 1, 'add_tag', '{"tag": "Quiet"}');
 SELECT crm.run_time_rules(pg_catalog.now() OPERATOR(pg_catalog.+) interval '30 days') OPERATOR(pg_catalog.>) 0 AS time_rules;

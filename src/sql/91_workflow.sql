@@ -266,8 +266,11 @@ BEGIN
                                                                          o.probability + (p->>'delta')::numeric)))
                      WHERE o.tenant_id = t AND o.id = opp AND o.status = 'open';
                 WHEN 'add_tag' THEN
+                    -- no conflict target: the only key a new tag can meet is
+                    -- its name's (its id is new), and Citus cannot match an
+                    -- expression index's target on the shard
                     INSERT INTO crm.tag (tenant_id, name) VALUES (t, p->>'tag')
-                    ON CONFLICT (tenant_id, crm.casefold(name)) DO NOTHING;
+                    ON CONFLICT DO NOTHING;
                     SELECT g.id INTO tag FROM crm.tag g WHERE g.tenant_id = t AND crm.casefold(g.name) = crm.casefold(p->>'tag');
                     IF opp IS NOT NULL THEN
                         INSERT INTO crm.opportunity_tag (tenant_id, opportunity_id, tag_id) VALUES (t, opp, tag)

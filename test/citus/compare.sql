@@ -827,9 +827,9 @@ SELECT crm.pls_size_band(250) AS band, crm.pls_email_state('a@b.example') AS ema
        (SELECT count(*) FROM crm.pls_record_values(:'te', 'opportunity', ARRAY[:'e1', :'e2']::uuid[])) AS record_values,
        (SELECT count(*) FROM crm.pls_observations(:'te', 'opportunity', ARRAY[:'e1', :'e2']::uuid[])) AS observations;
 COMMIT;
--- one call a transaction: on Citus these write as the tables' owner, and a
--- second such call in a transaction is refused (see the README).  The
--- outbox's order (poll, ack, read_events) is compared in its own block.
+-- one call a transaction here (the blocks "shared:" at the end mix them
+-- with the application's writes).  The outbox's order (poll, ack,
+-- read_events) is compared in its own block.
 BEGIN;
 SET LOCAL crm.tenant_id = :'te';
 SET LOCAL crm.user_id = :'erin';
@@ -1214,8 +1214,8 @@ COMMIT;
 
 \echo '## end'
 
--- The job queue (issue 12) on Citus: every call of a transaction --------------
--- under one identity (the queue tables' owner), the tenant fence kept.
+-- The job queue (issue 12) on Citus: every call of a transaction on the --------
+-- tenant's node (src/shard.c), the tenant fence kept.
 \c - crm_citus_app
 SET client_min_messages = warning;
 SET citus.propagate_set_commands = 'local';
@@ -1267,13 +1267,8 @@ SET LOCAL crm.tenant_id = :'ts';
 SELECT crm.complete_job((:'claimed'::uuid[])[1], NULL, 'citus-worker');
 ROLLBACK;
 
--- Not here: crm.run_jobs().  Its actions run as the caller between the
--- claim and the completion, which run as the queue tables' owner, and on
--- Citus a transaction may not touch a tenant's shards as two users
--- ("placements modified ... by a different user"); the same holds for an
--- application's own statement before or after a queue call in one
--- transaction.  Jobs of the rules (written by the trigger on the shard)
--- are not affected.
+-- crm.run_jobs(), and queue calls among the application's writes: the
+-- blocks "shared:" at the end.
 
 \echo '## queue: another tenant sees, claims and completes none of these jobs'
 BEGIN;
@@ -1292,3 +1287,132 @@ SELECT crm.enqueue_job('webhook', '{"n": 7}') IS NOT NULL AS enqueued;
 SELECT crm.enqueue_job('webhook', '{"n": 8}') IS NOT NULL AS again;
 SELECT params->>'n' AS n FROM crm.claim_jobs('webhook', 'alice-worker', 10) ORDER BY 1;
 COMMIT;
+
+-- The owner-writing calls in the application's own transactions (issue 9,
+-- src/shard.c): on Citus each is handed to its twin on the tenant's node,
+-- so it may come before or after the application's writes in one
+-- transaction, and crm.run_jobs() runs its actions (as the caller) between
+-- its claim and its completion.  Notifications of such a call reach the
+-- coordinator's listeners (one per channel and transaction, as on one node;
+-- the triggers' own, written on a worker, do not: see the README).
+\c - postgres
+SET client_min_messages = warning;
+SELECT crm.create_tenant('Shared Co') AS tsh \gset
+BEGIN;
+SET LOCAL crm.tenant_id = :'tsh';
+INSERT INTO crm.app_user (tenant_id, name, email) VALUES (:'tsh', 'Sue Shared', 'sue@shared.example') RETURNING id AS sue \gset
+COMMIT;
+\c - crm_citus_app
+SET client_min_messages = warning;
+SET citus.propagate_set_commands = 'local';
+LISTEN crm_events;
+LISTEN crm_jobs;
+
+\echo '## shared: subscribe, write, emit and enqueue in one transaction; one notification per channel'
+BEGIN;
+SET LOCAL crm.tenant_id = :'tsh';
+SET LOCAL crm.user_id = :'sue';
+SELECT crm.subscribe('shared-app') IS NOT NULL AS subscribed;
+INSERT INTO crm.contact (first_name, last_name, email, owner_id)
+VALUES ('Cara', 'Shared', 'cara@shared.example', :'sue') RETURNING id AS cara \gset
+SELECT crm.emit_event('SharedThing', jsonb_build_object('n', 1), 'contact', :'cara') IS NOT NULL AS emitted;
+INSERT INTO crm.opportunity (name, amount, owner_id, contact_id)
+VALUES ('Shared deal', 500, :'sue', :'cara') RETURNING id AS sdeal \gset
+SELECT crm.enqueue_job('set_probability', '{"probability": 35}', source_entity => 'opportunity', source_id => :'sdeal') IS NOT NULL AS prob_job;
+SELECT crm.enqueue_job('add_tag', '{"tag": "shared"}', source_entity => 'opportunity', source_id => :'sdeal') IS NOT NULL AS tag_job;
+SELECT crm.enqueue_job('webhook', '{"n": 1}') IS NOT NULL AS hook_job;
+UPDATE crm.opportunity SET description = 'written after the calls' WHERE id = :'sdeal';
+COMMIT;
+-- (on Citus the triggers' own notifications stay on the worker: the
+-- listeners hear the calls'; so only this block listens)
+UNLISTEN *;
+
+\echo '## shared: poll, write, ack and unsubscribe in one transaction'
+BEGIN;
+SET LOCAL crm.tenant_id = :'tsh';
+SET LOCAL crm.user_id = :'sue';
+SELECT e.event_type, e.entity, e.payload ->> 'n' AS n FROM crm.poll('shared-app') e ORDER BY e.position;
+SELECT max(e.position) AS slast FROM crm.poll('shared-app') e \gset
+UPDATE crm.contact SET phone = '+1 555 0199' WHERE id = :'cara';
+SELECT crm.ack('shared-app', :slast) = :slast AS acked;
+SELECT count(*) AS after_ack FROM crm.poll('shared-app');
+SELECT crm.unsubscribe('shared-app') AS unsubscribed;
+COMMIT;
+
+\echo '## shared: run_jobs claims, acts as the caller and completes in one transaction'
+BEGIN;
+SET LOCAL crm.tenant_id = :'tsh';
+SET LOCAL crm.user_id = :'sue';
+INSERT INTO crm.activity (activity_type, subject, contact_id, status, occurred_at)
+VALUES ('note', 'Before the run', :'cara', 'completed', '2026-05-01 10:00+00');
+SELECT crm.run_jobs() AS ran;
+SELECT o.probability FROM crm.opportunity o WHERE o.id = :'sdeal';
+SELECT t.name AS tag FROM crm.opportunity_tag ot JOIN crm.tag t ON t.tenant_id = ot.tenant_id AND t.id = ot.tag_id
+ WHERE ot.tenant_id = :'tsh' AND ot.opportunity_id = :'sdeal' ORDER BY 1;
+SELECT a.action, a.outcome FROM crm.job_archive a ORDER BY 1;
+COMMIT;
+
+\echo '## shared: a worker claims, writes, completes and fails in one transaction'
+BEGIN;
+SET LOCAL crm.tenant_id = :'tsh';
+SELECT crm.enqueue_jobs('webhook', ARRAY['{"n": 2}', '{"n": 3}']::jsonb[]) IS NOT NULL AS batch;
+SELECT array_agg(id ORDER BY (params->>'n')::int) AS hooks FROM crm.claim_jobs('webhook', 'shared-worker', 10) \gset
+INSERT INTO crm.activity (activity_type, subject, contact_id, status, occurred_at)
+VALUES ('email', 'Webhook sent', :'cara', 'completed', '2026-05-02 10:00+00');
+SELECT crm.complete_jobs((:'hooks'::uuid[])[1:2], 'shared-worker', '{"sent": true}') AS completed;
+SELECT crm.fail_job((:'hooks'::uuid[])[3], 'HTTP 503', 'shared-worker') > now() AS retried_later;
+UPDATE crm.contact SET job_title = 'Buyer' WHERE id = :'cara';
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'tsh';
+SELECT params->>'n' AS n, attempts, jsonb_array_length(errors) AS errors FROM crm.job ORDER BY 1;
+SELECT action, params->>'n' AS n, outcome FROM crm.job_archive WHERE action = 'webhook' ORDER BY 2;
+SELECT c.activity_count FROM crm.contact_engagement c WHERE c.contact_id = :'cara';
+COMMIT;
+
+\echo '## shared: an inbound event and a forecast snapshot after the application''s writes'
+BEGIN;
+SET LOCAL crm.tenant_id = :'tsh';
+SET LOCAL crm.user_id = :'sue';
+UPDATE crm.opportunity SET expected_close_date = '2026-06-15' WHERE id = :'sdeal';
+SELECT crm.consume_event('OfferRejected', jsonb_build_object('opportunityId', :'sdeal', 'offerId', 'SH-1'), 'sh-of-1') IS NOT NULL AS consumed;
+SELECT crm.snapshot_forecast('shared-june', 'month', '2026-06-01', '2026-06-30') IS NOT NULL AS snapshot;
+INSERT INTO crm.activity (activity_type, subject, contact_id, status, occurred_at)
+VALUES ('call', 'After the snapshot', :'cara', 'completed', '2026-05-03 10:00+00');
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'tsh';
+SELECT i.event_type, i.external_id FROM crm.inbound_event i ORDER BY 2;
+SELECT f.name, f.period_type, f.open_deals, f.open_pipeline, f.weighted, f.currency FROM crm.revenue_forecast f ORDER BY 1;
+SELECT e.event_type FROM crm.read_events(0) e ORDER BY e.position;
+COMMIT;
+
+\echo '## shared: a twin runs for the session''s tenant only'
+BEGIN;
+SET LOCAL crm.tenant_id = :'tsh';
+SELECT crm.emit_event_in_shard(:'tn', 'Forged', '{}', NULL, NULL);
+ROLLBACK;
+BEGIN;
+SET LOCAL crm.tenant_id = :'tsh';
+SELECT crm.shard_call_wanted() IS NOT NULL AS answered;
+SELECT count(*) AS own_twin FROM crm.poll_in_shard(:'tsh', 'no-such-consumer', 10);
+ROLLBACK;
+
+\c - crm_citus_admin
+SET client_min_messages = warning;
+SET citus.propagate_set_commands = 'local';
+\echo '## shared: an admin writes, configures the model, purges and rebuilds in one transaction'
+BEGIN;
+SET LOCAL crm.tenant_id = :'tsh';
+INSERT INTO crm.activity_weight (activity_type, weight) VALUES ('call', 3);
+SELECT crm.pls_configure(ARRAY['source', 'industry']) IS NOT NULL AS configured;
+SELECT crm.purge_jobs('0 seconds') >= 0 AS purged_jobs, crm.purge_events('100 years') AS purged_events;
+SELECT crm.pls_rebuild(:'tsh') IS NOT NULL AS rebuilt;
+UPDATE crm.opportunity SET description = 'after maintenance' WHERE id = :'sdeal';
+COMMIT;
+BEGIN;
+SET LOCAL crm.tenant_id = :'tsh';
+SELECT count(*) AS archived_left FROM crm.job_archive;
+SELECT crm.pls_variables(:'tsh') AS variables;
+COMMIT;
+\echo '## end of shared'

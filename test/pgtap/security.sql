@@ -234,7 +234,32 @@ INSERT INTO func_level VALUES
     ('crm.unschedule_maintenance()', NULL),
     -- scale-out (issue 9): the operator's, on the coordinator
     ('crm.distribute()', NULL),
-    ('crm.distribution_problems()', NULL);
+    ('crm.distribution_problems()', NULL),
+    -- the twins of the owner-writing calls (issue 9, src/shard.c): granted
+    -- exactly as the function each runs
+    ('crm.emit_event_in_shard(uuid,text,jsonb,text,uuid)', 2),
+    ('crm.subscribe_in_shard(uuid,text,bigint)', 2),
+    ('crm.unsubscribe_in_shard(uuid,text)', 2),
+    ('crm.poll_in_shard(uuid,text,integer)', 2),
+    ('crm.ack_in_shard(uuid,text,bigint)', 2),
+    ('crm.purge_events_in_shard(uuid,interval)', 3),
+    ('crm.scoring_rescore_in_shard(uuid,uuid,uuid,boolean)', 2),
+    ('crm.pls_rebuild_in_shard(uuid,uuid)', 3),
+    ('crm.snapshot_forecast_in_shard(uuid,text,text,date,date,uuid,uuid,timestamp with time zone)', 2),
+    ('crm.enqueue_job_in_shard(uuid,text,jsonb,uuid,timestamp with time zone,uuid,text,uuid,uuid,integer)', 2),
+    ('crm.enqueue_jobs_in_shard(uuid,text,jsonb[],uuid[],timestamp with time zone,uuid[],text,uuid[],uuid,integer)', 2),
+    ('crm.claim_jobs_in_shard(uuid,text,text,integer,interval)', 2),
+    ('crm.complete_job_in_shard(uuid,uuid,jsonb,text)', 2),
+    ('crm.complete_jobs_in_shard(uuid,uuid[],text,jsonb)', 2),
+    ('crm.fail_job_in_shard(uuid,uuid,text,text)', 2),
+    ('crm.fail_jobs_in_shard(uuid,uuid[],text,text)', 2),
+    ('crm.extend_lease_in_shard(uuid,uuid,interval,text)', 2),
+    ('crm.reap_expired_leases_in_shard(uuid)', 2),
+    ('crm.retry_job_in_shard(uuid,uuid)', 2),
+    ('crm.purge_jobs_in_shard(uuid,interval)', 3),
+    ('crm.consume_event_in_shard(uuid,text,jsonb,text)', 2),
+    ('crm.shard_notifications(uuid)', 1),
+    ('crm.shard_call_wanted()', 1);
 
 -- The only SECURITY DEFINER functions: the visibility triggers written in
 -- PL/pgSQL (hierarchy refresh, delete guard).  They read and update rows the
