@@ -323,8 +323,14 @@ require_session_tenant(Datum routed, bool isnull, const char *fname)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("tenant must not be null"),
 				 errdetail("crm.%s() runs for the tenant of the session.", fname)));
-	if (!crm_current_tenant_id(&tenant) ||
-		memcmp(&tenant, DatumGetUUIDP(routed), UUID_LEN) != 0)
+	if (!crm_current_tenant_id(&tenant))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("tenant %s is not the tenant of this session", crm_uuid_text(DatumGetUUIDP(routed))),
+				 errdetail("crm.%s() runs for the tenant of the session, and the session acts for no tenant here.",
+						   fname),
+				 errhint("On Citus, set crm.tenant_id with SET LOCAL at the top of the transaction, with citus.propagate_set_commands = 'local': a session-level SET does not reach the workers.")));
+	if (memcmp(&tenant, DatumGetUUIDP(routed), UUID_LEN) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("tenant %s is not the tenant of this session", crm_uuid_text(DatumGetUUIDP(routed))),
