@@ -54,6 +54,7 @@ cleanup() {
 	fi
 }
 trap cleanup EXIT
+[[ -n ${KEEP_DB:-} ]] && trap - EXIT
 
 psql_admin -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
 psql_admin -c "CREATE DATABASE $DB"

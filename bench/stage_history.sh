@@ -32,8 +32,9 @@
 #   crm       everything, with the tenant's default rules: "Entered
 #             Proposal" makes one job for every deal that enters Proposal
 #
-# Each is run RUNS times, interleaved, with a VACUUM before every run; the
-# median is printed.  Each crm and plpgsql run must have written exactly
+# Each is run RUNS times, interleaved, with a VACUUM and a CHECKPOINT before
+# every run (so that no run pays for a checkpoint that another one caused,
+# and each writes the same full-page images); the median is printed.  Each crm and plpgsql run must have written exactly
 # 100,000 history rows, and afterwards every row of both tables and of both
 # histories must agree with its stage, or the benchmark fails.
 #
@@ -318,6 +319,7 @@ SQL
 			cat <<SQL
 VACUUM $table;
 VACUUM $history;
+CHECKPOINT;
 SELECT count(*) AS h0 FROM $history \\gset
 $pre
 SELECT clock_timestamp() AS t0 \\gset

@@ -45,18 +45,26 @@ SELECT s.tenant_id,
        s.sequence AS stage_sequence,
        s.kind AS stage_kind,
        s.probability AS stage_probability,
-       pg_catalog.count(o.id) AS count,
+       coalesce(a.count, 0) AS count,
        t.default_currency AS currency,
-       pg_catalog.round(coalesce(pg_catalog.sum(o.amount OPERATOR(pg_catalog.*) fx.rate), 0), 2) AS amount,
-       pg_catalog.round(coalesce(pg_catalog.sum(o.amount OPERATOR(pg_catalog.*) fx.rate OPERATOR(pg_catalog.*) o.probability OPERATOR(pg_catalog./) 100), 0), 2) AS weighted_amount,
-       pg_catalog.count(o.id) FILTER (WHERE fx.rate IS NULL) AS unpriced_count
+       pg_catalog.round(coalesce(a.amount, 0), 2) AS amount,
+       pg_catalog.round(coalesce(a.weighted_amount, 0), 2) AS weighted_amount,
+       coalesce(a.unpriced_count, 0) AS unpriced_count
   FROM crm.stage s
   JOIN crm.pipeline p ON p.tenant_id OPERATOR(pg_catalog.=) s.tenant_id AND p.id OPERATOR(pg_catalog.=) s.pipeline_id
   JOIN crm.tenant t ON t.tenant_id OPERATOR(pg_catalog.=) s.tenant_id
-  LEFT JOIN crm.opportunity o ON o.tenant_id OPERATOR(pg_catalog.=) s.tenant_id AND o.stage_id OPERATOR(pg_catalog.=) s.id AND o.archived_at IS NULL
-  LEFT JOIN rate fx ON fx.tenant_id OPERATOR(pg_catalog.=) o.tenant_id AND fx.currency OPERATOR(pg_catalog.=) o.currency
- GROUP BY s.tenant_id, s.pipeline_id, p.name, p.sequence, s.id, s.name, s.sequence, s.kind, s.probability,
-          t.default_currency
+  -- the deals summed per stage first, then put beside their stage: the
+  -- planner then never joins every deal to the stages and pipelines, under
+  -- row-level security (where it cannot see which tenant) too
+  LEFT JOIN (SELECT o.tenant_id, o.stage_id, pg_catalog.count(o.id) AS count,
+                    pg_catalog.sum(o.amount OPERATOR(pg_catalog.*) fx.rate) AS amount,
+                    pg_catalog.sum(o.amount OPERATOR(pg_catalog.*) fx.rate OPERATOR(pg_catalog.*) o.probability OPERATOR(pg_catalog./) 100) AS weighted_amount,
+                    pg_catalog.count(o.id) FILTER (WHERE fx.rate IS NULL) AS unpriced_count
+               FROM crm.opportunity o
+               LEFT JOIN rate fx ON fx.tenant_id OPERATOR(pg_catalog.=) o.tenant_id AND fx.currency OPERATOR(pg_catalog.=) o.currency
+              WHERE o.archived_at IS NULL
+              GROUP BY o.tenant_id, o.stage_id) a
+         ON a.tenant_id OPERATOR(pg_catalog.=) s.tenant_id AND a.stage_id OPERATOR(pg_catalog.=) s.id
  ORDER BY s.tenant_id, p.sequence, p.name, s.sequence;
 COMMENT ON VIEW crm.opportunity_kanban IS
     'Opportunities per pipeline and stage, in stage order: count, amount and probability-weighted amount in the tenant''s currency (archived deals left out)';
@@ -86,20 +94,24 @@ SELECT s.tenant_id,
        s.sequence AS stage_sequence,
        s.kind AS stage_kind,
        s.probability AS stage_probability,
-       pg_catalog.count(l.id) AS count,
+       coalesce(a.count, 0) AS count,
        t.default_currency AS currency,
-       pg_catalog.round(coalesce(pg_catalog.sum(coalesce(l.expected_revenue, 0) OPERATOR(pg_catalog.*) fx.rate), 0), 2) AS amount,
-       pg_catalog.round(coalesce(pg_catalog.sum(coalesce(l.expected_revenue, 0) OPERATOR(pg_catalog.*) fx.rate OPERATOR(pg_catalog.*) l.probability OPERATOR(pg_catalog./) 100), 0), 2)
-           AS weighted_amount,
-       pg_catalog.count(l.id) FILTER (WHERE fx.rate IS NULL) AS unpriced_count
+       pg_catalog.round(coalesce(a.amount, 0), 2) AS amount,
+       pg_catalog.round(coalesce(a.weighted_amount, 0), 2) AS weighted_amount,
+       coalesce(a.unpriced_count, 0) AS unpriced_count
   FROM crm.stage s
   JOIN crm.pipeline p ON p.tenant_id OPERATOR(pg_catalog.=) s.tenant_id AND p.id OPERATOR(pg_catalog.=) s.pipeline_id
   JOIN crm.tenant t ON t.tenant_id OPERATOR(pg_catalog.=) s.tenant_id
-  LEFT JOIN crm.lead l ON l.tenant_id OPERATOR(pg_catalog.=) s.tenant_id AND l.stage_id OPERATOR(pg_catalog.=) s.id AND l.converted_at IS NULL
-                      AND l.archived_at IS NULL
-  LEFT JOIN rate fx ON fx.tenant_id OPERATOR(pg_catalog.=) l.tenant_id AND fx.currency OPERATOR(pg_catalog.=) l.currency
- GROUP BY s.tenant_id, s.pipeline_id, p.name, p.sequence, s.id, s.name, s.sequence, s.kind, s.probability,
-          t.default_currency
+  -- the leads summed per stage first (as in crm.opportunity_kanban)
+  LEFT JOIN (SELECT l.tenant_id, l.stage_id, pg_catalog.count(l.id) AS count,
+                    pg_catalog.sum(coalesce(l.expected_revenue, 0) OPERATOR(pg_catalog.*) fx.rate) AS amount,
+                    pg_catalog.sum(coalesce(l.expected_revenue, 0) OPERATOR(pg_catalog.*) fx.rate OPERATOR(pg_catalog.*) l.probability OPERATOR(pg_catalog./) 100) AS weighted_amount,
+                    pg_catalog.count(l.id) FILTER (WHERE fx.rate IS NULL) AS unpriced_count
+               FROM crm.lead l
+               LEFT JOIN rate fx ON fx.tenant_id OPERATOR(pg_catalog.=) l.tenant_id AND fx.currency OPERATOR(pg_catalog.=) l.currency
+              WHERE l.converted_at IS NULL AND l.archived_at IS NULL
+              GROUP BY l.tenant_id, l.stage_id) a
+         ON a.tenant_id OPERATOR(pg_catalog.=) s.tenant_id AND a.stage_id OPERATOR(pg_catalog.=) s.id
  ORDER BY s.tenant_id, p.sequence, p.name, s.sequence;
 COMMENT ON VIEW crm.lead_kanban IS
     'Leads not yet converted per pipeline and stage, in stage order: count, expected revenue and its probability-weighted amount in the tenant''s currency (archived leads left out)';
