@@ -29,7 +29,6 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
-#include "commands/extension.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -301,18 +300,6 @@ batch_flush(EventBatch *batch)
 static SPIPlanPtr shard_insert_plan = NULL;
 
 /*
- * Whether events get their positions on the node that holds the tenant's
- * shard (Citus is in the database): a position is (transaction id << 24 | n)
- * of the node that computes it, and crm.event_head() is computed on the
- * tenant's node, so the coordinator's transaction id must not be used.
- */
-static bool
-positions_on_shards(void)
-{
-	return OidIsValid(get_extension_oid("citus", true));
-}
-
-/*
  * crm_outbox_emit with Citus in the database: the event is inserted with
  * position 0, which the row trigger crm.outbox_assign_position() replaces
  * on the shard (in the transaction of the node that holds the tenant's
@@ -376,7 +363,14 @@ crm_outbox_emit(const pg_uuid_t *tenant, const char *event_type, const char *ent
 	EventBatch	batch;
 	int64		position;
 
-	if (positions_on_shards())
+	/*
+	 * With Citus in the database events get their positions on the node
+	 * that holds the tenant's shard: a position is (transaction id << 24 |
+	 * n) of the node that computes it, and crm.event_head() is computed on
+	 * the tenant's node, so the coordinator's transaction id must not be
+	 * used.
+	 */
+	if (crm_citus_in_database())
 		return emit_on_shard(tenant, event_type, entity, entity_id, payload);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

@@ -125,32 +125,24 @@ crm_shard_record_notification(const char *channel, const char *payload)
 
 /*
  * Run crm.<fname>(args) through SPI and return its result as the result of
- * the running C function (fcinfo): the scalar or composite value, or, for a
- * set-returning function, its rows into the function's materialized result.
+ * the running C function (fcinfo, whose pg_proc row says retset and
+ * rettype; the twin and its function return the same): the scalar or
+ * composite value, or, for a set-returning function, its rows into the
+ * function's materialized result.
  * The arguments are parameters of known types, passed as constants of the
  * plan (SPI_execute_with_args), which is what Citus needs to route a
  * force-delegated call; no type is named in the text, so no search_path is
  * read.
  */
 static Datum
-call_through_spi(FunctionCallInfo fcinfo, const char *fname,
+call_through_spi(FunctionCallInfo fcinfo, bool retset, Oid rettype, const char *fname,
 				 int nargs, Oid *argtypes, Datum *values, const bool *isnull)
 {
-	HeapTuple	proctup;
-	bool		retset;
-	Oid			rettype;
 	StringInfoData sql;
 	char	   *nulls = palloc(nargs + 1);
 	ReturnSetInfo *rsinfo = NULL;
 	Datum		result = (Datum) 0;
 	int			rc;
-
-	proctup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fcinfo->flinfo->fn_oid));
-	if (!HeapTupleIsValid(proctup))
-		elog(ERROR, "cache lookup failed for function %u", fcinfo->flinfo->fn_oid);
-	retset = ((Form_pg_proc) GETSTRUCT(proctup))->proretset;
-	rettype = ((Form_pg_proc) GETSTRUCT(proctup))->prorettype;
-	ReleaseSysCache(proctup);
 
 	/*
 	 * Citus delegates "SELECT ... FROM f(constants)" only: the FROM form,
@@ -257,7 +249,8 @@ crm_shard_delegate(FunctionCallInfo fcinfo, Datum *result)
 	Datum	   *values;
 	bool	   *isnull;
 	char	   *twin;
-	MemoryContext callcxt = CurrentMemoryContext;
+	bool		retset;
+	Oid			rettype;
 
 	if (!hand_over_wanted(&tenant))
 		return false;
@@ -285,9 +278,11 @@ crm_shard_delegate(FunctionCallInfo fcinfo, Datum *result)
 		isnull[i] = fcinfo->args[i - 1].isnull;
 	}
 	twin = psprintf("%s" TWIN_SUFFIX, NameStr(proc->proname));
+	retset = proc->proretset;
+	rettype = proc->prorettype;
 	ReleaseSysCache(proctup);
 
-	*result = call_through_spi(fcinfo, twin, nargs, argtypes, values, isnull);
+	*result = call_through_spi(fcinfo, retset, rettype, twin, nargs, argtypes, values, isnull);
 
 	/* the notifications the twin recorded on the worker, sent from here */
 	{
@@ -305,7 +300,6 @@ crm_shard_delegate(FunctionCallInfo fcinfo, Datum *result)
 						 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2));
 		SPI_finish();
 	}
-	MemoryContextSwitchTo(callcxt);
 	return true;
 }
 
@@ -356,6 +350,8 @@ crm_in_shard(PG_FUNCTION_ARGS)
 	Oid		   *argtypes;
 	Datum	   *values;
 	bool	   *isnull;
+	bool		retset;
+	Oid			rettype;
 	Datum		result;
 
 	proctup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fcinfo->flinfo->fn_oid));
@@ -375,6 +371,8 @@ crm_in_shard(PG_FUNCTION_ARGS)
 	argtypes = palloc(sizeof(Oid) * (nargs + 1));
 	for (int i = 0; i < nargs; i++)
 		argtypes[i] = proc->proargtypes.values[i + 1];
+	retset = proc->proretset;
+	rettype = proc->prorettype;
 	ReleaseSysCache(proctup);
 
 	require_session_tenant(PG_GETARG_DATUM(0), PG_ARGISNULL(0), fname);
@@ -390,7 +388,7 @@ crm_in_shard(PG_FUNCTION_ARGS)
 	shard_call_depth++;
 	PG_TRY();
 	{
-		result = call_through_spi(fcinfo, fname, nargs, argtypes, values, isnull);
+		result = call_through_spi(fcinfo, retset, rettype, fname, nargs, argtypes, values, isnull);
 	}
 	PG_FINALLY();
 	{
