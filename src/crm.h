@@ -67,16 +67,29 @@ extern bool crm_in_shard_call(void);
 extern void crm_shard_record_notification(const char *channel, const char *payload);
 extern bool crm_shard_delegate(FunctionCallInfo fcinfo, Datum *result);
 /*
- * First in a function that writes as the tables' owner: with Citus, the
- * call is handed to its twin crm.<name>_in_shard on the tenant's node
- * (shard.c), and its result returned.
+ * Defines the SQL-callable C function "name" of a function that writes as
+ * the tables' owner: with Citus, its call is handed to the twin
+ * crm.<sql name>_in_shard on the tenant's node (shard.c) and the twin's
+ * result returned; otherwise the body that follows the macro runs, as
+ * name##_here, with fcinfo:
+ *
+ *	CRM_SHARD_ENTRY(crm_queue_claim)
+ *	{
+ *		... the work ...
+ *	}
  */
-#define CRM_SHARD_CALL(fcinfo) \
-	do { \
+#define CRM_SHARD_ENTRY(name) \
+	static Datum name##_here(FunctionCallInfo fcinfo); \
+	Datum \
+	name(PG_FUNCTION_ARGS) \
+	{ \
 		Datum		crm_shard_result_; \
-		if (crm_shard_delegate((fcinfo), &crm_shard_result_)) \
+		if (crm_shard_delegate(fcinfo, &crm_shard_result_)) \
 			return crm_shard_result_; \
-	} while (0)
+		return name##_here(fcinfo); \
+	} \
+	static Datum \
+	name##_here(FunctionCallInfo fcinfo)
 extern void crm_require_trigger_nargs(FunctionCallInfo fcinfo,
 									  const char *funcname, int nargs);
 extern bool crm_replica_skips_work(void);

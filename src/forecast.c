@@ -1629,17 +1629,7 @@ snapshot_prepare(const char *sql, int nargs, Oid *types)
 	return plan;
 }
 
-static Datum crm_forecast_snapshot_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_forecast_snapshot(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_forecast_snapshot_here(fcinfo);
-}
-
-static Datum
-crm_forecast_snapshot_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_forecast_snapshot)
 {
 	bool		isnull;
 	Datum		tenant;

@@ -406,17 +406,7 @@ valid_name(const char *s, bool upper_first)
  * own event, for the tenant the session acts for.  Every check is made
  * before anything is written, so a refused event leaves nothing behind.
  */
-static Datum crm_outbox_emit_event_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_outbox_emit_event(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_outbox_emit_event_here(fcinfo);
-}
-
-static Datum
-crm_outbox_emit_event_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_outbox_emit_event)
 {
 	char	   *event_type;
 	Jsonb	   *payload;
@@ -1044,17 +1034,7 @@ crm_outbox_record_events(PG_FUNCTION_ARGS)
  */
 PG_FUNCTION_INFO_V1(crm_outbox_purge_events);
 
-static Datum crm_outbox_purge_events_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_outbox_purge_events(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_outbox_purge_events_here(fcinfo);
-}
-
-static Datum
-crm_outbox_purge_events_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_outbox_purge_events)
 {
 	static SPIPlanPtr purge_plan = NULL;
 	Interval   *older_than;
@@ -1238,17 +1218,7 @@ consumer_write(ConsumerCall *call, SPIPlanPtr plan, Datum *args, int expected)
  * owned by the acting role, starting after position after (default: the
  * events from now on); an existing one is kept and its position returned.
  */
-static Datum crm_outbox_subscribe_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_outbox_subscribe(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_outbox_subscribe_here(fcinfo);
-}
-
-static Datum
-crm_outbox_subscribe_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_outbox_subscribe)
 {
 	ConsumerCall call;
 	int64		position;
@@ -1294,17 +1264,7 @@ crm_outbox_subscribe_here(FunctionCallInfo fcinfo)
 }
 
 /* crm.unsubscribe(name): drops the consumer; true when it existed. */
-static Datum crm_outbox_unsubscribe_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_outbox_unsubscribe(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_outbox_unsubscribe_here(fcinfo);
-}
-
-static Datum
-crm_outbox_unsubscribe_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_outbox_unsubscribe)
 {
 	ConsumerCall call;
 	int64		position;
@@ -1341,17 +1301,7 @@ crm_outbox_unsubscribe_here(FunctionCallInfo fcinfo)
  * crm.ack(name, position): acknowledges the consumer's events up to
  * position (never moving back); returns the stored position.
  */
-static Datum crm_outbox_ack_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_outbox_ack(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_outbox_ack_here(fcinfo);
-}
-
-static Datum
-crm_outbox_ack_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_outbox_ack)
 {
 	ConsumerCall call;
 	int64		position;

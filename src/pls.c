@@ -363,17 +363,7 @@ crm_pls_sync(PG_FUNCTION_ARGS)
  * session must act for that tenant, unless it is an operator (superuser or
  * BYPASSRLS), who sees every tenant anyway.
  */
-static Datum crm_pls_rebuild_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_pls_rebuild(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_pls_rebuild_here(fcinfo);
-}
-
-static Datum
-crm_pls_rebuild_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_pls_rebuild)
 {
 	pg_uuid_t  *tenant;
 	bool		operator_role;

@@ -1265,17 +1265,7 @@ crm_queue_require_visible(const pg_uuid_t *tenant, const pg_uuid_t *contact,
  * crm.enqueue_job(action, params, contact, run_at, idempotency_key,
  *				   source_entity, source_id, rule, max_attempts) returns uuid
  */
-static Datum crm_queue_enqueue_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_queue_enqueue(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_queue_enqueue_here(fcinfo);
-}
-
-static Datum
-crm_queue_enqueue_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_queue_enqueue)
 {
 	CrmJobRequest request;
 	pg_uuid_t	tenant = queue_tenant();
@@ -1388,17 +1378,7 @@ per_job_uuids(FunctionCallInfo fcinfo, int argno, const char *name, int njobs, b
  * crm.enqueue_job() for many jobs of one action: the same checks per job,
  * then crm_queue_enqueue_jobs(), one statement for the batch.
  */
-static Datum crm_queue_enqueue_many_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_queue_enqueue_many(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_queue_enqueue_many_here(fcinfo);
-}
-
-static Datum
-crm_queue_enqueue_many_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_queue_enqueue_many)
 {
 	pg_uuid_t	tenant = queue_tenant();
 	QueueSession session;
@@ -1680,17 +1660,7 @@ claim_range(const pg_uuid_t *tenant, Datum *args, int limit, TimestampTz lo, Tim
 /*
  * crm.claim_jobs(queue, worker, max, lease) returns setof crm.job
  */
-static Datum crm_queue_claim_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_queue_claim(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_queue_claim_here(fcinfo);
-}
-
-static Datum
-crm_queue_claim_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_queue_claim)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	pg_uuid_t	tenant = queue_tenant();
@@ -1833,17 +1803,7 @@ worker_argument(FunctionCallInfo fcinfo, int argno)
 /*
  * crm.complete_job(id, result, worker) returns void
  */
-static Datum crm_queue_complete_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_queue_complete(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_queue_complete_here(fcinfo);
-}
-
-static Datum
-crm_queue_complete_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_queue_complete)
 {
 	pg_uuid_t	tenant = queue_tenant();
 	pg_uuid_t	job = job_argument(fcinfo);
@@ -1921,17 +1881,7 @@ fail_one(const pg_uuid_t *tenant, const pg_uuid_t *job, const char *worker, Datu
  * crm.fail_job(id, error, worker) returns timestamptz: when the job runs
  * again, or NULL when it died.
  */
-static Datum crm_queue_fail_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_queue_fail(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_queue_fail_here(fcinfo);
-}
-
-static Datum
-crm_queue_fail_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_queue_fail)
 {
 	pg_uuid_t	tenant = queue_tenant();
 	pg_uuid_t	job = job_argument(fcinfo);
@@ -2005,17 +1955,7 @@ job_ids_argument(FunctionCallInfo fcinfo, int *n)
  * A job left out only by a race (job_held() finds nothing wrong) is
  * completed by itself, as crm.complete_job() does.
  */
-static Datum crm_queue_complete_many_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_queue_complete_many(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_queue_complete_many_here(fcinfo);
-}
-
-static Datum
-crm_queue_complete_many_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_queue_complete_many)
 {
 	pg_uuid_t	tenant = queue_tenant();
 	char	   *worker = worker_argument(fcinfo, 1);
@@ -2086,17 +2026,7 @@ crm_queue_complete_many_here(FunctionCallInfo fcinfo)
  * statements; one call still reports the batch, all or nothing (the first
  * error undoes the jobs failed before it).
  */
-static Datum crm_queue_fail_many_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_queue_fail_many(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_queue_fail_many_here(fcinfo);
-}
-
-static Datum
-crm_queue_fail_many_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_queue_fail_many)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	pg_uuid_t	tenant = queue_tenant();
@@ -2129,17 +2059,7 @@ crm_queue_fail_many_here(FunctionCallInfo fcinfo)
  * crm.extend_lease(id, lease, worker) returns timestamptz: the lease now
  * ends that long from now.
  */
-static Datum crm_queue_extend_lease_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_queue_extend_lease(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_queue_extend_lease_here(fcinfo);
-}
-
-static Datum
-crm_queue_extend_lease_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_queue_extend_lease)
 {
 	pg_uuid_t	tenant = queue_tenant();
 	pg_uuid_t	job = job_argument(fcinfo);
@@ -2178,17 +2098,7 @@ crm_queue_extend_lease_here(FunctionCallInfo fcinfo)
  * serve.  With a tenant, any other role reaps (and counts) only the jobs
  * it may see in a private tenant.
  */
-static Datum crm_queue_reap_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_queue_reap(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_queue_reap_here(fcinfo);
-}
-
-static Datum
-crm_queue_reap_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_queue_reap)
 {
 	pg_uuid_t	tenant;
 	bool		has_tenant = crm_current_tenant_id(&tenant);
@@ -2252,17 +2162,7 @@ crm_queue_reap_here(FunctionCallInfo fcinfo)
  * crm.retry_job(id) returns uuid: a dead job back in its queue, due now,
  * attempts reset, errors kept.
  */
-static Datum crm_queue_retry_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_queue_retry(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_queue_retry_here(fcinfo);
-}
-
-static Datum
-crm_queue_retry_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_queue_retry)
 {
 	pg_uuid_t	tenant = queue_tenant();
 	pg_uuid_t	job = job_argument(fcinfo);
@@ -2299,17 +2199,7 @@ crm_queue_retry_here(FunctionCallInfo fcinfo)
  * Without a tenant every tenant's archive is purged, by the operator only
  * (as crm.reap_expired_leases()).
  */
-static Datum crm_queue_purge_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_queue_purge(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_queue_purge_here(fcinfo);
-}
-
-static Datum
-crm_queue_purge_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_queue_purge)
 {
 	pg_uuid_t	tenant;
 	bool		has_tenant = crm_current_tenant_id(&tenant);

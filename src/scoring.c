@@ -1883,17 +1883,7 @@ crm_scoring_refresh(PG_FUNCTION_ARGS)
  * the tenant is given the model.  Runs as the caller: crm.rescore_leads()
  * checks the tenant and the model first.
  */
-static Datum crm_scoring_rescore_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_scoring_rescore(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_scoring_rescore_here(fcinfo);
-}
-
-static Datum
-crm_scoring_rescore_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_scoring_rescore)
 {
 	pg_uuid_t	tenant;
 	pg_uuid_t	model;

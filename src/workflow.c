@@ -1156,17 +1156,7 @@ consume_uuid_text(const char *s)
 	return digits == 32 && c[-1] != '-';
 }
 
-static Datum crm_workflow_consume_event_here(FunctionCallInfo fcinfo);
-
-Datum
-crm_workflow_consume_event(PG_FUNCTION_ARGS)
-{
-	CRM_SHARD_CALL(fcinfo);
-	return crm_workflow_consume_event_here(fcinfo);
-}
-
-static Datum
-crm_workflow_consume_event_here(FunctionCallInfo fcinfo)
+CRM_SHARD_ENTRY(crm_workflow_consume_event)
 {
 	pg_uuid_t	tenant;
 	char	   *type;
