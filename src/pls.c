@@ -445,15 +445,31 @@ static SPIPlanPtr pipeline_mode_plan = NULL;
 static SPIPlanPtr stage_probability_plan = NULL;
 
 /*
- * The first column (of length typlen, by reference) of the only row of a
- * kept plan's result, or NULL.
+ * The first column (of length typlen, by reference) of the only row that
+ * sql, a statement of the parameters (tenant uuid, id uuid), returns for
+ * (tenant, id), or NULL.  Its plan is made on first use and kept in *plan;
+ * SPI is connected first when *connected is not yet (the caller finishes).
  */
 static Datum
-lookup_one(SPIPlanPtr plan, Datum *args, int typlen, bool *isnull)
+lookup_one(SPIPlanPtr *plan, const char *sql, Datum tenant, Datum id, int typlen,
+		   bool *connected, bool *isnull)
 {
+	Datum		args[2] = {tenant, id};
 	Datum		d;
 
-	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
+	if (!*connected)
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		*connected = true;
+	}
+	if (*plan == NULL)
+	{
+		Oid			types[2] = {UUIDOID, UUIDOID};
+
+		*plan = crm_prepare_kept(sql, 2, types);
+	}
+	if (SPI_execute_plan(*plan, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up the defaults of a record");
 	if (SPI_processed == 0)
 	{
@@ -541,24 +557,15 @@ crm_pls_win_probability(PG_FUNCTION_ARGS)
 		}
 		if (!owner_null && owner_changed)
 		{
-			Datum		args[2] = {tenant, owner};
-
-			if (SPI_connect() != SPI_OK_CONNECT)
-				elog(ERROR, "SPI_connect failed");
-			connected = true;
-			if (team_plan == NULL)
-			{
-				Oid			types[2] = {UUIDOID, UUIDOID};
-
-				team_plan = crm_prepare_kept("SELECT tm.team_id FROM crm.team_member tm"
-											 " WHERE tm.tenant_id OPERATOR(pg_catalog.=) $1"
-											 " AND tm.user_id OPERATOR(pg_catalog.=) $2"
-											 " ORDER BY tm.created_at, tm.team_id LIMIT 1", 2, types);
-			}
 			if (tenant_null)
 				nulls[ncols] = true;
 			else
-				values[ncols] = lookup_one(team_plan, args, UUID_LEN, &nulls[ncols]);
+				values[ncols] = lookup_one(&team_plan,
+										   "SELECT tm.team_id FROM crm.team_member tm"
+										   " WHERE tm.tenant_id OPERATOR(pg_catalog.=) $1"
+										   " AND tm.user_id OPERATOR(pg_catalog.=) $2"
+										   " ORDER BY tm.created_at, tm.team_id LIMIT 1",
+										   tenant, owner, UUID_LEN, &connected, &nulls[ncols]);
 			cols[ncols++] = team_att;
 		}
 	}
@@ -568,24 +575,15 @@ crm_pls_win_probability(PG_FUNCTION_ARGS)
 	if (mode_null)
 	{
 		bool		pipeline_null;
-		Datum		args[2] = {tenant, heap_getattr(newtup, pipeline_att, desc, &pipeline_null)};
+		Datum		pipeline = heap_getattr(newtup, pipeline_att, desc, &pipeline_null);
 
 		mode_null = true;
 		if (!tenant_null && !pipeline_null)
-		{
-			if (!connected && SPI_connect() != SPI_OK_CONNECT)
-				elog(ERROR, "SPI_connect failed");
-			connected = true;
-			if (pipeline_mode_plan == NULL)
-			{
-				Oid			types[2] = {UUIDOID, UUIDOID};
-
-				pipeline_mode_plan = crm_prepare_kept("SELECT p.probability_mode FROM crm.pipeline p"
-													  " WHERE p.tenant_id OPERATOR(pg_catalog.=) $1"
-													  " AND p.id OPERATOR(pg_catalog.=) $2", 2, types);
-			}
-			mode = lookup_one(pipeline_mode_plan, args, -1, &mode_null);
-		}
+			mode = lookup_one(&pipeline_mode_plan,
+							  "SELECT p.probability_mode FROM crm.pipeline p"
+							  " WHERE p.tenant_id OPERATOR(pg_catalog.=) $1"
+							  " AND p.id OPERATOR(pg_catalog.=) $2",
+							  tenant, pipeline, -1, &connected, &mode_null);
 		if (mode_null)
 		{
 			mode = CStringGetTextDatum("stage");
@@ -622,25 +620,15 @@ crm_pls_win_probability(PG_FUNCTION_ARGS)
 					memcmp(DatumGetUUIDP(stage), DatumGetUUIDP(old_stage), UUID_LEN) != 0)
 				{
 					/* a move resets a stage-mode probability; a manual one stays */
-					Datum		args[2] = {tenant, stage};
-					Datum		stage_prob;
+					Datum		stage_prob = (Datum) 0;
 					bool		stage_prob_null = true;
 
 					if (!tenant_null)
-					{
-						if (!connected && SPI_connect() != SPI_OK_CONNECT)
-							elog(ERROR, "SPI_connect failed");
-						connected = true;
-						if (stage_probability_plan == NULL)
-						{
-							Oid			types[2] = {UUIDOID, UUIDOID};
-
-							stage_probability_plan = crm_prepare_kept("SELECT s.probability FROM crm.stage s"
-																	  " WHERE s.tenant_id OPERATOR(pg_catalog.=) $1"
-																	  " AND s.id OPERATOR(pg_catalog.=) $2", 2, types);
-						}
-						stage_prob = lookup_one(stage_probability_plan, args, -1, &stage_prob_null);
-					}
+						stage_prob = lookup_one(&stage_probability_plan,
+												"SELECT s.probability FROM crm.stage s"
+												" WHERE s.tenant_id OPERATOR(pg_catalog.=) $1"
+												" AND s.id OPERATOR(pg_catalog.=) $2",
+												tenant, stage, -1, &connected, &stage_prob_null);
 					if (!pnull && !stage_prob_null &&
 						DatumGetBool(DirectFunctionCall2(numeric_eq, prob, stage_prob)))
 					{
