@@ -120,6 +120,27 @@ SELECT try(format($$DELETE FROM crm.stage WHERE id = %L$$, (SELECT stage_id FROM
 SELECT try(format($$DELETE FROM crm.stage WHERE id = %L$$, :'proposal'));
 SELECT count(*) AS history_into_proposal FROM crm.stage_history WHERE to_stage_id = :'proposal';
 SELECT * FROM pg_temp.counts;
+-- records have no foreign key to their stage (stage_sync checks their side);
+-- crm.stage_keep_records() keeps the stage's: a pipeline whose stages hold
+-- records cannot be deleted, nor a stage in use moved to another pipeline,
+-- and nothing changes; an empty stage can move
+INSERT INTO crm.pipeline (name) VALUES ('Second line');
+SELECT try($$DELETE FROM crm.pipeline WHERE is_default$$);
+SELECT try(format($$UPDATE crm.stage SET pipeline_id = (SELECT id FROM crm.pipeline WHERE name = 'Second line')
+                    WHERE id = %L$$, (SELECT stage_id FROM crm.opportunity WHERE id = :'leo_deal')));
+SELECT count(*) AS stages_of_default FROM crm.stage s JOIN crm.pipeline p
+    ON p.tenant_id = s.tenant_id AND p.id = s.pipeline_id WHERE p.is_default;
+SELECT * FROM pg_temp.counts;
+UPDATE crm.stage SET pipeline_id = (SELECT id FROM crm.pipeline WHERE name = 'Second line')
+ WHERE name = 'Negotiation' AND pipeline_id = (SELECT id FROM crm.pipeline WHERE is_default);
+SELECT p.name AS pipeline, count(*) AS stages FROM crm.stage s JOIN crm.pipeline p
+    ON p.tenant_id = s.tenant_id AND p.id = s.pipeline_id GROUP BY p.name ORDER BY p.name;
+-- a record cannot take the moved stage with its old pipeline
+SELECT try(format($$UPDATE crm.opportunity SET stage_id = (SELECT id FROM crm.stage WHERE name = 'Negotiation')
+                    WHERE id = %L$$, :'leo_deal'));
+-- the empty pipeline goes, with its stage
+DELETE FROM crm.pipeline WHERE name = 'Second line';
+SELECT count(*) AS negotiation_stages FROM crm.stage WHERE name = 'Negotiation';
 
 -- In a private tenant a rep deletes a contact they see, whose activity is
 -- their manager's and hidden from them: the link cannot be cleared behind
@@ -211,5 +232,22 @@ CREATE TRIGGER t AFTER UPDATE ON public.misuse_del
     FOR EACH ROW EXECUTE FUNCTION crm.stage_follow('x');
 SELECT try('UPDATE public.misuse_del SET id = id');
 DROP TRIGGER t ON public.misuse_del;
+CREATE TRIGGER t AFTER DELETE ON public.misuse_del
+    FOR EACH ROW EXECUTE FUNCTION crm.stage_keep_records();
+SELECT try('DELETE FROM public.misuse_del');
+DROP TRIGGER t ON public.misuse_del;
+CREATE TRIGGER t AFTER DELETE ON public.misuse_del
+    FOR EACH ROW EXECUTE FUNCTION crm.stage_keep_records('x');
+SELECT try('DELETE FROM public.misuse_del');
+DROP TRIGGER t ON public.misuse_del;
+CREATE TRIGGER t BEFORE DELETE ON public.misuse_del
+    FOR EACH ROW EXECUTE FUNCTION crm.stage_keep_records();
+SELECT try('DELETE FROM public.misuse_del');
+DROP TRIGGER t ON public.misuse_del;
+CREATE TRIGGER t AFTER INSERT ON public.misuse_del
+    FOR EACH ROW EXECUTE FUNCTION crm.stage_keep_records();
+SELECT try($$INSERT INTO public.misuse_del VALUES ('y', gen_random_uuid())$$);
+DROP TRIGGER t ON public.misuse_del;
+SELECT try('SELECT crm.stage_keep_records()');
 SELECT try('SELECT crm.clear_links()');
 DROP TABLE public.misuse_del;

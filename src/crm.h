@@ -57,6 +57,18 @@ crm_command_key_equal(CrmCommandKey a, CrmCommandKey b)
 		a.statement_start == b.statement_start;
 }
 
+/* rowwriter.c */
+typedef struct CrmRowWriter CrmRowWriter;
+extern bool crm_row_writer_columns_known(Relation rel, const char *const *names,
+										 const Oid *types, int ncolumns);
+extern bool crm_row_writer_only_triggers(Relation rel, const char *const *functions,
+										 int nfunctions);
+extern CrmRowWriter *crm_row_writer_open(Oid relid);
+extern TupleTableSlot *crm_row_writer_next(CrmRowWriter *w);
+extern void crm_row_writer_add(CrmRowWriter *w);
+extern void crm_row_writer_flush(CrmRowWriter *w);
+extern void crm_row_writer_close(CrmRowWriter *w);
+
 /* common.c */
 extern void crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 								bool row_level, bool before);

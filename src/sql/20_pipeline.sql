@@ -38,9 +38,9 @@ CREATE TABLE crm.stage (
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
-    -- lets records reference (pipeline, stage) as a pair, so that a stage of
-    -- another pipeline cannot be stored
-    UNIQUE (tenant_id, pipeline_id, id),
+    -- a record's stage is one of its pipeline: stage_sync (src/stage.c)
+    -- refuses any other, and stage_keep_records keeps a stage while records
+    -- are in it
     FOREIGN KEY (tenant_id, pipeline_id) REFERENCES crm.pipeline (tenant_id, id) ON DELETE CASCADE,
     CHECK (kind <> 'won' OR probability = 100),
     CHECK (kind <> 'lost' OR probability = 0)

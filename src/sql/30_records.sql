@@ -178,7 +178,9 @@ CREATE TABLE crm.lead (
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
-    FOREIGN KEY (tenant_id, pipeline_id, stage_id) REFERENCES crm.stage (tenant_id, pipeline_id, id),
+    -- no foreign key to the stage: stage_sync (src/stage.c) looks the stage
+    -- up, locks it and refuses one of another tenant or pipeline, and
+    -- crm.stage_keep_records() refuses to delete a stage records are in
     CONSTRAINT lead_tenant_id_converted_account_id_fkey FOREIGN KEY (tenant_id, converted_account_id) REFERENCES crm.account (tenant_id, id)
         DEFERRABLE,
     CONSTRAINT lead_tenant_id_converted_contact_id_fkey FOREIGN KEY (tenant_id, converted_contact_id) REFERENCES crm.contact (tenant_id, id)
@@ -260,7 +262,9 @@ CREATE TABLE crm.opportunity (
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, id),
-    FOREIGN KEY (tenant_id, pipeline_id, stage_id) REFERENCES crm.stage (tenant_id, pipeline_id, id),
+    -- no foreign key to the stage: stage_sync (src/stage.c) looks the stage
+    -- up, locks it and refuses one of another tenant or pipeline, and
+    -- crm.stage_keep_records() refuses to delete a stage records are in
     CONSTRAINT opportunity_tenant_id_account_id_fkey FOREIGN KEY (tenant_id, account_id) REFERENCES crm.account (tenant_id, id)
         DEFERRABLE,
     CONSTRAINT opportunity_tenant_id_contact_id_fkey FOREIGN KEY (tenant_id, contact_id) REFERENCES crm.contact (tenant_id, id)

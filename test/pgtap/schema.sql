@@ -99,7 +99,7 @@ SELECT c.oid, c.relname, a.attnum AS tenant_attnum
   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
  WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind IN ('r', 'p');
 
-SELECT plan(19 + (SELECT count(*)::int FROM expected_key) + (SELECT count(*)::int FROM expected_index));
+SELECT plan(21 + (SELECT count(*)::int FROM expected_key) + (SELECT count(*)::int FROM expected_index));
 
 -- Tables and views --------------------------------------------------------
 
@@ -150,9 +150,15 @@ SELECT is_empty(
        ORDER BY 2::text, 1$$,
     'every foreign key between tenant tables starts with tenant_id on both sides');
 
-SELECT fk_ok('crm', 'lead', ARRAY['tenant_id', 'pipeline_id', 'stage_id'],
-             'crm', 'stage', ARRAY['tenant_id', 'pipeline_id', 'id'],
-             'a lead''s stage is a stage of the lead''s pipeline, in its tenant');
+-- a record's stage: no foreign key (stage_sync looks the stage up and locks
+-- it for every record that enters it, and refuses one of another tenant or
+-- pipeline); the stage's side is a trigger
+SELECT col_isnt_fk('crm', 'lead', ARRAY['tenant_id', 'pipeline_id', 'stage_id'],
+                   'a lead''s stage is checked by stage_sync, not by a foreign key');
+SELECT col_isnt_fk('crm', 'opportunity', ARRAY['tenant_id', 'pipeline_id', 'stage_id'],
+                   'an opportunity''s stage is checked by stage_sync, not by a foreign key');
+SELECT trigger_is('crm', 'stage', 'stage_keep_records', 'crm', 'stage_keep_records',
+                  'a stage that records are in is kept by crm.stage_keep_records()');
 SELECT fk_ok('crm', 'activity', ARRAY['tenant_id', 'contact_id'], 'crm', 'contact', ARRAY['tenant_id', 'id'],
              'an activity''s contact is in the activity''s tenant');
 SELECT fk_ok('crm', 'opportunity_tag', ARRAY['tenant_id', 'tag_id'], 'crm', 'tag', ARRAY['tenant_id', 'id'],

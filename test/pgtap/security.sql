@@ -86,6 +86,7 @@ INSERT INTO func_level VALUES
     ('crm.stage_sync()', NULL),
     ('crm.stage_history_record()', NULL),
     ('crm.stage_follow()', NULL),
+    ('crm.stage_keep_records()', NULL),
     ('crm.clear_links()', NULL),
     ('crm.touch_updated_at()', NULL),
     ('crm.stamp_flag_times()', NULL),
