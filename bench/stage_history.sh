@@ -416,7 +416,7 @@ awk -v x="$floor" -v st="$stage" -v d="$derived" -v e="$events" -v y="$crm" -v z
 	printf "  floor (no triggers, session_replication_role=replica): %9.1f ms\n", x
 	printf "  crm, whole CRM:                                        %9.1f ms   ratio to floor: %.2f\n", y, y / x
 	printf "  PL/pgSQL reference (stage work only):                  %9.1f ms   ratio to floor: %.2f\n", z, z / x
-	printf "  what each part of the whole CRM costs (FK checks in all; ms, ratio to floor):\n"
+	printf "  what each part of the whole CRM costs (ms, ratio to floor):\n"
 	printf "    stage triggers alone (the reference'"'"'s work)   %9.1f  %.2f\n", st, st / x
 	printf "    + aggregates, PLS, visibility, win_probability %9.1f  %.2f  (+%.1f)\n", d, d / x, d - st
 	printf "    + OpportunityStageChanged events              %9.1f  %.2f  (+%.1f)\n", e, e / x, e - d

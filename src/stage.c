@@ -66,6 +66,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/inval.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -448,18 +449,35 @@ typedef struct StageColumns
 	int			natts;
 	bool		is_lead;
 	int			attnums[NUM_STAGE_COLUMNS];
+	int			updated_at;		/* InvalidAttrNumber if none (of timestamptz) */
 } StageColumns;
 
 #define STAGE_COLUMN_CACHE 4
 static StageColumns stage_column_cache[STAGE_COLUMN_CACHE];
 static int	stage_column_next = 0;
 
+/* A relcache invalidation (ALTER TABLE, or all of them) forgets the entry. */
+static void
+stage_columns_invalidate(Datum arg, Oid relid)
+{
+	for (int i = 0; i < STAGE_COLUMN_CACHE; i++)
+		if (relid == InvalidOid || stage_column_cache[i].relid == relid)
+			stage_column_cache[i].relid = InvalidOid;
+}
+
 static const StageColumns *
 stage_columns(Relation rel)
 {
+	static bool callback = false;
 	TupleDesc	tupdesc = RelationGetDescr(rel);
 	StageColumns *entry;
 	StageColumns fresh;
+
+	if (!callback)
+	{
+		CacheRegisterRelcacheCallback(stage_columns_invalidate, (Datum) 0);
+		callback = true;
+	}
 
 	for (int i = 0; i < STAGE_COLUMN_CACHE; i++)
 	{
@@ -473,6 +491,10 @@ stage_columns(Relation rel)
 	fresh.is_lead = has_column(rel, "converted_at");
 	for (int i = 0; i < (fresh.is_lead ? NUM_STAGE_COLUMNS : NUM_COMMON_COLUMNS); i++)
 		fresh.attnums[i] = crm_attnum(rel, stage_column_names[i], stage_column_types[i]);
+	fresh.updated_at = crm_optional_attnum(rel, "updated_at");
+	if (fresh.updated_at != InvalidAttrNumber &&
+		TupleDescAttr(tupdesc, fresh.updated_at - 1)->atttypid != TIMESTAMPTZOID)
+		fresh.updated_at = InvalidAttrNumber;
 	fresh.relid = RelationGetRelid(rel);
 	fresh.tupdesc = tupdesc;
 	fresh.natts = tupdesc->natts;
@@ -505,9 +527,9 @@ record_noun(Relation rel)
 typedef struct RowEdit
 {
 	int			n;
-	int			cols[NUM_STAGE_COLUMNS];
-	Datum		values[NUM_STAGE_COLUMNS];
-	bool		nulls[NUM_STAGE_COLUMNS];
+	int			cols[NUM_STAGE_COLUMNS + 1];	/* + updated_at */
+	Datum		values[NUM_STAGE_COLUMNS + 1];
+	bool		nulls[NUM_STAGE_COLUMNS + 1];
 } RowEdit;
 
 static void
@@ -566,6 +588,7 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 	bool		is_insert;
 	bool		is_lead;
 	int			ncols;
+	int			updated_at_att;
 	int			attnums[NUM_STAGE_COLUMNS];
 	Datum		values[NUM_STAGE_COLUMNS];
 	bool		nulls[NUM_STAGE_COLUMNS];
@@ -614,6 +637,7 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 
 		is_lead = columns->is_lead;
 		memcpy(attnums, columns->attnums, sizeof(attnums));
+		updated_at_att = columns->updated_at;
 	}
 	ncols = is_lead ? NUM_STAGE_COLUMNS : NUM_COMMON_COLUMNS;
 
@@ -867,6 +891,15 @@ crm_stage_sync(PG_FUNCTION_ARGS)
 apply:
 	if (edit.n == 0)
 		return PointerGetDatum(newtuple);
+
+	/*
+	 * The row is being rebuilt anyway: give it the updated_at that
+	 * touch_updated_at, which fires next, would, so that touch finds it right
+	 * and need not build the row a second time.
+	 */
+	if (updated_at_att != InvalidAttrNumber)
+		edit_set(&edit, updated_at_att,
+				 TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()), false);
 
 	{
 		HeapTuple	result;

@@ -26,10 +26,89 @@
 #include "crm.h"
 
 #include "catalog/pg_type.h"
+#include "utils/inval.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(crm_touch_updated_at);
+
+/*
+ * Where the columns touch_updated_at reads are, for the last few tables it
+ * ran on: found by one pass over the columns per table rather than per row
+ * (it fires for every row written).  An entry holds while the relation keeps
+ * the same tuple descriptor: ALTER TABLE gives it a new one.
+ */
+typedef struct TouchColumns
+{
+	Oid			relid;
+	TupleDesc	tupdesc;
+	int			natts;
+	int			updated_att;
+	int			created_att;
+	int			identity_att[2];	/* tenant_id, id */
+} TouchColumns;
+
+#define TOUCH_COLUMN_CACHE 8
+static TouchColumns touch_column_cache[TOUCH_COLUMN_CACHE];
+static int	touch_column_next = 0;
+
+/* A relcache invalidation (ALTER TABLE, or all of them) forgets the entry. */
+static void
+touch_columns_invalidate(Datum arg, Oid relid)
+{
+	for (int i = 0; i < TOUCH_COLUMN_CACHE; i++)
+		if (relid == InvalidOid || touch_column_cache[i].relid == relid)
+			touch_column_cache[i].relid = InvalidOid;
+}
+
+static const TouchColumns *
+touch_columns(Relation rel)
+{
+	static bool callback = false;
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	TouchColumns *entry;
+	TouchColumns fresh;
+
+	if (!callback)
+	{
+		CacheRegisterRelcacheCallback(touch_columns_invalidate, (Datum) 0);
+		callback = true;
+	}
+
+	for (int i = 0; i < TOUCH_COLUMN_CACHE; i++)
+	{
+		entry = &touch_column_cache[i];
+		if (entry->relid == RelationGetRelid(rel) && entry->tupdesc == tupdesc &&
+			entry->natts == tupdesc->natts)
+			return entry;
+	}
+
+	memset(&fresh, 0, sizeof(fresh));
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+		const char *name = NameStr(att->attname);
+
+		if (att->attisdropped)
+			continue;
+		if (strcmp(name, "updated_at") == 0)
+			fresh.updated_att = att->attnum;
+		else if (strcmp(name, "created_at") == 0)
+			fresh.created_att = att->attnum;
+		else if (strcmp(name, "tenant_id") == 0)
+			fresh.identity_att[0] = att->attnum;
+		else if (strcmp(name, "id") == 0)
+			fresh.identity_att[1] = att->attnum;
+	}
+	fresh.relid = RelationGetRelid(rel);
+	fresh.tupdesc = tupdesc;
+	fresh.natts = tupdesc->natts;
+
+	entry = &touch_column_cache[touch_column_next];
+	touch_column_next = (touch_column_next + 1) % TOUCH_COLUMN_CACHE;
+	*entry = fresh;
+	return entry;
+}
 
 /*
  * crm.touch_updated_at() trigger: see the file header.
@@ -70,22 +149,13 @@ crm_touch_updated_at(PG_FUNCTION_ARGS)
 	rel = trigdata->tg_relation;
 	tupdesc = RelationGetDescr(rel);
 
-	/* one pass over the columns: this trigger fires for every row written */
-	for (int i = 0; i < tupdesc->natts; i++)
 	{
-		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
-		const char *name = NameStr(att->attname);
+		const TouchColumns *columns = touch_columns(rel);
 
-		if (att->attisdropped)
-			continue;
-		if (strcmp(name, "updated_at") == 0)
-			updated_att = att->attnum;
-		else if (strcmp(name, "created_at") == 0)
-			created_att = att->attnum;
-		else if (strcmp(name, "tenant_id") == 0)
-			identity_att[0] = att->attnum;
-		else if (strcmp(name, "id") == 0)
-			identity_att[1] = att->attnum;
+		updated_att = columns->updated_att;
+		created_att = columns->created_att;
+		identity_att[0] = columns->identity_att[0];
+		identity_att[1] = columns->identity_att[1];
 	}
 	/* a missing updated_at or either of another type: the error names it */
 	if (updated_att == InvalidAttrNumber ||
@@ -109,6 +179,25 @@ crm_touch_updated_at(PG_FUNCTION_ARGS)
 		else
 			values[n] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 		n++;
+	}
+
+	/*
+	 * Already right (another trigger of this row, such as stage_sync, set
+	 * them): the row need not be built again.
+	 */
+	{
+		bool		same = true;
+
+		for (int i = 0; i < n && same; i++)
+		{
+			bool		isnull;
+			Datum		current = heap_getattr(newtuple, cols[i], tupdesc, &isnull);
+
+			same = isnull == nulls[i] &&
+				(isnull || DatumGetTimestampTz(current) == DatumGetTimestampTz(values[i]));
+		}
+		if (same)
+			return PointerGetDatum(newtuple);
 	}
 
 	return PointerGetDatum(heap_modify_tuple_by_cols(newtuple, tupdesc,
