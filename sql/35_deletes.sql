@@ -249,5 +249,13 @@ CREATE TRIGGER t AFTER INSERT ON public.misuse_del
 SELECT try($$INSERT INTO public.misuse_del VALUES ('y', gen_random_uuid())$$);
 DROP TRIGGER t ON public.misuse_del;
 SELECT try('SELECT crm.stage_keep_records()');
+CREATE TRIGGER t AFTER TRUNCATE ON public.misuse_del
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.stage_keep_records();
+SELECT try('TRUNCATE public.misuse_del');
+DROP TRIGGER t ON public.misuse_del;
+-- TRUNCATE of the stages (CASCADE, as the workflow rules that name a stage
+-- require) while records exist: refused, nothing goes
+SELECT try('TRUNCATE crm.stage CASCADE');
+SELECT count(*) > 0 AS stages_kept, (SELECT count(*) > 0 FROM crm.workflow_rule) AS rules_kept FROM crm.stage;
 SELECT try('SELECT crm.clear_links()');
 DROP TABLE public.misuse_del;

@@ -28,9 +28,10 @@
  *		worker could not see a transition table).
  *
  *	crm.stage_keep_records(), AFTER DELETE OR UPDATE OF pipeline_id ON
- *	crm.stage, FOR EACH ROW
+ *	crm.stage, FOR EACH ROW, and BEFORE TRUNCATE, FOR EACH STATEMENT
  *		refuses (23503) to delete a stage that records are in, or to move it
- *		to another pipeline.  Leads and opportunities have no foreign key to
+ *		to another pipeline, or to truncate the stages while any record
+ *		exists.  Leads and opportunities have no foreign key to
  *		their stage: stage_sync already looks each stage up (and locks it FOR
  *		SHARE, once per statement) to derive status and probability, and
  *		refuses a stage that is not of the tenant and pipeline (23503), so
@@ -1491,6 +1492,45 @@ stage_records(Datum *key, int64 *opportunities, int64 *leads)
 }
 
 /*
+ * TRUNCATE of crm.stage (with CASCADE, as the workflow rules that name a
+ * stage require) would leave every lead and deal without its stage: refused
+ * while there is any (23503), as a DELETE of each stage would be.
+ */
+static void
+refuse_truncate_under_records(Relation rel)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	bool		any = false;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(rel->rd_rel->relowner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		bool		isnull;
+
+		if (SPI_execute("SELECT EXISTS (SELECT FROM crm.opportunity) OR EXISTS (SELECT FROM crm.lead)",
+						true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not look for records");
+		any = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+	SPI_finish();
+	if (any)
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("stages cannot be truncated while records are in them"),
+				 errhint("Delete or truncate the leads and opportunities first.")));
+}
+
+/*
  * crm.stage_keep_records() trigger: see the file header.
  *
  * AFTER ROW, so that it runs when the statement is done: a stage deleted by
@@ -1514,6 +1554,14 @@ crm_stage_keep_records(PG_FUNCTION_ARGS)
 	Oid			save_userid;
 	int			save_sec_context;
 
+	if (CALLED_AS_TRIGGER(fcinfo) && TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+	{
+		crm_require_trigger(fcinfo, "stage_keep_records", false, true);
+		require_no_arguments(trigdata, "stage_keep_records");
+		if (!crm_replica_skips_work())
+			refuse_truncate_under_records(trigdata->tg_relation);
+		return PointerGetDatum(NULL);
+	}
 	crm_require_trigger(fcinfo, "stage_keep_records", true, false);
 	require_no_arguments(trigdata, "stage_keep_records");
 	is_delete = TRIGGER_FIRED_BY_DELETE(trigdata->tg_event);

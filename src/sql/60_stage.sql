@@ -64,7 +64,7 @@ CREATE FUNCTION crm.stage_keep_records() RETURNS trigger
     AS 'MODULE_PATHNAME', 'crm_stage_keep_records'
     LANGUAGE C;
 COMMENT ON FUNCTION crm.stage_keep_records() IS
-    'Trigger on crm.stage: refuses (23503) to delete a stage, or move it to another pipeline, while leads or opportunities are in it (what a foreign key to the stage would do; stage_sync checks the records'' side)';
+    'Trigger on crm.stage: refuses (23503) to delete a stage, or move it to another pipeline, while leads or opportunities are in it, and to truncate the stages while any exists (what a foreign key to the stage would do; stage_sync checks the records'' side)';
 
 CREATE FUNCTION crm.touch_updated_at() RETURNS trigger
     AS 'MODULE_PATHNAME', 'crm_touch_updated_at'
@@ -98,6 +98,8 @@ CREATE TRIGGER stage_follow AFTER UPDATE OF kind, probability ON crm.stage
     FOR EACH ROW EXECUTE FUNCTION crm.stage_follow();
 CREATE TRIGGER stage_keep_records AFTER DELETE OR UPDATE OF pipeline_id ON crm.stage
     FOR EACH ROW EXECUTE FUNCTION crm.stage_keep_records();
+CREATE TRIGGER stage_keep_records_truncate BEFORE TRUNCATE ON crm.stage
+    FOR EACH STATEMENT EXECUTE FUNCTION crm.stage_keep_records();
 
 CREATE TRIGGER consent_times BEFORE INSERT OR UPDATE ON crm.contact
     FOR EACH ROW EXECUTE FUNCTION crm.stamp_flag_times(
@@ -112,4 +114,5 @@ COMMENT ON TRIGGER stage_history_created ON crm.lead IS 'One crm.stage_history r
 COMMENT ON TRIGGER stage_history_created ON crm.opportunity IS 'One crm.stage_history row (from no stage to the first) per opportunity the statement created';
 COMMENT ON TRIGGER stage_follow ON crm.stage IS 'The kind of a stage in use cannot change; records whose probability is the stage''s follow a new probability';
 COMMENT ON TRIGGER stage_keep_records ON crm.stage IS 'A stage that leads or opportunities are in cannot be deleted or moved to another pipeline (23503)';
+COMMENT ON TRIGGER stage_keep_records_truncate ON crm.stage IS 'The stages cannot be truncated while any lead or opportunity exists (23503)';
 COMMENT ON TRIGGER consent_times ON crm.contact IS 'Since when do_not_call, email_opt_out and profiling_opt_out hold';

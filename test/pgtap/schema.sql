@@ -99,7 +99,7 @@ SELECT c.oid, c.relname, a.attnum AS tenant_attnum
   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
  WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind IN ('r', 'p');
 
-SELECT plan(21 + (SELECT count(*)::int FROM expected_key) + (SELECT count(*)::int FROM expected_index));
+SELECT plan(22 + (SELECT count(*)::int FROM expected_key) + (SELECT count(*)::int FROM expected_index));
 
 -- Tables and views --------------------------------------------------------
 
@@ -159,6 +159,8 @@ SELECT col_isnt_fk('crm', 'opportunity', ARRAY['tenant_id', 'pipeline_id', 'stag
                    'an opportunity''s stage is checked by stage_sync, not by a foreign key');
 SELECT trigger_is('crm', 'stage', 'stage_keep_records', 'crm', 'stage_keep_records',
                   'a stage that records are in is kept by crm.stage_keep_records()');
+SELECT trigger_is('crm', 'stage', 'stage_keep_records_truncate', 'crm', 'stage_keep_records',
+                  'the stages are not truncated under records');
 SELECT fk_ok('crm', 'activity', ARRAY['tenant_id', 'contact_id'], 'crm', 'contact', ARRAY['tenant_id', 'id'],
              'an activity''s contact is in the activity''s tenant');
 SELECT fk_ok('crm', 'opportunity_tag', ARRAY['tenant_id', 'tag_id'], 'crm', 'tag', ARRAY['tenant_id', 'id'],
