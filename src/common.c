@@ -16,6 +16,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
@@ -334,4 +335,39 @@ crm_prepare_kept_generic(const char *sql, int nargs, Oid *argtypes)
 			 sql, SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 	return plan;
+}
+
+/*
+ * PostgreSQL keeps a fixed, small table of relcache callbacks for the whole
+ * backend (ten in PostgreSQL 15), shared with every other extension: Citus
+ * alone takes several.  The caches of this extension that follow ALTER
+ * TABLE therefore share one entry: each registers its function here, and
+ * one callback calls them all.
+ */
+#define CRM_RELCACHE_CALLBACKS 16
+static CrmRelcacheCallback crm_relcache_callbacks[CRM_RELCACHE_CALLBACKS];
+static int	crm_relcache_ncallbacks = 0;
+static bool crm_relcache_registered = false;
+
+static void
+crm_relcache_dispatch(Datum arg, Oid relid)
+{
+	for (int i = 0; i < crm_relcache_ncallbacks; i++)
+		crm_relcache_callbacks[i] (relid);
+}
+
+void
+crm_register_relcache_callback(CrmRelcacheCallback callback)
+{
+	for (int i = 0; i < crm_relcache_ncallbacks; i++)
+		if (crm_relcache_callbacks[i] == callback)
+			return;
+	if (crm_relcache_ncallbacks == CRM_RELCACHE_CALLBACKS)
+		elog(ERROR, "too many crm relcache callbacks");
+	if (!crm_relcache_registered)
+	{
+		CacheRegisterRelcacheCallback(crm_relcache_dispatch, (Datum) 0);
+		crm_relcache_registered = true;
+	}
+	crm_relcache_callbacks[crm_relcache_ncallbacks++] = callback;
 }

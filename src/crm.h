@@ -70,6 +70,8 @@ extern void crm_row_writer_flush(CrmRowWriter *w);
 extern void crm_row_writer_close(CrmRowWriter *w);
 
 /* common.c */
+typedef void (*CrmRelcacheCallback) (Oid relid);
+extern void crm_register_relcache_callback(CrmRelcacheCallback callback);
 extern void crm_require_trigger(FunctionCallInfo fcinfo, const char *funcname,
 								bool row_level, bool before);
 extern char *crm_table_name(Relation rel);

@@ -46,7 +46,7 @@ static int	tenant_nrels = 0;
 static Oid	tenant_rels[65];
 
 static void
-tenant_rels_invalidate(Datum arg, Oid relid)
+tenant_rels_invalidate(Oid relid)
 {
 	tenant_rels_valid = false;
 }
@@ -64,7 +64,7 @@ tenant_rels_find(void)
 
 	if (!callback_registered)
 	{
-		CacheRegisterRelcacheCallback(tenant_rels_invalidate, (Datum) 0);
+		crm_register_relcache_callback(tenant_rels_invalidate);
 		callback_registered = true;
 	}
 	if (!OidIsValid(relid))

@@ -745,7 +745,7 @@ static int	lead_attnums_cached[NUM_LEAD_COLUMNS];
 static bool lead_attnums_callback = false;
 
 static void
-lead_attnums_invalidate(Datum arg, Oid relid)
+lead_attnums_invalidate(Oid relid)
 {
 	if (relid == InvalidOid || relid == lead_attnums_relid)
 		lead_attnums_relid = InvalidOid;
@@ -756,7 +756,7 @@ lead_attnums(Relation rel, int *attnums)
 {
 	if (!lead_attnums_callback)
 	{
-		CacheRegisterRelcacheCallback(lead_attnums_invalidate, (Datum) 0);
+		crm_register_relcache_callback(lead_attnums_invalidate);
 		lead_attnums_callback = true;
 	}
 	if (lead_attnums_relid != RelationGetRelid(rel))

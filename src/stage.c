@@ -459,7 +459,7 @@ static int	stage_column_next = 0;
 
 /* A relcache invalidation (ALTER TABLE, or all of them) forgets the entry. */
 static void
-stage_columns_invalidate(Datum arg, Oid relid)
+stage_columns_invalidate(Oid relid)
 {
 	for (int i = 0; i < STAGE_COLUMN_CACHE; i++)
 		if (relid == InvalidOid || stage_column_cache[i].relid == relid)
@@ -476,7 +476,7 @@ stage_columns(Relation rel)
 
 	if (!callback)
 	{
-		CacheRegisterRelcacheCallback(stage_columns_invalidate, (Datum) 0);
+		crm_register_relcache_callback(stage_columns_invalidate);
 		callback = true;
 	}
 

@@ -173,7 +173,7 @@ static SPIPlanPtr user_plan = NULL;
  * extension dropped) may change which local relations hold the rows.
  */
 static void
-local_relations_invalidate(Datum arg, Oid relid)
+local_relations_invalidate(Oid relid)
 {
 	access_rels.valid = false;
 	app_rels.valid = false;
@@ -195,7 +195,7 @@ local_relations_find(LocalRelations *lr)
 
 	if (!callback_registered)
 	{
-		CacheRegisterRelcacheCallback(local_relations_invalidate, (Datum) 0);
+		crm_register_relcache_callback(local_relations_invalidate);
 		callback_registered = true;
 	}
 	if (!OidIsValid(relid))

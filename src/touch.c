@@ -54,7 +54,7 @@ static int	touch_column_next = 0;
 
 /* A relcache invalidation (ALTER TABLE, or all of them) forgets the entry. */
 static void
-touch_columns_invalidate(Datum arg, Oid relid)
+touch_columns_invalidate(Oid relid)
 {
 	for (int i = 0; i < TOUCH_COLUMN_CACHE; i++)
 		if (relid == InvalidOid || touch_column_cache[i].relid == relid)
@@ -71,7 +71,7 @@ touch_columns(Relation rel)
 
 	if (!callback)
 	{
-		CacheRegisterRelcacheCallback(touch_columns_invalidate, (Datum) 0);
+		crm_register_relcache_callback(touch_columns_invalidate);
 		callback = true;
 	}
 

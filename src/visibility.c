@@ -642,7 +642,7 @@ static Dependents dependents[NKINDS];
 static bool dependents_callback = false;
 
 static void
-dependents_invalidate(Datum arg, Oid relid)
+dependents_invalidate(Oid relid)
 {
 	for (int k = 0; k < NKINDS; k++)
 	{
@@ -666,7 +666,7 @@ dependents_build(int kind)
 
 	if (!dependents_callback)
 	{
-		CacheRegisterRelcacheCallback(dependents_invalidate, (Datum) 0);
+		crm_register_relcache_callback(dependents_invalidate);
 		dependents_callback = true;
 	}
 	for (int i = 0; i < d->n; i++)
