@@ -249,7 +249,7 @@ CREATE TRIGGER t AFTER INSERT ON public.misuse_del
 SELECT try($$INSERT INTO public.misuse_del VALUES ('y', gen_random_uuid())$$);
 DROP TRIGGER t ON public.misuse_del;
 SELECT try('SELECT crm.stage_keep_records()');
-CREATE TRIGGER t AFTER TRUNCATE ON public.misuse_del
+CREATE TRIGGER t BEFORE TRUNCATE ON public.misuse_del
     FOR EACH STATEMENT EXECUTE FUNCTION crm.stage_keep_records();
 SELECT try('TRUNCATE public.misuse_del');
 DROP TRIGGER t ON public.misuse_del;
@@ -257,5 +257,18 @@ DROP TRIGGER t ON public.misuse_del;
 -- require) while records exist: refused, nothing goes
 SELECT try('TRUNCATE crm.stage CASCADE');
 SELECT count(*) > 0 AS stages_kept, (SELECT count(*) > 0 FROM crm.workflow_rule) AS rules_kept FROM crm.stage;
+-- ... but a TRUNCATE that empties the records with the stages goes through
+-- (the check runs after it): rolled back here
+BEGIN;
+SET LOCAL client_min_messages = warning;
+SELECT try('TRUNCATE crm.stage, crm.lead, crm.opportunity CASCADE');
+SELECT count(*) AS stages_left FROM crm.stage;
+ROLLBACK;
+BEGIN;
+SET LOCAL client_min_messages = warning;
+SELECT try('TRUNCATE crm.tenant CASCADE');
+SELECT count(*) AS tenants_left FROM crm.tenant;
+ROLLBACK;
+SELECT count(*) > 0 AS stages_back FROM crm.stage;
 SELECT try('SELECT crm.clear_links()');
 DROP TABLE public.misuse_del;

@@ -30,11 +30,15 @@
  * command id moves on after each write of the transaction; the statement
  * start time moves on with each statement the client sends, so a change
  * another session committed is seen by the next statement even in a
- * transaction that only reads.
+ * transaction that only reads.  The subtransaction is part of the key: a
+ * row lock taken under a subtransaction that rolled back (a PL/pgSQL
+ * exception block) is gone, so what was read and locked there is read and
+ * locked again.
  */
 typedef struct CrmCommandKey
 {
 	LocalTransactionId lxid;
+	SubTransactionId subxid;
 	CommandId	cid;
 	TimestampTz statement_start;
 } CrmCommandKey;
@@ -45,6 +49,7 @@ crm_command_key_current(void)
 	CrmCommandKey key;
 
 	key.lxid = MyProc->lxid;
+	key.subxid = GetCurrentSubTransactionId();
 	key.cid = GetCurrentCommandId(false);
 	key.statement_start = GetCurrentStatementStartTimestamp();
 	return key;
@@ -53,7 +58,7 @@ crm_command_key_current(void)
 static inline bool
 crm_command_key_equal(CrmCommandKey a, CrmCommandKey b)
 {
-	return a.lxid == b.lxid && a.cid == b.cid &&
+	return a.lxid == b.lxid && a.subxid == b.subxid && a.cid == b.cid &&
 		a.statement_start == b.statement_start;
 }
 

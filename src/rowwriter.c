@@ -55,6 +55,7 @@ struct CrmRowWriter
 	ResultRelInfo *result_rel;
 	BulkInsertState bulk;
 	CommandId	cid;
+	MemoryContext batch_context;	/* what a flush allocates, reset after it */
 	TupleTableSlot *slots[ROW_WRITER_BATCH];
 	int			nslots;			/* slots made so far */
 	int			nbuffered;		/* rows waiting for the next flush */
@@ -146,6 +147,8 @@ crm_row_writer_open(Oid relid)
 	w->cid = GetCurrentCommandId(true);
 	w->estate->es_output_cid = w->cid;
 	w->bulk = GetBulkInsertState();
+	w->batch_context = AllocSetContextCreate(CurrentMemoryContext, "crm row writer batch",
+											 ALLOCSET_DEFAULT_SIZES);
 	return w;
 }
 
@@ -178,7 +181,10 @@ crm_row_writer_add(CrmRowWriter *w)
 
 	ExecStoreVirtualTuple(slot);
 	if (w->rel->rd_att->constr != NULL)
+	{
 		ExecConstraints(w->result_rel, slot, w->estate);
+		ResetExprContext(GetPerTupleExprContext(w->estate));
+	}
 	w->nbuffered++;
 }
 
@@ -187,10 +193,15 @@ void
 crm_row_writer_flush(CrmRowWriter *w)
 {
 	ExprContext *econtext = GetPerTupleExprContext(w->estate);
+	MemoryContext caller;
 
 	if (w->nbuffered == 0)
 		return;
+	/* heap_multi_insert leaves its array of tuples behind: in batch_context */
+	caller = MemoryContextSwitchTo(w->batch_context);
 	table_multi_insert(w->rel, w->slots, w->nbuffered, w->cid, 0, w->bulk);
+	MemoryContextSwitchTo(caller);
+	MemoryContextReset(w->batch_context);
 	for (int i = 0; i < w->nbuffered; i++)
 	{
 		List	   *recheck;
@@ -216,6 +227,7 @@ crm_row_writer_close(CrmRowWriter *w)
 	ExecCloseIndices(w->result_rel);
 	ExecResetTupleTable(w->estate->es_tupleTable, false);
 	FreeExecutorState(w->estate);
+	MemoryContextDelete(w->batch_context);
 	table_close(w->rel, NoLock);
 	pfree(w);
 	CommandCounterIncrement();

@@ -28,7 +28,7 @@
  *		worker could not see a transition table).
  *
  *	crm.stage_keep_records(), AFTER DELETE OR UPDATE OF pipeline_id ON
- *	crm.stage, FOR EACH ROW, and BEFORE TRUNCATE, FOR EACH STATEMENT
+ *	crm.stage, FOR EACH ROW, and AFTER TRUNCATE, FOR EACH STATEMENT
  *		refuses (23503) to delete a stage that records are in, or to move it
  *		to another pipeline, or to truncate the stages while any record
  *		exists.  Leads and opportunities have no foreign key to
@@ -929,7 +929,6 @@ enum
 	HCOL_AMOUNT,
 	HCOL_CURRENCY,
 	HCOL_PROBABILITY,
-	HCOL_VISIBLE_TO,			/* optional: written only by the direct path */
 	NUM_HISTORY_COLUMNS
 };
 
@@ -948,8 +947,6 @@ typedef struct HistoryBatch
 	bool	   *amount_nulls;
 	Datum	   *currencies;
 	Datum	   *probabilities;
-	Datum	   *visibles;		/* the record's visible_to, or NULL */
-	bool	   *visible_nulls;
 	struct HistoryBatch *next;
 } HistoryBatch;
 
@@ -974,8 +971,6 @@ history_batch(HistoryBatch **batches, const pg_uuid_t *tenant)
 	b->amount_nulls = palloc(b->size * sizeof(bool));
 	b->currencies = palloc(b->size * sizeof(Datum));
 	b->probabilities = palloc(b->size * sizeof(Datum));
-	b->visibles = palloc(b->size * sizeof(Datum));
-	b->visible_nulls = palloc(b->size * sizeof(bool));
 	b->next = *batches;
 	*batches = b;
 	return b;
@@ -996,8 +991,6 @@ history_batch_grow(HistoryBatch *b)
 	b->amount_nulls = repalloc_huge(b->amount_nulls, b->size * sizeof(bool));
 	b->currencies = repalloc_huge(b->currencies, b->size * sizeof(Datum));
 	b->probabilities = repalloc_huge(b->probabilities, b->size * sizeof(Datum));
-	b->visibles = repalloc_huge(b->visibles, b->size * sizeof(Datum));
-	b->visible_nulls = repalloc_huge(b->visible_nulls, b->size * sizeof(bool));
 }
 
 static Datum
@@ -1079,8 +1072,7 @@ history_plan(Trigger *trigger)
  * columns the direct path writes (all of them), and the triggers whose work
  * it does itself: tenant_require (tenant_id is the record's),
  * touch_updated_at (created_at and updated_at are the transaction's start)
- * and visibility_row 'history' (visible_to is the record's, as written by
- * the record's own visibility trigger before the row was stored).
+ * and visibility_row 'history' (visible_to is NULL in a public tenant).
  */
 static const char *const history_table_columns[] = {
 	"tenant_id", "id", "lead_id", "opportunity_id", "pipeline_id",
@@ -1112,14 +1104,20 @@ history_order_by_record(const void *a, const void *b, void *arg)
  * Writes the history rows straight into crm.stage_history (rowwriter.c)
  * when it may, and says whether it did; otherwise the caller inserts them
  * through SPI, which fires whatever triggers the table has.  It may when
- * the trigger is on crm.lead or crm.opportunity themselves (whose rows carry
- * the visible_to their history takes), whose owner may insert into the
- * history (the SPI path runs as that owner too), the history table is as
- * the extension made it, and Citus is not in the database.
+ * the trigger is on crm.lead or crm.opportunity themselves, whose owner may
+ * insert into the history (the SPI path runs as that owner too), every
+ * tenant of the statement is public (in a private tenant a history row
+ * takes the visible_to the record has when the row is written, which a
+ * later trigger of the same statement may have changed: the SPI path's
+ * visibility_row reads it then), the history table is as the extension
+ * made it (its columns, its triggers, not a partition, amount and
+ * probability of the record's precision), and Citus is not in the
+ * database.
  */
 static bool
-history_write_direct(Relation rec, const char *record_column, HistoryBatch *batches,
-					 const pg_uuid_t *changed_by, bool has_user, NameData *changed_by_role)
+history_write_direct(Relation rec, const char *record_column, const int *rec_attnums,
+					 HistoryBatch *batches, const pg_uuid_t *changed_by, bool has_user,
+					 NameData *changed_by_role)
 {
 	Oid			crm_namespace = get_namespace_oid("crm", false);
 	const char *recname = RelationGetRelationName(rec);
@@ -1144,8 +1142,18 @@ history_write_direct(Relation rec, const char *record_column, HistoryBatch *batc
 		pg_class_aclcheck(history_relid, rec->rd_rel->relowner, ACL_INSERT) != ACLCHECK_OK)
 		return false;
 
+	/* visible_to is NULL for all: see above */
+	for (HistoryBatch *b = batches; b != NULL; b = b->next)
+	{
+		text	   *visibility = crm_tenant_text(UUIDPGetDatum(&b->tenant), "visibility");
+
+		if (visibility == NULL || strcmp(text_to_cstring(visibility), "public") != 0)
+			return false;
+	}
+
 	history = table_open(history_relid, RowExclusiveLock);
 	as_made = history->rd_rel->relkind == RELKIND_RELATION &&
+		!history->rd_rel->relispartition &&
 		crm_row_writer_columns_known(history, history_table_columns, history_table_types,
 									 lengthof(history_table_columns)) &&
 		crm_row_writer_only_triggers(history, history_table_triggers,
@@ -1155,6 +1163,15 @@ history_write_direct(Relation rec, const char *record_column, HistoryBatch *batc
 		att[c] = crm_optional_attnum(history, history_table_columns[c]) - 1;
 		as_made = att[c] >= 0;
 	}
+	/*
+	 * amount and probability are copied as they are: the record's columns
+	 * must have the history's precision and scale (an INSERT would coerce)
+	 */
+	if (as_made)
+		as_made = TupleDescAttr(RelationGetDescr(rec), rec_attnums[HCOL_AMOUNT] - 1)->atttypmod ==
+			TupleDescAttr(RelationGetDescr(history), att[7])->atttypmod &&
+			TupleDescAttr(RelationGetDescr(rec), rec_attnums[HCOL_PROBABILITY] - 1)->atttypmod ==
+			TupleDescAttr(RelationGetDescr(history), att[9])->atttypmod;
 	table_close(history, NoLock);
 	if (!as_made)
 		return false;
@@ -1206,8 +1223,6 @@ history_write_direct(Relation rec, const char *record_column, HistoryBatch *batc
 				SET(12, NameGetDatum(changed_by_role));
 				SET(13, now);
 				SET(14, now);
-				if (!b->visible_nulls[i])
-					SET(15, b->visibles[i]);
 #undef SET
 				crm_row_writer_add(writer);
 			}
@@ -1293,10 +1308,6 @@ crm_stage_history_record(PG_FUNCTION_ARGS)
 	attnums[HCOL_AMOUNT] = crm_attnum(rel, trigdata->tg_trigger->tgargs[1], NUMERICOID);
 	attnums[HCOL_CURRENCY] = crm_attnum(rel, "currency", TEXTOID);
 	attnums[HCOL_PROBABILITY] = crm_attnum(rel, "probability", NUMERICOID);
-	attnums[HCOL_VISIBLE_TO] = crm_optional_attnum(rel, "visible_to");
-	if (attnums[HCOL_VISIBLE_TO] != InvalidAttrNumber &&
-		TupleDescAttr(RelationGetDescr(rel), attnums[HCOL_VISIBLE_TO] - 1)->atttypid != UUIDARRAYOID)
-		attnums[HCOL_VISIBLE_TO] = InvalidAttrNumber;
 
 	has_user = crm_current_app_user_id(&changed_by);
 	namestrcpy(&changed_by_role, GetUserNameFromId(GetUserId(), false));
@@ -1382,16 +1393,6 @@ crm_stage_history_record(PG_FUNCTION_ARGS)
 		}
 		b->currencies[b->n] = datumCopy(slot_getattr(newslot, attnums[HCOL_CURRENCY], &isnull), false, -1);
 		b->probabilities[b->n] = datumCopy(slot_getattr(newslot, attnums[HCOL_PROBABILITY], &isnull), false, -1);
-		b->visible_nulls[b->n] = true;
-		b->visibles[b->n] = (Datum) 0;
-		if (attnums[HCOL_VISIBLE_TO] != InvalidAttrNumber)
-		{
-			Datum		visible = slot_getattr(newslot, attnums[HCOL_VISIBLE_TO], &isnull);
-
-			b->visible_nulls[b->n] = isnull;
-			if (!isnull)
-				b->visibles[b->n] = datumCopy(visible, false, -1);
-		}
 		b->n++;
 	}
 	ExecDropSingleTupleTableSlot(newslot);
@@ -1403,8 +1404,7 @@ crm_stage_history_record(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	}
 
-	if (attnums[HCOL_VISIBLE_TO] != InvalidAttrNumber &&
-		history_write_direct(rel, trigdata->tg_trigger->tgargs[0], batches,
+	if (history_write_direct(rel, trigdata->tg_trigger->tgargs[0], attnums, batches,
 							 &changed_by, has_user, &changed_by_role))
 	{
 		MemoryContextSwitchTo(caller);
@@ -1494,7 +1494,11 @@ stage_records(Datum *key, int64 *opportunities, int64 *leads)
 /*
  * TRUNCATE of crm.stage (with CASCADE, as the workflow rules that name a
  * stage require) would leave every lead and deal without its stage: refused
- * while there is any (23503), as a DELETE of each stage would be.
+ * while there is any (23503), as a DELETE of each stage would be.  AFTER
+ * the TRUNCATE, so that one that empties the records too (TRUNCATE
+ * crm.tenant CASCADE, or the stages with the leads and deals) goes
+ * through; read with the latest snapshot, so that a record committed while
+ * the TRUNCATE waited for its lock is seen.
  */
 static void
 refuse_truncate_under_records(Relation rel)
@@ -1512,8 +1516,12 @@ refuse_truncate_under_records(Relation rel)
 	{
 		bool		isnull;
 
-		if (SPI_execute("SELECT EXISTS (SELECT FROM crm.opportunity) OR EXISTS (SELECT FROM crm.lead)",
-						true, 1) != SPI_OK_SELECT)
+		SPIPlanPtr	plan = SPI_prepare("SELECT EXISTS (SELECT FROM crm.opportunity)"
+									   " OR EXISTS (SELECT FROM crm.lead)", 0, NULL);
+
+		if (plan == NULL ||
+			SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
+								 true, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not look for records");
 		any = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	}
@@ -1556,7 +1564,7 @@ crm_stage_keep_records(PG_FUNCTION_ARGS)
 
 	if (CALLED_AS_TRIGGER(fcinfo) && TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
 	{
-		crm_require_trigger(fcinfo, "stage_keep_records", false, true);
+		crm_require_trigger(fcinfo, "stage_keep_records", false, false);
 		require_no_arguments(trigdata, "stage_keep_records");
 		if (!crm_replica_skips_work())
 			refuse_truncate_under_records(trigdata->tg_relation);

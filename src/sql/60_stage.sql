@@ -98,7 +98,7 @@ CREATE TRIGGER stage_follow AFTER UPDATE OF kind, probability ON crm.stage
     FOR EACH ROW EXECUTE FUNCTION crm.stage_follow();
 CREATE TRIGGER stage_keep_records AFTER DELETE OR UPDATE OF pipeline_id ON crm.stage
     FOR EACH ROW EXECUTE FUNCTION crm.stage_keep_records();
-CREATE TRIGGER stage_keep_records_truncate BEFORE TRUNCATE ON crm.stage
+CREATE TRIGGER stage_keep_records_truncate AFTER TRUNCATE ON crm.stage
     FOR EACH STATEMENT EXECUTE FUNCTION crm.stage_keep_records();
 
 CREATE TRIGGER consent_times BEFORE INSERT OR UPDATE ON crm.contact
