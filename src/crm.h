@@ -201,4 +201,7 @@ extern bool crm_current_tenant_id(pg_uuid_t *tenant);
 extern bool crm_current_app_user_id(pg_uuid_t *user);
 extern bool crm_current_user_sees(Datum visible_to, bool isnull);
 
+/* visibility.c */
+extern bool crm_tenant_public(Datum tenant);
+
 #endif							/* CRM_H */

@@ -1074,13 +1074,21 @@ history_plan(Trigger *trigger)
  * touch_updated_at (created_at and updated_at are the transaction's start)
  * and visibility_row 'history' (visible_to is NULL in a public tenant).
  */
-static const char *const history_table_columns[] = {
+enum
+{
+	HT_TENANT, HT_ID, HT_LEAD, HT_OPPORTUNITY, HT_PIPELINE,
+	HT_FROM_STAGE, HT_TO_STAGE, HT_AMOUNT, HT_CURRENCY, HT_PROBABILITY,
+	HT_CHANGED_AT, HT_CHANGED_BY, HT_CHANGED_BY_ROLE, HT_CREATED_AT, HT_UPDATED_AT,
+	HT_VISIBLE_TO,
+	NUM_HT_COLUMNS
+};
+static const char *const history_table_columns[NUM_HT_COLUMNS] = {
 	"tenant_id", "id", "lead_id", "opportunity_id", "pipeline_id",
 	"from_stage_id", "to_stage_id", "amount", "currency", "probability",
 	"changed_at", "changed_by", "changed_by_role", "created_at", "updated_at",
 	"visible_to"
 };
-static const Oid history_table_types[] = {
+static const Oid history_table_types[NUM_HT_COLUMNS] = {
 	UUIDOID, UUIDOID, UUIDOID, UUIDOID, UUIDOID,
 	UUIDOID, UUIDOID, NUMERICOID, TEXTOID, NUMERICOID,
 	TIMESTAMPTZOID, UUIDOID, NAMEOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
@@ -1124,14 +1132,12 @@ history_write_direct(Relation rec, const char *record_column, const int *rec_att
 	Oid			history_relid;
 	Relation	history;
 	bool		as_made;
-	int			att[lengthof(history_table_columns)];
+	int			att[NUM_HT_COLUMNS];
 	Datum		now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	CrmRowWriter *writer;
 	Oid			save_userid;
 	int			save_sec_context;
 
-	StaticAssertStmt(lengthof(history_table_columns) == lengthof(history_table_types),
-					 "one type per history column");
 	if (RelationGetNamespace(rec) != crm_namespace ||
 		!((strcmp(recname, "opportunity") == 0 && strcmp(record_column, "opportunity_id") == 0) ||
 		  (strcmp(recname, "lead") == 0 && strcmp(record_column, "lead_id") == 0)) ||
@@ -1144,21 +1150,17 @@ history_write_direct(Relation rec, const char *record_column, const int *rec_att
 
 	/* visible_to is NULL for all: see above */
 	for (HistoryBatch *b = batches; b != NULL; b = b->next)
-	{
-		text	   *visibility = crm_tenant_text(UUIDPGetDatum(&b->tenant), "visibility");
-
-		if (visibility == NULL || strcmp(text_to_cstring(visibility), "public") != 0)
+		if (!crm_tenant_public(UUIDPGetDatum(&b->tenant)))
 			return false;
-	}
 
 	history = table_open(history_relid, RowExclusiveLock);
 	as_made = history->rd_rel->relkind == RELKIND_RELATION &&
 		!history->rd_rel->relispartition &&
 		crm_row_writer_columns_known(history, history_table_columns, history_table_types,
-									 lengthof(history_table_columns)) &&
+									 NUM_HT_COLUMNS) &&
 		crm_row_writer_only_triggers(history, history_table_triggers,
 									 lengthof(history_table_triggers));
-	for (int c = 0; as_made && c < lengthof(history_table_columns); c++)
+	for (int c = 0; as_made && c < NUM_HT_COLUMNS; c++)
 	{
 		att[c] = crm_optional_attnum(history, history_table_columns[c]) - 1;
 		as_made = att[c] >= 0;
@@ -1169,9 +1171,9 @@ history_write_direct(Relation rec, const char *record_column, const int *rec_att
 	 */
 	if (as_made)
 		as_made = TupleDescAttr(RelationGetDescr(rec), rec_attnums[HCOL_AMOUNT] - 1)->atttypmod ==
-			TupleDescAttr(RelationGetDescr(history), att[7])->atttypmod &&
+			TupleDescAttr(RelationGetDescr(history), att[HT_AMOUNT])->atttypmod &&
 			TupleDescAttr(RelationGetDescr(rec), rec_attnums[HCOL_PROBABILITY] - 1)->atttypmod ==
-			TupleDescAttr(RelationGetDescr(history), att[9])->atttypmod;
+			TupleDescAttr(RelationGetDescr(history), att[HT_PROBABILITY])->atttypmod;
 	table_close(history, NoLock);
 	if (!as_made)
 		return false;
@@ -1206,23 +1208,23 @@ history_write_direct(Relation rec, const char *record_column, const int *rec_att
 
 				crm_uuid_v7(&ids[i]);
 #define SET(col, value) (v[att[col]] = (value), null[att[col]] = false)
-				SET(0, UUIDPGetDatum(&b->tenant));
-				SET(1, UUIDPGetDatum(&ids[i]));
-				SET(record_column[0] == 'l' ? 2 : 3, b->ids[i]);
-				SET(4, b->pipelines[i]);
+				SET(HT_TENANT, UUIDPGetDatum(&b->tenant));
+				SET(HT_ID, UUIDPGetDatum(&ids[i]));
+				SET(record_column[0] == 'l' ? HT_LEAD : HT_OPPORTUNITY, b->ids[i]);
+				SET(HT_PIPELINE, b->pipelines[i]);
 				if (!b->from_nulls[i])
-					SET(5, b->from_stages[i]);
-				SET(6, b->to_stages[i]);
+					SET(HT_FROM_STAGE, b->from_stages[i]);
+				SET(HT_TO_STAGE, b->to_stages[i]);
 				if (!b->amount_nulls[i])
-					SET(7, b->amounts[i]);
-				SET(8, b->currencies[i]);
-				SET(9, b->probabilities[i]);
-				SET(10, TimestampTzGetDatum(GetCurrentTimestamp()));
+					SET(HT_AMOUNT, b->amounts[i]);
+				SET(HT_CURRENCY, b->currencies[i]);
+				SET(HT_PROBABILITY, b->probabilities[i]);
+				SET(HT_CHANGED_AT, TimestampTzGetDatum(GetCurrentTimestamp()));
 				if (has_user)
-					SET(11, UUIDPGetDatum(changed_by));
-				SET(12, NameGetDatum(changed_by_role));
-				SET(13, now);
-				SET(14, now);
+					SET(HT_CHANGED_BY, UUIDPGetDatum(changed_by));
+				SET(HT_CHANGED_BY_ROLE, NameGetDatum(changed_by_role));
+				SET(HT_CREATED_AT, now);
+				SET(HT_UPDATED_AT, now);
 #undef SET
 				crm_row_writer_add(writer);
 			}
@@ -1457,55 +1459,23 @@ crm_stage_history_record(PG_FUNCTION_ARGS)
 }
 
 /*
- * How many opportunities and leads are in a stage (tenant, pipeline, id),
- * read with the latest snapshot: under REPEATABLE READ too, a record that
- * entered the stage in a transaction that committed after this one began
- * is counted (as the foreign key's own check does).  A record entering it
- * in a transaction still running holds the stage FOR SHARE (stage_sync's
- * lookup), so whoever deletes the stage waited for that transaction first.
+ * How many opportunities and leads are in a stage (key: tenant, pipeline,
+ * id); with key NULL, whether there are any at all (each count 0 or 1).
+ * Read as the owner of rel (crm.stage), with the latest snapshot: under
+ * REPEATABLE READ too, a record that entered the stage in a transaction that
+ * committed after this one began is counted (as the foreign key's own check
+ * does), and a TRUNCATE sees a record committed while it waited for its
+ * lock.  A record entering the stage in a transaction still running holds
+ * the stage FOR SHARE (stage_sync's lookup), so whoever deletes the stage
+ * waited for that transaction first.
  */
 static void
-stage_records(Datum *key, int64 *opportunities, int64 *leads)
+stage_records(Relation rel, Datum *key, int64 *opportunities, int64 *leads)
 {
-	static SPIPlanPtr plan = NULL;
-	bool		isnull;
-
-	if (plan == NULL)
-	{
-		Oid			types[3] = {UUIDOID, UUIDOID, UUIDOID};
-
-		plan = crm_prepare_kept("SELECT (SELECT pg_catalog.count(*) FROM crm.opportunity o"
-								"         WHERE o.tenant_id OPERATOR(pg_catalog.=) $1"
-								"           AND o.pipeline_id OPERATOR(pg_catalog.=) $2"
-								"           AND o.stage_id OPERATOR(pg_catalog.=) $3),"
-								"       (SELECT pg_catalog.count(*) FROM crm.lead l"
-								"         WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
-								"           AND l.pipeline_id OPERATOR(pg_catalog.=) $2"
-								"           AND l.stage_id OPERATOR(pg_catalog.=) $3)",
-								3, types);
-	}
-	if (SPI_execute_snapshot(plan, key, NULL, GetLatestSnapshot(), InvalidSnapshot,
-							 false, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not count the records of a stage");
-	*opportunities = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	*leads = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-}
-
-/*
- * TRUNCATE of crm.stage (with CASCADE, as the workflow rules that name a
- * stage require) would leave every lead and deal without its stage: refused
- * while there is any (23503), as a DELETE of each stage would be.  AFTER
- * the TRUNCATE, so that one that empties the records too (TRUNCATE
- * crm.tenant CASCADE, or the stages with the leads and deals) goes
- * through; read with the latest snapshot, so that a record committed while
- * the TRUNCATE waited for its lock is seen.
- */
-static void
-refuse_truncate_under_records(Relation rel)
-{
+	static SPIPlanPtr in_stage_plan = NULL;
+	static SPIPlanPtr any_plan = NULL;
 	Oid			save_userid;
 	int			save_sec_context;
-	bool		any = false;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1514,16 +1484,39 @@ refuse_truncate_under_records(Relation rel)
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	PG_TRY();
 	{
+		SPIPlanPtr	plan;
 		bool		isnull;
 
-		SPIPlanPtr	plan = SPI_prepare("SELECT EXISTS (SELECT FROM crm.opportunity)"
-									   " OR EXISTS (SELECT FROM crm.lead)", 0, NULL);
+		if (key != NULL && in_stage_plan == NULL)
+		{
+			Oid			types[3] = {UUIDOID, UUIDOID, UUIDOID};
 
-		if (plan == NULL ||
-			SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
-								 true, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not look for records");
-		any = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			in_stage_plan = crm_prepare_kept("SELECT (SELECT pg_catalog.count(*) FROM crm.opportunity o"
+											 "         WHERE o.tenant_id OPERATOR(pg_catalog.=) $1"
+											 "           AND o.pipeline_id OPERATOR(pg_catalog.=) $2"
+											 "           AND o.stage_id OPERATOR(pg_catalog.=) $3),"
+											 "       (SELECT pg_catalog.count(*) FROM crm.lead l"
+											 "         WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
+											 "           AND l.pipeline_id OPERATOR(pg_catalog.=) $2"
+											 "           AND l.stage_id OPERATOR(pg_catalog.=) $3)",
+											 3, types);
+		}
+		if (key == NULL && any_plan == NULL)
+			any_plan = crm_prepare_kept("SELECT (SELECT pg_catalog.count(*) FROM"
+										"         (SELECT FROM crm.opportunity LIMIT 1) o),"
+										"       (SELECT pg_catalog.count(*) FROM"
+										"         (SELECT FROM crm.lead LIMIT 1) l)",
+										0, NULL);
+		plan = key != NULL ? in_stage_plan : any_plan;
+		/*
+		 * not read-only: the command counter moves on first, so that rows the
+		 * same statement deleted before (a cascade) are seen gone
+		 */
+		if (SPI_execute_snapshot(plan, key, NULL, GetLatestSnapshot(), InvalidSnapshot,
+								 false, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not count the records of a stage");
+		*opportunities = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		*leads = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	}
 	PG_FINALLY();
 	{
@@ -1531,11 +1524,6 @@ refuse_truncate_under_records(Relation rel)
 	}
 	PG_END_TRY();
 	SPI_finish();
-	if (any)
-		ereport(ERROR,
-				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-				 errmsg("stages cannot be truncated while records are in them"),
-				 errhint("Delete or truncate the leads and opportunities first.")));
 }
 
 /*
@@ -1559,15 +1547,26 @@ crm_stage_keep_records(PG_FUNCTION_ARGS)
 	bool		isnull;
 	int64		opportunities;
 	int64		leads;
-	Oid			save_userid;
-	int			save_sec_context;
 
+	/*
+	 * TRUNCATE (with CASCADE, as the workflow rules that name a stage
+	 * require) would leave every lead and deal without its stage: refused
+	 * while there is any, as a DELETE of each stage would be.  AFTER the
+	 * TRUNCATE, so that one that empties the records too (TRUNCATE crm.tenant
+	 * CASCADE, or the stages with the leads and deals) goes through.
+	 */
 	if (CALLED_AS_TRIGGER(fcinfo) && TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
 	{
 		crm_require_trigger(fcinfo, "stage_keep_records", false, false);
 		require_no_arguments(trigdata, "stage_keep_records");
-		if (!crm_replica_skips_work())
-			refuse_truncate_under_records(trigdata->tg_relation);
+		if (crm_replica_skips_work())
+			return PointerGetDatum(NULL);
+		stage_records(trigdata->tg_relation, NULL, &opportunities, &leads);
+		if (opportunities + leads > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+					 errmsg("stages cannot be truncated while records are in them"),
+					 errhint("Delete or truncate the leads and opportunities first.")));
 		return PointerGetDatum(NULL);
 	}
 	crm_require_trigger(fcinfo, "stage_keep_records", true, false);
@@ -1592,22 +1591,7 @@ crm_stage_keep_records(PG_FUNCTION_ARGS)
 	key[1] = heap_getattr(oldtuple, a_pipeline, tupdesc, &isnull);
 	key[2] = heap_getattr(oldtuple, crm_attnum(rel, "id", UUIDOID), tupdesc, &isnull);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(rel->rd_rel->relowner,
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	PG_TRY();
-	{
-		stage_records(key, &opportunities, &leads);
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-	}
-	PG_END_TRY();
-	SPI_finish();
-
+	stage_records(rel, key, &opportunities, &leads);
 	if (opportunities + leads > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
@@ -1703,7 +1687,7 @@ crm_stage_follow(PG_FUNCTION_ARGS)
 			key[0] = args[0];
 			key[1] = heap_getattr(oldtuple, crm_attnum(rel, "pipeline_id", UUIDOID), tupdesc, &isnull);
 			key[2] = args[1];
-			stage_records(key, &opportunities, &leads);
+			stage_records(rel, key, &opportunities, &leads);
 			if (opportunities + leads > 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

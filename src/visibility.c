@@ -253,10 +253,11 @@ owner_scope(Datum tenant, Datum owner, bool *isnull)
  * hangs off a record: the lookups of the records can be left out.  A
  * forecast snapshot keeps the visibility it was taken with (a record of a
  * moment), so a link to one is still looked up.  Cached per statement like
- * the other lookups (kind NKINDS + 1, the tenant as the id).
+ * the other lookups (kind NKINDS + 1, the tenant as the id).  stage.c
+ * asks too: its direct write of stage history rows is for public tenants.
  */
-static bool
-tenant_public(Datum tenant)
+bool
+crm_tenant_public(Datum tenant)
 {
 	bool		found;
 	bool		isnull;
@@ -479,7 +480,7 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 	 * a forecast snapshot: everyone's, with no other lookup.
 	 */
 	{
-		if (tenant_public(tenant) && short_cut_allowed(trigger, rel, newtup, is_record))
+		if (crm_tenant_public(tenant) && short_cut_allowed(trigger, rel, newtup, is_record))
 		{
 			int			cols[1] = {vis_att};
 			Datum		values[1] = {(Datum) 0};
@@ -499,7 +500,7 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		bool		first = true;
-		bool		public_tenant = tenant_public(tenant);
+		bool		public_tenant = crm_tenant_public(tenant);
 
 		if (is_record || has_column(rel, "owner_id"))
 		{
@@ -565,7 +566,7 @@ crm_visibility_row(PG_FUNCTION_ARGS)
 
 			if (public_tenant && strcmp(kinds[kind], "revenue_forecast") != 0)
 			{
-				/* see tenant_public(): everyone's, and no refusal */
+				/* see crm_tenant_public(): everyone's, and no refusal */
 				link_scope = (Datum) 0;
 				link_null = true;
 				found = true;
