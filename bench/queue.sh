@@ -33,6 +33,19 @@
 #              the "batch 1" runs.  PgQ keeps no per-job state (no lease,
 #              no attempts, no archive row, no idempotency key): it is the
 #              floor a transactional queue is measured against.
+#    bare      the writes a queue with the issue's per-job state makes, and
+#              nothing else: crm.job's and
+#              crm.job_archive's columns and indexes (schema bare) and
+#              nothing else (no idempotency key table, no CHECK, no foreign
+#              key, no trigger, no row-level security, no function), plain
+#              SQL statements: a producer INSERTs the jobs, a worker claims
+#              them with one UPDATE (FOR UPDATE SKIP LOCKED, a lease) and
+#              completes them with one DELETE ... RETURNING into the archive.
+#              It does the writes every queue with a row, a lease and an
+#              archive row per job does (an insert, an update, a delete and
+#              an insert, each with its index entries) and none of the work
+#              crm adds: how far crm is from it is what crm's checks cost,
+#              and how far it is from PgQ is what the per-job state costs.
 #
 #    Every run starts from empty tables (TRUNCATE; PgQ queues are made
 #    afresh).  Runs are interleaved, $QUEUE_RUNS of each; the median is
@@ -82,9 +95,9 @@ psql_admin -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $D
 	-c "CREATE DATABASE $DB"
 
 have_pgq=$(psql -X -At -d "$DB" -c "SELECT count(*) FROM pg_available_extensions WHERE name = 'pgq'")
-variants="crm plpgsql"
+variants="crm plpgsql bare"
 if [[ $have_pgq == 1 ]]; then
-	variants="crm plpgsql pgq"
+	variants="crm plpgsql bare pgq"
 else
 	echo "PgQ is not installed in this PostgreSQL: its column is skipped."
 	echo "  Install it with: sudo apt-get install postgresql-15-pgq3  (scripts/setup.sh does)"
@@ -119,6 +132,12 @@ ALTER TABLE ref.job_key ADD FOREIGN KEY (tenant_id) REFERENCES crm.tenant ON DEL
 CREATE TRIGGER touch_updated_at BEFORE INSERT OR UPDATE ON ref.job FOR EACH ROW EXECUTE FUNCTION crm.touch_updated_at();
 CREATE TRIGGER touch_updated_at BEFORE INSERT OR UPDATE ON ref.job_archive FOR EACH ROW EXECUTE FUNCTION crm.touch_updated_at();
 CREATE TRIGGER touch_updated_at BEFORE INSERT OR UPDATE ON ref.job_key FOR EACH ROW EXECUTE FUNCTION crm.touch_updated_at();
+
+-- The lower bound: the ready set and the archive with crm's columns and
+-- indexes, nothing else (see the header).
+CREATE SCHEMA bare;
+CREATE TABLE bare.job (LIKE crm.job INCLUDING DEFAULTS INCLUDING INDEXES);
+CREATE TABLE bare.job_archive (LIKE crm.job_archive INCLUDING DEFAULTS INCLUDING INDEXES);
 
 -- Every name is qualified instead of a SET search_path, which would cost a
 -- GUC save and restore on every call.  Parameters are prefixed so that
@@ -467,6 +486,14 @@ SELECT coalesce(array_agg(id), '{}') AS ids FROM $schema.claim_jobs('webhook', '
 $done_sql
 EOF
 	done
+	enq="INSERT INTO bare.job (queue, action, params, idempotency_key)"
+	enq+=" SELECT 'webhook', 'webhook', pg_catalog.jsonb_build_object('n', g), pg_catalog.gen_random_uuid()"
+	enq+=" FROM pg_catalog.generate_series(1, $b) g;"
+	printf '%s\n' "$enq" >"$WORK/bare-producer-$b.sql"
+	cat >"$WORK/bare-worker-$b.sql" <<EOF
+WITH c AS (UPDATE bare.job r SET locked_by = 'w' || :client_id::text, locked_until = now() + interval '5 minutes', attempts = r.attempts + 1, updated_at = now() WHERE r.tenant_id = crm.current_tenant() AND r.id = ANY (ARRAY(SELECT q.id FROM bare.job q WHERE q.tenant_id = crm.current_tenant() AND q.queue = 'webhook' AND q.locked_by IS NULL AND q.run_at <= now() ORDER BY q.run_at, q.id LIMIT $b FOR UPDATE SKIP LOCKED)) RETURNING r.id) SELECT coalesce(array_agg(id), '{}') AS ids FROM c \gset
+WITH gone AS (DELETE FROM bare.job j WHERE j.tenant_id = crm.current_tenant() AND j.id = ANY (:ids::uuid[]) RETURNING j.*) INSERT INTO bare.job_archive (tenant_id, id, queue, action, params, rule_id, source_entity, source_id, contact_id, idempotency_key, run_at, attempts, max_attempts, errors, outcome, reason, result, enqueued_at) SELECT g.tenant_id, g.id, g.queue, g.action, g.params, g.rule_id, g.source_entity, g.source_id, g.contact_id, g.idempotency_key, g.run_at, g.attempts, g.max_attempts, g.errors, 'completed', NULL, NULL, g.created_at FROM gone g;
+EOF
 	if ((b == 1)); then
 		enq="SELECT pgq.insert_event('bench_' || :client_id::text, 'job', '{\"n\": 1}');"
 	else
@@ -490,6 +517,7 @@ reset_variant() { # VARIANT
 	case $1 in
 		crm) psql_bench -c 'TRUNCATE crm.job, crm.job_archive, crm.job_key' ;;
 		plpgsql) psql_bench -c 'TRUNCATE ref.job, ref.job_archive, ref.job_key' ;;
+		bare) psql_bench -c 'TRUNCATE bare.job, bare.job_archive' ;;
 		pgq) psql_bench >/dev/null <<'SQL'
 SET client_min_messages = warning;
 SELECT pgq.unregister_consumer(q.queue_name, 'worker') FROM pgq.queue q;
@@ -510,6 +538,8 @@ count_variant() { # VARIANT
 		                           (SELECT count(*) FROM crm.job_archive WHERE outcome = 'completed')" ;;
 		plpgsql) psql_bench -c "SELECT (SELECT count(*) FROM ref.job_key) || ' ' ||
 		                               (SELECT count(*) FROM ref.job_archive WHERE outcome = 'completed')" ;;
+		bare) psql_bench -c "SELECT (SELECT count(*) FROM bare.job) + (SELECT count(*) FROM bare.job_archive) || ' ' ||
+		                            (SELECT count(*) FROM bare.job_archive)" ;;
 		pgq) psql_bench -c "SELECT made || ' ' || done FROM bench_pgq_counts()" ;;
 	esac
 }
@@ -521,7 +551,12 @@ queue_run() { # VARIANT BATCH
 	PGOPTIONS="-c crm.tenant_id=$T_QUEUE -c client_min_messages=warning" \
 		pgbench -n -M prepared -c 2 -j 2 -T "$SECS" -f "$WORK/$v-producer-$b.sql" "$DB" >"$WORK/p.out" 2>&1 &
 	local pp=$!
-	PGOPTIONS="-c crm.tenant_id=$T_QUEUE -c client_min_messages=warning" \
+	# The bare worker's claim is one SQL statement: a generic plan made on
+	# the empty table walks the tenant's whole ready set for the ids (crm's
+	# C claim is written so that it never does); a custom plan each time.
+	local plans=""
+	[[ $v == bare ]] && plans="-c plan_cache_mode=force_custom_plan"
+	PGOPTIONS="-c crm.tenant_id=$T_QUEUE -c client_min_messages=warning $plans" \
 		pgbench -n -M prepared -c 2 -j 2 -T "$SECS" -f "$WORK/$v-worker-$b.sql" "$DB" >"$WORK/w.out" 2>&1 &
 	local wp=$!
 	local status=0
@@ -572,6 +607,42 @@ for ((run = 1; run <= RUNS; run++)); do
 	done
 done
 
+# The worker side alone: 2 workers claim and complete a backlog enqueued
+# beforehand, with no producer running (all of the machine theirs); prints
+# "variant batch done/s".  The backlog is larger than they can finish.
+backlog_run() { # VARIANT BATCH
+	local v=$1 b=$2 plans="" done
+	reset_variant "$v"
+	case $v in
+		crm) for ((i = 0; i < BACKLOG; i += 100000)); do
+				PGOPTIONS="-c crm.tenant_id=$T_QUEUE" psql_bench -c "SELECT pg_catalog.cardinality(crm.enqueue_jobs('webhook',
+					ARRAY(SELECT pg_catalog.jsonb_build_object('n', g) FROM pg_catalog.generate_series(1, 100000) g)))" >/dev/null
+			done ;;
+		bare) PGOPTIONS="-c crm.tenant_id=$T_QUEUE" psql_bench -c "INSERT INTO bare.job (queue, action, params, idempotency_key)
+				SELECT 'webhook', 'webhook', pg_catalog.jsonb_build_object('n', g), pg_catalog.gen_random_uuid()
+				  FROM pg_catalog.generate_series(1, $BACKLOG) g" ;;
+	esac
+	psql_bench -c "VACUUM ANALYZE $v.job" -c 'CHECKPOINT' >/dev/null
+	[[ $v == bare ]] && plans="-c plan_cache_mode=force_custom_plan"
+	PGOPTIONS="-c crm.tenant_id=$T_QUEUE -c client_min_messages=warning $plans" \
+		pgbench -n -M prepared -c 2 -j 2 -T "$SECS" -f "$WORK/$v-worker-$b.sql" "$DB" >"$WORK/w.out" 2>&1 || {
+		echo "queue.sh: pgbench failed for $v workers on a backlog:" >&2
+		tail -n 5 "$WORK/w.out" >&2
+		exit 1
+	}
+	done=$(psql_bench -c "SELECT count(*) FROM $v.job_archive WHERE outcome = 'completed'")
+	awk -v v="$v" -v b="$b" -v d="$done" -v s="$SECS" 'BEGIN { printf "%s %s %.0f\n", v, b, d / s }'
+}
+BACKLOG=${QUEUE_BACKLOG:-600000}
+BACKLOG_BATCH=${BATCHES##* }
+echo "workers alone: $RUNS x (crm, bare) on a backlog of $BACKLOG jobs, batch $BACKLOG_BATCH, ${SECS}s each ..."
+backlog=""
+for ((run = 1; run <= RUNS; run++)); do
+	for v in crm bare; do
+		backlog+="$(backlog_run "$v" "$BACKLOG_BATCH")"$'\n'
+	done
+done
+
 echo "rule matching: $RULE_RUNS x (none, nonenote, nomatch, match), ${RULE_SECS}s each, pgbench -c 2 single-row INSERT ..."
 rules=""
 for ((run = 1; run <= RULE_RUNS; run++)); do
@@ -596,10 +667,11 @@ echo " completed < enqueued means the workers fell behind and a backlog grew dur
 printf '  %-26s' ""
 for b in $BATCHES; do printf '  %-22s' "batch $b"; done
 echo
-for v in crm plpgsql pgq; do
+for v in crm plpgsql bare pgq; do
 	case $v in
 		crm) label="crm (C, src/queue.c)" ;;
 		plpgsql) label="same queue in PL/pgSQL" ;;
+		bare) label="bare tables (same writes)" ;;
 		pgq) label="PgQ 3 (tick batches)" ;;
 	esac
 	printf '  %-26s' "$label"
@@ -623,11 +695,31 @@ for b in $BATCHES; do
 		line+=", crm/PgQ $(awk -v a="$c" -v b="$q" 'BEGIN { printf (b > 0 ? "%.2fx" : "-"), a / b }')"
 		line+=" (goal >= 1: $(awk -v a="$c" -v b="$q" 'BEGIN { print (a >= b ? "met" : "NOT met") }'))"
 	fi
+	r=$(median 4 "\$1 == \"bare\" && \$2 == \"$b\"" <<<"$results")
+	line+=", crm/bare tables $(awk -v a="$c" -v b="$r" 'BEGIN { printf (b > 0 ? "%.2fx" : "-"), a / b }')"
+	if [[ " $variants " == *" pgq "* ]]; then
+		line+=", bare tables/PgQ $(awk -v a="$r" -v b="$q" 'BEGIN { printf (b > 0 ? "%.2fx" : "-"), a / b }')"
+	fi
 	if ((b > 1)); then
 		line+=", goal >= 10,000 jobs/s batched: $(awk -v a="$c" 'BEGIN { print (a >= 10000 ? "met" : "NOT met") }')"
 	fi
 	echo "$line"
 done
+
+wc=$(median 3 '$1 == "crm"' <<<"$backlog")
+wb=$(median 3 '$1 == "bare"' <<<"$backlog")
+echo
+echo "The worker side alone, jobs/s claimed and completed by 2 workers from a backlog enqueued beforehand"
+echo "(batch $BACKLOG_BATCH, no producer running, median of $RUNS):"
+echo "  crm $wc, bare tables $wb (crm/bare tables $(awk -v a="$wc" -v b="$wb" 'BEGIN { printf (b > 0 ? "%.2fx" : "-"), a / b }'))"
+if [[ " $variants " == *" pgq "* ]]; then
+	q=$(median 4 "\$1 == \"pgq\" && \$2 == \"$BACKLOG_BATCH\"" <<<"$results")
+	echo "  PgQ's whole throughput above, its producers included: $q"
+	if awk -v a="$wb" -v b="$q" 'BEGIN { exit !(a < b) }'; then
+		echo "  (the bare tables' claim and complete, with the machine to themselves, stay below it: with producers"
+		echo "   sharing the two cores, no queue that writes these rows per job reaches PgQ here)"
+	fi
+fi
 
 echo
 echo "Rule matching on a single-row INSERT of an activity (pgbench -c 2, ${RULE_SECS}s per run, median of $RULE_RUNS;"
@@ -655,4 +747,4 @@ if [[ $quotes_made != "$jobs_made" ]]; then
 	exit 1
 fi
 echo "  all runs:"
-sed 's/^/    /' <<<"$results$rules" | sed '/^ *$/d'
+sed 's/^/    /' <<<"$results$backlog$rules" | sed '/^ *$/d'
