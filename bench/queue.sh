@@ -33,10 +33,8 @@
 #              the "batch 1" runs.  PgQ keeps no per-job state (no lease,
 #              no attempts, no archive row, no idempotency key): it is the
 #              floor a transactional queue is measured against.
-#    bare      the writes a queue with the per-job state makes, and
-#              nothing else: crm.job's and
-#              crm.job_archive's columns and indexes (schema bare) and
-#              nothing else (no idempotency key table, no CHECK, no foreign
+#    bare      crm.job's and crm.job_archive's columns and indexes (schema
+#              bare) and nothing else (no idempotency key table, no CHECK, no foreign
 #              key, no trigger, no row-level security, no function), plain
 #              SQL statements: a producer INSERTs the jobs, a worker claims
 #              them with one UPDATE (FOR UPDATE SKIP LOCKED, a lease) and
