@@ -67,7 +67,7 @@ typedef struct CrmRowWriter CrmRowWriter;
 extern bool crm_row_writer_columns_known(Relation rel, const char *const *names,
 										 const Oid *types, int ncolumns);
 extern bool crm_row_writer_only_triggers(Relation rel, const char *const *functions,
-										 int nfunctions);
+										 int nfunctions, bool tenant_fk);
 extern CrmRowWriter *crm_row_writer_open(Oid relid);
 extern TupleTableSlot *crm_row_writer_next(CrmRowWriter *w);
 extern void crm_row_writer_add(CrmRowWriter *w);
@@ -187,6 +187,19 @@ extern void crm_queue_require_visible(const pg_uuid_t *tenant, const pg_uuid_t *
 
 /* stage.c */
 extern bool crm_stage_unlinking;
+
+/* workflow.c: the rules matched against events written without the trigger */
+typedef struct CrmEventRow
+{
+	pg_uuid_t	tenant;
+	pg_uuid_t	id;
+	char	   *event_type;
+	char	   *entity;			/* NULL: about no record */
+	bool		has_entity_id;
+	pg_uuid_t	entity_id;
+	Jsonb	   *payload;
+} CrmEventRow;
+extern void crm_workflow_match_rows(Oid event_owner, CrmEventRow *events, int n);
 
 /* outbox.c */
 extern int64 crm_outbox_emit(const pg_uuid_t *tenant, const char *event_type,

@@ -37,13 +37,18 @@
 #include "access/heapam.h"
 #include "access/tableam.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_constraint.h"
 #include "catalog/pg_trigger.h"
+#include "commands/trigger.h"
 #include "executor/executor.h"
 #include "nodes/makefuncs.h"
 #include "parser/parsetree.h"
+#include "utils/array.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 
 /* rows per heap_multi_insert, as COPY FROM buffers (MAX_BUFFERED_TUPLES) */
 #define ROW_WRITER_BATCH 1000
@@ -91,12 +96,52 @@ crm_row_writer_columns_known(Relation rel, const char *const *names,
 }
 
 /*
- * Are the table's triggers only these functions of the crm schema (by
- * name), and has it no rules?  Disabled triggers count too: the caller does
- * their work either way, which is what they would have done when enabled.
+ * Is the trigger the check of a foreign key (tenant_id) REFERENCES
+ * crm.tenant, as the extension declares on its tables?
+ */
+static bool
+tenant_fk_check(Relation rel, const Trigger *trigger)
+{
+	HeapTuple	tuple;
+	bool		result = false;
+
+	if (!trigger->tgisinternal || trigger->tgfoid != F_RI_FKEY_CHECK_INS ||
+		!OidIsValid(trigger->tgconstraint))
+		return false;
+	tuple = SearchSysCache1(CONSTROID, ObjectIdGetDatum(trigger->tgconstraint));
+	if (HeapTupleIsValid(tuple))
+	{
+		Form_pg_constraint con = (Form_pg_constraint) GETSTRUCT(tuple);
+		bool		isnull;
+		Datum		conkey = SysCacheGetAttr(CONSTROID, tuple, Anum_pg_constraint_conkey, &isnull);
+
+		if (con->contype == CONSTRAINT_FOREIGN && con->conrelid == RelationGetRelid(rel) &&
+			con->confrelid == get_relname_relid("tenant", get_namespace_oid("crm", false)) &&
+			!isnull && ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(conkey)),
+									  ARR_DIMS(DatumGetArrayTypeP(conkey))) == 1)
+		{
+			int16		attnum = ((int16 *) ARR_DATA_PTR(DatumGetArrayTypeP(conkey)))[0];
+
+			result = attnum > 0 && attnum <= RelationGetDescr(rel)->natts &&
+				strcmp(NameStr(TupleDescAttr(RelationGetDescr(rel), attnum - 1)->attname), "tenant_id") == 0;
+		}
+		ReleaseSysCache(tuple);
+	}
+	return result;
+}
+
+/*
+ * Are the table's INSERT triggers only these functions of the crm schema
+ * (by name), and has it no rules?  Disabled triggers count too: the caller
+ * does their work either way, which is what they would have done when
+ * enabled.  With tenant_fk, the check of a foreign key (tenant_id)
+ * REFERENCES crm.tenant is allowed too: the caller locks each tenant row
+ * its rows name (FOR KEY SHARE, as the check does) once, instead of once
+ * per row.
  */
 bool
-crm_row_writer_only_triggers(Relation rel, const char *const *functions, int nfunctions)
+crm_row_writer_only_triggers(Relation rel, const char *const *functions, int nfunctions,
+							 bool tenant_fk)
 {
 	TriggerDesc *trigdesc = rel->trigdesc;
 	Oid			crm_namespace = get_namespace_oid("crm", false);
@@ -105,10 +150,17 @@ crm_row_writer_only_triggers(Relation rel, const char *const *functions, int nfu
 		return false;
 	for (int i = 0; trigdesc != NULL && i < trigdesc->numtriggers; i++)
 	{
-		Oid			fn = trigdesc->triggers[i].tgfoid;
-		char	   *name = get_func_name(fn);
+		Trigger    *trigger = &trigdesc->triggers[i];
+		Oid			fn = trigger->tgfoid;
+		char	   *name;
 		bool		ours = false;
 
+		/* the writer only inserts */
+		if (!TRIGGER_FOR_INSERT(trigger->tgtype))
+			continue;
+		if (tenant_fk && tenant_fk_check(rel, trigger))
+			continue;
+		name = get_func_name(fn);
 		if (name != NULL && get_func_namespace(fn) == crm_namespace)
 			for (int f = 0; f < nfunctions && !ours; f++)
 				ours = strcmp(name, functions[f]) == 0;

@@ -1159,7 +1159,7 @@ history_write_direct(Relation rec, const char *record_column, const int *rec_att
 		crm_row_writer_columns_known(history, history_table_columns, history_table_types,
 									 NUM_HT_COLUMNS) &&
 		crm_row_writer_only_triggers(history, history_table_triggers,
-									 lengthof(history_table_triggers));
+									 lengthof(history_table_triggers), false);
 	for (int c = 0; as_made && c < NUM_HT_COLUMNS; c++)
 	{
 		att[c] = crm_optional_attnum(history, history_table_columns[c]) - 1;

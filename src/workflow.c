@@ -526,16 +526,8 @@ typedef struct RuleInfo
 	int			max_attempts;
 } RuleInfo;
 
-typedef struct EventRow
-{
-	pg_uuid_t	tenant;
-	pg_uuid_t	id;
-	char	   *event_type;
-	char	   *entity;
-	bool		has_entity_id;
-	pg_uuid_t	entity_id;
-	Jsonb	   *payload;
-} EventRow;
+/* an event as the matcher reads it (crm.h: outbox.c hands its own over) */
+typedef CrmEventRow EventRow;
 
 /* The jobs one statement's events made for one tenant, before enqueueing. */
 typedef struct JobBatch
@@ -581,6 +573,54 @@ add_name(TenantNames *tn, const char *name, int len)
 			return;
 	}
 	tn->names = lappend(tn->names, pnstrdup(name, len));
+}
+
+/* The entry of a tenant in the statement's list, made when it is new. */
+static TenantNames *
+tenant_names(List **tenants, TenantNames *last, const pg_uuid_t *tenant)
+{
+	ListCell   *lc;
+	TenantNames *tn;
+
+	if (last != NULL && memcmp(&last->tenant, tenant, sizeof(pg_uuid_t)) == 0)
+		return last;
+	foreach(lc, *tenants)
+		if (memcmp(&((TenantNames *) lfirst(lc))->tenant, tenant, sizeof(pg_uuid_t)) == 0)
+			return lfirst(lc);
+	tn = palloc0(sizeof(TenantNames));
+	tn->tenant = *tenant;
+	*tenants = lappend(*tenants, tn);
+	return tn;
+}
+
+/* The names an ActivityCreated event goes by besides its type: the activity type. */
+static void
+add_activity_type_name(TenantNames *tn, Jsonb *payload)
+{
+	JsonbValue *atype = payload_path(payload, "type");
+
+	if (atype != NULL && atype->type == jbvString)
+		add_name(tn, atype->val.string.val, atype->val.string.len);
+}
+
+static List *tenant_rules(TenantNames *tn);
+
+/* Reads each tenant's rules; does any tenant have one for these events? */
+static bool
+read_rules(List *tenants)
+{
+	bool		any_rules = false;
+	ListCell   *lc;
+
+	foreach(lc, tenants)
+	{
+		TenantNames *tn = lfirst(lc);
+
+		tn->rules = tenant_rules(tn);
+		if (tn->rules != NIL)
+			any_rules = true;
+	}
+	return any_rules;
 }
 
 /*
@@ -856,6 +896,51 @@ match_null_column(Relation rel, const char *col)
 }
 
 /*
+ * Matches the statement's events (a List of EventRow *, in the order they
+ * were written) against the rules read for their tenants, and enqueues the
+ * jobs they make, one batch per run of events of a tenant.
+ */
+static void
+match_events(List *events, List *tenants)
+{
+	ListCell   *lc;
+	bool		have_tenant = false;
+	pg_uuid_t	rules_tenant;
+	List	   *rules = NIL;
+	JobBatch	jobs = {0};
+
+	foreach(lc, events)
+	{
+		EventRow   *ev = lfirst(lc);
+		ListCell   *rc;
+
+		if (!have_tenant || memcmp(&rules_tenant, &ev->tenant, sizeof(pg_uuid_t)) != 0)
+		{
+			ListCell   *tc;
+
+			if (have_tenant)
+				flush_jobs(&rules_tenant, &jobs);
+			rules = NIL;
+			foreach(tc, tenants)
+				if (memcmp(&((TenantNames *) lfirst(tc))->tenant, &ev->tenant, sizeof(pg_uuid_t)) == 0)
+					rules = ((TenantNames *) lfirst(tc))->rules;
+			rules_tenant = ev->tenant;
+			have_tenant = true;
+		}
+		foreach(rc, rules)
+		{
+			RuleInfo   *rule = lfirst(rc);
+
+			if (rule_names_event(rule, ev) && rule_stage_reached(rule, ev) &&
+				evaluate(&rule->condition->root, ev->payload))
+				fire(&jobs, rule, ev);
+		}
+	}
+	if (have_tenant)
+		flush_jobs(&rules_tenant, &jobs);
+}
+
+/*
  * crm.workflow_match() trigger: AFTER INSERT FOR EACH STATEMENT on
  * crm.event, REFERENCING NEW TABLE AS crm_new_events.
  */
@@ -867,7 +952,6 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 	TupleTableSlot *slot;
 	TupleDesc	tupdesc;
 	List	   *events = NIL;
-	ListCell   *lc;
 	int			att_tenant;
 	int			att_id;
 	int			att_type;
@@ -876,10 +960,6 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 	int			att_payload;
 	Oid			save_userid;
 	int			save_sec_context;
-	bool		have_tenant = false;
-	pg_uuid_t	rules_tenant;
-	List	   *rules = NIL;
-	JobBatch	jobs = {0};
 	List	   *tenants = NIL;
 
 	crm_require_trigger(fcinfo, "workflow_match", false, false);
@@ -943,16 +1023,7 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 				match_null_column(trigdata->tg_relation, "payload");
 			if (last == NULL || memcmp(&last->tenant, &tenant, sizeof(pg_uuid_t)) != 0)
 			{
-				last = NULL;
-				foreach(lc, tenants)
-					if (memcmp(&((TenantNames *) lfirst(lc))->tenant, &tenant, sizeof(pg_uuid_t)) == 0)
-						last = lfirst(lc);
-				if (last == NULL)
-				{
-					last = palloc0(sizeof(TenantNames));
-					last->tenant = tenant;
-					tenants = lappend(tenants, last);
-				}
+				last = tenant_names(&tenants, last, &tenant);
 				last_type = NULL;
 			}
 			type = TextDatumGetCString(slot_getattr(slot, att_type, &isnull));
@@ -962,22 +1033,9 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 				last_type = type;
 			}
 			if (strcmp(type, "ActivityCreated") == 0)
-			{
-				JsonbValue *atype;
-
-				atype = payload_path(DatumGetJsonbP(slot_getattr(slot, att_payload, &isnull)), "type");
-				if (atype != NULL && atype->type == jbvString)
-					add_name(last, atype->val.string.val, atype->val.string.len);
-			}
+				add_activity_type_name(last, DatumGetJsonbP(slot_getattr(slot, att_payload, &isnull)));
 		}
-		foreach(lc, tenants)
-		{
-			TenantNames *tn = lfirst(lc);
-
-			tn->rules = tenant_rules(tn);
-			if (tn->rules != NIL)
-				any_rules = true;
-		}
+		any_rules = read_rules(tenants);
 		if (!any_rules)
 		{
 			ExecDropSingleTupleTableSlot(slot);
@@ -1023,39 +1081,58 @@ crm_workflow_match(PG_FUNCTION_ARGS)
 	}
 	ExecDropSingleTupleTableSlot(slot);
 
-	foreach(lc, events)
-	{
-		EventRow   *ev = lfirst(lc);
-		ListCell   *rc;
-
-		if (!have_tenant || memcmp(&rules_tenant, &ev->tenant, sizeof(pg_uuid_t)) != 0)
-		{
-			ListCell   *tc;
-
-			if (have_tenant)
-				flush_jobs(&rules_tenant, &jobs);
-			rules = NIL;
-			foreach(tc, tenants)
-				if (memcmp(&((TenantNames *) lfirst(tc))->tenant, &ev->tenant, sizeof(pg_uuid_t)) == 0)
-					rules = ((TenantNames *) lfirst(tc))->rules;
-			rules_tenant = ev->tenant;
-			have_tenant = true;
-		}
-		foreach(rc, rules)
-		{
-			RuleInfo   *rule = lfirst(rc);
-
-			if (rule_names_event(rule, ev) && rule_stage_reached(rule, ev) &&
-				evaluate(&rule->condition->root, ev->payload))
-				fire(&jobs, rule, ev);
-		}
-	}
-	if (have_tenant)
-		flush_jobs(&rules_tenant, &jobs);
+	match_events(events, tenants);
 
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	SPI_finish();
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * crm_workflow_match_rows(): what the trigger does, for events outbox.c
+ * wrote straight into crm.event (rowwriter.c), where no trigger fired:
+ * the caller has checked that crm.event's workflow_match trigger would
+ * have.  Runs as event_owner, the owner of crm.event, as the trigger does.
+ */
+void
+crm_workflow_match_rows(Oid event_owner, CrmEventRow *events, int n)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	List	   *tenants = NIL;
+	TenantNames *last = NULL;
+
+	/* a restore brings the jobs with the events */
+	if (n == 0 || crm_loading_dump())
+		return;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(event_owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		for (int i = 0; i < n; i++)
+		{
+			last = tenant_names(&tenants, last, &events[i].tenant);
+			add_name(last, events[i].event_type, strlen(events[i].event_type));
+			if (strcmp(events[i].event_type, "ActivityCreated") == 0)
+				add_activity_type_name(last, events[i].payload);
+		}
+		if (read_rules(tenants))
+		{
+			List	   *rows = NIL;
+
+			for (int i = 0; i < n; i++)
+				rows = lappend(rows, &events[i]);
+			match_events(rows, tenants);
+		}
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+	SPI_finish();
 }
 
 /*
