@@ -217,6 +217,56 @@ BEGIN
 END
 $$;
 
+-- Every other operator of pg_catalog between the base types crm's queries
+-- use, so that an operator missing from the lists above (a !~ in a rule
+-- lookup run as the extension's owner was one) is caught all the same.
+DO $$
+DECLARE
+    o record;
+    n int := 0;
+BEGIN
+    FOR o IN SELECT op.oprname, op.oprleft::regtype AS l, op.oprright::regtype AS r,
+                    op.oprresult::regtype AS res
+               FROM pg_operator op
+              WHERE op.oprnamespace = 'pg_catalog'::regnamespace AND op.oprkind = 'b'
+                AND op.oprleft = ANY (ARRAY['text', 'name', 'uuid', 'smallint', 'integer', 'bigint', 'numeric',
+                                            'double precision', 'boolean', 'timestamptz', 'date', 'interval',
+                                            'jsonb', 'oid', '"char"', 'uuid[]', 'text[]']::regtype[])
+                AND op.oprright = ANY (ARRAY['text', 'name', 'uuid', 'smallint', 'integer', 'bigint', 'numeric',
+                                             'double precision', 'boolean', 'timestamptz', 'date', 'interval',
+                                             'jsonb', 'oid', '"char"', 'uuid[]', 'text[]']::regtype[])
+                AND NOT EXISTS (SELECT FROM pg_operator t
+                                 WHERE t.oprnamespace = 'trojan'::regnamespace AND t.oprname = op.oprname
+                                   AND t.oprleft = op.oprleft AND t.oprright = op.oprright)
+              ORDER BY op.oid
+    LOOP
+        n := n + 1;
+        EXECUTE format(
+            'CREATE FUNCTION trojan.%I(%s, %s) RETURNS %s LANGUAGE plpgsql SECURITY INVOKER AS %L',
+            'op_all_' || n, o.l, o.r, o.res,
+            format('BEGIN PERFORM trojan.hit(%L); RETURN $1 OPERATOR(pg_catalog.%s) $2; END',
+                   format('%s %s %s', o.l, o.oprname, o.r), o.oprname));
+        EXECUTE format('CREATE OPERATOR trojan.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = trojan.%I)',
+                       o.oprname, o.l, o.r, 'op_all_' || n);
+    END LOOP;
+    -- the array operators are polymorphic in pg_catalog: an exact match wins
+    FOR o IN SELECT * FROM (VALUES ('@>', 'uuid[]', 'boolean'), ('<@', 'uuid[]', 'boolean'),
+                                   ('&&', 'uuid[]', 'boolean'), ('||', 'uuid[]', 'uuid[]'),
+                                   ('@>', 'text[]', 'boolean'), ('&&', 'text[]', 'boolean'),
+                                   ('||', 'text[]', 'text[]')) AS v(oprname, t, res)
+    LOOP
+        n := n + 1;
+        EXECUTE format(
+            'CREATE FUNCTION trojan.%I(%s, %s) RETURNS %s LANGUAGE plpgsql SECURITY INVOKER AS %L',
+            'op_all_' || n, o.t, o.t, o.res,
+            format('BEGIN PERFORM trojan.hit(%L); RETURN $1 OPERATOR(pg_catalog.%s) $2; END',
+                   format('%s %s %s', o.t, o.oprname, o.t), o.oprname));
+        EXECUTE format('CREATE OPERATOR trojan.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = trojan.%I)',
+                       o.oprname, o.t, o.t, 'op_all_' || n);
+    END LOOP;
+END
+$$;
+
 -- Aggregates.
 CREATE FUNCTION trojan.count_step(bigint) RETURNS bigint LANGUAGE plpgsql SECURITY INVOKER AS $$
 BEGIN PERFORM trojan.hit('count(*)'); RETURN pg_catalog.int8inc($1); END

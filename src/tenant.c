@@ -309,7 +309,7 @@ coordinator_role_rows(LocalRelations *lr, Oid roleid, Mapping *out, int max,
 
 		snprintf(sql, sizeof(sql),
 				 "SELECT tenant_id, %s FROM crm.%s WHERE %s OPERATOR(pg_catalog.=) $1",
-				 strcmp(lr->relname, "tenant_access") == 0 ? "user_id" : "NULL::uuid",
+				 strcmp(lr->relname, "tenant_access") == 0 ? "user_id" : "NULL::pg_catalog.uuid",
 				 lr->relname,
 				 strcmp(lr->relname, "tenant_access") == 0 ? "login_role" : "app_role");
 		plan = SPI_prepare(sql, 1, argtypes);

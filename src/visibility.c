@@ -676,7 +676,7 @@ dependents_build(int kind)
 
 	snprintf(column, sizeof(column), "%s_id", kinds[kind]);
 	arg = CStringGetTextDatum(column);
-	if (SPI_execute_with_args("SELECT c.relname::text FROM pg_catalog.pg_class c"
+	if (SPI_execute_with_args("SELECT c.relname::pg_catalog.text FROM pg_catalog.pg_class c"
 							  " WHERE c.relnamespace OPERATOR(pg_catalog.=) 'crm'::pg_catalog.regnamespace"
 							  " AND c.relkind OPERATOR(pg_catalog.=) 'r'"
 							  " AND c.relname OPERATOR(pg_catalog.<>) ALL ('{account,contact,lead,opportunity}'::pg_catalog.name[])"
@@ -722,7 +722,7 @@ dependents_build(int kind)
 
 		pair_args[0] = CStringGetTextDatum(entity_pairs[p][0]);
 		pair_args[1] = CStringGetTextDatum(entity_pairs[p][1]);
-		if (SPI_execute_with_args("SELECT c.relname::text FROM pg_catalog.pg_class c"
+		if (SPI_execute_with_args("SELECT c.relname::pg_catalog.text FROM pg_catalog.pg_class c"
 								  " WHERE c.relnamespace OPERATOR(pg_catalog.=) 'crm'::pg_catalog.regnamespace"
 								  " AND c.relkind OPERATOR(pg_catalog.=) 'r'"
 								  " AND c.relname OPERATOR(pg_catalog.!~) '_[0-9]+$'"

@@ -648,7 +648,7 @@ tenant_rules(TenantNames *tn)
 			  " FROM crm.workflow_rule"
 			  " WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND active"
 			  " AND event OPERATOR(pg_catalog.=) ANY ($2)"
-			  " AND event !~ '^(NoActivityFor|BeforeExpectedClose)$'"
+			  " AND event OPERATOR(pg_catalog.!~) '^(NoActivityFor|BeforeExpectedClose)$'"
 			  " ORDER BY id",
 			  2, types);
 	if (SPI_execute_plan(rules_plan, args, NULL, true, 0) != SPI_OK_SELECT)
