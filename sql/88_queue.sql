@@ -28,7 +28,11 @@ SELECT count(*) AS email_jobs FROM crm.job WHERE queue = 'email';
 -- Consent at enqueue: archived as skipped with the reason, never claimable.
 SELECT crm.enqueue_job('send_email', '{}', :'nils') AS skipped_job \gset
 SELECT crm.enqueue_job('create_task', '{"activity_type": "call"}', :'nils') AS skipped_call \gset
-SELECT action, outcome, reason FROM crm.job_archive ORDER BY action;
+-- a job given no contact takes the one its payload relates it to, which
+-- crm.run_jobs() links the task to: its consent counts the same
+SELECT crm.enqueue_job('create_task', jsonb_build_object('activity_type', 'call',
+           'payload', jsonb_build_object('relatedTo', jsonb_build_object('contactId', :'nils')))) AS skipped_related \gset
+SELECT action, outcome, reason, contact_id = :'nils' AS nils FROM crm.job_archive ORDER BY action, id;
 SELECT count(*) AS ready_for_nils FROM crm.job WHERE contact_id = :'nils';
 
 -- Claim: a worker gets the due jobs of one queue with a lease.

@@ -151,6 +151,19 @@ SELECT regexp_replace(s, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
     format($$SELECT crm.emit_event('DealPinged', '{"relatedTo": {"contactId": "%s"}}')$$, :'h_con'),
     $$SELECT crm.enqueue_job('mark_won', '{"payload": {"opportunityId": "00000000-0000-7000-8000-000000000000"}}')$$,
     $$SELECT crm.emit_event('DealPinged', '{}', 'lead', '00000000-0000-7000-8000-000000000000')$$]) s;
+-- every other form the uuid type reads names the same deal: refused alike
+-- (crm.run_jobs() reads the ids with ::uuid, the check must read them so)
+SELECT f.form, try(format($$SELECT crm.enqueue_job('mark_won', '{"payload": {"opportunityId": "%s"}}')$$, f.id)) AS result
+  FROM (VALUES ('no hyphens', replace(:'h_deal', '-', '')),
+               ('braces', '{' || :'h_deal' || '}'),
+               ('upper case', upper(:'h_deal')),
+               ('hyphens every 4', regexp_replace(replace(:'h_deal', '-', ''), '(....)(?!$)', '\1-', 'g'))) AS f(form, id);
+SELECT try(format($$SELECT crm.emit_event('DealPinged', '{"relatedTo": {"opportunityId": "%s"}}')$$,
+                  replace(:'h_deal', '-', ''))) AS event_no_hyphens;
+-- the outbox's own events are the server's: an app cannot emit one
+SELECT try(format($$SELECT crm.emit_event('LeadQualified', '{"leadId": "%s", "score": 99}')$$, :'r_deal')) AS forged_qualified,
+       try($$SELECT crm.emit_event('ActivityCreated', '{"type": "payment_received"}')$$) AS forged_activity,
+       try(format($$SELECT crm.emit_event('DealPinged', '{}', NULL, %L)$$, :'r_deal')) AS id_without_entity;
 -- what the rep sees, and what names no record, still go through
 SELECT crm.enqueue_job('create_task', jsonb_build_object('payload', jsonb_build_object('opportunityId', :'r_deal')))
        IS NOT NULL AS own_deal_job;

@@ -309,6 +309,61 @@ crm_uuid_text(const pg_uuid_t *id)
 	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum((pg_uuid_t *) id)));
 }
 
+static int
+hex_nibble(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * A uuid written in a payload, read exactly as the uuid type's input reads
+ * it (32 hex digits, a hyphen allowed after any group of four but the
+ * last, the whole optionally in braces), or false: an id that a check
+ * reads must be the id the action that follows it reads, whichever form
+ * the client chose (CRM_UUID_TEXT_PATTERN is the same in SQL).
+ */
+bool
+crm_uuid_parse(const char *text, int len, pg_uuid_t *out)
+{
+	int			i = 0;
+	bool		braces = false;
+
+	if (len > 0 && text[0] == '{')
+	{
+		braces = true;
+		i++;
+	}
+	for (int byte = 0; byte < UUID_LEN; byte++)
+	{
+		int			hi,
+					lo;
+
+		if (i + 1 >= len)
+			return false;
+		hi = hex_nibble(text[i]);
+		lo = hex_nibble(text[i + 1]);
+		if (hi < 0 || lo < 0)
+			return false;
+		out->data[byte] = (unsigned char) ((hi << 4) | lo);
+		i += 2;
+		if (i < len && text[i] == '-' && byte % 2 == 1 && byte < UUID_LEN - 1)
+			i++;
+	}
+	if (braces)
+	{
+		if (i >= len || text[i] != '}')
+			return false;
+		i++;
+	}
+	return i == len;
+}
+
 /*
  * crm_prepare_kept() for a statement whose best plan does not depend on
  * its parameter values (an upsert from arrays, an insert of rows, a lookup

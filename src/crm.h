@@ -117,6 +117,11 @@ extern void crm_transition_rewind(Tuplestorestate *ts);
 extern Oid	crm_relation_owner(Oid relid);
 extern Oid	crm_table_owner(const char *relname);
 extern char *crm_uuid_text(const pg_uuid_t *id);
+extern bool crm_uuid_parse(const char *text, int len, pg_uuid_t *out);
+/* crm_uuid_parse() as a regular expression, for SQL that checks payload ids */
+#define CRM_UUID_TEXT_PATTERN \
+	"^([0-9a-fA-F]{4}(-?[0-9a-fA-F]{4}){7}|\\{[0-9a-fA-F]{4}(-?[0-9a-fA-F]{4}){7}\\})$"
+
 extern struct _SPI_plan *crm_prepare_kept(const char *sql, int nargs, Oid *argtypes);
 extern struct _SPI_plan *crm_prepare_kept_generic(const char *sql, int nargs, Oid *argtypes);
 extern int	crm_attnum(Relation rel, const char *colname, Oid typid);

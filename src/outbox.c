@@ -441,7 +441,13 @@ CRM_SHARD_ENTRY(crm_outbox_emit_event)
 					 errhint("An entity is a lower-case name like opportunity.")));
 	}
 	if (!PG_ARGISNULL(3))
+	{
 		entity_id = *PG_GETARG_UUID_P(3);
+		if (entity == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("entity must not be null when entity_id is given")));
+	}
 	else if (entity != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -458,24 +464,40 @@ CRM_SHARD_ENTRY(crm_outbox_emit_event)
 	/*
 	 * Inbound event types come only through crm.consume_event, which
 	 * records their external id; emitted here they would run the rules of
-	 * an event no other system sent.
+	 * an event no other system sent.  The outbox's own types (LeadQualified,
+	 * ActivityCreated, ...) are the server's account of what happened: an
+	 * app that emitted one would run the rules (a qualification task, a
+	 * stage's tasks) of a change that never was, and readers could not tell
+	 * it from the real one.  Only the extension's own code, running as the
+	 * owner of crm.event (the forecast snapshot's ForecastCreated), emits
+	 * them here.
 	 */
 	if (inbound_plan == NULL)
 	{
 		Oid			types[1] = {TEXTOID};
 
-		inbound_plan = crm_prepare_kept("SELECT 1 FROM crm.workflow_event e"
-									" WHERE e.code OPERATOR(pg_catalog.=) $1"
-									" AND e.kind OPERATOR(pg_catalog.=) 'inbound'", 1, types);
+		inbound_plan = crm_prepare_kept("SELECT e.kind FROM crm.workflow_event e"
+									" WHERE e.code OPERATOR(pg_catalog.=) $1", 1, types);
 	}
 	d = PG_GETARG_DATUM(0);
 	if (SPI_execute_plan(inbound_plan, &d, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the event types");
 	if (SPI_processed > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("event type \"%s\" is an inbound event", event_type),
-				 errhint("Inbound events come from other systems through crm.consume_event().")));
+	{
+		char	   *kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (kind != NULL && strcmp(kind, "inbound") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("event type \"%s\" is an inbound event", event_type),
+					 errhint("Inbound events come from other systems through crm.consume_event().")));
+		if (kind != NULL && strcmp(kind, "outbox") == 0 && GetUserId() != crm_table_owner("event"))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("event type \"%s\" is written by the server", event_type),
+					 errdetail("The outbox's own events are written by the change they describe, in its transaction."),
+					 errhint("Emit an event type of the application's own (CamelCase, not one of crm.workflow_event's outbox events).")));
+	}
 	SPI_finish();
 
 	/* rules copy the event's ids into jobs: only records the caller sees */

@@ -1161,6 +1161,45 @@ crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request)
  * after a queue write of the same transaction was refused.  A caller who
  * bypasses row-level security sees every record of its tenant, as before.
  */
+/* The value at key of a JSON object, or NULL. */
+static JsonbValue *
+jsonb_key(JsonbContainer *container, const char *name)
+{
+	JsonbValue	key;
+
+	if (!JsonContainerIsObject(container))
+		return NULL;
+	key.type = jbvString;
+	key.val.string.val = (char *) name;
+	key.val.string.len = strlen(name);
+	return findJsonbValueFromContainer(container, JB_FOBJECT, &key);
+}
+
+/*
+ * The event payload a job's params carry ({"payload": {...}}), or NULL.  A
+ * job given no contact takes the one its payload relates it to
+ * (relatedTo.contactId, which crm.run_jobs() links the job's task to): the
+ * consent its action needs is that contact's, at enqueue and at claim.
+ */
+static Jsonb *
+job_payload(CrmJobRequest *job)
+{
+	JsonbValue *inner = jsonb_key(&job->params->root, "payload");
+	JsonbValue *related;
+	JsonbValue *contact;
+
+	if (inner == NULL || inner->type != jbvBinary)
+		return NULL;
+	if (!job->has_contact &&
+		(related = jsonb_key(inner->val.binary.data, "relatedTo")) != NULL &&
+		related->type == jbvBinary &&
+		(contact = jsonb_key(related->val.binary.data, "contactId")) != NULL &&
+		contact->type == jbvString)
+		job->has_contact = crm_uuid_parse(contact->val.string.val, contact->val.string.len,
+										  &job->contact);
+	return JsonbValueToJsonb(inner);
+}
+
 static SPIPlanPtr visible_plan = NULL;
 
 #define VISIBLE_SEES(alias) \
@@ -1174,12 +1213,12 @@ static SPIPlanPtr visible_plan = NULL;
 	"  WHEN n.k OPERATOR(pg_catalog.=) 'lead' THEN " VISIBLE_STATE_N("lead") \
 	"  WHEN n.k OPERATOR(pg_catalog.=) 'account' THEN " VISIBLE_STATE_N("account") \
 	"  ELSE 2 END AS state FROM (" \
-	" SELECT x.k, CASE WHEN x.t OPERATOR(pg_catalog.~) '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'" \
+	" SELECT x.k, CASE WHEN x.t OPERATOR(pg_catalog.~) '" CRM_UUID_TEXT_PATTERN "'" \
 	"   THEN x.t::pg_catalog.uuid END" \
 	" FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[])) AS x(k, t)" \
 	" UNION ALL" \
 	" SELECT p.k, CASE WHEN ($4::pg_catalog.jsonb OPERATOR(pg_catalog.#>>) p.path)" \
-	"   OPERATOR(pg_catalog.~) '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'" \
+	"   OPERATOR(pg_catalog.~) '" CRM_UUID_TEXT_PATTERN "'" \
 	"   THEN ($4::pg_catalog.jsonb OPERATOR(pg_catalog.#>>) p.path)::pg_catalog.uuid END" \
 	" FROM (VALUES ('opportunity'::pg_catalog.text, '{opportunityId}'::pg_catalog.text[])," \
 	"   ('lead', '{leadId}'), ('contact', '{contactId}'), ('account', '{accountId}')," \
@@ -1323,16 +1362,8 @@ CRM_SHARD_ENTRY(crm_queue_enqueue)
 	request.max_attempts = PG_GETARG_INT32(8);
 
 	{
-		JsonbValue	key;
-		JsonbValue *inner;
-		Jsonb	   *payload = NULL;
+		Jsonb	   *payload = job_payload(&request);
 
-		key.type = jbvString;
-		key.val.string.val = "payload";
-		key.val.string.len = strlen("payload");
-		inner = findJsonbValueFromContainer(&request.params->root, JB_FOBJECT, &key);
-		if (inner != NULL && inner->type == jbvBinary)
-			payload = JsonbValueToJsonb(inner);
 		crm_queue_require_visible(&tenant, request.has_contact ? &request.contact : NULL,
 								  request.entity, request.has_entity_id ? &request.entity_id : NULL,
 								  payload);
@@ -1472,17 +1503,7 @@ CRM_SHARD_ENTRY(crm_queue_enqueue_many)
 		}
 
 		/* as crm.enqueue_job(): the records a job names must be visible */
-		{
-			JsonbValue	key;
-			JsonbValue *inner;
-
-			key.type = jbvString;
-			key.val.string.val = "payload";
-			key.val.string.len = strlen("payload");
-			inner = findJsonbValueFromContainer(&job->params->root, JB_FOBJECT, &key);
-			if (inner != NULL && inner->type == jbvBinary)
-				payload = JsonbValueToJsonb(inner);
-		}
+		payload = job_payload(job);
 		if (job->has_contact || (entity && job->has_entity_id) || payload)
 			crm_queue_require_visible(&tenant, job->has_contact ? &job->contact : NULL,
 									  entity, job->has_entity_id ? &job->entity_id : NULL,

@@ -722,38 +722,6 @@ rule_stage_reached(RuleInfo *rule, EventRow *ev)
 		strncmp(stage, to->val.string.val, to->val.string.len) == 0;
 }
 
-/* A uuid in its text form (with or without dashes), or false. */
-static bool
-parse_uuid_text(const char *text, int len, pg_uuid_t *out)
-{
-	int			ndigits = 0;
-
-	for (int i = 0; i < len; i++)
-	{
-		char		c = text[i];
-		int			nibble;
-
-		if (c == '-')
-			continue;
-		if (c >= '0' && c <= '9')
-			nibble = c - '0';
-		else if (c >= 'a' && c <= 'f')
-			nibble = c - 'a' + 10;
-		else if (c >= 'A' && c <= 'F')
-			nibble = c - 'A' + 10;
-		else
-			return false;
-		if (ndigits >= 32)
-			return false;
-		if (ndigits % 2 == 0)
-			out->data[ndigits / 2] = (unsigned char) (nibble << 4);
-		else
-			out->data[ndigits / 2] |= (unsigned char) nibble;
-		ndigits++;
-	}
-	return ndigits == 32;
-}
-
 static bool
 uuid_from_payload(Jsonb *payload, const char *path, pg_uuid_t *out)
 {
@@ -761,7 +729,7 @@ uuid_from_payload(Jsonb *payload, const char *path, pg_uuid_t *out)
 
 	if (v == NULL || v->type != jbvString)
 		return false;
-	return parse_uuid_text(v->val.string.val, v->val.string.len, out);
+	return crm_uuid_parse(v->val.string.val, v->val.string.len, out);
 }
 
 /*
