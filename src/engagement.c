@@ -40,6 +40,7 @@
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -166,6 +167,8 @@ make_hash(const char *name, Size keysize, Size entrysize, MemoryContext cxt)
  * type's default), looked up once per statement.  The caller is connected
  * to SPI.
  */
+static void aggregates_lock(const pg_uuid_t *tenant, LOCKMODE mode);
+
 static double
 type_weight(TrackState *st, const pg_uuid_t *tenant, const char *type)
 {
@@ -202,7 +205,14 @@ type_weight(TrackState *st, const pg_uuid_t *tenant, const char *type)
 		}
 		args[0] = UUIDPGetDatum(tenant);
 		args[1] = CStringGetTextDatum(type);
-		if (SPI_execute_plan(weight_plan, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		/*
+		 * The tenant's aggregate lock first, then the weight with a snapshot
+		 * taken after it (read_only false): a rebuild for a changed weight
+		 * that committed while this statement ran is seen, and one that
+		 * starts now waits for this transaction.
+		 */
+		aggregates_lock(tenant, ShareLock);
+		if (SPI_execute_plan(weight_plan, args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "could not read the weight of activity type \"%s\"", type);
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		entry->weight = isnull ? 0 : DatumGetFloat8(d);
@@ -240,7 +250,9 @@ tenant_half_life(TrackState *st, const pg_uuid_t *tenant)
 										  " FROM crm.engagement_setting s WHERE s.tenant_id OPERATOR(pg_catalog.=) $1",
 										  1, types);
 		}
-		if (SPI_execute_plan(half_life_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		/* as type_weight(): the lock, then a snapshot taken after it */
+		aggregates_lock(tenant, ShareLock);
+		if (SPI_execute_plan(half_life_plan, args, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read the engagement half-life");
 		/* no setting: the default of crm.engagement_half_life(), 30 days */
 		d = SPI_processed == 1 ? SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull) : (Datum) 0;
@@ -912,6 +924,7 @@ write_all(TrackState *st, HTAB *hash, int kind)
 
 		while (end < n && memcmp(&all[end]->key.tenant, &all[start]->key.tenant, sizeof(pg_uuid_t)) == 0)
 			end++;
+		aggregates_lock(&all[start]->key.tenant, ShareLock);
 		if (kind == 2)
 			account_write(all + start, end - start);
 		else
@@ -1224,6 +1237,36 @@ crm_engagement_lead_converted(PG_FUNCTION_ARGS)
 }
 
 /*
+ * A tenant's aggregate lock: shared by the triggers that write its
+ * aggregates (write_all), exclusive for crm.refresh_aggregates() of the
+ * tenant, which deletes and recomputes its rows: a trigger's change then
+ * lands either before the rebuild reads the rows or after it wrote them,
+ * never in between, and no other tenant waits (a lock on the tables made
+ * every tenant's writes wait while one tenant's admin changed a weight).
+ * An advisory lock of a class of its own (the fourth field; PostgreSQL's
+ * functions use 1 and 2, Citus from 4 up), keyed by the tenant's uuid
+ * folded to 64 bits: two tenants that fold alike merely wait for each
+ * other.
+ */
+#define AGGREGATE_LOCK_CLASS 0x6372
+
+static void
+aggregates_lock(const pg_uuid_t *tenant, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+	uint32		key1 = 0;
+	uint32		key2 = 0;
+
+	for (int i = 0; i < 4; i++)
+	{
+		key1 = (key1 << 8) | (tenant->data[i] ^ tenant->data[i + 8]);
+		key2 = (key2 << 8) | (tenant->data[i + 4] ^ tenant->data[i + 12]);
+	}
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, key1, key2, AGGREGATE_LOCK_CLASS);
+	(void) LockAcquire(&tag, mode, false, false);
+}
+
+/*
  * crm.refresh_aggregates(tenant): recompute from the rows.  The rebuild
  * writes the aggregate tables, which no role may write, so it runs as their
  * owner; the fence is checked here first: a session may refresh the tenant
@@ -1272,6 +1315,8 @@ crm_engagement_refresh(PG_FUNCTION_ARGS)
 
 		rebuild_plan = crm_prepare_kept("SELECT crm.aggregates_rebuild($1)", 1, types);
 	}
+	if (nulls[0] != 'n')
+		aggregates_lock(DatumGetUUIDP(args[0]), ExclusiveLock);
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(crm_table_owner("contact_engagement"),
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);

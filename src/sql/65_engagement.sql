@@ -382,8 +382,15 @@ CREATE FUNCTION crm.aggregates_rebuild(target uuid) RETURNS void
     AS $$
 BEGIN
     -- Concurrent trigger upserts wait until this transaction ends; they then
-    -- apply their own changes on top of the recomputed rows.
-    LOCK TABLE crm.contact_engagement, crm.lead_engagement, crm.account_summary IN SHARE ROW EXCLUSIVE MODE;
+    -- apply their own changes on top of the recomputed rows.  A tenant's
+    -- rebuild holds its tenant's aggregate lock, which crm.refresh_aggregates
+    -- took before this ran and every trigger that writes the tenant's
+    -- aggregates takes too (src/engagement.c), so that no other tenant
+    -- waits; all tenants at once, and on Citus (whose shards the lock does
+    -- not reach), lock the tables.
+    IF target IS NULL OR EXISTS (SELECT 1 FROM pg_catalog.pg_extension x WHERE x.extname = 'citus') THEN
+        LOCK TABLE crm.contact_engagement, crm.lead_engagement, crm.account_summary IN SHARE ROW EXCLUSIVE MODE;
+    END IF;
     -- One tenant's rows by a statement that names it (on Citus it runs on
     -- that tenant's node only: crm.refresh_aggregates hands it there).
     IF target IS NULL THEN
