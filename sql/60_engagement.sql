@@ -125,7 +125,33 @@ SELECT try($$SELECT crm.engagement_score('00000000-0000-0000-0000-000000000000')
 SELECT try(format($$SELECT crm.engagement_score(%L)$$, :'stranger'));
 SELECT try(format($$SELECT crm.refresh_aggregates(%L)$$, :'other'));
 SELECT try($$UPDATE crm.contact_engagement SET activity_count = 99$$);
+-- an infinite time has no age to decay by: refused on every path (23514)
+SELECT try(format($$SELECT crm.track_activity(%L, 'call', '{}', 'infinity')$$, :'ann'));
+SELECT try(format($$SELECT crm.track_activity(%L, 'call', '{}', '-infinity')$$, :'ann'));
+SELECT try(format($$INSERT INTO crm.activity (activity_type, subject, contact_id, status, occurred_at)
+                    VALUES ('call', 'x', %L, 'completed', '-infinity')$$, :'ann'));
+SELECT try($$UPDATE crm.activity SET occurred_at = 'infinity'$$);
 SELECT count(*) = :activities_before AS nothing_stored FROM crm.activity;
 SELECT count(*) AS mismatches FROM crm.check_aggregates();
+RESET crm.tenant_id;
+RESET ROLE;
+
+-- An activity a century older than the contact's latest: its term of the
+-- score is below the smallest double, and counts as nothing; the checks,
+-- a past score and a short half-life all still work.
+SET ROLE regress_crm_app;
+SET crm.tenant_id = :'t';
+INSERT INTO crm.contact (first_name) VALUES ('Old Timer') RETURNING id AS old_timer \gset
+SELECT crm.track_activity(:'old_timer', 'call', '{}', '1900-01-01') IS NOT NULL AS placeholder_date,
+       crm.track_activity(:'old_timer', 'call', '{}', '2026-01-01') IS NOT NULL AS recent;
+SELECT round(crm.engagement_score(:'old_timer', '2026-01-01')::numeric, 9) AS score_now,
+       crm.engagement_score(:'old_timer', '2025-12-31') > 0 AS score_before_last,
+       round(crm.engagement_score(:'old_timer', '1900-01-01')::numeric, 9) AS score_in_1900;
+SELECT count(*) AS mismatches FROM crm.check_aggregates();
+INSERT INTO crm.engagement_setting (half_life) VALUES ('1 day')
+    ON CONFLICT (tenant_id) DO UPDATE SET half_life = excluded.half_life;
+SELECT round(crm.engagement_score(:'old_timer', '2026-01-02')::numeric, 9) AS one_day_later;
+SELECT count(*) AS mismatches FROM crm.check_aggregates();
+DELETE FROM crm.engagement_setting;
 RESET crm.tenant_id;
 RESET ROLE;

@@ -145,6 +145,8 @@ SELECT s AS statement, try(s) AS result FROM unnest(ARRAY[
     $$INSERT INTO crm.workflow_rule (name, event, condition, action) VALUES ('x', 'LeadCreated', '{"field": "x"}', 'notify')$$,
     $$INSERT INTO crm.workflow_rule (name, event, condition, action) VALUES ('x', 'LeadCreated', '[]', 'notify')$$,
     $$INSERT INTO crm.workflow_rule (name, event, action, delay) VALUES ('x', 'LeadCreated', 'notify', '-1 day')$$,
+    $$INSERT INTO crm.workflow_rule (name, event, action, delay) VALUES ('x', 'LeadCreated', 'notify', '1000000 years')$$,
+    $$INSERT INTO crm.workflow_rule (name, event, action, debounce) VALUES ('x', 'LeadCreated', 'notify', '1000000 years')$$,
     $$INSERT INTO crm.workflow_rule (name, event, action) VALUES ('x', 'NoActivityFor', 'notify')$$,
     $$INSERT INTO crm.workflow_rule (name, event, action) VALUES (E' \t', 'LeadCreated', 'notify')$$,
     $$SELECT crm.run_jobs(0)$$,

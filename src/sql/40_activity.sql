@@ -61,7 +61,9 @@ CREATE TABLE crm.activity (
     status         text NOT NULL DEFAULT 'scheduled'
                    CHECK (status IN ('scheduled', 'in_progress', 'completed', 'cancelled')),
     priority       text NOT NULL DEFAULT 'medium' CHECK (priority IN ('low', 'medium', 'high', 'urgent')),
-    occurred_at    timestamptz NOT NULL DEFAULT now(),
+    -- finite: the engagement score decays from it (an infinite time has no age)
+    occurred_at    timestamptz NOT NULL DEFAULT now()
+                   CONSTRAINT activity_occurred_at_finite CHECK (occurred_at > '-infinity' AND occurred_at < 'infinity'),
     due_at         timestamptz,
     completed_at   timestamptz,
     start_at       timestamptz,
@@ -102,7 +104,7 @@ COMMENT ON COLUMN crm.activity.subject IS 'Subject';
 COMMENT ON COLUMN crm.activity.description IS 'Details';
 COMMENT ON COLUMN crm.activity.status IS 'scheduled, in_progress, completed, cancelled';
 COMMENT ON COLUMN crm.activity.priority IS 'low, medium, high, urgent';
-COMMENT ON COLUMN crm.activity.occurred_at IS 'When it happened (or was logged)';
+COMMENT ON COLUMN crm.activity.occurred_at IS 'When it happened (or was logged); a finite time';
 COMMENT ON COLUMN crm.activity.due_at IS 'When a task or call is due';
 COMMENT ON COLUMN crm.activity.completed_at IS 'When the status became completed; NULL while not completed (set by the server; a client value is ignored)';
 COMMENT ON COLUMN crm.activity.start_at IS 'Meeting start';

@@ -225,7 +225,7 @@ WITH counted AS (
            max(c.occurred_at) FILTER (WHERE c.direction = 'inbound') AS last_inbound_at,
            max(c.occurred_at) FILTER (WHERE c.direction = 'outbound') AS last_outbound_at,
            max(c.occurred_at) FILTER (WHERE c.activity_type = 'meeting') AS last_meeting_at,
-           sum(c.weight * pow(2::float8, -extract(epoch FROM c.ref - c.occurred_at)::float8 / c.h)) AS score_value,
+           sum(c.weight * pow(2::float8, greatest(-extract(epoch FROM c.ref - c.occurred_at)::float8 / c.h, -1074::float8))) AS score_value,
            max(c.ref) AS score_ref
       FROM (SELECT x.*, max(x.occurred_at) OVER (PARTITION BY x.tenant_id, x.kind, x.id) AS ref,
                    h AS h
@@ -486,14 +486,12 @@ BEGIN
                s.last_meeting_at AS s_meet, r.last_meeting_at AS r_meet,
                -- both scores decayed to the same time
                CASE WHEN coalesce(s.activity_count, 0) = 0 THEN coalesce(s.score_value, 0)
-                    ELSE s.score_value * pow(2::float8,
-                         -extract(epoch FROM greatest(s.score_ref, r.score_ref) - s.score_ref)::float8
-                         / extract(epoch FROM crm.engagement_half_life(coalesce(s.tenant_id, r.tenant_id)))::float8)
+                    ELSE s.score_value * pow(2::float8, greatest(-extract(epoch FROM greatest(s.score_ref, r.score_ref) - s.score_ref)::float8
+                         / extract(epoch FROM crm.engagement_half_life(coalesce(s.tenant_id, r.tenant_id)))::float8, -1074::float8))
                END AS s_score,
                CASE WHEN r.score_ref IS NULL THEN 0
-                    ELSE r.score_value * pow(2::float8,
-                         -extract(epoch FROM greatest(s.score_ref, r.score_ref) - r.score_ref)::float8
-                         / extract(epoch FROM crm.engagement_half_life(r.tenant_id))::float8)
+                    ELSE r.score_value * pow(2::float8, greatest(-extract(epoch FROM greatest(s.score_ref, r.score_ref) - r.score_ref)::float8
+                         / extract(epoch FROM crm.engagement_half_life(r.tenant_id))::float8, -1074::float8))
                END AS r_score,
                s.score_ref AS s_ref, r.score_ref AS r_ref
           FROM eng s
@@ -558,12 +556,12 @@ BEGIN
         RETURN 0;
     END IF;
     IF ref <= $4 THEN
-        RETURN v * pow(2::float8, -extract(epoch FROM $4 - ref)::float8 / h);
+        RETURN v * pow(2::float8, greatest(-extract(epoch FROM $4 - ref)::float8 / h, -1074::float8));
     END IF;
     -- as of a time before the reference: only what had happened by then
     RETURN coalesce((
         SELECT sum(coalesce(w.weight, ty.default_weight)::float8
-                   * pow(2::float8, -extract(epoch FROM $4 - a.occurred_at)::float8 / h))
+                   * pow(2::float8, greatest(-extract(epoch FROM $4 - a.occurred_at)::float8 / h, -1074::float8)))
           FROM crm.activity a
           JOIN crm.activity_type ty ON ty.code = a.activity_type
           LEFT JOIN crm.activity_weight w ON w.tenant_id = a.tenant_id AND w.activity_type = a.activity_type

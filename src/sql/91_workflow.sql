@@ -47,8 +47,10 @@ CREATE TABLE crm.workflow_rule (
     condition     jsonb NOT NULL DEFAULT '{}',
     action        text NOT NULL REFERENCES crm.job_action (code),
     params        jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(params) = 'object'),
-    delay         interval NOT NULL DEFAULT '0' CHECK (delay >= interval '0'),
-    debounce      interval CHECK (debounce > interval '0'),
+    -- at most a century: a job's due time is the event's plus the delay,
+    -- and one past the last timestamp would make every matching change fail
+    delay         interval NOT NULL DEFAULT '0' CHECK (delay >= interval '0' AND delay <= interval '100 years'),
+    debounce      interval CHECK (debounce > interval '0' AND debounce <= interval '100 years'),
     days          integer CHECK (days BETWEEN 1 AND 3650),  -- with a time condition only
     max_attempts  integer NOT NULL DEFAULT 5 CHECK (max_attempts BETWEEN 1 AND 100),
     active        boolean NOT NULL DEFAULT true,
@@ -73,8 +75,8 @@ COMMENT ON COLUMN crm.workflow_rule.stage_id IS 'With OpportunityStageChanged: f
 COMMENT ON COLUMN crm.workflow_rule.condition IS 'Condition over the event payload: {} (always), {"all"|"any": [...]}, {"not": c}, {"field": "a.b", "op": "=", "value": v}; checked by crm.validate_rule()';
 COMMENT ON COLUMN crm.workflow_rule.action IS 'The job''s action (crm.job_action)';
 COMMENT ON COLUMN crm.workflow_rule.params IS 'The job''s parameters; the job also gets event_type, event_id and the event payload';
-COMMENT ON COLUMN crm.workflow_rule.delay IS 'The job is due this long after the event';
-COMMENT ON COLUMN crm.workflow_rule.debounce IS 'At most one job of this rule per record within this window (NULL: no window)';
+COMMENT ON COLUMN crm.workflow_rule.delay IS 'The job is due this long after the event (0 to 100 years)';
+COMMENT ON COLUMN crm.workflow_rule.debounce IS 'At most one job of this rule per record within this window (NULL: no window; at most 100 years)';
 COMMENT ON COLUMN crm.workflow_rule.days IS 'Days of a time condition (NoActivityFor, BeforeExpectedClose)';
 COMMENT ON COLUMN crm.workflow_rule.max_attempts IS 'Attempts of each job before it is dead';
 COMMENT ON COLUMN crm.workflow_rule.active IS 'Inactive rules never fire (the defaults that need an external service start inactive)';
