@@ -155,3 +155,27 @@ SELECT count(*) AS mismatches FROM crm.check_aggregates();
 DELETE FROM crm.engagement_setting;
 RESET crm.tenant_id;
 RESET ROLE;
+
+-- An operator (a superuser acting for one tenant) who sets another
+-- tenant's weight recomputes that tenant's scores, not their own.
+SET crm.tenant_id = :'other';
+INSERT INTO crm.contact (first_name) VALUES ('Far Away') RETURNING id AS far \gset
+SELECT crm.track_activity(:'far', 'call', '{}', now()) IS NOT NULL AS tracked;
+SET crm.tenant_id = :'t';
+INSERT INTO crm.activity_weight (tenant_id, activity_type, weight) VALUES (:'other', 'call', 50);
+SELECT round(score_value::numeric, 6) AS far_score FROM crm.contact_engagement WHERE contact_id = :'far';
+SELECT count(*) AS mismatches_anywhere FROM crm.check_aggregates();
+DELETE FROM crm.activity_weight WHERE tenant_id = :'other';
+SELECT round(score_value::numeric, 6) AS far_score FROM crm.contact_engagement WHERE contact_id = :'far';
+SELECT count(*) AS mismatches_anywhere FROM crm.check_aggregates();
+RESET crm.tenant_id;
+
+-- TRUNCATE fires no row trigger: after it every tenant's aggregates are
+-- recomputed from the rows left (rolled back here).
+BEGIN;
+TRUNCATE crm.activity;
+SELECT (SELECT count(*) FROM crm.contact_engagement) AS contact_rows,
+       (SELECT count(*) FROM crm.account_summary WHERE activity_count > 0) AS accounts_with_activities,
+       (SELECT count(*) FROM crm.account_summary WHERE contact_count > 0) > 0 AS contacts_still_counted,
+       (SELECT count(*) FROM crm.check_aggregates()) AS mismatches;
+ROLLBACK;

@@ -716,29 +716,72 @@ CREATE FUNCTION crm.engagement_settings_changed() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
     AS $$
+DECLARE
+    t uuid;
 BEGIN
     -- a restore (row_security off, replica mode) brings the aggregates with it
     IF current_setting('row_security') = 'off' OR current_setting('session_replication_role') = 'replica' THEN
         RETURN NULL;
     END IF;
-    IF TG_TABLE_NAME = 'activity_type' THEN
-        -- a default weight (only an operator may change one): every tenant's
-        PERFORM crm.refresh_aggregates(t.tenant_id) FROM crm.tenant t ORDER BY t.tenant_id;
+    IF TG_TABLE_NAME = 'activity_type' OR TG_OP = 'TRUNCATE' THEN
+        -- a default weight, or rows emptied by TRUNCATE (statements only an
+        -- operator may run): every tenant's
+        PERFORM crm.refresh_aggregates(x.tenant_id) FROM crm.tenant x ORDER BY x.tenant_id;
+        RETURN NULL;
+    END IF;
+    -- a weight or half-life: the tenants of the rows the statement changed
+    -- (the session's own, unless an operator named others)
+    IF TG_OP = 'INSERT' THEN
+        FOR t IN SELECT DISTINCT n.tenant_id FROM crm_new_rows n ORDER BY 1 LOOP
+            PERFORM crm.refresh_aggregates(t);
+        END LOOP;
+    ELSIF TG_OP = 'UPDATE' THEN
+        FOR t IN SELECT DISTINCT x.tenant_id FROM (SELECT n.tenant_id FROM crm_new_rows n
+                                                   UNION SELECT o.tenant_id FROM crm_old_rows o) x ORDER BY 1 LOOP
+            PERFORM crm.refresh_aggregates(t);
+        END LOOP;
     ELSE
-        -- a tenant's own weight or half-life: its aggregates
-        PERFORM crm.refresh_aggregates(crm.current_tenant());
+        FOR t IN SELECT DISTINCT o.tenant_id FROM crm_old_rows o ORDER BY 1 LOOP
+            PERFORM crm.refresh_aggregates(t);
+        END LOOP;
     END IF;
     RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION crm.engagement_settings_changed() IS
-    'Internal: trigger that recomputes the aggregates after a statement changed weights or the half-life';
-CREATE TRIGGER engagement_refresh AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.engagement_setting
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_settings_changed();
-CREATE TRIGGER engagement_refresh AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.activity_weight
-    FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_settings_changed();
+    'Internal: trigger that recomputes the aggregates of the tenants whose weights or half-life a statement changed, and of every tenant after a default weight changed or a table the aggregates are made from was truncated';
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['engagement_setting', 'activity_weight'] LOOP
+        EXECUTE format('CREATE TRIGGER engagement_refresh_insert AFTER INSERT ON crm.%I'
+                       ' REFERENCING NEW TABLE AS crm_new_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_settings_changed()', t);
+        EXECUTE format('CREATE TRIGGER engagement_refresh_update AFTER UPDATE ON crm.%I'
+                       ' REFERENCING OLD TABLE AS crm_old_rows NEW TABLE AS crm_new_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_settings_changed()', t);
+        EXECUTE format('CREATE TRIGGER engagement_refresh_delete AFTER DELETE ON crm.%I'
+                       ' REFERENCING OLD TABLE AS crm_old_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_settings_changed()', t);
+        EXECUTE format('COMMENT ON TRIGGER engagement_refresh_insert ON crm.%I IS %L', t,
+                       'New settings recompute the scores of their tenants');
+        EXECUTE format('COMMENT ON TRIGGER engagement_refresh_update ON crm.%I IS %L', t,
+                       'Changed settings recompute the scores of their tenants');
+        EXECUTE format('COMMENT ON TRIGGER engagement_refresh_delete ON crm.%I IS %L', t,
+                       'Removed settings recompute the scores of their tenants');
+    END LOOP;
+    -- TRUNCATE fires no row trigger: the aggregates of every tenant are
+    -- recomputed after it, from the rows left (none of the table truncated)
+    FOREACH t IN ARRAY ARRAY['engagement_setting', 'activity_weight', 'activity', 'contact', 'lead',
+                             'account', 'opportunity'] LOOP
+        EXECUTE format('CREATE TRIGGER engagement_refresh_truncate AFTER TRUNCATE ON crm.%I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_settings_changed()', t);
+        EXECUTE format('COMMENT ON TRIGGER engagement_refresh_truncate ON crm.%I IS %L', t,
+                       'After TRUNCATE every tenant''s aggregates are recomputed from the rows left');
+    END LOOP;
+END
+$$;
 CREATE TRIGGER engagement_refresh AFTER UPDATE OF default_weight ON crm.activity_type
     FOR EACH STATEMENT EXECUTE FUNCTION crm.engagement_settings_changed();
-COMMENT ON TRIGGER engagement_refresh ON crm.engagement_setting IS 'A new half-life recomputes the tenant''s scores';
-COMMENT ON TRIGGER engagement_refresh ON crm.activity_weight IS 'A new weight recomputes the tenant''s scores';
 COMMENT ON TRIGGER engagement_refresh ON crm.activity_type IS 'A new default weight recomputes the scores';
