@@ -179,3 +179,23 @@ SELECT (SELECT count(*) FROM crm.contact_engagement) AS contact_rows,
        (SELECT count(*) FROM crm.account_summary WHERE contact_count > 0) > 0 AS contacts_still_counted,
        (SELECT count(*) FROM crm.check_aggregates()) AS mismatches;
 ROLLBACK;
+
+-- The latest activities deleted: the score is made afresh relative to the
+-- latest one left, so the old terms keep their precision (taking the large
+-- newest terms out of the sum left their last bits, or nothing).
+SET ROLE regress_crm_app;
+SET crm.tenant_id = :'t';
+INSERT INTO crm.contact (first_name) VALUES ('Precise') RETURNING id AS precise \gset
+SELECT crm.track_activity(:'precise', 'call', '{}', '2019-01-01') IS NOT NULL AS old_call;
+INSERT INTO crm.activity (activity_type, subject, contact_id, status, occurred_at)
+SELECT 'meeting', 'Recent ' || d, :'precise', 'completed', timestamptz '2026-01-01' + d * interval '1 day'
+  FROM generate_series(0, 2) d;
+DELETE FROM crm.activity WHERE contact_id = :'precise' AND subject LIKE 'Recent %';
+SELECT score_ref = '2019-01-01'::timestamptz AS rebased,
+       abs(crm.engagement_score(:'precise', '2026-02-01')
+           / (7 * pow(2::float8, -extract(epoch FROM timestamptz '2026-02-01' - '2019-01-01')::float8 / 2592000)) - 1)
+       < 1e-12 AS exact
+  FROM crm.contact_engagement WHERE contact_id = :'precise';
+SELECT count(*) AS mismatches FROM crm.check_aggregates();
+RESET crm.tenant_id;
+RESET ROLE;

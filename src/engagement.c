@@ -645,6 +645,50 @@ static const char *const engagement_fix_sql =
 "  AND a.status OPERATOR(pg_catalog.=) 'completed' AND a.activity_type OPERATOR(pg_catalog.=) 'meeting')"
 " WHERE e.tenant_id OPERATOR(pg_catalog.=) $1 AND e.%s OPERATOR(pg_catalog.=) ANY ($2)";
 
+/*
+ * After the latest activity of a key was taken away (deleted, moved,
+ * uncompleted), the stored sum is still relative to its time: the removed
+ * term was the largest of the sum and taking it out leaves the older terms'
+ * few last bits, or nothing where they were a century older.  The sum is
+ * then made afresh relative to the latest activity left (the score at any
+ * time is the same; only its precision changes), from that key's rows:
+ * deletes of the latest activity pay a scan of the key's activities, every
+ * other change stays O(1).  $3 is the half-life in seconds.
+ */
+static const char *const engagement_rebase_sql =
+"UPDATE crm.%s e SET score_ref = e.last_activity_at,"
+" score_value = coalesce((SELECT pg_catalog.sum(pg_catalog.float8(coalesce(w.weight, t.default_weight))"
+"   OPERATOR(pg_catalog.*) pg_catalog.pow('2'::pg_catalog.float8, GREATEST("
+"    pg_catalog.date_part('epoch', a.occurred_at OPERATOR(pg_catalog.-) e.last_activity_at)"
+"    OPERATOR(pg_catalog./) $3, '-1074'::pg_catalog.float8)))"
+"  FROM crm.activity a"
+"  JOIN crm.activity_type t ON t.code OPERATOR(pg_catalog.=) a.activity_type"
+"  LEFT JOIN crm.activity_weight w ON w.tenant_id OPERATOR(pg_catalog.=) a.tenant_id"
+"   AND w.activity_type OPERATOR(pg_catalog.=) a.activity_type"
+"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.%s OPERATOR(pg_catalog.=) e.%s"
+"  AND a.status OPERATOR(pg_catalog.=) 'completed'), '0'::pg_catalog.float8)"
+" WHERE e.tenant_id OPERATOR(pg_catalog.=) $1 AND e.%s OPERATOR(pg_catalog.=) ANY ($2)"
+" AND e.score_ref OPERATOR(pg_catalog.>) e.last_activity_at";
+
+static SPIPlanPtr contact_rebase_plan = NULL;
+static SPIPlanPtr lead_rebase_plan = NULL;
+
+static SPIPlanPtr
+engagement_rebase_plan(bool lead)
+{
+	SPIPlanPtr *slot = lead ? &lead_rebase_plan : &contact_rebase_plan;
+
+	if (*slot == NULL)
+	{
+		const char *table = lead ? "lead_engagement" : "contact_engagement";
+		const char *key = lead ? "lead_id" : "contact_id";
+		Oid			types[3] = {UUIDOID, UUIDARRAYOID, FLOAT8OID};
+
+		*slot = crm_prepare_kept_generic(psprintf(engagement_rebase_sql, table, key, key, key), 3, types);
+	}
+	return *slot;
+}
+
 static SPIPlanPtr
 engagement_upsert_plan(bool lead, bool one, double half_life)
 {
@@ -792,7 +836,11 @@ engagement_write(TrackState *st, bool lead, AggDelta **deltas, int n)
 	{
 		Datum		fargs[2] = {UUIDPGetDatum(&tenant), simple_array(fix, nfix, UUIDOID)};
 
+		Datum		rargs[3] = {fargs[0], fargs[1], Float8GetDatum(half_life)};
+
 		if (SPI_execute_plan(engagement_fix_plan(lead), fargs, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update the engagement aggregates");
+		if (SPI_execute_plan(engagement_rebase_plan(lead), rargs, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update the engagement aggregates");
 	}
 }

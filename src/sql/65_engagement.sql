@@ -514,7 +514,7 @@ BEGIN
         OR c.s_in IS DISTINCT FROM c.r_in OR c.s_out IS DISTINCT FROM c.r_out
         OR c.s_meet IS DISTINCT FROM c.r_meet
         OR (c.r_ref IS NOT NULL AND c.s_ref < c.r_ref)
-        OR abs(c.s_score - c.r_score) > 1e-9 * greatest(abs(c.r_score), abs(c.s_score)) + 1e-12
+        OR abs(c.s_score - c.r_score) > 1e-9 * greatest(abs(c.r_score), abs(c.s_score)) + 1e-300
     UNION ALL
     SELECT 'account', coalesce(s.tenant_id, r.tenant_id), coalesce(s.account_id, r.account_id),
            to_jsonb(s) - 'created_at' - 'updated_at', to_jsonb(r)
