@@ -105,7 +105,15 @@ SELECT regexp_replace(s, '[0-9a-f]{8}-[0-9a-f-]{27}', '<uuid>', 'g') AS statemen
     $$SELECT crm.fail_job('$$ || :'task_job' || $$', 'not claimed')$$,
     $$SELECT crm.extend_lease('$$ || :'task_job' || $$', '0 minutes')$$,
     $$SELECT crm.retry_job('$$ || :'task_job' || $$')$$,
-    $$SELECT crm.purge_jobs('-1 day')$$]) s;
+    $$SELECT crm.purge_jobs('-1 day')$$,
+    -- a NULL argument is 22004 in every queue function
+    $$SELECT crm.claim_jobs('email', 'w', NULL)$$,
+    $$SELECT crm.claim_jobs('email', 'w', 1, NULL)$$,
+    $$SELECT crm.enqueue_job('webhook', NULL)$$,
+    $$SELECT crm.enqueue_jobs('webhook', NULL)$$,
+    $$SELECT crm.extend_lease('$$ || :'task_job' || $$', NULL)$$,
+    $$SELECT crm.purge_jobs(NULL)$$,
+    $$SELECT crm.run_jobs(NULL)$$]) s;
 SELECT (SELECT count(*) FROM crm.job) = jobs AND (SELECT count(*) FROM crm.job_archive) = archived
        AS nothing_changed FROM before_errors;
 RESET crm.tenant_id;

@@ -1317,8 +1317,11 @@ CRM_SHARD_ENTRY(crm_queue_enqueue)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("action must not be null")));
 	request.action = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (PG_ARGISNULL(1) || JB_ROOT_IS_SCALAR(PG_GETARG_JSONB_P(1)) ||
-		!JB_ROOT_IS_OBJECT(PG_GETARG_JSONB_P(1)))
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("params must not be null")));
+	if (JB_ROOT_IS_SCALAR(PG_GETARG_JSONB_P(1)) || !JB_ROOT_IS_OBJECT(PG_GETARG_JSONB_P(1)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("job parameters must be a JSON object")));
@@ -1703,12 +1706,20 @@ CRM_SHARD_ENTRY(crm_queue_claim)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("worker must not be blank")));
-	if (PG_ARGISNULL(2) || PG_GETARG_INT32(2) <= 0)
+	/* a NULL argument is 22004 in every queue function */
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("max must not be null")));
+	if (PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("lease must not be null")));
+	if (PG_GETARG_INT32(2) <= 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max must be positive")));
-	if (PG_ARGISNULL(3) ||
-		!interval_is_positive(PG_GETARG_DATUM(3)))
+	if (!interval_is_positive(PG_GETARG_DATUM(3)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("lease must be a positive interval")));
@@ -2092,8 +2103,11 @@ CRM_SHARD_ENTRY(crm_queue_extend_lease)
 	bool		isnull;
 	TimestampTz until;
 
-	if (PG_ARGISNULL(1) ||
-		!interval_is_positive(PG_GETARG_DATUM(1)))
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("lease must not be null")));
+	if (!interval_is_positive(PG_GETARG_DATUM(1)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("lease must be a positive interval")));

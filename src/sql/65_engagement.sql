@@ -628,9 +628,14 @@ DECLARE
     type_name text;
     new_id uuid;
 BEGIN
-    IF $1 IS NULL OR $2 IS NULL OR $3 IS NULL OR $4 IS NULL THEN
-        RAISE EXCEPTION 'contact, activity_type, details and occurred_at must not be null'
-            USING ERRCODE = 'null_value_not_allowed';
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'contact must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- the activity's NOT NULL columns: the SQLSTATE a plain INSERT gets (23502)
+    IF $2 IS NULL OR $3 IS NULL OR $4 IS NULL THEN
+        RAISE EXCEPTION 'null value in column "%" of relation "activity" violates not-null constraint',
+            CASE WHEN $2 IS NULL THEN 'activity_type' WHEN $3 IS NULL THEN 'details' ELSE 'occurred_at' END
+            USING ERRCODE = 'not_null_violation';
     END IF;
     SELECT x.tenant_id, x.id, x.account_id INTO c FROM crm.contact x
      WHERE x.tenant_id = crm.current_tenant() AND x.id = $1;
