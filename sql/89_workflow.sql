@@ -173,3 +173,32 @@ SELECT count(*) AS jobs_seen FROM crm.job;
 SELECT crm.run_jobs() AS ran_for_other;
 RESET crm.tenant_id;
 RESET ROLE;
+
+-- In-database actions on a lead act on the lead; one that would change
+-- nothing fails (retried, then dead with its errors) instead of reporting
+-- itself done.
+SELECT crm.create_tenant('Lead Actions') AS la \gset
+SET ROLE regress_crm_app;
+SET crm.tenant_id = :'la';
+UPDATE crm.workflow_rule SET active = false;
+INSERT INTO crm.workflow_rule (name, event, action, params) VALUES
+    ('probability', 'LeadCreated', 'set_probability', '{"probability": 42}'),
+    ('field', 'LeadCreated', 'set_field', '{"field": "description", "value": "from a rule"}'),
+    ('custom', 'LeadCreated', 'set_field', '{"field": "campaign", "value": "spring"}'),
+    ('stage', 'LeadCreated', 'move_stage', '{"stage": "Qualified"}');
+INSERT INTO crm.lead (name) VALUES ('Rule Lead') RETURNING id AS rl \gset
+SELECT crm.run_jobs(10) AS ran;
+SELECT l.probability, l.probability_mode, l.description, l.custom->>'campaign' AS campaign, s.name AS stage
+  FROM crm.lead l JOIN crm.stage s ON s.tenant_id = l.tenant_id AND s.id = l.stage_id WHERE l.id = :'rl';
+SELECT action, outcome FROM crm.job_archive ORDER BY action, finished_at;
+-- a won deal's probability is not the rule's to set: the job fails, not done
+UPDATE crm.workflow_rule SET active = false;
+INSERT INTO crm.opportunity (name, amount, currency) VALUES ('Closed Deal', 100, 'USD') RETURNING id AS cd \gset
+SELECT crm.opportunity_mark_won(:'cd') AS marked \gset
+SELECT status FROM crm.opportunity WHERE id = :'cd';
+SELECT crm.enqueue_job('set_probability', '{"probability": 5}', source_entity => 'opportunity', source_id => :'cd') AS sp \gset
+SELECT crm.run_jobs(10) AS ran;
+SELECT j.attempts, replace(j.errors->0->>'error', :'cd', '<deal>') AS error FROM crm.job j WHERE j.id = :'sp';
+SELECT probability FROM crm.opportunity WHERE id = :'cd';
+RESET crm.tenant_id;
+RESET ROLE;

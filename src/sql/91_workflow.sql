@@ -205,6 +205,7 @@ DECLARE
     acc uuid;
     target uuid;
     tag uuid;
+    rows bigint;
     done integer := 0;
 BEGIN
     IF $1 IS NULL THEN
@@ -251,22 +252,63 @@ BEGIN
                                      (SELECT l.owner_id FROM crm.lead l WHERE l.tenant_id = t AND l.id = ld)),
                             jsonb_build_object('job_id', j.id, 'rule_id', j.rule_id));
                 WHEN 'move_stage' THEN
-                    SELECT s.id INTO target FROM crm.stage s
-                      JOIN crm.opportunity o ON o.tenant_id = s.tenant_id AND o.pipeline_id = s.pipeline_id
-                     WHERE o.tenant_id = t AND o.id = opp
-                       AND (s.id::text = p->>'stage' OR crm.casefold(s.name) = crm.casefold(p->>'stage'));
-                    IF target IS NULL THEN
-                        RAISE EXCEPTION 'no stage "%" in the pipeline of opportunity %', p->>'stage', opp
-                            USING ERRCODE = 'no_data_found';
+                    -- the source opportunity, else the source lead; an action
+                    -- that changes nothing fails (and is retried, then dead)
+                    -- rather than report itself done
+                    IF opp IS NOT NULL THEN
+                        SELECT s.id INTO target FROM crm.stage s
+                          JOIN crm.opportunity o ON o.tenant_id = s.tenant_id AND o.pipeline_id = s.pipeline_id
+                         WHERE o.tenant_id = t AND o.id = opp
+                           AND (s.id::text = p->>'stage' OR crm.casefold(s.name) = crm.casefold(p->>'stage'));
+                        IF target IS NULL THEN
+                            RAISE EXCEPTION 'no stage "%" in the pipeline of opportunity %', p->>'stage', opp
+                                USING ERRCODE = 'no_data_found';
+                        END IF;
+                        PERFORM crm.opportunity_move_stage(opp, target);
+                    ELSIF ld IS NOT NULL THEN
+                        SELECT s.id INTO target FROM crm.stage s
+                          JOIN crm.lead l ON l.tenant_id = s.tenant_id AND l.pipeline_id = s.pipeline_id
+                         WHERE l.tenant_id = t AND l.id = ld
+                           AND (s.id::text = p->>'stage' OR crm.casefold(s.name) = crm.casefold(p->>'stage'));
+                        IF target IS NULL THEN
+                            RAISE EXCEPTION 'no stage "%" in the pipeline of lead %', p->>'stage', ld
+                                USING ERRCODE = 'no_data_found';
+                        END IF;
+                        PERFORM crm.lead_move_stage(ld, target);
+                    ELSE
+                        RAISE EXCEPTION 'move_stage needs an opportunity or a lead' USING ERRCODE = 'no_data_found';
                     END IF;
-                    PERFORM crm.opportunity_move_stage(opp, target);
                 WHEN 'mark_won' THEN
+                    IF opp IS NULL THEN
+                        RAISE EXCEPTION 'mark_won needs an opportunity' USING ERRCODE = 'no_data_found';
+                    END IF;
                     PERFORM crm.opportunity_mark_won(opp);
                 WHEN 'set_probability' THEN
-                    UPDATE crm.opportunity o
-                       SET probability = least(100, greatest(0, coalesce((p->>'probability')::numeric,
-                                                                         o.probability + (p->>'delta')::numeric)))
-                     WHERE o.tenant_id = t AND o.id = opp AND o.status = 'open';
+                    IF p->'probability' IS NULL AND p->'delta' IS NULL THEN
+                        RAISE EXCEPTION 'set_probability needs "probability" or "delta"' USING ERRCODE = 'invalid_parameter_value';
+                    END IF;
+                    -- set by hand: manual, so that a stage move keeps it
+                    IF opp IS NOT NULL THEN
+                        UPDATE crm.opportunity o
+                           SET probability = least(100, greatest(0, coalesce((p->>'probability')::numeric,
+                                                                             o.probability + (p->>'delta')::numeric))),
+                               probability_mode = 'manual'
+                         WHERE o.tenant_id = t AND o.id = opp AND o.status = 'open';
+                        IF NOT FOUND THEN
+                            RAISE EXCEPTION 'opportunity % is not open', opp USING ERRCODE = 'object_not_in_prerequisite_state';
+                        END IF;
+                    ELSIF ld IS NOT NULL THEN
+                        UPDATE crm.lead l
+                           SET probability = least(100, greatest(0, coalesce((p->>'probability')::numeric,
+                                                                             l.probability + (p->>'delta')::numeric))),
+                               probability_mode = 'manual'
+                         WHERE l.tenant_id = t AND l.id = ld AND l.converted_at IS NULL AND l.closed_at IS NULL;
+                        IF NOT FOUND THEN
+                            RAISE EXCEPTION 'lead % is not open', ld USING ERRCODE = 'object_not_in_prerequisite_state';
+                        END IF;
+                    ELSE
+                        RAISE EXCEPTION 'set_probability needs an opportunity or a lead' USING ERRCODE = 'no_data_found';
+                    END IF;
                 WHEN 'add_tag' THEN
                     -- no conflict target: the only key a new tag can meet is
                     -- its name's (its id is new), and Citus cannot match an
@@ -285,13 +327,33 @@ BEGIN
                         RAISE EXCEPTION 'add_tag needs an opportunity, lead or contact' USING ERRCODE = 'no_data_found';
                     END IF;
                 WHEN 'set_field' THEN
-                    IF p->>'field' IN ('priority', 'next_step', 'description', 'expected_close_date', 'forecast_category') THEN
-                        EXECUTE format('UPDATE crm.opportunity o SET %I = $1 WHERE o.tenant_id = $2 AND o.id = $3',
-                                       p->>'field')
-                          USING p->>'value', t, opp;
+                    IF p->>'field' IS NULL THEN
+                        RAISE EXCEPTION 'set_field needs "field"' USING ERRCODE = 'invalid_parameter_value';
+                    END IF;
+                    IF opp IS NOT NULL THEN
+                        IF p->>'field' IN ('priority', 'next_step', 'description', 'expected_close_date', 'forecast_category') THEN
+                            EXECUTE format('UPDATE crm.opportunity o SET %I = $1 WHERE o.tenant_id = $2 AND o.id = $3',
+                                           p->>'field')
+                              USING p->>'value', t, opp;
+                        ELSE
+                            UPDATE crm.opportunity o SET custom = o.custom || jsonb_build_object(p->>'field', p->'value')
+                             WHERE o.tenant_id = t AND o.id = opp;
+                        END IF;
+                    ELSIF ld IS NOT NULL THEN
+                        IF p->>'field' IN ('priority', 'description', 'rating', 'source') THEN
+                            EXECUTE format('UPDATE crm.lead l SET %I = $1 WHERE l.tenant_id = $2 AND l.id = $3',
+                                           p->>'field')
+                              USING p->>'value', t, ld;
+                        ELSE
+                            UPDATE crm.lead l SET custom = l.custom || jsonb_build_object(p->>'field', p->'value')
+                             WHERE l.tenant_id = t AND l.id = ld;
+                        END IF;
                     ELSE
-                        UPDATE crm.opportunity o SET custom = o.custom || jsonb_build_object(p->>'field', p->'value')
-                         WHERE o.tenant_id = t AND o.id = opp;
+                        RAISE EXCEPTION 'set_field needs an opportunity or a lead' USING ERRCODE = 'no_data_found';
+                    END IF;
+                    GET DIAGNOSTICS rows = ROW_COUNT;
+                    IF rows = 0 THEN
+                        RAISE EXCEPTION 'the record of job % no longer exists', j.id USING ERRCODE = 'no_data_found';
                     END IF;
                 WHEN 'create_opportunity' THEN
                     INSERT INTO crm.opportunity (tenant_id, name, account_id, contact_id, amount, currency)
