@@ -156,6 +156,8 @@ SELECT s AS statement, try(s) AS result FROM unnest(ARRAY[
     $$SELECT crm.consume_event('OrderCreated', '{"opportunityId": "00000000-0000-7000-8000-000000000000"}', 'x-1')$$,
     $$SELECT crm.consume_event('OrderCreated', '[]', 'x-1')$$,
     $$SELECT crm.consume_event('OrderCreated', '{}', NULL)$$,
+    $$SELECT crm.consume_event('OrderCreated', '{"orderId": "O-1"}', 'x-2')$$,
+    $$SELECT crm.consume_event('OfferRejected', '{"opportunityId": "00000000-0000-7000-8000-000000000000"}', '')$$,
     $$SELECT crm.idempotency_key(VARIADIC ARRAY[]::text[])$$,
     $$SELECT crm.idempotency_key('a', NULL)$$,
     $$SELECT crm.schedule_maintenance()$$]) s;
@@ -202,3 +204,13 @@ SELECT j.attempts, replace(j.errors->0->>'error', :'cd', '<deal>') AS error FROM
 SELECT probability FROM crm.opportunity WHERE id = :'cd';
 RESET crm.tenant_id;
 RESET ROLE;
+
+-- The operator's run serves every tenant and leaves the session acting for
+-- none again (it acted for the last tenant it served).
+BEGIN;
+SET LOCAL crm.tenant_id = :'la';
+SELECT crm.enqueue_job('create_task', '{"subject": "Served by the operator"}') IS NOT NULL AS due;
+RESET crm.tenant_id;
+SELECT crm.run_jobs(100) > 0 AS ran, crm.run_time_rules() >= 0 AS timed,
+       coalesce(current_setting('crm.tenant_id', true), '') = '' AS acting_for_none;
+ROLLBACK;

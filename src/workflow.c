@@ -42,6 +42,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -1227,6 +1228,16 @@ CRM_SHARD_ENTRY(crm_workflow_consume_event)
 				 errmsg("type, payload and external_id must not be null")));
 	type = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	payload = PG_GETARG_JSONB_P(1);
+	{
+		/* the ledger's key, checked before anything is emitted */
+		int			len = pg_mbstrlen_with_len(VARDATA_ANY(PG_GETARG_TEXT_PP(2)),
+											   VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(2)));
+
+		if (len < 1 || len > 500)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("external_id must be 1 to 500 characters long")));
+	}
 
 	if (consume_kind_plan == NULL)
 	{
@@ -1302,6 +1313,14 @@ CRM_SHARD_ENTRY(crm_workflow_consume_event)
 								DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&opp))))));
 		}
 	}
+
+	/* the built-in inbound events are about a deal: without one no rule can act */
+	if (!has_opp && (strcmp(type, "OfferApproved") == 0 || strcmp(type, "OfferRejected") == 0 ||
+					 strcmp(type, "OrderCreated") == 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s needs an opportunityId", type),
+				 errhint("The payload of %s names the opportunity it is about: {\"opportunityId\": ...}.", type)));
 
 	/*
 	 * Taken before?  No row lock: a concurrent delivery is caught by the

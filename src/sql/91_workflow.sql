@@ -207,6 +207,7 @@ DECLARE
     tag uuid;
     rows bigint;
     done integer := 0;
+    caller_tenant text := current_setting('crm.tenant_id', true);
 BEGIN
     IF $1 IS NULL THEN
         RAISE EXCEPTION 'max must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -374,6 +375,9 @@ BEGIN
         END LOOP;
         EXIT WHEN done >= $1;
     END LOOP;
+    -- the session acts for the tenant it acted for before (none, for the
+    -- operator's run), not for the last one served
+    PERFORM set_config('crm.tenant_id', coalesce(caller_tenant, ''), true);
     RETURN done;
 END
 $$;
@@ -392,6 +396,7 @@ DECLARE
     r crm.workflow_rule;
     o record;
     n integer := 0;
+    caller_tenant text := current_setting('crm.tenant_id', true);
 BEGIN
     IF $1 IS NULL THEN
         RAISE EXCEPTION 'as_of must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -438,6 +443,8 @@ BEGIN
             END LOOP;
         END LOOP;
     END LOOP;
+    -- as crm.run_jobs: the caller's own tenant setting again
+    PERFORM set_config('crm.tenant_id', coalesce(caller_tenant, ''), true);
     RETURN n;
 END
 $$;
