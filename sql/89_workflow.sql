@@ -214,3 +214,27 @@ RESET crm.tenant_id;
 SELECT crm.run_jobs(100) > 0 AS ran, crm.run_time_rules() >= 0 AS timed,
        coalesce(current_setting('crm.tenant_id', true), '') = '' AS acting_for_none;
 ROLLBACK;
+
+-- Time rules obey their condition and their debounce, as event rules do.
+SET ROLE regress_crm_app;
+SET crm.tenant_id = :'la';
+UPDATE crm.workflow_rule SET active = false;
+INSERT INTO crm.workflow_rule (name, event, action, params, days, condition)
+VALUES ('quiet big deals', 'NoActivityFor', 'webhook', '{}', 1, '{"field": "amount", "op": ">", "value": 1000}')
+RETURNING id AS quiet_big \gset
+INSERT INTO crm.workflow_rule (name, event, action, params, days, debounce)
+VALUES ('closing soon', 'BeforeExpectedClose', 'add_tag', '{"tag": "closing"}', 3, '1 day')
+RETURNING id AS closing \gset
+INSERT INTO crm.opportunity (name, amount, currency, expected_close_date)
+VALUES ('Small quiet', 10, 'USD', current_date + 2), ('Big quiet', 5000, 'USD', current_date + 2);
+SELECT crm.run_time_rules(now() + interval '2 days') AS fired;
+SELECT o.name, j.payload_amount
+  FROM (SELECT source_id, params->'payload'->>'amount' AS payload_amount FROM crm.job WHERE rule_id = :'quiet_big') j
+  JOIN crm.opportunity o ON o.id = j.source_id ORDER BY 1;
+-- the close date moves (a new moment, a new key) within the day: debounced
+UPDATE crm.opportunity SET expected_close_date = current_date + 1 WHERE name IN ('Small quiet', 'Big quiet');
+SELECT crm.run_time_rules(now() + interval '2 days') AS fired_again;
+SELECT count(*) AS closing_jobs FROM crm.job WHERE rule_id = :'closing';
+SELECT try($$SELECT crm.rule_condition_holds('00000000-0000-7000-8000-000000000000', '{}')$$) AS unknown_rule;
+RESET crm.tenant_id;
+RESET ROLE;

@@ -60,6 +60,7 @@ PG_FUNCTION_INFO_V1(crm_workflow_validate_rule);
 PG_FUNCTION_INFO_V1(crm_workflow_rule_check);
 PG_FUNCTION_INFO_V1(crm_workflow_match);
 PG_FUNCTION_INFO_V1(crm_workflow_idempotency_key);
+PG_FUNCTION_INFO_V1(crm_workflow_rule_condition_holds);
 
 /* The namespace of the rules' idempotency keys (a fixed, random v4 uuid). */
 static const unsigned char rule_key_namespace[16] = {
@@ -1102,6 +1103,54 @@ crm_workflow_match_rows(Oid event_owner, CrmEventRow *events, int n)
 	}
 	PG_END_TRY();
 	SPI_finish();
+}
+
+/*
+ * crm.rule_condition_holds(rule uuid, payload jsonb) returns boolean: does
+ * the condition of the current tenant's rule hold for the payload?  The
+ * rule triggers evaluate conditions in C as they match events; the time
+ * rules (crm.run_time_rules(), which has no event to match) ask here for
+ * each record they would fire for.  The rule is read with the caller's
+ * rights; an unknown rule is P0002.
+ */
+static SPIPlanPtr condition_plan = NULL;
+
+Datum
+crm_workflow_rule_condition_holds(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t	tenant;
+	Datum		args[2];
+	bool		isnull;
+	Jsonb	   *condition;
+	bool		holds;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("rule and payload must not be null")));
+	if (!crm_current_tenant_id(&tenant))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("evaluating a rule needs a tenant, and this session acts for none")));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	kept_plan(&condition_plan,
+			  "SELECT condition FROM crm.workflow_rule"
+			  " WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND id OPERATOR(pg_catalog.=) $2",
+			  2, (Oid[]) {UUIDOID, UUIDOID});
+	args[0] = UUIDPGetDatum(&tenant);
+	args[1] = PG_GETARG_DATUM(0);
+	if (SPI_execute_plan(condition_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crm.workflow_rule");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("workflow rule %s does not exist", crm_uuid_text(PG_GETARG_UUID_P(0)))));
+	condition = DatumGetJsonbP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	/* a stored condition passed crm.validate_rule() when it was written */
+	holds = isnull || evaluate(&condition->root, PG_GETARG_JSONB_P(1));
+	SPI_finish();
+	PG_RETURN_BOOL(holds);
 }
 
 /*

@@ -558,7 +558,7 @@ BEGIN
     GRANT EXECUTE ON FUNCTION
         crm.consume_event(text, jsonb, text), crm.run_jobs(integer)
         TO crm_writer;
-    GRANT EXECUTE ON FUNCTION crm.run_time_rules(timestamptz) TO crm_admin;
+    GRANT EXECUTE ON FUNCTION crm.run_time_rules(timestamptz), crm.rule_condition_holds(uuid, jsonb) TO crm_admin;
 
     -- Value checks (issue 6.3, src/sql/97_value_checks.sql): the non-empty
     -- CHECKs call crm.is_blank with the writer's rights; readers may test

@@ -386,6 +386,12 @@ COMMENT ON FUNCTION crm.run_jobs(integer) IS
 
 -- Time conditions ----------------------------------------------------------
 
+CREATE FUNCTION crm.rule_condition_holds(rule uuid, payload jsonb) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'crm_workflow_rule_condition_holds'
+    LANGUAGE C STABLE;
+COMMENT ON FUNCTION crm.rule_condition_holds(uuid, jsonb) IS
+    'Does the condition of the current tenant''s rule hold for the payload (as the rule triggers evaluate it)? crm.run_time_rules() asks it for each record a time rule would fire for';
+
 CREATE FUNCTION crm.run_time_rules(as_of timestamptz DEFAULT now()) RETURNS integer
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
@@ -423,7 +429,13 @@ BEGIN
             FOR o IN
                 SELECT d.id, d.contact_id, d.owner_id,
                        CASE r.event WHEN 'NoActivityFor' THEN coalesce(last.at, d.created_at)::text
-                                    ELSE d.expected_close_date::text END AS moment
+                                    ELSE d.expected_close_date::text END AS moment,
+                       -- what the rule's condition and the job see of the deal
+                       jsonb_build_object('opportunityId', d.id, 'pipelineId', d.pipeline_id, 'stageId', d.stage_id,
+                                          'amount', d.amount, 'currency', d.currency, 'probability', d.probability,
+                                          'priority', d.priority, 'ownerId', d.owner_id,
+                                          'expectedCloseDate', d.expected_close_date,
+                                          'lastActivityAt', last.at) AS payload
                   FROM crm.opportunity d
                   LEFT JOIN LATERAL (SELECT max(a.occurred_at) AS at FROM crm.activity a
                                       WHERE a.tenant_id = d.tenant_id AND a.opportunity_id = d.id) last ON true
@@ -433,9 +445,16 @@ BEGIN
                        ELSE d.expected_close_date - r.days <= $1::date AND d.expected_close_date >= $1::date END
                  ORDER BY d.id
             LOOP
+                -- the rule's condition, as for every rule
+                CONTINUE WHEN NOT crm.rule_condition_holds(r.id, o.payload);
+                -- and its debounce: at most one job per deal and rule within the window
+                CONTINUE WHEN r.debounce IS NOT NULL AND (
+                    EXISTS (SELECT 1 FROM crm.job j WHERE j.tenant_id = t AND j.source_id = o.id
+                               AND j.rule_id = r.id AND j.created_at > now() - r.debounce)
+                    OR EXISTS (SELECT 1 FROM crm.job_archive x WHERE x.tenant_id = t AND x.source_id = o.id
+                                  AND x.rule_id = r.id AND x.enqueued_at > now() - r.debounce));
                 PERFORM crm.enqueue_job(r.action,
-                                        r.params || jsonb_build_object('event_type', r.event, 'payload',
-                                                                       jsonb_build_object('opportunityId', o.id)),
+                                        r.params || jsonb_build_object('event_type', r.event, 'payload', o.payload),
                                         o.contact_id, $1 + r.delay,
                                         crm.idempotency_key(r.id::text, o.id::text, o.moment),
                                         'opportunity', o.id, r.id, r.max_attempts);

@@ -227,6 +227,7 @@ INSERT INTO func_level VALUES
     ('crm.consume_event(text,jsonb,text)', 2),
     ('crm.run_jobs(integer)', 2),
     ('crm.run_time_rules(timestamp with time zone)', 3),
+    ('crm.rule_condition_holds(uuid,jsonb)', 3),
     ('crm.workflow_rule_check()', NULL),
     ('crm.workflow_rule_event_exists()', NULL),
     ('crm.workflow_match()', NULL),
