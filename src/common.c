@@ -302,6 +302,20 @@ crm_prepare_kept(const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
+/* The value at key of a JSON object, or NULL (also when it is no object). */
+JsonbValue *
+crm_jsonb_field(JsonbContainer *container, const char *key)
+{
+	JsonbValue	k;
+
+	if (!JsonContainerIsObject(container))
+		return NULL;
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	return findJsonbValueFromContainer(container, JB_FOBJECT, &k);
+}
+
 /* A uuid in its text form, for messages. */
 char *
 crm_uuid_text(const pg_uuid_t *id)

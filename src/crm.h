@@ -118,6 +118,7 @@ extern Oid	crm_relation_owner(Oid relid);
 extern Oid	crm_table_owner(const char *relname);
 extern char *crm_uuid_text(const pg_uuid_t *id);
 extern bool crm_uuid_parse(const char *text, int len, pg_uuid_t *out);
+extern JsonbValue *crm_jsonb_field(JsonbContainer *container, const char *key);
 /* crm_uuid_parse() as a regular expression, for SQL that checks payload ids */
 #define CRM_UUID_TEXT_PATTERN \
 	"^([0-9a-fA-F]{4}(-?[0-9a-fA-F]{4}){7}|\\{[0-9a-fA-F]{4}(-?[0-9a-fA-F]{4}){7}\\})$"

@@ -1161,20 +1161,6 @@ crm_queue_enqueue_job(const pg_uuid_t *tenant, const CrmJobRequest *request)
  * after a queue write of the same transaction was refused.  A caller who
  * bypasses row-level security sees every record of its tenant, as before.
  */
-/* The value at key of a JSON object, or NULL. */
-static JsonbValue *
-jsonb_key(JsonbContainer *container, const char *name)
-{
-	JsonbValue	key;
-
-	if (!JsonContainerIsObject(container))
-		return NULL;
-	key.type = jbvString;
-	key.val.string.val = (char *) name;
-	key.val.string.len = strlen(name);
-	return findJsonbValueFromContainer(container, JB_FOBJECT, &key);
-}
-
 /*
  * The event payload a job's params carry ({"payload": {...}}), or NULL.  A
  * job given no contact takes the one its payload relates it to
@@ -1184,16 +1170,16 @@ jsonb_key(JsonbContainer *container, const char *name)
 static Jsonb *
 job_payload(CrmJobRequest *job)
 {
-	JsonbValue *inner = jsonb_key(&job->params->root, "payload");
+	JsonbValue *inner = crm_jsonb_field(&job->params->root, "payload");
 	JsonbValue *related;
 	JsonbValue *contact;
 
 	if (inner == NULL || inner->type != jbvBinary)
 		return NULL;
 	if (!job->has_contact &&
-		(related = jsonb_key(inner->val.binary.data, "relatedTo")) != NULL &&
+		(related = crm_jsonb_field(inner->val.binary.data, "relatedTo")) != NULL &&
 		related->type == jbvBinary &&
-		(contact = jsonb_key(related->val.binary.data, "contactId")) != NULL &&
+		(contact = crm_jsonb_field(related->val.binary.data, "contactId")) != NULL &&
 		contact->type == jbvString)
 		job->has_contact = crm_uuid_parse(contact->val.string.val, contact->val.string.len,
 										  &job->contact);

@@ -112,18 +112,6 @@ add_problem(ProblemList *list, const char *path, const char *fmt,...)
 	list->problems = lappend(list->problems, p);
 }
 
-static JsonbValue *
-object_field(JsonbContainer *container, const char *key)
-{
-	JsonbValue	k;
-
-	if (!JsonContainerIsObject(container))
-		return NULL;
-	k.type = jbvString;
-	k.val.string.val = (char *) key;
-	k.val.string.len = strlen(key);
-	return findJsonbValueFromContainer(container, JB_FOBJECT, &k);
-}
 
 static bool
 is_container(JsonbValue *v, bool object)
@@ -198,11 +186,11 @@ validate_condition(JsonbContainer *cond, const char *path, bool top, ProblemList
 	if (has_combinator)
 	{
 		const char *const combinators[] = {"all", "any"};
-		JsonbValue *not_value = object_field(cond, "not");
+		JsonbValue *not_value = crm_jsonb_field(cond, "not");
 
 		for (int c = 0; c < lengthof(combinators); c++)
 		{
-			JsonbValue *arr = object_field(cond, combinators[c]);
+			JsonbValue *arr = crm_jsonb_field(cond, combinators[c]);
 			int			n;
 
 			if (arr == NULL)
@@ -240,9 +228,9 @@ validate_condition(JsonbContainer *cond, const char *path, bool top, ProblemList
 
 	/* a leaf: field, op and (but for exists/not_exists) value */
 	{
-		JsonbValue *field = object_field(cond, "field");
-		JsonbValue *op = object_field(cond, "op");
-		JsonbValue *value = object_field(cond, "value");
+		JsonbValue *field = crm_jsonb_field(cond, "field");
+		JsonbValue *op = crm_jsonb_field(cond, "op");
+		JsonbValue *value = crm_jsonb_field(cond, "value");
 		char	   *opname = NULL;
 
 		if (field == NULL)
@@ -387,7 +375,7 @@ payload_path(Jsonb *payload, const char *path)
 	{
 		if (container == NULL)
 			return NULL;
-		v = object_field(container, part);
+		v = crm_jsonb_field(container, part);
 		if (v == NULL)
 			return NULL;
 		container = v->type == jbvBinary ? v->val.binary.data : NULL;
@@ -438,7 +426,7 @@ evaluate(JsonbContainer *cond, Jsonb *payload)
 
 	if (JsonContainerSize(cond) == 0)
 		return true;
-	if ((sub = object_field(cond, "all")) != NULL)
+	if ((sub = crm_jsonb_field(cond, "all")) != NULL)
 	{
 		int			n = JsonContainerSize(sub->val.binary.data);
 
@@ -447,7 +435,7 @@ evaluate(JsonbContainer *cond, Jsonb *payload)
 				return false;
 		return true;
 	}
-	if ((sub = object_field(cond, "any")) != NULL)
+	if ((sub = crm_jsonb_field(cond, "any")) != NULL)
 	{
 		int			n = JsonContainerSize(sub->val.binary.data);
 
@@ -456,13 +444,13 @@ evaluate(JsonbContainer *cond, Jsonb *payload)
 				return true;
 		return false;
 	}
-	if ((sub = object_field(cond, "not")) != NULL)
+	if ((sub = crm_jsonb_field(cond, "not")) != NULL)
 		return !evaluate(sub->val.binary.data, payload);
 
 	{
-		char	   *field = string_value(object_field(cond, "field"));
-		char	   *op = string_value(object_field(cond, "op"));
-		JsonbValue *value = object_field(cond, "value");
+		char	   *field = string_value(crm_jsonb_field(cond, "field"));
+		char	   *op = string_value(crm_jsonb_field(cond, "op"));
+		JsonbValue *value = crm_jsonb_field(cond, "value");
 		JsonbValue *actual = payload_path(payload, field);
 		bool		present = actual != NULL && actual->type != jbvNull;
 		int			cmp;
