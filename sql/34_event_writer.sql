@@ -6,6 +6,14 @@
 -- crm.event's workflow_match trigger would fire, and not when it is
 -- disabled.  Everything here is rolled back.
 SELECT crm.create_tenant('Event Writer Co') AS t \gset
+-- Which way a statement's events went: the INSERT fires crm.event's
+-- workflow_match trigger (one call counted per statement), the direct
+-- path runs the matcher without it (none).
+SET track_functions = 'all';
+CREATE FUNCTION pg_temp.match_calls() RETURNS bigint LANGUAGE sql AS $$
+    SELECT coalesce((SELECT f.calls FROM pg_stat_xact_user_functions f
+                      WHERE f.funcid = 'crm.workflow_match()'::regprocedure), 0)
+$$;
 BEGIN;
 SET LOCAL ROLE regress_crm_app;
 SET LOCAL crm.tenant_id = :'t';
@@ -16,6 +24,14 @@ INSERT INTO crm.contact (first_name, email) VALUES ('Quinn', 'quinn@example.com'
 INSERT INTO crm.activity (activity_type, subject, contact_id, status)
 VALUES ('quote_created', 'Quote 1', :'c', 'completed'), ('note', 'Note 1', :'c', 'completed');
 SELECT count(*) AS jobs_after_1 FROM crm.job WHERE source_entity = 'activity';
+RESET ROLE;
+SELECT pg_temp.match_calls() AS calls_before \gset
+SET LOCAL ROLE regress_crm_app;
+INSERT INTO crm.activity (activity_type, subject, contact_id, status)
+VALUES ('note', 'Note 2', :'c', 'completed');
+RESET ROLE;
+SELECT pg_temp.match_calls() - :calls_before AS match_trigger_calls_direct;
+SET LOCAL ROLE regress_crm_app;
 
 -- 2. a DBA's audit trigger on the events: it fires for every row, and the
 --    rules still make one job per quote
@@ -28,10 +44,12 @@ BEGIN
 END
 $$;
 CREATE TRIGGER audit AFTER INSERT ON crm.event FOR EACH ROW EXECUTE FUNCTION public.audit_event();
+SELECT pg_temp.match_calls() AS calls_before \gset
 SET LOCAL ROLE regress_crm_app;
 INSERT INTO crm.activity (activity_type, subject, contact_id, status)
 VALUES ('quote_created', 'Quote 2', :'c', 'completed'), ('call', 'Call 1', :'c', 'completed');
 RESET ROLE;
+SELECT pg_temp.match_calls() - :calls_before AS match_trigger_calls_insert;
 SELECT event_type, entity, count(*) AS audited FROM public.event_audit GROUP BY 1, 2 ORDER BY 1;
 DROP TRIGGER audit ON crm.event;
 SELECT count(*) AS jobs_after_2 FROM crm.job WHERE source_entity = 'activity';

@@ -25,10 +25,13 @@
  */
 #include "crm.h"
 
+#include "access/table.h"
 #include "access/transam.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
+#include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -177,9 +180,260 @@ batch_add(EventBatch *batch, const pg_uuid_t *tenant, const char *event_type,
 }
 
 /*
- * Insert the batch: one INSERT ... SELECT FROM unnest(...) per tenant, with
- * tenant_id a parameter, run as the owner of crm.event.  The caller is
- * connected to SPI.
+ * crm.event as 63_outbox.sql and 93_private_3_outbox.sql make it: the
+ * columns the direct path writes (all of them), and the triggers whose
+ * work it does itself: tenant_require (tenant_id is the record's),
+ * outbox_assign_position (fired only for position 0, which these rows
+ * never have), touch_updated_at (created_at and updated_at are the
+ * transaction's start, as occurred_at's default), visibility_row 'history'
+ * (visible_to is NULL in a public tenant) and workflow_match (called with
+ * the rows written, when it would have fired), and the foreign key to
+ * crm.tenant (each tenant locked once, FOR KEY SHARE, as its check does
+ * for every row).
+ */
+enum
+{
+	EV_TENANT, EV_POSITION, EV_ID, EV_TYPE, EV_ENTITY, EV_ENTITY_ID, EV_PAYLOAD,
+	EV_OCCURRED_AT, EV_CREATED_AT, EV_UPDATED_AT, EV_VISIBLE_TO,
+	NUM_EV_COLUMNS
+};
+static const char *const event_table_columns[NUM_EV_COLUMNS] = {
+	"tenant_id", "position", "id", "event_type", "entity", "entity_id", "payload",
+	"occurred_at", "created_at", "updated_at", "visible_to"
+};
+static const Oid event_table_types[NUM_EV_COLUMNS] = {
+	UUIDOID, INT8OID, UUIDOID, TEXTOID, TEXTOID, UUIDOID, JSONBOID,
+	TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDARRAYOID
+};
+static const char *const event_table_triggers[] = {
+	"tenant_require", "outbox_assign_position", "touch_updated_at", "visibility_row",
+	"workflow_match"
+};
+
+static SPIPlanPtr tenant_lock_plan = NULL;
+
+/* Would the trigger fire now (ALTER TABLE ... ENABLE / DISABLE, session_replication_role)? */
+static bool
+trigger_fires(const Trigger *trigger)
+{
+	if (trigger->tgenabled == TRIGGER_DISABLED)
+		return false;
+	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
+		return trigger->tgenabled == TRIGGER_FIRES_ON_REPLICA ||
+			trigger->tgenabled == TRIGGER_FIRES_ALWAYS;
+	return trigger->tgenabled == TRIGGER_FIRES_ON_ORIGIN ||
+		trigger->tgenabled == TRIGGER_FIRES_ALWAYS;
+}
+
+/*
+ * Are crm.event's own triggers where the extension put them (the row
+ * triggers BEFORE INSERT FOR EACH ROW, workflow_match once, AFTER INSERT
+ * FOR EACH STATEMENT with its transition table)?  *match_fires: would
+ * workflow_match fire for an INSERT now?
+ */
+static bool
+event_triggers_as_made(Relation rel, bool *match_fires)
+{
+	TriggerDesc *trigdesc = rel->trigdesc;
+	int			nmatch = 0;
+
+	*match_fires = false;
+	for (int i = 0; trigdesc != NULL && i < trigdesc->numtriggers; i++)
+	{
+		Trigger    *trigger = &trigdesc->triggers[i];
+		char	   *name;
+
+		if (!TRIGGER_FOR_INSERT(trigger->tgtype) || trigger->tgisinternal)
+			continue;
+		name = get_func_name(trigger->tgfoid);
+		if (name != NULL && strcmp(name, "workflow_match") == 0)
+		{
+			if (!TRIGGER_FOR_AFTER(trigger->tgtype) || TRIGGER_FOR_ROW(trigger->tgtype) ||
+				trigger->tgnargs != 0 || trigger->tgnewtable == NULL || ++nmatch > 1)
+				return false;
+			*match_fires = trigger_fires(trigger);
+		}
+		else if (!TRIGGER_FOR_BEFORE(trigger->tgtype) || !TRIGGER_FOR_ROW(trigger->tgtype))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Locks the tenant row FOR KEY SHARE, as the foreign key's check of an
+ * inserted event does (as the owner of crm.tenant, its policies not
+ * forced): a tenant deleted meanwhile is a foreign key violation, and one
+ * being deleted waits for this transaction.
+ */
+static void
+tenant_lock(const pg_uuid_t *tenant)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	Datum		args[1] = {UUIDPGetDatum(tenant)};
+	uint64		found;
+
+	if (tenant_lock_plan == NULL)
+	{
+		Oid			types[1] = {UUIDOID};
+
+		tenant_lock_plan = crm_prepare_kept_generic(
+													"SELECT 1 FROM ONLY crm.tenant x WHERE x.tenant_id OPERATOR(pg_catalog.=) $1"
+													" FOR KEY SHARE OF x", 1, types);
+	}
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(crm_table_owner("tenant"),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
+	PG_TRY();
+	{
+		if (SPI_execute_plan(tenant_lock_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not lock the tenant");
+		found = SPI_processed;
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+	if (found == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("insert or update on table \"event\" violates its foreign key to table \"tenant\""),
+				 errdetail("Key (tenant_id)=(%s) is not present in table \"tenant\".",
+						   DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(tenant))))));
+}
+
+/*
+ * Writes the batch straight into crm.event (rowwriter.c) when it may, and
+ * says whether it did; otherwise batch_flush inserts it through SPI, which
+ * fires whatever triggers the table has.  An event row through the INSERT
+ * cost a statement that imports activities more than the activity row
+ * itself (the executor, four BEFORE ROW triggers and the foreign key's
+ * check, per row).  It may when every tenant of the batch is public (in a
+ * private tenant an event takes the visible_to of its record, which
+ * visibility_row reads), crm.event is as the extension made it (its
+ * columns, its triggers, not a partition), and Citus is not in the
+ * database (there the rows go to the tenant's shard).
+ */
+static bool
+events_write_direct(EventBatch *batch)
+{
+	Oid			crm_namespace = get_namespace_oid("crm", false);
+	Oid			event_relid;
+	Oid			event_owner;
+	Relation	rel;
+	bool		as_made;
+	bool		match_fires = false;
+	int			att[NUM_EV_COLUMNS];
+	Datum		now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	Datum		entity = (Datum) 0;
+	CrmEventRow *rows = NULL;
+	CrmRowWriter *writer;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	if (crm_citus_in_database())
+		return false;
+	for (int i = 0; i < batch->n; i++)
+		if ((i == 0 || memcmp(&batch->events[i].tenant, &batch->events[i - 1].tenant,
+							  sizeof(pg_uuid_t)) != 0) &&
+			!crm_tenant_public(UUIDPGetDatum(&batch->events[i].tenant)))
+			return false;
+	event_relid = get_relname_relid("event", crm_namespace);
+	if (!OidIsValid(event_relid))
+		return false;
+
+	rel = table_open(event_relid, RowExclusiveLock);
+	event_owner = rel->rd_rel->relowner;
+	as_made = rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relispartition &&
+		crm_row_writer_columns_known(rel, event_table_columns, event_table_types, NUM_EV_COLUMNS) &&
+		crm_row_writer_only_triggers(rel, event_table_triggers, lengthof(event_table_triggers), true) &&
+		event_triggers_as_made(rel, &match_fires);
+	for (int c = 0; as_made && c < NUM_EV_COLUMNS; c++)
+	{
+		att[c] = crm_optional_attnum(rel, event_table_columns[c]) - 1;
+		as_made = att[c] >= 0;
+	}
+	table_close(rel, NoLock);
+	if (!as_made)
+		return false;
+
+	for (int i = 0; i < batch->n; i++)
+		if (i == 0 || memcmp(&batch->events[i].tenant, &batch->events[i - 1].tenant,
+							 sizeof(pg_uuid_t)) != 0)
+			tenant_lock(&batch->events[i].tenant);
+
+	if (batch->entity)
+		entity = CStringGetTextDatum(batch->entity);
+	if (match_fires)
+		rows = palloc(sizeof(CrmEventRow) * batch->n);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(event_owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		const char *last_type = NULL;
+		Datum		type = (Datum) 0;
+
+		writer = crm_row_writer_open(event_relid);
+		for (int i = 0; i < batch->n; i++)
+		{
+			PendingEvent *ev = &batch->events[i];
+			TupleTableSlot *slot = crm_row_writer_next(writer);
+			Datum	   *v = slot->tts_values;
+			bool	   *null = slot->tts_isnull;
+			pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
+
+			/* the built-in events' types are constants: one text each */
+			if (ev->event_type != last_type)
+			{
+				type = CStringGetTextDatum(ev->event_type);
+				last_type = ev->event_type;
+			}
+			crm_uuid_v7(id);
+#define SET(col, value) (v[att[col]] = (value), null[att[col]] = false)
+			SET(EV_TENANT, UUIDPGetDatum(&ev->tenant));
+			SET(EV_POSITION, Int64GetDatum(ev->position));
+			SET(EV_ID, UUIDPGetDatum(id));
+			SET(EV_TYPE, type);
+			if (batch->entity)
+				SET(EV_ENTITY, entity);
+			if (ev->has_entity_id)
+				SET(EV_ENTITY_ID, UUIDPGetDatum(&ev->entity_id));
+			SET(EV_PAYLOAD, JsonbPGetDatum(ev->payload));
+			SET(EV_OCCURRED_AT, now);
+			SET(EV_CREATED_AT, now);
+			SET(EV_UPDATED_AT, now);
+#undef SET
+			crm_row_writer_add(writer);
+			if (rows)
+			{
+				rows[i].tenant = ev->tenant;
+				rows[i].id = *id;
+				rows[i].event_type = (char *) ev->event_type;
+				rows[i].entity = (char *) batch->entity;
+				rows[i].has_entity_id = ev->has_entity_id;
+				rows[i].entity_id = ev->entity_id;
+				rows[i].payload = ev->payload;
+			}
+		}
+		crm_row_writer_close(writer);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+
+	if (rows)
+		crm_workflow_match_rows(event_owner, rows, batch->n);
+	return true;
+}
+
+/*
+ * Insert the batch: straight into the table when it may (above), else one
+ * INSERT ... SELECT FROM unnest(...) per tenant, with tenant_id a
+ * parameter, run as the owner of crm.event.  The caller is connected to
+ * SPI.
  */
 static void
 batch_flush(EventBatch *batch)
@@ -191,6 +445,11 @@ batch_flush(EventBatch *batch)
 
 	if (batch->n == 0)
 		return;
+	if (events_write_direct(batch))
+	{
+		crm_notify("crm_events", NULL);
+		return;
+	}
 
 	if (insert_plan == NULL)
 	{
