@@ -59,6 +59,7 @@
 PG_FUNCTION_INFO_V1(crm_engagement_track);
 PG_FUNCTION_INFO_V1(crm_engagement_combine);
 PG_FUNCTION_INFO_V1(crm_engagement_lead_converted);
+PG_FUNCTION_INFO_V1(crm_engagement_settings_changed);
 PG_FUNCTION_INFO_V1(crm_engagement_refresh);
 
 typedef struct AggKey
@@ -1380,6 +1381,110 @@ crm_engagement_refresh(PG_FUNCTION_ARGS)
 	PG_END_TRY();
 	SPI_finish();
 	PG_RETURN_VOID();
+}
+
+/* list_sort comparator: tenants (pg_uuid_t *) in byte order */
+static int
+tenant_order(const ListCell *a, const ListCell *b)
+{
+	return memcmp(lfirst(a), lfirst(b), sizeof(pg_uuid_t));
+}
+
+/* The tenant_id of every row of a transition table, appended to tenants. */
+static List *
+transition_tenants(Relation rel, Tuplestorestate *rows, List *tenants)
+{
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
+	AttrNumber	att = crm_attnum(rel, "tenant_id", UUIDOID);
+
+	crm_transition_rewind(rows);
+	while (tuplestore_gettupleslot(rows, true, false, slot))
+	{
+		bool		isnull;
+		Datum		d = slot_getattr(slot, att, &isnull);
+
+		if (!isnull)
+		{
+			pg_uuid_t  *t = palloc(sizeof(pg_uuid_t));
+
+			*t = *DatumGetUUIDP(d);
+			tenants = lappend(tenants, t);
+		}
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	return tenants;
+}
+
+/*
+ * crm.engagement_settings_changed(): AFTER FOR EACH STATEMENT on
+ * crm.activity_weight and crm.engagement_setting (INSERT, UPDATE and
+ * DELETE with their transition tables, and TRUNCATE), on
+ * crm.activity_type (UPDATE OF default_weight), and AFTER TRUNCATE on the
+ * tables the aggregates are made from.  A changed weight or half-life
+ * recomputes the aggregates of the tenants of the rows the statement
+ * changed (read here in C: a plan cannot see the transition tables on a
+ * Citus shard), in tenant order; a default weight or a TRUNCATE (the
+ * operator's statements) those of every tenant.  The recomputation is
+ * crm.refresh_aggregates(), with its fence, as the caller.  A restore
+ * (row_security off, replica mode) brings the aggregates with it.
+ */
+Datum
+crm_engagement_settings_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	List	   *tenants = NIL;
+	ListCell   *lc;
+	static SPIPlanPtr refresh_one_plan = NULL;
+	static SPIPlanPtr refresh_all_plan = NULL;
+
+	crm_require_trigger(fcinfo, "engagement_settings_changed", false, false);
+	if (crm_loading_dump())
+		return PointerGetDatum(NULL);
+	rel = trigdata->tg_relation;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event) ||
+		strcmp(RelationGetRelationName(rel), "activity_type") == 0)
+	{
+		if (refresh_all_plan == NULL)
+			refresh_all_plan = crm_prepare_kept(
+												"SELECT crm.refresh_aggregates(x.tenant_id) FROM crm.tenant x ORDER BY x.tenant_id",
+												0, NULL);
+		if (SPI_execute_plan(refresh_all_plan, NULL, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not refresh the aggregates");
+		SPI_finish();
+		return PointerGetDatum(NULL);
+	}
+	if (trigdata->tg_newtable == NULL && trigdata->tg_oldtable == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"engagement_settings_changed\" must be fired with transition tables on \"%s\"",
+						RelationGetRelationName(rel))));
+	if (trigdata->tg_newtable != NULL)
+		tenants = transition_tenants(rel, trigdata->tg_newtable, tenants);
+	if (trigdata->tg_oldtable != NULL)
+		tenants = transition_tenants(rel, trigdata->tg_oldtable, tenants);
+	list_sort(tenants, tenant_order);
+	if (refresh_one_plan == NULL)
+	{
+		Oid			types[1] = {UUIDOID};
+
+		refresh_one_plan = crm_prepare_kept("SELECT crm.refresh_aggregates($1)", 1, types);
+	}
+	foreach(lc, tenants)
+	{
+		Datum		arg = UUIDPGetDatum(lfirst(lc));
+
+		/* sorted: a tenant named by several rows is refreshed once */
+		if (foreach_current_index(lc) > 0 &&
+			memcmp(lfirst(lc), list_nth(tenants, foreach_current_index(lc) - 1), sizeof(pg_uuid_t)) == 0)
+			continue;
+		if (SPI_execute_plan(refresh_one_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not refresh the aggregates");
+	}
+	SPI_finish();
+	return PointerGetDatum(NULL);
 }
 
 /* One key of a merged object and its running sum. */

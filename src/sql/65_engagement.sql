@@ -718,41 +718,8 @@ COMMENT ON TRIGGER engagement_convert ON crm.lead IS 'Activities of a converted 
 
 -- A changed weight or half-life changes every score of the tenant.
 CREATE FUNCTION crm.engagement_settings_changed() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    t uuid;
-BEGIN
-    -- a restore (row_security off, replica mode) brings the aggregates with it
-    IF current_setting('row_security') = 'off' OR current_setting('session_replication_role') = 'replica' THEN
-        RETURN NULL;
-    END IF;
-    IF TG_TABLE_NAME = 'activity_type' OR TG_OP = 'TRUNCATE' THEN
-        -- a default weight, or rows emptied by TRUNCATE (statements only an
-        -- operator may run): every tenant's
-        PERFORM crm.refresh_aggregates(x.tenant_id) FROM crm.tenant x ORDER BY x.tenant_id;
-        RETURN NULL;
-    END IF;
-    -- a weight or half-life: the tenants of the rows the statement changed
-    -- (the session's own, unless an operator named others)
-    IF TG_OP = 'INSERT' THEN
-        FOR t IN SELECT DISTINCT n.tenant_id FROM crm_new_rows n ORDER BY 1 LOOP
-            PERFORM crm.refresh_aggregates(t);
-        END LOOP;
-    ELSIF TG_OP = 'UPDATE' THEN
-        FOR t IN SELECT DISTINCT x.tenant_id FROM (SELECT n.tenant_id FROM crm_new_rows n
-                                                   UNION SELECT o.tenant_id FROM crm_old_rows o) x ORDER BY 1 LOOP
-            PERFORM crm.refresh_aggregates(t);
-        END LOOP;
-    ELSE
-        FOR t IN SELECT DISTINCT o.tenant_id FROM crm_old_rows o ORDER BY 1 LOOP
-            PERFORM crm.refresh_aggregates(t);
-        END LOOP;
-    END IF;
-    RETURN NULL;
-END
-$$;
+    AS 'MODULE_PATHNAME', 'crm_engagement_settings_changed'
+    LANGUAGE C;
 COMMENT ON FUNCTION crm.engagement_settings_changed() IS
     'Internal: trigger that recomputes the aggregates of the tenants whose weights or half-life a statement changed, and of every tenant after a default weight changed or a table the aggregates are made from was truncated';
 DO $$
