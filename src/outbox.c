@@ -35,6 +35,7 @@
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -212,32 +213,31 @@ static const char *const event_table_triggers[] = {
 
 static SPIPlanPtr tenant_lock_plan = NULL;
 
-/* Would the trigger fire now (ALTER TABLE ... ENABLE / DISABLE, session_replication_role)? */
+/* Would a trigger so enabled fire now (ENABLE / DISABLE, session_replication_role)? */
 static bool
-trigger_fires(const Trigger *trigger)
+trigger_fires(char tgenabled)
 {
-	if (trigger->tgenabled == TRIGGER_DISABLED)
+	if (tgenabled == TRIGGER_DISABLED)
 		return false;
 	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
-		return trigger->tgenabled == TRIGGER_FIRES_ON_REPLICA ||
-			trigger->tgenabled == TRIGGER_FIRES_ALWAYS;
-	return trigger->tgenabled == TRIGGER_FIRES_ON_ORIGIN ||
-		trigger->tgenabled == TRIGGER_FIRES_ALWAYS;
+		return tgenabled == TRIGGER_FIRES_ON_REPLICA || tgenabled == TRIGGER_FIRES_ALWAYS;
+	return tgenabled == TRIGGER_FIRES_ON_ORIGIN || tgenabled == TRIGGER_FIRES_ALWAYS;
 }
 
 /*
  * Are crm.event's own triggers where the extension put them (the row
  * triggers BEFORE INSERT FOR EACH ROW, workflow_match once, AFTER INSERT
- * FOR EACH STATEMENT with its transition table)?  *match_fires: would
- * workflow_match fire for an INSERT now?
+ * FOR EACH STATEMENT with its transition table)?  *match_enabled: the
+ * workflow_match trigger's tgenabled (TRIGGER_DISABLED when there is none),
+ * whether it fires being decided per statement (session_replication_role).
  */
 static bool
-event_triggers_as_made(Relation rel, bool *match_fires)
+event_triggers_as_made(Relation rel, char *match_enabled)
 {
 	TriggerDesc *trigdesc = rel->trigdesc;
 	int			nmatch = 0;
 
-	*match_fires = false;
+	*match_enabled = TRIGGER_DISABLED;
 	for (int i = 0; trigdesc != NULL && i < trigdesc->numtriggers; i++)
 	{
 		Trigger    *trigger = &trigdesc->triggers[i];
@@ -251,12 +251,75 @@ event_triggers_as_made(Relation rel, bool *match_fires)
 			if (!TRIGGER_FOR_AFTER(trigger->tgtype) || TRIGGER_FOR_ROW(trigger->tgtype) ||
 				trigger->tgnargs != 0 || trigger->tgnewtable == NULL || ++nmatch > 1)
 				return false;
-			*match_fires = trigger_fires(trigger);
+			*match_enabled = trigger->tgenabled;
 		}
 		else if (!TRIGGER_FOR_BEFORE(trigger->tgtype) || !TRIGGER_FOR_ROW(trigger->tgtype))
 			return false;
 	}
 	return true;
+}
+
+/*
+ * What events_write_direct() learns of crm.event: looked at once, not for
+ * every statement (a single-row insert writes one event), and forgotten on
+ * the table's relcache invalidation, which any change it depends on makes
+ * (a column, a trigger added, dropped, enabled or disabled, a foreign key,
+ * its owner, ATTACH PARTITION, the table dropped).
+ */
+typedef struct EventTableShape
+{
+	Oid			relid;			/* InvalidOid: not looked at yet */
+	Oid			owner;
+	bool		as_made;
+	char		match_enabled;	/* workflow_match's tgenabled */
+	int			att[NUM_EV_COLUMNS];	/* 0-based column of each */
+} EventTableShape;
+
+static EventTableShape event_shape;
+
+static void
+event_shape_invalidate(Oid relid)
+{
+	if (relid == InvalidOid || relid == event_shape.relid)
+		event_shape.relid = InvalidOid;
+}
+
+/* crm.event's shape, or NULL when there is no crm.event. */
+static const EventTableShape *
+event_table_shape(void)
+{
+	static bool callback = false;
+	Oid			relid;
+	Relation	rel;
+	EventTableShape fresh;
+
+	if (!callback)
+	{
+		crm_register_relcache_callback(event_shape_invalidate);
+		callback = true;
+	}
+	if (OidIsValid(event_shape.relid))
+		return &event_shape;
+	relid = get_relname_relid("event", get_namespace_oid("crm", false));
+	if (!OidIsValid(relid))
+		return NULL;
+	memset(&fresh, 0, sizeof(fresh));
+	rel = table_open(relid, AccessShareLock);
+	fresh.owner = rel->rd_rel->relowner;
+	fresh.as_made = rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relispartition &&
+		crm_row_writer_columns_known(rel, event_table_columns, event_table_types, NUM_EV_COLUMNS) &&
+		crm_row_writer_only_triggers(rel, event_table_triggers, lengthof(event_table_triggers), true) &&
+		event_triggers_as_made(rel, &fresh.match_enabled);
+	for (int c = 0; fresh.as_made && c < NUM_EV_COLUMNS; c++)
+	{
+		fresh.att[c] = crm_optional_attnum(rel, event_table_columns[c]) - 1;
+		fresh.as_made = fresh.att[c] >= 0;
+	}
+	table_close(rel, NoLock);
+	fresh.relid = relid;
+	/* an invalidation while the table was opened leaves it unknown */
+	event_shape = fresh;
+	return &event_shape;
 }
 
 /*
@@ -318,13 +381,10 @@ tenant_lock(const pg_uuid_t *tenant)
 static bool
 events_write_direct(EventBatch *batch)
 {
-	Oid			crm_namespace = get_namespace_oid("crm", false);
+	const EventTableShape *shape;
 	Oid			event_relid;
 	Oid			event_owner;
-	Relation	rel;
-	bool		as_made;
-	bool		match_fires = false;
-	int			att[NUM_EV_COLUMNS];
+	const int  *att;
 	Datum		now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	Datum		entity = (Datum) 0;
 	CrmEventRow *rows = NULL;
@@ -339,24 +399,21 @@ events_write_direct(EventBatch *batch)
 							  sizeof(pg_uuid_t)) != 0) &&
 			!crm_tenant_public(UUIDPGetDatum(&batch->events[i].tenant)))
 			return false;
-	event_relid = get_relname_relid("event", crm_namespace);
-	if (!OidIsValid(event_relid))
+	/*
+	 * Locked before its shape is trusted: taking the lock reads the
+	 * invalidations of a change committed meanwhile, which the second look
+	 * then sees.
+	 */
+	shape = event_table_shape();
+	if (shape == NULL || !shape->as_made)
 		return false;
-
-	rel = table_open(event_relid, RowExclusiveLock);
-	event_owner = rel->rd_rel->relowner;
-	as_made = rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relispartition &&
-		crm_row_writer_columns_known(rel, event_table_columns, event_table_types, NUM_EV_COLUMNS) &&
-		crm_row_writer_only_triggers(rel, event_table_triggers, lengthof(event_table_triggers), true) &&
-		event_triggers_as_made(rel, &match_fires);
-	for (int c = 0; as_made && c < NUM_EV_COLUMNS; c++)
-	{
-		att[c] = crm_optional_attnum(rel, event_table_columns[c]) - 1;
-		as_made = att[c] >= 0;
-	}
-	table_close(rel, NoLock);
-	if (!as_made)
+	LockRelationOid(shape->relid, RowExclusiveLock);
+	shape = event_table_shape();
+	if (shape == NULL || !shape->as_made)
 		return false;
+	event_relid = shape->relid;
+	event_owner = shape->owner;
+	att = shape->att;
 
 	for (int i = 0; i < batch->n; i++)
 		if (i == 0 || memcmp(&batch->events[i].tenant, &batch->events[i - 1].tenant,
@@ -365,7 +422,7 @@ events_write_direct(EventBatch *batch)
 
 	if (batch->entity)
 		entity = CStringGetTextDatum(batch->entity);
-	if (match_fires)
+	if (trigger_fires(shape->match_enabled))
 		rows = palloc(sizeof(CrmEventRow) * batch->n);
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(event_owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
