@@ -146,8 +146,8 @@ static SPIPlanPtr weight_plan = NULL;
 static SPIPlanPtr half_life_plan = NULL;
 static SPIPlanPtr account_upsert_plan = NULL;
 static SPIPlanPtr account_upsert_one_plan = NULL;
-static SPIPlanPtr contact_fix_plan = NULL;
-static SPIPlanPtr lead_fix_plan = NULL;
+static SPIPlanPtr fix_plans[2];
+static SPIPlanPtr rebase_plans[2];
 static SPIPlanPtr account_fix_plan = NULL;
 static SPIPlanPtr convert_plan = NULL;
 static SPIPlanPtr rebuild_plan = NULL;
@@ -628,23 +628,23 @@ static const char *const engagement_conflict_sql =
 "  THEN NULL ELSE GREATEST(e.score_ref, excluded.score_ref) END";
 
 static const char *const engagement_fix_sql =
-"UPDATE crm.%s e SET"
+"UPDATE crm.%1$s e SET"
 " first_activity_at = (SELECT pg_catalog.min(a.occurred_at) FROM crm.activity a"
-"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.%s OPERATOR(pg_catalog.=) e.%s"
+"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.%2$s OPERATOR(pg_catalog.=) e.%2$s"
 "  AND a.status OPERATOR(pg_catalog.=) 'completed'),"
 " last_activity_at = (SELECT pg_catalog.max(a.occurred_at) FROM crm.activity a"
-"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.%s OPERATOR(pg_catalog.=) e.%s"
+"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.%2$s OPERATOR(pg_catalog.=) e.%2$s"
 "  AND a.status OPERATOR(pg_catalog.=) 'completed'),"
 " last_inbound_at = (SELECT pg_catalog.max(a.occurred_at) FROM crm.activity a"
-"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.%s OPERATOR(pg_catalog.=) e.%s"
+"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.%2$s OPERATOR(pg_catalog.=) e.%2$s"
 "  AND a.status OPERATOR(pg_catalog.=) 'completed' AND a.direction OPERATOR(pg_catalog.=) 'inbound'),"
 " last_outbound_at = (SELECT pg_catalog.max(a.occurred_at) FROM crm.activity a"
-"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.%s OPERATOR(pg_catalog.=) e.%s"
+"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.%2$s OPERATOR(pg_catalog.=) e.%2$s"
 "  AND a.status OPERATOR(pg_catalog.=) 'completed' AND a.direction OPERATOR(pg_catalog.=) 'outbound'),"
 " last_meeting_at = (SELECT pg_catalog.max(a.occurred_at) FROM crm.activity a"
-"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.%s OPERATOR(pg_catalog.=) e.%s"
+"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.%2$s OPERATOR(pg_catalog.=) e.%2$s"
 "  AND a.status OPERATOR(pg_catalog.=) 'completed' AND a.activity_type OPERATOR(pg_catalog.=) 'meeting')"
-" WHERE e.tenant_id OPERATOR(pg_catalog.=) $1 AND e.%s OPERATOR(pg_catalog.=) ANY ($2)";
+" WHERE e.tenant_id OPERATOR(pg_catalog.=) $1 AND e.%2$s OPERATOR(pg_catalog.=) ANY ($2)";
 
 /*
  * After the latest activity of a key was taken away (deleted, moved,
@@ -657,7 +657,7 @@ static const char *const engagement_fix_sql =
  * other change stays O(1).  $3 is the half-life in seconds.
  */
 static const char *const engagement_rebase_sql =
-"UPDATE crm.%s e SET score_ref = e.last_activity_at,"
+"UPDATE crm.%1$s e SET score_ref = e.last_activity_at,"
 " score_value = coalesce((SELECT pg_catalog.sum(pg_catalog.float8(coalesce(w.weight, t.default_weight))"
 "   OPERATOR(pg_catalog.*) pg_catalog.pow('2'::pg_catalog.float8, GREATEST("
 "    pg_catalog.date_part('epoch', a.occurred_at OPERATOR(pg_catalog.-) e.last_activity_at)"
@@ -666,27 +666,24 @@ static const char *const engagement_rebase_sql =
 "  JOIN crm.activity_type t ON t.code OPERATOR(pg_catalog.=) a.activity_type"
 "  LEFT JOIN crm.activity_weight w ON w.tenant_id OPERATOR(pg_catalog.=) a.tenant_id"
 "   AND w.activity_type OPERATOR(pg_catalog.=) a.activity_type"
-"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.%s OPERATOR(pg_catalog.=) e.%s"
+"  WHERE a.tenant_id OPERATOR(pg_catalog.=) $1 AND a.%2$s OPERATOR(pg_catalog.=) e.%2$s"
 "  AND a.status OPERATOR(pg_catalog.=) 'completed'), '0'::pg_catalog.float8)"
-" WHERE e.tenant_id OPERATOR(pg_catalog.=) $1 AND e.%s OPERATOR(pg_catalog.=) ANY ($2)"
+" WHERE e.tenant_id OPERATOR(pg_catalog.=) $1 AND e.%2$s OPERATOR(pg_catalog.=) ANY ($2)"
 " AND e.score_ref OPERATOR(pg_catalog.>) e.last_activity_at";
 
-static SPIPlanPtr contact_rebase_plan = NULL;
-static SPIPlanPtr lead_rebase_plan = NULL;
-
+/*
+ * A plan of one of the statements above, whose %1$s is the aggregate table
+ * and %2$s its key column, for contacts (plans[0]) or leads (plans[1]).
+ */
 static SPIPlanPtr
-engagement_rebase_plan(bool lead)
+engagement_key_plan(SPIPlanPtr plans[2], const char *sql, bool lead, int nargs, Oid *types)
 {
-	SPIPlanPtr *slot = lead ? &lead_rebase_plan : &contact_rebase_plan;
+	SPIPlanPtr *slot = &plans[lead ? 1 : 0];
 
 	if (*slot == NULL)
-	{
-		const char *table = lead ? "lead_engagement" : "contact_engagement";
-		const char *key = lead ? "lead_id" : "contact_id";
-		Oid			types[3] = {UUIDOID, UUIDARRAYOID, FLOAT8OID};
-
-		*slot = crm_prepare_kept_generic(psprintf(engagement_rebase_sql, table, key, key, key), 3, types);
-	}
+		*slot = crm_prepare_kept_generic(psprintf(sql, lead ? "lead_engagement" : "contact_engagement",
+												  lead ? "lead_id" : "contact_id"),
+										 nargs, types);
 	return *slot;
 }
 
@@ -729,22 +726,6 @@ engagement_upsert_plan(bool lead, bool one, double half_life)
 	return *slot;
 }
 
-static SPIPlanPtr
-engagement_fix_plan(bool lead)
-{
-	SPIPlanPtr *slot = lead ? &lead_fix_plan : &contact_fix_plan;
-
-	if (*slot == NULL)
-	{
-		const char *table = lead ? "lead_engagement" : "contact_engagement";
-		const char *key = lead ? "lead_id" : "contact_id";
-		Oid			types[2] = {UUIDOID, UUIDARRAYOID};
-
-		*slot = crm_prepare_kept_generic(psprintf(engagement_fix_sql, table, key, key, key, key, key, key,
-									  key, key, key, key, key), 2, types);
-	}
-	return *slot;
-}
 
 static Datum
 opt_ts(TimestampTz t, bool *isnull)
@@ -839,9 +820,13 @@ engagement_write(TrackState *st, bool lead, AggDelta **deltas, int n)
 
 		Datum		rargs[3] = {fargs[0], fargs[1], Float8GetDatum(half_life)};
 
-		if (SPI_execute_plan(engagement_fix_plan(lead), fargs, NULL, false, 0) != SPI_OK_UPDATE)
+		if (SPI_execute_plan(engagement_key_plan(fix_plans, engagement_fix_sql, lead, 2,
+												 (Oid[]) {UUIDOID, UUIDARRAYOID}),
+							 fargs, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update the engagement aggregates");
-		if (SPI_execute_plan(engagement_rebase_plan(lead), rargs, NULL, false, 0) != SPI_OK_UPDATE)
+		if (SPI_execute_plan(engagement_key_plan(rebase_plans, engagement_rebase_sql, lead, 3,
+												 (Oid[]) {UUIDOID, UUIDARRAYOID, FLOAT8OID}),
+							 rargs, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update the engagement aggregates");
 	}
 }
