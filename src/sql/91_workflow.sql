@@ -206,6 +206,8 @@ DECLARE
     target uuid;
     tag uuid;
     rows bigint;
+    kind text;
+    rec uuid;
     done integer := 0;
     caller_tenant text := current_setting('crm.tenant_id', true);
 BEGIN
@@ -241,6 +243,9 @@ BEGIN
                 ct := coalesce(j.contact_id, (p->'payload'->'relatedTo'->>'contactId')::uuid);
                 acc := coalesce(CASE WHEN j.source_entity = 'account' THEN j.source_id END,
                                 (p->'payload'->'relatedTo'->>'accountId')::uuid);
+                -- the record move_stage, set_probability and set_field act on
+                kind := CASE WHEN opp IS NOT NULL THEN 'opportunity' WHEN ld IS NOT NULL THEN 'lead' END;
+                rec := coalesce(opp, ld);
                 CASE j.action
                 WHEN 'create_task' THEN
                     INSERT INTO crm.activity (tenant_id, activity_type, subject, status, due_at, contact_id,
@@ -256,59 +261,42 @@ BEGIN
                     -- the source opportunity, else the source lead; an action
                     -- that changes nothing fails (and is retried, then dead)
                     -- rather than report itself done
-                    IF opp IS NOT NULL THEN
-                        SELECT s.id INTO target FROM crm.stage s
-                          JOIN crm.opportunity o ON o.tenant_id = s.tenant_id AND o.pipeline_id = s.pipeline_id
-                         WHERE o.tenant_id = t AND o.id = opp
-                           AND (s.id::text = p->>'stage' OR crm.casefold(s.name) = crm.casefold(p->>'stage'));
-                        IF target IS NULL THEN
-                            RAISE EXCEPTION 'no stage "%" in the pipeline of opportunity %', p->>'stage', opp
-                                USING ERRCODE = 'no_data_found';
-                        END IF;
-                        PERFORM crm.opportunity_move_stage(opp, target);
-                    ELSIF ld IS NOT NULL THEN
-                        SELECT s.id INTO target FROM crm.stage s
-                          JOIN crm.lead l ON l.tenant_id = s.tenant_id AND l.pipeline_id = s.pipeline_id
-                         WHERE l.tenant_id = t AND l.id = ld
-                           AND (s.id::text = p->>'stage' OR crm.casefold(s.name) = crm.casefold(p->>'stage'));
-                        IF target IS NULL THEN
-                            RAISE EXCEPTION 'no stage "%" in the pipeline of lead %', p->>'stage', ld
-                                USING ERRCODE = 'no_data_found';
-                        END IF;
-                        PERFORM crm.lead_move_stage(ld, target);
-                    ELSE
+                    IF kind IS NULL THEN
                         RAISE EXCEPTION 'move_stage needs an opportunity or a lead' USING ERRCODE = 'no_data_found';
                     END IF;
+                    EXECUTE format('SELECT s.id FROM crm.stage s JOIN crm.%I r'
+                                   ' ON r.tenant_id = s.tenant_id AND r.pipeline_id = s.pipeline_id'
+                                   ' WHERE r.tenant_id = $1 AND r.id = $2'
+                                   ' AND (s.id::text = $3 OR crm.casefold(s.name) = crm.casefold($3))', kind)
+                      INTO target USING t, rec, p->>'stage';
+                    IF target IS NULL THEN
+                        RAISE EXCEPTION 'no stage "%" in the pipeline of % %', p->>'stage', kind, rec
+                            USING ERRCODE = 'no_data_found';
+                    END IF;
+                    EXECUTE format('SELECT crm.%I($1, $2)', kind || '_move_stage') USING rec, target;
                 WHEN 'mark_won' THEN
                     IF opp IS NULL THEN
                         RAISE EXCEPTION 'mark_won needs an opportunity' USING ERRCODE = 'no_data_found';
                     END IF;
                     PERFORM crm.opportunity_mark_won(opp);
                 WHEN 'set_probability' THEN
+                    IF kind IS NULL THEN
+                        RAISE EXCEPTION 'set_probability needs an opportunity or a lead' USING ERRCODE = 'no_data_found';
+                    END IF;
                     IF p->'probability' IS NULL AND p->'delta' IS NULL THEN
                         RAISE EXCEPTION 'set_probability needs "probability" or "delta"' USING ERRCODE = 'invalid_parameter_value';
                     END IF;
-                    -- set by hand: manual, so that a stage move keeps it
-                    IF opp IS NOT NULL THEN
-                        UPDATE crm.opportunity o
-                           SET probability = least(100, greatest(0, coalesce((p->>'probability')::numeric,
-                                                                             o.probability + (p->>'delta')::numeric))),
-                               probability_mode = 'manual'
-                         WHERE o.tenant_id = t AND o.id = opp AND o.status = 'open';
-                        IF NOT FOUND THEN
-                            RAISE EXCEPTION 'opportunity % is not open', opp USING ERRCODE = 'object_not_in_prerequisite_state';
-                        END IF;
-                    ELSIF ld IS NOT NULL THEN
-                        UPDATE crm.lead l
-                           SET probability = least(100, greatest(0, coalesce((p->>'probability')::numeric,
-                                                                             l.probability + (p->>'delta')::numeric))),
-                               probability_mode = 'manual'
-                         WHERE l.tenant_id = t AND l.id = ld AND l.converted_at IS NULL AND l.closed_at IS NULL;
-                        IF NOT FOUND THEN
-                            RAISE EXCEPTION 'lead % is not open', ld USING ERRCODE = 'object_not_in_prerequisite_state';
-                        END IF;
-                    ELSE
-                        RAISE EXCEPTION 'set_probability needs an opportunity or a lead' USING ERRCODE = 'no_data_found';
+                    -- set by hand: manual, so that a stage move keeps it; only
+                    -- on a record still open
+                    EXECUTE format('UPDATE crm.%I r SET probability = least(100, greatest(0,'
+                                   ' coalesce($3::numeric, r.probability + $4::numeric))), probability_mode = ''manual'''
+                                   ' WHERE r.tenant_id = $1 AND r.id = $2 AND %s', kind,
+                                   CASE kind WHEN 'opportunity' THEN 'r.status = ''open'''
+                                             ELSE 'r.converted_at IS NULL AND r.closed_at IS NULL' END)
+                      USING t, rec, p->>'probability', p->>'delta';
+                    GET DIAGNOSTICS rows = ROW_COUNT;
+                    IF rows = 0 THEN
+                        RAISE EXCEPTION '% % is not open', kind, rec USING ERRCODE = 'object_not_in_prerequisite_state';
                     END IF;
                 WHEN 'add_tag' THEN
                     -- no conflict target: the only key a new tag can meet is
@@ -328,29 +316,22 @@ BEGIN
                         RAISE EXCEPTION 'add_tag needs an opportunity, lead or contact' USING ERRCODE = 'no_data_found';
                     END IF;
                 WHEN 'set_field' THEN
+                    IF kind IS NULL THEN
+                        RAISE EXCEPTION 'set_field needs an opportunity or a lead' USING ERRCODE = 'no_data_found';
+                    END IF;
                     IF p->>'field' IS NULL THEN
                         RAISE EXCEPTION 'set_field needs "field"' USING ERRCODE = 'invalid_parameter_value';
                     END IF;
-                    IF opp IS NOT NULL THEN
-                        IF p->>'field' IN ('priority', 'next_step', 'description', 'expected_close_date', 'forecast_category') THEN
-                            EXECUTE format('UPDATE crm.opportunity o SET %I = $1 WHERE o.tenant_id = $2 AND o.id = $3',
-                                           p->>'field')
-                              USING p->>'value', t, opp;
-                        ELSE
-                            UPDATE crm.opportunity o SET custom = o.custom || jsonb_build_object(p->>'field', p->'value')
-                             WHERE o.tenant_id = t AND o.id = opp;
-                        END IF;
-                    ELSIF ld IS NOT NULL THEN
-                        IF p->>'field' IN ('priority', 'description', 'rating', 'source') THEN
-                            EXECUTE format('UPDATE crm.lead l SET %I = $1 WHERE l.tenant_id = $2 AND l.id = $3',
-                                           p->>'field')
-                              USING p->>'value', t, ld;
-                        ELSE
-                            UPDATE crm.lead l SET custom = l.custom || jsonb_build_object(p->>'field', p->'value')
-                             WHERE l.tenant_id = t AND l.id = ld;
-                        END IF;
+                    -- a column the user may set, else a user field in custom
+                    IF p->>'field' = ANY (CASE kind
+                            WHEN 'opportunity' THEN ARRAY['priority', 'next_step', 'description', 'expected_close_date', 'forecast_category']
+                            ELSE ARRAY['priority', 'description', 'rating', 'source'] END) THEN
+                        EXECUTE format('UPDATE crm.%I r SET %I = $1 WHERE r.tenant_id = $2 AND r.id = $3', kind, p->>'field')
+                          USING p->>'value', t, rec;
                     ELSE
-                        RAISE EXCEPTION 'set_field needs an opportunity or a lead' USING ERRCODE = 'no_data_found';
+                        EXECUTE format('UPDATE crm.%I r SET custom = r.custom || jsonb_build_object($1, $2)'
+                                       ' WHERE r.tenant_id = $3 AND r.id = $4', kind)
+                          USING p->>'field', p->'value', t, rec;
                     END IF;
                     GET DIAGNOSTICS rows = ROW_COUNT;
                     IF rows = 0 THEN
