@@ -238,7 +238,13 @@ BEGIN
                 AND NOT EXISTS (SELECT FROM pg_operator t
                                  WHERE t.oprnamespace = 'trojan'::regnamespace AND t.oprname = op.oprname
                                    AND t.oprleft = op.oprleft AND t.oprright = op.oprright)
-              ORDER BY op.oid
+             UNION ALL
+             -- the array operators are polymorphic in pg_catalog: an exact match wins
+             SELECT v.oprname, v.t::regtype, v.t::regtype, v.res::regtype
+               FROM (VALUES ('@>', 'uuid[]', 'boolean'), ('<@', 'uuid[]', 'boolean'),
+                            ('&&', 'uuid[]', 'boolean'), ('||', 'uuid[]', 'uuid[]'),
+                            ('@>', 'text[]', 'boolean'), ('&&', 'text[]', 'boolean'),
+                            ('||', 'text[]', 'text[]')) AS v(oprname, t, res)
     LOOP
         n := n + 1;
         EXECUTE format(
@@ -248,21 +254,6 @@ BEGIN
                    format('%s %s %s', o.l, o.oprname, o.r), o.oprname));
         EXECUTE format('CREATE OPERATOR trojan.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = trojan.%I)',
                        o.oprname, o.l, o.r, 'op_all_' || n);
-    END LOOP;
-    -- the array operators are polymorphic in pg_catalog: an exact match wins
-    FOR o IN SELECT * FROM (VALUES ('@>', 'uuid[]', 'boolean'), ('<@', 'uuid[]', 'boolean'),
-                                   ('&&', 'uuid[]', 'boolean'), ('||', 'uuid[]', 'uuid[]'),
-                                   ('@>', 'text[]', 'boolean'), ('&&', 'text[]', 'boolean'),
-                                   ('||', 'text[]', 'text[]')) AS v(oprname, t, res)
-    LOOP
-        n := n + 1;
-        EXECUTE format(
-            'CREATE FUNCTION trojan.%I(%s, %s) RETURNS %s LANGUAGE plpgsql SECURITY INVOKER AS %L',
-            'op_all_' || n, o.t, o.t, o.res,
-            format('BEGIN PERFORM trojan.hit(%L); RETURN $1 OPERATOR(pg_catalog.%s) $2; END',
-                   format('%s %s %s', o.t, o.oprname, o.t), o.oprname));
-        EXECUTE format('CREATE OPERATOR trojan.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = trojan.%I)',
-                       o.oprname, o.t, o.t, 'op_all_' || n);
     END LOOP;
 END
 $$;
